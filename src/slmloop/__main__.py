@@ -1,0 +1,3 @@
+from slmloop.cli import run
+
+run()

@@ -1,0 +1,76 @@
+"""``slmloop``: one thin command per stage of the loop.
+
+Each command parses options, calls one library function and prints the result;
+heavy libraries (torch, transformers) are imported inside commands so that
+``slmloop --help`` answers at once. :func:`main` turns every
+:class:`~slmloop.errors.SlmloopError` into ``Error: …`` plus a hint and a
+non-zero exit code — never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+import typer.main
+
+from slmloop.cli import data, demo, evaluation, monitor, project, release, serve, train
+from slmloop.cli.common import err
+from slmloop.errors import ConfigError, SlmloopError
+
+__all__ = ["app", "main", "run"]
+
+app = typer.Typer(
+    name="slmloop",
+    help="The whole loop of a small-language-model project: data → train → eval → export → serve → monitor.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+# command table: name -> function (each calls one library function)
+app.command("init")(project.init)
+app.command("validate")(project.validate)
+app.add_typer(data.app, name="data")
+app.add_typer(data.gold_app, name="gold")
+app.command("train")(train.train)
+app.command("runs")(train.runs)
+app.add_typer(evaluation.app, name="eval")
+app.command("export")(release.export)
+app.command("releases")(release.releases)
+app.command("serve")(serve.serve)
+app.command("monitor")(monitor.monitor)
+app.command("demo")(demo.demo)
+
+
+def print_error(exc: SlmloopError) -> None:
+    err.print(f"[bold red]Error:[/bold red] {exc.message}", highlight=False, markup=True)
+    if exc.hint:
+        err.print(f"[yellow]hint:[/yellow] {exc.hint}", highlight=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="slmloop", standalone_mode=False)
+    except SlmloopError as exc:
+        print_error(exc)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err.print("[yellow]Interrupted.[/yellow]")
+        return 130
+    except MemoryError:
+        print_error(ConfigError("out of memory", hint="Lower train.batch_size or train.max_batch_tokens."))
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+def run() -> None:  # console-script entry point
+    sys.exit(main())

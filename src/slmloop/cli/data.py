@@ -1,0 +1,197 @@
+"""``slmloop data …`` and ``slmloop gold …``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from slmloop.cli.common import ProjectOpt, load, out
+from slmloop.errors import ConfigError
+
+app = typer.Typer(help="Import, clean, split and inspect data.", no_args_is_help=True)
+gold_app = typer.Typer(help="The frozen gold set.", no_args_is_help=True)
+
+SHOW_REJECTS = 20
+
+
+def _parse_map(pairs: list[str]) -> dict[str, str]:
+    mapping = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--map {pair!r} must look like task_field=source_column", hint="e.g. --map text=message")
+        k, v = pair.split("=", 1)
+        mapping[k.strip()] = v.strip()
+    return mapping
+
+
+@app.command("import")
+def import_(
+    files: Annotated[list[Path] | None, typer.Argument(help="Files or folders; default: data.sources.")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="jsonl | json | csv | tsv")] = None,
+    encoding: Annotated[str | None, typer.Option(help="Text encoding (default utf-8).")] = None,
+    no_header: Annotated[bool, typer.Option("--no-header", help="CSV/TSV has no header row.")] = False,
+    columns: Annotated[str | None, typer.Option(help="Comma-separated column names (no header).")] = None,
+    delimiter: Annotated[str | None, typer.Option(help="CSV/TSV delimiter.")] = None,
+    no_quoting: Annotated[bool, typer.Option("--no-quoting", help="Quotes are plain text.")] = False,
+    map_: Annotated[list[str] | None, typer.Option("--map", help="task_field=column (repeatable).")] = None,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Read sources into the project; every row is accepted or rejected with a reason."""
+    from slmloop.data.importer import import_source, source_for
+    from slmloop.manifest import SourceConfig
+
+    proj = load(project)
+    overrides = {
+        "format": fmt,
+        "encoding": encoding,
+        "delimiter": delimiter,
+        "columns": [c.strip() for c in columns.split(",")] if columns else None,
+        "header": False if no_header else None,
+        "quoting": False if no_quoting else None,
+        "fields": _parse_map(map_) if map_ else None,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if files:
+        sources = []
+        for f in files:
+            base = source_for(proj, f).model_dump()
+            sources.append(SourceConfig.model_validate({**base, **overrides}))
+    else:
+        sources = [SourceConfig.model_validate({**s.model_dump(), **overrides}) for s in proj.manifest.data.sources]
+    if not sources:
+        raise ConfigError("nothing to import", hint="Pass a FILE, or list data.sources in slmloop.yaml.")
+    for src in sources:
+        res = import_source(proj, src)
+        rec = res.record
+        verb = "already imported" if res.reused else "imported"
+        out.print(
+            f"[bold]{rec.id}[/bold] {verb}: {rec.source_path}\n"
+            f"  rows read {rec.rows_read} = accepted {rec.accepted} + rejected {rec.rejected}"
+            + (f"  ({res.blank_lines} blank lines skipped)" if res.blank_lines else "")
+        )
+        if rec.rejected:
+            _reject_table(res.rejects[:SHOW_REJECTS], f"rejected rows ({rec.rejected})")
+            if rec.rejected > SHOW_REJECTS:
+                out.print(f"  … all {rec.rejected}: `slmloop data rejects {rec.id}`")
+
+
+def _reject_table(rows: list[dict], title: str) -> None:
+    t = Table(title=title, title_justify="left")
+    t.add_column("file:line", no_wrap=True)
+    t.add_column("reason", style="yellow", no_wrap=True)
+    t.add_column("detail")
+    t.add_column("row", overflow="fold", max_width=50)
+    for r in rows:
+        t.add_row(
+            f"{Path(str(r.get('file', '?'))).name}:{r.get('line', '?')}",
+            r["reason"],
+            r["detail"],
+            r.get("raw", ""),
+        )
+    out.print(t)
+
+
+@app.command("prepare")
+def prepare(project: ProjectOpt = Path(".")) -> None:
+    """Normalise, dedupe and split imported rows into a dataset version (gold frozen)."""
+    from slmloop.data.prepare import prepare_dataset
+
+    proj = load(project)
+    splits, reused = prepare_dataset(proj)
+    v = splits.version
+    c = v.counts
+    out.print(f"[bold]{v.id}[/bold] {'(unchanged)' if reused else 'created'} · gold {v.gold_id}")
+    t = Table(show_header=True)
+    t.add_column("step")
+    t.add_column("rows", justify="right")
+    t.add_row("rows in", str(c["rows_in"]))
+    t.add_row("normalised (text changed)", str(c["normalized_changed"]))
+    for reason, n in sorted(c["rejected"].items()):
+        t.add_row(f"rejected: {reason}", str(n))
+    t.add_row("train", str(c["train"]))
+    t.add_row("validation", str(c["validation"]))
+    t.add_row("gold (new)" if c["gold"] else "gold (frozen, reused)", str(c["gold"] or c["gold_rows_total"]))
+    out.print(t)
+    if "labels" in c:
+        lt = Table(title="labels per split", title_justify="left")
+        labels = sorted({lab for part in c["labels"].values() for lab in part})
+        lt.add_column("split")
+        for lab in labels:
+            lt.add_column(lab, justify="right")
+        for split, counts in c["labels"].items():
+            lt.add_row(split, *(str(counts.get(lab, 0)) for lab in labels))
+        out.print(lt)
+
+
+@app.command("rejects")
+def rejects(
+    ref: Annotated[str | None, typer.Argument(help="Import id (imp-…) or dataset version (ds-…).")] = None,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """List rejected rows with their line numbers and reasons."""
+    from slmloop.data.prepare import resolve_dataset
+    from slmloop.store import Import
+
+    proj = load(project)
+    if ref and ref.startswith("imp-"):
+        rec = proj.store.get(Import, ref, "import", "`slmloop data list` shows imports.")
+        rows = proj.objects.read_jsonl(rec.rejects_object)
+    else:
+        v = resolve_dataset(proj, ref)
+        rows = proj.objects.read_jsonl(v.rejects_object)
+    _reject_table(rows, f"{len(rows)} rejected row(s)")
+
+
+@app.command("list")
+def list_(project: ProjectOpt = Path(".")) -> None:
+    """Imports and dataset versions of the project."""
+    from slmloop.store import DatasetVersion, Import
+
+    proj = load(project)
+    t = Table(title="imports", title_justify="left")
+    for col in ("id", "source", "read", "accepted", "rejected"):
+        t.add_column(col)
+    for i in proj.store.list(Import, Import.created_at):
+        t.add_row(i.id, i.source_path, str(i.rows_read), str(i.accepted), str(i.rejected))
+    out.print(t)
+    t = Table(title="dataset versions", title_justify="left")
+    for col in ("id", "created", "train", "validation", "gold"):
+        t.add_column(col)
+    for v in proj.store.list(DatasetVersion, DatasetVersion.created_at):
+        t.add_row(
+            v.id,
+            f"{v.created_at:%Y-%m-%d %H:%M}",
+            str(v.counts["train"]),
+            str(v.counts["validation"]),
+            v.gold_id,
+        )
+    out.print(t)
+
+
+@gold_app.command("show")
+def gold_show(
+    limit: Annotated[int, typer.Option(help="Rows to print.")] = 10,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """The current gold version: its hash, size and first rows."""
+    from slmloop.data.prepare import current_gold
+    from slmloop.errors import NotFoundError
+    from slmloop.tasks import input_text, target_text
+
+    proj = load(project)
+    gold = current_gold(proj)
+    if gold is None:
+        raise NotFoundError("no gold set yet", hint="Run `slmloop data prepare`.")
+    rows = proj.objects.read_jsonl(gold.object)
+    out.print(f"[bold]{gold.id}[/bold] · {gold.rows} rows · frozen {gold.created_at:%Y-%m-%d %H:%M} · {gold.note}")
+    t = Table()
+    t.add_column("#", justify="right")
+    t.add_column("input", overflow="fold")
+    t.add_column("expected", overflow="fold")
+    task = proj.manifest.task
+    for i, r in enumerate(rows[:limit]):
+        t.add_row(str(i), input_text(task, r)[:120], target_text(task, r)[:60])
+    out.print(t)

@@ -1,0 +1,205 @@
+"""``slmloop data import``: read a source, map its columns to the task's fields.
+
+Every row read ends up accepted (a task-shaped row) or rejected with a stable
+reason code, its file and line number; ``accepted + rejected == rows_read``
+always holds and is checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slmloop.data.sources import Record, SourceStats, read_records
+from slmloop.errors import DataError, StoreError
+from slmloop.manifest import SourceConfig, TaskConfig
+from slmloop.project import Project
+from slmloop.store import Import, sha256_file
+from slmloop.tasks import TASK_FIELDS
+
+__all__ = ["REASONS", "ImportResult", "import_source", "map_record", "source_for"]
+
+#: reason codes a row can be rejected with at import time, and what they mean
+REASONS = {
+    "decode_error": "bytes are not valid in the declared encoding",
+    "bad_json": "the line is not valid JSON",
+    "not_an_object": "the JSON value is not an object",
+    "bad_csv": "the CSV/TSV record is malformed (quoting)",
+    "wrong_field_count": "the row has more or fewer fields than the header",
+    "missing_field": "a field the task needs is absent or null",
+    "empty_input": "the input text is empty",
+    "empty_output": "the expected output is empty",
+    "label_not_in_schema": "the label is not one of task.labels",
+    "bad_output": "extraction output is not a JSON object",
+    "bad_messages": "chat messages are not a list of {role, content} ending with the assistant",
+}
+
+
+@dataclass
+class ImportResult:
+    record: Import
+    reused: bool
+    rejects: list[dict[str, Any]]
+    blank_lines: int
+
+
+def _lookup(fields: dict[str, Any], column: str) -> Any:
+    if column in fields:
+        return fields[column]
+    value: Any = fields
+    for part in column.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        else:
+            return None
+    return value
+
+
+def map_record(task: TaskConfig, mapping: dict[str, str], rec: Record) -> tuple[dict[str, Any] | None, str, str]:
+    """Return ``(row, "", "")`` or ``(None, reason, detail)``."""
+    assert rec.fields is not None
+    row: dict[str, Any] = {}
+    for task_field in TASK_FIELDS[task.type]:
+        column = mapping.get(task_field, task_field)
+        value = _lookup(rec.fields, column)
+        if value is None:
+            have = ", ".join(list(rec.fields)[:10])
+            return None, "missing_field", f"no value for {task_field!r} (column {column!r}); row has: {have}"
+        row[task_field] = value
+    if task.type in ("classification", "extraction", "generation"):
+        key = "input" if task.type == "generation" else "text"
+        if isinstance(row[key], int | float) and not isinstance(row[key], bool):
+            row[key] = str(row[key])
+        if not isinstance(row[key], str):
+            return None, "missing_field", f"{key!r} must be text, found {type(row[key]).__name__}"
+        if not row[key].strip():
+            return None, "empty_input", f"{key!r} is empty"
+    if task.type == "classification":
+        label = row["label"]
+        if isinstance(label, bool) or not isinstance(label, str | int | float):
+            return None, "label_not_in_schema", f"label must be text, found {type(label).__name__}"
+        label = str(label).strip()
+        canonical = {lab.casefold(): lab for lab in task.labels or []}
+        if label.casefold() not in canonical:
+            allowed = ", ".join(task.labels or [])
+            return None, "label_not_in_schema", f"label {label!r} is not one of: {allowed}"
+        row["label"] = canonical[label.casefold()]
+    elif task.type == "extraction":
+        out = row["output"]
+        if isinstance(out, str):
+            try:
+                out = json.loads(out)
+            except json.JSONDecodeError:
+                return None, "bad_output", "output is text but not JSON"
+        if not isinstance(out, dict):
+            return None, "bad_output", f"output must be a JSON object, found {type(out).__name__}"
+        row["output"] = out
+    elif task.type == "generation":
+        if not isinstance(row["output"], str) or not row["output"].strip():
+            return None, "empty_output", "output is empty or not text"
+    elif task.type == "chat":
+        msgs = row["messages"]
+        ok = (
+            isinstance(msgs, list)
+            and len(msgs) >= 2
+            and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs)
+            and all(m.get("role") in ("system", "user", "assistant") for m in msgs)
+            and msgs[-1].get("role") == "assistant"
+        )
+        if not ok:
+            return None, "bad_messages", "need [{role, content}, ...] ending with an assistant turn"
+        row["messages"] = [{"role": m["role"], "content": m["content"]} for m in msgs]
+    return row, "", ""
+
+
+def source_for(project: Project, path: str | Path) -> SourceConfig:
+    """The manifest's source config for ``path``, or defaults if it is not listed."""
+    target = project.manifest.resolve(path).resolve()
+    for src in project.manifest.data.sources:
+        if project.manifest.resolve(src.path).resolve() == target:
+            return src
+    return SourceConfig(path=str(target))
+
+
+def _source_digest(path: Path) -> str:
+    if path.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(str(f.relative_to(path)).encode() + b"\0" + sha256_file(f).encode())
+        return h.hexdigest()
+    return sha256_file(path)
+
+
+def import_source(project: Project, src: SourceConfig) -> ImportResult:
+    """Read one source into the project; idempotent for the same bytes and mapping."""
+    task = project.manifest.task
+    path = project.manifest.resolve(src.path)
+    if not path.exists():
+        raise DataError(
+            f"source {path} does not exist",
+            hint="Check the path (relative paths start at the folder of slmloop.yaml).",
+        )
+    digest = _source_digest(path)
+    config = src.model_dump(mode="json")
+    config["path"] = str(path)
+    mapping_key = json.dumps(
+        {"source": {k: v for k, v in config.items() if k != "path"}, "task": task.model_dump(mode="json")},
+        sort_keys=True,
+    )
+    import_id = "imp-" + hashlib.sha256((digest + mapping_key).encode()).hexdigest()[:12]
+    with project.store.session() as s:
+        existing = s.get(Import, import_id)
+    if existing is not None:
+        rejects = project.objects.read_jsonl(existing.rejects_object)
+        return ImportResult(existing, reused=True, rejects=rejects, blank_lines=0)
+
+    stats = SourceStats()
+    accepted: list[dict[str, Any]] = []
+    rejects = []
+    rows_read = 0
+    for rec in read_records(path, src, stats):
+        rows_read += 1
+        if rec.reason is None:
+            row, reason, detail = map_record(task, src.fields, rec)
+        else:
+            row, reason, detail = None, rec.reason, rec.detail
+        where = {"file": rec.file, "line": rec.line}
+        if row is not None:
+            row["_src"] = {"import": import_id, **where}
+            accepted.append(row)
+        else:
+            raw = rec.raw or (json.dumps(rec.fields, ensure_ascii=False)[:300] if rec.fields else "")
+            rejects.append({**where, "reason": reason, "detail": detail, "raw": raw})
+    if len(accepted) + len(rejects) != rows_read:  # pragma: no cover - a bug, not user input
+        raise StoreError(f"row accounting broke: {len(accepted)} + {len(rejects)} != {rows_read}")
+    if rows_read == 0:
+        raise DataError(f"{path} holds no rows", hint="Check that the file is not empty.")
+    reasons = dict(Counter(r["reason"] for r in rejects))
+    record = Import(
+        id=import_id,
+        source_path=str(path),
+        source_sha256=digest,
+        format=src.format,
+        rows_read=rows_read,
+        accepted=len(accepted),
+        rejected=len(rejects),
+        accepted_object=project.objects.put_jsonl(accepted),
+        rejects_object=project.objects.put_jsonl(rejects),
+        reasons=reasons,
+        mapping=config,
+    )
+    project.store.add(
+        record,
+        "data.import",
+        import_id,
+        path=str(path),
+        rows_read=rows_read,
+        accepted=len(accepted),
+        rejected=len(rejects),
+        reasons=reasons,
+    )
+    return ImportResult(record, reused=False, rejects=rejects, blank_lines=stats.blank_lines)

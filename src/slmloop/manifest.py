@@ -1,0 +1,295 @@
+"""The ``slmloop.yaml`` schema and its loading.
+
+One small config object per stage; every field is documented, unknown keys and
+wrong types are rejected, and :func:`load_manifest` reports *every* problem at
+once with its key path (``train.learning_rate``) instead of stopping at the
+first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from slmloop.errors import ConfigError
+
+__all__ = [
+    "MANIFEST_NAME",
+    "DataConfig",
+    "EvalConfig",
+    "ExportConfig",
+    "Manifest",
+    "ModelConfig",
+    "MonitorConfig",
+    "ProjectConfig",
+    "ServeConfig",
+    "SourceConfig",
+    "SplitConfig",
+    "TaskConfig",
+    "TrainConfig",
+    "load_manifest",
+    "parse_manifest",
+]
+
+MANIFEST_NAME = "slmloop.yaml"
+
+TaskType = Literal["classification", "extraction", "generation", "chat"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ProjectConfig(Section):
+    name: str = Field("slmloop-project", description="Human name of the project.")
+    store_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the metadata store. Default: SQLite inside "
+        ".slmloop/ in the project folder; a postgresql:// URL shares it with a team.",
+    )
+
+
+class TaskConfig(Section):
+    type: TaskType = Field(description="classification | extraction | generation | chat")
+    instruction: str = Field(
+        "",
+        description="What the model is asked to do; sent as the system message of every example.",
+    )
+    labels: list[str] | None = Field(
+        None, description="classification: the allowed labels (rows with other labels are rejected)."
+    )
+    fields: list[str] | None = Field(None, description="extraction: the JSON fields the model must extract.")
+
+
+class SourceConfig(Section):
+    path: str = Field(description="File or folder, relative to the manifest.")
+    format: Literal["auto", "jsonl", "json", "csv", "tsv"] = Field(
+        "auto", description="auto: from the file suffix (.jsonl, .json, .csv, .tsv)."
+    )
+    encoding: str = Field("utf-8", description="Text encoding; undecodable rows are rejected.")
+    header: bool = Field(True, description="csv/tsv: the first row names the columns.")
+    columns: list[str] | None = Field(None, description="csv/tsv without a header: names for the columns, in order.")
+    delimiter: str | None = Field(None, description="csv/tsv: override the delimiter.")
+    quoting: bool = Field(
+        True,
+        description="csv/tsv: honour double quotes. false reads quotes as plain characters "
+        "(needed for files whose text contains unbalanced quotes).",
+    )
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="task field -> source column, e.g. {text: message, label: category}. "
+        "Unmapped task fields are looked up under their own name.",
+    )
+
+
+class SplitConfig(Section):
+    validation: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction for validation.")
+    gold: float = Field(0.2, gt=0.0, lt=1.0, description="Fraction frozen as the gold set (never trained on).")
+    seed: int = Field(13, description="Seed of the split; same data + seed = same split.")
+    stratify: bool = Field(True, description="classification: keep label balance in every split.")
+    max_rows: int | None = Field(
+        None, gt=0, description="Use a seeded sample of at most this many rows (quick experiments)."
+    )
+
+
+class DataConfig(Section):
+    sources: list[SourceConfig] = Field(default_factory=list, description="Where rows come from.")
+    normalize: bool = Field(True, description="Unicode NFC, control characters removed, whitespace collapsed.")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+
+class ModelConfig(Section):
+    base: str = Field(
+        "smollm2-135m-instruct",
+        description="Catalog name, Hugging Face id or local folder of the base model.",
+    )
+    max_length: int = Field(
+        256, gt=8, description="Longest example in tokens; longer rows are truncated at train time."
+    )
+
+
+class TrainConfig(Section):
+    lora_r: int = Field(16, gt=0, description="LoRA rank: capacity of the adapter.")
+    lora_alpha: int = Field(32, gt=0, description="LoRA scale numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input (costs ~25% speed on CPU).")
+    target_modules: Literal["auto", "all-linear"] | list[str] = Field(
+        "auto",
+        description="auto: attention projections of the architecture; all-linear: every "
+        "linear layer (more capacity, slower); or explicit module names.",
+    )
+    learning_rate: float = Field(1e-3, gt=0.0, description="Peak learning rate.")
+    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine")
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Fraction of steps to warm up.")
+    epochs: float = Field(1.0, gt=0.0, description="Passes over the training split.")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(16, gt=0, description="Examples per micro-batch.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    max_batch_tokens: int = Field(
+        2048,
+        gt=0,
+        description="Padded tokens per forward pass; longer batches are split (same maths, "
+        "bounded memory). Activation memory grows ~linearly with it.",
+    )
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    seed: int = Field(13)
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 where the hardware computes it fast (AVX512-BF16/AMX, GPUs)."
+    )
+    eval_every: int | None = Field(None, gt=0, description="Validation loss every N steps (default: ~4 times per run).")
+
+
+class EvalConfig(Section):
+    mode: Literal["auto", "rank", "generate"] = Field(
+        "auto",
+        description="classification: rank = pick the label the model finds most likely "
+        "(never unparseable), generate = free generation parsed to a label. auto: rank for "
+        "classification, generate otherwise.",
+    )
+    batch_size: int = Field(16, gt=0)
+    max_new_tokens: int = Field(64, gt=0, description="Generation budget per gold row.")
+
+
+class ExportConfig(Section):
+    merged: bool = Field(True, description="Also write the adapter merged into the base weights.")
+    dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="dtype of merged weights.")
+
+
+class ServeConfig(Section):
+    host: str = Field("127.0.0.1")
+    port: int = Field(8000, gt=0, lt=65536)
+    max_new_tokens: int = Field(128, gt=0, description="Default generation budget per request.")
+
+
+class MonitorConfig(Section):
+    embedding_model: str = Field("all-minilm-l6-v2", description="Embedder for the semantic test.")
+    min_requests: int = Field(20, gt=1, description="Fewer logged requests: verdict 'insufficient'.")
+    reference_size: int = Field(500, gt=1, description="Training inputs sampled as the reference.")
+    alpha: float = Field(0.01, gt=0.0, lt=1.0, description="Significance level of each test.")
+    permutations: int = Field(500, gt=10, description="Permutations for the embedding test.")
+
+
+class Manifest(Section):
+    project: ProjectConfig = Field(default_factory=ProjectConfig)
+    task: TaskConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+
+    #: folder the manifest was read from; relative paths resolve against it
+    root: Path = Field(default=Path("."), exclude=True)
+
+    def resolve(self, path: str | Path) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.root / p)
+
+    @property
+    def eval_mode(self) -> Literal["rank", "generate"]:
+        if self.eval.mode != "auto":
+            return self.eval.mode
+        return "rank" if self.task.type == "classification" else "generate"
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def _semantic_problems(m: Manifest) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    t = m.task
+    if t.type == "classification":
+        if not t.labels:
+            problems.append(("task.labels", "classification needs the list of allowed labels"))
+        elif len(set(t.labels)) != len(t.labels):
+            problems.append(("task.labels", "labels must be unique"))
+        elif len(t.labels) < 2:
+            problems.append(("task.labels", "classification needs at least two labels"))
+    if t.type == "extraction" and not t.fields:
+        problems.append(("task.fields", "extraction needs the list of JSON fields to extract"))
+    if t.type != "classification" and m.eval.mode == "rank":
+        problems.append(("eval.mode", "rank works for classification only; use generate"))
+    if m.data.split.validation + m.data.split.gold >= 0.9:
+        problems.append(("data.split", "validation + gold leave less than 10% of rows for training"))
+    for i, src in enumerate(m.data.sources):
+        if src.header is False and not src.columns:
+            problems.append((f"data.sources[{i}].columns", "a file without a header needs column names"))
+        if src.delimiter is not None and len(src.delimiter) != 1:
+            problems.append((f"data.sources[{i}].delimiter", "must be a single character"))
+    return problems
+
+
+def parse_manifest(raw: Any, root: Path = Path(".")) -> Manifest:
+    """Validate a loaded YAML document; raise ConfigError listing every problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            "slmloop.yaml must be a mapping of sections (project, task, data, …)",
+            hint="Start from `slmloop init DIR` and edit the generated file.",
+            problems=[("", "the document is not a mapping")],
+        )
+    problems: list[tuple[str, str]] = []
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        for err in exc.errors():
+            key = _key_path(err["loc"])
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check the spelling; `slmloop init` shows every known key)"
+            elif err["type"] == "missing":
+                msg = "required key is missing"
+            elif "input" in err and not isinstance(err["input"], dict | list):
+                msg = f"{msg} (got {err['input']!r})"
+            problems.append((key, msg))
+        manifest = None
+    if manifest is not None:
+        problems.extend(_semantic_problems(manifest))
+    if problems:
+        lines = "\n".join(f"  {k or '<root>'}: {v}" for k, v in problems)
+        raise ConfigError(
+            f"slmloop.yaml has {len(problems)} problem(s):\n{lines}",
+            hint="Fix the keys above; `slmloop validate` re-checks the file.",
+            problems=problems,
+        )
+    assert manifest is not None
+    manifest.root = root
+    return manifest
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and validate ``slmloop.yaml`` (a file or the folder that holds it)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / MANIFEST_NAME
+    if not p.exists():
+        raise ConfigError(
+            f"no {MANIFEST_NAME} at {p.parent.resolve()}",
+            hint="Run `slmloop init DIR` to create a project, or pass --project DIR.",
+        )
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p} is not UTF-8 text: {exc}", hint="Save the file as UTF-8.") from None
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        raise ConfigError(
+            f"{p} is not valid YAML{where}: {getattr(exc, 'problem', exc)}",
+            hint="Check indentation and quoting around that line.",
+            problems=[("", f"YAML syntax error{where}")],
+        ) from None
+    return parse_manifest(raw, root=p.parent.resolve())

@@ -1,0 +1,201 @@
+"""Loading tokenizers and causal LMs (with or without a LoRA adapter), chat formatting.
+
+Heavy imports (torch, transformers, peft) happen inside functions so that
+``slmloop --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from slmloop.errors import ModelError
+from slmloop.models.catalog import ResolvedModel
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "CHATML_TEMPLATE",
+    "EncodedExample",
+    "encode_example",
+    "hardware_bf16",
+    "load_causal_lm",
+    "load_tokenizer",
+    "pick_dtype",
+    "quiet_transformers",
+    "render_prompt",
+]
+
+#: used when a tokenizer ships no chat template (base models)
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% endif %}"
+)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence library chatter (load reports, progress bars, deprecation warnings)."""
+    import transformers
+
+    tlog = transformers.utils.logging
+    old = tlog.get_verbosity()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    loggers = [logging.getLogger(n) for n in ("peft", "accelerate", "sentence_transformers")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        tlog.set_verbosity(old)
+        tlog.enable_progress_bar()
+        for lg, lvl in zip(loggers, levels, strict=True):
+            lg.setLevel(lvl)
+
+
+@lru_cache(maxsize=1)
+def hardware_bf16() -> bool:
+    """True when bf16 matrix math is fast here: CUDA with bf16, or a CPU with AVX512-BF16/AMX."""
+    import torch
+
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_dtype(precision: str) -> torch.dtype:
+    import torch
+
+    if precision == "bf16" or (precision == "auto" and hardware_bf16()):
+        return torch.bfloat16
+    return torch.float32
+
+
+def _hub_error(spec: str, exc: Exception) -> ModelError:
+    return ModelError(
+        f"cannot load model {spec!r}: {str(exc).splitlines()[0] if str(exc) else exc!r}",
+        hint="Offline? Use a catalog name (smollm2-135m-instruct) or a local folder; "
+        "a hub id needs the Hugging Face hub (or its files in the HF cache).",
+    )
+
+
+def load_tokenizer(model: ResolvedModel) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    try:
+        with quiet_transformers():
+            tok = AutoTokenizer.from_pretrained(model.path)
+    except (OSError, ValueError) as exc:
+        raise _hub_error(model.spec, exc) from None
+    if tok.eos_token is None:
+        raise ModelError(
+            f"the tokenizer of {model.spec!r} has no EOS token, so a fine-tuned model could not stop",
+            hint="Use an instruct/chat model, or set eos_token in tokenizer_config.json.",
+        )
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if not getattr(tok, "chat_template", None):
+        tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+def load_causal_lm(
+    model: ResolvedModel,
+    dtype: torch.dtype,
+    *,
+    adapter: str | Path | None = None,
+    merge: bool = True,
+    attn_implementation: str = "sdpa",
+) -> PreTrainedModel:
+    """Load the base model, optionally with a LoRA adapter (merged in for speed)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with quiet_transformers():
+            lm = AutoModelForCausalLM.from_pretrained(model.path, dtype=dtype, attn_implementation=attn_implementation)
+    except (OSError, ValueError) as exc:
+        raise _hub_error(model.spec, exc) from None
+    if adapter is not None:
+        from peft import PeftModel
+
+        adapter = Path(adapter)
+        if not (adapter / "adapter_config.json").exists():
+            raise ModelError(
+                f"{adapter} holds no LoRA adapter (adapter_config.json is missing)",
+                hint="The run may have failed before saving; `slmloop runs` shows its status.",
+            )
+        with quiet_transformers():
+            lm = PeftModel.from_pretrained(lm, str(adapter))
+            if merge:
+                lm = lm.merge_and_unload()
+    lm.eval()
+    return lm
+
+
+def render_prompt(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> str:
+    """The model's own chat template, ready for the assistant's answer."""
+    return str(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+
+@dataclass
+class EncodedExample:
+    input_ids: list[int]
+    #: index of the first answer token; tokens before it are prompt (no loss)
+    prompt_len: int
+    truncated: bool
+
+
+def encode_example(
+    tok: PreTrainedTokenizerBase,
+    messages: list[dict[str, str]],
+    answer: str,
+    max_length: int,
+) -> EncodedExample:
+    """Tokenize prompt and answer separately, exactly as inference will see them.
+
+    The answer ends with the tokenizer's EOS (the template's end-of-turn for
+    chat models) so an exported model stops; anything the template adds after
+    it (a newline) is dropped. Too long: the prompt is cut from the left.
+    """
+    prompt = render_prompt(tok, messages)
+    full = str(tok.apply_chat_template([*messages, {"role": "assistant", "content": answer}], tokenize=False))
+    completion = full[len(prompt) :] if full.startswith(prompt) else answer
+    prompt_ids: list[int] = tok(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids: list[int] = tok(completion, add_special_tokens=False)["input_ids"]
+    eos = tok.eos_token_id
+    if eos in answer_ids:
+        answer_ids = answer_ids[: answer_ids.index(eos) + 1]
+    else:
+        answer_ids = [*answer_ids, eos]
+    truncated = False
+    if len(prompt_ids) + len(answer_ids) > max_length:
+        truncated = True
+        keep = max(max_length - len(answer_ids), max_length // 4)
+        prompt_ids = prompt_ids[-keep:]
+        answer_ids = answer_ids[: max_length - len(prompt_ids)]
+    return EncodedExample(prompt_ids + answer_ids, len(prompt_ids), truncated)
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable

@@ -1,0 +1,145 @@
+"""``slmloop export``: a run → a versioned, checksummed, self-describing release folder.
+
+    releases/v3/
+      adapter/            the LoRA adapter (PEFT format) + tokenizer
+      merged/             base + adapter merged, safetensors + tokenizer (optional)
+      manifest.json       lineage (run, dataset, gold, base model), metrics, sha256 of every file
+
+The folder is built under a temporary name and renamed into place; the release
+row and its audit event are written in one transaction after that.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from slmloop import versions
+from slmloop.errors import StoreError
+from slmloop.models.catalog import resolve_model
+from slmloop.project import Project
+from slmloop.store import Evaluation, Release, Run, atomic_dir, atomic_write_json, sha256_file, utcnow
+from slmloop.targets import resolve_run
+
+__all__ = ["export_release", "verify_release"]
+
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def _run_metrics(project: Project, run: Run) -> dict[str, Any]:
+    """The run's newest evaluation on its gold set, if any."""
+    from sqlalchemy import select
+
+    with project.store.session() as s:
+        ev = s.scalars(
+            select(Evaluation)
+            .where(Evaluation.model_ref == run.name, Evaluation.gold_id == run.gold_id)
+            .order_by(Evaluation.id.desc())
+            .limit(1)
+        ).first()
+    if ev is None:
+        return {}
+    keep = {k: v for k, v in ev.metrics.items() if isinstance(v, int | float)}
+    return {"evaluation": ev.name, "gold": ev.gold_id, **keep}
+
+
+def _merge(run: Run, adapter: Path, out: Path, dtype_name: str) -> None:
+    import torch
+    from peft import PeftModel
+
+    from slmloop.models.loading import load_causal_lm, load_tokenizer, quiet_transformers
+
+    base = resolve_model(run.base_model)
+    # merge in fp32 so the low-rank update is added exactly, then cast once
+    model = load_causal_lm(base, torch.float32)
+    with quiet_transformers():
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        model = model.to(getattr(torch, _DTYPES[dtype_name]))
+        model.save_pretrained(out, safe_serialization=True)
+    load_tokenizer(base).save_pretrained(out)
+    tok_src = adapter / "tokenizer_config.json"
+    if tok_src.exists():  # the tokenizer the run trained with wins (chat template)
+        for f in adapter.iterdir():
+            if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+                shutil.copyfile(f, out / f.name)
+
+
+def export_release(project: Project, run_ref: str | None = None, *, console: Console | None = None) -> Release:
+    console = console or Console(stderr=True)
+    cfg = project.manifest.export
+    run = resolve_run(project, run_ref)
+    adapter = Path(run.path) / "adapter"
+    if not (adapter / "adapter_config.json").exists():
+        raise StoreError(f"{run.name} has no adapter at {adapter}", hint="Retrain with `slmloop train`.")
+    with project.store.session() as s:
+        version = project.store.next_release_version(s)
+    target = project.releases_dir / f"v{version}"
+    metrics = _run_metrics(project, run)
+    with atomic_dir(target) as tmp:
+        shutil.copytree(adapter, tmp / "adapter")
+        if cfg.merged:
+            with console.status(f"merging {run.name} into {run.base_model} ({cfg.dtype}) …"):
+                _merge(run, adapter, tmp / "merged", cfg.dtype)
+        files = {
+            str(p.relative_to(tmp)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file()
+        }
+        manifest = {
+            "format": "slmloop-release/1",
+            "version": version,
+            "created_at": utcnow().isoformat(),
+            "project": project.manifest.project.name,
+            "run": run.name,
+            "dataset": run.dataset_id,
+            "gold": run.gold_id,
+            "base_model": run.base_model,
+            "task": project.manifest.task.model_dump(),
+            "train": run.config.get("train", {}),
+            "merged_dtype": cfg.dtype if cfg.merged else None,
+            "metrics": metrics,
+            "train_metrics": run.metrics,
+            "files": files,
+            "versions": versions(),
+        }
+        atomic_write_json(tmp / "manifest.json", manifest)
+        manifest_sha = sha256_file(tmp / "manifest.json")
+    release = Release(
+        version=version,
+        run_id=run.id,
+        path=str(target),
+        manifest_sha256=manifest_sha,
+        dataset_id=run.dataset_id,
+        gold_id=run.gold_id,
+        base_model=run.base_model,
+        metrics=metrics,
+    )
+    try:
+        return project.store.add(release, "release.export", f"v{version}", run=run.name, path=str(target))
+    except Exception:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+
+
+def verify_release(release: Release) -> list[str]:
+    """Files whose checksum no longer matches the release manifest (empty = intact)."""
+    import json
+
+    folder = Path(release.path)
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.exists():
+        return ["manifest.json (missing)"]
+    problems = []
+    if sha256_file(manifest_path) != release.manifest_sha256:
+        problems.append("manifest.json (changed since export)")
+    files = json.loads(manifest_path.read_text())["files"]
+    for name, info in files.items():
+        p = folder / name
+        if not p.exists():
+            problems.append(f"{name} (missing)")
+        elif sha256_file(p) != info["sha256"]:
+            problems.append(f"{name} (checksum differs)")
+    return problems

@@ -1,0 +1,118 @@
+"""Starting the server: in this process (``slmloop serve``) or as a child process (demo, tests)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from slmloop.errors import ServeError
+from slmloop.models.loading import pick_dtype
+from slmloop.project import Project
+from slmloop.serve.app import Predictor, create_app
+from slmloop.targets import load_target, resolve_release, resolve_target
+
+__all__ = ["ServerProcess", "build_app", "free_port", "serve"]
+
+
+def build_app(project: Project, release_ref: str | int | None = None) -> tuple[Any, Predictor]:
+    release = resolve_release(project, release_ref)
+    target = resolve_target(project, f"release-{release.version}")
+    model, tok = load_target(target, pick_dtype("auto"))
+    m = project.manifest
+    predictor = Predictor(
+        model=model,
+        tokenizer=tok,
+        task=m.task,
+        name=f"{m.project.name}-v{release.version}",
+        mode=m.eval_mode,
+        max_new_tokens=m.serve.max_new_tokens,
+    )
+    return create_app(predictor, project.store, release.version), predictor
+
+
+def serve(project: Project, release_ref: str | int | None, host: str, port: int) -> None:
+    import uvicorn
+
+    app, _ = build_app(project, release_ref)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    except OSError as exc:
+        raise ServeError(f"cannot listen on {host}:{port}: {exc}", hint="Pick another --port.") from None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """``slmloop serve`` in a child process; ``with`` waits for /health and stops it after."""
+
+    def __init__(
+        self,
+        project_dir: Path,
+        release: int | None = None,
+        port: int | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        self.project_dir = project_dir
+        self.release = release
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path or (project_dir / ".slmloop" / "serve.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> ServerProcess:
+        cmd = [
+            sys.executable,
+            "-m",
+            "slmloop",
+            "serve",
+            "--project",
+            str(self.project_dir),
+            "--port",
+            str(self.port),
+        ]
+        if self.release is not None:
+            cmd += ["--release", str(self.release)]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self._wait_healthy(timeout=180)
+        return self
+
+    def _wait_healthy(self, timeout: float) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                raise ServeError(f"the server exited with code {self.proc.returncode}:\n{tail}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.__exit__(None, None, None)
+        raise ServeError(
+            f"the server did not answer /health within {timeout:.0f} s", hint=f"See its log: {self.log_path}"
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

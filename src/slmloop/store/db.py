@@ -1,0 +1,330 @@
+"""Metadata store: SQLAlchemy 2 tables and one :class:`Store` that owns them.
+
+SQLite inside the project folder by default; any SQLAlchemy URL (PostgreSQL
+for a team) through the same code. Each state change is one transaction, and
+every change a user would want to audit also appends an :class:`Event`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from slmloop.errors import NotFoundError, StoreError
+
+__all__ = [
+    "AliasHistory",
+    "DatasetVersion",
+    "DriftReport",
+    "Evaluation",
+    "Event",
+    "GoldVersion",
+    "Import",
+    "Prediction",
+    "Release",
+    "RequestLog",
+    "Run",
+    "Store",
+    "utcnow",
+]
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Event(Base):
+    """Append-only audit log."""
+
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ts: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    kind: Mapped[str] = mapped_column(String(64), index=True)
+    subject: Mapped[str] = mapped_column(String(128), default="")
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Import(Base):
+    """One source file read into the project, with per-row accounting."""
+
+    __tablename__ = "imports"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    source_path: Mapped[str] = mapped_column(Text)
+    source_sha256: Mapped[str] = mapped_column(String(64))
+    format: Mapped[str] = mapped_column(String(16))
+    rows_read: Mapped[int] = mapped_column(Integer)
+    accepted: Mapped[int] = mapped_column(Integer)
+    rejected: Mapped[int] = mapped_column(Integer)
+    accepted_object: Mapped[str] = mapped_column(String(64))
+    rejects_object: Mapped[str] = mapped_column(String(64))
+    reasons: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    mapping: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class GoldVersion(Base):
+    __tablename__ = "gold_versions"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    parent_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    object: Mapped[str] = mapped_column(String(64))
+    rows: Mapped[int] = mapped_column(Integer)
+    note: Mapped[str] = mapped_column(Text, default="")
+
+
+class DatasetVersion(Base):
+    __tablename__ = "dataset_versions"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    import_ids: Mapped[list[Any]] = mapped_column(default=list)
+    train_object: Mapped[str] = mapped_column(String(64))
+    validation_object: Mapped[str] = mapped_column(String(64))
+    gold_id: Mapped[str] = mapped_column(ForeignKey("gold_versions.id"))
+    rejects_object: Mapped[str] = mapped_column(String(64))
+    counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("dataset_versions.id"))
+    gold_id: Mapped[str] = mapped_column(String(32))
+    base_model: Mapped[str] = mapped_column(Text)
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    path: Mapped[str] = mapped_column(Text, default="")
+
+    @property
+    def name(self) -> str:
+        return f"run-{self.id}"
+
+
+class Evaluation(Base):
+    __tablename__ = "evaluations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    model_ref: Mapped[str] = mapped_column(String(128))
+    gold_id: Mapped[str] = mapped_column(String(32))
+    mode: Mapped[str] = mapped_column(String(16))
+    n_rows: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+
+    @property
+    def name(self) -> str:
+        return f"eval-{self.id}"
+
+
+class Prediction(Base):
+    __tablename__ = "predictions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id"), index=True)
+    idx: Mapped[int] = mapped_column(Integer)
+    input: Mapped[str] = mapped_column(Text)
+    reference: Mapped[str] = mapped_column(Text)
+    prediction: Mapped[str] = mapped_column(Text)
+    raw: Mapped[str] = mapped_column(Text, default="")
+    correct: Mapped[bool] = mapped_column(Boolean)
+    scores: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Release(Base):
+    __tablename__ = "releases"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    path: Mapped[str] = mapped_column(Text)
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    dataset_id: Mapped[str] = mapped_column(String(32))
+    gold_id: Mapped[str] = mapped_column(String(32))
+    base_model: Mapped[str] = mapped_column(Text)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class AliasHistory(Base):
+    """Append-only: the current target of an alias is its newest row."""
+
+    __tablename__ = "alias_history"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ts: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    alias: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[int] = mapped_column(ForeignKey("releases.version"))
+    previous: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class RequestLog(Base):
+    __tablename__ = "requests"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ts: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    release_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    endpoint: Mapped[str] = mapped_column(String(64))
+    status: Mapped[int] = mapped_column(Integer)
+    input: Mapped[str] = mapped_column(Text, default="")
+    output: Mapped[str] = mapped_column(Text, default="")
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class DriftReport(Base):
+    __tablename__ = "drift_reports"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    release_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    verdict: Mapped[str] = mapped_column(String(16))
+    n_requests: Mapped[int] = mapped_column(Integer)
+    stats: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    path: Mapped[str] = mapped_column(Text, default="")
+
+
+class Meta(Base):
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+class Store:
+    """All metadata of one project. Pass it explicitly; there is no global store."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self.engine: Engine = create_engine(url, future=True)
+        except (SQLAlchemyError, ImportError) as exc:
+            raise StoreError(
+                f"cannot open the metadata store {url!r}: {exc}",
+                hint="Check project.store_url in slmloop.yaml (sqlite:///path or postgresql://…).",
+            ) from None
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        try:
+            Base.metadata.create_all(self.engine)
+            with self.session() as s:
+                if s.get(Meta, "schema_version") is None:
+                    s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+        except OperationalError as exc:
+            raise StoreError(
+                f"cannot open the metadata store {url!r}: {exc.orig}",
+                hint="Check that the folder is writable and the database server is reachable.",
+            ) from None
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: committed when the block ends, rolled back on error."""
+        with self._sessions() as s, s.begin():
+            yield s
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- audit log ---------------------------------------------------------
+    def log_event(self, s: Session, kind: str, subject: str = "", **payload: Any) -> None:
+        s.add(Event(kind=kind, subject=subject, payload=payload))
+
+    def events(self, kind: str | None = None, limit: int = 100) -> Sequence[Event]:
+        with self.session() as s:
+            q = select(Event).order_by(Event.id.desc()).limit(limit)
+            if kind:
+                q = q.where(Event.kind == kind)
+            return s.scalars(q).all()
+
+    # -- generic lookups ---------------------------------------------------
+    def add(self, obj: Any, event_kind: str | None = None, subject: str = "", **payload: Any) -> Any:
+        with self.session() as s:
+            s.add(obj)
+            s.flush()
+            if event_kind:
+                self.log_event(s, event_kind, subject or _subject(obj), **payload)
+        return obj
+
+    def list(self, model: type[Any], order: Any = None, limit: int | None = None) -> Sequence[Any]:
+        with self.session() as s:
+            q = select(model)
+            if order is not None:
+                q = q.order_by(order)
+            if limit:
+                q = q.limit(limit)
+            return s.scalars(q).all()
+
+    def get(self, model: type[Any], key: Any, what: str, hint: str) -> Any:
+        with self.session() as s:
+            obj = s.get(model, key)
+        if obj is None:
+            raise NotFoundError(f"{what} {key!r} does not exist", hint=hint)
+        return obj
+
+    def latest(self, model: type[Any], order: Any) -> Any | None:
+        with self.session() as s:
+            return s.scalars(select(model).order_by(order.desc()).limit(1)).first()
+
+    def next_release_version(self, s: Session) -> int:
+        current = s.scalar(select(func.max(Release.version)))
+        return (current or 0) + 1
+
+    def alias_target(self, alias: str) -> int | None:
+        with self.session() as s:
+            row = s.scalars(
+                select(AliasHistory).where(AliasHistory.alias == alias).order_by(AliasHistory.id.desc()).limit(1)
+            ).first()
+            return row.version if row else None
+
+    def predictions(self, evaluation_id: int) -> Sequence[Prediction]:
+        with self.session() as s:
+            return s.scalars(
+                select(Prediction).where(Prediction.evaluation_id == evaluation_id).order_by(Prediction.idx)
+            ).all()
+
+    def requests(self, since_id: int = 0, release: int | None = None) -> Sequence[RequestLog]:
+        with self.session() as s:
+            q = select(RequestLog).where(RequestLog.id > since_id).order_by(RequestLog.id)
+            if release is not None:
+                q = q.where(RequestLog.release_version == release)
+            return s.scalars(q).all()
+
+
+def _subject(obj: Any) -> str:
+    for attr in ("name", "id", "version"):
+        value = getattr(obj, attr, None)
+        if value is not None:
+            return str(value)
+    return ""

@@ -1,0 +1,133 @@
+"""What a model reference means: ``base``, ``run-3``, ``latest``, ``v2``, ``release-2``, an alias.
+
+Evaluation and serving both resolve references here, so ``slmloop eval
+--model v2`` scores exactly the files ``slmloop serve --release 2`` answers with.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from slmloop.errors import ModelError, NotFoundError
+from slmloop.models.catalog import ResolvedModel, resolve_model
+from slmloop.models.loading import load_causal_lm, load_tokenizer
+from slmloop.project import Project
+from slmloop.store import Release, Run
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["ModelTarget", "load_target", "resolve_release", "resolve_run", "resolve_target"]
+
+
+@dataclass
+class ModelTarget:
+    ref: str  # canonical: "base", "run-3", "release-2"
+    base: ResolvedModel
+    adapter: Path | None = None
+    merged: Path | None = None
+    run: Run | None = None
+    release: Release | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.ref.split("-")[0]
+
+
+_RUN = re.compile(r"^(?:run-)?(\d+)$")
+_RELEASE = re.compile(r"^(?:v|release-|release:)(\d+)$")
+
+
+def resolve_run(project: Project, ref: str | None = None) -> Run:
+    """``run-N``, ``N`` or ``latest`` (the newest completed run)."""
+    if ref in (None, "latest"):
+        with project.store.session() as s:
+            run = s.scalars(select(Run).where(Run.status == "completed").order_by(Run.id.desc()).limit(1)).first()
+        if run is None:
+            raise NotFoundError("no completed training run yet", hint="Run `slmloop train` first.")
+        return run
+    m = _RUN.match(ref)
+    if not m:
+        raise NotFoundError(f"{ref!r} is not a run id", hint="Run ids look like run-3; `slmloop runs`.")
+    run = project.store.get(Run, int(m.group(1)), "run", "`slmloop runs` lists the runs.")
+    if run.status != "completed":
+        raise NotFoundError(
+            f"{run.name} is {run.status}, so it has no adapter to use",
+            hint="Pick a completed run (`slmloop runs`), or resume this one with `slmloop train --resume`.",
+        )
+    return run
+
+
+def resolve_release(project: Project, ref: str | int | None = None) -> Release:
+    """``N``, ``vN``, ``release-N``, an alias name, or None (production alias, else newest)."""
+    if ref is None:
+        version = project.store.alias_target("production")
+        if version is None:
+            latest = project.store.latest(Release, Release.version)
+            if latest is None:
+                raise NotFoundError("no release yet", hint="Run `slmloop export` first.")
+            return latest
+        ref = version
+    if isinstance(ref, int) or str(ref).isdigit():
+        version = int(ref)
+    else:
+        m = _RELEASE.match(str(ref))
+        if m:
+            version = int(m.group(1))
+        else:
+            target = project.store.alias_target(str(ref))
+            if target is None:
+                raise NotFoundError(
+                    f"{ref!r} is neither a release version nor an alias",
+                    hint="`slmloop releases` lists versions and aliases.",
+                )
+            version = target
+    return project.store.get(Release, version, "release", "`slmloop releases` lists them.")
+
+
+def resolve_target(project: Project, ref: str) -> ModelTarget:
+    base = project.manifest.model.base
+    if ref == "base":
+        return ModelTarget("base", resolve_model(base))
+    if ref == "latest" or _RUN.match(ref):
+        run = resolve_run(project, ref)
+        adapter = Path(run.path) / "adapter"
+        return ModelTarget(run.name, resolve_model(run.base_model), adapter=adapter, run=run)
+    release = resolve_release(project, ref)
+    folder = Path(release.path)
+    merged = folder / "merged"
+    return ModelTarget(
+        f"release-{release.version}",
+        resolve_model(release.base_model),
+        adapter=folder / "adapter",
+        merged=merged if (merged / "config.json").exists() else None,
+        release=release,
+    )
+
+
+def load_target(target: ModelTarget, dtype: torch.dtype) -> tuple[Any, Any]:
+    """(model, tokenizer) ready for inference.
+
+    A release loads its merged weights (the shipped files); a run keeps the
+    adapter unmerged so low-precision rounding cannot blur the trained deltas.
+    """
+    if target.merged is not None:
+        local = ResolvedModel(target.ref, str(target.merged), "local")
+        return load_causal_lm(local, dtype), load_tokenizer(local)
+    tok_source = target.base
+    if target.adapter is not None:
+        if not (target.adapter / "adapter_config.json").exists():
+            raise ModelError(
+                f"{target.ref} has no adapter at {target.adapter}",
+                hint="The files may have been deleted; retrain or re-export.",
+            )
+        if (target.adapter / "tokenizer_config.json").exists():
+            # the run saved the tokenizer it trained with (chat template included)
+            tok_source = ResolvedModel(target.ref, str(target.adapter), "local")
+    model = load_causal_lm(target.base, dtype, adapter=target.adapter, merge=False)
+    return model, load_tokenizer(tok_source)

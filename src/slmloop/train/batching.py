@@ -1,0 +1,143 @@
+"""Examples → tensors with no compute wasted on padding.
+
+Batches are *length-grouped*: examples are shuffled, cut into pools of many
+batches, sorted by length inside each pool, and the batches are shuffled again.
+Every batch then holds examples of nearly the same length, so padding is close
+to zero while the order stays random from batch to batch. The order is a pure
+function of (seed, epoch), which makes resumed runs see the same batches.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from slmloop.manifest import TaskConfig
+from slmloop.models.loading import EncodedExample, encode_example
+from slmloop.tasks import prompt_messages, target_text
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = ["Batch", "collate", "encode_rows", "length_grouped_batches", "split_by_tokens"]
+
+POOL = 32  # batches per sorting pool
+
+
+def encode_rows(
+    tok: PreTrainedTokenizerBase, task: TaskConfig, rows: Sequence[dict[str, Any]], max_length: int
+) -> list[EncodedExample]:
+    return [encode_example(tok, prompt_messages(task, r), target_text(task, r), max_length) for r in rows]
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    rng = random.Random(f"{seed}:{epoch}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches: list[list[int]] = []
+    pool = batch_size * POOL
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start : start + pool], key=lambda i: lengths[i])
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def split_by_tokens(batch: list[int], lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Cut a batch into micro-batches of at most ``budget`` padded tokens each.
+
+    The optimizer step still sees the whole batch (gradients accumulate), so
+    this bounds peak memory without changing the maths.
+    """
+    ordered = sorted(batch, key=lambda i: lengths[i])
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    for i in ordered:
+        if current and (len(current) + 1) * lengths[i] > budget:
+            chunks.append(current)
+            current = []
+        current.append(i)
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+@dataclass
+class Batch:
+    """A micro-batch. When its examples share a prompt prefix (system prompt,
+    instruction), ``prefix_ids`` holds it once and ``input_ids`` only the rest:
+    the prefix is run once and its keys/values are shared by every row."""
+
+    input_ids: torch.Tensor  # (B, T - P) right-padded suffixes
+    attention_mask: torch.Tensor  # (B, T - P)
+    rows: torch.Tensor  # (N,) batch row of each answer token
+    positions: torch.Tensor  # (N,) suffix position whose hidden state predicts the token
+    targets: torch.Tensor  # (N,) the answer token ids
+    real_tokens: int  # non-padding tokens the batch stands for (prefix counted per row)
+    prefix_ids: torch.Tensor | None = None  # (1, P) shared prompt prefix
+
+    @property
+    def answer_tokens(self) -> int:
+        return int(self.targets.numel())
+
+    @property
+    def prefix_len(self) -> int:
+        return 0 if self.prefix_ids is None else int(self.prefix_ids.shape[1])
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.rows.to(device),
+            self.positions.to(device),
+            self.targets.to(device),
+            self.real_tokens,
+            None if self.prefix_ids is None else self.prefix_ids.to(device),
+        )
+
+
+MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth a second forward call
+
+
+def shared_prefix_len(examples: Sequence[EncodedExample]) -> int:
+    """Longest common token prefix, kept strictly inside every prompt."""
+    if len(examples) < 2:
+        return 0
+    first = examples[0].input_ids
+    limit = min(e.prompt_len for e in examples) - 1
+    n = 0
+    while n < limit and all(e.input_ids[n] == first[n] for e in examples):
+        n += 1
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def collate(examples: Sequence[EncodedExample], pad_id: int, share_prefix: bool = True) -> Batch:
+    import torch
+
+    p = shared_prefix_len(examples) if share_prefix else 0
+    width = max(len(e.input_ids) for e in examples) - p
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    rows: list[int] = []
+    positions: list[int] = []
+    targets: list[int] = []
+    for b, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[b, : n - p] = torch.tensor(e.input_ids[p:], dtype=torch.long)
+        mask[b, : n - p] = 1
+        for t in range(max(e.prompt_len, 1), n):
+            rows.append(b)
+            positions.append(t - 1 - p)
+            targets.append(e.input_ids[t])
+    return Batch(
+        input_ids=ids,
+        attention_mask=mask,
+        rows=torch.tensor(rows, dtype=torch.long),
+        positions=torch.tensor(positions, dtype=torch.long),
+        targets=torch.tensor(targets, dtype=torch.long),
+        real_tokens=sum(len(e.input_ids) for e in examples),
+        prefix_ids=torch.tensor([examples[0].input_ids[:p]], dtype=torch.long) if p else None,
+    )

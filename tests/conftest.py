@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.tiny import build_tiny_model, toy_rows
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def write_project(root: Path, model: Path | str, rows: list[dict], **sections: dict) -> Path:
+    """A classification project over ``rows`` (JSONL), with the given manifest sections merged in."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "data").mkdir(exist_ok=True)
+    with open(root / "data" / "train.jsonl", "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    manifest = {
+        "project": {"name": "toy"},
+        "task": {
+            "type": "classification",
+            "instruction": "Classify the SMS message as spam or ham.",
+            "labels": ["ham", "spam"],
+        },
+        "data": {"sources": [{"path": "data/train.jsonl"}], "split": {"validation": 0.1, "gold": 0.2, "seed": 1}},
+        "model": {"base": str(model), "max_length": 64},
+        "train": {
+            "batch_size": 8,
+            "epochs": 1,
+            "learning_rate": 5e-3,
+            "lora_r": 4,
+            "lora_alpha": 8,
+            "precision": "fp32",
+            "seed": 0,
+        },
+        "eval": {"batch_size": 16, "max_new_tokens": 4},
+        "monitor": {"min_requests": 5, "permutations": 100, "reference_size": 100},
+    }
+    for key, value in sections.items():
+        manifest[key] = {**manifest.get(key, {}), **value}
+    (root / "slmloop.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return root
+
+
+@pytest.fixture
+def toy_project(tmp_path: Path, tiny_model: Path) -> Path:
+    return write_project(tmp_path / "proj", tiny_model, toy_rows(120))

@@ -43,7 +43,7 @@ def write_project(root: Path, model: Path | str, rows: list[dict], **sections: d
             "seed": 0,
         },
         "eval": {"batch_size": 16, "max_new_tokens": 4},
-        "monitor": {"min_requests": 5, "permutations": 100, "reference_size": 100},
+        "monitor": {"min_requests": 5, "permutations": 300, "reference_size": 100, "alpha": 0.01},
     }
     for key, value in sections.items():
         manifest[key] = {**manifest.get(key, {}), **value}
@@ -54,3 +54,28 @@ def write_project(root: Path, model: Path | str, rows: list[dict], **sections: d
 @pytest.fixture
 def toy_project(tmp_path: Path, tiny_model: Path) -> Path:
     return write_project(tmp_path / "proj", tiny_model, toy_rows(120))
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
+    """A toy project taken through import → prepare → train → export (read-only for tests)."""
+    from slmloop.data.importer import import_source
+    from slmloop.data.prepare import prepare_dataset
+    from slmloop.project import open_project
+    from slmloop.release.export import export_release
+    from slmloop.train.recipe import train
+
+    root = write_project(
+        tmp_path_factory.mktemp("trained") / "proj",
+        tiny_model,
+        toy_rows(200),
+        train={"epochs": 4},
+        export={"dtype": "fp32"},
+    )
+    p = open_project(root)
+    import_source(p, p.manifest.data.sources[0])
+    prepare_dataset(p)
+    run = train(p)
+    export_release(p, run.name)
+    p.close()
+    return root

@@ -44,6 +44,12 @@ def test_semantic_problems_name_their_keys() -> None:
     assert "data.sources[0].columns" in keys
 
 
+def test_too_few_permutations_for_alpha() -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_manifest({**MINIMAL, "monitor": {"alpha": 0.01, "permutations": 100}})
+    assert [k for k, _ in exc.value.problems] == ["monitor.permutations"]
+
+
 def test_rank_mode_needs_classification() -> None:
     with pytest.raises(ConfigError) as exc:
         parse_manifest({"task": {"type": "generation"}, "eval": {"mode": "rank"}})

@@ -81,6 +81,8 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,
         tie_word_embeddings=True,
+        # large enough that a frozen, tied output layer can still express confident answers
+        initializer_range=0.2,
     )
     LlamaForCausalLM(config).save_pretrained(folder)
     return folder

@@ -137,7 +137,7 @@ def run_demo(directory: Path | None = None, console: Console | None = None) -> D
     with clock.stage("5. export release"):
         release = export_release(project, run.name, console=console)
         result.release = release.version
-        console.print(f"release v{release.version}: {release.path}")
+        console.print(f"release v{release.version}: {project.locate(release.path)}")
     with clock.stage("6. serve + traffic + monitor"), ServerProcess(root, release=release.version) as server:
         console.print(f"server up at {server.url}")
         result.smoke = _smoke(server.url)

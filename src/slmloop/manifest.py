@@ -8,6 +8,7 @@ first.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -223,6 +224,14 @@ def _semantic_problems(m: Manifest) -> list[tuple[str, str]]:
         problems.append(("eval.mode", "rank works for classification only; use generate"))
     if m.data.split.validation + m.data.split.gold >= 0.9:
         problems.append(("data.split", "validation + gold leave less than 10% of rows for training"))
+    needed = math.ceil(2 / m.monitor.alpha)  # two input tests share alpha (Bonferroni)
+    if m.monitor.permutations < needed:
+        problems.append(
+            (
+                "monitor.permutations",
+                f"{m.monitor.permutations} permutations cannot reach p < alpha/2; use at least {needed}",
+            )
+        )
     for i, src in enumerate(m.data.sources):
         if src.header is False and not src.columns:
             problems.append((f"data.sources[{i}].columns", "a file without a header needs column names"))

@@ -43,6 +43,17 @@ class Project:
     def reports_dir(self) -> Path:
         return self.home / "reports"
 
+    def locate(self, stored: str) -> Path:
+        """A path kept in the store (relative to the project, so projects can move) as a Path."""
+        p = Path(stored)
+        return p if p.is_absolute() else self.root / p
+
+    def relative(self, path: Path) -> str:
+        try:
+            return str(path.resolve().relative_to(self.root))
+        except ValueError:
+            return str(path.resolve())
+
     def close(self) -> None:
         self.store.close()
 

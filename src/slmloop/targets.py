@@ -96,10 +96,10 @@ def resolve_target(project: Project, ref: str) -> ModelTarget:
         return ModelTarget("base", resolve_model(base))
     if ref == "latest" or _RUN.match(ref):
         run = resolve_run(project, ref)
-        adapter = Path(run.path) / "adapter"
+        adapter = project.locate(run.path) / "adapter"
         return ModelTarget(run.name, resolve_model(run.base_model), adapter=adapter, run=run)
     release = resolve_release(project, ref)
-    folder = Path(release.path)
+    folder = project.locate(release.path)
     merged = folder / "merged"
     return ModelTarget(
         f"release-{release.version}",

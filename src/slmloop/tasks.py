@@ -78,9 +78,6 @@ def target_text(task: TaskConfig, row: dict[str, Any]) -> str:
     return str(row["output"])
 
 
-_WORD = re.compile(r"[\w-]+", re.UNICODE)
-
-
 def parse_prediction(task: TaskConfig, text: str) -> str:
     """Turn generated text into the task's prediction.
 
@@ -94,14 +91,10 @@ def parse_prediction(task: TaskConfig, text: str) -> str:
     by_lower = {lab.lower(): lab for lab in task.labels}
     if lowered in by_lower:
         return by_lower[lowered]
-    # longest labels first so "not spam" wins over "spam"
-    for lab in sorted(task.labels, key=len, reverse=True):
-        if lowered.startswith(lab.lower()):
-            return lab
-    words = " ".join(_WORD.findall(lowered))
-    best: tuple[int, str] | None = None
+    # the earliest label mentioned as whole words; at equal positions the longest ("not spam" over "spam")
+    best: tuple[int, int, str] | None = None
     for lab in task.labels:
-        m = re.search(r"(?<![\w-])" + re.escape(lab.lower()) + r"(?![\w-])", words)
-        if m and (best is None or m.start() < best[0]):
-            best = (m.start(), lab)
-    return best[1] if best else ""
+        m = re.search(r"(?<![\w-])" + re.escape(lab.lower()) + r"(?![\w-])", lowered)
+        if m and (best is None or (m.start(), -len(lab)) < (best[0], best[1])):
+            best = (m.start(), -len(lab), lab)
+    return best[2] if best else ""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 import typer.main
 
@@ -58,14 +57,18 @@ def main(argv: list[str] | None = None) -> int:
     except SlmloopError as exc:
         print_error(exc)
         return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
         err.print("[yellow]Interrupted.[/yellow]")
         return 130
+    except typer.TyperException as exc:  # usage errors: bad option, missing argument
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:
+            err.print(f"Error: {exc}")
+        return int(getattr(exc, "exit_code", 2))
     except MemoryError:
         print_error(ConfigError("out of memory", hint="Lower train.batch_size or train.max_batch_tokens."))
         return 1

@@ -23,7 +23,7 @@ def export(
     m = rel.metrics
     score = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k in ("accuracy", "macro_f1", "exact_match", "micro_f1"))
     out.print(
-        f"[bold green]release v{rel.version}[/bold green] from run-{rel.run_id}: {rel.path}"
+        f"[bold green]release v{rel.version}[/bold green] from run-{rel.run_id}: {proj.locate(rel.path)}"
         + (f"\n  gold metrics: {score}" if score else "")
     )
 

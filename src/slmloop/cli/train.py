@@ -47,7 +47,8 @@ def train(
     out.print(
         f"[bold green]{run.name} completed[/bold green]: {m['steps']} steps in {m['train_seconds']:.0f} s "
         f"({m['tokens_per_s']:.0f} tok/s) · train loss {m['train_loss_first']:.3f} → {m['train_loss_last']:.3f} "
-        f"· validation loss {val}\n  adapter: {run.path}/adapter · loss curve: {run.path}/loss_curve.png"
+        f"· validation loss {val}\n  adapter: {proj.locate(run.path) / 'adapter'} · "
+        f"loss curve: {proj.locate(run.path) / 'loss_curve.png'}"
     )
 
 

@@ -198,7 +198,7 @@ def monitor(
                 "last_request": live_rows[-1].id if live_rows else None,
             },
         },
-        path=str(report_dir or ""),
+        path=project.relative(report_dir) if report_dir else "",
     )
     project.store.add(report, "monitor.report", f"v{release.version}", verdict=result.verdict, n_requests=len(live))
     return report, result

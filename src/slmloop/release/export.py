@@ -71,7 +71,7 @@ def export_release(project: Project, run_ref: str | None = None, *, console: Con
     console = console or Console(stderr=True)
     cfg = project.manifest.export
     run = resolve_run(project, run_ref)
-    adapter = Path(run.path) / "adapter"
+    adapter = project.locate(run.path) / "adapter"
     if not (adapter / "adapter_config.json").exists():
         raise StoreError(f"{run.name} has no adapter at {adapter}", hint="Retrain with `slmloop train`.")
     with project.store.session() as s:
@@ -110,7 +110,7 @@ def export_release(project: Project, run_ref: str | None = None, *, console: Con
     release = Release(
         version=version,
         run_id=run.id,
-        path=str(target),
+        path=project.relative(target),
         manifest_sha256=manifest_sha,
         dataset_id=run.dataset_id,
         gold_id=run.gold_id,
@@ -124,11 +124,11 @@ def export_release(project: Project, run_ref: str | None = None, *, console: Con
         raise
 
 
-def verify_release(release: Release) -> list[str]:
+def verify_release(project: Project, release: Release) -> list[str]:
     """Files whose checksum no longer matches the release manifest (empty = intact)."""
     import json
 
-    folder = Path(release.path)
+    folder = project.locate(release.path)
     manifest_path = folder / "manifest.json"
     if not manifest_path.exists():
         return ["manifest.json (missing)"]

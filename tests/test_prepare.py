@@ -72,7 +72,7 @@ def test_same_data_same_version_and_gold_stays_frozen(tmp_path: Path) -> None:
     assert not reused
     assert second.version.gold_id == first.version.gold_id
     rejected = second.version.counts["rejected"]
-    assert rejected["in_gold"] == len(first.gold)  # the gold rows themselves never re-enter training
+    assert rejected["leaks_gold"] == len(first.gold)  # the gold rows themselves never re-enter training
     assert rejected["duplicate_exact"] >= 1  # the copy of a gold row
     assert gold_text not in {r["text"] for r in second.train + second.validation}
     assert load_dataset(p).version.id == second.version.id
@@ -90,3 +90,111 @@ def test_prepare_without_imports_says_what_to_do(tmp_path: Path) -> None:
     p = open_project(write_project(tmp_path / "p", "unused", []))
     with pytest.raises(DataError, match="no imported data"):
         prepare_dataset(p)
+
+
+def _prepare_rows(tmp_path: Path, rows: list[dict], **data) -> tuple:
+    p = open_project(
+        write_project(
+            tmp_path / "p",
+            "unused",
+            rows,
+            data={
+                "sources": [{"path": "data/train.jsonl"}],
+                "split": {"validation": 0.1, "gold": 0.2, "seed": 1},
+                **data,
+            },
+        )
+    )
+    imp = import_source(p, p.manifest.data.sources[0])
+    splits, _ = prepare_dataset(p)
+    return p, splits, p.objects.read_jsonl(splits.version.rejects_object), imp
+
+
+def test_near_duplicates_are_dropped_keeping_the_first(tmp_path: Path) -> None:
+    rows = toy_rows(100)
+    base = "please confirm the delivery address for order number one two three before friday"
+    rows += [{"text": base, "label": "ham"}, {"text": base.replace("friday", "monday"), "label": "ham"}]
+    _, splits, rejects, _ = _prepare_rows(tmp_path, rows)
+    near = [r for r in rejects if r["reason"] == "duplicate_near"]
+    assert len(near) == 1 and near[0]["raw"].endswith("monday") and near[0]["of"]["text"].endswith("friday")
+    every = {r["text"] for r in splits.train + splits.validation + splits.gold}
+    assert base in every
+
+
+def test_group_mode_keeps_near_duplicates_in_one_split(tmp_path: Path) -> None:
+    rows = toy_rows(60)
+    family = [f"your parcel {w} is waiting at the depot collect it with your id card today" for w in "abcdefgh"]
+    rows += [{"text": t, "label": "ham"} for t in family]
+    _, splits, rejects, _ = _prepare_rows(tmp_path, rows, dedupe={"near": "group"})
+    assert not [r for r in rejects if r["reason"] == "duplicate_near"]
+    homes = {
+        name
+        for name, part in (("train", splits.train), ("validation", splits.validation), ("gold", splits.gold))
+        for r in part
+        if r["text"] in family
+    }
+    assert len(homes) == 1  # the whole cluster lives in exactly one split
+
+
+def test_group_by_field_and_stratify_by_field(tmp_path: Path) -> None:
+    rows = [dict(r, customer=f"c{i % 10}", region="north" if i % 2 else "south") for i, r in enumerate(toy_rows(200))]
+    _, splits, _, _ = _prepare_rows(
+        tmp_path, rows, split={"validation": 0.1, "gold": 0.2, "seed": 1, "group_by": "customer", "stratify": "region"}
+    )
+    owners = {}
+    for name, part in (("train", splits.train), ("validation", splits.validation), ("gold", splits.gold)):
+        for r in part:
+            owners.setdefault(r["_meta"]["customer"], set()).add(name)
+    assert all(len(v) == 1 for v in owners.values())
+    regions = Counter(r["_meta"]["region"] for r in splits.gold)
+    assert regions["north"] == regions["south"]
+
+
+def test_pii_redaction_counts_by_type(tmp_path: Path) -> None:
+    rows = [
+        *toy_rows(40),
+        {"text": "mail me at jane.doe@example.com or call +44 7700 900123", "label": "ham"},
+        {"text": "card 4111 1111 1111 1111 from 192.168.1.20", "label": "spam"},
+    ]
+    _, splits, _, _ = _prepare_rows(tmp_path, rows, pii={"mode": "redact"})
+    c = splits.version.counts
+    assert c["pii"] == {"email": 1, "phone": 1, "card": 1, "ipv4": 1}
+    texts = {r["text"] for r in splits.train + splits.validation + splits.gold}
+    assert "mail me at [EMAIL] or call [PHONE]" in texts and "card [CARD] from [IPV4]" in texts
+
+
+def test_pii_block_rejects_the_row(tmp_path: Path) -> None:
+    rows = [*toy_rows(40), {"text": "reach me on jane@example.org", "label": "ham"}]
+    _, _splits, rejects, _ = _prepare_rows(tmp_path, rows, pii={"mode": "block"})
+    assert [r["reason"] for r in rejects] == ["pii_blocked"] and "1 email" in rejects[0]["detail"]
+
+
+def test_too_long_rows_are_rejected_in_model_tokens(tmp_path: Path, tiny_model: Path) -> None:
+    rows = [*toy_rows(40), {"text": "word " * 300, "label": "ham"}]
+    p = open_project(
+        write_project(
+            tmp_path / "p", tiny_model, rows, data={"sources": [{"path": "data/train.jsonl"}], "max_tokens": 120}
+        )
+    )
+    import_source(p, p.manifest.data.sources[0])
+    splits, _ = prepare_dataset(p)
+    rejects = p.objects.read_jsonl(splits.version.rejects_object)
+    assert [r["reason"] for r in rejects] == ["too_long"] and "> data.max_tokens = 120" in rejects[0]["detail"]
+
+
+def test_paraphrase_of_a_gold_row_is_dropped_as_leak(tmp_path: Path) -> None:
+    rows = toy_rows(100)
+    p, first, _, _ = _prepare_rows(tmp_path, rows)
+    g = "The meeting has been moved to Thursday afternoon because the manager is travelling."
+    para = "Because the manager is travelling, the meeting has been moved to Thursday afternoon."
+    from slmloop.data.prepare import current_gold, freeze_gold
+
+    freeze_gold(p, [*first.gold, {"text": g, "label": "ham"}], current_gold(p).id, "curated")
+    extra = tmp_path / "more.jsonl"
+    extra.write_text(json.dumps({"text": para, "label": "ham"}) + "\n")
+    import_source(p, SourceConfig(path=str(extra)))
+    second, _ = prepare_dataset(p)
+    rejects = p.objects.read_jsonl(second.version.rejects_object)
+    leak = [r for r in rejects if r["raw"] == para]
+    assert leak and leak[0]["reason"] == "leaks_gold" and leak[0]["of"]["text"] == g
+    assert second.version.counts["leakage"]["near"] + second.version.counts["leakage"].get("semantic", 0) >= 1

@@ -7,35 +7,87 @@ from pathlib import Path
 
 from slmloop.models.loading import CHATML_TEMPLATE
 
-HAM = [
-    "see you at the station at {n}",
-    "can you bring the book tomorrow",
-    "ok lar i am home now",
-    "dinner at {n} with mum",
-    "call me when you wake up",
-    "the meeting moved to {n}",
-    "happy birthday have a great day",
-    "i will be late for class",
-    "did you finish the homework",
-    "lets watch a movie tonight",
+HAM_WORDS = [
+    "see",
+    "you",
+    "at",
+    "the",
+    "station",
+    "tomorrow",
+    "bring",
+    "book",
+    "class",
+    "dinner",
+    "mum",
+    "call",
+    "me",
+    "when",
+    "wake",
+    "up",
+    "meeting",
+    "moved",
+    "lunch",
+    "home",
+    "late",
+    "homework",
+    "movie",
+    "tonight",
+    "birthday",
+    "party",
+    "bus",
+    "train",
+    "office",
+    "coffee",
+    "tea",
+    "weekend",
+    "garden",
+    "dog",
+    "walk",
+    "sister",
+    "brother",
+    "school",
+    "exam",
+    "library",
+    "shop",
+    "milk",
+    "bread",
+    "football",
+    "game",
+    "rain",
+    "sunny",
+    "beach",
+    "pizza",
 ]
-SPAM = [
-    "WINNER you won a free prize call {n} now",
-    "free entry win cash text WIN to {n}",
-    "urgent your mobile won a bonus claim {n}",
-    "congratulations claim your free holiday call {n}",
-    "you have won a guaranteed cash award txt {n}",
+SPAM_WORDS = [
+    "WINNER",
+    "free",
+    "prize",
+    "cash",
+    "claim",
+    "urgent",
+    "bonus",
+    "award",
+    "guaranteed",
+    "txt",
+    "WIN",
+    "offer",
+    "ringtone",
+    "voucher",
 ]
 
 
 def toy_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
-    """Distinct, learnable ham/spam rows (spam ≈ 1/3)."""
+    """Distinct, learnable ham/spam rows (spam ≈ 1/3): spam rows carry spam words, ham rows never do."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
         spam = i % 3 == 0
-        text = rng.choice(SPAM if spam else HAM).format(n=rng.randint(100, 99999)) + f" {i}"
-        rows.append({"text": text, "label": "spam" if spam else "ham"})
+        words = rng.sample(HAM_WORDS, rng.randint(5, 9))
+        if spam:
+            for w in rng.sample(SPAM_WORDS, 3):
+                words.insert(rng.randrange(len(words) + 1), w)
+            words.append(f"call {rng.randint(10000, 99999)}")
+        rows.append({"text": " ".join(words), "label": "spam" if spam else "ham"})
     return rows
 
 

@@ -20,11 +20,14 @@ from slmloop.errors import ConfigError
 __all__ = [
     "MANIFEST_NAME",
     "DataConfig",
+    "DedupeConfig",
     "EvalConfig",
     "ExportConfig",
+    "LeakageConfig",
     "Manifest",
     "ModelConfig",
     "MonitorConfig",
+    "PiiConfig",
     "ProjectConfig",
     "ServeConfig",
     "SourceConfig",
@@ -67,9 +70,12 @@ class TaskConfig(Section):
 
 class SourceConfig(Section):
     path: str = Field(description="File or folder, relative to the manifest.")
-    format: Literal["auto", "jsonl", "json", "csv", "tsv"] = Field(
-        "auto", description="auto: from the file suffix (.jsonl, .json, .csv, .tsv)."
+    format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "hf"] = Field(
+        "auto",
+        description="auto: from the suffix (.jsonl, .json, .csv, .tsv, .parquet) or a datasets "
+        "save_to_disk folder; hf: a Hugging Face dataset (folder or hub id).",
     )
+    split: str | None = Field(None, description="hf: which split to read (default: train).")
     encoding: str = Field("utf-8", description="Text encoding; undecodable rows are rejected.")
     header: bool = Field(True, description="csv/tsv: the first row names the columns.")
     columns: list[str] | None = Field(None, description="csv/tsv without a header: names for the columns, in order.")
@@ -90,15 +96,63 @@ class SplitConfig(Section):
     validation: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction for validation.")
     gold: float = Field(0.2, gt=0.0, lt=1.0, description="Fraction frozen as the gold set (never trained on).")
     seed: int = Field(13, description="Seed of the split; same data + seed = same split.")
-    stratify: bool = Field(True, description="classification: keep label balance in every split.")
+    stratify: bool | str = Field(
+        True,
+        description="true: keep the label balance in every split (classification); a field name: "
+        "balance that field instead (e.g. a source column kept in the row's metadata); false: off.",
+    )
+    group_by: str | None = Field(
+        None, description="Keep rows sharing this field's value in one split (e.g. a customer id)."
+    )
     max_rows: int | None = Field(
         None, gt=0, description="Use a seeded sample of at most this many rows (quick experiments)."
     )
 
 
+class DedupeConfig(Section):
+    exact: bool = Field(True, description="Drop rows whose normalised input repeats an earlier row.")
+    near: Literal["drop", "group", "off"] = Field(
+        "drop",
+        description="Near duplicates (MinHash LSH on character 5-grams): drop = keep the first of each "
+        "cluster; group = keep them all but never split a cluster across train/validation/gold.",
+    )
+    near_threshold: float = Field(0.8, gt=0.0, le=1.0, description="Jaccard similarity that counts as near.")
+    num_perm: int = Field(128, ge=16, description="MinHash permutations (accuracy vs speed).")
+
+
+class PiiConfig(Section):
+    mode: Literal["off", "redact", "block"] = Field(
+        "off", description="redact: replace spans with [EMAIL], [PHONE] …; block: reject the row (pii_blocked)."
+    )
+    types: list[Literal["email", "phone", "card", "iban", "ipv4", "ipv6"]] = Field(
+        default_factory=lambda: ["email", "phone", "card", "iban", "ipv4", "ipv6"],
+        description="Which kinds of PII to look for.",
+    )
+
+
+class LeakageConfig(Section):
+    near_threshold: float = Field(
+        0.6, gt=0.0, le=1.0, description="Jaccard (character 5-grams) above which a row leaks a gold row."
+    )
+    semantic: bool = Field(True, description="Also compare MiniLM embeddings (catches paraphrases).")
+    semantic_threshold: float = Field(
+        0.9, gt=0.0, le=1.0, description="Cosine similarity above which a row leaks a gold row."
+    )
+    embedding_model: str = Field("all-minilm-l6-v2", description="Embedder for the semantic check.")
+
+
 class DataConfig(Section):
     sources: list[SourceConfig] = Field(default_factory=list, description="Where rows come from.")
     normalize: bool = Field(True, description="Unicode NFC, control characters removed, whitespace collapsed.")
+    max_tokens: int | None = Field(
+        None, gt=0, description="Reject rows longer than this many tokens of the base model (too_long)."
+    )
+    dedupe: DedupeConfig = Field(default_factory=DedupeConfig)
+    pii: PiiConfig = Field(default_factory=PiiConfig)
+    leakage: LeakageConfig = Field(default_factory=LeakageConfig)
+    mapping_confidence: float = Field(
+        0.75, ge=0.0, le=1.0, description="A proposed column mapping below this is not applied without --force."
+    )
     split: SplitConfig = Field(default_factory=SplitConfig)
 
 
@@ -152,6 +206,9 @@ class EvalConfig(Section):
     )
     batch_size: int = Field(16, gt=0)
     max_new_tokens: int = Field(64, gt=0, description="Generation budget per gold row.")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 where fast; fp32 for bit-for-bit comparisons between runs and releases."
+    )
 
 
 class ExportConfig(Section):
@@ -163,6 +220,7 @@ class ServeConfig(Section):
     host: str = Field("127.0.0.1")
     port: int = Field(8000, gt=0, lt=65536)
     max_new_tokens: int = Field(128, gt=0, description="Default generation budget per request.")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 where the hardware is fast.")
 
 
 class MonitorConfig(Section):

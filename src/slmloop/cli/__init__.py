@@ -13,6 +13,7 @@ import sys
 
 import typer
 import typer.main
+from rich.markup import escape
 
 from slmloop.cli import data, demo, evaluation, monitor, project, release, serve, train
 from slmloop.cli.common import err
@@ -45,9 +46,9 @@ app.command("demo")(demo.demo)
 
 
 def print_error(exc: SlmloopError) -> None:
-    err.print(f"[bold red]Error:[/bold red] {exc.message}", highlight=False, markup=True)
+    err.print(f"[bold red]Error:[/bold red] {escape(exc.message)}", highlight=False, soft_wrap=True)
     if exc.hint:
-        err.print(f"[yellow]hint:[/yellow] {exc.hint}", highlight=False)
+        err.print(f"[yellow]hint:[/yellow] {escape(exc.hint)}", highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:

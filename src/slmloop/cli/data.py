@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from slmloop.cli.common import ProjectOpt, load, out
+from slmloop.cli.common import ProjectOpt, err, load, out
 from slmloop.errors import ConfigError
 
 app = typer.Typer(help="Import, clean, split and inspect data.", no_args_is_help=True)
@@ -37,6 +37,7 @@ def import_(
     delimiter: Annotated[str | None, typer.Option(help="CSV/TSV delimiter.")] = None,
     no_quoting: Annotated[bool, typer.Option("--no-quoting", help="Quotes are plain text.")] = False,
     map_: Annotated[list[str] | None, typer.Option("--map", help="task_field=column (repeatable).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Apply a proposed mapping even if unsure.")] = False,
     project: ProjectOpt = Path("."),
 ) -> None:
     """Read sources into the project; every row is accepted or rejected with a reason."""
@@ -64,9 +65,12 @@ def import_(
     if not sources:
         raise ConfigError("nothing to import", hint="Pass a FILE, or list data.sources in slmloop.yaml.")
     for src in sources:
-        res = import_source(proj, src)
+        res = import_source(proj, src, force=force)
         rec = res.record
         verb = "already imported" if res.reused else "imported"
+        if res.inspection is not None and not res.reused:
+            used = ", ".join(f"{p.task_field} ← {p.column} ({p.confidence:.2f})" for p in res.inspection.proposals)
+            out.print(f"  mapping inferred ({res.inspection.layout}): {used}")
         out.print(
             f"[bold]{rec.id}[/bold] {verb}: {rec.source_path}\n"
             f"  rows read {rec.rows_read} = accepted {rec.accepted} + rejected {rec.rejected}"
@@ -94,13 +98,48 @@ def _reject_table(rows: list[dict], title: str) -> None:
     out.print(t)
 
 
+@app.command("inspect")
+def inspect(
+    file: Annotated[Path, typer.Argument(help="File or folder to look at.")],
+    fmt: Annotated[str | None, typer.Option("--format", help="jsonl | json | csv | tsv | parquet | hf")] = None,
+    encoding: Annotated[str | None, typer.Option(help="Text encoding (default utf-8).")] = None,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Profile a source's columns and propose how they map onto the task's fields."""
+    from slmloop.data.importer import source_for, source_path
+    from slmloop.data.inspect import inspect_source
+    from slmloop.manifest import SourceConfig
+
+    proj = load(project)
+    base = source_for(proj, file).model_dump()
+    src = SourceConfig.model_validate({**base, **{k: v for k, v in {"format": fmt, "encoding": encoding}.items() if v}})
+    found = inspect_source(proj.manifest.task, source_path(proj, src) or file, src)
+    out.print(f"[bold]{file}[/bold]: {found.rows} rows sampled ({found.unreadable} unreadable) · layout {found.layout}")
+    t = Table(title="columns", title_justify="left")
+    for col in ("column", "type", "filled", "distinct", "mean chars", "examples"):
+        t.add_column(col)
+    for c in found.columns.values():
+        t.add_row(c.name, c.kind, str(c.non_null), str(len(c.distinct)), f"{c.mean_len:.0f}", " | ".join(c.examples))
+    out.print(t)
+    threshold = proj.manifest.data.mapping_confidence
+    t = Table(title=f"proposed mapping (applied automatically at confidence ≥ {threshold:.2f})", title_justify="left")
+    for col in ("task field", "column", "confidence", "why"):
+        t.add_column(col)
+    for p in found.proposals:
+        style = "green" if p.confidence >= threshold else "red"
+        t.add_row(p.task_field, p.column or "?", f"[{style}]{p.confidence:.2f}[/{style}]", p.reason)
+    out.print(t)
+    maps = " ".join(f"--map {p.task_field}={p.column or 'COLUMN'}" for p in found.proposals)
+    out.print(f"import with: slmloop data import {file} {maps}")
+
+
 @app.command("prepare")
 def prepare(project: ProjectOpt = Path(".")) -> None:
     """Normalise, dedupe and split imported rows into a dataset version (gold frozen)."""
     from slmloop.data.prepare import prepare_dataset
 
     proj = load(project)
-    splits, reused = prepare_dataset(proj)
+    splits, reused = prepare_dataset(proj, console=err)
     v = splits.version
     c = v.counts
     out.print(f"[bold]{v.id}[/bold] {'(unchanged)' if reused else 'created'} · gold {v.gold_id}")
@@ -115,6 +154,13 @@ def prepare(project: ProjectOpt = Path(".")) -> None:
     t.add_row("validation", str(c["validation"]))
     t.add_row("gold (new)" if c["gold"] else "gold (frozen, reused)", str(c["gold"] or c["gold_rows_total"]))
     out.print(t)
+    leak = {k: n for k, n in c.get("leakage", {}).items() if k != "checks"}
+    checks = "/".join(c.get("leakage", {}).get("checks", []))
+    out.print(
+        f"leakage check ({checks}) against gold: "
+        + (", ".join(f"{n} {k}" for k, n in leak.items()) + " row(s) dropped" if leak else "clean")
+        + (f" · PII {c['pii']}" if c.get("pii") else "")
+    )
     if "labels" in c:
         lt = Table(title="labels per split", title_justify="left")
         labels = sorted({lab for part in c["labels"].values() for lab in part})
@@ -194,4 +240,145 @@ def gold_show(
     task = proj.manifest.task
     for i, r in enumerate(rows[:limit]):
         t.add_row(str(i), input_text(task, r)[:120], target_text(task, r)[:60])
+    out.print(t)
+
+
+@app.command("diff")
+def diff(
+    old: Annotated[str, typer.Argument(help="Older dataset version (ds-…).")],
+    new: Annotated[str, typer.Argument(help="Newer dataset version (ds-…).")],
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Rows added / removed / changed per split, and the label balance before and after."""
+    from slmloop.data.report import diff_datasets
+
+    d = diff_datasets(load(project), old, new)
+    t = Table(title=f"{d.old} → {d.new}", title_justify="left")
+    for col in ("split", "added", "removed", "changed"):
+        t.add_column(col, justify="right")
+    for s in ("train", "validation", "gold"):
+        t.add_row(s, str(d.added[s]), str(d.removed[s]), str(d.changed[s]))
+    out.print(t)
+    out.print(f"rows that moved between splits: {d.moved}")
+    if d.labels:
+        lt = Table(title="labels (before → after)", title_justify="left")
+        lt.add_column("split")
+        names = sorted({lab for part in d.labels.values() for lab in part})
+        for n in names:
+            lt.add_column(n, justify="right")
+        for s, part in d.labels.items():
+            lt.add_row(s, *(f"{part.get(n, (0, 0))[0]} → {part.get(n, (0, 0))[1]}" for n in names))
+        out.print(lt)
+    for k, ex in d.examples.items():
+        for x in ex:
+            out.print(f"  [dim]{k}[/dim] {x}", highlight=False)
+
+
+@app.command("report")
+def report(
+    version: Annotated[str | None, typer.Argument(help="Dataset version (default: newest).")] = None,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Summary of a dataset version in the terminal, and an HTML page with plots."""
+    from slmloop.data.report import write_data_report
+
+    proj = load(project)
+    folder, summary = write_data_report(proj, version)
+    list_(project)
+    ln = summary["lengths"]
+    out.print(
+        f"lengths ({ln['unit']}): mean "
+        + ", ".join(f"{s} {m:.0f}" for s, m in ln["mean"].items())
+        + " · max "
+        + ", ".join(f"{s} {m}" for s, m in ln["max"].items())
+    )
+    out.print(
+        f"{summary['rejects']} rejected rows · {summary['clusters']} duplicate clusters · "
+        f"{summary['leaks']} gold leaks removed"
+    )
+    out.print(f"report: {folder / 'index.html'}")
+
+
+def _gold_source(file: Path, map_: list[str] | None, proj) -> object:  # type: ignore[no-untyped-def]
+    from slmloop.data.importer import source_for
+    from slmloop.manifest import SourceConfig
+
+    base = source_for(proj, file).model_dump()
+    if map_:
+        base["fields"] = _parse_map(map_)
+    return SourceConfig.model_validate(base)
+
+
+@gold_app.command("add")
+def gold_add(
+    file: Annotated[Path, typer.Argument(help="Rows to add (same formats as data import).")],
+    map_: Annotated[list[str] | None, typer.Option("--map", help="task_field=column (repeatable).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Apply a proposed mapping even if unsure.")] = False,
+    note: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "",
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Add rows to the gold set (a new gold version)."""
+    from slmloop.data.gold import gold_add as add
+    from slmloop.data.gold import read_gold_file
+
+    proj = load(project)
+    rows, rejects = read_gold_file(proj, _gold_source(file, map_, proj), force)  # type: ignore[arg-type]
+    version, added = add(proj, rows, note)
+    out.print(
+        f"[bold]{version.id}[/bold]: {added} row(s) added ({len(rows) - added} already in gold, "
+        f"{len(rejects)} unreadable) · {version.rows} rows"
+    )
+    out.print("next: `slmloop data prepare` keeps training data clear of the new gold rows")
+
+
+@gold_app.command("remove")
+def gold_remove(
+    rows: Annotated[list[int], typer.Argument(help="Row numbers (see `slmloop gold show`).")],
+    note: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "",
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Remove rows from the gold set (a new gold version)."""
+    from slmloop.data.gold import gold_remove as remove
+
+    version = remove(load(project), rows, note)
+    out.print(f"[bold]{version.id}[/bold]: {version.rows} rows (parent {version.parent_id})")
+
+
+@gold_app.command("freeze")
+def gold_freeze(
+    file: Annotated[Path, typer.Argument(help="A curated gold file that replaces the gold set.")],
+    map_: Annotated[list[str] | None, typer.Option("--map", help="task_field=column (repeatable).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Apply a proposed mapping even if unsure.")] = False,
+    note: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "",
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Freeze a curated file as the new gold version."""
+    from slmloop.data.gold import gold_replace, read_gold_file
+
+    proj = load(project)
+    rows, rejects = read_gold_file(proj, _gold_source(file, map_, proj), force)  # type: ignore[arg-type]
+    version = gold_replace(proj, rows, note)
+    out.print(f"[bold]{version.id}[/bold] frozen: {version.rows} rows ({len(rejects)} unreadable rows skipped)")
+
+
+@gold_app.command("list")
+def gold_list(project: ProjectOpt = Path(".")) -> None:
+    """Every gold version, oldest first; the current one is marked."""
+    from slmloop.data.gold import gold_history
+    from slmloop.data.prepare import current_gold
+
+    proj = load(project)
+    head = current_gold(proj)
+    t = Table()
+    for col in ("", "gold version", "created", "rows", "parent", "note"):
+        t.add_column(col)
+    for g in gold_history(proj):
+        t.add_row(
+            "→" if head and g.id == head.id else "",
+            g.id,
+            f"{g.created_at:%Y-%m-%d %H:%M}",
+            str(g.rows),
+            g.parent_id or "",
+            g.note,
+        )
     out.print(t)

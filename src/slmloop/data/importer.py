@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from slmloop.data.inspect import Inspection, inspect_source
 from slmloop.data.sources import Record, SourceStats, read_records
 from slmloop.errors import DataError, StoreError
 from slmloop.manifest import SourceConfig, TaskConfig
@@ -45,11 +46,19 @@ class ImportResult:
     reused: bool
     rejects: list[dict[str, Any]]
     blank_lines: int
+    inspection: Inspection | None = None
 
 
 def _lookup(fields: dict[str, Any], column: str) -> Any:
     if column in fields:
         return fields[column]
+    if column.startswith("messages.") and isinstance(fields.get("messages"), list):
+        role = column.split(".", 1)[1]  # the last turn of that role (OpenAI chat JSONL)
+        turns = [m.get("content") for m in fields["messages"] if isinstance(m, dict) and m.get("role") == role]
+        return turns[-1] if turns else None
+    if column == "alpaca.prompt" and isinstance(fields.get("instruction"), str):
+        extra = fields.get("input")
+        return fields["instruction"] + (f"\n\n{extra}" if isinstance(extra, str) and extra.strip() else "")
     value: Any = fields
     for part in column.split("."):
         if isinstance(value, dict) and part in value:
@@ -63,8 +72,10 @@ def map_record(task: TaskConfig, mapping: dict[str, str], rec: Record) -> tuple[
     """Return ``(row, "", "")`` or ``(None, reason, detail)``."""
     assert rec.fields is not None
     row: dict[str, Any] = {}
+    used: set[str] = set()
     for task_field in TASK_FIELDS[task.type]:
         column = mapping.get(task_field, task_field)
+        used.add(column.split(".")[0])
         value = _lookup(rec.fields, column)
         if value is None:
             have = ", ".join(list(rec.fields)[:10])
@@ -113,6 +124,10 @@ def map_record(task: TaskConfig, mapping: dict[str, str], rec: Record) -> tuple[
         if not ok:
             return None, "bad_messages", "need [{role, content}, ...] ending with an assistant turn"
         row["messages"] = [{"role": m["role"], "content": m["content"]} for m in msgs]
+    # other scalar columns ride along as metadata: tags for slices, fields to stratify or group by
+    meta = {k: v for k, v in rec.fields.items() if k not in used and isinstance(v, str | int | float | bool)}
+    if meta:
+        row["_meta"] = meta
     return row, "", ""
 
 
@@ -134,18 +149,92 @@ def _source_digest(path: Path) -> str:
     return sha256_file(path)
 
 
-def import_source(project: Project, src: SourceConfig) -> ImportResult:
+@dataclass
+class ReadResult:
+    accepted: list[dict[str, Any]]
+    rejects: list[dict[str, Any]]
+    rows_read: int
+    blank_lines: int
+
+
+def read_rows(task: TaskConfig, path: Path | None, src: SourceConfig, tag: str) -> ReadResult:
+    """Every row of the source, mapped to the task, or rejected with its reason and line."""
+    stats = SourceStats()
+    accepted: list[dict[str, Any]] = []
+    rejects: list[dict[str, Any]] = []
+    rows_read = 0
+    for rec in read_records(path if path is not None else Path(src.path), src, stats):
+        rows_read += 1
+        if rec.reason is None:
+            row, reason, detail = map_record(task, src.fields, rec)
+        else:
+            row, reason, detail = None, rec.reason, rec.detail
+        where = {"file": rec.file, "line": rec.line}
+        if row is not None:
+            row["_src"] = {"import": tag, **where}
+            accepted.append(row)
+        else:
+            raw = rec.raw or (json.dumps(rec.fields, ensure_ascii=False, default=str)[:300] if rec.fields else "")
+            rejects.append({**where, "reason": reason, "detail": detail, "raw": raw})
+    if len(accepted) + len(rejects) != rows_read:  # pragma: no cover - a bug, not user input
+        raise StoreError(f"row accounting broke: {len(accepted)} + {len(rejects)} != {rows_read}")
+    return ReadResult(accepted, rejects, rows_read, stats.blank_lines)
+
+
+def resolve_mapping(
+    task: TaskConfig, path: Path | None, src: SourceConfig, threshold: float, force: bool
+) -> tuple[SourceConfig, Inspection | None]:
+    """The source with its field mapping: as declared, or as inspection proposes it.
+
+    A proposal below ``threshold`` is refused (DataError listing it) unless ``force``.
+    """
+    if src.fields:
+        return src, None
+    found = inspect_source(task, path if path is not None else Path(src.path), src)
+    if found.rows == 0:
+        return src, found
+    if (
+        found.layout == "columns"
+        and all(p.column == p.task_field for p in found.proposals)
+        and (found.confidence >= threshold)
+    ):
+        return src, found
+    listing = "\n".join(
+        f"  {p.task_field} ← {p.column or '?'} (confidence {p.confidence:.2f}: {p.reason})" for p in found.proposals
+    )
+    if found.confidence < threshold and not force:
+        maps = " ".join(f"--map {p.task_field}={p.column or 'COLUMN'}" for p in found.proposals)
+        raise DataError(
+            f"no confident mapping of {src.path} onto the {task.type} fields "
+            f"(lowest confidence {found.confidence:.2f} < {threshold:.2f}):\n{listing}",
+            hint=f"Name the columns: `{maps}` (or `fields:` in slmloop.yaml), or accept the proposal with --force.",
+        )
+    if any(p.column is None for p in found.proposals):
+        raise DataError(f"cannot map {src.path}:\n{listing}", hint="Name the columns with --map field=column.")
+    return src.model_copy(update={"fields": found.mapping}), found
+
+
+def source_path(project: Project, src: SourceConfig) -> Path | None:
+    """Local path of a source; None for a Hugging Face hub id (format: hf, no such folder)."""
+    path = project.manifest.resolve(src.path)
+    if path.exists():
+        return path
+    if src.format == "hf" and "/" in src.path and not src.path.startswith((".", "/", "~")):
+        return None
+    raise DataError(
+        f"source {path} does not exist",
+        hint="Check the path (relative paths start at the folder of slmloop.yaml).",
+    )
+
+
+def import_source(project: Project, src: SourceConfig, *, force: bool = False) -> ImportResult:
     """Read one source into the project; idempotent for the same bytes and mapping."""
     task = project.manifest.task
-    path = project.manifest.resolve(src.path)
-    if not path.exists():
-        raise DataError(
-            f"source {path} does not exist",
-            hint="Check the path (relative paths start at the folder of slmloop.yaml).",
-        )
-    digest = _source_digest(path)
+    path = source_path(project, src)
+    src, inspection = resolve_mapping(task, path, src, project.manifest.data.mapping_confidence, force)
+    digest = _source_digest(path) if path is not None else hashlib.sha256(f"hf:{src.path}".encode()).hexdigest()
     config = src.model_dump(mode="json")
-    config["path"] = str(path)
+    config["path"] = str(path) if path is not None else src.path
     mapping_key = json.dumps(
         {"source": {k: v for k, v in config.items() if k != "path"}, "task": task.model_dump(mode="json")},
         sort_keys=True,
@@ -155,40 +244,27 @@ def import_source(project: Project, src: SourceConfig) -> ImportResult:
         existing = s.get(Import, import_id)
     if existing is not None:
         rejects = project.objects.read_jsonl(existing.rejects_object)
-        return ImportResult(existing, reused=True, rejects=rejects, blank_lines=0)
+        return ImportResult(existing, reused=True, rejects=rejects, blank_lines=0, inspection=inspection)
 
-    stats = SourceStats()
-    accepted: list[dict[str, Any]] = []
-    rejects = []
-    rows_read = 0
-    for rec in read_records(path, src, stats):
-        rows_read += 1
-        if rec.reason is None:
-            row, reason, detail = map_record(task, src.fields, rec)
-        else:
-            row, reason, detail = None, rec.reason, rec.detail
-        where = {"file": rec.file, "line": rec.line}
-        if row is not None:
-            row["_src"] = {"import": import_id, **where}
-            accepted.append(row)
-        else:
-            raw = rec.raw or (json.dumps(rec.fields, ensure_ascii=False)[:300] if rec.fields else "")
-            rejects.append({**where, "reason": reason, "detail": detail, "raw": raw})
-    if len(accepted) + len(rejects) != rows_read:  # pragma: no cover - a bug, not user input
-        raise StoreError(f"row accounting broke: {len(accepted)} + {len(rejects)} != {rows_read}")
-    if rows_read == 0:
-        raise DataError(f"{path} holds no rows", hint="Check that the file is not empty.")
-    reasons = dict(Counter(r["reason"] for r in rejects))
+    res = read_rows(task, path, src, import_id)
+    if res.rows_read == 0:
+        raise DataError(f"{config['path']} holds no rows", hint="Check that the file is not empty.")
+    reasons = dict(Counter(r["reason"] for r in res.rejects))
+    if inspection is not None:
+        config["inferred_mapping"] = {
+            p.task_field: {"column": p.column, "confidence": p.confidence, "reason": p.reason}
+            for p in inspection.proposals
+        }
     record = Import(
         id=import_id,
-        source_path=str(path),
+        source_path=config["path"],
         source_sha256=digest,
         format=src.format,
-        rows_read=rows_read,
-        accepted=len(accepted),
-        rejected=len(rejects),
-        accepted_object=project.objects.put_jsonl(accepted),
-        rejects_object=project.objects.put_jsonl(rejects),
+        rows_read=res.rows_read,
+        accepted=len(res.accepted),
+        rejected=len(res.rejects),
+        accepted_object=project.objects.put_jsonl(res.accepted),
+        rejects_object=project.objects.put_jsonl(res.rejects),
         reasons=reasons,
         mapping=config,
     )
@@ -196,10 +272,13 @@ def import_source(project: Project, src: SourceConfig) -> ImportResult:
         record,
         "data.import",
         import_id,
-        path=str(path),
-        rows_read=rows_read,
-        accepted=len(accepted),
-        rejected=len(rejects),
+        path=config["path"],
+        rows_read=res.rows_read,
+        accepted=len(res.accepted),
+        rejected=len(res.rejects),
         reasons=reasons,
+        forced_mapping=bool(
+            force and inspection is not None and inspection.confidence < project.manifest.data.mapping_confidence
+        ),
     )
-    return ImportResult(record, reused=False, rejects=rejects, blank_lines=stats.blank_lines)
+    return ImportResult(record, reused=False, rejects=res.rejects, blank_lines=res.blank_lines, inspection=inspection)

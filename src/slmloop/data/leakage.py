@@ -1,22 +1,35 @@
 """The leakage gate: no training or validation row may copy a gold row.
 
-It stands in front of every training run and every evaluation. A leak blocks
-with the list of leaking pairs; overriding needs an explicit flag and is
-written to the audit log and into the run.
+Three checks, strongest first, each row reported once with its strongest kind:
+
+- **exact** — same normalised, case-folded input;
+- **near** — character 5-gram Jaccard ≥ ``data.leakage.near_threshold`` (MinHash LSH
+  proposes candidates, exact Jaccard decides);
+- **semantic** — MiniLM cosine ≥ ``data.leakage.semantic_threshold`` (paraphrases).
+
+``data prepare`` already drops leaking rows (reason ``leaks_gold``); the gate stands
+in front of every training run and every evaluation and blocks with the list of
+leaking pairs. Overriding needs an explicit flag and is written to the audit log
+and into the run.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from slmloop.data.clean import dedupe_key
+from slmloop.data.dedupe import Signatures, nearest_matches
 from slmloop.errors import LeakageError
-from slmloop.manifest import TaskConfig
+from slmloop.manifest import LeakageConfig, TaskConfig
 from slmloop.project import Project
 from slmloop.tasks import input_text
 
-__all__ = ["Leak", "find_leaks", "leakage_gate"]
+__all__ = ["Leak", "find_leaks", "gold_leaks", "leakage_gate"]
+
+Embed = Callable[[list[str]], Any]
 
 
 @dataclass
@@ -24,30 +37,72 @@ class Leak:
     split: str
     row: int
     gold_row: int
-    kind: str
+    kind: str  # exact | near | semantic
     similarity: float
     text: str
     gold_text: str
 
 
+def gold_leaks(
+    texts: Sequence[str],
+    gold_texts: Sequence[str],
+    cfg: LeakageConfig,
+    embed: Embed | None = None,
+    signatures: tuple[Signatures, Signatures] | None = None,
+) -> dict[int, tuple[int, str, float]]:
+    """``{row: (gold_row, kind, similarity)}`` for every row of ``texts`` that leaks a gold row."""
+    found: dict[int, tuple[int, str, float]] = {}
+    gold_index: dict[str, int] = {}
+    for j, t in enumerate(gold_texts):
+        gold_index.setdefault(dedupe_key(t), j)
+    for i, t in enumerate(texts):
+        j = gold_index.get(dedupe_key(t))
+        if j is not None:
+            found[i] = (j, "exact", 1.0)
+    rest = [i for i in range(len(texts)) if i not in found]
+    if rest and gold_texts:
+        q, g = signatures or (Signatures([texts[i] for i in rest]), Signatures(gold_texts))
+        if signatures is not None:
+            q = q.subset(rest)
+        for local, (j, sim) in nearest_matches(q, g, cfg.near_threshold).items():
+            found[rest[local]] = (j, "near", sim)
+    rest = [i for i in range(len(texts)) if i not in found]
+    if cfg.semantic and embed is not None and rest and gold_texts:
+        e_rows = embed([texts[i] for i in rest])
+        e_gold = embed(list(gold_texts))
+        for start in range(0, len(rest), 4096):
+            sims = e_rows[start : start + 4096] @ e_gold.T
+            best = sims.argmax(axis=1)
+            for local, j in enumerate(best):
+                cos = float(sims[local, j])
+                if cos >= cfg.semantic_threshold:
+                    found[rest[start + local]] = (int(j), "semantic", cos)
+    return found
+
+
 def find_leaks(
     task: TaskConfig,
     gold: list[dict[str, Any]],
+    cfg: LeakageConfig,
+    embed: Embed | None = None,
     **splits: list[dict[str, Any]],
 ) -> list[Leak]:
-    """Exact (normalised, case-folded) input matches between each split and gold."""
-    gold_index: dict[str, int] = {}
-    for i, row in enumerate(gold):
-        gold_index.setdefault(dedupe_key(input_text(task, row)), i)
+    gold_texts = [input_text(task, r) for r in gold]
     leaks: list[Leak] = []
     for name, rows in splits.items():
-        for i, row in enumerate(rows):
-            j = gold_index.get(dedupe_key(input_text(task, row)))
-            if j is not None:
-                leaks.append(
-                    Leak(name, i, j, "exact", 1.0, input_text(task, row)[:200], input_text(task, gold[j])[:200])
-                )
-    return leaks
+        texts = [input_text(task, r) for r in rows]
+        for i, (j, kind, sim) in sorted(gold_leaks(texts, gold_texts, cfg, embed).items()):
+            leaks.append(Leak(name, i, j, kind, sim, texts[i][:200], gold_texts[j][:200]))
+    return sorted(leaks, key=lambda x: (-x.similarity, x.split, x.row))
+
+
+def project_embedder(project: Project) -> Embed:
+    """MiniLM embeddings cached in the project store."""
+    from slmloop.models.embedder import embed
+
+    spec = project.manifest.data.leakage.embedding_model
+    cache = project.home / "cache" / "embeddings"
+    return lambda texts: embed(texts, spec, cache)
 
 
 def leakage_gate(
@@ -60,10 +115,13 @@ def leakage_gate(
     **splits: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """Raise LeakageError when a split overlaps gold, unless ``allow`` (recorded)."""
-    leaks = find_leaks(task, gold, **splits)
-    status = {
+    cfg = project.manifest.data.leakage
+    leaks = find_leaks(task, gold, cfg, project_embedder(project) if cfg.semantic else None, **splits)
+    status: dict[str, Any] = {
         "checked": sorted(splits),
+        "checks": ["exact", "near", *(["semantic"] if cfg.semantic else [])],
         "leaks": len(leaks),
+        "by_kind": dict(Counter(x.kind for x in leaks)),
         "overridden": False,
         "pairs": [asdict(x) for x in leaks[:50]],
     }
@@ -71,14 +129,15 @@ def leakage_gate(
         return status
     if not allow:
         lines = "\n".join(
-            f"  {x.split}[{x.row}] ≈ gold[{x.gold_row}] ({x.kind}, {x.similarity:.2f}): {x.text[:70]!r}"
+            f"  {x.split}[{x.row}] ≈ gold[{x.gold_row}] ({x.kind} {x.similarity:.2f}): "
+            f"{x.text[:60]!r} ~ {x.gold_text[:60]!r}"
             for x in leaks[:20]
         )
         more = f"\n  … and {len(leaks) - 20} more" if len(leaks) > 20 else ""
         raise LeakageError(
             f"{len(leaks)} row(s) of {', '.join(sorted(splits))} copy gold rows:\n{lines}{more}",
-            hint="Remove them from the data and run `slmloop data prepare` again, or pass "
-            "--allow-leakage to go on anyway (recorded in the audit log).",
+            hint="Run `slmloop data prepare` again (it drops rows that leak gold), or pass "
+            "--allow-leakage to go on anyway (recorded in the audit log and the run).",
         )
     status["overridden"] = True
     with project.store.session() as s:

@@ -1,8 +1,15 @@
-"""``slmloop data prepare``: imported rows → an immutable dataset version.
+"""``slmloop data prepare``: imported rows → an immutable, content-addressed dataset version.
 
-Steps, each counted: normalise → drop empty → exact dedupe → keep the gold set
-frozen (or freeze a new one) → seeded, stratified split into train / validation.
-Every row that goes in comes out in exactly one split or with a reason code.
+The steps, each counted, in order:
+
+    normalise text → PII redact/block → drop empty → drop too long (model tokens)
+    → exact dedupe → near dedupe (MinHash LSH) → sample (max_rows)
+    → gold: keep the frozen set, or freeze one (group-aware, stratified)
+    → drop rows that leak gold (exact / near / semantic)
+    → train / validation split (group-aware, stratified)
+
+Every row that goes in comes out in exactly one split or with a reason code;
+the function checks that the counts add up before writing anything.
 """
 
 from __future__ import annotations
@@ -11,17 +18,22 @@ import hashlib
 import json
 import random
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from rich.console import Console
 from sqlalchemy import select
 
 from slmloop.data.clean import dedupe_key, normalize_text
+from slmloop.data.dedupe import Signatures, find_near_duplicates
+from slmloop.data.leakage import gold_leaks, project_embedder
+from slmloop.data.pii import redact
 from slmloop.errors import DataError, NotFoundError, StoreError
 from slmloop.manifest import TaskConfig
 from slmloop.project import Project
 from slmloop.store import DatasetVersion, GoldVersion, Import
-from slmloop.tasks import input_text
+from slmloop.tasks import input_text, prompt_messages, target_text
 
 __all__ = [
     "DatasetSplits",
@@ -30,6 +42,7 @@ __all__ = [
     "load_dataset",
     "prepare_dataset",
     "resolve_dataset",
+    "row_field",
 ]
 
 
@@ -41,15 +54,36 @@ class DatasetSplits:
     gold: list[dict[str, Any]]
 
 
-def _normalize_row(task: TaskConfig, row: dict[str, Any]) -> dict[str, Any]:
+@dataclass
+class _Ledger:
+    """Where every row went. Rejects keep the row's source and a pointer to what it duplicates."""
+
+    task: TaskConfig
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+
+    def reject(self, row: dict[str, Any], reason: str, detail: str, of: dict[str, Any] | None = None) -> None:
+        entry = {**row.get("_src", {}), "reason": reason, "detail": detail, "raw": input_text(self.task, row)[:300]}
+        if of is not None:
+            entry["of"] = {**of.get("_src", {}), "text": input_text(self.task, of)[:300]}
+        self.rejects.append(entry)
+
+
+def row_field(row: dict[str, Any], name: str) -> Any:
+    """A task field, or a source column kept in the row's metadata."""
+    if name in row:
+        return row[name]
+    return row.get("_meta", {}).get(name)
+
+
+def _normalize_row(task: TaskConfig, row: dict[str, Any], fn: Callable[[str], str]) -> dict[str, Any]:
     out = dict(row)
     if task.type == "generation":
-        out["input"] = normalize_text(row["input"])
-        out["output"] = normalize_text(row["output"])
+        out["input"] = fn(row["input"])
+        out["output"] = fn(row["output"])
     elif task.type in ("classification", "extraction"):
-        out["text"] = normalize_text(row["text"])
+        out["text"] = fn(row["text"])
     elif task.type == "chat":
-        out["messages"] = [{**m, "content": normalize_text(m["content"])} for m in row["messages"]]
+        out["messages"] = [{**m, "content": fn(m["content"])} for m in row["messages"]]
     return out
 
 
@@ -62,150 +96,277 @@ def _rows_digest(rows: list[dict[str, Any]]) -> str:
 
 
 def current_gold(project: Project) -> GoldVersion | None:
-    return project.store.latest(GoldVersion, GoldVersion.created_at)
+    """The gold version evaluations use now (the store keeps an explicit pointer)."""
+    head = project.store.get_meta("current_gold")
+    if head is not None:
+        with project.store.session() as s:
+            return s.get(GoldVersion, head)
+    return None
 
 
 def freeze_gold(project: Project, rows: list[dict[str, Any]], parent: str | None, note: str) -> GoldVersion:
-    """Store ``rows`` as a new hash-locked gold version (or return the identical one)."""
-    digest = _rows_digest(rows)
-    gold_id = "gold-" + digest[:12]
+    """Make ``rows`` the current gold version: a new hash-locked version, or an identical earlier one."""
+    gold_id = "gold-" + _rows_digest(rows)[:12]
     with project.store.session() as s:
-        existing = s.get(GoldVersion, gold_id)
-    if existing is not None:
-        return existing
-    gold = GoldVersion(id=gold_id, parent_id=parent, object=project.objects.put_jsonl(rows), rows=len(rows), note=note)
-    return project.store.add(gold, "gold.freeze", gold_id, rows=len(rows), parent=parent, note=note)
+        gold = s.get(GoldVersion, gold_id)
+        if gold is None:
+            gold = GoldVersion(
+                id=gold_id, parent_id=parent, object=project.objects.put_jsonl(rows), rows=len(rows), note=note
+            )
+            s.add(gold)
+        project.store.set_meta(s, "current_gold", gold_id)
+        project.store.log_event(s, "gold.freeze", gold_id, rows=len(rows), parent=parent, note=note)
+    return gold
 
 
 def _split(
-    rows: list[dict[str, Any]], fraction: float, rng: random.Random, strata: list[str] | None
+    rows: Sequence[dict[str, Any]],
+    fraction: float,
+    rng: random.Random,
+    strata: Sequence[Any] | None,
+    groups: Sequence[Any] | None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Split off ``fraction`` of rows, per stratum when given (largest-remainder rounding)."""
+    """Split off ``fraction`` of rows per stratum, moving whole groups (largest-remainder quotas)."""
     if fraction <= 0 or not rows:
-        return rows, []
-    groups: dict[str, list[int]] = defaultdict(list)
+        return list(rows), []
+    units: dict[Any, list[int]] = {}
     for i in range(len(rows)):
-        groups[strata[i] if strata else ""].append(i)
-    want_total = round(len(rows) * fraction)
-    quotas = {k: len(v) * fraction for k, v in groups.items()}
-    take = {k: int(q) for k, q in quotas.items()}
-    leftover = want_total - sum(take.values())
-    for k in sorted(groups, key=lambda k: (quotas[k] - take[k], k), reverse=True)[: max(leftover, 0)]:
-        take[k] += 1
+        units.setdefault(groups[i] if groups is not None else i, []).append(i)
+    by_stratum: dict[Any, list[Any]] = defaultdict(list)
+    sizes: Counter[Any] = Counter()
+    for key, members in units.items():
+        s = strata[members[0]] if strata is not None else ""
+        by_stratum[s].append(key)
+        sizes[s] += len(members)
+    quotas = {s: n * fraction for s, n in sizes.items()}
+    take = {s: int(q) for s, q in quotas.items()}
+    leftover = round(len(rows) * fraction) - sum(take.values())
+    for s in sorted(take, key=lambda s: (quotas[s] - take[s], str(s)), reverse=True)[: max(leftover, 0)]:
+        take[s] += 1
     chosen: set[int] = set()
-    for k in sorted(groups):
-        idx = list(groups[k])
-        rng.shuffle(idx)
-        chosen.update(idx[: take[k]])
-    rest = [r for i, r in enumerate(rows) if i not in chosen]
-    picked = [r for i, r in enumerate(rows) if i in chosen]
-    return rest, picked
+    for s in sorted(by_stratum, key=str):
+        keys = list(by_stratum[s])
+        rng.shuffle(keys)
+        got = 0
+        for key in keys:
+            if got >= take[s]:
+                break
+            chosen.update(units[key])
+            got += len(units[key])
+    return [r for i, r in enumerate(rows) if i not in chosen], [r for i, r in enumerate(rows) if i in chosen]
 
 
-def prepare_dataset(project: Project, import_ids: list[str] | None = None) -> tuple[DatasetSplits, bool]:
+def _token_lengths(project: Project, rows: list[dict[str, Any]]) -> list[int]:
+    from slmloop.models.catalog import resolve_model
+    from slmloop.models.loading import load_tokenizer
+
+    tok = load_tokenizer(resolve_model(project.manifest.model.base))
+    task = project.manifest.task
+    texts = [
+        str(
+            tok.apply_chat_template(
+                [*prompt_messages(task, r), {"role": "assistant", "content": target_text(task, r)}], tokenize=False
+            )
+        )
+        for r in rows
+    ]
+    return [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+
+
+def prepare_dataset(
+    project: Project, import_ids: list[str] | None = None, console: Console | None = None
+) -> tuple[DatasetSplits, bool]:
     """Build (or find) the dataset version for the active imports. Returns (splits, reused)."""
+    console = console or Console(stderr=True, quiet=True)
     m = project.manifest
-    task = m.task
-    cfg = m.data.split
+    task, cfg, data = m.task, m.data.split, m.data
     with project.store.session() as s:
-        q = select(Import).where(Import.active.is_(True)).order_by(Import.created_at)
-        imports = list(s.scalars(q).all())
+        imports = list(s.scalars(select(Import).where(Import.active.is_(True)).order_by(Import.created_at)).all())
     if import_ids:
         wanted = set(import_ids)
         imports = [i for i in imports if i.id in wanted]
         missing = wanted - {i.id for i in imports}
         if missing:
-            raise NotFoundError(
-                f"import(s) {', '.join(sorted(missing))} do not exist",
-                hint="`slmloop data imports` lists them.",
-            )
+            raise NotFoundError(f"import(s) {', '.join(sorted(missing))} do not exist", hint="`slmloop data list`.")
     if not imports:
         raise DataError("no imported data yet", hint="Run `slmloop data import FILE` first.")
-
     rows: list[dict[str, Any]] = []
     for imp in imports:
         rows.extend(project.objects.read_jsonl(imp.accepted_object))
     rows_in = len(rows)
-    rejects: list[dict[str, Any]] = []
+    ledger = _Ledger(task)
+    stats: dict[str, Any] = {}
 
-    def reject(row: dict[str, Any], reason: str, detail: str) -> None:
-        rejects.append({**row.get("_src", {}), "reason": reason, "detail": detail, "raw": input_text(task, row)[:300]})
-
-    # 1. normalise, drop rows left empty
+    # 1. normalise, PII, empty, too long
+    console.print(f"normalising {rows_in} rows …")
     kept: list[dict[str, Any]] = []
     changed = 0
+    pii: Counter[str] = Counter()
+    kinds = tuple(data.pii.types)
     for row in rows:
-        new = _normalize_row(task, row) if m.data.normalize else row
+        new = _normalize_row(task, row, normalize_text) if data.normalize else row
         changed += new != row
+        if data.pii.mode != "off":
+            found: Counter[str] = Counter()
+
+            def scrub(text: str, found: Counter[str] = found) -> str:
+                out, counts = redact(text, kinds)
+                found.update(counts)
+                return out
+
+            redacted = _normalize_row(task, new, scrub)
+            pii.update(found)
+            if found and data.pii.mode == "block":
+                ledger.reject(row, "pii_blocked", "contains " + ", ".join(f"{n} {k}" for k, n in found.items()))
+                continue
+            new = redacted
         if not input_text(task, new).strip():
-            reject(row, "empty_input", "empty after normalisation")
+            ledger.reject(row, "empty_input", "empty after normalisation")
             continue
         kept.append(new)
+    if data.max_tokens is not None and kept:
+        console.print("counting tokens …")
+        lengths = _token_lengths(project, kept)
+        stats["token_lengths"] = {"max": max(lengths), "mean": sum(lengths) / len(lengths)}
+        fits = []
+        for row, n in zip(kept, lengths, strict=True):
+            if n > data.max_tokens:
+                ledger.reject(row, "too_long", f"{n} tokens > data.max_tokens = {data.max_tokens}")
+            else:
+                fits.append(row)
+        kept = fits
 
     # 2. exact dedupe on the normalised, case-folded input; first occurrence wins
-    seen: dict[str, dict[str, Any]] = {}
     unique: list[dict[str, Any]] = []
-    for row in kept:
-        key = dedupe_key(input_text(task, row))
-        if key in seen:
-            first = seen[key].get("_src", {})
-            reject(row, "duplicate_exact", f"same input as line {first.get('line')} of {first.get('import')}")
-            continue
-        seen[key] = row
-        unique.append(row)
+    if data.dedupe.exact:
+        seen: dict[str, dict[str, Any]] = {}
+        for row in kept:
+            key = dedupe_key(input_text(task, row))
+            if key in seen:
+                ledger.reject(row, "duplicate_exact", "same input as an earlier row", of=seen[key])
+                continue
+            seen[key] = row
+            unique.append(row)
+    else:
+        unique = kept
 
-    # 3. the gold set: keep the frozen one (and keep its inputs out of training), or freeze one
-    # one random stream per decision, so re-running with a frozen gold reproduces the split
-    gold_prev = current_gold(project)
+    # 3. near dedupe: drop all but the first of each cluster, or keep them grouped
+    groups: list[Any] | None = None
+    signatures = Signatures([input_text(task, r) for r in unique], num_perm=data.dedupe.num_perm)
+    if data.dedupe.near != "off" and unique:
+        console.print(f"finding near duplicates among {len(unique)} rows (MinHash LSH) …")
+        near = find_near_duplicates(signatures, data.dedupe.near_threshold)
+        stats["near_clusters"] = sum(1 for members in near.clusters().values() if len(members) > 1)
+        if data.dedupe.near == "drop":
+            keep_idx = []
+            for i, row in enumerate(unique):
+                rep = near.representative[i]
+                if rep != i:
+                    ledger.reject(
+                        row, "duplicate_near", f"Jaccard {near.similarity[i]:.2f} to an earlier row", of=unique[rep]
+                    )
+                else:
+                    keep_idx.append(i)
+            unique = [unique[i] for i in keep_idx]
+            signatures = signatures.subset(keep_idx)
+        else:
+            groups = [f"near:{r}" for r in near.representative]
+    if cfg.group_by:
+        by_field = [f"{cfg.group_by}:{row_field(r, cfg.group_by)}" for r in unique]
+        groups = by_field if groups is None else [f"{a}|{b}" for a, b in zip(groups, by_field, strict=True)]
+
+    # 4. seeded sample (one random stream per decision: re-runs reproduce the split)
     if cfg.max_rows is not None and len(unique) > cfg.max_rows:
         order = list(range(len(unique)))
         random.Random(f"{cfg.seed}:sample").shuffle(order)
-        keep = set(order[: cfg.max_rows])
+        keep_set = set(order[: cfg.max_rows])
         for i, row in enumerate(unique):
-            if i not in keep:
-                reject(row, "sampled_out", f"data.split.max_rows = {cfg.max_rows}")
-        unique = [r for i, r in enumerate(unique) if i in keep]
-    strat = task.type == "classification" and cfg.stratify
+            if i not in keep_set:
+                ledger.reject(row, "sampled_out", f"data.split.max_rows = {cfg.max_rows}")
+        keep_idx = [i for i in range(len(unique)) if i in keep_set]
+        unique = [unique[i] for i in keep_idx]
+        signatures = signatures.subset(keep_idx)
+        groups = [groups[i] for i in keep_idx] if groups is not None else None
+
+    def strata_of(part: Sequence[dict[str, Any]]) -> list[Any] | None:
+        if cfg.stratify is False:
+            return None
+        if cfg.stratify is True:
+            return [r["label"] for r in part] if task.type == "classification" else None
+        return [row_field(r, str(cfg.stratify)) for r in part]
+
+    # 5. gold: keep the frozen one, or freeze one from these rows
+    gold_prev = current_gold(project)
     if gold_prev is not None:
         gold_rows = project.objects.read_jsonl(gold_prev.object)
-        gold_keys = {dedupe_key(input_text(task, r)) for r in gold_rows}
-        pool = []
-        for row in unique:
-            if dedupe_key(input_text(task, row)) in gold_keys:
-                reject(row, "in_gold", f"the input is in frozen gold set {gold_prev.id}")
-            else:
-                pool.append(row)
+        pool, pool_groups, pool_sig = unique, groups, signatures
         gold = gold_prev
+        new_gold = 0
     else:
-        labels = [r["label"] for r in unique] if strat else None
-        pool, gold_rows = _split(unique, cfg.gold, random.Random(f"{cfg.seed}:gold"), labels)
-        if not gold_rows:
+        labelled = [dict(r, _i=i) for i, r in enumerate(unique)]
+        pool_l, gold_l = _split(labelled, cfg.gold, random.Random(f"{cfg.seed}:gold"), strata_of(unique), groups)
+        if not gold_l:
             raise DataError(
                 f"too few rows ({len(unique)}) to set aside a gold set",
                 hint="Import more data or raise data.split.gold.",
             )
+        pool_idx = [r.pop("_i") for r in pool_l]
+        for r in gold_l:
+            r.pop("_i")
+        pool, gold_rows = pool_l, gold_l
+        pool_groups = [groups[i] for i in pool_idx] if groups is not None else None
+        pool_sig = signatures.subset(pool_idx)
         gold = freeze_gold(project, gold_rows, None, "first freeze by data prepare")
+        new_gold = len(gold_rows)
 
-    # 4. train / validation: validation is a share of all rows, so of the non-gold pool it is v / (1 - g)
+    # 6. nothing that copies a gold row may train: exact, near or semantic
+    console.print(f"checking {len(pool)} rows against {len(gold_rows)} gold rows for leakage …")
+    gold_texts = [input_text(task, r) for r in gold_rows]
+    embed = project_embedder(project) if data.leakage.semantic else None
+    leaks = gold_leaks(
+        [input_text(task, r) for r in pool],
+        gold_texts,
+        data.leakage,
+        embed,
+        signatures=(pool_sig, Signatures(gold_texts, num_perm=data.dedupe.num_perm)),
+    )
+    leak_kinds: Counter[str] = Counter()
+    clean_idx = []
+    for i, row in enumerate(pool):
+        if i in leaks:
+            j, kind, sim = leaks[i]
+            leak_kinds[kind] += 1
+            ledger.reject(row, "leaks_gold", f"{kind} match ({sim:.2f}) to gold row {j} of {gold.id}", of=gold_rows[j])
+        else:
+            clean_idx.append(i)
+    pool = [pool[i] for i in clean_idx]
+    pool_groups = [pool_groups[i] for i in clean_idx] if pool_groups is not None else None
+
+    # 7. train / validation: validation is a share of all rows, so of the non-gold pool it is v / (1 - g)
     val_fraction = min(cfg.validation / (1.0 - cfg.gold), 0.9)
-    labels = [r["label"] for r in pool] if strat else None
-    train, validation = _split(pool, val_fraction, random.Random(f"{cfg.seed}:validation"), labels)
+    train, validation = _split(
+        pool, val_fraction, random.Random(f"{cfg.seed}:validation"), strata_of(pool), pool_groups
+    )
     if not train:
-        raise DataError("no rows left for training", hint="Import more data.")
+        raise DataError("no rows left for training", hint="Import more data, or see `slmloop data rejects`.")
 
-    counts = {
+    rejects = ledger.rejects
+    counts: dict[str, Any] = {
         "rows_in": rows_in,
         "normalized_changed": changed,
         "rejected": dict(Counter(r["reason"] for r in rejects)),
         "train": len(train),
         "validation": len(validation),
-        "gold": len(gold_rows) if gold_prev is None else 0,
+        "gold": new_gold,
         "gold_rows_total": gold.rows,
+        "pii": dict(pii),
+        "leakage": {"checks": ["exact", "near", *(["semantic"] if embed else [])], **dict(leak_kinds)},
+        **stats,
     }
     placed = counts["train"] + counts["validation"] + counts["gold"] + len(rejects)
     if placed != rows_in:  # pragma: no cover - a bug, not user input
         raise StoreError(f"row accounting broke: {placed} placed of {rows_in}")
-    if strat:
+    if task.type == "classification":
         counts["labels"] = {
             name: dict(Counter(r["label"] for r in part))
             for name, part in (("train", train), ("validation", validation), ("gold", gold_rows))
@@ -217,7 +378,7 @@ def prepare_dataset(project: Project, import_ids: list[str] | None = None) -> tu
     with project.store.session() as s:
         existing = s.get(DatasetVersion, version_id)
     if existing is not None:
-        return DatasetSplits(existing, train, validation, project.objects.read_jsonl(gold.object)), True
+        return DatasetSplits(existing, train, validation, gold_rows), True
     version = DatasetVersion(
         id=version_id,
         import_ids=[i.id for i in imports],
@@ -226,15 +387,22 @@ def prepare_dataset(project: Project, import_ids: list[str] | None = None) -> tu
         gold_id=gold.id,
         rejects_object=project.objects.put_jsonl(rejects),
         counts=counts,
-        config={"split": cfg.model_dump(), "normalize": m.data.normalize, "task": task.model_dump()},
+        config={
+            "data": data.model_dump(mode="json", exclude={"sources"}),
+            "task": task.model_dump(),
+            "sources": [
+                {"import": i.id, "path": i.source_path, "sha256": i.source_sha256, "mapping": i.mapping}
+                for i in imports
+            ],
+        },
     )
     project.store.add(version, "data.prepare", version_id, gold=gold.id, counts=counts)
-    return DatasetSplits(version, train, validation, project.objects.read_jsonl(gold.object)), False
+    return DatasetSplits(version, train, validation, gold_rows), False
 
 
 def resolve_dataset(project: Project, version_id: str | None = None) -> DatasetVersion:
     if version_id:
-        return project.store.get(DatasetVersion, version_id, "dataset version", "`slmloop data versions` lists them.")
+        return project.store.get(DatasetVersion, version_id, "dataset version", "`slmloop data list` lists them.")
     latest = project.store.latest(DatasetVersion, DatasetVersion.created_at)
     if latest is None:
         raise NotFoundError(
@@ -245,7 +413,7 @@ def resolve_dataset(project: Project, version_id: str | None = None) -> DatasetV
 
 def load_dataset(project: Project, version_id: str | None = None) -> DatasetSplits:
     v = resolve_dataset(project, version_id)
-    gold = project.store.get(GoldVersion, v.gold_id, "gold version", "`slmloop gold show`.")
+    gold = project.store.get(GoldVersion, v.gold_id, "gold version", "`slmloop gold list`.")
     return DatasetSplits(
         v,
         project.objects.read_jsonl(v.train_object),

@@ -28,6 +28,7 @@ FORMATS = {
     ".csv": "csv",
     ".tsv": "tsv",
     ".tab": "tsv",
+    ".parquet": "parquet",
 }
 RAW_EXCERPT = 300
 
@@ -40,6 +41,8 @@ class Record:
     reason: str | None = None
     detail: str = ""
     raw: str = ""
+    #: last physical line of the row, when a quoted CSV field spans several lines
+    last_line: int | None = None
 
 
 @dataclass
@@ -60,6 +63,11 @@ def detect_format(path: Path, declared: str = "auto") -> str:
     return fmt
 
 
+def is_hf_dataset_dir(path: Path) -> bool:
+    """A folder written by ``datasets.Dataset.save_to_disk`` (or ``DatasetDict``)."""
+    return path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists())
+
+
 def iter_source_files(path: Path) -> list[Path]:
     if not path.exists():
         raise DataError(
@@ -70,7 +78,7 @@ def iter_source_files(path: Path) -> list[Path]:
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FORMATS)
         if not files:
             raise DataError(
-                f"folder {path} holds no .jsonl, .json, .csv or .tsv files",
+                f"folder {path} holds no .jsonl, .json, .csv, .tsv or .parquet files",
                 hint="Point the source at a data file or a folder of them.",
             )
         return files
@@ -217,12 +225,21 @@ def _read_delimited(data: bytes, src: SourceConfig, file: str, fmt: str, stats: 
             yield from _drain(rejects)
             line = consumed[0] if consumed else 0
             span = f"lines {consumed[0]}-{consumed[-1]}: " if len(consumed) > 1 else ""
-            yield Record(file, line, reason="bad_csv", detail=f"{span}{exc}")
+            yield Record(
+                file, line, reason="bad_csv", detail=f"{span}{exc}", last_line=consumed[-1] if consumed else None
+            )
             continue
-        yield from _drain(rejects)
         start = consumed[0] if consumed else 0
-        if not values or all(not v.strip() for v in values):
-            stats.blank_lines += 1
+        end = consumed[-1] if consumed else None
+        if columns is None and src.header and any(r.line < start for r in rejects):
+            bad = next(r for r in rejects if r.line < start)
+            raise DataError(
+                f"{file}: the header line {bad.line} cannot be read: {bad.detail}",
+                hint="Pass the right --encoding, or fix the header line.",
+            )
+        yield from _drain(rejects)
+        if not values or (len(values) == 1 and not values[0].strip()):
+            stats.blank_lines += 1  # a blank line; a row of empty fields is a row (rejected later)
             continue
         if columns is None:
             if src.header:
@@ -242,10 +259,61 @@ def _read_delimited(data: bytes, src: SourceConfig, file: str, fmt: str, stats: 
                 reason="wrong_field_count",
                 detail=f"expected {len(columns)} fields, found {len(values)}",
                 raw=_excerpt(raw),
+                last_line=end,
             )
             continue
-        yield Record(file, start, fields=dict(zip(columns, values, strict=True)), raw=_excerpt(raw))
+        yield Record(file, start, fields=dict(zip(columns, values, strict=True)), raw=_excerpt(raw), last_line=end)
     yield from _drain(rejects)
+
+
+def _plain(value: Any) -> Any:
+    """Arrow/numpy scalars and containers → plain Python (JSON-serialisable) values."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "as_py"):
+        return value.as_py()
+    return value
+
+
+def _read_parquet(path: Path, name: str) -> Iterator[Record]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several unrelated types for a bad file
+        raise DataError(f"{name} is not a readable Parquet file: {exc}", hint="Check the file.") from None
+    n = 0
+    for batch in table.iter_batches(batch_size=10_000):
+        for row in batch.to_pylist():
+            n += 1
+            yield Record(name, n, fields={k: _plain(v) for k, v in row.items()})
+
+
+def _read_hf(src: SourceConfig, path: Path | None) -> Iterator[Record]:
+    """A Hugging Face ``datasets`` source: a save_to_disk folder, or a hub id where reachable."""
+    import datasets
+
+    split = src.split or "train"
+    try:
+        if path is not None:
+            ds = datasets.load_from_disk(str(path))
+        else:
+            ds = datasets.load_dataset(src.path, split=split)
+    except Exception as exc:
+        raise DataError(
+            f"cannot load the Hugging Face dataset {src.path!r}: {str(exc).splitlines()[0]}",
+            hint="Offline? Use a folder written by save_to_disk(); hub ids need the Hugging Face hub.",
+        ) from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise DataError(
+                f"dataset {src.path!r} has no split {split!r} (it has: {', '.join(ds)})",
+                hint="Set `split:` on the source.",
+            )
+        ds = ds[split]
+    name = f"{src.path}[{split}]"
+    for i, row in enumerate(ds, start=1):
+        yield Record(name, i, fields={k: _plain(v) for k, v in row.items()})
 
 
 def _drain(rejects: list[Record]) -> Iterator[Record]:
@@ -263,10 +331,17 @@ def read_records(path: Path, src: SourceConfig, stats: SourceStats | None = None
             f"unknown encoding {src.encoding!r}",
             hint="Use a Python codec name such as utf-8, latin-1, cp1252 or utf-16.",
         ) from None
+    if src.format == "hf" or (src.format == "auto" and is_hf_dataset_dir(path)):
+        stats.files.append(str(path))
+        yield from _read_hf(src, path if path.exists() else None)
+        return
     for file_path in iter_source_files(path):
         fmt = detect_format(file_path, src.format)
         name = str(file_path)
         stats.files.append(name)
+        if fmt == "parquet":
+            yield from _read_parquet(file_path, name)
+            continue
         data = file_path.read_bytes()
         if fmt == "jsonl":
             yield from _read_jsonl(data, src, name, stats)

@@ -136,7 +136,7 @@ def evaluate(
             train=trained_on.train,
             validation=trained_on.validation,
         )
-    model, tok = load_target(target, pick_dtype("auto"))
+    model, tok = load_target(target, pick_dtype(project.manifest.eval.precision))
     started = time.perf_counter()
     results = _predict(project, model, tok, gold, console)
     seconds = time.perf_counter() - started

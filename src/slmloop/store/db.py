@@ -268,6 +268,19 @@ class Store:
                 q = q.where(Event.kind == kind)
             return s.scalars(q).all()
 
+    # -- small named pointers (e.g. the current gold version) -------------
+    def set_meta(self, s: Session, key: str, value: str) -> None:
+        row = s.get(Meta, key)
+        if row is None:
+            s.add(Meta(key=key, value=value))
+        else:
+            row.value = value
+
+    def get_meta(self, key: str) -> str | None:
+        with self.session() as s:
+            row = s.get(Meta, key)
+            return row.value if row else None
+
     # -- generic lookups ---------------------------------------------------
     def add(self, obj: Any, event_kind: str | None = None, subject: str = "", **payload: Any) -> Any:
         with self.session() as s:

@@ -24,7 +24,7 @@ from rich.console import Console
 
 from slmloop import versions
 from slmloop.data.leakage import leakage_gate
-from slmloop.data.prepare import DatasetSplits, load_dataset
+from slmloop.data.prepare import DatasetSplits, current_gold, load_dataset
 from slmloop.errors import ConfigError
 from slmloop.manifest import TrainConfig
 from slmloop.models.catalog import ResolvedModel, resolve_model
@@ -65,6 +65,7 @@ class TrainSetup:
     project: Project
     config: TrainConfig
     splits: DatasetSplits
+    gold_id: str
     model_ref: ResolvedModel
     leakage: dict[str, Any]
     max_length: int
@@ -84,6 +85,11 @@ def setup(
 ) -> TrainSetup:
     cfg = resolve_train_config(project.manifest.train, overrides)
     splits = load_dataset(project, dataset_id)
+    # check against the gold set evaluations use *now* (it may have changed since data prepare)
+    gold = current_gold(project)
+    if gold is not None and gold.id != splits.version.gold_id:
+        splits.gold = project.objects.read_jsonl(gold.object)
+    gold_id = gold.id if gold is not None else splits.version.gold_id
     leakage = leakage_gate(
         project,
         project.manifest.task,
@@ -94,7 +100,7 @@ def setup(
         validation=splits.validation,
     )
     model_ref = resolve_model(project.manifest.model.base)
-    return TrainSetup(project, cfg, splits, model_ref, leakage, project.manifest.model.max_length)
+    return TrainSetup(project, cfg, splits, gold_id, model_ref, leakage, project.manifest.model.max_length)
 
 
 def _target_modules(model: Any, choice: str | list[str]) -> str | list[str]:
@@ -266,7 +272,7 @@ def train(
     run = project.store.add(
         Run(
             dataset_id=st.splits.version.id,
-            gold_id=st.splits.version.gold_id,
+            gold_id=st.gold_id,
             base_model=st.model_ref.spec,
             config={
                 "train": cfg.model_dump(),
@@ -370,7 +376,7 @@ def train(
         "created_at": run.created_at.isoformat(),
         "base_model": {"spec": st.model_ref.spec, "path": st.model_ref.path, "source": st.model_ref.source},
         "dataset": st.splits.version.id,
-        "gold": st.splits.version.gold_id,
+        "gold": st.gold_id,
         "task": task.model_dump(),
         "train": cfg.model_dump(),
         "max_length": st.max_length,

@@ -1,0 +1,216 @@
+"""``slmloop data diff`` and ``slmloop data report``: what a dataset version holds and how it changed."""
+
+from __future__ import annotations
+
+import html
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slmloop.data.clean import dedupe_key
+from slmloop.data.prepare import DatasetSplits, load_dataset
+from slmloop.project import Project
+from slmloop.store import atomic_write_text
+from slmloop.tasks import input_text, target_text
+
+__all__ = ["DatasetDiff", "diff_datasets", "write_data_report"]
+
+SPLITS = ("train", "validation", "gold")
+
+
+@dataclass
+class DatasetDiff:
+    old: str
+    new: str
+    added: dict[str, int] = field(default_factory=dict)
+    removed: dict[str, int] = field(default_factory=dict)
+    changed: dict[str, int] = field(default_factory=dict)
+    moved: int = 0
+    labels: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _keyed(project: Project, splits: DatasetSplits) -> dict[str, dict[str, tuple[str, str]]]:
+    task = project.manifest.task
+    return {
+        name: {dedupe_key(input_text(task, r)): (input_text(task, r), target_text(task, r)) for r in rows}
+        for name, rows in (("train", splits.train), ("validation", splits.validation), ("gold", splits.gold))
+    }
+
+
+def diff_datasets(project: Project, old_id: str, new_id: str) -> DatasetDiff:
+    """Rows added, removed and changed (same input, new answer) per split; label balance before/after."""
+    old, new = load_dataset(project, old_id), load_dataset(project, new_id)
+    a, b = _keyed(project, old), _keyed(project, new)
+    d = DatasetDiff(old.version.id, new.version.id)
+    where_old = {k: s for s in SPLITS for k in a[s]}
+    where_new = {k: s for s in SPLITS for k in b[s]}
+    d.moved = sum(1 for k, s in where_new.items() if k in where_old and where_old[k] != s)
+    for s in SPLITS:
+        added = [k for k in b[s] if k not in where_old]
+        removed = [k for k in a[s] if k not in where_new]
+        changed = [k for k in b[s] if k in a[s] and a[s][k][1] != b[s][k][1]]
+        d.added[s], d.removed[s], d.changed[s] = len(added), len(removed), len(changed)
+        d.examples[f"{s}: added"] = [b[s][k][0][:100] for k in added[:3]]
+        d.examples[f"{s}: removed"] = [a[s][k][0][:100] for k in removed[:3]]
+        d.examples[f"{s}: changed"] = [f"{b[s][k][0][:70]!r}: {a[s][k][1]!r} → {b[s][k][1]!r}" for k in changed[:3]]
+    if project.manifest.task.type == "classification":
+        for s in SPLITS:
+            before = Counter(v[1] for v in a[s].values())
+            after = Counter(v[1] for v in b[s].values())
+            d.labels[s] = {lab: (before.get(lab, 0), after.get(lab, 0)) for lab in sorted(set(before) | set(after))}
+    return d
+
+
+def _token_lengths(project: Project, splits: DatasetSplits) -> tuple[dict[str, list[int]], str]:
+    task = project.manifest.task
+    try:
+        from slmloop.models.catalog import resolve_model
+        from slmloop.models.loading import load_tokenizer
+
+        tok = load_tokenizer(resolve_model(project.manifest.model.base))
+
+        def count(rows: list[dict]) -> list[int]:
+            texts = [input_text(task, r) + " " + target_text(task, r) for r in rows]
+            return [len(x) for x in tok(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+        unit = "tokens"
+    except Exception:  # the report must not depend on the model being installed
+
+        def count(rows: list[dict]) -> list[int]:
+            return [len((input_text(task, r) + " " + target_text(task, r)).split()) for r in rows]
+
+        unit = "words"
+    return {"train": count(splits.train), "validation": count(splits.validation), "gold": count(splits.gold)}, unit
+
+
+def _plots(project: Project, splits: DatasetSplits, rejects: list[dict], path: Path) -> dict[str, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    counts = splits.version.counts
+    lengths, unit = _token_lengths(project, splits)
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), dpi=100)
+    ax = axes[0, 0]
+    labels = counts.get("labels")
+    if labels:
+        names = sorted({lab for part in labels.values() for lab in part})
+        x = np.arange(len(names))
+        for k, s in enumerate(SPLITS):
+            total = sum(labels.get(s, {}).values()) or 1
+            ax.bar(x + (k - 1) * 0.27, [labels.get(s, {}).get(n, 0) / total for n in names], 0.27, label=s)
+        ax.set_xticks(x, names, rotation=30, ha="right")
+        ax.set_ylabel("share of split")
+        ax.set_title("label balance per split")
+        ax.legend()
+    else:
+        ax.bar(SPLITS, [len(splits.train), len(splits.validation), len(splits.gold)], color="#3182bd")
+        ax.set_title("rows per split")
+    ax = axes[0, 1]
+    every = [n for v in lengths.values() for n in v]
+    bins = np.histogram_bin_edges(every or [0, 1], bins=30)
+    for s in SPLITS:
+        if lengths[s]:
+            ax.hist(lengths[s], bins=bins, alpha=0.5, density=True, label=s)
+    ax.axvline(project.manifest.model.max_length, color="#a50f15", linestyle="--", label="model.max_length")
+    ax.set_title(f"example length ({unit}, prompt text + answer)")
+    ax.legend()
+    ax = axes[1, 0]
+    reasons = Counter(r["reason"] for r in rejects)
+    if reasons:
+        items = reasons.most_common()
+        ax.barh([k for k, _ in items][::-1], [v for _, v in items][::-1], color="#e6550d")
+        ax.set_title(f"rejected rows by reason ({sum(reasons.values())})")
+    else:
+        ax.text(0.5, 0.5, "no rejected rows", ha="center", va="center")
+        ax.set_axis_off()
+    ax = axes[1, 1]
+    pii = counts.get("pii", {})
+    leak = {k: v for k, v in counts.get("leakage", {}).items() if k != "checks"}
+    bars = {**{f"PII {k}": v for k, v in pii.items()}, **{f"leak {k}": v for k, v in leak.items()}}
+    if bars:
+        ax.barh(list(bars), list(bars.values()), color="#756bb1")
+        ax.set_title("PII found and gold leaks removed")
+    else:
+        checks = ", ".join(counts.get("leakage", {}).get("checks", []))
+        ax.text(
+            0.5,
+            0.5,
+            f"no PII found (mode {project.manifest.data.pii.mode})\nno gold leaks ({checks})",
+            ha="center",
+            va="center",
+        )
+        ax.set_axis_off()
+    fig.suptitle(f"dataset {splits.version.id} · gold {splits.version.gold_id}", fontweight="bold")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return {
+        "unit": unit,
+        "mean": {s: (sum(v) / len(v) if v else 0) for s, v in lengths.items()},
+        "max": {s: max(v, default=0) for s, v in lengths.items()},
+    }
+
+
+def _clusters(rejects: list[dict]) -> list[tuple[str, list[str]]]:
+    groups: dict[str, list[str]] = defaultdict(list)
+    for r in rejects:
+        if r["reason"] in ("duplicate_exact", "duplicate_near") and "of" in r:
+            groups[r["of"]["text"]].append(r["raw"])
+    return sorted(groups.items(), key=lambda kv: -len(kv[1]))
+
+
+def write_data_report(project: Project, version_id: str | None = None) -> tuple[Path, dict[str, Any]]:
+    splits = load_dataset(project, version_id)
+    v = splits.version
+    rejects = project.objects.read_jsonl(v.rejects_object)
+    folder = project.reports_dir / f"data-{v.id}"
+    folder.mkdir(parents=True, exist_ok=True)
+    lengths = _plots(project, splits, rejects, folder / "data.png")
+    clusters = _clusters(rejects)
+    leaks = [r for r in rejects if r["reason"] == "leaks_gold"]
+    esc = html.escape
+
+    def table(rows: list[list[Any]], head: list[str]) -> str:
+        h = "".join(f"<th>{esc(x)}</th>" for x in head)
+        body = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+        return f"<table><tr>{h}</tr>{body}</table>"
+
+    c = v.counts
+    steps = [
+        ["rows in", c["rows_in"]],
+        ["text normalised", c["normalized_changed"]],
+        *[[f"rejected: {k}", n] for k, n in sorted(c["rejected"].items())],
+        ["train", c["train"]],
+        ["validation", c["validation"]],
+        ["gold (this version)", c["gold_rows_total"]],
+    ]
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>data {v.id}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:75em}} td,th{{padding:.2em .8em;
+border-bottom:1px solid #ddd;text-align:left;vertical-align:top}} h2{{margin-top:1.5em}}</style></head><body>
+<h1>Dataset {v.id}</h1><p>gold {esc(v.gold_id)} · created {v.created_at:%Y-%m-%d %H:%M} ·
+imports {esc(", ".join(v.import_ids))}</p>
+<img src="data.png" alt="data plots" style="max-width:100%">
+<h2>Where every row went</h2>{table(steps, ["step", "rows"])}
+<h2>Duplicate clusters ({len(clusters)})</h2>
+{
+        table(
+            [[len(d) + 1, k[:120], " | ".join(x[:60] for x in d[:3])] for k, d in clusters[:15]],
+            ["rows", "kept", "dropped (first 3)"],
+        )
+    }
+<h2>Gold leakage removed ({len(leaks)})</h2>
+{
+        table(
+            [[r["detail"], r["raw"][:100], r.get("of", {}).get("text", "")[:100]] for r in leaks[:30]],
+            ["match", "row", "gold row"],
+        )
+    }
+<h2>PII</h2><p>mode {esc(project.manifest.data.pii.mode)}: {esc(str(c.get("pii", {})) or "none")}</p>
+</body></html>"""
+    atomic_write_text(folder / "index.html", page)
+    return folder, {"lengths": lengths, "clusters": len(clusters), "leaks": len(leaks), "rejects": len(rejects)}

@@ -248,8 +248,9 @@ def inspect_records(task: TaskConfig, records: list[dict[str, Any]], unreadable:
         layout = "columns"
         proposals = [Proposal(f, f, 1.0, f"column is named {f!r}") for f in wanted]
         if task.type == "classification" and task.labels:
+            # the names match; only values that mostly miss task.labels cast doubt on the mapping
             score, why = _label_score(task, cols["label"], rows)
-            if score < 0.75:
+            if score < 0.5 + 0.45 * 0.5:
                 proposals[-1] = Proposal("label", "label", round(score, 2), why)
     else:
         layout = "columns"

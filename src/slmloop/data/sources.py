@@ -302,7 +302,8 @@ def _read_hf(src: SourceConfig, path: Path | None) -> Iterator[Record]:
     except Exception as exc:
         raise DataError(
             f"cannot load the Hugging Face dataset {src.path!r}: {str(exc).splitlines()[0]}",
-            hint="Offline? Use a folder written by save_to_disk(); hub ids need the Hugging Face hub.",
+            hint="Offline? Use a folder written by save_to_disk() (and set HF_HUB_OFFLINE=1 to fail fast); "
+            "hub ids need the Hugging Face hub.",
         ) from None
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:

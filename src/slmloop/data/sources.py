@@ -238,7 +238,7 @@ def _read_delimited(data: bytes, src: SourceConfig, file: str, fmt: str, stats: 
                 hint="Pass the right --encoding, or fix the header line.",
             )
         yield from _drain(rejects)
-        if not values or (len(values) == 1 and not values[0].strip()):
+        if not values:
             stats.blank_lines += 1  # a blank line; a row of empty fields is a row (rejected later)
             continue
         if columns is None:

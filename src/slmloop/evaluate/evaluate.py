@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,7 @@ from slmloop.store import Evaluation, Prediction
 from slmloop.targets import load_target, resolve_target
 from slmloop.tasks import input_text, parse_prediction, prompt_messages, target_text
 
-__all__ = ["HEADLINE", "RowResult", "evaluate", "latest_evaluations", "score_rows"]
+__all__ = ["HEADLINE", "RowResult", "evaluate", "latest_evaluations", "predict_rows", "score_rows"]
 
 #: the metric each task's comparisons lead with
 HEADLINE = {
@@ -57,44 +58,32 @@ def score_rows(task: TaskConfig, rows: list[dict[str, Any]], results: list[RowRe
     return generation_metrics(refs, preds)
 
 
-def _predict(project: Project, model: Any, tok: Any, rows: list[dict[str, Any]], console: Console) -> list[RowResult]:
-    m = project.manifest
-    task = m.task
+def predict_rows(
+    task: TaskConfig,
+    mode: str,
+    model: Any,
+    tok: Any,
+    rows: list[dict[str, Any]],
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    progress: Callable[[int], None] | None = None,
+) -> list[RowResult]:
+    """The model's answer for every row: ranked labels (classification ``rank``) or generated text."""
     prompts = [render_prompt(tok, prompt_messages(task, r)) for r in rows]
-    mode = m.eval_mode
-    with Progress(
-        TextColumn(f"[bold]eval[/bold] ({mode})"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-    ) as progress:
-        bar = progress.add_task("eval", total=len(rows))
-
-        def advance(n: int) -> None:
-            progress.update(bar, advance=n)
-
-        if mode == "rank":
-            labels = task.labels or []
-            scores = rank_labels(model, tok, prompts, labels, batch_size=m.eval.batch_size, progress=advance)
-            out = []
-            for row, s in zip(rows, scores, strict=True):
-                top = max(s)
-                norm = [math.exp(x - top) for x in s]
-                z = sum(norm)
-                probs = {lab: p / z for lab, p in zip(labels, norm, strict=True)}
-                pred = labels[s.index(top)]
-                out.append(RowResult(pred, pred, pred == row["label"], {"probs": probs, "logp": s}))
-            return out
-        gens = generate(
-            model,
-            tok,
-            prompts,
-            max_new_tokens=m.eval.max_new_tokens,
-            batch_size=m.eval.batch_size,
-            progress=advance,
-        )
+    if mode == "rank":
+        labels = task.labels or []
+        scores = rank_labels(model, tok, prompts, labels, batch_size=batch_size, progress=progress)
+        out = []
+        for row, s in zip(rows, scores, strict=True):
+            top = max(s)
+            norm = [math.exp(x - top) for x in s]
+            z = sum(norm)
+            probs = {lab: p / z for lab, p in zip(labels, norm, strict=True)}
+            pred = labels[s.index(top)]
+            out.append(RowResult(pred, pred, pred == row["label"], {"probs": probs, "logp": s}))
+        return out
+    gens = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
     results = []
     for row, (text, n_tokens) in zip(rows, gens, strict=True):
         pred = parse_prediction(task, text)
@@ -104,6 +93,29 @@ def _predict(project: Project, model: Any, tok: Any, rows: list[dict[str, Any]],
             correct = pred.strip() == target_text(task, row).strip()
         results.append(RowResult(pred, text, correct, {"new_tokens": n_tokens}))
     return results
+
+
+def _predict(project: Project, model: Any, tok: Any, rows: list[dict[str, Any]], console: Console) -> list[RowResult]:
+    m = project.manifest
+    with Progress(
+        TextColumn(f"[bold]eval[/bold] ({m.eval_mode})"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
+        bar = progress.add_task("eval", total=len(rows))
+        return predict_rows(
+            m.task,
+            m.eval_mode,
+            model,
+            tok,
+            rows,
+            batch_size=m.eval.batch_size,
+            max_new_tokens=m.eval.max_new_tokens,
+            progress=lambda n: progress.update(bar, advance=n),
+        )
 
 
 def evaluate(

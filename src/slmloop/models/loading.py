@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHATML_TEMPLATE",
     "EncodedExample",
+    "encode_conversation",
     "encode_example",
     "hardware_bf16",
     "load_causal_lm",
@@ -159,9 +160,27 @@ def render_prompt(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]]) 
 @dataclass
 class EncodedExample:
     input_ids: list[int]
-    #: index of the first answer token; tokens before it are prompt (no loss)
-    prompt_len: int
+    #: [start, end) token ranges the loss is computed on (the assistant's answers)
+    spans: list[tuple[int, int]]
     truncated: bool
+
+    @property
+    def prompt_len(self) -> int:
+        """Index of the first answer token; everything before it is prompt."""
+        return self.spans[0][0]
+
+
+def _answer_ids(tok: PreTrainedTokenizerBase, completion: str) -> tuple[list[int], str]:
+    """Token ids of one answer up to and including EOS (appended if the template has none)."""
+    eos_text = tok.eos_token
+    cut = completion.find(eos_text) if eos_text else -1
+    text = completion[: cut + len(eos_text)] if cut >= 0 else completion
+    ids: list[int] = tok(text, add_special_tokens=False)["input_ids"]
+    if tok.eos_token_id not in ids:
+        ids = [*ids, tok.eos_token_id]
+    else:
+        ids = ids[: ids.index(tok.eos_token_id) + 1]
+    return ids, text
 
 
 def encode_example(
@@ -180,19 +199,44 @@ def encode_example(
     full = str(tok.apply_chat_template([*messages, {"role": "assistant", "content": answer}], tokenize=False))
     completion = full[len(prompt) :] if full.startswith(prompt) else answer
     prompt_ids: list[int] = tok(prompt, add_special_tokens=False)["input_ids"]
-    answer_ids: list[int] = tok(completion, add_special_tokens=False)["input_ids"]
-    eos = tok.eos_token_id
-    if eos in answer_ids:
-        answer_ids = answer_ids[: answer_ids.index(eos) + 1]
-    else:
-        answer_ids = [*answer_ids, eos]
+    answer_ids, _ = _answer_ids(tok, completion)
     truncated = False
     if len(prompt_ids) + len(answer_ids) > max_length:
         truncated = True
         keep = max(max_length - len(answer_ids), max_length // 4)
         prompt_ids = prompt_ids[-keep:]
         answer_ids = answer_ids[: max_length - len(prompt_ids)]
-    return EncodedExample(prompt_ids + answer_ids, len(prompt_ids), truncated)
+    n = len(prompt_ids)
+    return EncodedExample(prompt_ids + answer_ids, [(n, n + len(answer_ids))], truncated)
+
+
+def encode_conversation(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], max_length: int) -> EncodedExample:
+    """A multi-turn chat with the loss on *every* assistant turn.
+
+    Each turn is rendered with the model's template and tokenized piece by piece
+    (prompt so far, then the answer), so every answer is scored in exactly the
+    context inference would give it. Templates that do not extend their own
+    output turn by turn, and conversations longer than ``max_length``, fall back
+    to the last assistant turn alone.
+    """
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    last = turns[-1]
+    ids: list[int] = []
+    spans: list[tuple[int, int]] = []
+    done = ""
+    for i in turns:
+        prompt = render_prompt(tok, messages[:i])
+        full = str(tok.apply_chat_template(messages[: i + 1], tokenize=False))
+        if not prompt.startswith(done) or not full.startswith(prompt):
+            return encode_example(tok, messages[:last], messages[last]["content"], max_length)
+        ids += tok(prompt[len(done) :], add_special_tokens=False)["input_ids"]
+        answer, text = _answer_ids(tok, full[len(prompt) :])
+        spans.append((len(ids), len(ids) + len(answer)))
+        ids += answer
+        done = prompt + text
+    if len(ids) > max_length:
+        return encode_example(tok, messages[:last], messages[last]["content"], max_length)
+    return EncodedExample(ids, spans, False)
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from slmloop.manifest import TaskConfig
-from slmloop.models.loading import EncodedExample, encode_example
+from slmloop.models.loading import EncodedExample, encode_conversation, encode_example
 from slmloop.tasks import prompt_messages, target_text
 
 if TYPE_CHECKING:
@@ -30,6 +30,8 @@ POOL = 32  # batches per sorting pool
 def encode_rows(
     tok: PreTrainedTokenizerBase, task: TaskConfig, rows: Sequence[dict[str, Any]], max_length: int
 ) -> list[EncodedExample]:
+    if task.type == "chat":  # loss on every assistant turn
+        return [encode_conversation(tok, r["messages"], max_length) for r in rows]
     return [encode_example(tok, prompt_messages(task, r), target_text(task, r), max_length) for r in rows]
 
 
@@ -128,10 +130,11 @@ def collate(examples: Sequence[EncodedExample], pad_id: int, share_prefix: bool 
         n = len(e.input_ids)
         ids[b, : n - p] = torch.tensor(e.input_ids[p:], dtype=torch.long)
         mask[b, : n - p] = 1
-        for t in range(max(e.prompt_len, 1), n):
-            rows.append(b)
-            positions.append(t - 1 - p)
-            targets.append(e.input_ids[t])
+        for start, end in e.spans:
+            for t in range(max(start, 1), end):
+                rows.append(b)
+                positions.append(t - 1 - p)
+                targets.append(e.input_ids[t])
     return Batch(
         input_ids=ids,
         attention_mask=mask,

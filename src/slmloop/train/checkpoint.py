@@ -1,0 +1,95 @@
+"""Checkpoints that let a killed run continue as if nothing had happened.
+
+A checkpoint holds everything the next step depends on: the LoRA weights, the
+optimizer and scheduler state, the RNG states, and where the loop was (epoch,
+position in that epoch's batch order — the order itself is a pure function of
+(seed, epoch)). Each is written into a temporary folder renamed into place, so a
+kill at any moment leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slmloop.store.files import atomic_dir
+
+__all__ = ["LoopState", "latest_checkpoint", "restore_checkpoint", "save_checkpoint"]
+
+KEEP = 2  # newest checkpoints kept on disk
+
+
+@dataclass
+class LoopState:
+    step: int = 0
+    epoch: int = 0
+    position: int = 0  # index of the next batch group in this epoch's order
+    real_tokens: int = 0
+    compute_s: float = 0.0
+    best_value: float | None = None
+    best_step: int = 0
+    bad_evals: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)  # validation evaluations so far
+
+
+def _trainable_state(model: Any) -> dict[str, Any]:
+    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def save_checkpoint(run_dir: Path, model: Any, optimizer: Any, scheduler: Any, state: LoopState) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    target = run_dir / "checkpoints" / f"step-{state.step:07d}"
+    if target.exists():
+        return target
+    with atomic_dir(target) as tmp:
+        save_file({k: v.contiguous() for k, v in _trainable_state(model).items()}, tmp / "trainable.safetensors")
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "python_rng": random.getstate(),
+            },
+            tmp / "state.pt",
+        )
+        (tmp / "loop.json").write_text(json.dumps(asdict(state), indent=1))
+    checkpoints = sorted((run_dir / "checkpoints").glob("step-*"))
+    for old in checkpoints[:-KEEP]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    folder = run_dir / "checkpoints"
+    found = sorted(p for p in folder.glob("step-*") if (p / "loop.json").exists()) if folder.exists() else []
+    return found[-1] if found else None
+
+
+def restore_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> LoopState:
+    import torch
+    from safetensors.torch import load_file
+
+    weights = load_file(path / "trainable.safetensors")
+    params = dict(model.named_parameters())
+    missing = [k for k in weights if k not in params]
+    if missing:
+        raise ValueError(f"checkpoint {path} does not match the model: {missing[:3]}")
+    with torch.no_grad():
+        for k, v in weights.items():
+            params[k].copy_(v)
+    blob = torch.load(path / "state.pt", weights_only=False)
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    torch.set_rng_state(blob["torch_rng"])
+    if blob.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(blob["cuda_rng"])
+    random.setstate(blob["python_rng"])
+    return LoopState(**json.loads((path / "loop.json").read_text()))

@@ -21,6 +21,7 @@ __all__ = [
     "MANIFEST_NAME",
     "DataConfig",
     "DedupeConfig",
+    "EarlyStoppingConfig",
     "EvalConfig",
     "ExportConfig",
     "LeakageConfig",
@@ -166,6 +167,14 @@ class ModelConfig(Section):
     )
 
 
+class EarlyStoppingConfig(Section):
+    metric: Literal["val_loss", "accuracy", "macro_f1", "exact_match", "rouge_l", "micro_f1"] = Field(
+        "val_loss", description="val_loss (lower is better) or a task metric on the validation split."
+    )
+    patience: int = Field(3, gt=0, description="Evaluations without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0.0, description="Smallest change that counts as an improvement.")
+
+
 class TrainConfig(Section):
     lora_r: int = Field(16, gt=0, description="LoRA rank: capacity of the adapter.")
     lora_alpha: int = Field(32, gt=0, description="LoRA scale numerator (scale = alpha / r).")
@@ -195,6 +204,18 @@ class TrainConfig(Section):
         "auto", description="auto: bf16 where the hardware computes it fast (AVX512-BF16/AMX, GPUs)."
     )
     eval_every: int | None = Field(None, gt=0, description="Validation loss every N steps (default: ~4 times per run).")
+    checkpoint_every: int = Field(
+        50, gt=0, description="Save a resumable checkpoint (weights, optimizer, RNG, data position) every N steps."
+    )
+    early_stopping: EarlyStoppingConfig | None = Field(
+        None, description="Stop when the validation metric stops improving; the best checkpoint is the result."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: much less memory, ~30% slower."
+    )
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list, description="Also log metrics to TensorBoard and/or MLflow."
+    )
 
 
 class EvalConfig(Section):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +13,30 @@ from rich.table import Table
 from slmloop.cli.common import ProjectOpt, err, load, out
 
 
+def _launch(num_processes: int, args: list[str]) -> int:
+    """Re-run this command in N data-parallel processes through accelerate (torchrun underneath)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "slmloop",
+        "train",
+        *args,
+    ]
+    err.print(f"launching {num_processes} processes: {' '.join(cmd[2:])}")
+    return subprocess.call(cmd)
+
+
 def train(
     epochs: Annotated[float | None, typer.Option(help="Passes over the training split.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
@@ -18,19 +44,32 @@ def train(
     batch_size: Annotated[int | None, typer.Option(help="Examples per micro-batch.")] = None,
     grad_accum: Annotated[int | None, typer.Option(help="Micro-batches per optimizer step.")] = None,
     lora_r: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
+    lora_alpha: Annotated[int | None, typer.Option(help="LoRA alpha (scale = alpha / r).")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="cosine | linear | constant")] = None,
+    warmup_ratio: Annotated[float | None, typer.Option(help="Fraction of steps to warm up.")] = None,
     precision: Annotated[str | None, typer.Option(help="auto | bf16 | fp32")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps.")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Validation every N steps.")] = None,
+    gradient_checkpointing: Annotated[
+        bool | None,
+        typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Trade speed for memory."),
+    ] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset version (default: newest).")] = None,
+    init_from: Annotated[
+        str | None, typer.Option(help="Start from an earlier adapter: run-N or a release (vN) — the iterate step.")
+    ] = None,
+    resume: Annotated[
+        str | None, typer.Option(help="Continue an interrupted run (run-N) from its last checkpoint.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the preflight forecast and stop.")] = False,
+    num_processes: Annotated[int, typer.Option(help="Data-parallel processes (accelerate launch).")] = 1,
     allow_leakage: Annotated[
-        bool,
-        typer.Option("--allow-leakage", help="Train even if train/validation rows copy gold rows (audited)."),
+        bool, typer.Option("--allow-leakage", help="Train even if train/validation rows copy gold rows (audited).")
     ] = False,
     project: ProjectOpt = Path("."),
-) -> None:
+) -> int:
     """Fine-tune the base model with LoRA on the newest dataset version (overrides: manifest train:)."""
-    from slmloop.train.recipe import train as run_training
-
-    proj = load(project)
     overrides = {
         "epochs": epochs,
         "max_steps": max_steps,
@@ -38,18 +77,70 @@ def train(
         "batch_size": batch_size,
         "grad_accum": grad_accum,
         "lora_r": lora_r,
+        "lora_alpha": lora_alpha,
+        "scheduler": scheduler,
+        "warmup_ratio": warmup_ratio,
         "precision": precision,
         "seed": seed,
+        "checkpoint_every": checkpoint_every,
+        "eval_every": eval_every,
+        "gradient_checkpointing": gradient_checkpointing,
     }
-    run = run_training(proj, overrides, dataset_id=dataset, allow_leakage=allow_leakage, console=err)
+    if num_processes > 1:
+        if dry_run:
+            err.print("[yellow]--dry-run forecasts one process; run it without --num-processes.[/yellow]")
+        flags = [
+            f"--{k.replace('_', '-')}={v}"
+            for k, v in overrides.items()
+            if v is not None and k != "learning_rate" and not isinstance(v, bool)
+        ]
+        if learning_rate is not None:
+            flags.append(f"--lr={learning_rate}")
+        if gradient_checkpointing is not None:
+            flags.append("--gradient-checkpointing" if gradient_checkpointing else "--no-gradient-checkpointing")
+        for name, value in (("dataset", dataset), ("init-from", init_from), ("resume", resume)):
+            if value is not None:
+                flags.append(f"--{name}={value}")
+        if allow_leakage:
+            flags.append("--allow-leakage")
+        code = _launch(num_processes, [*flags, "--project", str(project.resolve())])
+        if code == 0:
+            runs(project)
+        return code
+
+    from slmloop.train.preflight import Forecast, render_forecast
+    from slmloop.train.recipe import train as run_training
+
+    proj = load(project)
+    result = run_training(
+        proj,
+        overrides,
+        dataset_id=dataset,
+        allow_leakage=allow_leakage,
+        init_from=init_from,
+        resume=resume,
+        dry_run=dry_run,
+        console=err,
+    )
+    if isinstance(result, Forecast):
+        out.print(render_forecast(result, title="preflight (dry run: nothing was trained)"))
+        return 0 if result.fits else 1
+    run = result
+    if run.status != "completed":  # a non-main data-parallel process
+        return 0
     m = run.metrics
     val = f"{m['val_loss_first']:.4f} → {m['val_loss']:.4f}" if m.get("val_loss") is not None else "n/a"
+    folder = proj.locate(run.path)
     out.print(
         f"[bold green]{run.name} completed[/bold green]: {m['steps']} steps in {m['train_seconds']:.0f} s "
-        f"({m['tokens_per_s']:.0f} tok/s) · train loss {m['train_loss_first']:.3f} → {m['train_loss_last']:.3f} "
-        f"· validation loss {val}\n  adapter: {proj.locate(run.path) / 'adapter'} · "
-        f"loss curve: {proj.locate(run.path) / 'loss_curve.png'}"
+        f"({m['tokens_per_s']:.0f} tok/s; forecast {m['forecast_seconds']:.0f} s) · train loss "
+        f"{m['train_loss_first']:.3f} → {m['train_loss_last']:.3f} · validation loss {val} · "
+        f"result: {m['selected']}"
+        + (" (stopped early)" if m["stopped_early"] else "")
+        + f"\n  peak memory {m['peak_gib']:.2f} GiB (forecast {m['forecast_peak_gib']:.2f} GiB)"
+        + f"\n  adapter: {folder / 'adapter'} · loss curve: {folder / 'loss_curve.png'}"
     )
+    return 0
 
 
 def runs(project: ProjectOpt = Path(".")) -> None:

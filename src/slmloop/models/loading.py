@@ -210,7 +210,9 @@ def encode_example(
     return EncodedExample(prompt_ids + answer_ids, [(n, n + len(answer_ids))], truncated)
 
 
-def encode_conversation(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], max_length: int) -> EncodedExample:
+def encode_conversation(
+    tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], max_length: int
+) -> EncodedExample:
     """A multi-turn chat with the loss on *every* assistant turn.
 
     Each turn is rendered with the model's template and tokenized piece by piece

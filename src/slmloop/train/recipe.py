@@ -1,13 +1,19 @@
-"""The LoRA SFT recipe, readable top to bottom: setup → build → fit → save.
+"""The LoRA SFT recipe, readable top to bottom: setup → build → preflight → fit → save.
 
-    setup()  resolve the config, load the dataset version, run the leakage gate
-    build()  tokenizer, model (bf16 where fast), LoRA adapter, encoded examples
-    fit()    length-grouped batches, loss on answer tokens only, AdamW, schedule
-    save()   adapter + metadata + trace + loss curve, written atomically; the run row
+    setup()      resolve the config, load the dataset version, run the leakage gate
+    build()      tokenizer, encoded examples, model (bf16 where fast) + LoRA, optimizer, schedule
+    preflight()  parameters, truncation, calibrated time and memory; refuse what will not fit
+    fit()        length-grouped batches, loss on answer tokens, checkpoints, validation, early stop
+    save()       adapter (best or last), metadata, trace, loss curve; the run row
 
-Loss is computed on the answer tokens only, and the LM head runs only at those
-positions: for a classification example that is 2–3 of ~60 tokens, so the
-largest matrix in the model (hidden × vocabulary) costs almost nothing.
+Loss is computed on the answer tokens only, the LM head runs only at those
+positions, and a prompt prefix the whole batch shares (system prompt,
+instruction) is run once with its keys/values reused by every row.
+
+Data-parallel runs (``slmloop train --num-processes N``) go through accelerate
+(torchrun underneath): each process takes its share of every optimizer step's
+batches, gradients are averaged, and the step is the same as one process with
+the same global batch.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -25,7 +33,7 @@ from rich.console import Console
 from slmloop import versions
 from slmloop.data.leakage import leakage_gate
 from slmloop.data.prepare import DatasetSplits, current_gold, load_dataset
-from slmloop.errors import ConfigError
+from slmloop.errors import ConfigError, ModelError, NotFoundError, PreflightError
 from slmloop.manifest import TrainConfig
 from slmloop.models.catalog import ResolvedModel, resolve_model
 from slmloop.models.loading import (
@@ -39,15 +47,18 @@ from slmloop.models.loading import (
 from slmloop.project import Project
 from slmloop.store import Run, atomic_dir, atomic_write_json, utcnow
 from slmloop.train.batching import Batch, collate, encode_rows, length_grouped_batches, split_by_tokens
+from slmloop.train.checkpoint import LoopState, latest_checkpoint, restore_checkpoint, save_checkpoint
+from slmloop.train.preflight import Forecast, available_memory_bytes, calibrate, render_forecast
 from slmloop.train.report import plot_loss_curve
+from slmloop.train.tracking import open_trackers
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedTokenizerBase
 
-__all__ = ["TrainSetup", "resolve_train_config", "setup", "train"]
+__all__ = ["AnswerLoss", "TrainSetup", "resolve_train_config", "setup", "train", "validation_loss"]
 
-VALIDATION_ROWS = 256  # validation loss is measured on at most this many rows
+VALIDATION_ROWS = 256  # validation loss / metric is measured on at most this many rows
+LOWER_IS_BETTER = {"val_loss"}
 
 
 def resolve_train_config(base: TrainConfig, overrides: dict[str, Any] | None) -> TrainConfig:
@@ -60,6 +71,89 @@ def resolve_train_config(base: TrainConfig, overrides: dict[str, Any] | None) ->
         raise ConfigError(f"bad training option: {exc}", hint="See `slmloop train --help`.") from None
 
 
+# ---------------------------------------------------------------------------------------------
+# the loss
+# ---------------------------------------------------------------------------------------------
+def _loss_module() -> type:
+    import torch
+    import torch.nn.functional as F
+
+    class _AnswerLoss(torch.nn.Module):
+        """Cross-entropy summed over answer tokens; the LM head runs only where needed.
+
+        A module (not a function) so that DDP/FSDP can wrap it: every forward of
+        the model goes through this ``forward``.
+        """
+
+        def __init__(self, peft_model: Any) -> None:
+            super().__init__()
+            self.model = peft_model
+            base = peft_model.get_base_model()
+            cfg = base.config
+            self.decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+            self.head = base.get_output_embeddings()
+            special = getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None)
+            self.fast = self.decoder is not None and self.head is not None and not special
+
+        def forward(self, batch: Batch) -> tuple[torch.Tensor, int]:
+            if batch.prefix_ids is not None and self.fast:
+                # the shared prefix runs once; every row's suffix attends to its repeated cache, and
+                # gradients flow back through the repeat into the prefix pass
+                p = batch.prefix_len
+                b, t = batch.input_ids.shape
+                prefix = self.decoder(input_ids=batch.prefix_ids, use_cache=True)
+                cache = prefix.cache if hasattr(prefix, "cache") else prefix.past_key_values
+                cache.batch_repeat_interleave(b)
+                ones = torch.ones((b, p), dtype=batch.attention_mask.dtype, device=batch.input_ids.device)
+                pos = torch.arange(p, p + t, device=batch.input_ids.device).unsqueeze(0).expand(b, t)
+                hidden = self.decoder(
+                    input_ids=batch.input_ids,
+                    attention_mask=torch.cat([ones, batch.attention_mask], dim=1),
+                    position_ids=pos,
+                    cache=cache,
+                    use_cache=True,
+                ).last_hidden_state
+                logits = self.head(hidden[batch.rows, batch.positions]).float()
+            elif self.fast:
+                hidden = self.decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+                logits = self.head(hidden[batch.rows, batch.positions]).float()
+            else:
+                out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+                logits = out.logits[batch.rows, batch.positions].float()
+            return F.cross_entropy(logits, batch.targets, reduction="sum"), batch.answer_tokens
+
+    return _AnswerLoss
+
+
+def AnswerLoss(peft_model: Any) -> Any:
+    """The answer-token loss as a ``torch.nn.Module`` around ``peft_model``."""
+    return _loss_module()(peft_model)
+
+
+def validation_loss(
+    loss_fn: Any, examples: list[EncodedExample], pad_id: int, max_tokens: int, device: Any, share_prefix: bool = True
+) -> float | None:
+    """Mean cross-entropy per answer token over ``examples`` (no gradients)."""
+    import torch
+
+    if not examples:
+        return None
+    lengths = [len(e.input_ids) for e in examples]
+    total, tokens = 0.0, 0
+    was_training = loss_fn.training
+    loss_fn.eval()
+    with torch.no_grad():
+        for chunk in split_by_tokens(list(range(len(examples))), lengths, max_tokens):
+            loss, n = loss_fn(collate([examples[j] for j in chunk], pad_id, share_prefix=share_prefix).to(device))
+            total += float(loss)
+            tokens += n
+    loss_fn.train(was_training)
+    return total / max(tokens, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# setup
+# ---------------------------------------------------------------------------------------------
 @dataclass
 class TrainSetup:
     project: Project
@@ -69,12 +163,17 @@ class TrainSetup:
     model_ref: ResolvedModel
     leakage: dict[str, Any]
     max_length: int
+    init_from: Path | None = None
+    resume: Run | None = None
 
 
-@dataclass
-class Trace:
-    steps: list[dict[str, Any]] = field(default_factory=list)
-    evals: list[dict[str, Any]] = field(default_factory=list)
+def _adapter_of(project: Project, ref: str) -> Path:
+    from slmloop.targets import resolve_target
+
+    target = resolve_target(project, ref)
+    if target.adapter is None:
+        raise ConfigError(f"{ref!r} has no adapter to start from", hint="Pass a run (run-N) or a release (vN).")
+    return target.adapter
 
 
 def setup(
@@ -82,8 +181,20 @@ def setup(
     overrides: dict[str, Any] | None = None,
     dataset_id: str | None = None,
     allow_leakage: bool = False,
+    init_from: str | None = None,
+    resume: str | None = None,
 ) -> TrainSetup:
-    cfg = resolve_train_config(project.manifest.train, overrides)
+    resumed: Run | None = None
+    if resume is not None:
+        resumed = _resumable_run(project, resume)
+        if overrides and any(v is not None for v in overrides.values()):
+            raise ConfigError("--resume continues a run with its own settings", hint="Drop the other options.")
+        cfg = TrainConfig.model_validate(resumed.config["train"])
+        dataset_id = resumed.dataset_id
+        allow_leakage = allow_leakage or bool(resumed.config.get("leakage", {}).get("overridden"))
+        init_from = resumed.config.get("init_from")
+    else:
+        cfg = resolve_train_config(project.manifest.train, overrides)
     splits = load_dataset(project, dataset_id)
     # check against the gold set evaluations use *now* (it may have changed since data prepare)
     gold = current_gold(project)
@@ -99,8 +210,68 @@ def setup(
         train=splits.train,
         validation=splits.validation,
     )
-    model_ref = resolve_model(project.manifest.model.base)
-    return TrainSetup(project, cfg, splits, gold_id, model_ref, leakage, project.manifest.model.max_length)
+    model_ref = resolve_model(resumed.base_model if resumed else project.manifest.model.base)
+    warm = _adapter_of(project, init_from) if init_from else None
+    max_length = int(resumed.config["max_length"]) if resumed else project.manifest.model.max_length
+    return TrainSetup(project, cfg, splits, gold_id, model_ref, leakage, max_length, warm, resumed)
+
+
+def _resumable_run(project: Project, ref: str) -> Run:
+    try:
+        run_id = int(ref.removeprefix("run-"))
+    except ValueError:
+        raise NotFoundError(f"{ref!r} is not a run id", hint="Run ids look like run-3; `slmloop runs`.") from None
+    run = project.store.get(Run, run_id, "run", "`slmloop runs` lists the runs.")
+    if run.status == "completed":
+        raise ConfigError(f"{run.name} already completed", hint="Start a new run, or warm-start with --init-from.")
+    if latest_checkpoint(project.locate(run.path)) is None:
+        raise NotFoundError(
+            f"{run.name} has no checkpoint to resume from (it stopped before its first one)",
+            hint="Start it again with `slmloop train` (checkpoints every train.checkpoint_every steps).",
+        )
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# build
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Parts:
+    accelerator: Any
+    tokenizer: Any
+    train_ex: list[EncodedExample]
+    val_rows: list[dict[str, Any]]
+    val_ex: list[EncodedExample]
+    model: Any  # the PEFT model
+    loss_fn: Any  # AnswerLoss (wrapped by accelerate when distributed)
+    optimizer: Any
+    scheduler: Any
+    params: list[Any]
+    dtype: Any
+    total_steps: int
+    steps_per_epoch: int
+    eval_every: int
+    lora: dict[str, Any]
+
+    #: the loss module itself, never wrapped: for passes that must not synchronise processes
+    inner_loss: Any = None
+    share_prefix: bool = True
+
+    @property
+    def device(self) -> Any:
+        return self.accelerator.device
+
+    def batch(self, indices: list[int], examples: list[EncodedExample] | None = None) -> Batch:
+        rows = [(examples or self.train_ex)[i] for i in indices]
+        return collate(rows, self.tokenizer.pad_token_id, share_prefix=self.share_prefix).to(self.device)
+
+    @property
+    def main(self) -> bool:
+        return bool(self.accelerator.is_main_process)
+
+    @property
+    def world(self) -> int:
+        return int(self.accelerator.num_processes)
 
 
 def _target_modules(model: Any, choice: str | list[str]) -> str | list[str]:
@@ -121,72 +292,172 @@ def _target_modules(model: Any, choice: str | list[str]) -> str | list[str]:
     return "all-linear"
 
 
-class AnswerLoss:
-    """Cross-entropy on answer tokens, with the LM head applied only where needed."""
-
-    def __init__(self, peft_model: Any) -> None:
-        base = peft_model.get_base_model()
-        cfg = base.config
-        self.model = peft_model
-        self.decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
-        self.head = base.get_output_embeddings()
-        special = getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None)
-        self.fast = self.decoder is not None and self.head is not None and not special
-
-    def __call__(self, batch: Batch) -> tuple[torch.Tensor, int]:
-        import torch
-        import torch.nn.functional as F
-
-        if batch.prefix_ids is not None and self.fast:
-            # run the shared prefix once, then every row's suffix on top of its cache;
-            # gradients flow back through the repeated cache into the prefix pass
-            p = batch.prefix_len
-            b, t = batch.input_ids.shape
-            prefix = self.decoder(input_ids=batch.prefix_ids, use_cache=True)
-            cache = prefix.cache if hasattr(prefix, "cache") else prefix.past_key_values
-            cache.batch_repeat_interleave(b)
-            ones = torch.ones((b, p), dtype=batch.attention_mask.dtype, device=batch.input_ids.device)
-            pos = torch.arange(p, p + t, device=batch.input_ids.device).unsqueeze(0).expand(b, t)
-            hidden = self.decoder(
-                input_ids=batch.input_ids,
-                attention_mask=torch.cat([ones, batch.attention_mask], dim=1),
-                position_ids=pos,
-                cache=cache,
-                use_cache=True,
-            ).last_hidden_state
-            logits = self.head(hidden[batch.rows, batch.positions]).float()
-        elif self.fast:
-            hidden = self.decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-            logits = self.head(hidden[batch.rows, batch.positions]).float()
-        else:
-            out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-            logits = out.logits[batch.rows, batch.positions].float()
-        loss = F.cross_entropy(logits, batch.targets, reduction="sum")
-        return loss, batch.answer_tokens
+def _lora_settings(st: TrainSetup, base: Any) -> dict[str, Any]:
+    cfg = st.config
+    lora = {
+        "r": cfg.lora_r,
+        "lora_alpha": cfg.lora_alpha,
+        "lora_dropout": cfg.lora_dropout,
+        "target_modules": _target_modules(base, cfg.target_modules),
+    }
+    if st.init_from is not None:  # a warm start continues the earlier adapter's shape
+        earlier = json.loads((st.init_from / "adapter_config.json").read_text())
+        lora.update({k: earlier[k] for k in ("r", "lora_alpha", "target_modules") if k in earlier})
+        if isinstance(lora["target_modules"], list):
+            lora["target_modules"] = sorted(lora["target_modules"])
+    return lora
 
 
-def validation_loss(
-    loss_fn: AnswerLoss, examples: list[EncodedExample], pad_id: int, max_tokens: int, device: Any
-) -> float | None:
-    """Mean cross-entropy per answer token over ``examples`` (no gradients)."""
+def build(st: TrainSetup) -> Parts:
+    import torch
+    from accelerate import Accelerator
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from transformers import get_scheduler
+
+    cfg = st.config
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if accelerator.num_processes == 1 and torch.get_num_threads() < (os.cpu_count() or 1):
+        torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(cfg.seed)
+    dtype = pick_dtype(cfg.precision)
+    task = st.project.manifest.task
+
+    tok = load_tokenizer(st.model_ref)
+    train_ex = encode_rows(tok, task, st.splits.train, st.max_length)
+    val_rows = st.splits.validation[:VALIDATION_ROWS]
+    val_ex = encode_rows(tok, task, val_rows, st.max_length)
+
+    # eager attention: on CPU its backward beats SDPA's for short sequences
+    attn = "sdpa" if accelerator.device.type == "cuda" else "eager"
+    base = load_causal_lm(st.model_ref, dtype, attn_implementation=attn)
+    if cfg.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()
+    lora = _lora_settings(st, base)
+    with quiet_transformers():
+        model = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", **lora))
+    if st.init_from is not None:
+        from safetensors.torch import load_file
+
+        weights = load_file(st.init_from / "adapter_model.safetensors")
+        result = set_peft_model_state_dict(model, weights)
+        if getattr(result, "unexpected_keys", None):
+            raise ModelError(
+                f"the adapter in {st.init_from} does not fit this base model",
+                hint="Warm-start from a run of the same base model.",
+            )
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+    world = accelerator.num_processes
+    per_step = cfg.grad_accum * world  # batches per optimizer step, across all processes
+    batches_per_epoch = math.ceil(len(train_ex) / cfg.batch_size)
+    if batches_per_epoch < per_step:
+        raise ConfigError(
+            f"{len(train_ex)} training examples make {batches_per_epoch} batches, fewer than one optimizer step "
+            f"needs ({cfg.grad_accum} × {world} processes)",
+            hint="Lower train.batch_size or train.grad_accum, or use fewer processes.",
+        )
+    steps_per_epoch = batches_per_epoch // per_step
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    scheduler = get_scheduler(
+        cfg.scheduler,
+        optimizer,
+        num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    inner = AnswerLoss(model).to(accelerator.device)
+    # several processes: DDP wraps the loss module (every forward goes through it) and averages gradients
+    loss_fn = accelerator.prepare(inner) if world > 1 else inner
+    return Parts(
+        accelerator,
+        tok,
+        train_ex,
+        val_rows,
+        val_ex,
+        model,
+        loss_fn,
+        optimizer,
+        scheduler,
+        params,
+        dtype,
+        total_steps,
+        steps_per_epoch,
+        cfg.eval_every or max(1, total_steps // 4),
+        lora,
+        inner_loss=inner,
+        share_prefix=not cfg.gradient_checkpointing,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# preflight
+# ---------------------------------------------------------------------------------------------
+def preflight(st: TrainSetup, parts: Parts) -> Forecast:
+    """Forecast time and memory from real passes on this machine; the RNG is re-seeded afterwards."""
     import torch
 
-    if not examples:
-        return None
-    lengths = [len(e.input_ids) for e in examples]
-    total, tokens = 0.0, 0
-    loss_fn.model.eval()
-    with torch.no_grad():
-        for chunk in split_by_tokens(list(range(len(examples))), lengths, max_tokens):
-            batch = collate([examples[j] for j in chunk], pad_id).to(device)
-            loss, n = loss_fn(batch)
-            total += float(loss)
-            tokens += n
-    loss_fn.model.train()
-    return total / max(tokens, 1)
+    cfg = st.config
+    lengths = [len(e.input_ids) for e in parts.train_ex]
+    order = length_grouped_batches(lengths, cfg.batch_size, cfg.seed, 0)
+    micro = [chunk for b in order for chunk in split_by_tokens(b, lengths, cfg.max_batch_tokens)]
+    largest = max(micro, key=lambda c: len(c) * max(lengths[i] for i in c))
+    typical = [parts.batch(c) for c in micro[: min(3, len(micro))]]
+    tps, peak = calibrate(parts.inner_loss, typical, parts.batch(largest), parts.device)
+    torch.manual_seed(cfg.seed)
+    total, trainable = count_parameters(parts.model)
+    peak += 2 * 4 * trainable  # AdamW's two moments (fp32)
+    tokens_epoch = sum(lengths)
+    world = parts.world
+    per_epoch = tokens_epoch / max(tps * world, 1e-9)
+    evals = max(1, parts.total_steps // parts.eval_every)
+    val_tokens = sum(len(e.input_ids) for e in parts.val_ex)
+    total_s = per_epoch * parts.total_steps / max(parts.steps_per_epoch, 1) + evals * val_tokens / max(3 * tps, 1e-9)
+    available = available_memory_bytes(parts.device.type)
+    leak = st.leakage
+    leakage = (
+        "clean"
+        if not leak["leaks"]
+        else (f"{leak['leaks']} leak(s), overridden" if leak["overridden"] else f"{leak['leaks']} leak(s)")
+    )
+    return Forecast(
+        device=parts.device.type,
+        dtype=str(parts.dtype).removeprefix("torch."),
+        world_size=world,
+        total_params=total,
+        trainable_params=trainable,
+        train_examples=len(parts.train_ex),
+        validation_examples=len(parts.val_ex),
+        truncated=sum(e.truncated for e in parts.train_ex),
+        max_tokens=max(lengths),
+        mean_tokens=tokens_epoch / len(lengths),
+        steps=parts.total_steps,
+        steps_per_epoch=parts.steps_per_epoch,
+        tokens_per_epoch=tokens_epoch,
+        calibrated_tokens_per_s=tps,
+        seconds_per_epoch=per_epoch,
+        seconds_total=total_s,
+        peak_memory_gib=peak / 1024**3,
+        available_memory_gib=available / 1024**3,
+        fits=peak < 0.95 * available,
+        leakage=leakage,
+    )
 
 
-def _progress(console: Console) -> Any:
+def _refuse(f: Forecast) -> None:
+    raise PreflightError(
+        f"this run needs ~{f.peak_memory_gib:.1f} GiB at its peak but only {f.available_memory_gib:.1f} GiB is "
+        f"available ({f.device}, {f.dtype}, longest example {f.max_tokens} tokens)",
+        hint="Lower train.max_batch_tokens or train.batch_size, lower model.max_length, or set "
+        "train.gradient_checkpointing: true.",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# fit
+# ---------------------------------------------------------------------------------------------
+def _progress(console: Console, disable: bool) -> Any:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -206,199 +477,178 @@ def _progress(console: Console) -> Any:
         TextColumn("ETA"),
         TimeRemainingColumn(),
         console=console,
-        transient=False,
+        disable=disable,
     )
 
 
-def train(
-    project: Project,
-    overrides: dict[str, Any] | None = None,
-    *,
-    dataset_id: str | None = None,
-    allow_leakage: bool = False,
-    console: Console | None = None,
-) -> Run:
-    """Train a LoRA adapter on the current dataset version; returns the finished run."""
+def _evaluate(st: TrainSetup, parts: Parts, metric: str) -> dict[str, float]:
+    """Validation loss, plus the early-stopping task metric when it is not the loss."""
+    out: dict[str, float] = {}
+    val = validation_loss(
+        parts.inner_loss,
+        parts.val_ex,
+        parts.tokenizer.pad_token_id,
+        st.config.max_batch_tokens,
+        parts.device,
+        share_prefix=parts.share_prefix,
+    )
+    if val is not None:
+        out["val_loss"] = val
+    if metric != "val_loss" and parts.val_rows:
+        from slmloop.evaluate.evaluate import predict_rows, score_rows
+
+        m = st.project.manifest
+        parts.model.eval()
+        results = predict_rows(
+            m.task,
+            m.eval_mode,
+            parts.model,
+            parts.tokenizer,
+            parts.val_rows,
+            batch_size=m.eval.batch_size,
+            max_new_tokens=m.eval.max_new_tokens,
+        )
+        parts.model.train()
+        scores = score_rows(m.task, parts.val_rows, results)
+        if metric not in scores:
+            raise ConfigError(
+                f"train.early_stopping.metric {metric!r} does not exist for a {m.task.type} task",
+                hint=f"Use val_loss or one of: {', '.join(k for k in scores if k != 'n')}.",
+            )
+        out[metric] = float(scores[metric])
+    return out
+
+
+def _trainable_copy(model: Any) -> dict[str, Any]:
+    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def fit(st: TrainSetup, parts: Parts, run: Run, state: LoopState, console: Console) -> LoopState:
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import get_scheduler
 
-    console = console or Console(stderr=True)
-    # ---- setup ----------------------------------------------------------
-    st = setup(project, overrides, dataset_id, allow_leakage)
-    cfg = st.config
-    task = project.manifest.task
-    torch.manual_seed(cfg.seed)
-    if torch.get_num_threads() < (os.cpu_count() or 1):
-        torch.set_num_threads(os.cpu_count() or 1)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = pick_dtype(cfg.precision)
-
-    # ---- build ----------------------------------------------------------
-    tok: PreTrainedTokenizerBase = load_tokenizer(st.model_ref)
-    train_ex = encode_rows(tok, task, st.splits.train, st.max_length)
-    val_rows = st.splits.validation[:VALIDATION_ROWS]
-    val_ex = encode_rows(tok, task, val_rows, st.max_length)
-    truncated = sum(e.truncated for e in train_ex)
-    # eager attention: on CPU its backward is faster than SDPA's for short sequences
-    attn = "sdpa" if device.type == "cuda" else "eager"
-    base = load_causal_lm(st.model_ref, dtype, attn_implementation=attn).to(device)
-    lora = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=_target_modules(base, cfg.target_modules),
-        task_type="CAUSAL_LM",
-    )
-    with quiet_transformers():
-        model = get_peft_model(base, lora)
-    model.train()
-    total_params, trainable = count_parameters(model)
-    loss_fn = AnswerLoss(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-
-    batches_per_epoch = math.ceil(len(train_ex) / cfg.batch_size)
-    steps_per_epoch = max(1, batches_per_epoch // cfg.grad_accum)
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    scheduler = get_scheduler(
-        cfg.scheduler,
-        optimizer,
-        num_warmup_steps=int(cfg.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
-    eval_every = cfg.eval_every or max(1, total_steps // 4)
-
-    run = project.store.add(
-        Run(
-            dataset_id=st.splits.version.id,
-            gold_id=st.gold_id,
-            base_model=st.model_ref.spec,
-            config={
-                "train": cfg.model_dump(),
-                "max_length": st.max_length,
-                "dtype": str(dtype).removeprefix("torch."),
-                "device": device.type,
-                "leakage": st.leakage,
-            },
-        ),
-        "train.start",
-        dataset=st.splits.version.id,
-        leakage_overridden=st.leakage["overridden"],
-    )
-    run_dir = project.runs_dir / run.name
-    console.print(
-        f"[bold]{run.name}[/bold]: {st.model_ref.spec} · {len(train_ex)} train / {len(val_ex)} "
-        f"validation examples · {trainable:,} of {total_params:,} parameters trainable · "
-        f"{str(dtype).removeprefix('torch.')} on {device.type} · {total_steps} steps"
-        + (f" · [yellow]{truncated} truncated to {st.max_length} tokens[/yellow]" if truncated else "")
-    )
-
-    # ---- fit ------------------------------------------------------------
-    trace = Trace()
-    lengths = [len(e.input_ids) for e in train_ex]
-    step, epoch = 0, 0
-    real_tokens = 0
-    compute_s = 0.0  # training compute only; validation passes are timed apart
-    status = "failed"
+    cfg, acc = st.config, parts.accelerator
+    run_dir = st.project.locate(run.path)
+    lengths = [len(e.input_ids) for e in parts.train_ex]
+    metric = cfg.early_stopping.metric if cfg.early_stopping else "val_loss"
+    trace = open(run_dir / "trace.jsonl", "a", encoding="utf-8") if parts.main else None  # noqa: SIM115
+    trackers = open_trackers(cfg.report_to, run_dir, run.name, cfg.model_dump()) if parts.main else []
+    best_path = run_dir / "checkpoints" / "best.safetensors"
+    per_step = cfg.grad_accum * parts.world
     try:
-        with _progress(console) as progress:
-            bar = progress.add_task("train", total=total_steps, loss="…", tps="…")
-            while step < total_steps:
-                order = length_grouped_batches(lengths, cfg.batch_size, cfg.seed, epoch)
-                for g in range(0, len(order) - cfg.grad_accum + 1, cfg.grad_accum):
-                    if step >= total_steps:
+        with _progress(console, disable=not parts.main) as progress:
+            bar = progress.add_task("train", total=parts.total_steps, completed=state.step, loss="…", tps="…")
+            while state.step < parts.total_steps and not state.stopped_early:
+                order = length_grouped_batches(lengths, cfg.batch_size, cfg.seed, state.epoch)
+                starts = range(0, len(order) - per_step + 1, per_step)
+                for g in starts[state.position :]:
+                    if state.step >= parts.total_steps or state.stopped_early:
                         break
                     t0 = time.perf_counter()
-                    micro = [
-                        collate([train_ex[i] for i in chunk], tok.pad_token_id)
-                        for b in order[g : g + cfg.grad_accum]
-                        for chunk in split_by_tokens(b, lengths, cfg.max_batch_tokens)
-                    ]
-                    n_answer = sum(b.answer_tokens for b in micro)
-                    step_loss = 0.0
-                    for batch in micro:
-                        loss, _ = loss_fn(batch.to(device))
-                        (loss / n_answer).backward()
+                    group = order[g : g + per_step]
+                    # the answer tokens of the *whole* step, so every process normalises alike
+                    n_answer = sum(end - start for b in group for i in b for start, end in parts.train_ex[i].spans)
+                    mine = group[acc.process_index :: parts.world]
+                    micro = [c for b in mine for c in split_by_tokens(b, lengths, cfg.max_batch_tokens)]
+                    step_loss, step_tokens = 0.0, 0
+                    for k, chunk in enumerate(micro):
+                        batch = parts.batch(chunk)
+                        sync = k == len(micro) - 1
+                        ctx = acc.no_sync(parts.loss_fn) if (parts.world > 1 and not sync) else nullcontext()
+                        with ctx:
+                            loss, _ = parts.loss_fn(batch)
+                            # DDP averages gradients over processes: scale so the sum matches one process
+                            (loss * parts.world / n_answer).backward()
                         step_loss += float(loss.detach())
-                        real_tokens += batch.real_tokens
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    compute_s += time.perf_counter() - t0
-                    entry = {
-                        "step": step,
-                        "epoch": epoch,
+                        step_tokens += batch.real_tokens
+                    if parts.world > 1:
+                        totals = acc.reduce(torch.tensor([step_loss, float(step_tokens)]), reduction="sum")
+                        step_loss, step_tokens = float(totals[0]), int(totals[1])
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(parts.params, cfg.max_grad_norm))
+                    parts.optimizer.step()
+                    parts.scheduler.step()
+                    parts.optimizer.zero_grad(set_to_none=True)
+                    state.step += 1
+                    state.position = starts.index(g) + 1
+                    state.real_tokens += step_tokens
+                    state.compute_s += time.perf_counter() - t0
+                    entry: dict[str, Any] = {
+                        "step": state.step,
+                        "epoch": state.epoch,
                         "loss": step_loss / n_answer,
-                        "lr": scheduler.get_last_lr()[0],
+                        "lr": parts.scheduler.get_last_lr()[0],
                         "grad_norm": grad_norm,
-                        "tokens": real_tokens,
-                        "tokens_per_s": real_tokens / compute_s,
-                        "elapsed_s": compute_s,
+                        "tokens": state.real_tokens,
+                        "tokens_per_s": state.real_tokens / state.compute_s,
+                        "elapsed_s": state.compute_s,
                     }
-                    if step % eval_every == 0 or step == total_steps:
-                        entry["val_loss"] = validation_loss(
-                            loss_fn, val_ex, tok.pad_token_id, cfg.max_batch_tokens, device
-                        )
-                        trace.evals.append({"step": step, "val_loss": entry["val_loss"]})
-                    trace.steps.append(entry)
-                    progress.update(bar, advance=1, loss=f"{entry['loss']:.3f}", tps=f"{entry['tokens_per_s']:.0f}")
-                epoch += 1
-        status = "completed"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
+                    if state.step % parts.eval_every == 0 or state.step == parts.total_steps:
+                        scores = _evaluate(st, parts, metric) if parts.main else {}
+                        scores = _broadcast(acc, scores)
+                        entry.update({k: v for k, v in scores.items()})
+                        state.history.append({"step": state.step, **scores})
+                        _track_best(st, parts, state, scores.get(metric), best_path)
+                    if trace is not None:
+                        trace.write(json.dumps(entry) + "\n")
+                        trace.flush()
+                    for t in trackers:
+                        t.log(state.step, {k: float(v) for k, v in entry.items() if isinstance(v, int | float)})
+                    if state.step % cfg.checkpoint_every == 0 and state.step < parts.total_steps:
+                        if parts.main:
+                            save_checkpoint(run_dir, parts.model, parts.optimizer, parts.scheduler, state)
+                        acc.wait_for_everyone()
+                    progress.update(
+                        bar, completed=state.step, loss=f"{entry['loss']:.3f}", tps=f"{entry['tokens_per_s']:.0f}"
+                    )
+                else:
+                    state.epoch += 1
+                    state.position = 0
     finally:
-        if status != "completed":
-            _finish(project, run, status, {"steps": step})
-
-    # ---- save -----------------------------------------------------------
-    first = [s["loss"] for s in trace.steps[: max(1, len(trace.steps) // 10)]]
-    last = [s["loss"] for s in trace.steps[-max(1, len(trace.steps) // 10) :]]
-    metrics = {
-        "steps": step,
-        "epochs": step / steps_per_epoch,
-        "train_loss_first": sum(first) / len(first),
-        "train_loss_last": sum(last) / len(last),
-        "val_loss": trace.evals[-1]["val_loss"] if trace.evals else None,
-        "val_loss_first": trace.evals[0]["val_loss"] if trace.evals else None,
-        "train_seconds": compute_s,
-        "tokens": real_tokens,
-        "tokens_per_s": real_tokens / compute_s if compute_s else 0.0,
-        "truncated": truncated,
-        "trainable_params": trainable,
-        "total_params": total_params,
-    }
-    meta = {
-        "run": run.name,
-        "created_at": run.created_at.isoformat(),
-        "base_model": {"spec": st.model_ref.spec, "path": st.model_ref.path, "source": st.model_ref.source},
-        "dataset": st.splits.version.id,
-        "gold": st.gold_id,
-        "task": task.model_dump(),
-        "train": cfg.model_dump(),
-        "max_length": st.max_length,
-        "dtype": str(dtype).removeprefix("torch."),
-        "leakage": st.leakage,
-        "metrics": metrics,
-        "versions": versions(),
-    }
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    with atomic_dir(run_dir) as tmp:
-        model.save_pretrained(tmp / "adapter")
-        tok.save_pretrained(tmp / "adapter")
-        atomic_write_json(tmp / "run.json", meta)
-        with open(tmp / "trace.jsonl", "w", encoding="utf-8") as f:
-            for s in trace.steps:
-                f.write(json.dumps(s) + "\n")
-        plot_loss_curve(trace.steps, tmp / "loss_curve.png", title=f"{run.name} · {st.model_ref.spec}")
-    run.path = project.relative(run_dir)
-    return _finish(project, run, "completed", metrics)
+        if trace is not None:
+            trace.close()
+        for t in trackers:
+            t.close()
+    return state
 
 
+def _broadcast(acc: Any, value: dict[str, float]) -> dict[str, float]:
+    if acc.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def _track_best(st: TrainSetup, parts: Parts, state: LoopState, value: float | None, best_path: Path) -> None:
+    """Remember the best evaluation; with early stopping, count evaluations without improvement."""
+    es = st.config.early_stopping
+    if value is None:
+        return
+    metric = es.metric if es else "val_loss"
+    lower = metric in LOWER_IS_BETTER
+    delta = es.min_delta if es else 0.0
+    improved = state.best_value is None or (
+        value < state.best_value - delta if lower else value > state.best_value + delta
+    )
+    if improved:
+        state.best_value, state.best_step, state.bad_evals = value, state.step, 0
+        if es is not None and parts.main:
+            from safetensors.torch import save_file
+
+            best_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = best_path.with_suffix(".tmp")
+            save_file({k: v.contiguous() for k, v in _trainable_copy(parts.model).items()}, tmp)
+            os.replace(tmp, best_path)
+    elif es is not None:
+        state.bad_evals += 1
+        if state.bad_evals >= es.patience:
+            state.stopped_early = True
+
+
+# ---------------------------------------------------------------------------------------------
+# save
+# ---------------------------------------------------------------------------------------------
 def _finish(project: Project, run: Run, status: str, metrics: dict[str, Any]) -> Run:
     with project.store.session() as s:
         row = s.get(Run, run.id)
@@ -414,5 +664,194 @@ def _finish(project: Project, run: Run, status: str, metrics: dict[str, Any]) ->
             **{k: v for k, v in metrics.items() if k in ("steps", "val_loss", "train_seconds")},
         )
     with project.store.session() as s:
-        fresh = s.get(Run, run.id)
-    return fresh
+        return s.get(Run, run.id)
+
+
+def save(st: TrainSetup, parts: Parts, run: Run, state: LoopState, forecast: Forecast) -> Run:
+    import torch
+    from safetensors.torch import load_file
+
+    project = st.project
+    run_dir = project.locate(run.path)
+    steps = [json.loads(x) for x in (run_dir / "trace.jsonl").read_text().splitlines() if x.strip()]
+    best_path = run_dir / "checkpoints" / "best.safetensors"
+    chosen = "last"
+    if st.config.early_stopping is not None and best_path.exists():
+        params = dict(parts.model.named_parameters())
+        with torch.no_grad():
+            for k, v in load_file(best_path).items():
+                params[k].copy_(v)
+        chosen = f"best (step {state.best_step})"
+    first = [s["loss"] for s in steps[: max(1, len(steps) // 10)]]
+    last = [s["loss"] for s in steps[-max(1, len(steps) // 10) :]]
+    evals = [s for s in steps if "val_loss" in s]
+    metrics = {
+        "steps": state.step,
+        "epochs": state.step / max(parts.steps_per_epoch, 1),
+        "train_loss_first": sum(first) / len(first),
+        "train_loss_last": sum(last) / len(last),
+        "val_loss": evals[-1]["val_loss"] if evals else None,
+        "val_loss_first": evals[0]["val_loss"] if evals else None,
+        "best_step": state.best_step,
+        "best_value": state.best_value,
+        "selected": chosen,
+        "stopped_early": state.stopped_early,
+        "train_seconds": state.compute_s,
+        "tokens": state.real_tokens,
+        "tokens_per_s": state.real_tokens / state.compute_s if state.compute_s else 0.0,
+        "truncated": forecast.truncated,
+        "trainable_params": forecast.trainable_params,
+        "total_params": forecast.total_params,
+        "forecast_seconds": forecast.seconds_total,
+        "forecast_peak_gib": forecast.peak_memory_gib,
+        "world_size": parts.world,
+    }
+    from slmloop.train.preflight import peak_rss_bytes
+
+    if parts.device.type == "cuda":
+        metrics["peak_gib"] = torch.cuda.max_memory_allocated() / 1024**3
+    else:
+        metrics["peak_gib"] = peak_rss_bytes() / 1024**3
+    meta = {
+        "run": run.name,
+        "created_at": run.created_at.isoformat(),
+        "base_model": {"spec": st.model_ref.spec, "path": st.model_ref.path, "source": st.model_ref.source},
+        "dataset": st.splits.version.id,
+        "gold": st.gold_id,
+        "task": project.manifest.task.model_dump(),
+        "train": st.config.model_dump(),
+        "lora": parts.lora,
+        "max_length": st.max_length,
+        "dtype": str(parts.dtype).removeprefix("torch."),
+        "leakage": st.leakage,
+        "init_from": str(st.init_from) if st.init_from else None,
+        "forecast": forecast.to_dict(),
+        "metrics": metrics,
+        "versions": versions(),
+    }
+    if (run_dir / "adapter").exists():
+        shutil.rmtree(run_dir / "adapter")
+    with atomic_dir(run_dir / "adapter") as tmp:
+        parts.model.save_pretrained(tmp)
+        parts.tokenizer.save_pretrained(tmp)
+    atomic_write_json(run_dir / "run.json", meta)
+    plot_loss_curve(steps, run_dir / "loss_curve.png", title=f"{run.name} · {st.model_ref.spec}")
+    return _finish(project, run, "completed", metrics)
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole recipe
+# ---------------------------------------------------------------------------------------------
+def train(
+    project: Project,
+    overrides: dict[str, Any] | None = None,
+    *,
+    dataset_id: str | None = None,
+    allow_leakage: bool = False,
+    init_from: str | None = None,
+    resume: str | None = None,
+    dry_run: bool = False,
+    console: Console | None = None,
+) -> Run | Forecast:
+    """Train (or, with ``resume``, continue) a LoRA adapter; ``dry_run`` returns the forecast only."""
+    console = console or Console(stderr=True)
+    st = setup(project, overrides, dataset_id, allow_leakage, init_from, resume)
+    parts = build(st)
+    quiet = Console(quiet=True) if not parts.main else console
+    forecast = preflight(st, parts)
+    if dry_run:
+        return forecast
+    if parts.main:
+        quiet.print(render_forecast(forecast, title=f"preflight · {st.model_ref.spec}"))
+    if not forecast.fits:
+        _refuse(forecast)
+
+    run, state = _start_or_resume(st, parts, forecast)
+    quiet.print(
+        f"[bold]{run.name}[/bold]: {parts.total_steps} steps"
+        + (f", resuming at step {state.step}" if state.step else "")
+    )
+    status = "failed"
+    try:
+        state = fit(st, parts, run, state, quiet)
+        status = "completed"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        if status != "completed" and parts.main:
+            _finish(project, run, status, {"steps": state.step})
+    if not parts.main:
+        parts.accelerator.wait_for_everyone()
+        return run
+    result = save(st, parts, run, state, forecast)
+    parts.accelerator.wait_for_everyone()
+    return result
+
+
+def _start_or_resume(st: TrainSetup, parts: Parts, forecast: Forecast) -> tuple[Run, LoopState]:
+    project = st.project
+    if st.resume is not None:
+        run = st.resume
+        run_dir = project.locate(run.path)
+        ckpt = latest_checkpoint(run_dir)
+        assert ckpt is not None
+        state = restore_checkpoint(ckpt, parts.model, parts.optimizer, parts.scheduler)
+        if parts.main:  # the trace keeps what happened up to the checkpoint
+            trace = run_dir / "trace.jsonl"
+            kept = (
+                [x for x in trace.read_text().splitlines() if x.strip() and json.loads(x)["step"] <= state.step]
+                if trace.exists()
+                else []
+            )
+            trace.write_text("".join(x + "\n" for x in kept))
+            with project.store.session() as s:
+                row = s.get(Run, run.id)
+                row.status = "running"
+                project.store.log_event(s, "train.resume", run.name, step=state.step, checkpoint=ckpt.name)
+        parts.accelerator.wait_for_everyone()
+        return run, state
+    run = None
+    if parts.main:
+        run = project.store.add(
+            Run(
+                dataset_id=st.splits.version.id,
+                gold_id=st.gold_id,
+                base_model=st.model_ref.spec,
+                config={
+                    "train": st.config.model_dump(),
+                    "max_length": st.max_length,
+                    "dtype": str(parts.dtype).removeprefix("torch."),
+                    "device": parts.device.type,
+                    "leakage": st.leakage,
+                    "lora": parts.lora,
+                    "world_size": parts.world,
+                    "init_from": None if st.init_from is None else str(st.init_from),
+                    "forecast": forecast.to_dict(),
+                },
+            ),
+            "train.start",
+            dataset=st.splits.version.id,
+            leakage_overridden=st.leakage["overridden"],
+        )
+        run_dir = project.runs_dir / run.name
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        atomic_write_json(run_dir / "forecast.json", forecast.to_dict())
+        run.path = project.relative(run_dir)
+        with project.store.session() as s:
+            s.get(Run, run.id).path = run.path
+    return _broadcast_run(parts, run, project), LoopState()
+
+
+def _broadcast_run(parts: Parts, run: Run | None, project: Project) -> Run:
+    if parts.world == 1:
+        assert run is not None
+        return run
+    from accelerate.utils import broadcast_object_list
+
+    box = [run.id if run is not None else None]
+    broadcast_object_list(box, from_process=0)
+    with project.store.session() as s:
+        return s.get(Run, box[0])

@@ -1,0 +1,147 @@
+"""Preflight: what a run will cost, measured before it starts — and a refusal if it will not fit.
+
+Parameter counts and truncation come from the built model and the encoded
+examples. Time and memory are *calibrated*: a few real forward+backward passes
+(no optimizer step, RNG re-seeded afterwards) on this machine, one of them on
+the largest micro-batch of the run, which bounds the activation memory.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+__all__ = ["Forecast", "available_memory_bytes", "peak_rss_bytes", "render_forecast", "reset_peak_rss"]
+
+GIB = 1024**3
+
+
+@dataclass
+class Forecast:
+    device: str
+    dtype: str
+    world_size: int
+    total_params: int
+    trainable_params: int
+    train_examples: int
+    validation_examples: int
+    truncated: int
+    max_tokens: int
+    mean_tokens: float
+    steps: int
+    steps_per_epoch: int
+    tokens_per_epoch: int
+    calibrated_tokens_per_s: float
+    seconds_per_epoch: float
+    seconds_total: float
+    peak_memory_gib: float
+    available_memory_gib: float
+    fits: bool
+    leakage: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's high-water mark of this process's RSS (Linux)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    kib = _status_kib("VmHWM")
+    if kib is None:
+        import resource
+
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib * 1024
+
+
+def current_rss_bytes() -> int:
+    return (_status_kib("VmRSS") or 0) * 1024
+
+
+def available_memory_bytes(device: str) -> int:
+    """Memory this run may use: free device memory (CUDA), or MemAvailable + what we already hold."""
+    if device == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info()
+        return int(free + torch.cuda.memory_allocated())
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024 + current_rss_bytes()
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def calibrate(loss_fn: Any, batches: list[Any], largest: Any, device: Any) -> tuple[float, int]:
+    """(real tokens/s of forward+backward, peak memory in bytes) measured on real micro-batches."""
+    import torch
+
+    is_cuda = getattr(device, "type", str(device)) == "cuda"
+    if is_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        reset_peak_rss()
+    loss, _ = loss_fn(largest.to(device))
+    loss.backward()
+    peak = int(torch.cuda.max_memory_allocated()) if is_cuda else peak_rss_bytes()
+    loss_fn.zero_grad(set_to_none=True)
+    tokens, seconds = 0, 0.0
+    for batch in batches:
+        t0 = time.perf_counter()
+        loss, _ = loss_fn(batch.to(device))
+        loss.backward()
+        if is_cuda:
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - t0
+        tokens += batch.real_tokens
+        loss_fn.zero_grad(set_to_none=True)
+    return (tokens / seconds if seconds else 0.0), peak
+
+
+def render_forecast(f: Forecast, title: str = "preflight") -> Table:
+    t = Table(title=title, title_justify="left", show_header=False)
+    t.add_column("what")
+    t.add_column("value")
+    t.add_row(
+        "parameters",
+        f"{f.total_params:,} total · {f.trainable_params:,} trainable "
+        f"({100 * f.trainable_params / max(f.total_params, 1):.2f} %)",
+    )
+    t.add_row("examples", f"{f.train_examples} train · {f.validation_examples} validation")
+    t.add_row(
+        "length (tokens)",
+        f"mean {f.mean_tokens:.0f} · max {f.max_tokens}"
+        + (f" · [yellow]{f.truncated} truncated[/yellow]" if f.truncated else " · none truncated"),
+    )
+    t.add_row("device", f"{f.device} · {f.dtype} · {f.world_size} process(es)")
+    t.add_row("steps", f"{f.steps} ({f.steps_per_epoch} per epoch, {f.tokens_per_epoch:,} tokens per epoch)")
+    t.add_row("speed (calibrated)", f"{f.calibrated_tokens_per_s:,.0f} tokens/s")
+    t.add_row("time", f"~{f.seconds_per_epoch / 60:.1f} min per epoch · ~{f.seconds_total / 60:.1f} min in all")
+    fit = "[green]fits[/green]" if f.fits else "[bold red]does NOT fit[/bold red]"
+    t.add_row("peak memory", f"~{f.peak_memory_gib:.2f} GiB of {f.available_memory_gib:.1f} GiB available: {fit}")
+    t.add_row("leakage gate", f.leakage)
+    return t

@@ -1,0 +1,208 @@
+"""The recipe's promises: preflight, resumable checkpoints, warm starts, early stopping, multi-turn chat."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from slmloop.cli import main
+from slmloop.data.importer import import_source
+from slmloop.data.prepare import prepare_dataset
+from slmloop.models.catalog import ResolvedModel
+from slmloop.models.loading import encode_conversation, load_tokenizer, render_prompt
+from slmloop.project import open_project
+from slmloop.store import Run
+from slmloop.train.preflight import Forecast
+from slmloop.train.recipe import train
+from tests.conftest import write_project
+from tests.tiny import toy_rows
+
+
+def _prepared(root: Path, model: Path, rows: list[dict] | None = None, **train_cfg) -> Path:
+    root = write_project(root, model, rows or toy_rows(160), train=train_cfg)
+    p = open_project(root)
+    import_source(p, p.manifest.data.sources[0])
+    prepare_dataset(p)
+    p.close()
+    return root
+
+
+def _adapter(root: Path, run: str = "run-1") -> dict[str, torch.Tensor]:
+    return load_file(root / ".slmloop" / "runs" / run / "adapter" / "adapter_model.safetensors")
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def test_dry_run_forecasts_without_training(tmp_path: Path, tiny_model: Path) -> None:
+    root = _prepared(tmp_path / "p", tiny_model)
+    p = open_project(root)
+    f = train(p, dry_run=True)
+    assert isinstance(f, Forecast)
+    assert f.trainable_params > 0 and f.total_params > f.trainable_params
+    assert f.calibrated_tokens_per_s > 0 and f.seconds_total > 0 and f.fits
+    assert 0 < f.peak_memory_gib < f.available_memory_gib
+    assert f.leakage == "clean" and f.steps == f.steps_per_epoch
+    assert not p.store.list(Run)  # nothing was started
+    assert main(["train", "--dry-run", "-p", str(root)]) == 0
+    p.close()
+
+
+def test_preflight_refuses_a_run_that_will_not_fit(tmp_path: Path, tiny_model: Path, monkeypatch) -> None:
+    import slmloop.train.recipe as recipe
+
+    root = _prepared(tmp_path / "p", tiny_model)
+    monkeypatch.setattr(recipe, "available_memory_bytes", lambda device: 1024)  # a machine with 1 KiB free
+    p = open_project(root)
+    from slmloop.errors import PreflightError
+
+    with pytest.raises(PreflightError) as exc:
+        train(p)
+    assert "GiB at its peak" in exc.value.message and "max_batch_tokens" in (exc.value.hint or "")
+    assert not p.store.list(Run)
+    p.close()
+
+
+def test_killed_run_resumes_to_the_same_adapter(tmp_path: Path, tiny_model: Path) -> None:
+    """SIGKILL a real training process after its first checkpoint; --resume must end where an uninterrupted
+    run with the same seed ends."""
+    settings = {"max_steps": 120, "checkpoint_every": 10, "batch_size": 4, "eval_every": 40}
+    killed = _prepared(tmp_path / "killed", tiny_model, **settings)
+    clean = _prepared(tmp_path / "clean", tiny_model, **settings)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "slmloop", "train", "-p", str(killed)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ckpts = killed / ".slmloop" / "runs" / "run-1" / "checkpoints"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ckpts.exists() and any((c / "loop.json").exists() for c in ckpts.glob("step-*")):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    p = open_project(killed)
+    assert p.store.get(Run, 1, "run", "").status == "running"  # killed: nobody marked it
+    assert not (killed / ".slmloop" / "runs" / "run-1" / "adapter").exists()
+    assert main(["train", "--resume", "run-1", "-p", str(killed)]) == 0
+    resumed = p.store.get(Run, 1, "run", "")
+    assert resumed.status == "completed" and resumed.metrics["steps"] == 120
+    assert any(e.kind == "train.resume" for e in p.store.events())
+    trace = [json.loads(x) for x in (killed / ".slmloop/runs/run-1/trace.jsonl").read_text().splitlines()]
+    assert [t["step"] for t in trace] == list(range(1, 121))  # no step lost or repeated
+    assert main(["train", "-p", str(clean)]) == 0
+    assert _max_diff(_adapter(killed), _adapter(clean)) <= 1e-5
+    p.close()
+
+
+def test_resume_refuses_a_completed_run(tmp_path: Path, tiny_model: Path, capsys) -> None:
+    root = _prepared(tmp_path / "p", tiny_model, max_steps=2)
+    assert main(["train", "-p", str(root)]) == 0
+    assert main(["train", "--resume", "run-1", "-p", str(root)]) == 2
+    assert "already completed" in capsys.readouterr().err
+
+
+def test_warm_start_continues_from_an_earlier_adapter(tmp_path: Path, tiny_model: Path) -> None:
+    root = _prepared(tmp_path / "p", tiny_model, max_steps=20)
+    assert main(["train", "-p", str(root)]) == 0
+    assert main(["train", "--init-from", "run-1", "--max-steps", "1", "--lr", "1e-12", "-p", str(root)]) == 0
+    first, second = _adapter(root, "run-1"), _adapter(root, "run-2")
+    assert _max_diff(first, second) < 1e-6  # one near-zero step away from where run-1 ended
+    p = open_project(root)
+    run2 = p.store.get(Run, 2, "run", "")
+    assert run2.config["init_from"].endswith("run-1/adapter")
+    fresh = train(p, {"max_steps": 1, "learning_rate": 1e-12})
+    assert _max_diff(first, _adapter(root, fresh.name)) > 1e-3  # without the warm start: a fresh adapter
+    p.close()
+
+
+def test_early_stopping_keeps_the_best_checkpoint(tmp_path: Path, tiny_model: Path) -> None:
+    root = write_project(
+        tmp_path / "p",
+        tiny_model,
+        toy_rows(160),
+        train={
+            "max_steps": 40,
+            "eval_every": 2,
+            "learning_rate": 0.3,
+            "scheduler": "constant",
+            "warmup_ratio": 0.0,
+            "early_stopping": {"metric": "val_loss", "patience": 2},
+        },
+    )
+    p = open_project(root)
+    import_source(p, p.manifest.data.sources[0])
+    prepare_dataset(p)
+    run = train(p)
+    m = run.metrics
+    assert m["stopped_early"] and m["steps"] < 40
+    assert m["selected"].startswith("best") and m["best_step"] < m["steps"]
+    best = load_file(p.locate(run.path) / "checkpoints" / "best.safetensors")
+    saved = _adapter(root)
+    assert len(saved) == len(best)
+    for key, tensor in saved.items():  # PEFT drops the adapter name from the keys it saves
+        match = [v for k, v in best.items() if k.replace(".default", "").endswith(key.split("base_model.")[-1])]
+        assert match and torch.equal(match[0], tensor)
+    p.close()
+
+
+def test_tensorboard_reporting(tmp_path: Path, tiny_model: Path) -> None:
+    root = _prepared(tmp_path / "p", tiny_model, max_steps=3, report_to=["tensorboard"])
+    assert main(["train", "-p", str(root)]) == 0
+    events = list((root / ".slmloop" / "runs" / "run-1" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 100
+
+
+def test_multi_turn_chat_puts_loss_on_every_assistant_turn(tiny_model: Path) -> None:
+    tok = load_tokenizer(ResolvedModel("t", str(tiny_model), "local"))
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "hi there"},
+        {"role": "user", "content": "book a room"},
+        {"role": "assistant", "content": "done"},
+    ]
+    ex = encode_conversation(tok, messages, max_length=256)
+    assert len(ex.spans) == 2
+    for (start, end), i in zip(ex.spans, (2, 4), strict=True):
+        assert tok.decode(ex.input_ids[start : end - 1]).strip() == messages[i]["content"]
+        assert ex.input_ids[end - 1] == tok.eos_token_id
+        prefix = tok(render_prompt(tok, messages[:i]), add_special_tokens=False)["input_ids"]
+        assert ex.input_ids[:start] == prefix  # each answer sees exactly the context inference gives it
+
+
+@pytest.mark.integration
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path: Path, tiny_model: Path) -> None:
+    settings = {"max_steps": 4, "batch_size": 4, "eval_every": 4, "warmup_ratio": 0.0}
+    two = _prepared(tmp_path / "two", tiny_model, **settings)
+    one = _prepared(tmp_path / "one", tiny_model, **settings, grad_accum=2)
+    res = subprocess.run(
+        [sys.executable, "-m", "slmloop", "train", "--num-processes", "2", "-p", str(two)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert main(["train", "-p", str(one)]) == 0
+    p = open_project(two)
+    run = p.store.get(Run, 1, "run", "")
+    assert run.status == "completed" and run.metrics["world_size"] == 2
+    p.close()
+    diff = _max_diff(_adapter(two), _adapter(one))
+    assert diff < 1e-4, diff
+    assert _max_diff(_adapter(two), {k: torch.zeros_like(v) for k, v in _adapter(two).items()}) > 1e-3

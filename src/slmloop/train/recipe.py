@@ -48,7 +48,14 @@ from slmloop.project import Project
 from slmloop.store import Run, atomic_dir, atomic_write_json, utcnow
 from slmloop.train.batching import Batch, collate, encode_rows, length_grouped_batches, split_by_tokens
 from slmloop.train.checkpoint import LoopState, latest_checkpoint, restore_checkpoint, save_checkpoint
-from slmloop.train.preflight import Forecast, available_memory_bytes, calibrate, render_forecast
+from slmloop.train.preflight import (
+    Forecast,
+    available_memory_bytes,
+    calibrate,
+    peak_rss_bytes,
+    render_forecast,
+    reset_peak_rss,
+)
 from slmloop.train.report import plot_loss_curve
 from slmloop.train.tracking import open_trackers
 
@@ -368,8 +375,12 @@ def build(st: TrainSetup) -> Parts:
         num_training_steps=total_steps,
     )
     inner = AnswerLoss(model).to(accelerator.device)
-    # several processes: DDP wraps the loss module (every forward goes through it) and averages gradients
-    loss_fn = accelerator.prepare(inner) if world > 1 else inner
+    # distributed (DDP, or FSDP/DeepSpeed from an accelerate config): accelerate wraps the loss module
+    # (every forward goes through it) and the optimizer; one process keeps the plain objects
+    if accelerator.distributed_type != "NO":
+        loss_fn, optimizer = accelerator.prepare(inner, optimizer)
+    else:
+        loss_fn = inner
     return Parts(
         accelerator,
         tok,
@@ -534,6 +545,10 @@ def fit(st: TrainSetup, parts: Parts, run: Run, state: LoopState, console: Conso
     trackers = open_trackers(cfg.report_to, run_dir, run.name, cfg.model_dump()) if parts.main else []
     best_path = run_dir / "checkpoints" / "best.safetensors"
     per_step = cfg.grad_accum * parts.world
+    if parts.device.type == "cuda":  # measure the training peak, not model loading's
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        reset_peak_rss()
     try:
         with _progress(console, disable=not parts.main) as progress:
             bar = progress.add_task("train", total=parts.total_steps, completed=state.step, loss="…", tps="…")
@@ -557,13 +572,14 @@ def fit(st: TrainSetup, parts: Parts, run: Run, state: LoopState, console: Conso
                         with ctx:
                             loss, _ = parts.loss_fn(batch)
                             # DDP averages gradients over processes: scale so the sum matches one process
-                            (loss * parts.world / n_answer).backward()
+                            acc.backward(loss * parts.world / n_answer)
                         step_loss += float(loss.detach())
                         step_tokens += batch.real_tokens
                     if parts.world > 1:
                         totals = acc.reduce(torch.tensor([step_loss, float(step_tokens)]), reduction="sum")
                         step_loss, step_tokens = float(totals[0]), int(totals[1])
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(parts.params, cfg.max_grad_norm))
+                    norm = acc.clip_grad_norm_(parts.params, cfg.max_grad_norm)
+                    grad_norm = float(norm) if norm is not None else float("nan")
                     parts.optimizer.step()
                     parts.scheduler.step()
                     parts.optimizer.zero_grad(set_to_none=True)
@@ -706,8 +722,6 @@ def save(st: TrainSetup, parts: Parts, run: Run, state: LoopState, forecast: For
         "forecast_peak_gib": forecast.peak_memory_gib,
         "world_size": parts.world,
     }
-    from slmloop.train.preflight import peak_rss_bytes
-
     if parts.device.type == "cuda":
         metrics["peak_gib"] = torch.cuda.max_memory_allocated() / 1024**3
     else:

@@ -113,8 +113,9 @@ def resolve_target(project: Project, ref: str) -> ModelTarget:
 def load_target(target: ModelTarget, dtype: torch.dtype) -> tuple[Any, Any]:
     """(model, tokenizer) ready for inference.
 
-    A release loads its merged weights (the shipped files); a run keeps the
-    adapter unmerged so low-precision rounding cannot blur the trained deltas.
+    A release loads its merged weights (the shipped files); a run merges its
+    adapter the same way export does (fp32 add, one cast), so a run and the
+    release made from it answer alike.
     """
     if target.merged is not None:
         local = ResolvedModel(target.ref, str(target.merged), "local")
@@ -129,5 +130,5 @@ def load_target(target: ModelTarget, dtype: torch.dtype) -> tuple[Any, Any]:
         if (target.adapter / "tokenizer_config.json").exists():
             # the run saved the tokenizer it trained with (chat template included)
             tok_source = ResolvedModel(target.ref, str(target.adapter), "local")
-    model = load_causal_lm(target.base, dtype, adapter=target.adapter, merge=False)
+    model = load_causal_lm(target.base, dtype, adapter=target.adapter, merge=True)
     return model, load_tokenizer(tok_source)

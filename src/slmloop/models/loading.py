@@ -127,12 +127,21 @@ def load_causal_lm(
     merge: bool = True,
     attn_implementation: str = "sdpa",
 ) -> PreTrainedModel:
-    """Load the base model, optionally with a LoRA adapter (merged in for speed)."""
+    """Load the base model, optionally with a LoRA adapter.
+
+    ``merge=True`` adds the adapter into the weights in fp32 and casts once to
+    ``dtype`` — exactly what ``slmloop export`` ships, and as fast as the base
+    model. ``merge=False`` keeps the adapter as separate (fp32) layers.
+    """
+    import torch
     from transformers import AutoModelForCausalLM
 
+    load_dtype = torch.float32 if adapter is not None and merge else dtype
     try:
         with quiet_transformers():
-            lm = AutoModelForCausalLM.from_pretrained(model.path, dtype=dtype, attn_implementation=attn_implementation)
+            lm = AutoModelForCausalLM.from_pretrained(
+                model.path, dtype=load_dtype, attn_implementation=attn_implementation
+            )
     except (OSError, ValueError) as exc:
         raise _hub_error(model.spec, exc) from None
     if adapter is not None:
@@ -147,7 +156,7 @@ def load_causal_lm(
         with quiet_transformers():
             lm = PeftModel.from_pretrained(lm, str(adapter))
             if merge:
-                lm = lm.merge_and_unload()
+                lm = lm.merge_and_unload().to(dtype)
     lm.eval()
     return lm
 

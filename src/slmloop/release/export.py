@@ -48,16 +48,13 @@ def _run_metrics(project: Project, run: Run) -> dict[str, Any]:
 
 def _merge(run: Run, adapter: Path, out: Path, dtype_name: str) -> None:
     import torch
-    from peft import PeftModel
 
     from slmloop.models.loading import load_causal_lm, load_tokenizer, quiet_transformers
 
     base = resolve_model(run.base_model)
-    # merge in fp32 so the low-rank update is added exactly, then cast once
-    model = load_causal_lm(base, torch.float32)
+    # the same merge evaluation uses: fp32 add of the low-rank update, one cast
+    model = load_causal_lm(base, getattr(torch, _DTYPES[dtype_name]), adapter=adapter, merge=True)
     with quiet_transformers():
-        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-        model = model.to(getattr(torch, _DTYPES[dtype_name]))
         model.save_pretrained(out, safe_serialization=True)
     load_tokenizer(base).save_pretrained(out)
     tok_src = adapter / "tokenizer_config.json"

@@ -96,8 +96,14 @@ def available_memory_bytes(device: str) -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def calibrate(loss_fn: Any, batches: list[Any], largest: Any, device: Any) -> tuple[float, int]:
-    """(real tokens/s of forward+backward, peak memory in bytes) measured on real micro-batches."""
+def calibrate(
+    loss_fn: Any, make_batch: Any, chunks: list[list[int]], largest: list[int], device: Any
+) -> tuple[float, int]:
+    """(real tokens/s, peak memory in bytes) from real passes: building the batch, forward, backward.
+
+    The largest micro-batch goes first (it sets the memory peak, and warms the kernels up);
+    speed is measured on ``chunks``, a sample across the run's batch sizes.
+    """
     import torch
 
     is_cuda = getattr(device, "type", str(device)) == "cuda"
@@ -105,14 +111,15 @@ def calibrate(loss_fn: Any, batches: list[Any], largest: Any, device: Any) -> tu
         torch.cuda.reset_peak_memory_stats()
     else:
         reset_peak_rss()
-    loss, _ = loss_fn(largest.to(device))
+    loss, _ = loss_fn(make_batch(largest))
     loss.backward()
     peak = int(torch.cuda.max_memory_allocated()) if is_cuda else peak_rss_bytes()
     loss_fn.zero_grad(set_to_none=True)
     tokens, seconds = 0, 0.0
-    for batch in batches:
+    for chunk in chunks:
         t0 = time.perf_counter()
-        loss, _ = loss_fn(batch.to(device))
+        batch = make_batch(chunk)
+        loss, _ = loss_fn(batch)
         loss.backward()
         if is_cuda:
             torch.cuda.synchronize()

@@ -413,9 +413,9 @@ def preflight(st: TrainSetup, parts: Parts) -> Forecast:
     lengths = [len(e.input_ids) for e in parts.train_ex]
     order = length_grouped_batches(lengths, cfg.batch_size, cfg.seed, 0)
     micro = [chunk for b in order for chunk in split_by_tokens(b, lengths, cfg.max_batch_tokens)]
-    largest = max(micro, key=lambda c: len(c) * max(lengths[i] for i in c))
-    typical = [parts.batch(c) for c in micro[: min(3, len(micro))]]
-    tps, peak = calibrate(parts.inner_loss, typical, parts.batch(largest), parts.device)
+    by_size = sorted(micro, key=lambda c: len(c) * max(lengths[i] for i in c))
+    sample = [by_size[int(q * (len(by_size) - 1))] for q in (0.1, 0.3, 0.5, 0.7, 0.9)]
+    tps, peak = calibrate(parts.inner_loss, parts.batch, sample, by_size[-1], parts.device)
     torch.manual_seed(cfg.seed)
     total, trainable = count_parameters(parts.model)
     peak += 2 * 4 * trainable  # AdamW's two moments (fp32)

@@ -35,6 +35,7 @@ __all__ = [
     "SplitConfig",
     "TaskConfig",
     "TrainConfig",
+    "load_eval_pack",
     "load_manifest",
     "parse_manifest",
 ]
@@ -218,6 +219,50 @@ class TrainConfig(Section):
     )
 
 
+class GateConfig(Section):
+    metric: str = Field(description="A metric of the task (accuracy, macro_f1, exact_match, …).")
+    op: Literal["gte", "lte"] = Field("gte", description="gte: metric >= threshold; lte: metric <= threshold.")
+    threshold: float
+    required: bool = Field(True, description="A failing required gate makes `slmloop eval` exit non-zero.")
+    significant: bool = Field(
+        False, description="Judge the gate on the confidence bound (lower for gte, upper for lte), not the estimate."
+    )
+
+
+class CompareConfig(Section):
+    must_beat: Literal["none", "base", "production"] = Field(
+        "none", description="The model must beat this one on the first metric, paired test on the same gold rows."
+    )
+    min_effect: float = Field(0.0, ge=0.0, description="Smallest improvement that counts (metric units).")
+    alpha: float = Field(0.05, gt=0.0, lt=1.0, description="Significance level of the paired test.")
+    required: bool = Field(True, description="Not beating it makes `slmloop eval` exit non-zero.")
+
+
+class ChecksConfig(Section):
+    regex: str | None = Field(None, description="generation: every answer must fully match this regex.")
+    json_schema: dict[str, Any] | None = Field(None, description="Answers must be JSON valid under this schema.")
+
+
+class EndpointConfig(Section):
+    url: str = Field(description="Base URL of an OpenAI-compatible API, e.g. https://api.openai.com/v1.")
+    model: str = Field(description="Model name sent in each request.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
+    price_per_1k_input: float = Field(0.0, ge=0.0, description="Price per 1,000 prompt tokens.")
+    price_per_1k_output: float = Field(0.0, ge=0.0, description="Price per 1,000 completion tokens.")
+    max_concurrency: int = Field(4, gt=0, description="Requests in flight at once.")
+    requests_per_second: float | None = Field(None, gt=0.0, description="Client-side rate limit.")
+    timeout: float = Field(60.0, gt=0.0)
+    max_retries: int = Field(5, ge=0, description="Retries on 429/5xx/network errors, with backoff.")
+
+
+class JudgeConfig(Section):
+    endpoint: str = Field(description="Name of an entry in eval.endpoints that judges.")
+    rubric: str = Field(
+        "Score how well the answer does the task compared with the reference, from 1 (wrong) to 5 (as good).",
+        description="What the judge is asked; stored beside every result.",
+    )
+
+
 class EvalConfig(Section):
     mode: Literal["auto", "rank", "generate"] = Field(
         "auto",
@@ -229,6 +274,21 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(64, gt=0, description="Generation budget per gold row.")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 where fast; fp32 for bit-for-bit comparisons between runs and releases."
+    )
+    metrics: list[str] = Field(
+        default_factory=list, description="Metrics to report with CIs (default: the task's headline metrics)."
+    )
+    gates: list[GateConfig] = Field(default_factory=list, description="Thresholds a model must meet.")
+    compare: CompareConfig = Field(default_factory=lambda: CompareConfig())
+    checks: ChecksConfig = Field(default_factory=lambda: ChecksConfig())
+    judge: JudgeConfig | None = Field(None, description="Optional LLM-as-judge through an OpenAI-compatible API.")
+    endpoints: dict[str, EndpointConfig] = Field(
+        default_factory=dict, description="OpenAI-compatible endpoints usable as models: `--model endpoint:NAME`."
+    )
+    bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples for confidence intervals.")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Confidence level of the intervals.")
+    local_cost_per_hour: float = Field(
+        0.05, ge=0.0, description="What an hour of the machine serving the local model costs (for cost/1k requests)."
     )
 
 
@@ -299,6 +359,20 @@ def _semantic_problems(m: Manifest) -> list[tuple[str, str]]:
             problems.append(("task.labels", "classification needs at least two labels"))
     if t.type == "extraction" and not t.fields:
         problems.append(("task.fields", "extraction needs the list of JSON fields to extract"))
+    if m.eval.judge is not None and m.eval.judge.endpoint not in m.eval.endpoints:
+        problems.append(("eval.judge.endpoint", f"{m.eval.judge.endpoint!r} is not a key of eval.endpoints"))
+    known = {
+        "classification": {"accuracy", "macro_f1", "micro_f1"},
+        "extraction": {"micro_f1", "json_valid_rate", "exact_match", "micro_precision", "micro_recall"},
+    }.get(t.type, {"exact_match", "rouge_l", "chrf", "regex_pass_rate", "schema_pass_rate", "bleu"}) | {"judge_score"}
+    for i, gate in enumerate(m.eval.gates):
+        if gate.metric not in known:
+            problems.append(
+                (f"eval.gates[{i}].metric", f"{gate.metric!r} is not a {t.type} metric ({', '.join(sorted(known))})")
+            )
+    for metric in m.eval.metrics:
+        if metric not in known:
+            problems.append(("eval.metrics", f"{metric!r} is not a {t.type} metric ({', '.join(sorted(known))})"))
     if t.type != "classification" and m.eval.mode == "rank":
         problems.append(("eval.mode", "rank works for classification only; use generate"))
     if m.data.split.validation + m.data.split.gold >= 0.9:
@@ -354,6 +428,24 @@ def parse_manifest(raw: Any, root: Path = Path(".")) -> Manifest:
     assert manifest is not None
     manifest.root = root
     return manifest
+
+
+def load_eval_pack(path: str | Path) -> EvalConfig:
+    """A standalone eval pack: a YAML file with the keys of the manifest's ``eval:`` section."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"eval pack {p} does not exist", hint="Pass the path of a YAML file.")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        return EvalConfig.model_validate(raw.get("eval", raw))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p} is not valid YAML: {exc}", hint="Check the indentation.") from None
+    except ValidationError as exc:
+        problems = [(f"eval.{_key_path(e['loc'])}", e["msg"]) for e in exc.errors()]
+        lines = "\n".join(f"  {k}: {v}" for k, v in problems)
+        raise ConfigError(
+            f"eval pack {p} has {len(problems)} problem(s):\n{lines}", hint="Fix those keys.", problems=problems
+        ) from None
 
 
 def load_manifest(path: str | Path) -> Manifest:

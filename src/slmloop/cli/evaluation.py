@@ -1,9 +1,10 @@
-"""``slmloop eval`` (score a model on gold) and ``slmloop eval show``."""
+"""``slmloop eval`` (score a model on gold, judge the gates), ``eval show``, ``compare`` and ``analyze``."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -12,47 +13,111 @@ from slmloop.cli.common import ProjectOpt, err, load, out
 
 app = typer.Typer(help="Score models on the frozen gold set.", invoke_without_command=True)
 
+GATE_FAILED = 3  # exit code when a required gate or must-beat comparison fails
+
 
 @app.callback()
 def evaluate(
     ctx: typer.Context,
     model: Annotated[
         str | None,
-        typer.Option(help="base | run-N | latest | vN (release) | alias. Default: newest run, else base."),
+        typer.Option(
+            help="base | run-N | latest | vN (release) | alias | endpoint:NAME. Default: newest run, else base."
+        ),
+    ] = None,
+    pack: Annotated[
+        Path | None, typer.Option(help="A standalone eval pack (YAML) instead of the manifest's eval:.")
     ] = None,
     allow_leakage: Annotated[bool, typer.Option("--allow-leakage", help="Evaluate despite leakage (audited).")] = False,
     project: ProjectOpt = Path("."),
-) -> None:
-    """Score a model on the gold set; shows base and fine-tuned side by side."""
+) -> int:
+    """Score a model on the gold set: metrics with CIs, gates, base and fine-tuned side by side."""
     if ctx.invoked_subcommand is not None:
-        return
+        return 0
     from slmloop.evaluate.evaluate import evaluate as run_eval
+    from slmloop.evaluate.evaluate import failed_gates
+    from slmloop.manifest import load_eval_pack
     from slmloop.store import Run
 
     proj = load(project)
+    cfg = load_eval_pack(pack) if pack else None
     if model is None:
         completed = [r for r in proj.store.list(Run, Run.id) if r.status == "completed"]
         model = completed[-1].name if completed else "base"
-    ev = run_eval(proj, model, allow_leakage=allow_leakage, console=err)
+    ev = run_eval(proj, model, pack=cfg, allow_leakage=allow_leakage, console=err)
     out.print(f"[bold]{ev.name}[/bold]: {ev.model_ref} on {ev.gold_id} ({ev.n_rows} rows, {ev.seconds:.0f} s)")
     comparison_table(proj, ev.gold_id)
+    gate_table(ev.metrics)
     out.print(f"report: {proj.reports_dir / ev.name / 'index.html'}")
+    failed = failed_gates(ev)
+    if failed:
+        err.print(
+            f"[bold red]Error:[/bold red] {ev.model_ref} failed required gate(s): {'; '.join(failed)}", soft_wrap=True
+        )
+        return GATE_FAILED
+    return 0
 
 
-def comparison_table(proj, gold_id: str) -> None:  # type: ignore[no-untyped-def]
+def _fmt(value: Any, ci: list[float] | None) -> str:
+    if not isinstance(value, int | float) or math.isnan(value):
+        return "–"
+    return f"{value:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def comparison_table(proj: Any, gold_id: str) -> None:
     from slmloop.evaluate.evaluate import HEADLINE, latest_evaluations
 
     evals = latest_evaluations(proj, gold_id)
     keys = list(HEADLINE[proj.manifest.task.type])
-    extra = [k for k in ("invalid_rate",) if any(k in e.metrics for e in evals)]
-    t = Table(title=f"gold set {gold_id}", title_justify="left")
+    t = Table(title=f"gold set {gold_id} (95 % CI)", title_justify="left")
     t.add_column("model")
     t.add_column("evaluation")
-    for k in keys + extra:
+    for k in keys:
         t.add_column(k, justify="right")
+    t.add_column("s/row", justify="right")
+    t.add_column("cost/1k req", justify="right")
     for e in evals:
-        t.add_row(e.model_ref, e.name, *(f"{e.metrics.get(k, float('nan')):.4f}" for k in keys + extra))
+        rt = e.metrics.get("runtime", {})
+        lat = rt.get("latency_p50_s", rt.get("seconds_per_row"))
+        cost = rt.get("cost_per_1k_requests")
+        t.add_row(
+            e.model_ref,
+            e.name,
+            *(_fmt(e.metrics.get(k), e.metrics.get("ci", {}).get(k)) for k in keys),
+            f"{lat:.3f}" if lat is not None else "",
+            f"{cost:.4f}" if cost is not None else "",
+        )
     out.print(t)
+
+
+def gate_table(metrics: dict[str, Any]) -> None:
+    gates = metrics.get("gates", [])
+    beat = metrics.get("must_beat")
+    if not gates and not beat:
+        return
+    t = Table(title="gates", title_justify="left")
+    for col in ("gate", "value", "verdict", "required"):
+        t.add_column(col)
+    for g in gates:
+        op = ">=" if g["op"] == "gte" else "<="
+        on = f" (CI bound {g['judged_on']:.4f})" if g["significant"] and g["judged_on"] is not None else ""
+        t.add_row(
+            f"{g['metric']} {op} {g['threshold']}",
+            f"{g['value']:.4f}{on}",
+            "[green]PASS[/green]" if g["passed"] else "[red]FAIL[/red]",
+            "yes" if g["required"] else "no",
+        )
+    if beat:
+        ok = beat["verdict"] == "better"
+        t.add_row(
+            f"must beat {beat['against']}",
+            f"{beat.get('diff', math.nan):+.4f} (p={beat.get('p_value', 1):.3g})",
+            "[green]PASS[/green]" if ok else f"[red]{beat['verdict'].upper()}[/red]",
+            "yes" if beat.get("required") else "no",
+        )
+    out.print(t)
+    if beat and beat.get("sentence"):
+        out.print(beat["sentence"], highlight=False)
 
 
 @app.command("show")
@@ -82,3 +147,91 @@ def show(
     for p in preds[:limit]:
         t.add_row(str(p.idx), p.input[:200], p.reference[:80], p.prediction[:80], "✓" if p.correct else "✗")
     out.print(t)
+
+
+def compare(
+    models: Annotated[list[str], typer.Argument(help="Two or more: base, run-N, vN, alias, endpoint:NAME.")],
+    metric: Annotated[str | None, typer.Option(help="Metric to decide on (default: the task's headline).")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Re-evaluate instead of reusing stored evaluations.")] = False,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Decide between models on the same gold rows: metrics with CIs, paired tests, latency, cost."""
+    from slmloop.analyze.compare import compare_models
+
+    proj = load(project)
+    report = compare_models(proj, models, metric=metric, fresh=fresh, console=err)
+    comparison_table(proj, report.evaluations[0].gold_id)
+    t = Table(title=f"against {report.evaluations[0].model_ref}", title_justify="left")
+    for col in ("model", "metric", "difference", "CI", "test", "p", "verdict"):
+        t.add_column(col)
+    for c in report.comparisons:
+        colour = {"better": "green", "worse": "red"}.get(c.verdict, "yellow")
+        t.add_row(
+            c.b.model_ref,
+            c.metric,
+            f"{c.test.diff:+.4f}",
+            f"[{c.test.ci[0]:+.4f}, {c.test.ci[1]:+.4f}]",
+            c.test.test,
+            f"{c.test.p_value:.3g}",
+            f"[{colour}]{c.verdict}[/{colour}]",
+        )
+    out.print(t)
+    for c in report.comparisons:
+        out.print(f"• {c.sentence}", highlight=False)
+    out.print(f"report: {report.path / 'index.html'}")
+
+
+def analyze(
+    evaluation: Annotated[str, typer.Argument(help="eval-N")],
+    train: Annotated[bool, typer.Option("--train", help="Also check training rows for disputed labels.")] = False,
+    export: Annotated[Path | None, typer.Option(help="Write rows to label (JSONL for `slmloop data import`).")] = None,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Slices, failure clusters, likely mislabelled rows and a remediation plan for an evaluation."""
+    from slmloop.analyze.failures import analyze as run_analysis
+    from slmloop.analyze.failures import export_for_labelling
+
+    proj = load(project)
+    a = run_analysis(proj, evaluation, train_rows=train, console=err)
+    out.print(f"[bold]{a.evaluation.name}[/bold] ({a.evaluation.model_ref}): {a.overall:.4f} overall")
+    weak = [s for s in a.slices if s.n >= 5]
+    if weak:
+        t = Table(title="slices (weakest first within each)", title_justify="left")
+        for col in ("slice", "value", "rows", "score", "failures"):
+            t.add_column(col)
+        for s in weak:
+            style = "red" if s.score < a.overall - 0.05 else ""
+            t.add_row(
+                s.by,
+                s.value,
+                str(s.n),
+                f"[{style}]{s.score:.3f}[/{style}]" if style else f"{s.score:.3f}",
+                str(s.failures),
+            )
+        out.print(t)
+    t = Table(title=f"failure clusters ({len(a.clusters)})", title_justify="left")
+    for col in ("cluster", "rows", "exemplar"):
+        t.add_column(col, overflow="fold")
+    for c in a.clusters[:10]:
+        t.add_row(f"{c.kind}: {c.title}", str(c.n), c.exemplars[0]["input"][:100] if c.exemplars else "")
+    out.print(t)
+    if a.label_issues:
+        t = Table(title=f"likely mislabelled rows ({len(a.label_issues)})", title_justify="left")
+        for col in ("split", "row", "text", "label", "model says"):
+            t.add_column(col, overflow="fold")
+        for x in a.label_issues[:15]:
+            t.add_row(
+                x["split"], str(x["row"]), x["text"][:90], x["label"], f"{x['suggested']} ({x['p_suggested']:.2f})"
+            )
+        out.print(t)
+    out.print("[bold]plan[/bold]")
+    for i, step in enumerate(a.plan, 1):
+        out.print(f"  {i}. {step}", highlight=False)
+    if export is not None:
+        counts = export_for_labelling(proj, a, export)
+        where = ", ".join(f"{n} from {k}" for k, n in counts.items())
+        where = where or "no unlabelled candidates: no live traffic resembles the failures"
+        out.print(
+            f"wrote {sum(counts.values())} row(s) to label to {export} ({where}); then `slmloop data import {export}`"
+        )
+    out.print(f"report: {a.path / 'index.html'}")

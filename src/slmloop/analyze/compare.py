@@ -1,0 +1,239 @@
+"""``slmloop compare A B [C …]``: better, worse, or not distinguishable at this gold size.
+
+Every model is scored on the same gold rows (stored evaluations are reused when
+they exist). Each model is compared with the first: the difference of the
+headline metric with its paired-bootstrap CI, a paired test (McNemar for
+accuracy-type metrics, a paired permutation test otherwise), latency, cost per
+1,000 requests, and one sentence a person can act on.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from slmloop.data.prepare import current_gold
+from slmloop.errors import ConfigError, NotFoundError
+from slmloop.evaluate.evaluate import HEADLINE, evaluate, latest_evaluations, row_scores
+from slmloop.evaluate.scores import ACCURACY_TYPE
+from slmloop.evaluate.stats import PairedTest, mcnemar, min_detectable_effect, paired_bootstrap_diff, paired_permutation
+from slmloop.manifest import EvalConfig
+from slmloop.project import Project
+from slmloop.store import Evaluation, atomic_write_json, atomic_write_text
+
+__all__ = ["CompareReport", "Comparison", "compare_models", "compare_pair", "verdict"]
+
+
+@dataclass
+class Comparison:
+    a: Evaluation
+    b: Evaluation
+    metric: str
+    a_value: float
+    b_value: float
+    test: PairedTest
+    verdict: str  # better | worse | not distinguishable
+    mde: float
+    sentence: str
+
+
+def verdict(test: PairedTest, alpha: float, min_effect: float) -> str:
+    if test.p_value < alpha and test.diff >= max(min_effect, 1e-12):
+        return "better"
+    if test.p_value < alpha and test.diff < 0:
+        return "worse"
+    return "not distinguishable"
+
+
+def _cost(e: Evaluation) -> float | None:
+    return e.metrics.get("runtime", {}).get("cost_per_1k_requests")
+
+
+def _sentence(c: Comparison, confidence: float) -> str:
+    pts = 100 if c.metric in ACCURACY_TYPE or c.metric.endswith(("f1", "rouge_l", "chrf")) else 1
+    unit = " points" if pts == 100 else ""
+    lo, hi = c.test.ci
+    ci = f"{100 * confidence:.0f} % CI {pts * lo:+.1f} to {pts * hi:+.1f}"
+    p = "p < 0.001" if c.test.p_value < 0.001 else f"p = {c.test.p_value:.3f}"
+    who, other = c.b.model_ref, c.a.model_ref
+    ca, cb = _cost(c.a), _cost(c.b)
+    cost = ""
+    if ca and cb and ca > 0 and cb > 0:
+        ratio = ca / cb
+        cost = (
+            f" at {ratio:.0f}× lower cost"
+            if ratio >= 1.5
+            else (f" at {1 / ratio:.0f}× higher cost" if ratio <= 1 / 1.5 else " at similar cost")
+        )
+    d = pts * c.test.diff
+    if c.verdict == "better":
+        return f"{who} beats {other} by {d:.1f}{unit} of {c.metric} ({ci}, {c.test.test} {p}){cost}."
+    if c.verdict == "worse":
+        return f"{who} is worse than {other} by {-d:.1f}{unit} of {c.metric} ({ci}, {c.test.test} {p}){cost}."
+    return (
+        f"{who} is within {abs(d):.1f}{unit} of {other} on {c.metric} ({ci}, {p}): not distinguishable with "
+        f"{c.test.n} gold rows (this size detects differences of about {pts * c.mde:.1f}{unit}){cost}."
+    )
+
+
+def compare_pair(
+    project: Project, a: Evaluation, b: Evaluation, metric: str | None = None, cfg: EvalConfig | None = None
+) -> Comparison:
+    """Paired comparison of two evaluations on the same gold version (B against A)."""
+    cfg = cfg or project.manifest.eval
+    if a.gold_id != b.gold_id:
+        raise ConfigError(
+            f"{a.name} and {b.name} scored different gold versions ({a.gold_id}, {b.gold_id})",
+            hint="Re-run `slmloop eval` for both on the current gold set.",
+        )
+    metric = metric or HEADLINE[project.manifest.task.type][0]
+    sa, sb = row_scores(project, a, cfg), row_scores(project, b, cfg)
+    n = sa.n
+    if metric not in sa.names:
+        raise ConfigError(f"{metric!r} is not a metric of this task", hint=f"Use one of: {', '.join(sa.names)}.")
+    if metric in ACCURACY_TYPE:
+        test = mcnemar(sa.hits(metric), sb.hits(metric))
+    else:
+        test = paired_permutation(lambda swap: sb.mix(sa, swap).metric(metric) - sa.mix(sb, swap).metric(metric), n)
+        test.ci = paired_bootstrap_diff(lambda i: sa.metric(metric, i), lambda i: sb.metric(metric, i), n)
+    va, vb = sa.metric(metric), sb.metric(metric)
+    mde = min_detectable_effect(n, (va + vb) / 2 if 0 <= va <= 1 else 0.5, cfg.compare.alpha)
+    c = Comparison(a, b, metric, va, vb, test, verdict(test, cfg.compare.alpha, cfg.compare.min_effect), mde, "")
+    c.sentence = _sentence(c, cfg.confidence)
+    return c
+
+
+@dataclass
+class CompareReport:
+    evaluations: list[Evaluation]
+    comparisons: list[Comparison] = field(default_factory=list)
+    path: Path | None = None
+
+
+def _evaluation_for(
+    project: Project, ref: str, gold_id: str, cfg: EvalConfig, console: Console, fresh: bool
+) -> Evaluation:
+    from slmloop.targets import resolve_target
+
+    canonical = ref if ref.startswith("endpoint:") else resolve_target(project, ref).ref
+    if not fresh:
+        for e in latest_evaluations(project, gold_id):
+            if e.model_ref == canonical:
+                return e
+    return evaluate(
+        project, ref, pack=cfg.model_copy(update={"gates": [], "compare": type(cfg.compare)()}), console=console
+    )
+
+
+def compare_models(
+    project: Project,
+    refs: list[str],
+    *,
+    metric: str | None = None,
+    fresh: bool = False,
+    console: Console | None = None,
+    cfg: EvalConfig | None = None,
+) -> CompareReport:
+    console = console or Console(stderr=True)
+    cfg = cfg or project.manifest.eval
+    if len(refs) < 2:
+        raise ConfigError("compare needs at least two models", hint="e.g. `slmloop compare base v1`")
+    gold = current_gold(project)
+    if gold is None:
+        raise NotFoundError("there is no gold set yet", hint="Run `slmloop data prepare`.")
+    evals = [_evaluation_for(project, r, gold.id, cfg, console, fresh) for r in refs]
+    report = CompareReport(evals)
+    for other in evals[1:]:
+        report.comparisons.append(compare_pair(project, evals[0], other, metric, cfg))
+    report.path = _write_report(project, report, cfg)
+    return report
+
+
+def _write_report(project: Project, report: CompareReport, cfg: EvalConfig) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals = report.evaluations
+    metric = report.comparisons[0].metric
+    name = "compare-" + "-".join(e.name for e in evals)
+    folder = project.reports_dir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = list(dict.fromkeys([metric, *HEADLINE[project.manifest.task.type]]))
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 0.8 * len(evals) + 2), dpi=100, squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        values = [e.metrics.get(key, math.nan) for e in evals]
+        cis = [e.metrics.get("ci", {}).get(key, [math.nan, math.nan]) for e in evals]
+        err = np.array(
+            [
+                [v - lo for v, (lo, _) in zip(values, cis, strict=True)],
+                [hi - v for v, (_, hi) in zip(values, cis, strict=True)],
+            ]
+        )
+        y = np.arange(len(evals))
+        ax.barh(y, values, xerr=np.nan_to_num(err), color="#6baed6", capsize=4)
+        ax.set_yticks(y, [e.model_ref for e in evals])
+        ax.invert_yaxis()
+        ax.set_xlim(
+            0,
+            max(1.0, max(v for v in values if not math.isnan(v)) * 1.05)
+            if any(not math.isnan(v) for v in values)
+            else 1,
+        )
+        ax.set_title(f"{key} ({100 * cfg.confidence:.0f} % CI)")
+        for yi, v in zip(y, values, strict=True):
+            if not math.isnan(v):
+                ax.text(v, yi, f" {v:.3f}", va="center")
+    fig.tight_layout()
+    fig.savefig(folder / "compare.png")
+    plt.close(fig)
+
+    def row(e: Evaluation) -> str:
+        rt = e.metrics.get("runtime", {})
+        lat = rt.get("latency_p50_s", rt.get("seconds_per_row"))
+        cells = (
+            [e.model_ref, e.name]
+            + [f"{e.metrics.get(k, math.nan):.4f}" for k in keys]
+            + [f"{1000 * lat:.0f} ms" if lat is not None else "", f"{rt.get('cost_per_1k_requests', math.nan):.4f}"]
+        )
+        return "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["model", "evaluation", *keys, "latency", "cost / 1k"])
+    sentences = "".join(f"<li>{html.escape(c.sentence)}</li>" for c in report.comparisons)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{name}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:75em}} td,th{{padding:.2em .8em;
+border-bottom:1px solid #ddd}}</style></head><body><h1>Comparison on gold {html.escape(evals[0].gold_id)}</h1>
+<ul>{sentences}</ul><table><tr>{head}</tr>{"".join(row(e) for e in evals)}</table>
+<img src="compare.png" alt="metrics with confidence intervals" style="max-width:100%"></body></html>"""
+    atomic_write_text(folder / "index.html", page)
+    atomic_write_json(
+        folder / "compare.json",
+        {
+            "gold": evals[0].gold_id,
+            "evaluations": [{"model": e.model_ref, "evaluation": e.name} for e in evals],
+            "comparisons": [
+                {
+                    "a": c.a.model_ref,
+                    "b": c.b.model_ref,
+                    "metric": c.metric,
+                    "a_value": c.a_value,
+                    "b_value": c.b_value,
+                    "diff": c.test.diff,
+                    "ci": list(c.test.ci),
+                    "test": c.test.test,
+                    "p_value": c.test.p_value,
+                    "verdict": c.verdict,
+                    "mde": c.mde,
+                    "sentence": c.sentence,
+                }
+                for c in report.comparisons
+            ],
+        },
+    )
+    return folder

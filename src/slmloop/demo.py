@@ -33,6 +33,7 @@ class DemoResult:
     release: int | None = None
     smoke: dict[str, Any] = field(default_factory=dict)
     drift: dict[str, str] = field(default_factory=dict)
+    comparison: str = ""
 
 
 class _Clock:
@@ -97,6 +98,7 @@ def _smoke(url: str) -> dict[str, Any]:
 
 
 def run_demo(directory: Path | None = None, console: Console | None = None) -> DemoResult:
+    from slmloop.analyze.compare import compare_pair
     from slmloop.data.importer import import_source
     from slmloop.data.prepare import prepare_dataset
     from slmloop.evaluate.evaluate import evaluate
@@ -134,6 +136,8 @@ def run_demo(directory: Path | None = None, console: Console | None = None) -> D
     with clock.stage("4. evaluate the fine-tuned model on gold"):
         tuned = evaluate(project, run.name, console=console)
         result.tuned = tuned.metrics
+        result.comparison = compare_pair(project, base, tuned).sentence
+        console.print(result.comparison)
     with clock.stage("5. export release"):
         release = export_release(project, run.name, console=console)
         result.release = release.version
@@ -158,12 +162,13 @@ def summary_table(result: DemoResult) -> Table:
     t.add_column("what")
     t.add_column("base", justify="right")
     t.add_column("fine-tuned", justify="right")
+
+    def cell(m: dict, key: str) -> str:
+        lo, hi = m.get("ci", {}).get(key, (float("nan"), float("nan")))
+        return f"{m.get(key, float('nan')):.3f} [{lo:.2f}, {hi:.2f}]"
+
     for key in ("accuracy", "macro_f1"):
-        t.add_row(
-            f"gold {key}",
-            f"{result.base.get(key, float('nan')):.3f}",
-            f"[bold]{result.tuned.get(key, float('nan')):.3f}[/bold]",
-        )
+        t.add_row(f"gold {key} (95 % CI)", cell(result.base, key), f"[bold]{cell(result.tuned, key)}[/bold]")
     s = result.smoke
     t.add_row("release", "", f"v{result.release}")
     smoke_ok = s.get("health") and s.get("chat") and s.get("malformed_status", 0) in range(400, 500)
@@ -181,4 +186,6 @@ def summary_table(result: DemoResult) -> Table:
     t.add_row("drift: SMS-like traffic", "", result.drift.get("sms", "?"))
     t.add_row("drift: hotel-booking traffic", "", result.drift.get("hotels", "?"))
     t.add_row("wall time", "", f"{result.seconds / 60:.1f} min")
+    if result.comparison:
+        t.caption = result.comparison
     return t

@@ -54,15 +54,16 @@ def _plot_metrics(metrics: dict[str, Any], path: Path, title: str) -> Path | Non
     if not ci and not per_class:
         return None
     panels = 2 if per_class else 1
-    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 3.5), dpi=100, squeeze=False)
+    rows = max(len(ci), len(per_class or {}))
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 0.6 * rows + 2), dpi=100, squeeze=False)
     ax = axes[0][0]
     names = list(ci)
     values = [metrics.get(n, math.nan) for n in names]
     lo = [v - ci[n][0] for n, v in zip(names, values, strict=True)]
     hi = [ci[n][1] - v for n, v in zip(names, values, strict=True)]
     ax.barh(names, values, xerr=[lo, hi], color="#6baed6", capsize=4)
-    for i, v in enumerate(values):
-        ax.text(v, i, f" {v:.3f}", va="center")
+    for i, (v, n) in enumerate(zip(values, names, strict=True)):
+        ax.text(max(v, ci[n][1]) + 0.01, i, f"{v:.3f}", va="center")
     for g in metrics.get("gates", []):
         if g["metric"] in names:
             ax.plot(
@@ -71,7 +72,7 @@ def _plot_metrics(metrics: dict[str, Any], path: Path, title: str) -> Path | Non
                 color="#2ca25f" if g["passed"] else "#de2d26",
                 linewidth=3,
             )
-    ax.set_xlim(0, 1.05)
+    ax.set_xlim(0, 1.15)
     ax.set_title(f"metrics ({100 * metrics.get('confidence', 0.95):.0f} % CI; bars = gates)")
     if per_class:
         ax = axes[0][1]

@@ -1,0 +1,136 @@
+"""Gates, eval packs, must-beat, endpoints and judges as models, compare and analyze — on the tiny project."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from slmloop.analyze.compare import compare_models
+from slmloop.analyze.failures import analyze, export_for_labelling, find_label_issues
+from slmloop.cli import main
+from slmloop.evaluate.evaluate import evaluate, failed_gates
+from slmloop.manifest import EvalConfig
+from slmloop.project import open_project
+from slmloop.store import RequestLog
+from tests.test_endpoint import fake_api
+
+
+@pytest.fixture
+def project(trained_project: Path, tmp_path: Path):
+    root = tmp_path / "copy"
+    shutil.copytree(trained_project, root)
+    p = open_project(root)
+    yield p
+    p.close()
+
+
+def test_metrics_carry_confidence_intervals(project) -> None:
+    ev = evaluate(project, "run-1")
+    for name in ("accuracy", "macro_f1"):
+        lo, hi = ev.metrics["ci"][name]
+        assert lo <= ev.metrics[name] <= hi and hi - lo > 0
+    assert ev.metrics["runtime"]["cost_per_1k_requests"] > 0
+
+
+def test_a_gate_above_the_score_fails_the_eval(project, capsys) -> None:
+    pack = project.root / "strict.yaml"
+    pack.write_text(yaml.safe_dump({"gates": [
+        {"metric": "accuracy", "op": "gte", "threshold": 1.01, "required": True},
+        {"metric": "macro_f1", "op": "gte", "threshold": 0.0, "required": True},
+    ]}))
+    assert main(["eval", "--model", "run-1", "--pack", str(pack), "-p", str(project.root)]) == 3
+    captured = capsys.readouterr()
+    assert "FAIL" in captured.out and "PASS" in captured.out
+    assert "failed required gate(s): accuracy >= 1.01" in captured.err
+    pack.write_text(yaml.safe_dump({"gates": [{"metric": "accuracy", "op": "gte", "threshold": 0.0}]}))
+    assert main(["eval", "--model", "run-1", "--pack", str(pack), "-p", str(project.root)]) == 0
+
+
+def test_significant_gate_judges_the_ci_bound(project) -> None:
+    ev = evaluate(project, "run-1", pack=EvalConfig(gates=[]))
+    lo, _ = ev.metrics["ci"]["accuracy"]
+    value = ev.metrics["accuracy"]
+    threshold = (lo + value) / 2  # between the bound and the estimate
+    cfg = EvalConfig(gates=[{"metric": "accuracy", "threshold": threshold, "significant": True}])
+    ev2 = evaluate(project, "run-1", pack=cfg)
+    assert ev2.metrics["gates"][0]["passed"] is False and failed_gates(ev2)
+    cfg = EvalConfig(gates=[{"metric": "accuracy", "threshold": threshold, "significant": False}])
+    assert evaluate(project, "run-1", pack=cfg).metrics["gates"][0]["passed"] is True
+
+
+def test_must_beat_base_runs_a_paired_test(project) -> None:
+    ev = evaluate(project, "run-1", pack=EvalConfig(compare={"must_beat": "base", "alpha": 0.05}))
+    beat = ev.metrics["must_beat"]
+    assert beat["against"] == "base" and beat["test"].startswith("mcnemar")
+    assert 0 <= beat["p_value"] <= 1 and beat["verdict"] in ("better", "worse", "not distinguishable")
+    assert (beat["verdict"] == "better") == (not any("must beat" in f for f in failed_gates(ev)))
+
+
+def test_compare_reports_gain_ci_and_p_value(project) -> None:
+    report = compare_models(project, ["base", "run-1"])
+    c = report.comparisons[0]
+    assert c.metric == "accuracy" and c.a.model_ref == "base" and c.b.model_ref == "run-1"
+    assert c.test.ci[0] <= c.test.diff <= c.test.ci[1]
+    assert "run-1" in c.sentence and "CI" in c.sentence and ("p" in c.sentence)
+    assert (report.path / "index.html").exists() and (report.path / "compare.png").exists()
+    again = compare_models(project, ["base", "run-1"])  # stored evaluations are reused
+    assert [e.id for e in again.evaluations] == [e.id for e in report.evaluations]
+
+
+def test_endpoint_as_a_model_with_latency_cost_and_a_judge(project) -> None:
+    endpoints = {"frontier": {"url": "https://api.example/v1", "model": "big", "price_per_1k_input": 1.0,
+                              "price_per_1k_output": 2.0}}
+    project.manifest.eval.endpoints = {k: v for k, v in EvalConfig(endpoints=endpoints).endpoints.items()}
+    ev = evaluate(project, "endpoint:frontier", transport=fake_api())
+    rt = ev.metrics["runtime"]
+    assert ev.model_ref == "endpoint:frontier" and ev.mode == "generate"
+    assert rt["latency_p50_s"] > 0 and rt["prompt_tokens"] > 0 and rt["cost"] > 0
+    assert 0.0 <= ev.metrics["accuracy"] <= 1.0
+
+    def judge_handler(request: httpx.Request) -> httpx.Response:
+        payload = json.loads(json.loads(request.content)["messages"][-1]["content"])
+        score = 5 if payload["answer"] == payload["reference"] else 1
+        return httpx.Response(200, json={"choices": [{"message": {"content": json.dumps(
+            {"score": score, "reason": "compared"})}}], "usage": {"prompt_tokens": 10, "completion_tokens": 5}})
+
+    cfg = EvalConfig(endpoints=endpoints, judge={"endpoint": "frontier", "rubric": "exact label match"})
+    judged = evaluate(project, "run-1", pack=cfg, transport=httpx.MockTransport(judge_handler))
+    j = judged.metrics["judge"]
+    assert j["rubric"] == "exact label match" and j["model"] == "big"
+    assert judged.metrics["judge_score"] == pytest.approx(1 + 4 * judged.metrics["accuracy"])
+
+
+def test_find_label_issues_by_hand() -> None:
+    import numpy as np
+
+    labels = [0, 0, 0, 1, 1]
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.05, 0.95], [0.2, 0.8], [0.3, 0.7]])
+    # thresholds: class 0 -> mean(.9,.8,.05)=.583; class 1 -> mean(.8,.7)=.75; row 2 says 1 at .95 >= .75
+    assert find_label_issues(labels, probs) == [(2, 1, pytest.approx(0.05))]
+
+
+def test_analyze_lists_slices_clusters_and_exports_rows_to_label(project, tmp_path: Path) -> None:
+    ev = evaluate(project, "base")  # the untrained model fails plenty
+    preds = project.store.predictions(ev.id)
+    failing = [p.input for p in preds if not p.correct]
+    assert failing
+    for text in failing[:5]:  # live traffic resembling the failures
+        project.store.add(RequestLog(release_version=1, endpoint="/v1/predict", status=200, input=text + " again",
+                                     output=json.dumps({"label": "ham"})))
+    a = analyze(project, ev.name, train_rows=True)
+    assert {s.by for s in a.slices} >= {"label", "length (words)"}
+    assert a.clusters and a.clusters[0].kind == "confusion" and a.clusters[0].exemplars
+    assert sum(c.n for c in a.clusters) == len(failing)
+    assert a.plan and (a.path / "index.html").exists() and (a.path / "slices.png").exists()
+    out = tmp_path / "to_label.jsonl"
+    counts = export_for_labelling(project, a, out)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert counts.get("live traffic", 0) >= 1 and len(rows) == sum(counts.values())
+    gold_inputs = {p.input for p in preds}
+    assert not any(r.get("text") in gold_inputs for r in rows)  # gold never goes back into training
+    assert main(["data", "import", str(out), "-p", str(project.root)]) == 0  # importable as is

@@ -13,7 +13,7 @@ hint with a non-zero exit; the server maps ``http_status`` to a JSON body.
     │   └── NotFoundError    a run, release, evaluation … that does not exist
     ├── LeakageError         train/validation rows overlap the gold set
     ├── PreflightError       a training run that will not fit or cannot start
-    ├── GateError            an evaluation gate that a release must pass failed
+    ├── GateError            a required evaluation gate failed                 (exit 3)
     └── ServeError           the server cannot start or answer
 """
 
@@ -100,6 +100,7 @@ class PreflightError(SlmloopError):
 
 class GateError(SlmloopError):
     code = "gate_failed"
+    exit_code = 3
 
 
 class ServeError(SlmloopError):

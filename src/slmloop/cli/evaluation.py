@@ -10,10 +10,9 @@ import typer
 from rich.table import Table
 
 from slmloop.cli.common import ProjectOpt, err, load, out
+from slmloop.errors import GateError
 
 app = typer.Typer(help="Score models on the frozen gold set.", invoke_without_command=True)
-
-GATE_FAILED = 3  # exit code when a required gate or must-beat comparison fails
 
 
 @app.callback()
@@ -51,10 +50,10 @@ def evaluate(
     out.print(f"report: {proj.reports_dir / ev.name / 'index.html'}")
     failed = failed_gates(ev)
     if failed:
-        err.print(
-            f"[bold red]Error:[/bold red] {ev.model_ref} failed required gate(s): {'; '.join(failed)}", soft_wrap=True
+        raise GateError(
+            f"{ev.model_ref} failed required gate(s): {'; '.join(failed)}",
+            hint=f"See {proj.reports_dir / ev.name / 'index.html'}; `slmloop analyze {ev.name}` shows where it fails.",
         )
-        return GATE_FAILED
     return 0
 
 

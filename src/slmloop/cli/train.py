@@ -45,6 +45,11 @@ def train(
     grad_accum: Annotated[int | None, typer.Option(help="Micro-batches per optimizer step.")] = None,
     lora_r: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
     lora_alpha: Annotated[int | None, typer.Option(help="LoRA alpha (scale = alpha / r).")] = None,
+    lora_dropout: Annotated[float | None, typer.Option(help="Dropout on the LoRA input.")] = None,
+    target_modules: Annotated[
+        str | None, typer.Option(help="auto | all-linear | comma-separated module names (q_proj,v_proj).")
+    ] = None,
+    max_length: Annotated[int | None, typer.Option(help="Longest example in tokens (model.max_length).")] = None,
     scheduler: Annotated[str | None, typer.Option(help="cosine | linear | constant")] = None,
     warmup_ratio: Annotated[float | None, typer.Option(help="Fraction of steps to warm up.")] = None,
     precision: Annotated[str | None, typer.Option(help="auto | bf16 | fp32")] = None,
@@ -85,20 +90,31 @@ def train(
         "checkpoint_every": checkpoint_every,
         "eval_every": eval_every,
         "gradient_checkpointing": gradient_checkpointing,
+        "lora_dropout": lora_dropout,
     }
+    if target_modules is not None:
+        names = [m.strip() for m in target_modules.split(",") if m.strip()]
+        overrides["target_modules"] = target_modules if target_modules in ("auto", "all-linear") else names
     if num_processes > 1:
         if dry_run:
             err.print("[yellow]--dry-run forecasts one process; run it without --num-processes.[/yellow]")
         flags = [
             f"--{k.replace('_', '-')}={v}"
             for k, v in overrides.items()
-            if v is not None and k != "learning_rate" and not isinstance(v, bool)
+            if v is not None and k not in ("learning_rate", "target_modules") and not isinstance(v, bool)
         ]
         if learning_rate is not None:
             flags.append(f"--lr={learning_rate}")
         if gradient_checkpointing is not None:
             flags.append("--gradient-checkpointing" if gradient_checkpointing else "--no-gradient-checkpointing")
-        for name, value in (("dataset", dataset), ("init-from", init_from), ("resume", resume)):
+        named = (
+            ("dataset", dataset),
+            ("init-from", init_from),
+            ("resume", resume),
+            ("max-length", max_length),
+            ("target-modules", target_modules),
+        )
+        for name, value in named:
             if value is not None:
                 flags.append(f"--{name}={value}")
         if allow_leakage:
@@ -112,6 +128,8 @@ def train(
     from slmloop.train.recipe import train as run_training
 
     proj = load(project)
+    if max_length is not None:
+        proj.manifest.model.max_length = max_length
     result = run_training(
         proj,
         overrides,

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
 from rich.console import Console
 
 from slmloop import versions
@@ -74,8 +75,9 @@ def resolve_train_config(base: TrainConfig, overrides: dict[str, Any] | None) ->
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return TrainConfig.model_validate(data)
-    except Exception as exc:  # pydantic.ValidationError
-        raise ConfigError(f"bad training option: {exc}", hint="See `slmloop train --help`.") from None
+    except ValidationError as exc:
+        problems = "; ".join(f"train.{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"bad training option: {problems}", hint="See `slmloop train --help`.") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ def _plot_metrics(metrics: dict[str, Any], path: Path, title: str) -> Path | Non
     rows = max(len(ci), len(per_class or {}))
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 0.6 * rows + 2), dpi=100, squeeze=False)
     ax = axes[0][0]
-    names = list(ci)
+    names = [n for n in ci if 0.0 <= metrics.get(n, math.nan) <= 1.0]  # rates on one axis (not the 1-5 judge)
     values = [metrics.get(n, math.nan) for n in names]
     lo = [v - ci[n][0] for n, v in zip(names, values, strict=True)]
     hi = [ci[n][1] - v for n, v in zip(names, values, strict=True)]

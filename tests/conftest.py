@@ -79,3 +79,17 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) 
     export_release(p, run.name)
     p.close()
     return root
+
+
+@pytest.fixture
+def trained_copy(trained_project: Path, tmp_path: Path):
+    """A writable copy of the trained toy project, opened."""
+    import shutil
+
+    from slmloop.project import open_project
+
+    root = tmp_path / "copy"
+    shutil.copytree(trained_project, root)
+    p = open_project(root)
+    yield p
+    p.close()

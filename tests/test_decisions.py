@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import httpx
@@ -15,18 +14,13 @@ from slmloop.analyze.failures import analyze, export_for_labelling, find_label_i
 from slmloop.cli import main
 from slmloop.evaluate.evaluate import evaluate, failed_gates
 from slmloop.manifest import EvalConfig
-from slmloop.project import open_project
 from slmloop.store import RequestLog
 from tests.test_endpoint import fake_api
 
 
 @pytest.fixture
-def project(trained_project: Path, tmp_path: Path):
-    root = tmp_path / "copy"
-    shutil.copytree(trained_project, root)
-    p = open_project(root)
-    yield p
-    p.close()
+def project(trained_copy):
+    return trained_copy
 
 
 def test_metrics_carry_confidence_intervals(project) -> None:
@@ -39,10 +33,16 @@ def test_metrics_carry_confidence_intervals(project) -> None:
 
 def test_a_gate_above_the_score_fails_the_eval(project, capsys) -> None:
     pack = project.root / "strict.yaml"
-    pack.write_text(yaml.safe_dump({"gates": [
-        {"metric": "accuracy", "op": "gte", "threshold": 1.01, "required": True},
-        {"metric": "macro_f1", "op": "gte", "threshold": 0.0, "required": True},
-    ]}))
+    pack.write_text(
+        yaml.safe_dump(
+            {
+                "gates": [
+                    {"metric": "accuracy", "op": "gte", "threshold": 1.01, "required": True},
+                    {"metric": "macro_f1", "op": "gte", "threshold": 0.0, "required": True},
+                ]
+            }
+        )
+    )
     assert main(["eval", "--model", "run-1", "--pack", str(pack), "-p", str(project.root)]) == 3
     captured = capsys.readouterr()
     assert "FAIL" in captured.out and "PASS" in captured.out
@@ -83,8 +83,14 @@ def test_compare_reports_gain_ci_and_p_value(project) -> None:
 
 
 def test_endpoint_as_a_model_with_latency_cost_and_a_judge(project) -> None:
-    endpoints = {"frontier": {"url": "https://api.example/v1", "model": "big", "price_per_1k_input": 1.0,
-                              "price_per_1k_output": 2.0}}
+    endpoints = {
+        "frontier": {
+            "url": "https://api.example/v1",
+            "model": "big",
+            "price_per_1k_input": 1.0,
+            "price_per_1k_output": 2.0,
+        }
+    }
     project.manifest.eval.endpoints = {k: v for k, v in EvalConfig(endpoints=endpoints).endpoints.items()}
     ev = evaluate(project, "endpoint:frontier", transport=fake_api())
     rt = ev.metrics["runtime"]
@@ -95,8 +101,13 @@ def test_endpoint_as_a_model_with_latency_cost_and_a_judge(project) -> None:
     def judge_handler(request: httpx.Request) -> httpx.Response:
         payload = json.loads(json.loads(request.content)["messages"][-1]["content"])
         score = 5 if payload["answer"] == payload["reference"] else 1
-        return httpx.Response(200, json={"choices": [{"message": {"content": json.dumps(
-            {"score": score, "reason": "compared"})}}], "usage": {"prompt_tokens": 10, "completion_tokens": 5}})
+        return httpx.Response(
+            200,
+            json={
+                "choices": [{"message": {"content": json.dumps({"score": score, "reason": "compared"})}}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+            },
+        )
 
     cfg = EvalConfig(endpoints=endpoints, judge={"endpoint": "frontier", "rubric": "exact label match"})
     judged = evaluate(project, "run-1", pack=cfg, transport=httpx.MockTransport(judge_handler))
@@ -120,8 +131,15 @@ def test_analyze_lists_slices_clusters_and_exports_rows_to_label(project, tmp_pa
     failing = [p.input for p in preds if not p.correct]
     assert failing
     for text in failing[:5]:  # live traffic resembling the failures
-        project.store.add(RequestLog(release_version=1, endpoint="/v1/predict", status=200, input=text + " again",
-                                     output=json.dumps({"label": "ham"})))
+        project.store.add(
+            RequestLog(
+                release_version=1,
+                endpoint="/v1/predict",
+                status=200,
+                input=text + " again",
+                output=json.dumps({"label": "ham"}),
+            )
+        )
     a = analyze(project, ev.name, train_rows=True)
     assert {s.by for s in a.slices} >= {"label", "length (words)"}
     assert a.clusters and a.clusters[0].kind == "confusion" and a.clusters[0].exemplars

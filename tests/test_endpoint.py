@@ -24,16 +24,20 @@ def fake_api(fail_first: int = 0, status: int = 429, seen: list | None = None) -
             return httpx.Response(status, headers={"retry-after": "0"}, text="slow down")
         text = body["messages"][-1]["content"]
         answer = "spam" if "win" in text.lower() else "ham"
-        return httpx.Response(200, json={
-            "choices": [{"message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": len(text.split()), "completion_tokens": 1},
-        })
+        return httpx.Response(
+            200,
+            json={
+                "choices": [{"message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": len(text.split()), "completion_tokens": 1},
+            },
+        )
 
     return httpx.MockTransport(handler)
 
 
-CFG = EndpointConfig(url="https://api.example/v1", model="big-model", price_per_1k_input=1.0,
-                     price_per_1k_output=2.0, max_retries=3)
+CFG = EndpointConfig(
+    url="https://api.example/v1", model="big-model", price_per_1k_input=1.0, price_per_1k_output=2.0, max_retries=3
+)
 
 
 def test_answers_with_usage_and_cost() -> None:

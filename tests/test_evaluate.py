@@ -1,21 +1,13 @@
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
 
 from slmloop.evaluate.evaluate import evaluate, latest_evaluations
-from slmloop.project import open_project
 
 
 @pytest.fixture
-def project(trained_project: Path, tmp_path: Path):
-    root = tmp_path / "copy"
-    shutil.copytree(trained_project, root)
-    p = open_project(root)
-    yield p
-    p.close()
+def project(trained_copy):
+    return trained_copy
 
 
 def test_eval_stores_every_prediction_and_consistent_metrics(project) -> None:

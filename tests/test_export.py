@@ -1,26 +1,19 @@
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
 from slmloop.models.catalog import ResolvedModel
 from slmloop.models.loading import load_causal_lm
-from slmloop.project import open_project
 from slmloop.release.export import export_release, verify_release
 from slmloop.store import Release, sha256_file
 
 
 @pytest.fixture
-def project(trained_project: Path, tmp_path: Path):
-    root = tmp_path / "copy"
-    shutil.copytree(trained_project, root)
-    p = open_project(root)
-    yield p
-    p.close()
+def project(trained_copy):
+    return trained_copy
 
 
 def test_release_describes_itself_and_checksums_every_file(project) -> None:

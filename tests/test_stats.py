@@ -71,8 +71,9 @@ def test_paired_permutation_agrees_with_scipy() -> None:
         return float(np.where(swap, a, b).mean() - np.where(swap, b, a).mean())
 
     ours = paired_permutation(score, 80, permutations=4000)
-    ref = stats.permutation_test((a, b), lambda x, y: np.mean(y) - np.mean(x), permutation_type="samples",
-                                 n_resamples=4000, random_state=0)
+    ref = stats.permutation_test(
+        (a, b), lambda x, y: np.mean(y) - np.mean(x), permutation_type="samples", n_resamples=4000, random_state=0
+    )
     assert ours.diff == pytest.approx(b.mean() - a.mean())
     assert ours.p_value == pytest.approx(ref.pvalue, abs=0.01)
 

@@ -94,6 +94,25 @@ def find_label_issues(labels: list[int], probs: np.ndarray) -> list[tuple[int, i
     return sorted(issues, key=lambda x: x[2])
 
 
+def _disputed(task: Any, split: str, rows: list[dict], scores: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of ``split`` whose label the model's probabilities dispute (see :func:`find_label_issues`)."""
+    labels = list(task.labels or [])
+    probs = np.array([[s["probs"][lab] for lab in labels] for s in scores])
+    given = [labels.index(r["label"]) for r in rows]
+    return [
+        {
+            "split": split,
+            "row": i,
+            "text": input_text(task, rows[i])[:200],
+            "label": rows[i]["label"],
+            "suggested": labels[j],
+            "p_given": conf,
+            "p_suggested": float(probs[i, j]),
+        }
+        for i, j, conf in find_label_issues(given, probs)
+    ]
+
+
 def _slices(task: Any, rows: list[dict], hits: np.ndarray) -> list[Slice]:
     out: list[Slice] = []
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
@@ -267,21 +286,7 @@ def analyze(
     else:
         analysis.clusters = _embedding_clusters(project, preds)
     if task.type == "classification" and task.labels and preds and "probs" in preds[0].scores:
-        labels = list(task.labels)
-        probs = np.array([[p.scores["probs"][lab] for lab in labels] for p in preds])
-        given = [labels.index(r["label"]) for r in rows]
-        for i, j, conf in find_label_issues(given, probs):
-            analysis.label_issues.append(
-                {
-                    "split": "gold",
-                    "row": i,
-                    "text": input_text(task, rows[i])[:200],
-                    "label": rows[i]["label"],
-                    "suggested": labels[j],
-                    "p_given": conf,
-                    "p_suggested": float(probs[i, j]),
-                }
-            )
+        analysis.label_issues = _disputed(task, "gold", rows, [p.scores for p in preds])
         if train_rows and not ev.model_ref.startswith("endpoint:"):
             analysis.label_issues += _train_label_issues(project, ev, console)
     analysis.plan = _plan(analysis, task.type)
@@ -306,21 +311,7 @@ def _train_label_issues(project: Project, ev: Evaluation, console: Console) -> l
         results = predict_rows(
             task, "rank", model, tok, train, batch_size=project.manifest.eval.batch_size, max_new_tokens=1
         )
-    labels = list(task.labels or [])
-    probs = np.array([[r.scores["probs"][lab] for lab in labels] for r in results])
-    given = [labels.index(r["label"]) for r in train]
-    return [
-        {
-            "split": "train",
-            "row": i,
-            "text": input_text(task, train[i])[:200],
-            "label": train[i]["label"],
-            "suggested": labels[j],
-            "p_given": conf,
-            "p_suggested": float(probs[i, j]),
-        }
-        for i, j, conf in find_label_issues(given, probs)
-    ]
+    return _disputed(task, "train", train, [r.scores for r in results])
 
 
 def export_for_labelling(project: Project, analysis: Analysis, path: Path, limit: int = 200) -> dict[str, int]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -15,6 +15,10 @@ app = typer.Typer(help="Import, clean, split and inspect data.", no_args_is_help
 gold_app = typer.Typer(help="The frozen gold set.", no_args_is_help=True)
 
 SHOW_REJECTS = 20
+
+MapOpt = Annotated[list[str] | None, typer.Option("--map", help="task_field=column (repeatable).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Apply a proposed mapping even if unsure.")]
+NoteOpt = Annotated[str, typer.Option(help="Why (kept in the audit log).")]
 
 
 def _parse_map(pairs: list[str]) -> dict[str, str]:
@@ -36,8 +40,8 @@ def import_(
     columns: Annotated[str | None, typer.Option(help="Comma-separated column names (no header).")] = None,
     delimiter: Annotated[str | None, typer.Option(help="CSV/TSV delimiter.")] = None,
     no_quoting: Annotated[bool, typer.Option("--no-quoting", help="Quotes are plain text.")] = False,
-    map_: Annotated[list[str] | None, typer.Option("--map", help="task_field=column (repeatable).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Apply a proposed mapping even if unsure.")] = False,
+    map_: MapOpt = None,
+    force: ForceOpt = False,
     project: ProjectOpt = Path("."),
 ) -> None:
     """Read sources into the project; every row is accepted or rejected with a reason."""
@@ -299,30 +303,30 @@ def report(
     out.print(f"report: {folder / 'index.html'}")
 
 
-def _gold_source(file: Path, map_: list[str] | None, proj) -> object:  # type: ignore[no-untyped-def]
+def _gold_file_rows(proj: Any, file: Path, map_: list[str] | None, force: bool) -> tuple[list[dict], list[dict]]:
+    from slmloop.data.gold import read_gold_file
     from slmloop.data.importer import source_for
     from slmloop.manifest import SourceConfig
 
     base = source_for(proj, file).model_dump()
     if map_:
         base["fields"] = _parse_map(map_)
-    return SourceConfig.model_validate(base)
+    return read_gold_file(proj, SourceConfig.model_validate(base), force)
 
 
 @gold_app.command("add")
 def gold_add(
     file: Annotated[Path, typer.Argument(help="Rows to add (same formats as data import).")],
-    map_: Annotated[list[str] | None, typer.Option("--map", help="task_field=column (repeatable).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Apply a proposed mapping even if unsure.")] = False,
-    note: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "",
+    map_: MapOpt = None,
+    force: ForceOpt = False,
+    note: NoteOpt = "",
     project: ProjectOpt = Path("."),
 ) -> None:
     """Add rows to the gold set (a new gold version)."""
     from slmloop.data.gold import gold_add as add
-    from slmloop.data.gold import read_gold_file
 
     proj = load(project)
-    rows, rejects = read_gold_file(proj, _gold_source(file, map_, proj), force)  # type: ignore[arg-type]
+    rows, rejects = _gold_file_rows(proj, file, map_, force)
     version, added = add(proj, rows, note)
     out.print(
         f"[bold]{version.id}[/bold]: {added} row(s) added ({len(rows) - added} already in gold, "
@@ -334,7 +338,7 @@ def gold_add(
 @gold_app.command("remove")
 def gold_remove(
     rows: Annotated[list[int], typer.Argument(help="Row numbers (see `slmloop gold show`).")],
-    note: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "",
+    note: NoteOpt = "",
     project: ProjectOpt = Path("."),
 ) -> None:
     """Remove rows from the gold set (a new gold version)."""
@@ -347,16 +351,16 @@ def gold_remove(
 @gold_app.command("freeze")
 def gold_freeze(
     file: Annotated[Path, typer.Argument(help="A curated gold file that replaces the gold set.")],
-    map_: Annotated[list[str] | None, typer.Option("--map", help="task_field=column (repeatable).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Apply a proposed mapping even if unsure.")] = False,
-    note: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "",
+    map_: MapOpt = None,
+    force: ForceOpt = False,
+    note: NoteOpt = "",
     project: ProjectOpt = Path("."),
 ) -> None:
     """Freeze a curated file as the new gold version."""
-    from slmloop.data.gold import gold_replace, read_gold_file
+    from slmloop.data.gold import gold_replace
 
     proj = load(project)
-    rows, rejects = read_gold_file(proj, _gold_source(file, map_, proj), force)  # type: ignore[arg-type]
+    rows, rejects = _gold_file_rows(proj, file, map_, force)
     version = gold_replace(proj, rows, note)
     out.print(f"[bold]{version.id}[/bold] frozen: {version.rows} rows ({len(rejects)} unreadable rows skipped)")
 

@@ -23,19 +23,7 @@ def test_normalize_text() -> None:
 
 
 def _project(tmp_path: Path, rows: list[dict], **split):
-    p = open_project(
-        write_project(
-            tmp_path / "p",
-            "unused",
-            rows,
-            data={
-                "sources": [{"path": "data/train.jsonl"}],
-                "split": {"validation": 0.1, "gold": 0.2, "seed": 1, **split},
-            },
-        )
-    )
-    import_source(p, p.manifest.data.sources[0])
-    return p
+    return _imported(tmp_path, rows, split={"validation": 0.1, "gold": 0.2, "seed": 1, **split})[0]
 
 
 def test_prepare_accounts_for_every_row_and_stratifies(tmp_path: Path) -> None:
@@ -92,20 +80,14 @@ def test_prepare_without_imports_says_what_to_do(tmp_path: Path) -> None:
         prepare_dataset(p)
 
 
+def _imported(tmp_path: Path, rows: list[dict], **data) -> tuple:
+    data = {"sources": [{"path": "data/train.jsonl"}], "split": {"validation": 0.1, "gold": 0.2, "seed": 1}, **data}
+    p = open_project(write_project(tmp_path / "p", "unused", rows, data=data))
+    return p, import_source(p, p.manifest.data.sources[0])
+
+
 def _prepare_rows(tmp_path: Path, rows: list[dict], **data) -> tuple:
-    p = open_project(
-        write_project(
-            tmp_path / "p",
-            "unused",
-            rows,
-            data={
-                "sources": [{"path": "data/train.jsonl"}],
-                "split": {"validation": 0.1, "gold": 0.2, "seed": 1},
-                **data,
-            },
-        )
-    )
-    imp = import_source(p, p.manifest.data.sources[0])
+    p, imp = _imported(tmp_path, rows, **data)
     splits, _ = prepare_dataset(p)
     return p, splits, p.objects.read_jsonl(splits.version.rejects_object), imp
 

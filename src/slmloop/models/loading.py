@@ -156,7 +156,15 @@ def load_causal_lm(
         with quiet_transformers():
             lm = PeftModel.from_pretrained(lm, str(adapter))
             if merge:
-                lm = lm.merge_and_unload().to(dtype)
+                lm = lm.merge_and_unload()
+                # cast the weights only: buffers such as rotary frequencies stay fp32, as a direct load
+                # in ``dtype`` keeps them; tied weights stay tied. requires_grad is restored as a plain
+                # load has it: PyTorch multiplies a sliced 3-D input by a frozen weight through a slow
+                # batched copy (the LM head got ~100x slower at generation time without this)
+                for p in lm.parameters():
+                    p.data = p.data.to(dtype)
+                    p.requires_grad_(True)
+                lm.config.dtype = dtype
     lm.eval()
     return lm
 

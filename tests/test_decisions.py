@@ -14,6 +14,7 @@ from slmloop.analyze.failures import analyze, export_for_labelling, find_label_i
 from slmloop.cli import main
 from slmloop.evaluate.evaluate import evaluate, failed_gates
 from slmloop.manifest import EvalConfig
+from slmloop.project import open_project
 from slmloop.store import RequestLog
 from tests.test_endpoint import fake_api
 
@@ -152,3 +153,71 @@ def test_analyze_lists_slices_clusters_and_exports_rows_to_label(project, tmp_pa
     gold_inputs = {p.input for p in preds}
     assert not any(r.get("text") in gold_inputs for r in rows)  # gold never goes back into training
     assert main(["data", "import", str(out), "-p", str(project.root)]) == 0  # importable as is
+
+
+def _eval_project(tmp_path: Path, tiny_model: Path, task: dict, rows: list[dict]):
+    from slmloop.data.importer import import_source
+    from slmloop.data.prepare import prepare_dataset
+    from tests.conftest import write_project
+
+    root = write_project(
+        tmp_path / task["type"], tiny_model, rows, task=task, eval={"mode": "generate", "max_new_tokens": 6}
+    )
+    p = open_project(root)
+    import_source(p, p.manifest.data.sources[0])
+    prepare_dataset(p)
+    return p
+
+
+def test_extraction_failures_cluster_by_error_type(tmp_path: Path, tiny_model: Path) -> None:
+    import random
+
+    rng = random.Random(0)
+    words = [
+        "alpha",
+        "bravo",
+        "charlie",
+        "delta",
+        "echo",
+        "foxtrot",
+        "golf",
+        "hotel",
+        "india",
+        "juliet",
+        "kilo",
+        "lima",
+        "mike",
+    ]
+    rows = [
+        {"text": f"order from {a} on day {d} amount {n} {b} {c}", "output": {"name": a, "amount": n}}
+        for a, b, c, d, n in (
+            (rng.choice(words), rng.choice(words), rng.choice(words), i, rng.randint(1, 999)) for i in range(60)
+        )
+    ]
+    p = _eval_project(tmp_path, tiny_model, {"type": "extraction", "fields": ["name", "amount"], "labels": None}, rows)
+    ev = evaluate(p, "base")
+    assert "micro_f1" in ev.metrics["ci"] and "schema_pass_rate" in ev.metrics
+    a = analyze(p, ev.name)
+    kinds = {c.kind for c in a.clusters}
+    assert kinds == {"error type"} and any(c.title == "invalid JSON" for c in a.clusters)
+    p.close()
+
+
+def test_generation_failures_cluster_by_embedding(tmp_path: Path, tiny_model: Path) -> None:
+    topics = [
+        "book a hotel room in paris for two nights",
+        "refund my train ticket from monday",
+        "what is the weather in rome tomorrow",
+        "reset my bank card pin code please",
+    ]
+    rows = [
+        {"input": f"{t} request {i}", "output": f"answer {i}"} for i in range(40) for t in topics[i % 4 : i % 4 + 1]
+    ]
+    p = _eval_project(tmp_path, tiny_model, {"type": "generation", "labels": None}, rows)
+    ev = evaluate(p, "base")
+    assert {"exact_match", "rouge_l"} <= set(ev.metrics["ci"]) and "bleu" in ev.metrics and "chrf" in ev.metrics
+    a = analyze(p, ev.name)
+    assert a.clusters and {c.kind for c in a.clusters} == {"embedding"}
+    assert sum(c.n for c in a.clusters) == sum(1 for x in p.store.predictions(ev.id) if not x.correct)
+    assert all(c.exemplars for c in a.clusters)
+    p.close()

@@ -55,6 +55,9 @@ def test_extraction_by_hand() -> None:
     assert m["micro_precision"] == pytest.approx(3 / 5)
     assert m["micro_recall"] == pytest.approx(3 / 4)
     assert m["field_accuracy"] == {"name": 1.0, "amount": 0.5}
+    # amount: TP=1 (5), FP=1 (8), FN=1 (7) -> F1 = 2/(2+1+1); name: all right
+    assert m["field_f1"] == {"name": 1.0, "amount": pytest.approx(0.5)}
+    assert m["schema_pass_rate"] == 0.5  # the second answer has an extra key
 
 
 def test_parse_json_object() -> None:

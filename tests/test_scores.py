@@ -39,7 +39,7 @@ def test_extraction_scores_match_the_reference_metrics() -> None:
     preds = ['{"name": "Ann", "amount": 5}', 'Sure! {"name": "Bo", "amount": 8, "extra": 1}']
     s = score_predictions(task, rows, preds)
     ref = extraction_metrics([r["output"] for r in rows], preds, ["name", "amount"])
-    for name in ("micro_f1", "json_valid_rate", "exact_match", "micro_precision", "micro_recall"):
+    for name in ("micro_f1", "json_valid_rate", "exact_match", "micro_precision", "micro_recall", "schema_pass_rate"):
         assert s.metric(name) == pytest.approx(ref[name])
 
 

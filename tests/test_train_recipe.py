@@ -206,3 +206,21 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path: Pa
     diff = _max_diff(_adapter(two), _adapter(one))
     assert diff < 1e-4, diff
     assert _max_diff(_adapter(two), {k: torch.zeros_like(v) for k, v in _adapter(two).items()}) > 1e-3
+
+
+def test_early_stopping_on_a_task_metric(tmp_path: Path, tiny_model: Path) -> None:
+    root = write_project(
+        tmp_path / "p",
+        tiny_model,
+        toy_rows(120),
+        train={"max_steps": 6, "eval_every": 2, "early_stopping": {"metric": "accuracy", "patience": 5}},
+    )
+    p = open_project(root)
+    import_source(p, p.manifest.data.sources[0])
+    prepare_dataset(p)
+    run = train(p)
+    trace = [json.loads(x) for x in (p.locate(run.path) / "trace.jsonl").read_text().splitlines()]
+    evals = [t for t in trace if "accuracy" in t]
+    assert [t["step"] for t in evals] == [2, 4, 6] and all(0 <= t["accuracy"] <= 1 for t in evals)
+    assert run.metrics["best_value"] == max(t["accuracy"] for t in evals)
+    p.close()

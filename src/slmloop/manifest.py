@@ -363,7 +363,14 @@ def _semantic_problems(m: Manifest) -> list[tuple[str, str]]:
         problems.append(("eval.judge.endpoint", f"{m.eval.judge.endpoint!r} is not a key of eval.endpoints"))
     known = {
         "classification": {"accuracy", "macro_f1", "micro_f1"},
-        "extraction": {"micro_f1", "json_valid_rate", "exact_match", "micro_precision", "micro_recall"},
+        "extraction": {
+            "micro_f1",
+            "json_valid_rate",
+            "exact_match",
+            "micro_precision",
+            "micro_recall",
+            "schema_pass_rate",
+        },
     }.get(t.type, {"exact_match", "rouge_l", "chrf", "regex_pass_rate", "schema_pass_rate", "bleu"}) | {"judge_score"}
     for i, gate in enumerate(m.eval.gates):
         if gate.metric not in known:

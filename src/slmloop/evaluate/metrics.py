@@ -101,13 +101,15 @@ def _norm(v: Any) -> str:
 def extraction_metrics(
     references: Sequence[dict[str, Any]], predictions: Sequence[str], fields: Sequence[str]
 ) -> dict[str, Any]:
-    """Valid-JSON rate, per-field exact match, micro P/R/F1 over (field, value) pairs."""
+    """Valid-JSON rate, schema pass rate (exactly the task's fields), per-field exact match and F1,
+    micro P/R/F1 over (field, value) pairs."""
     n = len(references)
     if n == 0:
         return {"n": 0}
     parsed = [parse_json_object(p) for p in predictions]
     tp = fp = fn = 0
     per_field = {f: 0 for f in fields}
+    field_counts = {f: [0, 0, 0] for f in fields}  # tp, fp, fn of each field's (value) pairs
     exact = 0
     for ref, pred in zip(references, parsed, strict=True):
         pred = pred or {}
@@ -119,6 +121,11 @@ def extraction_metrics(
         exact += ref_pairs == pred_pairs
         for f in fields:
             per_field[f] += _norm(ref.get(f)) == _norm(pred.get(f))
+            has_ref, has_pred = ref.get(f) is not None, pred.get(f) is not None
+            hit = has_ref and has_pred and _norm(ref[f]) == _norm(pred[f])
+            field_counts[f][0] += hit
+            field_counts[f][1] += has_pred and not hit
+            field_counts[f][2] += has_ref and not hit
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
@@ -130,4 +137,8 @@ def extraction_metrics(
         "micro_recall": recall,
         "micro_f1": f1,
         "field_accuracy": {f: c / n for f, c in per_field.items()},
+        "field_f1": {
+            f: (2 * c[0] / (2 * c[0] + c[1] + c[2]) if c[0] + c[1] + c[2] else 1.0) for f, c in field_counts.items()
+        },
+        "schema_pass_rate": sum(p is not None and set(p) == set(fields) for p in parsed) / n,
     }

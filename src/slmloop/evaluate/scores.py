@@ -51,7 +51,7 @@ class RowScores:
         if self.task == "classification":
             return ["accuracy", "macro_f1", "micro_f1"]
         if self.task == "extraction":
-            return ["micro_f1", "json_valid_rate", "exact_match", "micro_precision", "micro_recall"]
+            return ["micro_f1", "json_valid_rate", "exact_match", "micro_precision", "micro_recall", "schema_pass_rate"]
         names = ["exact_match", "rouge_l", "chrf"]
         return names + [k.removesuffix("_pass") + "_pass_rate" for k in self.arrays if k.endswith("_pass")]
 
@@ -126,15 +126,26 @@ def score_predictions(
         pred = np.array([index.get(p, len(labels)) for p in predictions], dtype=np.int64)  # K = invalid
         return RowScores("classification", n, {"true": true, "pred": pred}, labels)
     if task.type == "extraction":
-        tp, fp, fn, valid, exact = (np.zeros(n) for _ in range(5))
+        tp, fp, fn, valid, exact, schema = (np.zeros(n) for _ in range(6))
+        validator = None
+        if json_schema:
+            import jsonschema
+
+            validator = jsonschema.Draft202012Validator(json_schema)
         for i, (row, raw) in enumerate(zip(rows, raws, strict=True)):
             obj = parse_json_object(raw)
             valid[i] = obj is not None
+            # schema: exactly the task's fields, and the declared JSON schema when there is one
+            schema[i] = (
+                obj is not None
+                and set(obj) == set(task.fields or obj)
+                and (validator is None or validator.is_valid(obj))
+            )
             ref = {(k, _norm(v)) for k, v in row["output"].items() if v is not None}
             got = {(k, _norm(v)) for k, v in (obj or {}).items() if v is not None}
             tp[i], fp[i], fn[i] = len(ref & got), len(got - ref), len(ref - got)
             exact[i] = ref == got
-        arrays = {"tp": tp, "fp": fp, "fn": fn, "valid": valid, "exact": exact.astype(bool)}
+        arrays = {"tp": tp, "fp": fp, "fn": fn, "valid": valid, "exact": exact.astype(bool), "schema_pass": schema}
         return RowScores("extraction", n, arrays)
     from rouge_score import rouge_scorer
     from sacrebleu.metrics import CHRF

@@ -23,8 +23,12 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=120)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=24)
-    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
-                    help="bf16 answers can differ between batch shapes by rounding; fp32 ones match")
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "bf16", "fp32"],
+        help="bf16 answers can differ between batch shapes by rounding; fp32 ones match",
+    )
     args = ap.parse_args()
 
     from slmloop.manifest import TaskConfig
@@ -33,10 +37,13 @@ def main() -> None:
     from slmloop.models.loading import load_causal_lm, load_tokenizer, pick_dtype, render_prompt
     from slmloop.tasks import prompt_messages
 
-    task = TaskConfig(type="classification", labels=["ham", "spam"],
-                      instruction="Classify the SMS message as spam or ham. Answer with the label only.")
+    task = TaskConfig(
+        type="classification",
+        labels=["ham", "spam"],
+        instruction="Classify the SMS message as spam or ham. Answer with the label only.",
+    )
     lines = (ROOT / "src/slmloop/examples/sms_spam/sms_spam.tsv").read_text(encoding="utf-8").splitlines()
-    rows = [{"text": line.split("\t", 1)[1], "label": line.split("\t", 1)[0]} for line in lines[-args.rows:]]
+    rows = [{"text": line.split("\t", 1)[1], "label": line.split("\t", 1)[0]} for line in lines[-args.rows :]]
     ref = resolve_model(args.model)
     tok = load_tokenizer(ref)
     model = load_causal_lm(ref, pick_dtype(args.precision))
@@ -51,7 +58,10 @@ def main() -> None:
     batched_s = time.perf_counter() - t0
     same = sum(a[0] == b[0] for a, b in zip(single, batched, strict=True))
     result = {
-        "model": args.model, "rows": len(rows), "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+        "model": args.model,
+        "rows": len(rows),
+        "batch_size": args.batch_size,
+        "max_new_tokens": args.max_new_tokens,
         "dtype": str(model.dtype).removeprefix("torch."),
         "one_at_a_time_rows_per_s": round(len(rows) / single_s, 2),
         "batched_rows_per_s": round(len(rows) / batched_s, 2),
@@ -60,8 +70,10 @@ def main() -> None:
         "identical_answers": f"{same}/{len(rows)}",
     }
     print(json.dumps(result, indent=2))
-    print(f"\nbatched {result['batched_rows_per_s']} rows/s vs one at a time {result['one_at_a_time_rows_per_s']} "
-          f"rows/s = {result['ratio']}x; identical answers {result['identical_answers']}")
+    print(
+        f"\nbatched {result['batched_rows_per_s']} rows/s vs one at a time {result['one_at_a_time_rows_per_s']} "
+        f"rows/s = {result['ratio']}x; identical answers {result['identical_answers']}"
+    )
 
 
 if __name__ == "__main__":

@@ -63,8 +63,9 @@ def val_loss(model_spec: str, adapter: Path, examples: list, max_tokens: int) ->
     from slmloop.models.loading import load_causal_lm
     from slmloop.train.recipe import AnswerLoss, validation_loss
 
-    model = load_causal_lm(resolve_model(model_spec), torch.bfloat16, adapter=adapter, merge=False,
-                           attn_implementation="eager")
+    model = load_causal_lm(
+        resolve_model(model_spec), torch.bfloat16, adapter=adapter, merge=False, attn_implementation="eager"
+    )
     return float(validation_loss(AnswerLoss(model), examples, PAD[0], max_tokens, torch.device("cpu")))
 
 
@@ -101,11 +102,20 @@ def main() -> None:
                 f.write(json.dumps(r) + "\n")
         manifest = {
             "task": {"type": "generation"},  # no instruction: the user turn is the prompt, as in the reference
-            "data": {"sources": [{"path": "data/rows.jsonl"}], "leakage": {"semantic": False},
-                     "split": {"validation": 0.1, "gold": 0.1}},
+            "data": {
+                "sources": [{"path": "data/rows.jsonl"}],
+                "leakage": {"semantic": False},
+                "split": {"validation": 0.1, "gold": 0.1},
+            },
             "model": {"base": args.model, "max_length": args.max_length},
-            "train": {"max_steps": args.steps, "batch_size": args.batch_size, "lora_r": args.lora_r,
-                      "lora_alpha": 2 * args.lora_r, "eval_every": args.steps, "checkpoint_every": 10_000},
+            "train": {
+                "max_steps": args.steps,
+                "batch_size": args.batch_size,
+                "lora_r": args.lora_r,
+                "lora_alpha": 2 * args.lora_r,
+                "eval_every": args.steps,
+                "checkpoint_every": 10_000,
+            },
         }
         (root / "slmloop.yaml").write_text(yaml.safe_dump(manifest))
         project = open_project(root)
@@ -124,10 +134,26 @@ def main() -> None:
         wrapper = root / "run_baseline.py"
         wrapper.write_text(WRAPPER)
         ref_adapter = root / "reference-adapter"
-        cmd = [sys.executable, str(wrapper), str(ref_adapter), str(baseline), "--model", model_dir,
-               "--data", str(root / "train.jsonl"), "--steps", str(args.steps), "--batch-size",
-               str(args.batch_size), "--max-length", str(args.max_length), "--lora-r", str(args.lora_r),
-               "--out", str(root / "reference-trainer")]
+        cmd = [
+            sys.executable,
+            str(wrapper),
+            str(ref_adapter),
+            str(baseline),
+            "--model",
+            model_dir,
+            "--data",
+            str(root / "train.jsonl"),
+            "--steps",
+            str(args.steps),
+            "--batch-size",
+            str(args.batch_size),
+            "--max-length",
+            str(args.max_length),
+            "--lora-r",
+            str(args.lora_r),
+            "--out",
+            str(root / "reference-trainer"),
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
         if res.returncode != 0:
             sys.exit(f"the reference failed:\n{res.stderr[-3000:]}")
@@ -158,9 +184,11 @@ def main() -> None:
         "slmloop_peak_gib": round(ours["peak_gib"], 2),
     }
     print(json.dumps(result, indent=2))
-    print(f"\nslmloop {result['slmloop_real_tokens_per_s']} vs reference {result['reference_real_tokens_per_s']} real "
-          f"tokens/s = {result['ratio']}x; validation loss (answer tokens) after {result['examples_seen']} examples: "
-          f"slmloop {result['slmloop_val_loss']} vs reference {result['reference_val_loss']}")
+    print(
+        f"\nslmloop {result['slmloop_real_tokens_per_s']} vs reference {result['reference_real_tokens_per_s']} real "
+        f"tokens/s = {result['ratio']}x; validation loss (answer tokens) after {result['examples_seen']} examples: "
+        f"slmloop {result['slmloop_val_loss']} vs reference {result['reference_val_loss']}"
+    )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def _lines(data: bytes) -> list[bytes]:
     return chunks
 
 
-def _covered(records, stats, data: bytes, header: bool) -> None:
+def _covered(records, data: bytes, header: bool) -> None:
     """Every non-blank physical line belongs to exactly one record (or is the header)."""
     lines = _lines(data)
     nonblank = {i + 1 for i, ln in enumerate(lines) if _is_row(ln)}
@@ -72,9 +72,9 @@ def test_random_bytes_as_jsonl(data: bytes) -> None:
 @SETTINGS
 @given(st.binary(max_size=400), st.sampled_from([".csv", ".tsv"]), st.booleans())
 def test_random_bytes_as_delimited(data: bytes, suffix: str, quoting: bool) -> None:
-    records, stats = _read(data, suffix, quoting=quoting, header=False, columns=["text", "label"])
+    records, _stats = _read(data, suffix, quoting=quoting, header=False, columns=["text", "label"])
     assert records is not None
-    _covered(records, stats, data, header=False)
+    _covered(records, data, header=False)
 
 
 @SETTINGS
@@ -102,10 +102,10 @@ CSV_CELL = st.text(alphabet=st.sampled_from(list("ab ,\"\n\t'é")), max_size=8)
 def test_broken_csv_quoting_accounts_for_every_line(table: list[list[str]], quoting: bool) -> None:
     body = "\n".join(",".join(row) for row in table)
     data = ("text,label\n" + body + "\n").encode("utf-8")
-    records, stats = _read(data, ".csv", quoting=quoting)
+    records, _stats = _read(data, ".csv", quoting=quoting)
     if records is None:
         return
-    _covered(records, stats, data, header=True)
+    _covered(records, data, header=True)
     for r in records:
         assert (r.fields is None) == (r.reason is not None)
         if r.fields is not None:
@@ -122,9 +122,9 @@ def test_mixed_encodings_reject_only_undecodable_lines(lines: list[tuple[str, st
         clean = text.replace("\n", " ").replace("\r", " ").replace("\t", " ")
         parts.append(clean.encode(enc, errors="replace") + b"\tham")
     data = b"\n".join(parts) + b"\n"
-    records, stats = _read(data, ".tsv", header=False, columns=["text", "label"], quoting=False)
+    records, _stats = _read(data, ".tsv", header=False, columns=["text", "label"], quoting=False)
     assert records is not None
-    _covered(records, stats, data, header=False)
+    _covered(records, data, header=False)
     for r in records:
         if r.reason == "decode_error":
             assert "not valid utf-8" in r.detail

@@ -38,6 +38,7 @@ from slmloop.tasks import input_text, prompt_messages, target_text
 __all__ = [
     "DatasetSplits",
     "current_gold",
+    "example_token_lengths",
     "freeze_gold",
     "load_dataset",
     "prepare_dataset",
@@ -156,7 +157,8 @@ def _split(
     return [r for i, r in enumerate(rows) if i not in chosen], [r for i, r in enumerate(rows) if i in chosen]
 
 
-def _token_lengths(project: Project, rows: list[dict[str, Any]]) -> list[int]:
+def example_token_lengths(project: Project, rows: list[dict[str, Any]]) -> list[int]:
+    """Tokens of each row as the model sees it: the whole chat-formatted example."""
     from slmloop.models.catalog import resolve_model
     from slmloop.models.loading import load_tokenizer
 
@@ -226,7 +228,7 @@ def prepare_dataset(
         kept.append(new)
     if data.max_tokens is not None and kept:
         console.print("counting tokens …")
-        lengths = _token_lengths(project, kept)
+        lengths = example_token_lengths(project, kept)
         stats["token_lengths"] = {"max": max(lengths), "mean": sum(lengths) / len(lengths)}
         fits = []
         for row, n in zip(kept, lengths, strict=True):

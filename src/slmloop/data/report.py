@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from slmloop.data.clean import dedupe_key
-from slmloop.data.prepare import DatasetSplits, load_dataset
+from slmloop.data.prepare import DatasetSplits, example_token_lengths, load_dataset
+from slmloop.errors import ModelError
 from slmloop.project import Project
 from slmloop.store import atomic_write_text
 from slmloop.tasks import input_text, target_text
@@ -64,25 +65,15 @@ def diff_datasets(project: Project, old_id: str, new_id: str) -> DatasetDiff:
 
 
 def _token_lengths(project: Project, splits: DatasetSplits) -> tuple[dict[str, list[int]], str]:
-    task = project.manifest.task
-    try:
-        from slmloop.models.catalog import resolve_model
-        from slmloop.models.loading import load_tokenizer
-
-        tok = load_tokenizer(resolve_model(project.manifest.model.base))
-
-        def count(rows: list[dict]) -> list[int]:
-            texts = [input_text(task, r) + " " + target_text(task, r) for r in rows]
-            return [len(x) for x in tok(texts, add_special_tokens=False)["input_ids"]] if texts else []
-
-        unit = "tokens"
-    except Exception:  # the report must not depend on the model being installed
-
-        def count(rows: list[dict]) -> list[int]:
-            return [len((input_text(task, r) + " " + target_text(task, r)).split()) for r in rows]
-
-        unit = "words"
-    return {"train": count(splits.train), "validation": count(splits.validation), "gold": count(splits.gold)}, unit
+    parts = {"train": splits.train, "validation": splits.validation, "gold": splits.gold}
+    try:  # the same count as data.max_tokens uses: the whole chat-formatted example
+        return {k: example_token_lengths(project, v) if v else [] for k, v in parts.items()}, "tokens"
+    except ModelError:  # the report must not depend on the model being installed
+        task = project.manifest.task
+        words = {
+            k: [len((input_text(task, r) + " " + target_text(task, r)).split()) for r in v] for k, v in parts.items()
+        }
+        return words, "words"
 
 
 def _plots(project: Project, splits: DatasetSplits, rejects: list[dict], path: Path) -> dict[str, Any]:
@@ -117,7 +108,7 @@ def _plots(project: Project, splits: DatasetSplits, rejects: list[dict], path: P
         if lengths[s]:
             ax.hist(lengths[s], bins=bins, alpha=0.5, density=True, label=s)
     ax.axvline(project.manifest.model.max_length, color="#a50f15", linestyle="--", label="model.max_length")
-    ax.set_title(f"example length ({unit}, prompt text + answer)")
+    ax.set_title(f"example length ({unit}, chat-formatted)" if unit == "tokens" else "example length (words)")
     ax.legend()
     ax = axes[1, 0]
     reasons = Counter(r["reason"] for r in rejects)

@@ -42,7 +42,9 @@ from slmloop.tasks import input_text, parse_prediction, prompt_messages, target_
 
 __all__ = [
     "HEADLINE",
+    "ModelAnswer",
     "RowResult",
+    "answer_rows",
     "evaluate",
     "failed_gates",
     "gold_rows",
@@ -80,6 +82,52 @@ def score_rows(task: TaskConfig, rows: list[dict[str, Any]], results: list[RowRe
     return generation_metrics(refs, preds)
 
 
+@dataclass
+class ModelAnswer:
+    prediction: str  # the task-shaped answer (a label, the text)
+    raw: str  # what the model said
+    scores: dict[str, Any]
+
+
+def answer_rows(
+    task: TaskConfig,
+    mode: str,
+    model: Any,
+    tok: Any,
+    rows: list[dict[str, Any]],
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    progress: Callable[[int], None] | None = None,
+) -> list[ModelAnswer]:
+    """The model's answer for every row (no reference needed): ranked labels or generated text.
+
+    Evaluation and the server's ``/v1/predict`` both answer through here.
+    """
+    prompts = [render_prompt(tok, prompt_messages(task, r)) for r in rows]
+    if mode == "rank":
+        labels = task.labels or []
+        out = []
+        for s in rank_labels(model, tok, prompts, labels, batch_size=batch_size, progress=progress):
+            top = max(s)
+            norm = [math.exp(x - top) for x in s]
+            z = sum(norm)
+            probs = {lab: p / z for lab, p in zip(labels, norm, strict=True)}
+            pred = labels[s.index(top)]
+            out.append(ModelAnswer(pred, pred, {"probs": probs, "logp": s}))
+        return out
+    gens = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    return [ModelAnswer(parse_prediction(task, text), text, {"new_tokens": n}) for text, n in gens]
+
+
+def _judged(task: TaskConfig, row: dict[str, Any], a: ModelAnswer) -> RowResult:
+    if task.type == "extraction":
+        correct = parse_json_object(a.raw) == row["output"]
+    else:
+        correct = a.prediction.strip() == target_text(task, row).strip()
+    return RowResult(a.prediction, a.raw, correct, a.scores)
+
+
 def predict_rows(
     task: TaskConfig,
     mode: str,
@@ -91,31 +139,11 @@ def predict_rows(
     max_new_tokens: int,
     progress: Callable[[int], None] | None = None,
 ) -> list[RowResult]:
-    """The model's answer for every row: ranked labels (classification ``rank``) or generated text."""
-    prompts = [render_prompt(tok, prompt_messages(task, r)) for r in rows]
-    if mode == "rank":
-        labels = task.labels or []
-        scores = rank_labels(model, tok, prompts, labels, batch_size=batch_size, progress=progress)
-        out = []
-        for row, s in zip(rows, scores, strict=True):
-            top = max(s)
-            norm = [math.exp(x - top) for x in s]
-            z = sum(norm)
-            probs = {lab: p / z for lab, p in zip(labels, norm, strict=True)}
-            pred = labels[s.index(top)]
-            out.append(RowResult(pred, pred, pred == row["label"], {"probs": probs, "logp": s}))
-        return out
-    gens = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
-    return [_result(task, row, text, {"new_tokens": n}) for row, (text, n) in zip(rows, gens, strict=True)]
-
-
-def _result(task: TaskConfig, row: dict[str, Any], text: str, scores: dict[str, Any]) -> RowResult:
-    pred = parse_prediction(task, text)
-    if task.type == "extraction":
-        correct = parse_json_object(text) == row["output"]
-    else:
-        correct = pred.strip() == target_text(task, row).strip()
-    return RowResult(pred, text, correct, scores)
+    """Answers for reference rows, each marked right or wrong."""
+    answers = answer_rows(
+        task, mode, model, tok, rows, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress
+    )
+    return [_judged(task, row, a) for row, a in zip(rows, answers, strict=True)]
 
 
 def _progress_bar(console: Console, label: str) -> Progress:
@@ -203,18 +231,9 @@ def _run_endpoint(
         )
     endpoint.close()
     seconds = time.perf_counter() - started
+    usage = ("latency_s", "prompt_tokens", "completion_tokens", "attempts")
     results = [
-        _result(
-            task,
-            row,
-            a.text,
-            {
-                "latency_s": a.latency_s,
-                "prompt_tokens": a.prompt_tokens,
-                "completion_tokens": a.completion_tokens,
-                "attempts": a.attempts,
-            },
-        )
+        _judged(task, row, ModelAnswer(parse_prediction(task, a.text), a.text, {k: getattr(a, k) for k in usage}))
         for row, a in zip(gold, answers, strict=True)
     ]
     lat = np.array([a.latency_s for a in answers])

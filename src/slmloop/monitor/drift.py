@@ -24,7 +24,7 @@ from typing import Any
 from rich.console import Console
 
 from slmloop.data.prepare import load_dataset
-from slmloop.models.catalog import resolve_model
+from slmloop.models.embedder import embed
 from slmloop.project import Project
 from slmloop.store import DriftReport, RequestLog
 from slmloop.targets import resolve_release
@@ -116,17 +116,6 @@ def _prediction_test(train_labels: list[str], live_labels: list[str], labels: li
     }
 
 
-def _embed(texts: list[str], model_spec: str) -> Any:
-    from sentence_transformers import SentenceTransformer
-
-    from slmloop.models.loading import quiet_transformers
-
-    path = resolve_model(model_spec).path
-    with quiet_transformers():
-        model = SentenceTransformer(path, device="cpu")
-        return model.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
-
-
 def _live_rows(project: Project, release: int, last: int | None) -> list[RequestLog]:
     rows = [
         r
@@ -159,7 +148,7 @@ def monitor(
     result = DriftResult("insufficient", len(live), len(reference))
     if len(live) >= cfg.min_requests:
         with console.status(f"embedding {len(reference)} reference and {len(live)} live inputs …"):
-            emb = _embed(reference + live, cfg.embedding_model)
+            emb = embed(reference + live, cfg.embedding_model, project.home / "cache" / "embeddings")
         result.tests["length"] = length_test(reference, live)
         result.tests["embedding"] = embedding_test(emb[: len(reference)], emb[len(reference) :], cfg.permutations)
         input_tests = ("length", "embedding")

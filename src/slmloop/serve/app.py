@@ -27,12 +27,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from slmloop.errors import SlmloopError
+from slmloop.evaluate.evaluate import answer_rows
 from slmloop.evaluate.metrics import parse_json_object
 from slmloop.manifest import TaskConfig
-from slmloop.models.inference import generate, rank_labels
+from slmloop.models.inference import generate
 from slmloop.models.loading import render_prompt
 from slmloop.store import RequestLog, Store
-from slmloop.tasks import parse_prediction, prompt_messages
 
 __all__ = ["ChatRequest", "PredictRequest", "Predictor", "create_app"]
 
@@ -98,26 +98,24 @@ class Predictor:
 
     def predict(self, text: str) -> dict[str, Any]:
         task = self.task
-        row = {"text": text, "input": text}
-        prompt = render_prompt(self.tokenizer, prompt_messages(task, row))
-        with self._lock:
-            if task.type == "classification" and self.mode == "rank":
-                labels = task.labels or []
-                logp = rank_labels(self.model, self.tokenizer, [prompt], labels)[0]
-                top = max(logp)
-                import math
-
-                z = sum(math.exp(x - top) for x in logp)
-                probs = {lab: math.exp(x - top) / z for lab, x in zip(labels, logp, strict=True)}
-                return {"label": labels[logp.index(top)], "scores": probs}
-            ((answer, _),) = generate(self.model, self.tokenizer, [prompt], max_new_tokens=self.max_new_tokens)
+        with self._lock:  # the same answering code as evaluation
+            (a,) = answer_rows(
+                task,
+                self.mode,
+                self.model,
+                self.tokenizer,
+                [{"text": text, "input": text}],
+                batch_size=1,
+                max_new_tokens=self.max_new_tokens,
+            )
         if task.type == "classification":
-            label = parse_prediction(task, answer)
-            return {"label": label or None, "raw": answer, "valid": bool(label)}
+            if "probs" in a.scores:
+                return {"label": a.prediction, "scores": a.scores["probs"]}
+            return {"label": a.prediction or None, "raw": a.raw, "valid": bool(a.prediction)}
         if task.type == "extraction":
-            obj = parse_json_object(answer)
-            return {"output": obj, "raw": answer, "valid": obj is not None}
-        return {"output": answer}
+            obj = parse_json_object(a.raw)
+            return {"output": obj, "raw": a.raw, "valid": obj is not None}
+        return {"output": a.raw}
 
     def chat(
         self, messages: list[dict[str, str]], max_tokens: int, temperature: float = 0.0

@@ -26,8 +26,10 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+import torch.nn.functional as F
 from pydantic import ValidationError
 from rich.console import Console
 
@@ -60,9 +62,6 @@ from slmloop.train.preflight import (
 from slmloop.train.report import plot_loss_curve
 from slmloop.train.tracking import open_trackers
 
-if TYPE_CHECKING:
-    import torch
-
 __all__ = ["AnswerLoss", "TrainSetup", "resolve_train_config", "setup", "train", "validation_loss"]
 
 VALIDATION_ROWS = 256  # validation loss / metric is measured on at most this many rows
@@ -83,67 +82,55 @@ def resolve_train_config(base: TrainConfig, overrides: dict[str, Any] | None) ->
 # ---------------------------------------------------------------------------------------------
 # the loss
 # ---------------------------------------------------------------------------------------------
-def _loss_module() -> type:
-    import torch
-    import torch.nn.functional as F
+class AnswerLoss(torch.nn.Module):
+    """Cross-entropy summed over answer tokens; the LM head runs only where needed.
 
-    class _AnswerLoss(torch.nn.Module):
-        """Cross-entropy summed over answer tokens; the LM head runs only where needed.
+    A module (not a function) so that DDP/FSDP can wrap it: every forward of
+    the model goes through this ``forward``.
+    """
 
-        A module (not a function) so that DDP/FSDP can wrap it: every forward of
-        the model goes through this ``forward``.
-        """
+    def __init__(self, peft_model: Any) -> None:
+        super().__init__()
+        self.model = peft_model
+        base = peft_model.get_base_model()
+        cfg = base.config
+        self.decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+        self.head = base.get_output_embeddings()
+        special = getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None)
+        self.fast = self.decoder is not None and self.head is not None and not special
 
-        def __init__(self, peft_model: Any) -> None:
-            super().__init__()
-            self.model = peft_model
-            base = peft_model.get_base_model()
-            cfg = base.config
-            self.decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
-            self.head = base.get_output_embeddings()
-            special = getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None)
-            self.fast = self.decoder is not None and self.head is not None and not special
-
-        def forward(self, batch: Batch) -> tuple[torch.Tensor, int]:
-            if batch.prefix_ids is not None and self.fast:
-                # the shared prefix runs once; every row's suffix attends to its repeated cache, and
-                # gradients flow back through the repeat into the prefix pass
-                p = batch.prefix_len
-                b, t = batch.input_ids.shape
-                prefix = self.decoder(input_ids=batch.prefix_ids, use_cache=True)
-                cache = prefix.cache if hasattr(prefix, "cache") else prefix.past_key_values
-                cache.batch_repeat_interleave(b)
-                ones = torch.ones((b, p), dtype=batch.attention_mask.dtype, device=batch.input_ids.device)
-                pos = torch.arange(p, p + t, device=batch.input_ids.device).unsqueeze(0).expand(b, t)
-                hidden = self.decoder(
-                    input_ids=batch.input_ids,
-                    attention_mask=torch.cat([ones, batch.attention_mask], dim=1),
-                    position_ids=pos,
-                    cache=cache,
-                    use_cache=True,
-                ).last_hidden_state
-                logits = self.head(hidden[batch.rows, batch.positions]).float()
-            elif self.fast:
-                hidden = self.decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-                logits = self.head(hidden[batch.rows, batch.positions]).float()
-            else:
-                out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-                logits = out.logits[batch.rows, batch.positions].float()
-            return F.cross_entropy(logits, batch.targets, reduction="sum"), batch.answer_tokens
-
-    return _AnswerLoss
-
-
-def AnswerLoss(peft_model: Any) -> Any:
-    """The answer-token loss as a ``torch.nn.Module`` around ``peft_model``."""
-    return _loss_module()(peft_model)
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, int]:
+        if batch.prefix_ids is not None and self.fast:
+            # the shared prefix runs once; every row's suffix attends to its repeated cache, and
+            # gradients flow back through the repeat into the prefix pass
+            p = batch.prefix_len
+            b, t = batch.input_ids.shape
+            prefix = self.decoder(input_ids=batch.prefix_ids, use_cache=True)
+            cache = prefix.cache if hasattr(prefix, "cache") else prefix.past_key_values
+            cache.batch_repeat_interleave(b)
+            ones = torch.ones((b, p), dtype=batch.attention_mask.dtype, device=batch.input_ids.device)
+            pos = torch.arange(p, p + t, device=batch.input_ids.device).unsqueeze(0).expand(b, t)
+            hidden = self.decoder(
+                input_ids=batch.input_ids,
+                attention_mask=torch.cat([ones, batch.attention_mask], dim=1),
+                position_ids=pos,
+                cache=cache,
+                use_cache=True,
+            ).last_hidden_state
+            logits = self.head(hidden[batch.rows, batch.positions]).float()
+        elif self.fast:
+            hidden = self.decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+            logits = self.head(hidden[batch.rows, batch.positions]).float()
+        else:
+            out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            logits = out.logits[batch.rows, batch.positions].float()
+        return F.cross_entropy(logits, batch.targets, reduction="sum"), batch.answer_tokens
 
 
 def validation_loss(
     loss_fn: Any, examples: list[EncodedExample], pad_id: int, max_tokens: int, device: Any, share_prefix: bool = True
 ) -> float | None:
     """Mean cross-entropy per answer token over ``examples`` (no gradients)."""
-    import torch
 
     if not examples:
         return None
@@ -318,7 +305,6 @@ def _lora_settings(st: TrainSetup, base: Any) -> dict[str, Any]:
 
 
 def build(st: TrainSetup) -> Parts:
-    import torch
     from accelerate import Accelerator
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
     from transformers import get_scheduler
@@ -409,7 +395,6 @@ def build(st: TrainSetup) -> Parts:
 # ---------------------------------------------------------------------------------------------
 def preflight(st: TrainSetup, parts: Parts) -> Forecast:
     """Forecast time and memory from real passes on this machine; the RNG is re-seeded afterwards."""
-    import torch
 
     cfg = st.config
     lengths = [len(e.input_ids) for e in parts.train_ex]
@@ -537,7 +522,6 @@ def _trainable_copy(model: Any) -> dict[str, Any]:
 
 
 def fit(st: TrainSetup, parts: Parts, run: Run, state: LoopState, console: Console) -> LoopState:
-    import torch
 
     cfg, acc = st.config, parts.accelerator
     run_dir = st.project.locate(run.path)
@@ -686,7 +670,6 @@ def _finish(project: Project, run: Run, status: str, metrics: dict[str, Any]) ->
 
 
 def save(st: TrainSetup, parts: Parts, run: Run, state: LoopState, forecast: Forecast) -> Run:
-    import torch
     from safetensors.torch import load_file
 
     project = st.project

@@ -86,7 +86,8 @@ def main() -> None:
         sys.exit(f"reference script not found: {baseline} (pass --baseline PATH)")
 
     from slmloop.data.importer import import_source
-    from slmloop.data.prepare import load_dataset, prepare_dataset
+    from slmloop.data.prepare import prepare_dataset
+    from slmloop.data.versions import load_dataset
     from slmloop.models.catalog import resolve_model
     from slmloop.models.loading import load_tokenizer
     from slmloop.project import open_project

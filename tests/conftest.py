@@ -42,7 +42,8 @@ def write_project(root: Path, model: Path | str, rows: list[dict], **sections: d
             "precision": "fp32",
             "seed": 0,
         },
-        "eval": {"batch_size": 16, "max_new_tokens": 4, "precision": "fp32"},
+        # the cheap-baseline gate has its own tests (a toy task is a TF-IDF task)
+        "eval": {"batch_size": 16, "max_new_tokens": 4, "precision": "fp32", "compare": {"baseline": "none"}},
         "monitor": {"min_requests": 5, "permutations": 300, "reference_size": 100, "alpha": 0.01},
     }
     for key, value in sections.items():

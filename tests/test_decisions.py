@@ -40,7 +40,8 @@ def test_a_gate_above_the_score_fails_the_eval(project, capsys) -> None:
                 "gates": [
                     {"metric": "accuracy", "op": "gte", "threshold": 1.01, "required": True},
                     {"metric": "macro_f1", "op": "gte", "threshold": 0.0, "required": True},
-                ]
+                ],
+                "compare": {"baseline": "none"},
             }
         )
     )
@@ -48,7 +49,11 @@ def test_a_gate_above_the_score_fails_the_eval(project, capsys) -> None:
     captured = capsys.readouterr()
     assert "FAIL" in captured.out and "PASS" in captured.out
     assert "failed required gate(s): accuracy >= 1.01" in captured.err
-    pack.write_text(yaml.safe_dump({"gates": [{"metric": "accuracy", "op": "gte", "threshold": 0.0}]}))
+    pack.write_text(
+        yaml.safe_dump(
+            {"gates": [{"metric": "accuracy", "op": "gte", "threshold": 0.0}], "compare": {"baseline": "none"}}
+        )
+    )
     assert main(["eval", "--model", "run-1", "--pack", str(pack), "-p", str(project.root)]) == 0
 
 

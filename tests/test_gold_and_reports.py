@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from slmloop.cli import main
-from slmloop.data.prepare import current_gold, load_dataset
 from slmloop.data.report import diff_datasets, write_data_report
+from slmloop.data.versions import current_gold, load_dataset
 from slmloop.project import open_project
 from tests.conftest import write_project
 from tests.tiny import toy_rows

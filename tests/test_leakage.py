@@ -77,7 +77,7 @@ def test_train_refuses_planted_paraphrases_and_records_the_override(
     assert main(["data", "import", "-p", str(root)]) == 0
     assert main(["data", "prepare", "-p", str(root)]) == 0
     p = open_project(root)
-    from slmloop.data.prepare import load_dataset
+    from slmloop.data.versions import load_dataset
 
     in_train = {r["text"] for r in load_dataset(p).train + load_dataset(p).validation}
     planted_in_train = [a for a, _ in PLANTED if a in in_train]

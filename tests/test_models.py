@@ -65,7 +65,7 @@ def test_split_by_tokens_respects_the_budget() -> None:
 
 def test_collate_targets_are_the_answer_tokens(tiny) -> None:
     _, tok = tiny
-    examples = encode_rows(tok, TASK, toy_rows(6), 64)
+    examples = encode_rows(tok, TASK, toy_rows(6), 64, "full")
     batch = collate(examples, tok.pad_token_id, share_prefix=False)
     assert batch.real_tokens == sum(len(e.input_ids) for e in examples)
     for row, pos, target in zip(batch.rows.tolist(), batch.positions.tolist(), batch.targets.tolist(), strict=True):
@@ -86,7 +86,7 @@ def test_shared_prefix_gives_the_same_loss_and_gradients(tiny_model: Path) -> No
         LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"),
     )
     loss_fn = AnswerLoss(model)
-    examples = encode_rows(tok, TASK, toy_rows(8), 64)
+    examples = encode_rows(tok, TASK, toy_rows(8), 64, "full")
     results = []
     for share in (False, True):
         batch = collate(examples, tok.pad_token_id, share_prefix=share)
@@ -101,19 +101,45 @@ def test_shared_prefix_gives_the_same_loss_and_gradients(tiny_model: Path) -> No
         assert torch.allclose(g0, g1, atol=1e-5, rtol=1e-4)
 
 
-def test_rank_labels_matches_one_by_one_scoring(tiny) -> None:
+def _naive_label_logp(model, tok, prompt: str, label: str) -> float:
+    """log P(label + EOS | prompt) from one full forward pass and a full-vocabulary log-softmax."""
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    l_ids = tok(label, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([p_ids + l_ids])).logits[0].float(), -1)
+    return sum(float(logp[len(p_ids) - 1 + j, t]) for j, t in enumerate(l_ids))
+
+
+# labels that share first tokens, one that is a prefix of another, a multi-token one
+LABELS = ["ham", "spam", "not spam", "hamster", "spam ham", "free prize call"]
+
+
+def test_rank_labels_equals_the_naive_full_softmax(tiny) -> None:
     model, tok = tiny
-    labels = ["ham", "spam", "not spam"]
     prompts = [render_prompt(tok, prompt_messages(TASK, r)) for r in toy_rows(5)]
-    scores = rank_labels(model, tok, prompts, labels, batch_size=2)
+    scores = rank_labels(model, tok, prompts, LABELS, batch_size=2, margin=None)
     for prompt, row in zip(prompts, scores, strict=True):
-        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-        for lab, got in zip(labels, row, strict=True):
-            l_ids = tok(lab, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-            with torch.no_grad():
-                logp = torch.log_softmax(model(torch.tensor([p_ids + l_ids])).logits[0].float(), -1)
-            want = sum(float(logp[len(p_ids) - 1 + j, t]) for j, t in enumerate(l_ids))
-            assert got == pytest.approx(want, abs=1e-3)
+        for lab, got in zip(LABELS, row, strict=True):
+            assert got == pytest.approx(_naive_label_logp(model, tok, prompt, lab), abs=1e-4)
+
+
+def test_pruned_ranking_keeps_the_top_label_and_every_label_within_the_margin(tiny) -> None:
+    model, tok = tiny
+    prompts = [render_prompt(tok, prompt_messages(TASK, r)) for r in toy_rows(6)]
+    exact = rank_labels(model, tok, prompts, LABELS, batch_size=4, margin=None)
+    pruned = rank_labels(model, tok, prompts, LABELS, batch_size=4, margin=2.0)
+    skipped = 0
+    for full, cut in zip(exact, pruned, strict=True):
+        best = max(full)
+        assert cut[full.index(best)] == pytest.approx(best, abs=1e-5)
+        for want, got in zip(full, cut, strict=True):
+            if want >= best - 2.0:
+                assert got == pytest.approx(want, abs=1e-5)
+            elif got is None:
+                skipped += 1
+            else:
+                assert got == pytest.approx(want, abs=1e-5)  # scored to the end anyway: exact
+    assert skipped > 0  # the margin saved work
 
 
 def test_batched_generation_equals_one_at_a_time(tiny) -> None:

@@ -8,7 +8,8 @@ import pytest
 
 from slmloop.data.clean import dedupe_key, normalize_text
 from slmloop.data.importer import import_source
-from slmloop.data.prepare import load_dataset, prepare_dataset
+from slmloop.data.prepare import prepare_dataset
+from slmloop.data.versions import load_dataset
 from slmloop.errors import DataError
 from slmloop.manifest import SourceConfig
 from slmloop.project import open_project
@@ -169,7 +170,7 @@ def test_paraphrase_of_a_gold_row_is_dropped_as_leak(tmp_path: Path) -> None:
     p, first, _, _ = _prepare_rows(tmp_path, rows)
     g = "The meeting has been moved to Thursday afternoon because the manager is travelling."
     para = "Because the manager is travelling, the meeting has been moved to Thursday afternoon."
-    from slmloop.data.prepare import current_gold, freeze_gold
+    from slmloop.data.versions import current_gold, freeze_gold
 
     freeze_gold(p, [*first.gold, {"text": g, "label": "ham"}], current_gold(p).id, "curated")
     extra = tmp_path / "more.jsonl"

@@ -66,7 +66,7 @@ def test_token_budget_does_not_change_the_maths(tmp_path: Path, tiny_model: Path
 def test_leakage_gate_blocks_and_the_override_is_recorded(tmp_path: Path, tiny_model: Path) -> None:
     p = _prepared(tmp_path / "p", tiny_model, toy_rows(60), max_steps=1)
     # plant a gold row into the training split of the stored dataset version (as a bad merge would)
-    from slmloop.data.prepare import load_dataset
+    from slmloop.data.versions import load_dataset
     from slmloop.store import DatasetVersion
 
     splits = load_dataset(p)

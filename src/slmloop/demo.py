@@ -98,10 +98,10 @@ def _smoke(url: str) -> dict[str, Any]:
 
 
 def run_demo(directory: Path | None = None, console: Console | None = None) -> DemoResult:
-    from slmloop.analyze.compare import compare_pair
     from slmloop.data.importer import import_source
     from slmloop.data.prepare import prepare_dataset
     from slmloop.evaluate.evaluate import evaluate
+    from slmloop.evaluate.paired import compare_pair
     from slmloop.monitor.drift import monitor
     from slmloop.release.export import export_release
     from slmloop.serve.server import ServerProcess

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from slmloop.errors import ConfigError
 
@@ -64,10 +64,32 @@ class TaskConfig(Section):
         "",
         description="What the model is asked to do; sent as the system message of every example.",
     )
-    labels: list[str] | None = Field(
-        None, description="classification: the allowed labels (rows with other labels are rejected)."
+    labels: list[str] | Literal["auto"] | None = Field(
+        None,
+        description="classification: the allowed labels (rows with other labels are rejected), or auto: "
+        "every label found in the data (`slmloop data prepare` prints them).",
     )
-    fields: list[str] | None = Field(None, description="extraction: the JSON fields the model must extract.")
+    fields: list[str] | Literal["auto"] | None = Field(
+        None,
+        description="extraction: the JSON fields an answer may hold, or auto: every key found in the data. "
+        "A field is optional (present only when it occurs) unless listed in `required`.",
+    )
+    required: list[str] = Field(
+        default_factory=list, description="extraction: fields every answer must hold (the rest are optional)."
+    )
+
+    @property
+    def unresolved(self) -> bool:
+        """True while labels or fields still say ``auto`` (resolved from the data by ``data prepare``)."""
+        return self.labels == "auto" or self.fields == "auto"
+
+    @property
+    def label_list(self) -> list[str]:
+        return self.labels if isinstance(self.labels, list) else []
+
+    @property
+    def field_list(self) -> list[str]:
+        return self.fields if isinstance(self.fields, list) else []
 
 
 class SourceConfig(Section):
@@ -136,11 +158,25 @@ class LeakageConfig(Section):
     near_threshold: float = Field(
         0.6, gt=0.0, le=1.0, description="Jaccard (character 5-grams) above which a row leaks a gold row."
     )
-    semantic: bool = Field(True, description="Also compare MiniLM embeddings (catches paraphrases).")
+    semantic: Literal["report", "block", "off"] = Field(
+        "report",
+        description="MiniLM cosine between training and gold inputs (paraphrases). report: measure the "
+        "contamination and split every gold metric into rows with / without a close training neighbour; "
+        "block: treat such rows as leaks (dropped by prepare, blocking train and eval); off: skip.",
+    )
     semantic_threshold: float = Field(
-        0.9, gt=0.0, le=1.0, description="Cosine similarity above which a row leaks a gold row."
+        0.9,
+        gt=0.0,
+        le=1.0,
+        description="Cosine similarity from which a gold row counts as having a close training neighbour "
+        "(docs/leakage.md: how the default was measured).",
     )
     embedding_model: str = Field("all-minilm-l6-v2", description="Embedder for the semantic check.")
+
+    @field_validator("semantic", mode="before")
+    @classmethod
+    def _semantic_bool(cls, v: Any) -> Any:  # manifests written before "report" existed
+        return {True: "block", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
 
 class DataConfig(Section):
@@ -156,6 +192,11 @@ class DataConfig(Section):
         0.75, ge=0.0, le=1.0, description="A proposed column mapping below this is not applied without --force."
     )
     split: SplitConfig = Field(default_factory=SplitConfig)
+    gold: SourceConfig | None = Field(
+        None,
+        description="An external gold file (e.g. an official test set): it becomes the gold set as it is, "
+        "every row accounted for like an import, and no gold split is taken from the sources.",
+    )
 
 
 class ModelConfig(Section):
@@ -169,8 +210,8 @@ class ModelConfig(Section):
 
 
 class EarlyStoppingConfig(Section):
-    metric: Literal["val_loss", "accuracy", "macro_f1", "exact_match", "rouge_l", "micro_f1"] = Field(
-        "val_loss", description="val_loss (lower is better) or a task metric on the validation split."
+    metric: str = Field(
+        "val_loss", description="val_loss (lower is better) or a metric of the task on the validation split."
     )
     patience: int = Field(3, gt=0, description="Evaluations without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0.0, description="Smallest change that counts as an improvement.")
@@ -184,6 +225,12 @@ class TrainConfig(Section):
         "auto",
         description="auto: attention projections of the architecture; all-linear: every "
         "linear layer (more capacity, slower); or explicit module names.",
+    )
+    prompt: Literal["compact", "full"] = Field(
+        "compact",
+        description="compact: the instruction only; the model learns the labels / JSON keys from the answers, so "
+        "a row costs the same with 2 or 150 labels. full: the label list / keys in every row (what a zero-shot "
+        "model needs; base-model evaluation always uses it). Recorded in the run and shipped in the release.",
     )
     learning_rate: float = Field(1e-3, gt=0.0, description="Peak learning rate.")
     scheduler: Literal["cosine", "linear", "constant"] = Field("cosine")
@@ -236,6 +283,14 @@ class CompareConfig(Section):
     min_effect: float = Field(0.0, ge=0.0, description="Smallest improvement that counts (metric units).")
     alpha: float = Field(0.05, gt=0.0, lt=1.0, description="Significance level of the paired test.")
     required: bool = Field(True, description="Not beating it makes `slmloop eval` exit non-zero.")
+    baseline: str = Field(
+        "best",
+        description="A fine-tuned model must not be significantly worse than this cheap baseline on the same gold "
+        "rows: best (the best baseline of the task), a baseline name (tfidf-lr, minilm-lr, crf, knn) or none.",
+    )
+    baseline_required: bool = Field(
+        True, description="Losing significantly to the baseline makes `slmloop eval` exit non-zero."
+    )
 
 
 class ChecksConfig(Section):
@@ -253,6 +308,11 @@ class EndpointConfig(Section):
     requests_per_second: float | None = Field(None, gt=0.0, description="Client-side rate limit.")
     timeout: float = Field(60.0, gt=0.0)
     max_retries: int = Field(5, ge=0, description="Retries on 429/5xx/network errors, with backoff.")
+    prompt: Literal["full", "compact"] = Field(
+        "full",
+        description="Prompt style sent: full (label list / keys, for a zero-shot model) or compact (for a model "
+        "fine-tuned by slmloop and served elsewhere).",
+    )
 
 
 class JudgeConfig(Section):
@@ -270,8 +330,15 @@ class EvalConfig(Section):
         "(never unparseable), generate = free generation parsed to a label. auto: rank for "
         "classification, generate otherwise.",
     )
-    batch_size: int = Field(16, gt=0)
+    batch_size: int = Field(32, gt=0, description="Gold rows per forward pass.")
     max_new_tokens: int = Field(64, gt=0, description="Generation budget per gold row.")
+    rank_margin: float | None = Field(
+        8.0,
+        gt=0.0,
+        description="rank: labels whose log-probability falls this many nats below the best label are not "
+        "scored to the end (their probability is below e^-margin of the top label's; the top label is "
+        "always exact). null scores every label (slower with many labels).",
+    )
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 where fast; fp32 for bit-for-bit comparisons between runs and releases."
     )
@@ -348,38 +415,38 @@ def _key_path(loc: tuple[Any, ...]) -> str:
 
 
 def _semantic_problems(m: Manifest) -> list[tuple[str, str]]:
+    from slmloop.evaluate.metrics import metric_names
+
     problems: list[tuple[str, str]] = []
     t = m.task
     if t.type == "classification":
         if not t.labels:
-            problems.append(("task.labels", "classification needs the list of allowed labels"))
-        elif len(set(t.labels)) != len(t.labels):
+            problems.append(("task.labels", "classification needs the list of allowed labels (or auto)"))
+        elif isinstance(t.labels, list) and len(set(t.labels)) != len(t.labels):
             problems.append(("task.labels", "labels must be unique"))
-        elif len(t.labels) < 2:
+        elif isinstance(t.labels, list) and len(t.labels) < 2:
             problems.append(("task.labels", "classification needs at least two labels"))
-    if t.type == "extraction" and not t.fields:
-        problems.append(("task.fields", "extraction needs the list of JSON fields to extract"))
+    if t.type == "extraction":
+        if not t.fields:
+            problems.append(("task.fields", "extraction needs the list of JSON fields to extract (or auto)"))
+        elif isinstance(t.fields, list) and not set(t.required) <= set(t.fields):
+            missing = ", ".join(sorted(set(t.required) - set(t.fields)))
+            problems.append(("task.required", f"{missing} not in task.fields"))
     if m.eval.judge is not None and m.eval.judge.endpoint not in m.eval.endpoints:
         problems.append(("eval.judge.endpoint", f"{m.eval.judge.endpoint!r} is not a key of eval.endpoints"))
-    known = {
-        "classification": {"accuracy", "macro_f1", "micro_f1"},
-        "extraction": {
-            "micro_f1",
-            "json_valid_rate",
-            "exact_match",
-            "micro_precision",
-            "micro_recall",
-            "schema_pass_rate",
-        },
-    }.get(t.type, {"exact_match", "rouge_l", "chrf", "regex_pass_rate", "schema_pass_rate", "bleu"}) | {"judge_score"}
+    known = metric_names(t.type)
+    listed = ", ".join(known)
     for i, gate in enumerate(m.eval.gates):
         if gate.metric not in known:
-            problems.append(
-                (f"eval.gates[{i}].metric", f"{gate.metric!r} is not a {t.type} metric ({', '.join(sorted(known))})")
-            )
+            problems.append((f"eval.gates[{i}].metric", f"{gate.metric!r} is not a {t.type} metric ({listed})"))
     for metric in m.eval.metrics:
         if metric not in known:
-            problems.append(("eval.metrics", f"{metric!r} is not a {t.type} metric ({', '.join(sorted(known))})"))
+            problems.append(("eval.metrics", f"{metric!r} is not a {t.type} metric ({listed})"))
+    es = m.train.early_stopping
+    if es is not None and es.metric != "val_loss" and es.metric not in metric_names(t.type, configured=False):
+        problems.append(
+            ("train.early_stopping.metric", f"{es.metric!r} is not val_loss or a {t.type} metric ({listed})")
+        )
     if t.type != "classification" and m.eval.mode == "rank":
         problems.append(("eval.mode", "rank works for classification only; use generate"))
     if m.data.split.validation + m.data.split.gold >= 0.9:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slmloop.errors import ConfigError
-from slmloop.manifest import MANIFEST_NAME, Manifest, load_manifest
-from slmloop.store import ObjectStore, Store, atomic_write_text
+from slmloop.manifest import MANIFEST_NAME, Manifest, TaskConfig, load_manifest
+from slmloop.store import DatasetVersion, ObjectStore, Store, atomic_write_text
 
 __all__ = ["EXAMPLES", "STORE_DIR", "Project", "init_project", "open_project", "render_manifest"]
 
@@ -42,6 +42,23 @@ class Project:
     @property
     def reports_dir(self) -> Path:
         return self.home / "reports"
+
+    @property
+    def task(self) -> TaskConfig:
+        """The manifest's task, with ``labels: auto`` / ``fields: auto`` as the newest dataset version resolved them."""
+        task = self.manifest.task
+        if not task.unresolved:
+            return task
+        latest = self.store.latest(DatasetVersion, DatasetVersion.created_at)
+        if latest is None or "task" not in latest.config:
+            what = "task.labels" if task.labels == "auto" else "task.fields"
+            raise ConfigError(
+                f"{what} is auto: it is read from the data, and there is no dataset version yet",
+                hint="Run `slmloop data import FILE` and `slmloop data prepare` first.",
+            )
+        resolved = TaskConfig.model_validate(latest.config["task"])
+        # the manifest's instruction wins: editing it must not need a new dataset version
+        return resolved.model_copy(update={"instruction": task.instruction, "required": task.required})
 
     def locate(self, stored: str) -> Path:
         """A path kept in the store (relative to the project, so projects can move) as a Path."""

@@ -1,7 +1,10 @@
 """What a model reference means: ``base``, ``run-3``, ``latest``, ``v2``, ``release-2``, an alias.
 
 Evaluation and serving both resolve references here, so ``slmloop eval
---model v2`` scores exactly the files ``slmloop serve --release 2`` answers with.
+--model v2`` scores exactly the files ``slmloop serve --release 2`` answers with,
+in the prompt style the model was trained with: the base model is asked in the
+``full`` style (a zero-shot model needs the label list), a run or release in the
+style its run recorded (runs made before styles existed used ``full``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from slmloop.errors import ModelError, NotFoundError
+from slmloop.manifest import TaskConfig
 from slmloop.models.catalog import ResolvedModel, resolve_model
 from slmloop.models.loading import load_causal_lm, load_tokenizer
 from slmloop.project import Project
@@ -22,7 +26,7 @@ from slmloop.store import Release, Run
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ModelTarget", "load_target", "resolve_release", "resolve_run", "resolve_target"]
+__all__ = ["ModelTarget", "load_target", "resolve_release", "resolve_run", "resolve_target", "trained_task"]
 
 
 @dataclass
@@ -33,10 +37,19 @@ class ModelTarget:
     merged: Path | None = None
     run: Run | None = None
     release: Release | None = None
+    #: the prompt style the model answers in (see slmloop.tasks)
+    prompt: str = "full"
+    #: the task the model was trained for (labels, fields); None: the project's current task
+    task: TaskConfig | None = None
 
     @property
     def kind(self) -> str:
         return self.ref.split("-")[0]
+
+
+def trained_task(run: Run) -> TaskConfig | None:
+    raw = (run.config or {}).get("task")
+    return TaskConfig.model_validate(raw) if raw else None
 
 
 _RUN = re.compile(r"^(?:run-)?(\d+)$")
@@ -97,16 +110,23 @@ def resolve_target(project: Project, ref: str) -> ModelTarget:
     if ref == "latest" or _RUN.match(ref):
         run = resolve_run(project, ref)
         adapter = project.locate(run.path) / "adapter"
-        return ModelTarget(run.name, resolve_model(run.base_model), adapter=adapter, run=run)
+        style = (run.config or {}).get("prompt", "full")
+        return ModelTarget(
+            run.name, resolve_model(run.base_model), adapter=adapter, run=run, prompt=style, task=trained_task(run)
+        )
     release = resolve_release(project, ref)
     folder = project.locate(release.path)
     merged = folder / "merged"
+    with project.store.session() as s:
+        run = s.get(Run, release.run_id)
     return ModelTarget(
         f"release-{release.version}",
         resolve_model(release.base_model),
         adapter=folder / "adapter",
         merged=merged if (merged / "config.json").exists() else None,
         release=release,
+        prompt=(run.config or {}).get("prompt", "full") if run else "full",
+        task=trained_task(run) if run else None,
     )
 
 

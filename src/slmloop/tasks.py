@@ -9,6 +9,13 @@ A *row* is the task-shaped dict every stage passes around:
 
 Training, evaluation and serving all call :func:`prompt_messages` and
 :func:`target_text`, so the model sees exactly the same format everywhere.
+
+Prompt styles (the style is part of the model: a run records it, a release ships it):
+
+- ``full``: the instruction plus the label list / JSON keys in the system message,
+  what a zero-shot model needs (base-model evaluation uses it);
+- ``compact``: the instruction only; a fine-tuned model learns the labels / keys
+  from the answers, so a row costs the same with 2 or 150 labels.
 """
 
 from __future__ import annotations
@@ -20,12 +27,17 @@ from typing import Any
 from slmloop.manifest import TaskConfig
 
 __all__ = [
+    "PROMPT_STYLES",
     "TASK_FIELDS",
     "input_text",
     "parse_prediction",
     "prompt_messages",
+    "resolve_task",
+    "system_message",
     "target_text",
 ]
+
+PROMPT_STYLES = ("full", "compact")
 
 #: the fields a source must provide, per task
 TASK_FIELDS: dict[str, tuple[str, ...]] = {
@@ -45,23 +57,37 @@ def input_text(task: TaskConfig, row: dict[str, Any]) -> str:
     return str(row["text"])
 
 
-def _system(task: TaskConfig) -> str:
+def system_message(task: TaskConfig, style: str = "full") -> str:
+    """The system message of every example: the instruction, plus the schema in the ``full`` style."""
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt style {style!r}")
     text = task.instruction.strip()
-    if task.type == "classification" and task.labels:
-        text = (text + "\n" if text else "") + "Labels: " + ", ".join(task.labels) + "."
-    if task.type == "extraction" and task.fields:
-        text = (text + "\n" if text else "") + "JSON keys: " + ", ".join(task.fields) + "."
+    if style == "full" and task.type == "classification" and task.label_list:
+        text = (text + "\n" if text else "") + "Labels: " + ", ".join(task.label_list) + "."
+    if style == "full" and task.type == "extraction" and task.field_list:
+        text = (text + "\n" if text else "") + "JSON keys: " + ", ".join(task.field_list) + "."
     return text
 
 
-def prompt_messages(task: TaskConfig, row: dict[str, Any]) -> list[dict[str, str]]:
+def prompt_messages(task: TaskConfig, row: dict[str, Any], style: str = "full") -> list[dict[str, str]]:
     """The conversation up to (not including) the answer."""
     if task.type == "chat":
         return [dict(m) for m in row["messages"][:-1]]
-    system = _system(task)
+    system = system_message(task, style)
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": input_text(task, row)})
     return messages
+
+
+def resolve_task(task: TaskConfig, rows: list[dict[str, Any]]) -> TaskConfig:
+    """``labels: auto`` / ``fields: auto`` filled in from ``rows`` (sorted, so the order is stable)."""
+    update: dict[str, Any] = {}
+    if task.labels == "auto":
+        update["labels"] = sorted({str(r["label"]) for r in rows})
+    if task.fields == "auto":
+        keys = {k for r in rows if isinstance(r.get("output"), dict) for k in r["output"]}
+        update["fields"] = sorted(keys | set(task.required))
+    return task.model_copy(update=update) if update else task
 
 
 def target_text(task: TaskConfig, row: dict[str, Any]) -> str:
@@ -85,15 +111,16 @@ def parse_prediction(task: TaskConfig, text: str) -> str:
     the first label mentioned anywhere, else ``""`` (counted as invalid).
     """
     text = text.strip()
-    if task.type != "classification" or not task.labels:
+    labels = task.label_list
+    if task.type != "classification" or not labels:
         return text
     lowered = text.lower()
-    by_lower = {lab.lower(): lab for lab in task.labels}
+    by_lower = {lab.lower(): lab for lab in labels}
     if lowered in by_lower:
         return by_lower[lowered]
     # the earliest label mentioned as whole words; at equal positions the longest ("not spam" over "spam")
     best: tuple[int, int, str] | None = None
-    for lab in task.labels:
+    for lab in labels:
         m = re.search(r"(?<![\w-])" + re.escape(lab.lower()) + r"(?![\w-])", lowered)
         if m and (best is None or (m.start(), -len(lab)) < (best[0], best[1])):
             best = (m.start(), -len(lab), lab)

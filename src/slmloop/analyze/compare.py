@@ -1,10 +1,10 @@
 """``slmloop compare A B [C …]``: better, worse, or not distinguishable at this gold size.
 
 Every model is scored on the same gold rows (stored evaluations are reused when
-they exist). Each model is compared with the first: the difference of the
-headline metric with its paired-bootstrap CI, a paired test (McNemar for
-accuracy-type metrics, a paired permutation test otherwise), latency, cost per
-1,000 requests, and one sentence a person can act on.
+they exist). Each model is compared with the first (:mod:`slmloop.evaluate.paired`):
+the difference of the headline metric with its paired-bootstrap CI, a paired
+test, latency, cost per 1,000 requests, and one sentence a person can act on.
+An HTML report puts the metrics with their CIs side by side.
 """
 
 from __future__ import annotations
@@ -17,95 +17,17 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from slmloop.data.prepare import current_gold
+from slmloop.data.versions import current_gold
 from slmloop.errors import ConfigError, NotFoundError
-from slmloop.evaluate.evaluate import HEADLINE, evaluate, latest_evaluations, row_scores
-from slmloop.evaluate.scores import ACCURACY_TYPE
-from slmloop.evaluate.stats import PairedTest, mcnemar, min_detectable_effect, paired_bootstrap_diff, paired_permutation
+from slmloop.evaluate.evaluate import evaluate
+from slmloop.evaluate.metrics import HEADLINE
+from slmloop.evaluate.paired import Comparison, compare_pair
+from slmloop.evaluate.results import latest_evaluations
 from slmloop.manifest import EvalConfig
 from slmloop.project import Project
 from slmloop.store import Evaluation, atomic_write_json, atomic_write_text
 
-__all__ = ["CompareReport", "Comparison", "compare_models", "compare_pair", "verdict"]
-
-
-@dataclass
-class Comparison:
-    a: Evaluation
-    b: Evaluation
-    metric: str
-    a_value: float
-    b_value: float
-    test: PairedTest
-    verdict: str  # better | worse | not distinguishable
-    mde: float
-    sentence: str
-
-
-def verdict(test: PairedTest, alpha: float, min_effect: float) -> str:
-    if test.p_value < alpha and test.diff >= max(min_effect, 1e-12):
-        return "better"
-    if test.p_value < alpha and test.diff < 0:
-        return "worse"
-    return "not distinguishable"
-
-
-def _cost(e: Evaluation) -> float | None:
-    return e.metrics.get("runtime", {}).get("cost_per_1k_requests")
-
-
-def _sentence(c: Comparison, confidence: float) -> str:
-    pts = 100 if c.metric in ACCURACY_TYPE or c.metric.endswith(("f1", "rouge_l", "chrf")) else 1
-    unit = " points" if pts == 100 else ""
-    lo, hi = c.test.ci
-    ci = f"{100 * confidence:.0f} % CI {pts * lo:+.1f} to {pts * hi:+.1f}"
-    p = "p < 0.001" if c.test.p_value < 0.001 else f"p = {c.test.p_value:.3f}"
-    who, other = c.b.model_ref, c.a.model_ref
-    ca, cb = _cost(c.a), _cost(c.b)
-    cost = ""
-    if ca and cb and ca > 0 and cb > 0:
-        ratio = ca / cb
-        cost = (
-            f" at {ratio:.0f}× lower cost"
-            if ratio >= 1.5
-            else (f" at {1 / ratio:.0f}× higher cost" if ratio <= 1 / 1.5 else " at similar cost")
-        )
-    d = pts * c.test.diff
-    if c.verdict == "better":
-        return f"{who} beats {other} by {d:.1f}{unit} of {c.metric} ({ci}, {c.test.test} {p}){cost}."
-    if c.verdict == "worse":
-        return f"{who} is worse than {other} by {-d:.1f}{unit} of {c.metric} ({ci}, {c.test.test} {p}){cost}."
-    return (
-        f"{who} is within {abs(d):.1f}{unit} of {other} on {c.metric} ({ci}, {p}): not distinguishable with "
-        f"{c.test.n} gold rows (this size detects differences of about {pts * c.mde:.1f}{unit}){cost}."
-    )
-
-
-def compare_pair(
-    project: Project, a: Evaluation, b: Evaluation, metric: str | None = None, cfg: EvalConfig | None = None
-) -> Comparison:
-    """Paired comparison of two evaluations on the same gold version (B against A)."""
-    cfg = cfg or project.manifest.eval
-    if a.gold_id != b.gold_id:
-        raise ConfigError(
-            f"{a.name} and {b.name} scored different gold versions ({a.gold_id}, {b.gold_id})",
-            hint="Re-run `slmloop eval` for both on the current gold set.",
-        )
-    metric = metric or HEADLINE[project.manifest.task.type][0]
-    sa, sb = row_scores(project, a, cfg), row_scores(project, b, cfg)
-    n = sa.n
-    if metric not in sa.names:
-        raise ConfigError(f"{metric!r} is not a metric of this task", hint=f"Use one of: {', '.join(sa.names)}.")
-    if metric in ACCURACY_TYPE:
-        test = mcnemar(sa.hits(metric), sb.hits(metric))
-    else:
-        test = paired_permutation(lambda swap: sb.mix(sa, swap).metric(metric) - sa.mix(sb, swap).metric(metric), n)
-        test.ci = paired_bootstrap_diff(lambda i: sa.metric(metric, i), lambda i: sb.metric(metric, i), n)
-    va, vb = sa.metric(metric), sb.metric(metric)
-    mde = min_detectable_effect(n, (va + vb) / 2 if 0 <= va <= 1 else 0.5, cfg.compare.alpha)
-    c = Comparison(a, b, metric, va, vb, test, verdict(test, cfg.compare.alpha, cfg.compare.min_effect), mde, "")
-    c.sentence = _sentence(c, cfg.confidence)
-    return c
+__all__ = ["CompareReport", "compare_models"]
 
 
 @dataclass
@@ -165,7 +87,7 @@ def _write_report(project: Project, report: CompareReport, cfg: EvalConfig) -> P
     name = "compare-" + "-".join(e.name for e in evals)
     folder = project.reports_dir / name
     folder.mkdir(parents=True, exist_ok=True)
-    keys = list(dict.fromkeys([metric, *HEADLINE[project.manifest.task.type]]))
+    keys = list(dict.fromkeys([metric, *HEADLINE[project.task.type]]))
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 0.8 * len(evals) + 2), dpi=100, squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         values = [e.metrics.get(key, math.nan) for e in evals]

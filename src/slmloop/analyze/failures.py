@@ -31,10 +31,10 @@ import numpy as np
 from rich.console import Console
 
 from slmloop.data.clean import dedupe_key
-from slmloop.data.prepare import load_dataset, row_field
+from slmloop.data.versions import load_dataset, row_field
 from slmloop.errors import NotFoundError
-from slmloop.evaluate.evaluate import gold_rows
 from slmloop.evaluate.metrics import parse_json_object
+from slmloop.evaluate.results import evaluation_task, gold_rows
 from slmloop.project import Project
 from slmloop.store import Evaluation, Prediction, atomic_write_json, atomic_write_text
 from slmloop.tasks import input_text
@@ -96,8 +96,8 @@ def find_label_issues(labels: list[int], probs: np.ndarray) -> list[tuple[int, i
 
 def _disputed(task: Any, split: str, rows: list[dict], scores: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows of ``split`` whose label the model's probabilities dispute (see :func:`find_label_issues`)."""
-    labels = list(task.labels or [])
-    probs = np.array([[s["probs"][lab] for lab in labels] for s in scores])
+    labels = task.label_list
+    probs = np.array([[s["probs"].get(lab, 0.0) for lab in labels] for s in scores])
     given = [labels.index(r["label"]) for r in rows]
     return [
         {
@@ -268,12 +268,12 @@ def analyze(
     project: Project, evaluation_ref: str, *, train_rows: bool = False, console: Console | None = None
 ) -> Analysis:
     console = console or Console(stderr=True)
-    task = project.manifest.task
     try:
         eid = int(str(evaluation_ref).removeprefix("eval-"))
     except ValueError:
         raise NotFoundError(f"{evaluation_ref!r} is not an evaluation id", hint="They look like eval-3.") from None
     ev = project.store.get(Evaluation, eid, "evaluation", "`slmloop eval` prints evaluation ids.")
+    task = evaluation_task(project, ev)
     rows = gold_rows(project, ev.gold_id)
     preds = list(project.store.predictions(ev.id))
     hits = np.array([p.correct for p in preds], dtype=bool)
@@ -285,7 +285,7 @@ def analyze(
         analysis.clusters = _extraction_clusters(rows, preds)
     else:
         analysis.clusters = _embedding_clusters(project, preds)
-    if task.type == "classification" and task.labels and preds and "probs" in preds[0].scores:
+    if task.type == "classification" and task.label_list and preds and "probs" in preds[0].scores:
         analysis.label_issues = _disputed(task, "gold", rows, [p.scores for p in preds])
         if train_rows and not ev.model_ref.startswith("endpoint:"):
             analysis.label_issues += _train_label_issues(project, ev, console)
@@ -296,7 +296,7 @@ def analyze(
 
 def _train_label_issues(project: Project, ev: Evaluation, console: Console) -> list[dict[str, Any]]:
     """Score the training rows of the evaluated model's dataset with that model, flag disputed labels."""
-    from slmloop.evaluate.evaluate import predict_rows
+    from slmloop.evaluate.answers import answer_rows
     from slmloop.models.loading import pick_dtype
     from slmloop.targets import load_target, resolve_target
 
@@ -304,19 +304,28 @@ def _train_label_issues(project: Project, ev: Evaluation, console: Console) -> l
     lineage = target.run or target.release
     if lineage is None:
         return []
-    task = project.manifest.task
+    task = target.task or project.task
     train = load_dataset(project, lineage.dataset_id).train
     model, tok = load_target(target, pick_dtype(project.manifest.eval.precision))
+    cfg = project.manifest.eval
     with console.status(f"scoring {len(train)} training rows with {target.ref} …"):
-        results = predict_rows(
-            task, "rank", model, tok, train, batch_size=project.manifest.eval.batch_size, max_new_tokens=1
+        answers = answer_rows(
+            task,
+            target.prompt,
+            "rank",
+            model,
+            tok,
+            train,
+            batch_size=cfg.batch_size,
+            max_new_tokens=1,
+            margin=cfg.rank_margin,
         )
-    return _disputed(task, "train", train, [r.scores for r in results])
+    return _disputed(task, "train", train, [a.scores for a in answers])
 
 
 def export_for_labelling(project: Project, analysis: Analysis, path: Path, limit: int = 200) -> dict[str, int]:
     """Rows worth labelling, as JSONL ``slmloop data import`` accepts; gold rows are never included."""
-    task = project.manifest.task
+    task = evaluation_task(project, analysis.evaluation)
     preds = list(project.store.predictions(analysis.evaluation.id))
     out: list[dict[str, Any]] = []
     counts: Counter[str] = Counter()

@@ -165,15 +165,56 @@ def prepare(project: ProjectOpt = Path(".")) -> None:
         + (", ".join(f"{n} {k}" for k, n in leak.items()) + " row(s) dropped" if leak else "clean")
         + (f" · PII {c['pii']}" if c.get("pii") else "")
     )
+    if "gold_file" in c:
+        g = c["gold_file"]
+        out.print(
+            f"gold file {g['path']}: rows read {g['rows_read']} = gold {g['accepted']} + rejected "
+            f"{sum(g['rejected'].values())} {g['rejected'] or ''}"
+        )
+    if "contamination" in c:
+        k = c["contamination"]
+        out.print(
+            f"close paraphrases: {k['close']} of {k['gold_rows']} gold rows ({100 * k['rate']:.1f} %) have a training "
+            f"input with MiniLM cosine ≥ {k['threshold']} (reported, not dropped: every gold metric is also shown "
+            "for rows with and without one)"
+        )
     if "labels" in c:
+        _label_balance(c["labels"])
+    for w in c.get("warnings", []):
+        err.print(f"[bold yellow]warning:[/bold yellow] {w}")
+
+
+def _label_balance(labels: dict[str, dict[str, int]]) -> None:
+    """Per-split counts for a few labels; a balance summary (and the rarest labels) for many."""
+    names = sorted({lab for part in labels.values() for lab in part})
+    if len(names) <= 8:
         lt = Table(title="labels per split", title_justify="left")
-        labels = sorted({lab for part in c["labels"].values() for lab in part})
         lt.add_column("split")
-        for lab in labels:
+        for lab in names:
             lt.add_column(lab, justify="right")
-        for split, counts in c["labels"].items():
-            lt.add_row(split, *(str(counts.get(lab, 0)) for lab in labels))
+        for split, counts in labels.items():
+            lt.add_row(split, *(str(counts.get(lab, 0)) for lab in names))
         out.print(lt)
+        return
+    import statistics
+
+    lt = Table(title=f"label balance ({len(names)} labels)", title_justify="left")
+    for col in ("split", "rows", "labels present", "min", "median", "max", "rarest"):
+        lt.add_column(col, justify="right" if col not in ("split", "rarest") else "left")
+    for split, counts in labels.items():
+        values = [counts.get(lab, 0) for lab in names]
+        rare = sorted(names, key=lambda lab: counts.get(lab, 0))[:3]
+        lt.add_row(
+            split,
+            str(sum(values)),
+            f"{sum(v > 0 for v in values)}/{len(names)}",
+            str(min(values)),
+            f"{statistics.median(values):.0f}",
+            str(max(values)),
+            ", ".join(f"{lab} ({counts.get(lab, 0)})" for lab in rare),
+        )
+    out.print(lt)
+    out.print("  full table: `slmloop data report` (HTML)")
 
 
 @app.command("rejects")
@@ -182,7 +223,7 @@ def rejects(
     project: ProjectOpt = Path("."),
 ) -> None:
     """List rejected rows with their line numbers and reasons."""
-    from slmloop.data.prepare import resolve_dataset
+    from slmloop.data.versions import resolve_dataset
     from slmloop.store import Import
 
     proj = load(project)
@@ -227,7 +268,7 @@ def gold_show(
     project: ProjectOpt = Path("."),
 ) -> None:
     """The current gold version: its hash, size and first rows."""
-    from slmloop.data.prepare import current_gold
+    from slmloop.data.versions import current_gold
     from slmloop.errors import NotFoundError
     from slmloop.tasks import input_text, target_text
 
@@ -303,7 +344,7 @@ def report(
     out.print(f"report: {folder / 'index.html'}")
 
 
-def _gold_file_rows(proj: Any, file: Path, map_: list[str] | None, force: bool) -> tuple[list[dict], list[dict]]:
+def _gold_file(proj: Any, file: Path, map_: list[str] | None, force: bool) -> Any:
     from slmloop.data.gold import read_gold_file
     from slmloop.data.importer import source_for
     from slmloop.manifest import SourceConfig
@@ -311,7 +352,12 @@ def _gold_file_rows(proj: Any, file: Path, map_: list[str] | None, force: bool) 
     base = source_for(proj, file).model_dump()
     if map_:
         base["fields"] = _parse_map(map_)
-    return read_gold_file(proj, SourceConfig.model_validate(base), force)
+    found = read_gold_file(proj, SourceConfig.model_validate(base), force)
+    acc = found.accounting()
+    out.print(f"{file}: rows read {acc['rows_read']} = accepted {acc['accepted']} + rejected {len(found.rejects)}")
+    if found.rejects:
+        _reject_table(found.rejects[:SHOW_REJECTS], f"rejected rows ({len(found.rejects)})")
+    return found
 
 
 @gold_app.command("add")
@@ -326,11 +372,11 @@ def gold_add(
     from slmloop.data.gold import gold_add as add
 
     proj = load(project)
-    rows, rejects = _gold_file_rows(proj, file, map_, force)
-    version, added = add(proj, rows, note)
+    found = _gold_file(proj, file, map_, force)
+    version, added = add(proj, found.rows, note)
     out.print(
-        f"[bold]{version.id}[/bold]: {added} row(s) added ({len(rows) - added} already in gold, "
-        f"{len(rejects)} unreadable) · {version.rows} rows"
+        f"[bold]{version.id}[/bold]: {added} row(s) added, {len(found.rows) - added} already in gold · "
+        f"{version.rows} rows"
     )
     out.print("next: `slmloop data prepare` keeps training data clear of the new gold rows")
 
@@ -360,16 +406,16 @@ def gold_freeze(
     from slmloop.data.gold import gold_replace
 
     proj = load(project)
-    rows, rejects = _gold_file_rows(proj, file, map_, force)
-    version = gold_replace(proj, rows, note)
-    out.print(f"[bold]{version.id}[/bold] frozen: {version.rows} rows ({len(rejects)} unreadable rows skipped)")
+    found = _gold_file(proj, file, map_, force)
+    version = gold_replace(proj, found.rows, note)
+    out.print(f"[bold]{version.id}[/bold] frozen: {version.rows} rows")
 
 
 @gold_app.command("list")
 def gold_list(project: ProjectOpt = Path(".")) -> None:
     """Every gold version, oldest first; the current one is marked."""
     from slmloop.data.gold import gold_history
-    from slmloop.data.prepare import current_gold
+    from slmloop.data.versions import current_gold
 
     proj = load(project)
     head = current_gold(proj)

@@ -64,10 +64,11 @@ def _fmt(value: Any, ci: list[float] | None) -> str:
 
 
 def comparison_table(proj: Any, gold_id: str) -> None:
-    from slmloop.evaluate.evaluate import HEADLINE, latest_evaluations
+    from slmloop.evaluate.metrics import HEADLINE
+    from slmloop.evaluate.results import latest_evaluations
 
     evals = latest_evaluations(proj, gold_id)
-    keys = list(HEADLINE[proj.manifest.task.type])
+    keys = list(HEADLINE[proj.task.type])
     t = Table(title=f"gold set {gold_id} (95 % CI)", title_justify="left")
     t.add_column("model")
     t.add_column("evaluation")

@@ -5,8 +5,12 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["dedupe_key", "normalize_text"]
+from slmloop.manifest import TaskConfig
+
+__all__ = ["dedupe_key", "normalize_row", "normalize_text"]
 
 # C0/C1 control characters except tab and newline
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -28,3 +32,16 @@ def dedupe_key(text: str) -> str:
     """Two inputs are exact duplicates when their keys are equal (case and spacing ignored)."""
     folded = " ".join(normalize_text(text).casefold().split())
     return hashlib.sha256(folded.encode("utf-8")).hexdigest()
+
+
+def normalize_row(task: TaskConfig, row: dict[str, Any], fn: Callable[[str], str] = normalize_text) -> dict[str, Any]:
+    """``fn`` applied to every text of a task row (the input, and a generation's output)."""
+    out = dict(row)
+    if task.type == "generation":
+        out["input"] = fn(row["input"])
+        out["output"] = fn(row["output"])
+    elif task.type in ("classification", "extraction"):
+        out["text"] = fn(row["text"])
+    elif task.type == "chat":
+        out["messages"] = [{**m, "content": fn(m["content"])} for m in row["messages"]]
+    return out

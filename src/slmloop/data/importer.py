@@ -94,11 +94,16 @@ def map_record(task: TaskConfig, mapping: dict[str, str], rec: Record) -> tuple[
         if isinstance(label, bool) or not isinstance(label, str | int | float):
             return None, "label_not_in_schema", f"label must be text, found {type(label).__name__}"
         label = str(label).strip()
-        canonical = {lab.casefold(): lab for lab in task.labels or []}
-        if label.casefold() not in canonical:
-            allowed = ", ".join(task.labels or [])
-            return None, "label_not_in_schema", f"label {label!r} is not one of: {allowed}"
-        row["label"] = canonical[label.casefold()]
+        if not label:
+            return None, "missing_field", "the label is empty"
+        if task.labels == "auto":  # the label set is read from the data by `data prepare`
+            row["label"] = label
+        else:
+            canonical = {lab.casefold(): lab for lab in task.label_list}
+            if label.casefold() not in canonical:
+                allowed = ", ".join(task.label_list)
+                return None, "label_not_in_schema", f"label {label!r} is not one of: {allowed}"
+            row["label"] = canonical[label.casefold()]
     elif task.type == "extraction":
         out = row["output"]
         if isinstance(out, str):

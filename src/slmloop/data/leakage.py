@@ -1,14 +1,18 @@
 """The leakage gate: no training or validation row may copy a gold row.
 
-Three checks, strongest first, each row reported once with its strongest kind:
+Copies block; paraphrases are measured:
 
-- **exact** — same normalised, case-folded input;
+- **exact** — same normalised, case-folded input: blocks;
 - **near** — character 5-gram Jaccard ≥ ``data.leakage.near_threshold`` (MinHash LSH
-  proposes candidates, exact Jaccard decides);
-- **semantic** — MiniLM cosine ≥ ``data.leakage.semantic_threshold`` (paraphrases).
+  proposes candidates, exact Jaccard decides): blocks;
+- **semantic** — MiniLM cosine ≥ ``data.leakage.semantic_threshold``. Intent and
+  slot datasets are made of paraphrases of the same few requests, so by default
+  (``semantic: report``) a close neighbour is *reported*: the share of gold rows
+  that have one (:func:`contamination`), and every gold metric split into rows with
+  and without one, each with its CI. ``semantic: block`` treats them as leaks.
 
-``data prepare`` already drops leaking rows (reason ``leaks_gold``); the gate stands
-in front of every training run and every evaluation and blocks with the list of
+``data prepare`` drops leaking rows (reason ``leaks_gold``); the gate stands in
+front of every training run and every evaluation and blocks with the list of
 leaking pairs. Overriding needs an explicit flag and is written to the audit log
 and into the run.
 """
@@ -18,7 +22,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slmloop.data.clean import dedupe_key
 from slmloop.data.dedupe import Signatures, nearest_matches
@@ -27,7 +31,10 @@ from slmloop.manifest import LeakageConfig, TaskConfig
 from slmloop.project import Project
 from slmloop.tasks import input_text
 
-__all__ = ["Leak", "find_leaks", "gold_leaks", "leakage_gate"]
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["Leak", "contamination", "find_leaks", "gold_leaks", "leakage_gate", "neighbour_similarity"]
 
 Embed = Callable[[list[str]], Any]
 
@@ -96,6 +103,37 @@ def find_leaks(
     return sorted(leaks, key=lambda x: (-x.similarity, x.split, x.row))
 
 
+def neighbour_similarity(project: Project, texts: Sequence[str], train_texts: Sequence[str]) -> np.ndarray:
+    """Cosine similarity of each text to its nearest training text (MiniLM, cached embeddings)."""
+    import numpy as np
+
+    if not texts or not train_texts:
+        return np.zeros(len(texts), dtype=np.float32)
+    embed = project_embedder(project)
+    q, t = embed(list(texts)), embed(list(train_texts))
+    return np.concatenate([(q[i : i + 2048] @ t.T).max(axis=1) for i in range(0, len(q), 2048)])
+
+
+def contamination(
+    project: Project, task: TaskConfig, gold: list[dict[str, Any]], train: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """How many gold rows have a close paraphrase in training (the semantic check, reported)."""
+    import numpy as np
+
+    cfg = project.manifest.data.leakage
+    sims = neighbour_similarity(project, [input_text(task, r) for r in gold], [input_text(task, r) for r in train])
+    close = sims >= cfg.semantic_threshold
+    edges = [0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0001]
+    hist, _ = np.histogram(sims, bins=edges)
+    return {
+        "threshold": cfg.semantic_threshold,
+        "gold_rows": len(gold),
+        "close": int(close.sum()),
+        "rate": float(close.mean()) if len(gold) else 0.0,
+        "histogram": {f"{a:.2f}-{min(b, 1.0):.2f}": int(n) for a, b, n in zip(edges, edges[1:], hist, strict=False)},
+    }
+
+
 def project_embedder(project: Project) -> Embed:
     """MiniLM embeddings cached in the project store."""
     from slmloop.models.embedder import embed
@@ -116,10 +154,11 @@ def leakage_gate(
 ) -> dict[str, Any]:
     """Raise LeakageError when a split overlaps gold, unless ``allow`` (recorded)."""
     cfg = project.manifest.data.leakage
-    leaks = find_leaks(task, gold, cfg, project_embedder(project) if cfg.semantic else None, **splits)
+    semantic = cfg.semantic == "block"
+    leaks = find_leaks(task, gold, cfg, project_embedder(project) if semantic else None, **splits)
     status: dict[str, Any] = {
         "checked": sorted(splits),
-        "checks": ["exact", "near", *(["semantic"] if cfg.semantic else [])],
+        "checks": ["exact", "near", *(["semantic"] if semantic else [])],
         "leaks": len(leaks),
         "by_kind": dict(Counter(x.kind for x in leaks)),
         "overridden": False,

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from slmloop.data.clean import dedupe_key
-from slmloop.data.prepare import DatasetSplits, example_token_lengths, load_dataset
+from slmloop.data.prepare import example_token_lengths
+from slmloop.data.versions import DatasetSplits, load_dataset
 from slmloop.errors import ModelError
 from slmloop.project import Project
 from slmloop.store import atomic_write_text

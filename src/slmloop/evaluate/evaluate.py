@@ -1,10 +1,13 @@
 """``slmloop eval``: score one model on the frozen gold set, keep every prediction, judge the gates.
 
-resolve the model (base, run, release, alias, or an OpenAI-compatible endpoint)
-→ leakage gate (the model's training data against the current gold)
-→ predictions (ranked labels, or batched generation, or concurrent HTTP requests)
-→ metrics with bootstrap confidence intervals, latency and cost
-→ optional LLM-as-judge → gates and the must-beat comparison → stored, with a report
+answer     the model's answers to every gold row: a local model (base, run, release) in the
+           prompt style it was trained with, a cheap baseline fitted on the training split, or
+           an OpenAI-compatible endpoint; the leakage gate stands in front of trained models
+score      per-row scores → every metric of the task with a bootstrap CI (one registry)
+subsets    the headline metrics on gold rows with / without a close training neighbour
+judge      optional LLM-as-judge
+gates      thresholds, must-beat, and "not significantly worse than the best baseline"
+store      the evaluation and every prediction, then the HTML report
 """
 
 from __future__ import annotations
@@ -12,141 +15,45 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from sqlalchemy import select
 
-from slmloop.data.leakage import leakage_gate
-from slmloop.data.prepare import current_gold, load_dataset
+from slmloop.data.leakage import leakage_gate, neighbour_similarity
+from slmloop.data.versions import current_gold, load_dataset
 from slmloop.errors import ConfigError, NotFoundError
-from slmloop.evaluate.metrics import (
-    classification_metrics,
-    extraction_metrics,
-    generation_metrics,
-    parse_json_object,
-)
-from slmloop.evaluate.scores import RowScores, score_predictions
+from slmloop.evaluate.answers import ModelAnswer, answer_rows, is_correct
+from slmloop.evaluate.metrics import HEADLINE, RowScores, parse_json_object, score_answers, summarize
+from slmloop.evaluate.paired import compare_pair
+from slmloop.evaluate.results import latest_evaluations
 from slmloop.evaluate.stats import bootstrap_ci
 from slmloop.manifest import EvalConfig, TaskConfig
-from slmloop.models.inference import generate, rank_labels
-from slmloop.models.loading import pick_dtype, render_prompt
 from slmloop.project import Project
 from slmloop.store import Evaluation, GoldVersion, Prediction
-from slmloop.targets import load_target, resolve_target
 from slmloop.tasks import input_text, parse_prediction, prompt_messages, target_text
 
-__all__ = [
-    "HEADLINE",
-    "ModelAnswer",
-    "RowResult",
-    "answer_rows",
-    "evaluate",
-    "failed_gates",
-    "gold_rows",
-    "latest_evaluations",
-    "predict_rows",
-    "row_scores",
-    "score_rows",
-]
-
-#: the metrics each task's comparisons lead with
-HEADLINE = {
-    "classification": ("accuracy", "macro_f1"),
-    "extraction": ("micro_f1", "json_valid_rate"),
-    "generation": ("exact_match", "rouge_l"),
-    "chat": ("rouge_l", "exact_match"),
-}
+__all__ = ["Answered", "evaluate", "failed_gates", "progress_bar"]
 
 
 @dataclass
-class RowResult:
-    prediction: str
-    raw: str
-    correct: bool
-    scores: dict[str, Any]
+class Answered:
+    """One model's answers to the gold rows, and what they were asked with."""
+
+    model_ref: str
+    task: TaskConfig
+    prompt: str  # the prompt style, or "none" (a baseline reads the raw input)
+    answers: list[ModelAnswer]
+    runtime: dict[str, Any]
+    leakage: dict[str, Any] = field(default_factory=dict)
+    #: the rows the model learned from (neighbour subsets); None for external models
+    train_rows: list[dict[str, Any]] | None = None
+    dataset_id: str | None = None
 
 
-def score_rows(task: TaskConfig, rows: list[dict[str, Any]], results: list[RowResult]) -> dict[str, Any]:
-    """Point estimates of every metric of the task (the reference implementations in metrics.py)."""
-    refs = [target_text(task, r) for r in rows]
-    preds = [x.prediction for x in results]
-    if task.type == "classification":
-        return classification_metrics(refs, preds, task.labels or [])
-    if task.type == "extraction":
-        return extraction_metrics([r["output"] for r in rows], [x.raw for x in results], task.fields or [])
-    return generation_metrics(refs, preds)
-
-
-@dataclass
-class ModelAnswer:
-    prediction: str  # the task-shaped answer (a label, the text)
-    raw: str  # what the model said
-    scores: dict[str, Any]
-
-
-def answer_rows(
-    task: TaskConfig,
-    mode: str,
-    model: Any,
-    tok: Any,
-    rows: list[dict[str, Any]],
-    *,
-    batch_size: int,
-    max_new_tokens: int,
-    progress: Callable[[int], None] | None = None,
-) -> list[ModelAnswer]:
-    """The model's answer for every row (no reference needed): ranked labels or generated text.
-
-    Evaluation and the server's ``/v1/predict`` both answer through here.
-    """
-    prompts = [render_prompt(tok, prompt_messages(task, r)) for r in rows]
-    if mode == "rank":
-        labels = task.labels or []
-        out = []
-        for s in rank_labels(model, tok, prompts, labels, batch_size=batch_size, progress=progress):
-            top = max(s)
-            norm = [math.exp(x - top) for x in s]
-            z = sum(norm)
-            probs = {lab: p / z for lab, p in zip(labels, norm, strict=True)}
-            pred = labels[s.index(top)]
-            out.append(ModelAnswer(pred, pred, {"probs": probs, "logp": s}))
-        return out
-    gens = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
-    return [ModelAnswer(parse_prediction(task, text), text, {"new_tokens": n}) for text, n in gens]
-
-
-def _judged(task: TaskConfig, row: dict[str, Any], a: ModelAnswer) -> RowResult:
-    if task.type == "extraction":
-        correct = parse_json_object(a.raw) == row["output"]
-    else:
-        correct = a.prediction.strip() == target_text(task, row).strip()
-    return RowResult(a.prediction, a.raw, correct, a.scores)
-
-
-def predict_rows(
-    task: TaskConfig,
-    mode: str,
-    model: Any,
-    tok: Any,
-    rows: list[dict[str, Any]],
-    *,
-    batch_size: int,
-    max_new_tokens: int,
-    progress: Callable[[int], None] | None = None,
-) -> list[RowResult]:
-    """Answers for reference rows, each marked right or wrong."""
-    answers = answer_rows(
-        task, mode, model, tok, rows, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress
-    )
-    return [_judged(task, row, a) for row, a in zip(rows, answers, strict=True)]
-
-
-def _progress_bar(console: Console, label: str) -> Progress:
+def progress_bar(console: Console, label: str) -> Progress:
     return Progress(
         TextColumn(f"[bold]eval[/bold] {label}"),
         BarColumn(),
@@ -157,61 +64,93 @@ def _progress_bar(console: Console, label: str) -> Progress:
     )
 
 
-def gold_rows(project: Project, gold_id: str) -> list[dict[str, Any]]:
-    gold = project.store.get(GoldVersion, gold_id, "gold version", "`slmloop gold list`.")
-    return project.objects.read_jsonl(gold.object)
-
-
-def row_scores(project: Project, evaluation: Evaluation, cfg: EvalConfig | None = None) -> RowScores:
-    """Per-row scores of a stored evaluation, rebuilt from its predictions."""
-    cfg = cfg or project.manifest.eval
-    rows = gold_rows(project, evaluation.gold_id)
-    preds = project.store.predictions(evaluation.id)
-    return score_predictions(
-        project.manifest.task,
-        rows,
-        [p.prediction for p in preds],
-        [p.raw for p in preds],
-        regex=cfg.checks.regex,
-        json_schema=cfg.checks.json_schema,
-    )
+def _timing(seconds: float, n: int, cfg: EvalConfig, mode: str) -> dict[str, Any]:
+    per_row = seconds / max(n, 1)
+    return {
+        "seconds": seconds,
+        "rows_per_s": n / seconds if seconds else 0.0,
+        "seconds_per_row": per_row,
+        "cost_per_1k_requests": per_row * 1000 / 3600 * cfg.local_cost_per_hour,
+        "mode": mode,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
-def _run_local(
-    project: Project, ref: str, gold: list[dict[str, Any]], cfg: EvalConfig, console: Console
-) -> tuple[Any, list[RowResult], dict[str, Any]]:
+# answer: a local model, a baseline, or an endpoint
+# ---------------------------------------------------------------------------------------------
+def _answer_local(
+    project: Project, ref: str, gold: list[dict[str, Any]], cfg: EvalConfig, allow_leakage: bool, console: Console
+) -> Answered:
+    from slmloop.models.loading import pick_dtype
+    from slmloop.targets import load_target, resolve_target
+
     target = resolve_target(project, ref)
+    task = target.task or project.task
+    lineage = target.run or target.release
+    leakage: dict[str, Any] = {"checked": [], "leaks": 0, "overridden": False}
+    train_rows, dataset_id = None, None
+    if lineage is not None:
+        trained_on = load_dataset(project, lineage.dataset_id)
+        leakage = leakage_gate(
+            project,
+            task,
+            gold,
+            allow=allow_leakage,
+            context=f"eval {target.ref}",
+            train=trained_on.train,
+            validation=trained_on.validation,
+        )
+        train_rows, dataset_id = trained_on.train + trained_on.validation, trained_on.version.id
+    mode = cfg.mode if cfg.mode != "auto" else ("rank" if task.type == "classification" else "generate")
     model, tok = load_target(target, pick_dtype(cfg.precision))
-    mode = cfg.mode if cfg.mode != "auto" else project.manifest.eval_mode
     started = time.perf_counter()
-    with _progress_bar(console, f"{target.ref} ({mode})") as progress:
+    with progress_bar(console, f"{target.ref} ({mode}, {target.prompt} prompt)") as progress:
         bar = progress.add_task("eval", total=len(gold))
-        results = predict_rows(
-            project.manifest.task,
+        answers = answer_rows(
+            task,
+            target.prompt,
             mode,
             model,
             tok,
             gold,
             batch_size=cfg.batch_size,
             max_new_tokens=cfg.max_new_tokens,
+            margin=cfg.rank_margin,
             progress=lambda n: progress.update(bar, advance=n),
         )
-    seconds = time.perf_counter() - started
-    per_row = seconds / max(len(gold), 1)
-    runtime = {
-        "seconds": seconds,
-        "rows_per_s": len(gold) / seconds if seconds else 0.0,
-        "seconds_per_row": per_row,
-        "cost_per_1k_requests": per_row * 1000 / 3600 * cfg.local_cost_per_hour,
-        "mode": mode,
-    }
-    return target, results, runtime
+    runtime = _timing(time.perf_counter() - started, len(gold), cfg, mode)
+    runtime["prompt_tokens_per_row"] = _prompt_tokens(tok, task, target.prompt, gold)
+    return Answered(target.ref, task, target.prompt, answers, runtime, leakage, train_rows, dataset_id)
 
 
-def _run_endpoint(
-    project: Project, name: str, gold: list[dict[str, Any]], cfg: EvalConfig, console: Console, transport: Any = None
-) -> tuple[list[RowResult], dict[str, Any]]:
+def _prompt_tokens(tok: Any, task: TaskConfig, style: str, rows: list[dict[str, Any]]) -> float:
+    from slmloop.models.loading import render_prompt
+
+    sample = rows[:200]
+    if not sample:
+        return 0.0
+    lengths = tok([render_prompt(tok, prompt_messages(task, r, style)) for r in sample], add_special_tokens=False)
+    return float(np.mean([len(x) for x in lengths["input_ids"]]))
+
+
+def _answer_baseline(project: Project, name: str, gold: list[dict[str, Any]], cfg: EvalConfig) -> Answered:
+    from slmloop.baselines import fit_baseline
+    from slmloop.data.leakage import project_embedder
+
+    task = project.task
+    data = load_dataset(project)
+    fitted = fit_baseline(name, task, data.train, project_embedder(project))
+    started = time.perf_counter()
+    answers = fitted.predict(gold)
+    runtime = _timing(time.perf_counter() - started, len(gold), cfg, "baseline")
+    runtime.update({"fit_seconds": fitted.fit_seconds, "fitted_on": data.version.id, "train_rows": len(data.train)})
+    runtime["baseline"] = fitted.info
+    return Answered(f"baseline:{name}", task, "none", answers, runtime, {}, data.train, data.version.id)
+
+
+def _answer_endpoint(
+    project: Project, name: str, gold: list[dict[str, Any]], cfg: EvalConfig, console: Console, transport: Any
+) -> Answered:
     from slmloop.models.endpoint import Endpoint
 
     if name not in cfg.endpoints:
@@ -219,26 +158,26 @@ def _run_endpoint(
             f"no endpoint named {name!r}",
             hint=f"Declare it under eval.endpoints (have: {', '.join(cfg.endpoints) or 'none'}).",
         )
-    task = project.manifest.task
-    endpoint = Endpoint(name, cfg.endpoints[name], transport=transport)
+    task = project.task
+    spec = cfg.endpoints[name]
+    endpoint = Endpoint(name, spec, transport=transport)
     started = time.perf_counter()
-    with _progress_bar(console, f"endpoint:{name}") as progress:
-        bar = progress.add_task("eval", total=len(gold))
-        answers = endpoint.ask_many(
-            [prompt_messages(task, r) for r in gold],
-            cfg.max_new_tokens,
-            progress=lambda n: progress.update(bar, advance=n),
-        )
-    endpoint.close()
+    try:
+        with progress_bar(console, f"endpoint:{name}") as progress:
+            bar = progress.add_task("eval", total=len(gold))
+            replies = endpoint.ask_many(
+                [prompt_messages(task, r, spec.prompt) for r in gold],
+                cfg.max_new_tokens,
+                progress=lambda n: progress.update(bar, advance=n),
+            )
+    finally:
+        endpoint.close()
     seconds = time.perf_counter() - started
     usage = ("latency_s", "prompt_tokens", "completion_tokens", "attempts")
-    results = [
-        _judged(task, row, ModelAnswer(parse_prediction(task, a.text), a.text, {k: getattr(a, k) for k in usage}))
-        for row, a in zip(gold, answers, strict=True)
-    ]
-    lat = np.array([a.latency_s for a in answers])
-    tokens_in = sum(a.prompt_tokens for a in answers)
-    tokens_out = sum(a.completion_tokens for a in answers)
+    answers = [ModelAnswer(parse_prediction(task, a.text), a.text, {k: getattr(a, k) for k in usage}) for a in replies]
+    lat = np.array([a.latency_s for a in replies])
+    tokens_in = sum(a.prompt_tokens for a in replies)
+    tokens_out = sum(a.completion_tokens for a in replies)
     cost = endpoint.cost(tokens_in, tokens_out)
     runtime = {
         "seconds": seconds,
@@ -250,15 +189,85 @@ def _run_endpoint(
         "completion_tokens": tokens_out,
         "cost": cost,
         "cost_per_1k_requests": cost / max(len(gold), 1) * 1000,
-        "retries": sum(a.attempts - 1 for a in answers),
+        "retries": sum(a.attempts - 1 for a in replies),
     }
-    return results, runtime
+    leakage = {"checked": [], "leaks": 0, "overridden": False, "note": "external model"}
+    return Answered(f"endpoint:{name}", task, spec.prompt, answers, runtime, leakage)
 
 
+def answer_gold(
+    project: Project,
+    ref: str,
+    gold: list[dict[str, Any]],
+    cfg: EvalConfig,
+    *,
+    allow_leakage: bool = False,
+    console: Console | None = None,
+    transport: Any = None,
+) -> Answered:
+    console = console or Console(stderr=True)
+    if ref.startswith("endpoint:"):
+        return _answer_endpoint(project, ref.split(":", 1)[1], gold, cfg, console, transport)
+    if ref.startswith("baseline:"):
+        with console.status(f"fitting {ref} on the training split …"):
+            return _answer_baseline(project, ref.split(":", 1)[1], gold, cfg)
+    return _answer_local(project, ref, gold, cfg, allow_leakage, console)
+
+
+# ---------------------------------------------------------------------------------------------
+# score: metrics with CIs, and the neighbour subsets
+# ---------------------------------------------------------------------------------------------
+def _wanted(task: TaskConfig, cfg: EvalConfig) -> list[str]:
+    return list(dict.fromkeys([*HEADLINE[task.type], *cfg.metrics, *(g.metric for g in cfg.gates)]))
+
+
+def _intervals(scores: RowScores, names: list[str], cfg: EvalConfig, idx: np.ndarray | None = None) -> dict[str, Any]:
+    rows = np.arange(scores.n) if idx is None else idx
+    out = {}
+    for m in names:
+        if m not in scores.names or not len(rows):
+            continue
+        out[m] = list(
+            bootstrap_ci(
+                lambda i, m=m: scores.metric(m, rows[i]), len(rows), resamples=cfg.bootstrap, confidence=cfg.confidence
+            )
+        )
+    return out
+
+
+def _neighbour_subsets(
+    project: Project, answered: Answered, gold: list[dict[str, Any]], scores: RowScores, cfg: EvalConfig
+) -> tuple[dict[str, Any] | None, np.ndarray | None]:
+    """Headline metrics on gold rows with / without a close training neighbour (MiniLM cosine)."""
+    leak_cfg = project.manifest.data.leakage
+    if leak_cfg.semantic == "off" or not answered.train_rows:
+        return None, None
+    task = answered.task
+    sims = neighbour_similarity(
+        project, [input_text(task, r) for r in gold], [input_text(task, r) for r in answered.train_rows]
+    )
+    close = sims >= leak_cfg.semantic_threshold
+    out: dict[str, Any] = {
+        "threshold": leak_cfg.semantic_threshold,
+        "dataset": answered.dataset_id,
+        "close_share": float(close.mean()),
+    }
+    names = list(HEADLINE[task.type])
+    for key, mask in (("no_close_neighbour", ~close), ("close_neighbour", close)):
+        idx = np.flatnonzero(mask)
+        out[key] = {"n": len(idx), **{m: scores.metric(m, idx) for m in names if len(idx)}}
+        out[key]["ci"] = _intervals(scores, names, cfg, idx)
+    return out, sims
+
+
+# ---------------------------------------------------------------------------------------------
+# judge
+# ---------------------------------------------------------------------------------------------
 def _judge(
     project: Project,
+    task: TaskConfig,
     gold: list[dict[str, Any]],
-    results: list[RowResult],
+    answers: list[ModelAnswer],
     cfg: EvalConfig,
     console: Console,
     transport: Any = None,
@@ -267,7 +276,6 @@ def _judge(
     from slmloop.models.endpoint import Endpoint
 
     assert cfg.judge is not None
-    task = project.manifest.task
     endpoint = Endpoint(cfg.judge.endpoint, cfg.endpoints[cfg.judge.endpoint], transport=transport)
     system = (
         f"You grade answers. Rubric: {cfg.judge.rubric}\nReply with JSON only: "
@@ -283,36 +291,42 @@ def _judge(
                         "task": task.instruction,
                         "input": input_text(task, r),
                         "reference": target_text(task, r),
-                        "answer": res.raw,
+                        "answer": a.raw,
                     },
                     ensure_ascii=False,
                 ),
             },
         ]
-        for r, res in zip(gold, results, strict=True)
+        for r, a in zip(gold, answers, strict=True)
     ]
-    with _progress_bar(console, f"judge:{cfg.judge.endpoint}") as progress:
-        bar = progress.add_task("judge", total=len(gold))
-        answers = endpoint.ask_many(convs, 128, progress=lambda n: progress.update(bar, advance=n))
-    endpoint.close()
+    try:
+        with progress_bar(console, f"judge:{cfg.judge.endpoint}") as progress:
+            bar = progress.add_task("judge", total=len(gold))
+            replies = endpoint.ask_many(convs, 128, progress=lambda n: progress.update(bar, advance=n))
+    finally:
+        endpoint.close()
     scores = []
-    for res, a in zip(results, answers, strict=True):
-        verdict = parse_json_object(a.text) or {}
+    for a, reply in zip(answers, replies, strict=True):
+        verdict = parse_json_object(reply.text) or {}
         score = verdict.get("score")
         score = float(score) if isinstance(score, int | float) and 1 <= score <= 5 else math.nan
-        res.scores["judge"] = {"score": score, "reason": str(verdict.get("reason", ""))[:300]}
+        a.scores["judge"] = {
+            "score": None if math.isnan(score) else score,
+            "reason": str(verdict.get("reason", ""))[:300],
+        }
         scores.append(score)
-    valid = [s for s in scores if not math.isnan(s)]
     return {
         "endpoint": cfg.judge.endpoint,
         "model": cfg.endpoints[cfg.judge.endpoint].model,
         "rubric": cfg.judge.rubric,
-        "mean_score": sum(valid) / len(valid) if valid else math.nan,
-        "unparseable": len(scores) - len(valid),
+        "unparseable": sum(math.isnan(s) for s in scores),
         "scores": scores,
     }
 
 
+# ---------------------------------------------------------------------------------------------
+# gates and decisions
+# ---------------------------------------------------------------------------------------------
 def _gates(metrics: dict[str, Any], cfg: EvalConfig) -> list[dict[str, Any]]:
     out = []
     for g in cfg.gates:
@@ -329,24 +343,53 @@ def _gates(metrics: dict[str, Any], cfg: EvalConfig) -> list[dict[str, Any]]:
 
 
 def failed_gates(evaluation: Evaluation) -> list[str]:
-    """Required gates (and a required must-beat comparison) this evaluation failed."""
+    """Required gates, a required must-beat and a required baseline comparison this evaluation failed."""
+    m = evaluation.metrics
     failed = [
         f"{g['metric']} {'>=' if g['op'] == 'gte' else '<='} {g['threshold']}"
-        for g in evaluation.metrics.get("gates", [])
+        for g in m.get("gates", [])
         if g["required"] and not g["passed"]
     ]
-    cmp = evaluation.metrics.get("must_beat")
+    cmp = m.get("must_beat")
     if cmp and cmp.get("required") and cmp.get("verdict") != "better":
         failed.append(f"must beat {cmp['against']} ({cmp['verdict']})")
+    base = m.get("vs_baseline")
+    if base and base.get("required") and base.get("verdict") == "worse":
+        failed.append(f"significantly worse than {base['against']}")
     return failed
+
+
+def _comparison_record(c: Any, against: str, required: bool, **extra: Any) -> dict[str, Any]:
+    return {
+        "against": against,
+        "evaluation": c.a.name,
+        "metric": c.metric,
+        "against_value": c.a_value,
+        "value": c.b_value,
+        "diff": c.test.diff,
+        "ci": list(c.test.ci),
+        "p_value": c.test.p_value,
+        "test": c.test.test,
+        "verdict": c.verdict,
+        "required": required,
+        "sentence": c.sentence,
+        **extra,
+    }
+
+
+def _stored_or_new(project: Project, ref: str, gold_id: str, cfg: EvalConfig, console: Console) -> Evaluation:
+    found = next((e for e in latest_evaluations(project, gold_id) if e.model_ref == ref), None)
+    if found is not None:
+        return found
+    console.print(f"[dim]evaluating {ref} on the same gold rows …[/dim]")
+    plain = cfg.model_copy(update={"gates": [], "judge": None, "compare": type(cfg.compare)(baseline="none")})
+    return evaluate(project, ref, pack=plain, console=console)
 
 
 def _must_beat(project: Project, evaluation: Evaluation, cfg: EvalConfig, console: Console) -> dict[str, Any] | None:
     rule = cfg.compare
     if rule.must_beat == "none":
         return None
-    from slmloop.analyze.compare import compare_pair
-
     if rule.must_beat == "production":
         version = project.store.alias_target("production")
         if version is None:
@@ -356,25 +399,107 @@ def _must_beat(project: Project, evaluation: Evaluation, cfg: EvalConfig, consol
         against = "base"
     if evaluation.model_ref == against:
         return None
-    other = next((e for e in latest_evaluations(project, evaluation.gold_id) if e.model_ref == against), None)
-    if other is None:
-        console.print(f"[dim]must_beat: evaluating {against} on the same gold rows …[/dim]")
-        other = evaluate(project, against, pack=cfg.model_copy(update={"compare": type(rule)()}), console=console)
+    other = _stored_or_new(project, against, evaluation.gold_id, cfg, console)
     c = compare_pair(project, other, evaluation, cfg=cfg)
-    return {
-        "against": against,
-        "evaluation": other.name,
-        "metric": c.metric,
-        "diff": c.test.diff,
-        "ci": list(c.test.ci),
-        "p_value": c.test.p_value,
-        "test": c.test.test,
-        "verdict": c.verdict,
-        "min_effect": rule.min_effect,
-        "alpha": rule.alpha,
-        "required": rule.required,
-        "sentence": c.sentence,
-    }
+    return _comparison_record(c, against, rule.required, min_effect=rule.min_effect, alpha=rule.alpha)
+
+
+def _vs_baseline(project: Project, evaluation: Evaluation, cfg: EvalConfig, console: Console) -> dict[str, Any] | None:
+    """The fine-tuned model against the best (or the named) cheap baseline, paired on the same rows."""
+    from slmloop.baselines import baselines_for
+
+    rule = cfg.compare
+    if rule.baseline == "none" or not evaluation.model_ref.startswith(("run-", "release-")):
+        return None
+    task = project.task
+    names = baselines_for(task) if rule.baseline == "best" else [rule.baseline]
+    if not names:
+        return None
+    headline = HEADLINE[task.type][0]
+    candidates = [_stored_or_new(project, f"baseline:{n}", evaluation.gold_id, cfg, console) for n in names]
+    best = max(candidates, key=lambda e: e.metrics.get(headline, -math.inf))
+    c = compare_pair(project, best, evaluation, headline, cfg)
+    # the gate: not *significantly worse*; beating the baseline is reported, not required
+    return _comparison_record(c, best.model_ref, rule.baseline_required, rule=rule.baseline)
+
+
+# ---------------------------------------------------------------------------------------------
+# store
+# ---------------------------------------------------------------------------------------------
+def _store(
+    project: Project,
+    answered: Answered,
+    gold_version: GoldVersion,
+    gold: list[dict[str, Any]],
+    metrics: dict[str, Any],
+    sims: np.ndarray | None,
+) -> Evaluation:
+    task = answered.task
+    evaluation = Evaluation(
+        model_ref=answered.model_ref,
+        gold_id=gold_version.id,
+        mode=answered.runtime["mode"],
+        n_rows=len(gold),
+        metrics=metrics,
+        seconds=answered.runtime["seconds"],
+    )
+    with project.store.session() as s:
+        s.add(evaluation)
+        s.flush()
+        for i, (row, a) in enumerate(zip(gold, answered.answers, strict=True)):
+            scores = dict(a.scores)
+            if sims is not None:
+                scores["neighbour_cos"] = round(float(sims[i]), 4)
+            s.add(
+                Prediction(
+                    evaluation_id=evaluation.id,
+                    idx=i,
+                    input=input_text(task, row),
+                    reference=target_text(task, row),
+                    prediction=a.prediction,
+                    raw=a.raw,
+                    correct=is_correct(task, row, a),
+                    scores=scores,
+                )
+            )
+        project.store.log_event(
+            s,
+            "eval",
+            f"eval-{evaluation.id}",
+            model=answered.model_ref,
+            gold=gold_version.id,
+            **{k: metrics[k] for k in HEADLINE[task.type] if k in metrics},
+        )
+    return evaluation
+
+
+def _decide(project: Project, evaluation: Evaluation, cfg: EvalConfig, console: Console) -> Evaluation:
+    extra = {}
+    beat = _must_beat(project, evaluation, cfg, console)
+    if beat is not None:
+        extra["must_beat"] = beat
+    vs = _vs_baseline(project, evaluation, cfg, console)
+    if vs is not None:
+        extra["vs_baseline"] = vs
+    if not extra:
+        return evaluation
+    with project.store.session() as s:
+        row = s.get(Evaluation, evaluation.id)
+        assert row is not None
+        row.metrics = {**row.metrics, **extra}
+        return row
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage
+# ---------------------------------------------------------------------------------------------
+def _current_gold(project: Project) -> tuple[GoldVersion, list[dict[str, Any]]]:
+    gold_version = current_gold(project)
+    if gold_version is None:
+        raise NotFoundError(
+            "there is no gold set yet", hint="Run `slmloop data import FILE` and `slmloop data prepare`."
+        )
+    return gold_version, project.objects.read_jsonl(gold_version.object)
 
 
 def evaluate(
@@ -389,125 +514,42 @@ def evaluate(
     """Score ``ref`` on the current gold version, store every prediction, judge the gates."""
     console = console or Console(stderr=True)
     cfg = pack or project.manifest.eval
-    task = project.manifest.task
-    gold_version = current_gold(project)
-    if gold_version is None:
-        raise NotFoundError(
-            "there is no gold set yet", hint="Run `slmloop data import FILE` and `slmloop data prepare`."
-        )
-    gold = project.objects.read_jsonl(gold_version.object)
-
-    if ref.startswith("endpoint:"):
-        model_ref = ref
-        results, runtime = _run_endpoint(project, ref.split(":", 1)[1], gold, cfg, console, transport)
-        leakage: dict[str, Any] = {"checked": [], "leaks": 0, "overridden": False, "note": "external model"}
-    else:
-        target = resolve_target(project, ref)
-        lineage = target.run or target.release
-        leakage = {"checked": [], "leaks": 0, "overridden": False}
-        if lineage is not None:
-            trained_on = load_dataset(project, lineage.dataset_id)
-            leakage = leakage_gate(
-                project,
-                task,
-                gold,
-                allow=allow_leakage,
-                context=f"eval {target.ref}",
-                train=trained_on.train,
-                validation=trained_on.validation,
-            )
-        target, results, runtime = _run_local(project, ref, gold, cfg, console)
-        model_ref = target.ref
-
-    metrics = score_rows(task, gold, results)
-    scores = score_predictions(
+    gold_version, gold = _current_gold(project)
+    answered = answer_gold(project, ref, gold, cfg, allow_leakage=allow_leakage, console=console, transport=transport)
+    task = answered.task
+    scores = score_answers(
         task,
         gold,
-        [r.prediction for r in results],
-        [r.raw for r in results],
+        [a.prediction for a in answered.answers],
+        [a.raw for a in answered.answers],
         regex=cfg.checks.regex,
         json_schema=cfg.checks.json_schema,
     )
-    for name in scores.names:
-        metrics.setdefault(name, scores.metric(name))
-    if task.type not in ("classification", "extraction"):
-        from sacrebleu.metrics import BLEU
-
-        metrics["bleu"] = (
-            BLEU().corpus_score([r.prediction for r in results], [[target_text(task, g) for g in gold]]).score / 100
-        )
-    wanted = list(dict.fromkeys([*HEADLINE[task.type], *cfg.metrics, *(g.metric for g in cfg.gates)]))
-    metrics["ci"] = {
-        m: list(
-            bootstrap_ci(
-                lambda idx, m=m: scores.metric(m, idx), len(gold), resamples=cfg.bootstrap, confidence=cfg.confidence
-            )
-        )
-        for m in wanted
-        if m in scores.names
-    }
-    metrics["confidence"] = cfg.confidence
+    judge = None
     if cfg.judge is not None:
-        judged = _judge(project, gold, results, cfg, console, transport)
-        metrics["judge"] = {k: v for k, v in judged.items() if k != "scores"}
-        metrics["judge_score"] = judged["mean_score"]
-        valid = np.array([s for s in judged["scores"] if not math.isnan(s)])
-        if len(valid):
-            metrics["ci"]["judge_score"] = list(bootstrap_ci(lambda idx: float(valid[idx].mean()), len(valid)))
-    metrics["runtime"] = runtime
-    metrics["leakage"] = leakage
-    metrics["rows_per_s"] = runtime["rows_per_s"]
-    metrics["gates"] = _gates(metrics, cfg)
-
-    evaluation = Evaluation(
-        model_ref=model_ref,
-        gold_id=gold_version.id,
-        mode=runtime["mode"],
-        n_rows=len(gold),
-        metrics=metrics,
-        seconds=runtime["seconds"],
+        judge = _judge(project, task, gold, answered.answers, cfg, console, transport)
+        scores = scores.with_judge(judge.pop("scores"))
+    metrics = summarize(scores)
+    metrics["ci"] = _intervals(scores, _wanted(task, cfg), cfg)
+    subsets, sims = _neighbour_subsets(project, answered, gold, scores, cfg)
+    if subsets is not None:
+        metrics["subsets"] = subsets
+    if judge is not None:
+        metrics["judge"] = judge
+    metrics.update(
+        {
+            "confidence": cfg.confidence,
+            "task": task.model_dump(),
+            "prompt": answered.prompt,
+            "runtime": answered.runtime,
+            "leakage": answered.leakage,
+            "rows_per_s": answered.runtime["rows_per_s"],
+        }
     )
-    with project.store.session() as s:
-        s.add(evaluation)
-        s.flush()
-        for i, (row, res) in enumerate(zip(gold, results, strict=True)):
-            s.add(
-                Prediction(
-                    evaluation_id=evaluation.id,
-                    idx=i,
-                    input=input_text(task, row),
-                    reference=target_text(task, row),
-                    prediction=res.prediction,
-                    raw=res.raw,
-                    correct=res.correct,
-                    scores=res.scores,
-                )
-            )
-        project.store.log_event(
-            s,
-            "eval",
-            f"eval-{evaluation.id}",
-            model=model_ref,
-            gold=gold_version.id,
-            **{k: metrics[k] for k in HEADLINE[task.type] if k in metrics},
-        )
-    comparison = _must_beat(project, evaluation, cfg, console)
-    if comparison is not None:
-        with project.store.session() as s:
-            row = s.get(Evaluation, evaluation.id)
-            row.metrics = {**row.metrics, "must_beat": comparison}
-            evaluation = row
+    metrics["gates"] = _gates(metrics, cfg)
+    evaluation = _store(project, answered, gold_version, gold, metrics, sims)
+    evaluation = _decide(project, evaluation, cfg, console)
     from slmloop.evaluate.report import write_eval_report
 
     write_eval_report(project, evaluation)
     return evaluation
-
-
-def latest_evaluations(project: Project, gold_id: str) -> list[Evaluation]:
-    """The newest evaluation of each model on ``gold_id``, base first, then by time."""
-    with project.store.session() as s:
-        rows = s.scalars(select(Evaluation).where(Evaluation.gold_id == gold_id).order_by(Evaluation.id)).all()
-    newest: dict[str, Evaluation] = {}
-    for e in rows:
-        newest[e.model_ref] = e
-    return sorted(newest.values(), key=lambda e: (e.model_ref != "base", e.id))

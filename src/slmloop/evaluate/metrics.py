@@ -1,77 +1,237 @@
-"""Task-aware metrics, computed from references and predictions.
+"""Every metric, once: the metric registry.
 
-Each function returns plain floats/dicts so results store as JSON. Classification
-uses scikit-learn; ROUGE-L uses Google's ``rouge-score``.
+A model's answers on the gold rows become :class:`RowScores` — one numpy array
+per row-level quantity (predicted class, per-field true/false positives,
+per-row ROUGE-L, BLEU n-gram counts …). Every metric is a function of those
+arrays restricted to row indices, so
+
+- the point estimate, its bootstrap CI and the gates all read the same number;
+- two models' scores can be mixed row by row (:meth:`RowScores.mix`) for paired
+  permutation tests, also for metrics that do not decompose over rows (macro F1,
+  micro F1, corpus BLEU);
+- the manifest, the CLI and comparisons list the metrics of a task from
+  :data:`METRICS` instead of spelling them out.
+
+scikit-learn stays in the tests, as the reference this registry is checked against.
+
+Extraction answers are compared as multisets of ``(field, value)`` pairs: a
+field whose value is ``null`` (or an empty list) is absent, a list value counts
+each element, strings are compared with surrounding whitespace trimmed and
+inner whitespace collapsed.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 __all__ = [
-    "classification_metrics",
-    "extraction_metrics",
-    "generation_metrics",
+    "HEADLINE",
+    "METRICS",
+    "Metric",
+    "RowScores",
+    "field_diff",
+    "metric_names",
     "parse_json_object",
+    "score_answers",
+    "summarize",
+    "value_pairs",
 ]
 
-
-def classification_metrics(
-    references: Sequence[str], predictions: Sequence[str], labels: Sequence[str]
-) -> dict[str, Any]:
-    """Accuracy, macro/micro F1, per-class precision/recall/F1, confusion matrix.
-
-    A prediction outside ``labels`` (unparseable answer) counts as wrong for
-    accuracy and as a miss for the true class; ``invalid_rate`` reports how often.
-    """
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
-    n = len(references)
-    if n == 0:
-        return {"n": 0}
-    known = list(labels)
-    invalid = sum(p not in known for p in predictions)
-    correct = sum(r == p for r, p in zip(references, predictions, strict=True))
-    p, r, f, support = precision_recall_fscore_support(references, predictions, labels=known, zero_division=0)
-    _, _, micro_f1, _ = precision_recall_fscore_support(
-        references, predictions, labels=known, average="micro", zero_division=0
-    )
-    # an invalid prediction is its own column so the matrix keeps every row
-    columns = [*known, "<invalid>"] if invalid else known
-    preds = [x if x in known else "<invalid>" for x in predictions]
-    cm = confusion_matrix(references, preds, labels=columns)
-    return {
-        "n": n,
-        "accuracy": correct / n,
-        "macro_f1": float(sum(f) / len(known)),
-        "micro_f1": float(micro_f1),
-        "invalid_rate": invalid / n,
-        "per_class": {
-            lab: {
-                "precision": float(p[i]),
-                "recall": float(r[i]),
-                "f1": float(f[i]),
-                "support": int(support[i]),
-            }
-            for i, lab in enumerate(known)
-        },
-        "confusion": {"labels": known, "columns": columns, "matrix": cm[: len(known)].tolist()},
-    }
+Arrays = dict[str, np.ndarray]
 
 
-def generation_metrics(references: Sequence[str], predictions: Sequence[str]) -> dict[str, Any]:
-    """Exact match (after trimming) and mean ROUGE-L F1."""
-    from rouge_score import rouge_scorer
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    tasks: frozenset[str]
+    description: str
+    compute: Callable[[Arrays], float]
+    #: the per-row 0/1 array whose mean *is* the metric (McNemar applies), or None
+    per_row: str | None = None
+    higher_is_better: bool = True
+    #: the arrays it needs; a metric is available only when they were scored (a regex check, a judge)
+    needs: tuple[str, ...] = ()
+    #: 100 for metrics in [0, 1] reported as points, 1 for metrics on another scale
+    points: int = 100
 
-    n = len(references)
-    if n == 0:
-        return {"n": 0}
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    exact = sum(r.strip() == p.strip() for r, p in zip(references, predictions, strict=True))
-    rouge = [scorer.score(r, p)["rougeL"].fmeasure for r, p in zip(references, predictions, strict=True)]
-    return {"n": n, "exact_match": exact / n, "rouge_l": float(sum(rouge) / n)}
+
+def _rate(key: str) -> Callable[[Arrays], float]:
+    return lambda a: float(a[key].mean()) if len(a[key]) else math.nan
+
+
+def _confusion(a: Arrays) -> np.ndarray:
+    """(K, K+1) counts: true class × predicted class, the last column = invalid answer."""
+    k = int(a["k"][0]) if len(a["k"]) else 0
+    return np.bincount(a["true"] * (k + 1) + a["pred"], minlength=k * (k + 1)).reshape(k, k + 1)
+
+
+def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    d = 2 * tp + fp + fn
+    return np.divide(2 * tp, d, out=np.zeros_like(d, dtype=float), where=d > 0)
+
+
+def _class_f1(a: Arrays, average: str) -> float:
+    cm = _confusion(a)
+    k = cm.shape[0]
+    tp = np.diag(cm[:, :k]).astype(float)
+    fp = cm[:, :k].sum(0) - tp
+    fn = cm.sum(1) - tp
+    if average == "micro":
+        return float(_f1(tp.sum(), fp.sum(), fn.sum()))
+    return float(_f1(tp, fp, fn).mean()) if k else math.nan
+
+
+def _pairs(a: Arrays) -> tuple[float, float, float]:
+    return float(a["tp"].sum()), float(a["fp"].sum()), float(a["fn"].sum())
+
+
+def _micro(which: str) -> Callable[[Arrays], float]:
+    def compute(a: Arrays) -> float:
+        if "tp" not in a:  # classification: over the labels
+            return _class_f1(a, "micro")
+        tp, fp, fn = _pairs(a)
+        if which == "precision":
+            return tp / (tp + fp) if tp + fp else 0.0
+        if which == "recall":
+            return tp / (tp + fn) if tp + fn else 0.0
+        return float(_f1(np.float64(tp), np.float64(fp), np.float64(fn)))
+
+    return compute
+
+
+def _bleu(a: Arrays) -> float:
+    from sacrebleu.metrics import BLEU
+
+    s = a["bleu_stats"].sum(0)  # sys_len, ref_len, correct 1-4, total 1-4
+    if not len(a["bleu_stats"]):
+        return math.nan
+    return BLEU.compute_bleu(s[2:6].tolist(), s[6:10].tolist(), int(s[0]), int(s[1])).score / 100
+
+
+def _judge(a: Arrays) -> float:
+    valid = a["judge"][~np.isnan(a["judge"])]
+    return float(valid.mean()) if len(valid) else math.nan
+
+
+_CLS = frozenset({"classification"})
+_EXT = frozenset({"extraction"})
+_GEN = frozenset({"generation", "chat"})
+_ALL = _CLS | _EXT | _GEN
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in [
+        Metric("accuracy", _CLS, "share of rows with the right label", _rate("correct"), per_row="correct"),
+        Metric("macro_f1", _CLS, "F1 of each label, averaged (every label counts alike)", lambda a: _class_f1(a, "")),
+        Metric("micro_f1", _CLS | _EXT, "F1 over all labels or all (field, value) pairs", _micro("f1")),
+        Metric(
+            "invalid_rate",
+            _CLS,
+            "share of answers that are not a label",
+            _rate("invalid"),
+            per_row="invalid",
+            higher_is_better=False,
+        ),
+        Metric("micro_precision", _EXT, "share of extracted (field, value) pairs that are right", _micro("precision")),
+        Metric("micro_recall", _EXT, "share of expected (field, value) pairs that were extracted", _micro("recall")),
+        Metric("json_valid_rate", _EXT, "share of answers that hold a JSON object", _rate("valid"), per_row="valid"),
+        Metric(
+            "schema_pass_rate",
+            _EXT | _GEN,
+            "share of answers whose keys are allowed fields, required fields present, valid under the JSON schema",
+            _rate("schema_pass"),
+            per_row="schema_pass",
+            needs=("schema_pass",),
+        ),
+        Metric("exact_match", _EXT | _GEN, "share of answers equal to the reference", _rate("exact"), per_row="exact"),
+        Metric("rouge_l", _GEN, "ROUGE-L F1 (longest common subsequence of words), averaged", _rate("rouge_l")),
+        Metric("chrf", _GEN, "chrF (character n-gram F-score), averaged over rows", _rate("chrf")),
+        Metric("bleu", _GEN, "corpus BLEU (sacrebleu), 0-1", _bleu, needs=("bleu_stats",)),
+        Metric(
+            "regex_pass_rate",
+            _GEN,
+            "share of answers that fully match eval.checks.regex",
+            _rate("regex_pass"),
+            per_row="regex_pass",
+            needs=("regex_pass",),
+        ),
+        Metric("judge_score", _ALL, "mean LLM-judge score, 1-5", _judge, needs=("judge",), points=1),
+    ]
+}
+
+#: the metrics each task's tables and comparisons lead with (the first decides)
+HEADLINE: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "macro_f1"),
+    "extraction": ("micro_f1", "exact_match", "json_valid_rate"),
+    "generation": ("exact_match", "rouge_l"),
+    "chat": ("rouge_l", "exact_match"),
+}
+
+
+def metric_names(task_type: str, *, configured: bool = True) -> list[str]:
+    """Metrics a task can report. ``configured=True`` includes those that need a check or a judge."""
+    return [m.name for m in METRICS.values() if task_type in m.tasks and (configured or not m.needs)]
+
+
+# ---------------------------------------------------------------------------------------------
+# per-row scores
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class RowScores:
+    task: str
+    n: int
+    arrays: Arrays = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)  # classification: the classes; extraction: the fields
+
+    def mix(self, other: RowScores, swap: np.ndarray) -> RowScores:
+        """These scores, with ``other``'s on the rows where ``swap`` is True."""
+        mixed = {}
+        for k, v in self.arrays.items():
+            if k == "k":
+                mixed[k] = v
+                continue
+            mask = swap.reshape((-1,) + (1,) * (v.ndim - 1))
+            mixed[k] = np.where(mask, other.arrays[k], v)
+        return RowScores(self.task, self.n, mixed, self.labels)
+
+    def subset(self, idx: np.ndarray) -> Arrays:
+        return {k: (v if k == "k" else v[idx]) for k, v in self.arrays.items()}
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in METRICS.values() if self.task in m.tasks and all(k in self.arrays for k in m.needs)]
+
+    def metric(self, name: str, idx: np.ndarray | None = None) -> float:
+        if name not in self.names:
+            from slmloop.errors import ConfigError
+
+            raise ConfigError(
+                f"{name!r} is not a metric of this {self.task} evaluation",
+                hint=f"Use one of: {', '.join(self.names)}.",
+            )
+        return METRICS[name].compute(self.arrays if idx is None else self.subset(idx))
+
+    def hits(self, name: str) -> np.ndarray:
+        """Per-row right/wrong behind a rate metric (its mean is the metric)."""
+        key = METRICS[name].per_row
+        if key is None:
+            raise ValueError(f"{name} is not a per-row rate")
+        return self.arrays[key].astype(bool)
+
+    def correct(self) -> np.ndarray:
+        """Per-row right/wrong of the task's headline notion of a correct answer."""
+        return self.arrays["correct" if self.task == "classification" else "exact"].astype(bool)
+
+    def with_judge(self, scores: Sequence[float]) -> RowScores:
+        return RowScores(self.task, self.n, {**self.arrays, "judge": np.asarray(scores, float)}, self.labels)
 
 
 def parse_json_object(text: str) -> dict[str, Any] | None:
@@ -95,50 +255,185 @@ def parse_json_object(text: str) -> dict[str, Any] | None:
 
 
 def _norm(v: Any) -> str:
-    return json.dumps(v, sort_keys=True, ensure_ascii=False) if not isinstance(v, str) else v.strip()
+    if isinstance(v, str):
+        return " ".join(v.split())
+    return json.dumps(v, sort_keys=True, ensure_ascii=False)
 
 
-def extraction_metrics(
-    references: Sequence[dict[str, Any]], predictions: Sequence[str], fields: Sequence[str]
-) -> dict[str, Any]:
-    """Valid-JSON rate, schema pass rate (exactly the task's fields), per-field exact match and F1,
-    micro P/R/F1 over (field, value) pairs."""
-    n = len(references)
-    if n == 0:
-        return {"n": 0}
-    parsed = [parse_json_object(p) for p in predictions]
-    tp = fp = fn = 0
-    per_field = {f: 0 for f in fields}
-    field_counts = {f: [0, 0, 0] for f in fields}  # tp, fp, fn of each field's (value) pairs
-    exact = 0
-    for ref, pred in zip(references, parsed, strict=True):
-        pred = pred or {}
-        ref_pairs = {(k, _norm(v)) for k, v in ref.items() if v is not None}
-        pred_pairs = {(k, _norm(v)) for k, v in pred.items() if v is not None}
-        tp += len(ref_pairs & pred_pairs)
-        fp += len(pred_pairs - ref_pairs)
-        fn += len(ref_pairs - pred_pairs)
-        exact += ref_pairs == pred_pairs
-        for f in fields:
-            per_field[f] += _norm(ref.get(f)) == _norm(pred.get(f))
-            has_ref, has_pred = ref.get(f) is not None, pred.get(f) is not None
-            hit = has_ref and has_pred and _norm(ref[f]) == _norm(pred[f])
-            field_counts[f][0] += hit
-            field_counts[f][1] += has_pred and not hit
-            field_counts[f][2] += has_ref and not hit
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {
-        "n": n,
-        "json_valid_rate": sum(p is not None for p in parsed) / n,
-        "exact_match": exact / n,
-        "micro_precision": precision,
-        "micro_recall": recall,
-        "micro_f1": f1,
-        "field_accuracy": {f: c / n for f, c in per_field.items()},
-        "field_f1": {
-            f: (2 * c[0] / (2 * c[0] + c[1] + c[2]) if c[0] + c[1] + c[2] else 1.0) for f, c in field_counts.items()
-        },
-        "schema_pass_rate": sum(p is not None and set(p) == set(fields) for p in parsed) / n,
+def value_pairs(obj: dict[str, Any] | None) -> Counter[tuple[str, str]]:
+    """The multiset of ``(field, normalised value)`` pairs of an extraction answer."""
+    out: Counter[tuple[str, str]] = Counter()
+    for k, v in (obj or {}).items():
+        for item in v if isinstance(v, list) else [v]:
+            if item is not None and item != "":
+                out[(k, _norm(item))] += 1
+    return out
+
+
+def field_diff(reference: dict[str, Any], answer: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Field-by-field difference: ``missing`` (expected, not given), ``wrong`` (both, different), ``extra``."""
+    ref, got = value_pairs(reference), value_pairs(answer)
+    out = []
+    for f in dict.fromkeys([k for k, _ in ref] + [k for k, _ in got]):
+        want = sorted(v for (k, v), n in ref.items() if k == f for _ in range(n))
+        have = sorted(v for (k, v), n in got.items() if k == f for _ in range(n))
+        if want == have:
+            continue
+        kind = "missing" if not have else ("extra" if not want else "wrong")
+        out.append({"field": f, "kind": kind, "expected": want, "got": have})
+    return out
+
+
+def _schema_ok(obj: dict[str, Any] | None, fields: list[str], required: list[str], validator: Any) -> bool:
+    if obj is None:
+        return False
+    keys = {k for k, v in obj.items() if v is not None}
+    if fields and not keys <= set(fields):
+        return False
+    if not set(required) <= keys:
+        return False
+    return validator is None or bool(validator.is_valid(obj))
+
+
+def _validator(json_schema: dict[str, Any] | None) -> Any:
+    if not json_schema:
+        return None
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(json_schema)
+
+
+def score_answers(
+    task: Any,
+    rows: Sequence[dict[str, Any]],
+    predictions: Sequence[str],
+    raws: Sequence[str] | None = None,
+    *,
+    regex: str | None = None,
+    json_schema: dict[str, Any] | None = None,
+) -> RowScores:
+    """Per-row scores of ``predictions`` (the task-shaped answers) against gold ``rows``.
+
+    ``raws`` are the models' full answers (extraction parses its JSON from them).
+    """
+    from slmloop.tasks import target_text
+
+    n = len(rows)
+    raws = list(raws) if raws is not None else list(predictions)
+    if task.type == "classification":
+        labels = list(task.labels or [])
+        index = {lab: i for i, lab in enumerate(labels)}
+        true = np.array([index[r["label"]] for r in rows], dtype=np.int64)
+        pred = np.array([index.get(p, len(labels)) for p in predictions], dtype=np.int64)  # K = invalid
+        arrays = {"true": true, "pred": pred, "correct": true == pred, "invalid": pred == len(labels)}
+        arrays["k"] = np.array([len(labels)])
+        return RowScores("classification", n, arrays, labels)
+    if task.type == "extraction":
+        fields = list(task.fields or [])
+        required = list(getattr(task, "required", None) or [])
+        col = {f: i for i, f in enumerate(fields)}
+        other = len(fields)  # keys outside the schema
+        tp, fp, fn = (np.zeros((n, other + 1)) for _ in range(3))
+        valid, exact, schema = (np.zeros(n, bool) for _ in range(3))
+        validator = _validator(json_schema)
+        for i, (row, raw) in enumerate(zip(rows, raws, strict=True)):
+            obj = parse_json_object(raw)
+            valid[i] = obj is not None
+            schema[i] = _schema_ok(obj, fields, required, validator)
+            ref, got = value_pairs(row["output"]), value_pairs(obj)
+            exact[i] = ref == got
+            for k, v in ref | got:
+                j = col.get(k, other)
+                hit = min(ref[(k, v)], got[(k, v)])
+                tp[i, j] += hit
+                fp[i, j] += got[(k, v)] - hit
+                fn[i, j] += ref[(k, v)] - hit
+        arrays = {"tp": tp, "fp": fp, "fn": fn, "valid": valid, "exact": exact, "schema_pass": schema}
+        return RowScores("extraction", n, arrays, fields)
+    from rouge_score import rouge_scorer
+    from sacrebleu.metrics import BLEU, CHRF
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    chrf, bleu = CHRF(), BLEU()
+    refs = [target_text(task, r) for r in rows]
+    pairs = list(zip(refs, predictions, strict=True))
+    stats = []
+    for r, p in pairs:
+        b = bleu.corpus_score([p], [[r]])
+        stats.append([b.sys_len, b.ref_len, *b.counts, *b.totals])
+    arrays = {
+        "exact": np.array([r.strip() == p.strip() for r, p in pairs], bool),
+        "rouge_l": np.array([scorer.score(r, p)["rougeL"].fmeasure for r, p in pairs], float),
+        "chrf": np.array([chrf.sentence_score(p, [r]).score / 100 for r, p in pairs], float),
+        "bleu_stats": np.array(stats, float).reshape(n, 10),
     }
+    if regex:
+        pattern = re.compile(regex)
+        arrays["regex_pass"] = np.array([bool(pattern.fullmatch(p.strip())) for p in predictions], bool)
+    if json_schema:
+        validator = _validator(json_schema)
+        arrays["schema_pass"] = np.array([_schema_ok(parse_json_object(p), [], [], validator) for p in predictions])
+    return RowScores(task.type, n, arrays)
+
+
+# ---------------------------------------------------------------------------------------------
+# summaries: every metric plus the tables behind them, all from the same arrays
+# ---------------------------------------------------------------------------------------------
+def _classification_details(s: RowScores) -> dict[str, Any]:
+    cm = _confusion(s.arrays)
+    k = len(s.labels)
+    tp = np.diag(cm[:, :k]).astype(float)
+    predicted = cm[:, :k].sum(0)
+    support = cm.sum(1)
+    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
+    f1 = _f1(tp, predicted - tp, support - tp)
+    invalid = bool(cm[:, k].sum())
+    return {
+        "per_class": {
+            lab: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, lab in enumerate(s.labels)
+        },
+        "confusion": {
+            "labels": s.labels,
+            "columns": [*s.labels, "<invalid>"] if invalid else list(s.labels),
+            "matrix": (cm if invalid else cm[:, :k]).tolist(),
+        },
+    }
+
+
+def _extraction_details(s: RowScores) -> dict[str, Any]:
+    names = [*s.labels, "<other keys>"]
+    tp, fp, fn = (s.arrays[k].sum(0) for k in ("tp", "fp", "fn"))
+    f1 = _f1(tp, fp, fn)
+    out: dict[str, Any] = {}
+    for i, name in enumerate(names):
+        if i == len(s.labels) and not (tp[i] + fp[i] + fn[i]):
+            continue
+        out[name] = {
+            "f1": float(f1[i]),
+            "tp": int(tp[i]),
+            "fp": int(fp[i]),
+            "fn": int(fn[i]),
+            "support": int(tp[i] + fn[i]),
+        }
+    return {"per_field": out}
+
+
+def summarize(s: RowScores) -> dict[str, Any]:
+    """Every available metric's value, plus per-class / per-field tables."""
+    out: dict[str, Any] = {"n": s.n}
+    if s.n == 0:
+        return out
+    for name in s.names:
+        out[name] = s.metric(name)
+    if s.task == "classification":
+        out.update(_classification_details(s))
+    elif s.task == "extraction":
+        out.update(_extraction_details(s))
+    return out

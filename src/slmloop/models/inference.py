@@ -6,8 +6,10 @@ in the caller's order.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -93,6 +95,99 @@ def generate(
     return out
 
 
+@dataclass
+class _Trie:
+    """Label token sequences (each ending in EOS) as a prefix tree; node 0 is the root."""
+
+    token: list[int]
+    parent: list[int]
+    depth: list[int]
+    children: list[list[int]]
+    label_of: dict[int, int]  # leaf (an EOS node) -> label index
+
+    @classmethod
+    def build(cls, sequences: Sequence[Sequence[int]]) -> _Trie:
+        t = cls([-1], [-1], [0], [[]], {})
+        index: dict[tuple[int, int], int] = {}
+        for j, seq in enumerate(sequences):
+            node = 0
+            for tok in seq:
+                child = index.get((node, tok))
+                if child is None:
+                    child = len(t.token)
+                    index[(node, tok)] = child
+                    t.token.append(tok)
+                    t.parent.append(node)
+                    t.depth.append(t.depth[node] + 1)
+                    t.children.append([])
+                    t.children[node].append(child)
+                node = child
+            t.label_of[node] = j
+        return t
+
+    def path(self, node: int) -> list[int]:
+        """Nodes from depth 1 down to ``node``."""
+        out = []
+        while node > 0:
+            out.append(node)
+            node = self.parent[node]
+        return out[::-1]
+
+
+def _cache_of(out: Any) -> Any:
+    return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+
+
+class _Head:
+    """Hidden states from the decoder, and full-vocabulary log-probabilities only where asked.
+
+    The LM head runs on the gathered positions alone, in chunks (a (positions × vocabulary)
+    float matrix for every padded position would cost more than the decoder itself).
+    Models whose logits are post-processed (soft-capping, scaling) go through the whole model.
+    """
+
+    CHUNK = 256
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        cfg = model.config
+        special = getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None)
+        self.decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+        self.out = model.get_output_embeddings()
+        self.split = self.decoder is not None and self.out is not None and not special
+
+    def run(self, **kw: Any) -> tuple[Any, Any]:
+        if self.split:
+            out = self.decoder(use_cache=True, **kw)
+            return out.last_hidden_state, _cache_of(out)
+        out = self.model(use_cache=True, **kw)
+        return out.logits, _cache_of(out)  # logits stand in for hidden states: log_probs takes either
+
+    def log_probs(self, hidden: Any) -> Any:
+        import torch
+
+        if not self.split:  # ``hidden`` already holds logits
+            return torch.log_softmax(hidden, dim=-1, dtype=torch.float32)
+        return torch.cat(
+            [
+                torch.log_softmax(self.out(hidden[i : i + self.CHUNK]), dim=-1, dtype=torch.float32)
+                for i in range(0, hidden.shape[0], self.CHUNK)
+            ]
+        )
+
+
+def _common_prefix(encoded: Sequence[Sequence[int]]) -> int:
+    """Longest token prefix all prompts share, kept strictly inside the shortest."""
+    if len(encoded) < 2:
+        return 0
+    first = encoded[0]
+    limit = min(len(e) for e in encoded) - 1
+    n = 0
+    while n < limit and all(e[n] == first[n] for e in encoded):
+        n += 1
+    return n if n >= 8 else 0
+
+
 def rank_labels(
     model: PreTrainedModel,
     tok: PreTrainedTokenizerBase,
@@ -100,65 +195,138 @@ def rank_labels(
     labels: Sequence[str],
     *,
     batch_size: int = 16,
+    margin: float | None = 12.0,
     progress: Progress | None = None,
-) -> list[list[float]]:
-    """log P(label + EOS | prompt) for every prompt and label.
+) -> list[list[float | None]]:
+    """log P(label + EOS | prompt) for every prompt and label, with the full-vocabulary softmax.
 
-    The prompt is run once; its KV cache is repeated for every label and the
-    label tokens are scored in one more forward pass. Ranking can never give
-    an unparseable answer.
+    - The prompt prefix all prompts share (system message, label list) runs once; each batch
+      continues from a copy of its keys/values.
+    - Labels are scored through a prefix tree of their tokens: a token sequence two labels share
+      ("alarm_" in alarm_set / alarm_query) is run once per prompt, as one more position of the
+      prompt's sequence whose attention mask lets it see the prompt and its own ancestors only.
+    - Expansion is best first, a few tree levels per forward pass. A label whose prefix already
+      scores ``margin`` nats below the best complete label can no longer come within ``margin``
+      of it (log-probabilities only fall along a path), so it is not scored further: its score is
+      None (probability below e^-margin of the top label's). ``margin=None`` scores every label.
+
+    The ranking can never give an unparseable answer.
     """
     import torch
 
     eos = tok.eos_token_id
-    label_ids = [tok(lab, add_special_tokens=False)["input_ids"] + [eos] for lab in labels]
-    k = len(labels)
-    longest = max(len(x) for x in label_ids)
-    # label continuations (all but the last token are inputs), right-padded
-    cont = torch.full((k, longest - 1), tok.pad_token_id, dtype=torch.long)
-    cont_mask = torch.zeros((k, longest - 1), dtype=torch.long)
-    targets = torch.zeros((k, longest), dtype=torch.long)
-    target_mask = torch.zeros((k, longest), dtype=torch.bool)
-    for j, ids in enumerate(label_ids):
-        cont[j, : len(ids) - 1] = torch.tensor(ids[:-1])
-        cont_mask[j, : len(ids) - 1] = 1
-        targets[j, : len(ids)] = torch.tensor(ids)
-        target_mask[j, : len(ids)] = True
-
+    trie = _Trie.build([tok(lab, add_special_tokens=False)["input_ids"] + [eos] for lab in labels])
     encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    scores: list[list[float]] = [[] for _ in prompts]
     device = model.device
-    for batch in _batches([len(e) for e in encoded], batch_size):
-        ids, mask = _left_pad([encoded[i] for i in batch], tok.pad_token_id)
-        ids, mask = ids.to(device), mask.to(device)
-        b = ids.shape[0]
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    shared = _common_prefix(encoded)
+    prefix_kv = None
+    if shared:
         with torch.inference_mode():
-            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-            first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (b, V)
-            total = first[:, targets[:, 0].to(device)]  # (b, k)
-            if longest > 1:
-                cache = out.cache
-                cache.batch_repeat_interleave(k)
-                c_ids = cont.to(device).repeat(b, 1)  # (b*k, L-1)
-                c_mask = cont_mask.to(device).repeat(b, 1)
-                full_mask = torch.cat([mask.repeat_interleave(k, dim=0), c_mask], dim=1)
-                start = mask.sum(-1).repeat_interleave(k).unsqueeze(1)
-                c_pos = start + torch.arange(longest - 1, device=device).unsqueeze(0)
-                logits = model(
-                    input_ids=c_ids,
-                    attention_mask=full_mask,
-                    position_ids=c_pos,
-                    cache=cache,
-                    use_cache=False,
-                ).logits.float()
-                logp = torch.log_softmax(logits, dim=-1)  # (b*k, L-1, V)
-                nxt = targets[:, 1:].to(device).repeat(b, 1)
-                picked = logp.gather(-1, nxt.unsqueeze(-1)).squeeze(-1)
-                picked = picked * target_mask[:, 1:].to(device).repeat(b, 1)
-                total = total + picked.sum(-1).view(b, k)
-        for row, i in enumerate(batch):
-            scores[i] = total[row].tolist()
+            out = model(input_ids=torch.tensor([encoded[0][:shared]], device=device), use_cache=True, logits_to_keep=1)
+        prefix_kv = [(k, v) for k, v, *_ in _cache_of(out)]
+    limit = math.inf if margin is None else margin
+    scores: list[list[float | None]] = [[None] * len(labels) for _ in prompts]
+    for batch in _batches([len(e) for e in encoded], batch_size):
+        rows = _score_batch(model, tok, [encoded[i][shared:] for i in batch], trie, prefix_kv, shared, limit)
+        for i, row in zip(batch, rows, strict=True):
+            scores[i] = row
         if progress:
             progress(len(batch))
     return scores
+
+
+def _score_batch(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    suffixes: list[list[int]],
+    trie: _Trie,
+    prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None,
+    shared: int,
+    margin: float,
+) -> list[list[float | None]]:
+    import torch
+    from transformers import DynamicCache
+
+    device = model.device
+    b = len(suffixes)
+    ids, mask = _left_pad(suffixes, tok.pad_token_id)
+    ids, mask = ids.to(device), mask.to(device)
+    if prefix_kv is not None:
+        cache = DynamicCache(ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in prefix_kv])
+        mask = torch.cat([torch.ones((b, shared), dtype=mask.dtype, device=device), mask], dim=1)
+    else:
+        cache = DynamicCache()
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
+    head = _Head(model)
+    with torch.inference_mode():
+        hidden, cache = head.run(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache)
+        first = head.log_probs(hidden[:, -1])
+    seen = mask.bool().cpu()  # keys every label position may attend to: the prompt, without padding
+    prompt_len = mask.sum(-1).tolist()  # position of the first label token
+    roots = trie.children[0]
+    cum = [dict(zip(roots, first[r, [trie.token[c] for c in roots]].tolist(), strict=True)) for r in range(b)]
+    frontier = [{n for n in trie.children[0] if n not in trie.label_of} for _ in range(b)]
+    best = [max((cum[r][n] for n in trie.children[0] if n in trie.label_of), default=-math.inf) for r in range(b)]
+    slot: list[dict[int, int]] = [{} for _ in range(b)]  # node -> its cache position, per row
+    while True:
+        chosen: list[list[int]] = []
+        for r in range(b):
+            # prune for good what cannot reach within ``margin`` of the best complete label
+            frontier[r] = {n for n in frontier[r] if cum[r][n] >= best[r] - margin}
+            if not frontier[r]:
+                chosen.append([])
+                continue
+            top = max(cum[r][n] for n in frontier[r])
+            bar = best[r] - margin if best[r] > -math.inf else top - margin
+            chosen.append(sorted(n for n in frontier[r] if cum[r][n] >= bar))
+        width = max(len(c) for c in chosen)
+        if width == 0:
+            break
+        total = cache.get_seq_length()
+        q_ids = torch.full((b, width), tok.pad_token_id, dtype=torch.long)
+        q_pos = torch.zeros((b, width), dtype=torch.long)
+        allowed = torch.zeros((b, width, total + width), dtype=torch.bool)
+        allowed[:, :, :total] = seen[:, None, :total]
+        for r, nodes in enumerate(chosen):
+            for q, n in enumerate(nodes):
+                q_ids[r, q] = trie.token[n]
+                q_pos[r, q] = prompt_len[r] + trie.depth[n] - 1
+                for a in trie.path(n)[:-1]:
+                    allowed[r, q, slot[r][a]] = True
+                slot[r][n] = total + q
+            for q in range(width):
+                allowed[r, q, total + q] = True
+        seen = torch.cat([seen, torch.zeros((b, width), dtype=torch.bool)], dim=1)
+        dtype = model.dtype if model.dtype.is_floating_point else torch.float32
+        bias = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+        where = [(r, q) for r, nodes in enumerate(chosen) for q in range(len(nodes))]
+        with torch.inference_mode():
+            hidden, cache = head.run(
+                input_ids=q_ids.to(device),
+                attention_mask=bias[:, None].to(device),
+                position_ids=q_pos.to(device),
+                cache=cache,
+            )
+            rr, qq = zip(*where, strict=True)
+            logp = head.log_probs(hidden[list(rr), list(qq)])
+        k = 0
+        for r, nodes in enumerate(chosen):
+            for n in nodes:
+                frontier[r].discard(n)
+                kids = trie.children[n]
+                values = logp[k, [trie.token[c] for c in kids]].tolist()
+                k += 1
+                for c, v in zip(kids, values, strict=True):
+                    cum[r][c] = cum[r][n] + v
+                    if c in trie.label_of:
+                        best[r] = max(best[r], cum[r][c])
+                    else:
+                        frontier[r].add(c)
+    results: list[list[float | None]] = []
+    for r in range(b):
+        row: list[float | None] = [None] * len(trie.label_of)
+        for leaf, j in trie.label_of.items():
+            if leaf in cum[r]:  # scored to the end: exact
+                row[j] = cum[r][leaf]
+        results.append(row)
+    return results

@@ -180,6 +180,10 @@ class EncodedExample:
     #: [start, end) token ranges the loss is computed on (the assistant's answers)
     spans: list[tuple[int, int]]
     truncated: bool
+    #: tokens of the answer that did not fit (preflight refuses a run where any row loses answer tokens)
+    answer_cut: int = 0
+    #: the length the example would have had without truncation
+    full_length: int = 0
 
     @property
     def prompt_len(self) -> int:
@@ -217,14 +221,16 @@ def encode_example(
     completion = full[len(prompt) :] if full.startswith(prompt) else answer
     prompt_ids: list[int] = tok(prompt, add_special_tokens=False)["input_ids"]
     answer_ids, _ = _answer_ids(tok, completion)
-    truncated = False
-    if len(prompt_ids) + len(answer_ids) > max_length:
+    full = len(prompt_ids) + len(answer_ids)
+    truncated, cut = False, 0
+    if full > max_length:
         truncated = True
         keep = max(max_length - len(answer_ids), max_length // 4)
         prompt_ids = prompt_ids[-keep:]
+        cut = max(0, len(answer_ids) - (max_length - len(prompt_ids)))
         answer_ids = answer_ids[: max_length - len(prompt_ids)]
     n = len(prompt_ids)
-    return EncodedExample(prompt_ids + answer_ids, [(n, n + len(answer_ids))], truncated)
+    return EncodedExample(prompt_ids + answer_ids, [(n, n + len(answer_ids))], truncated, cut, full)
 
 
 def encode_conversation(
@@ -255,7 +261,7 @@ def encode_conversation(
         done = prompt + text
     if len(ids) > max_length:
         return encode_example(tok, messages[:last], messages[last]["content"], max_length)
-    return EncodedExample(ids, spans, False)
+    return EncodedExample(ids, spans, False, 0, len(ids))
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

@@ -23,7 +23,7 @@ from typing import Any
 
 from rich.console import Console
 
-from slmloop.data.prepare import load_dataset
+from slmloop.data.versions import load_dataset
 from slmloop.models.embedder import embed
 from slmloop.project import Project
 from slmloop.store import DriftReport, RequestLog
@@ -135,7 +135,7 @@ def monitor(
     """Compare the live inputs of a release with its training inputs; store a drift report."""
     console = console or Console(stderr=True)
     cfg = project.manifest.monitor
-    task = project.manifest.task
+    task = project.task
     release = resolve_release(project, release_ref)
     splits = load_dataset(project, release.dataset_id)
     rng = random.Random(0)
@@ -166,7 +166,7 @@ def monitor(
                     continue
             if live_labels:
                 result.tests["predictions"] = _prediction_test(
-                    [r["label"] for r in splits.train], live_labels, task.labels or []
+                    [r["label"] for r in splits.train], live_labels, task.label_list
                 )
                 result.tests["predictions"]["shift"] = result.tests["predictions"]["p_value"] < cfg.alpha
         from slmloop.monitor.report import write_drift_report

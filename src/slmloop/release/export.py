@@ -64,6 +64,16 @@ def _merge(run: Run, adapter: Path, out: Path, dtype_name: str) -> None:
                 shutil.copyfile(f, out / f.name)
 
 
+def _prompt_format(project: Project, run: Run) -> dict[str, Any]:
+    """How the model must be asked: the style it was trained with and the exact system message."""
+    from slmloop.manifest import TaskConfig
+    from slmloop.tasks import system_message
+
+    task = TaskConfig.model_validate(run.config["task"]) if run.config.get("task") else project.task
+    style = run.config.get("prompt", "full")
+    return {"style": style, "system": system_message(task, style) or None, "task": task.type}
+
+
 def export_release(project: Project, run_ref: str | None = None, *, console: Console | None = None) -> Release:
     console = console or Console(stderr=True)
     cfg = project.manifest.export
@@ -94,7 +104,8 @@ def export_release(project: Project, run_ref: str | None = None, *, console: Con
             "dataset": run.dataset_id,
             "gold": run.gold_id,
             "base_model": run.base_model,
-            "task": project.manifest.task.model_dump(),
+            "task": (run.config.get("task") or project.task.model_dump()),
+            "prompt": _prompt_format(project, run),
             "train": run.config.get("train", {}),
             "merged_dtype": cfg.dtype if cfg.merged else None,
             "metrics": metrics,

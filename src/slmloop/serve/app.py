@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from slmloop.errors import SlmloopError
-from slmloop.evaluate.evaluate import answer_rows
+from slmloop.evaluate.answers import answer_rows
 from slmloop.evaluate.metrics import parse_json_object
 from slmloop.manifest import TaskConfig
 from slmloop.models.inference import generate
@@ -92,6 +92,8 @@ class Predictor:
     name: str
     mode: str = "rank"
     max_new_tokens: int = 128
+    prompt: str = "full"  # the prompt style the model was trained with
+    rank_margin: float | None = 8.0
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -101,12 +103,14 @@ class Predictor:
         with self._lock:  # the same answering code as evaluation
             (a,) = answer_rows(
                 task,
+                self.prompt,
                 self.mode,
                 self.model,
                 self.tokenizer,
                 [{"text": text, "input": text}],
                 batch_size=1,
                 max_new_tokens=self.max_new_tokens,
+                margin=self.rank_margin,
             )
         if task.type == "classification":
             if "probs" in a.scores:

@@ -24,13 +24,17 @@ def build_app(project: Project, release_ref: str | int | None = None) -> tuple[A
     target = resolve_target(project, f"release-{release.version}")
     model, tok = load_target(target, pick_dtype(project.manifest.serve.precision))
     m = project.manifest
+    task = target.task or project.task
+    mode = m.eval.mode if m.eval.mode != "auto" else ("rank" if task.type == "classification" else "generate")
     predictor = Predictor(
         model=model,
         tokenizer=tok,
-        task=m.task,
+        task=task,
         name=f"{m.project.name}-v{release.version}",
-        mode=m.eval_mode,
+        mode=mode,
         max_new_tokens=m.serve.max_new_tokens,
+        prompt=target.prompt,
+        rank_margin=m.eval.rank_margin,
     )
     return create_app(predictor, project.store, release.version), predictor
 

@@ -28,11 +28,12 @@ POOL = 32  # batches per sorting pool
 
 
 def encode_rows(
-    tok: PreTrainedTokenizerBase, task: TaskConfig, rows: Sequence[dict[str, Any]], max_length: int
+    tok: PreTrainedTokenizerBase, task: TaskConfig, rows: Sequence[dict[str, Any]], max_length: int, style: str
 ) -> list[EncodedExample]:
+    """Every row as training tokens, its prompt in ``style`` (see slmloop.tasks)."""
     if task.type == "chat":  # loss on every assistant turn
         return [encode_conversation(tok, r["messages"], max_length) for r in rows]
-    return [encode_example(tok, prompt_messages(task, r), target_text(task, r), max_length) for r in rows]
+    return [encode_example(tok, prompt_messages(task, r, style), target_text(task, r), max_length) for r in rows]
 
 
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:

@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
-__all__ = ["Forecast", "available_memory_bytes", "peak_rss_bytes", "render_forecast", "reset_peak_rss"]
+__all__ = [
+    "Forecast",
+    "available_memory_bytes",
+    "calibrate",
+    "calibrate_inference",
+    "peak_rss_bytes",
+    "render_forecast",
+    "reset_peak_rss",
+]
 
 GIB = 1024**3
 
@@ -43,6 +51,14 @@ class Forecast:
     available_memory_gib: float
     fits: bool
     leakage: str
+    #: rows whose answer would lose tokens to model.max_length (the run is refused), and the length that fits all
+    answer_cut: int = 0
+    needed_length: int = 0
+    cut_examples: list[str] = field(default_factory=list)
+    #: the gold evaluation after training: rows, mode and forecast seconds
+    eval_rows: int = 0
+    eval_mode: str = ""
+    eval_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,6 +145,37 @@ def calibrate(
     return (tokens / seconds if seconds else 0.0), peak
 
 
+def calibrate_inference(model: Any, tok: Any, prompts: list[str], batch_size: int) -> tuple[float, float]:
+    """(prompt tokens/s, seconds per decoding step) of ``model`` answering a batch of ``prompts``.
+
+    One prompt pass over a batch as evaluation runs it (left-padded, KV cache kept), then a few
+    steps that each add one token per row: a label-tree round or a generated token costs one step.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    from slmloop.models.inference import _left_pad
+
+    batch = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[:batch_size]]
+    ids, mask = _left_pad(batch, tok.pad_token_id)
+    ids, mask = ids.to(model.device), mask.to(model.device)
+    prompt_tokens = int(mask.sum())
+    with torch.inference_mode():
+        model(input_ids=ids[:, :8], attention_mask=mask[:, :8], logits_to_keep=1)  # warm-up
+        t0 = time.perf_counter()
+        out = model(input_ids=ids, attention_mask=mask, cache=DynamicCache(), use_cache=True, logits_to_keep=1)
+        prompt_s = time.perf_counter() - t0
+        step = torch.full((ids.shape[0], 1), tok.pad_token_id, dtype=torch.long, device=model.device)
+        steps, t0 = 4, time.perf_counter()
+        for _ in range(steps):
+            cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+            mask = torch.cat([mask, torch.ones_like(step)], dim=1)
+            out = model(input_ids=step, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
+            torch.log_softmax(out.logits[:, -1], dim=-1, dtype=torch.float32)
+        step_s = (time.perf_counter() - t0) / steps
+    return prompt_tokens / max(prompt_s, 1e-9), step_s
+
+
 def render_forecast(f: Forecast, title: str = "preflight") -> Table:
     t = Table(title=title, title_justify="left", show_header=False)
     t.add_column("what")
@@ -142,12 +189,15 @@ def render_forecast(f: Forecast, title: str = "preflight") -> Table:
     t.add_row(
         "length (tokens)",
         f"mean {f.mean_tokens:.0f} · max {f.max_tokens}"
-        + (f" · [yellow]{f.truncated} truncated[/yellow]" if f.truncated else " · none truncated"),
+        + (f" · [yellow]{f.truncated} truncated[/yellow]" if f.truncated else " · none truncated")
+        + (f" · [bold red]{f.answer_cut} answers cut[/bold red]" if f.answer_cut else ""),
     )
     t.add_row("device", f"{f.device} · {f.dtype} · {f.world_size} process(es)")
     t.add_row("steps", f"{f.steps} ({f.steps_per_epoch} per epoch, {f.tokens_per_epoch:,} tokens per epoch)")
     t.add_row("speed (calibrated)", f"{f.calibrated_tokens_per_s:,.0f} tokens/s")
     t.add_row("time", f"~{f.seconds_per_epoch / 60:.1f} min per epoch · ~{f.seconds_total / 60:.1f} min in all")
+    if f.eval_rows:
+        t.add_row("gold evaluation", f"~{f.eval_seconds / 60:.1f} min for {f.eval_rows} rows ({f.eval_mode})")
     fit = "[green]fits[/green]" if f.fits else "[bold red]does NOT fit[/bold red]"
     t.add_row("peak memory", f"~{f.peak_memory_gib:.2f} GiB of {f.available_memory_gib:.1f} GiB available: {fit}")
     t.add_row("leakage gate", f.leakage)

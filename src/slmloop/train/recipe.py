@@ -35,9 +35,9 @@ from rich.console import Console
 
 from slmloop import versions
 from slmloop.data.leakage import leakage_gate
-from slmloop.data.prepare import DatasetSplits, current_gold, load_dataset
+from slmloop.data.versions import DatasetSplits, current_gold, load_dataset
 from slmloop.errors import ConfigError, ModelError, NotFoundError, PreflightError
-from slmloop.manifest import TrainConfig
+from slmloop.manifest import TaskConfig, TrainConfig
 from slmloop.models.catalog import ResolvedModel, resolve_model
 from slmloop.models.loading import (
     EncodedExample,
@@ -55,6 +55,7 @@ from slmloop.train.preflight import (
     Forecast,
     available_memory_bytes,
     calibrate,
+    calibrate_inference,
     peak_rss_bytes,
     render_forecast,
     reset_peak_rss,
@@ -159,6 +160,8 @@ class TrainSetup:
     model_ref: ResolvedModel
     leakage: dict[str, Any]
     max_length: int
+    task: TaskConfig  # labels / fields resolved for this dataset version
+    prompt: str  # the prompt style every row is encoded in (recorded, shipped with a release)
     init_from: Path | None = None
     resume: Run | None = None
 
@@ -197,9 +200,13 @@ def setup(
     if gold is not None and gold.id != splits.version.gold_id:
         splits.gold = project.objects.read_jsonl(gold.object)
     gold_id = gold.id if gold is not None else splits.version.gold_id
+    task = TaskConfig.model_validate(splits.version.config["task"]) if "task" in splits.version.config else None
+    task = task or project.task
+    if resumed is not None and "task" in resumed.config:
+        task = TaskConfig.model_validate(resumed.config["task"])
     leakage = leakage_gate(
         project,
-        project.manifest.task,
+        task,
         splits.gold,
         allow=allow_leakage,
         context="train",
@@ -209,7 +216,20 @@ def setup(
     model_ref = resolve_model(resumed.base_model if resumed else project.manifest.model.base)
     warm = _adapter_of(project, init_from) if init_from else None
     max_length = int(resumed.config["max_length"]) if resumed else project.manifest.model.max_length
-    return TrainSetup(project, cfg, splits, gold_id, model_ref, leakage, max_length, warm, resumed)
+    style = resumed.config.get("prompt", "full") if resumed else cfg.prompt
+    return TrainSetup(
+        project=project,
+        config=cfg,
+        splits=splits,
+        gold_id=gold_id,
+        model_ref=model_ref,
+        leakage=leakage,
+        max_length=max_length,
+        task=task,
+        prompt=style,
+        init_from=warm,
+        resume=resumed,
+    )
 
 
 def _resumable_run(project: Project, ref: str) -> Run:
@@ -315,12 +335,10 @@ def build(st: TrainSetup) -> Parts:
         torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(cfg.seed)
     dtype = pick_dtype(cfg.precision)
-    task = st.project.manifest.task
-
     tok = load_tokenizer(st.model_ref)
-    train_ex = encode_rows(tok, task, st.splits.train, st.max_length)
+    train_ex = encode_rows(tok, st.task, st.splits.train, st.max_length, st.prompt)
     val_rows = st.splits.validation[:VALIDATION_ROWS]
-    val_ex = encode_rows(tok, task, val_rows, st.max_length)
+    val_ex = encode_rows(tok, st.task, val_rows, st.max_length, st.prompt)
 
     # eager attention: on CPU its backward beats SDPA's for short sequences
     attn = "sdpa" if accelerator.device.type == "cuda" else "eager"
@@ -370,21 +388,21 @@ def build(st: TrainSetup) -> Parts:
     else:
         loss_fn = inner
     return Parts(
-        accelerator,
-        tok,
-        train_ex,
-        val_rows,
-        val_ex,
-        model,
-        loss_fn,
-        optimizer,
-        scheduler,
-        params,
-        dtype,
-        total_steps,
-        steps_per_epoch,
-        cfg.eval_every or max(1, total_steps // 4),
-        lora,
+        accelerator=accelerator,
+        tokenizer=tok,
+        train_ex=train_ex,
+        val_rows=val_rows,
+        val_ex=val_ex,
+        model=model,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        params=params,
+        dtype=dtype,
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+        eval_every=cfg.eval_every or max(1, total_steps // 4),
+        lora=lora,
         inner_loss=inner,
         share_prefix=not cfg.gradient_checkpointing,
     )
@@ -419,7 +437,9 @@ def preflight(st: TrainSetup, parts: Parts) -> Forecast:
         if not leak["leaks"]
         else (f"{leak['leaks']} leak(s), overridden" if leak["overridden"] else f"{leak['leaks']} leak(s)")
     )
-    return Forecast(
+    every = parts.train_ex + parts.val_ex
+    cut = [i for i, e in enumerate(every) if e.answer_cut]
+    forecast = Forecast(
         device=parts.device.type,
         dtype=str(parts.dtype).removeprefix("torch."),
         world_size=world,
@@ -440,10 +460,68 @@ def preflight(st: TrainSetup, parts: Parts) -> Forecast:
         available_memory_gib=available / 1024**3,
         fits=peak < 0.95 * available,
         leakage=leakage,
+        answer_cut=len(cut),
+        needed_length=max(e.full_length for e in every),
+        cut_examples=[_cut_example(st, parts, i) for i in cut[:3]],
     )
+    _forecast_eval(st, parts, forecast)
+    return forecast
+
+
+def _cut_example(st: TrainSetup, parts: Parts, i: int) -> str:
+    from slmloop.tasks import input_text
+
+    n = len(parts.train_ex)
+    if i < n:
+        split, k, row, ex = "train", i, st.splits.train[i], parts.train_ex[i]
+    else:
+        split, k, row, ex = "validation", i - n, parts.val_rows[i - n], parts.val_ex[i - n]
+    text = input_text(st.task, row)[:60]
+    return f"{split} row {k}: {ex.full_length} tokens, its answer loses {ex.answer_cut}: {text!r}"
+
+
+def _forecast_eval(st: TrainSetup, parts: Parts, forecast: Forecast) -> None:
+    """Seconds the gold evaluation of the trained model will take, from passes of this model on this machine.
+
+    Cost model: per batch, one prompt pass plus one decoding step per answer token (a rank round
+    or a generated token); a fine-tuned model's answer is about as long as the training answers.
+    """
+    from slmloop.models.loading import render_prompt
+    from slmloop.tasks import prompt_messages
+
+    m = st.project.manifest
+    gold = st.splits.gold
+    if not gold or st.task.type == "chat":
+        return
+    mode = m.eval.mode if m.eval.mode != "auto" else ("rank" if st.task.type == "classification" else "generate")
+    b = m.eval.batch_size
+    sample = gold[: max(b, 8)]
+    prompts = [render_prompt(parts.tokenizer, prompt_messages(st.task, r, st.prompt)) for r in sample]
+    was_training = parts.model.training
+    parts.model.eval()
+    prompt_tps, step_s = calibrate_inference(parts.model, parts.tokenizer, prompts, b)
+    parts.model.train(was_training)
+    torch.manual_seed(st.config.seed)
+    prompt_tokens = sum(len(x) for x in parts.tokenizer(prompts, add_special_tokens=False)["input_ids"]) / len(prompts)
+    answers = sorted(e.spans[-1][1] - e.spans[-1][0] for e in parts.val_ex or parts.train_ex)
+    typical = answers[len(answers) // 2]
+    longest = answers[int(0.95 * (len(answers) - 1))]  # a generated batch runs until its longest answer
+    batches = math.ceil(len(gold) / b)
+    steps = typical + 1 if mode == "rank" else longest
+    forecast.eval_rows = len(gold)
+    forecast.eval_mode = mode
+    forecast.eval_seconds = len(gold) * prompt_tokens / prompt_tps + batches * steps * step_s
 
 
 def _refuse(f: Forecast) -> None:
+    if f.answer_cut:
+        examples = "\n".join(f"  {x}" for x in f.cut_examples)
+        raise PreflightError(
+            f"{f.answer_cut} example(s) do not fit model.max_length with their whole answer; training on them "
+            f"would teach cut-off answers:\n{examples}",
+            hint=f"Set model.max_length to at least {f.needed_length} (or --max-length {f.needed_length}), or drop "
+            "long rows with data.max_tokens and run `slmloop data prepare`.",
+        )
     raise PreflightError(
         f"this run needs ~{f.peak_memory_gib:.1f} GiB at its peak but only {f.available_memory_gib:.1f} GiB is "
         f"available ({f.device}, {f.dtype}, longest example {f.max_tokens} tokens)",
@@ -493,27 +571,26 @@ def _evaluate(st: TrainSetup, parts: Parts, metric: str) -> dict[str, float]:
     if val is not None:
         out["val_loss"] = val
     if metric != "val_loss" and parts.val_rows:
-        from slmloop.evaluate.evaluate import predict_rows, score_rows
+        from slmloop.evaluate.answers import answer_rows
+        from slmloop.evaluate.metrics import score_answers
 
         m = st.project.manifest
         parts.model.eval()
-        results = predict_rows(
-            m.task,
-            m.eval_mode,
+        mode = m.eval.mode if m.eval.mode != "auto" else ("rank" if st.task.type == "classification" else "generate")
+        answers = answer_rows(
+            st.task,
+            st.prompt,
+            mode,
             parts.model,
             parts.tokenizer,
             parts.val_rows,
             batch_size=m.eval.batch_size,
             max_new_tokens=m.eval.max_new_tokens,
+            margin=m.eval.rank_margin,
         )
         parts.model.train()
-        scores = score_rows(m.task, parts.val_rows, results)
-        if metric not in scores:
-            raise ConfigError(
-                f"train.early_stopping.metric {metric!r} does not exist for a {m.task.type} task",
-                hint=f"Use val_loss or one of: {', '.join(k for k in scores if k != 'n')}.",
-            )
-        out[metric] = float(scores[metric])
+        scores = score_answers(st.task, parts.val_rows, [a.prediction for a in answers], [a.raw for a in answers])
+        out[metric] = scores.metric(metric)
     return out
 
 
@@ -717,7 +794,8 @@ def save(st: TrainSetup, parts: Parts, run: Run, state: LoopState, forecast: For
         "base_model": {"spec": st.model_ref.spec, "path": st.model_ref.path, "source": st.model_ref.source},
         "dataset": st.splits.version.id,
         "gold": st.gold_id,
-        "task": project.manifest.task.model_dump(),
+        "task": st.task.model_dump(),
+        "prompt": st.prompt,
         "train": st.config.model_dump(),
         "lora": parts.lora,
         "max_length": st.max_length,
@@ -762,7 +840,7 @@ def train(
         return forecast
     if parts.main:
         quiet.print(render_forecast(forecast, title=f"preflight · {st.model_ref.spec}"))
-    if not forecast.fits:
+    if not forecast.fits or forecast.answer_cut:
         _refuse(forecast)
 
     run, state = _start_or_resume(st, parts, forecast)
@@ -819,6 +897,8 @@ def _start_or_resume(st: TrainSetup, parts: Parts, forecast: Forecast) -> tuple[
                 base_model=st.model_ref.spec,
                 config={
                     "train": st.config.model_dump(),
+                    "task": st.task.model_dump(),
+                    "prompt": st.prompt,
                     "max_length": st.max_length,
                     "dtype": str(parts.dtype).removeprefix("torch."),
                     "device": parts.device.type,

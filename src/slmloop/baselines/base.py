@@ -1,0 +1,62 @@
+"""Which baselines a task has, and fitting one by name."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from slmloop.errors import ConfigError, DataError
+from slmloop.evaluate.answers import ModelAnswer
+from slmloop.manifest import TaskConfig
+
+__all__ = ["BASELINES", "FittedBaseline", "baselines_for", "fit_baseline"]
+
+Embed = Callable[[list[str]], Any]
+
+#: baseline name -> task types it answers
+BASELINES: dict[str, tuple[str, ...]] = {
+    "tfidf-lr": ("classification",),
+    "minilm-lr": ("classification",),
+    "crf": ("extraction",),
+    "knn": ("extraction", "generation", "chat"),
+}
+
+
+@dataclass
+class FittedBaseline:
+    name: str
+    fit_seconds: float
+    predict: Callable[[list[dict[str, Any]]], list[ModelAnswer]]
+    #: what the fit learned, for the evaluation record (e.g. which fields the CRF tags as spans)
+    info: dict[str, Any]
+
+
+def baselines_for(task: TaskConfig) -> list[str]:
+    return [name for name, types in BASELINES.items() if task.type in types]
+
+
+def fit_baseline(name: str, task: TaskConfig, train: list[dict[str, Any]], embed: Embed) -> FittedBaseline:
+    """Fit baseline ``name`` on ``train`` rows. ``embed`` maps texts to unit vectors (MiniLM)."""
+    if name not in BASELINES:
+        raise ConfigError(f"no baseline named {name!r}", hint=f"Baselines: {', '.join(BASELINES)}.")
+    if task.type not in BASELINES[name]:
+        raise ConfigError(
+            f"baseline {name!r} does not answer {task.type} tasks",
+            hint=f"For {task.type}: {', '.join(baselines_for(task)) or 'none'}.",
+        )
+    if not train:
+        raise DataError("the dataset version has no training rows", hint="Run `slmloop data prepare`.")
+    from slmloop.baselines import crf, text
+
+    started = time.perf_counter()
+    if name == "tfidf-lr":
+        predict, info = text.fit_tfidf_lr(task, train)
+    elif name == "minilm-lr":
+        predict, info = text.fit_embedding_lr(task, train, embed)
+    elif name == "crf":
+        predict, info = crf.fit_crf(task, train)
+    else:
+        predict, info = text.fit_nearest(task, train, embed)
+    return FittedBaseline(name, time.perf_counter() - started, predict, info)

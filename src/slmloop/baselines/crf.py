@@ -1,0 +1,181 @@
+"""Extraction baseline: a CRF tagger for span fields, TF-IDF + logistic regression for the rest.
+
+A field is a *span field* when most of its training values occur verbatim (as
+whole tokens, ignoring case) in the input: those values are tagged BIO on the
+input's tokens and a linear-chain CRF (sklearn-crfsuite) learns to tag them.
+Every other field (an intent, a normalised value) gets its own classifier that
+predicts its value, or its absence, from the whole input.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from slmloop.evaluate.answers import ModelAnswer
+from slmloop.manifest import TaskConfig
+from slmloop.tasks import input_text
+
+__all__ = ["bio_tags", "decode_spans", "fit_crf", "span_fields", "tokens"]
+
+Predict = Callable[[list[dict[str, Any]]], list[ModelAnswer]]
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+ABSENT = "\x00absent"
+#: share of a field's training values that must be spans of the input for the CRF to tag it
+SPAN_SHARE = 0.5
+
+
+def tokens(text: str) -> list[tuple[str, int, int]]:
+    return [(m.group(), m.start(), m.end()) for m in _TOKEN.finditer(text)]
+
+
+def _values(v: Any) -> list[Any]:
+    return [x for x in (v if isinstance(v, list) else [v]) if x is not None and x != ""]
+
+
+def _find(toks: list[tuple[str, int, int]], value: str, taken: set[int]) -> tuple[int, int] | None:
+    want = [t.lower() for t, _, _ in tokens(value)]
+    words = [t.lower() for t, _, _ in toks]
+    if not want:
+        return None
+    for i in range(len(words) - len(want) + 1):
+        if words[i : i + len(want)] == want and not taken & set(range(i, i + len(want))):
+            return i, i + len(want)
+    return None
+
+
+def bio_tags(text: str, output: dict[str, Any], fields: set[str]) -> tuple[list[tuple[str, int, int]], list[str], int]:
+    """Tokens of ``text``, their BIO tags for the values of ``fields``, and how many values were not found."""
+    toks = tokens(text)
+    tags = ["O"] * len(toks)
+    taken: set[int] = set()
+    missed = 0
+    for f in sorted(fields):
+        for v in _values(output.get(f)):
+            span = _find(toks, str(v), taken) if isinstance(v, str | int | float) else None
+            if span is None:
+                missed += 1
+                continue
+            a, b = span
+            taken.update(range(a, b))
+            tags[a] = f"B-{f}"
+            for i in range(a + 1, b):
+                tags[i] = f"I-{f}"
+    return toks, tags, missed
+
+
+def span_fields(task: TaskConfig, train: list[dict[str, Any]]) -> dict[str, float]:
+    """Each field's share of training values found verbatim in the input."""
+    found: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    for r in train:
+        toks = tokens(input_text(task, r))
+        for f, v in r["output"].items():
+            for x in _values(v):
+                total[f] += 1
+                found[f] += isinstance(x, str | int | float) and _find(toks, str(x), set()) is not None
+    return {f: found[f] / total[f] for f in total}
+
+
+def _shape(w: str) -> str:
+    s = re.sub("[A-Z]", "A", re.sub("[a-z]", "a", re.sub("[0-9]", "0", w)))
+    return re.sub(r"(.)\1+", r"\1\1", s)
+
+
+def _features(toks: list[tuple[str, int, int]]) -> list[dict[str, Any]]:
+    words = [t for t, _, _ in toks]
+    feats = []
+    for i, w in enumerate(words):
+        lw = w.lower()
+        f: dict[str, Any] = {
+            "bias": 1.0,
+            "w": lw,
+            "p2": lw[:2],
+            "s2": lw[-2:],
+            "s3": lw[-3:],
+            "shape": _shape(w),
+            "digit": w.isdigit(),
+            "title": w.istitle(),
+            "pos": min(i, 5),
+        }
+        for o in (-2, -1, 1, 2):
+            j = i + o
+            if 0 <= j < len(words):
+                f[f"w{o}"] = words[j].lower()
+                f[f"s{o}"] = _shape(words[j])
+            else:
+                f[f"w{o}"] = "<edge>"
+        f["w-1|w"] = f["w-1"] + "|" + lw
+        f["w|w+1"] = lw + "|" + f["w1"]
+        feats.append(f)
+    return feats
+
+
+def decode_spans(text: str, toks: list[tuple[str, int, int]], tags: list[str]) -> dict[str, list[str]]:
+    """BIO tags back to field values (the input's own characters); an I- without its B- opens a span."""
+    out: dict[str, list[str]] = {}
+    current: tuple[str, int, int] | None = None
+    for (_, start, end), tag in [*zip(toks, tags, strict=True), (("", 0, 0), "O")]:
+        kind, _, name = tag.partition("-")
+        if current is not None and (kind != "I" or name != current[0]):
+            out.setdefault(current[0], []).append(text[current[1] : current[2]])
+            current = None
+        if kind == "B" or (kind == "I" and current is None):
+            current = (name, start, end)
+        elif kind == "I" and current is not None:
+            current = (current[0], current[1], end)
+    return out
+
+
+def fit_crf(task: TaskConfig, train: list[dict[str, Any]]) -> tuple[Predict, dict[str, Any]]:
+    import sklearn_crfsuite
+    from sklearn.pipeline import make_pipeline
+
+    from slmloop.baselines.text import tfidf_features
+
+    shares = span_fields(task, train)
+    spans = {f for f, share in shares.items() if share >= SPAN_SHARE}
+    others = sorted(set(shares) - spans)
+    texts = [input_text(task, r) for r in train]
+    crf = None
+    if spans:
+        x, y = [], []
+        for text, r in zip(texts, train, strict=True):
+            toks, tags, _ = bio_tags(text, r["output"], spans)
+            x.append(_features(toks))
+            y.append(tags)
+        crf = sklearn_crfsuite.CRF(algorithm="lbfgs", c1=0.05, c2=0.05, max_iterations=150)
+        crf.fit(x, y)
+    classifiers: dict[str, Any] = {}
+    for f in others:
+        labels = [json.dumps(r["output"][f], sort_keys=True) if f in r["output"] else ABSENT for r in train]
+        if len(set(labels)) == 1:
+            classifiers[f] = labels[0]
+            continue
+        from sklearn.linear_model import LogisticRegression
+
+        model = make_pipeline(tfidf_features(), LogisticRegression(C=20.0, max_iter=2000))
+        model.fit(texts, labels)
+        classifiers[f] = model
+
+    def predict(rows: list[dict[str, Any]]) -> list[ModelAnswer]:
+        inputs = [input_text(task, r) for r in rows]
+        objs: list[dict[str, Any]] = [{} for _ in rows]
+        if crf is not None:
+            all_toks = [tokens(t) for t in inputs]
+            tagged = crf.predict([_features(t) for t in all_toks])
+            for obj, text, toks, tags in zip(objs, inputs, all_toks, tagged, strict=True):
+                for f, values in decode_spans(text, toks, list(tags)).items():
+                    obj[f] = values[0] if len(values) == 1 else values
+        for f, model in classifiers.items():
+            guesses = [model] * len(rows) if isinstance(model, str) else model.predict(inputs)
+            for obj, g in zip(objs, guesses, strict=True):
+                if g != ABSENT:
+                    obj[f] = json.loads(g)
+        return [ModelAnswer(json.dumps(o, ensure_ascii=False), json.dumps(o, ensure_ascii=False)) for o in objs]
+
+    info = {"span_fields": sorted(spans), "other_fields": others, "span_share": shares}
+    return predict, info

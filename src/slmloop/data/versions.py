@@ -1,0 +1,91 @@
+"""Dataset and gold versions: looking them up, loading their rows, freezing a new gold version."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from slmloop.errors import NotFoundError
+from slmloop.project import Project
+from slmloop.store import DatasetVersion, GoldVersion
+
+__all__ = [
+    "DatasetSplits",
+    "current_gold",
+    "freeze_gold",
+    "load_dataset",
+    "resolve_dataset",
+    "row_field",
+    "rows_digest",
+]
+
+
+@dataclass
+class DatasetSplits:
+    version: DatasetVersion
+    train: list[dict[str, Any]]
+    validation: list[dict[str, Any]]
+    gold: list[dict[str, Any]]
+
+
+def row_field(row: dict[str, Any], name: str) -> Any:
+    """A task field, or a source column kept in the row's metadata."""
+    if name in row:
+        return row[name]
+    return row.get("_meta", {}).get(name)
+
+
+def rows_digest(rows: list[dict[str, Any]]) -> str:
+    h = hashlib.sha256()
+    for r in rows:
+        clean = {k: v for k, v in r.items() if not k.startswith("_")}
+        h.update(json.dumps(clean, sort_keys=True, ensure_ascii=False).encode() + b"\n")
+    return h.hexdigest()
+
+
+def current_gold(project: Project) -> GoldVersion | None:
+    """The gold version evaluations use now (the store keeps an explicit pointer)."""
+    head = project.store.get_meta("current_gold")
+    if head is not None:
+        with project.store.session() as s:
+            return s.get(GoldVersion, head)
+    return None
+
+
+def freeze_gold(project: Project, rows: list[dict[str, Any]], parent: str | None, note: str) -> GoldVersion:
+    """Make ``rows`` the current gold version: a new hash-locked version, or an identical earlier one."""
+    gold_id = "gold-" + rows_digest(rows)[:12]
+    with project.store.session() as s:
+        gold = s.get(GoldVersion, gold_id)
+        if gold is None:
+            gold = GoldVersion(
+                id=gold_id, parent_id=parent, object=project.objects.put_jsonl(rows), rows=len(rows), note=note
+            )
+            s.add(gold)
+        project.store.set_meta(s, "current_gold", gold_id)
+        project.store.log_event(s, "gold.freeze", gold_id, rows=len(rows), parent=parent, note=note)
+    return gold
+
+
+def resolve_dataset(project: Project, version_id: str | None = None) -> DatasetVersion:
+    if version_id:
+        return project.store.get(DatasetVersion, version_id, "dataset version", "`slmloop data list` lists them.")
+    latest = project.store.latest(DatasetVersion, DatasetVersion.created_at)
+    if latest is None:
+        raise NotFoundError(
+            "no dataset version yet", hint="Run `slmloop data import FILE` then `slmloop data prepare`."
+        )
+    return latest
+
+
+def load_dataset(project: Project, version_id: str | None = None) -> DatasetSplits:
+    v = resolve_dataset(project, version_id)
+    gold = project.store.get(GoldVersion, v.gold_id, "gold version", "`slmloop gold list`.")
+    return DatasetSplits(
+        v,
+        project.objects.read_jsonl(v.train_object),
+        project.objects.read_jsonl(v.validation_object),
+        project.objects.read_jsonl(gold.object),
+    )

@@ -1,0 +1,79 @@
+"""A model's answers to task rows: ranked labels or generated text, in the prompt style it was trained with.
+
+Evaluation, the training recipe's validation metric and the server's
+``/v1/predict`` all answer through :func:`answer_rows`, so a row is asked the
+same way everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from slmloop.evaluate.metrics import parse_json_object, value_pairs
+from slmloop.manifest import TaskConfig
+from slmloop.models.inference import generate, rank_labels
+from slmloop.models.loading import render_prompt
+from slmloop.tasks import parse_prediction, prompt_messages, target_text
+
+__all__ = ["MIN_PROB", "ModelAnswer", "answer_rows", "is_correct", "label_probabilities"]
+
+#: label probabilities below this are not kept with an answer (a 150-label table per row says little)
+MIN_PROB = 1e-4
+
+
+@dataclass
+class ModelAnswer:
+    prediction: str  # the task-shaped answer: a label, or the text
+    raw: str  # what the model said
+    scores: dict[str, Any] = field(default_factory=dict)
+
+
+def label_probabilities(labels: list[str], logp: list[float | None]) -> dict[str, float]:
+    """Softmax over the labels' log-probabilities (unscored labels count as 0), largest first."""
+    scored = [(lab, x) for lab, x in zip(labels, logp, strict=True) if x is not None]
+    top = max(x for _, x in scored)
+    z = sum(math.exp(x - top) for _, x in scored)
+    probs = {lab: math.exp(x - top) / z for lab, x in scored}
+    return {lab: p for lab, p in sorted(probs.items(), key=lambda kv: -kv[1]) if p >= MIN_PROB}
+
+
+def answer_rows(
+    task: TaskConfig,
+    style: str,
+    mode: str,
+    model: Any,
+    tok: Any,
+    rows: list[dict[str, Any]],
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    margin: float | None = 8.0,
+    progress: Callable[[int], None] | None = None,
+) -> list[ModelAnswer]:
+    """The model's answer for every row (no reference needed).
+
+    ``mode`` rank: the most likely label (with probabilities, see
+    :func:`~slmloop.models.inference.rank_labels` for ``margin``); generate: greedy text,
+    parsed to the task's shape.
+    """
+    prompts = [render_prompt(tok, prompt_messages(task, r, style)) for r in rows]
+    if mode == "rank":
+        labels = task.label_list
+        out = []
+        for logp in rank_labels(model, tok, prompts, labels, batch_size=batch_size, margin=margin, progress=progress):
+            probs = label_probabilities(labels, logp)
+            pred = next(iter(probs))
+            out.append(ModelAnswer(pred, pred, {"probs": probs}))
+        return out
+    gens = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    return [ModelAnswer(parse_prediction(task, text), text, {"new_tokens": n}) for text, n in gens]
+
+
+def is_correct(task: TaskConfig, row: dict[str, Any], answer: ModelAnswer) -> bool:
+    """Right or wrong as a whole: the label, the set of extracted values, the exact text."""
+    if task.type == "extraction":
+        return value_pairs(parse_json_object(answer.raw)) == value_pairs(row["output"])
+    return answer.prediction.strip() == target_text(task, row).strip()

@@ -1,0 +1,57 @@
+"""Stored evaluations: the gold rows they scored, the newest one per model, their per-row scores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from slmloop.evaluate.metrics import RowScores, score_answers
+from slmloop.manifest import EvalConfig, TaskConfig
+from slmloop.project import Project
+from slmloop.store import Evaluation, GoldVersion
+
+__all__ = ["evaluation_task", "gold_rows", "latest_evaluations", "row_scores"]
+
+
+def gold_rows(project: Project, gold_id: str) -> list[dict[str, Any]]:
+    gold = project.store.get(GoldVersion, gold_id, "gold version", "`slmloop gold list`.")
+    return project.objects.read_jsonl(gold.object)
+
+
+def latest_evaluations(project: Project, gold_id: str) -> list[Evaluation]:
+    """The newest evaluation of each model on ``gold_id``: base first, baselines next, then by time."""
+    with project.store.session() as s:
+        rows = s.scalars(select(Evaluation).where(Evaluation.gold_id == gold_id).order_by(Evaluation.id)).all()
+    newest: dict[str, Evaluation] = {}
+    for e in rows:
+        newest[e.model_ref] = e
+    rank = {"base": 0, "baseline": 1}
+    return sorted(newest.values(), key=lambda e: (rank.get(e.model_ref.split(":")[0], 2), e.id))
+
+
+def evaluation_task(project: Project, evaluation: Evaluation) -> TaskConfig:
+    """The task (labels, fields) an evaluation was scored with; older evaluations: the project's."""
+    raw = evaluation.metrics.get("task")
+    return TaskConfig.model_validate(raw) if raw else project.task
+
+
+def row_scores(
+    project: Project, evaluation: Evaluation, cfg: EvalConfig | None = None, task: TaskConfig | None = None
+) -> RowScores:
+    """Per-row scores of a stored evaluation, rebuilt from its predictions."""
+    cfg = cfg or project.manifest.eval
+    rows = gold_rows(project, evaluation.gold_id)
+    preds = project.store.predictions(evaluation.id)
+    scores = score_answers(
+        task or evaluation_task(project, evaluation),
+        rows,
+        [p.prediction for p in preds],
+        [p.raw for p in preds],
+        regex=cfg.checks.regex,
+        json_schema=cfg.checks.json_schema,
+    )
+    judged = [p.scores.get("judge", {}).get("score") for p in preds]
+    if any(x is not None for x in judged):
+        scores = scores.with_judge([float("nan") if x is None else x for x in judged])
+    return scores

@@ -138,7 +138,7 @@ def test_the_registry_names_every_metric_once() -> None:
 def test_asking_for_an_unknown_metric_is_a_clear_error() -> None:
     from slmloop.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="rouge_l.*not a metric"):
+    with pytest.raises(ConfigError, match=r"rouge_l.*not a metric"):
         _cls(["a"], ["a"]).metric("rouge_l")
 
 

@@ -120,7 +120,7 @@ def test_resume_refuses_a_completed_run(tmp_path: Path, tiny_model: Path, capsys
 def test_warm_start_continues_from_an_earlier_adapter(tmp_path: Path, tiny_model: Path) -> None:
     root = _prepared(tmp_path / "p", tiny_model, max_steps=20)
     assert main(["train", "-p", str(root)]) == 0
-    assert main(["train", "--init-from", "run-1", "--max-steps", "1", "--lr", "1e-12", "-p", str(root)]) == 0
+    assert main(["train", "--init-from", "run-1", "--max-steps", "1", "--learning-rate", "1e-12", "-p", str(root)]) == 0
     first, second = _adapter(root, "run-1"), _adapter(root, "run-2")
     assert _max_diff(first, second) < 1e-6  # one near-zero step away from where run-1 ended
     p = open_project(root)

@@ -233,7 +233,9 @@ class TrainConfig(Section):
         "model needs; base-model evaluation always uses it). Recorded in the run and shipped in the release.",
     )
     learning_rate: float = Field(1e-3, gt=0.0, description="Peak learning rate.")
-    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine")
+    scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Learning-rate schedule after warm-up."
+    )
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Fraction of steps to warm up.")
     epochs: float = Field(1.0, gt=0.0, description="Passes over the training split.")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
@@ -245,9 +247,9 @@ class TrainConfig(Section):
         description="Padded tokens per forward pass; longer batches are split (same maths, "
         "bounded memory). Activation memory grows ~linearly with it.",
     )
-    weight_decay: float = Field(0.0, ge=0.0)
-    max_grad_norm: float = Field(1.0, gt=0.0)
-    seed: int = Field(13)
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay on the adapter weights.")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradients are clipped to this global norm.")
+    seed: int = Field(13, description="Seed of the adapter's initialisation and of the batch order.")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 where the hardware computes it fast (AVX512-BF16/AMX, GPUs)."
     )
@@ -333,7 +335,7 @@ class EvalConfig(Section):
     batch_size: int = Field(32, gt=0, description="Gold rows per forward pass.")
     max_new_tokens: int = Field(64, gt=0, description="Generation budget per gold row.")
     rank_margin: float | None = Field(
-        8.0,
+        6.0,
         gt=0.0,
         description="rank: labels whose log-probability falls this many nats below the best label are not "
         "scored to the end (their probability is below e^-margin of the top label's; the top label is "

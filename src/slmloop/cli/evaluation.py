@@ -46,6 +46,7 @@ def evaluate(
     ev = run_eval(proj, model, pack=cfg, allow_leakage=allow_leakage, console=err)
     out.print(f"[bold]{ev.name}[/bold]: {ev.model_ref} on {ev.gold_id} ({ev.n_rows} rows, {ev.seconds:.0f} s)")
     comparison_table(proj, ev.gold_id)
+    detail_tables(ev.metrics)
     gate_table(ev.metrics)
     out.print(f"report: {proj.reports_dir / ev.name / 'index.html'}")
     failed = failed_gates(ev)
@@ -72,6 +73,7 @@ def comparison_table(proj: Any, gold_id: str) -> None:
     t = Table(title=f"gold set {gold_id} (95 % CI)", title_justify="left")
     t.add_column("model")
     t.add_column("evaluation")
+    t.add_column("prompt")
     for k in keys:
         t.add_column(k, justify="right")
     t.add_column("s/row", justify="right")
@@ -83,17 +85,79 @@ def comparison_table(proj: Any, gold_id: str) -> None:
         t.add_row(
             e.model_ref,
             e.name,
+            str(e.metrics.get("prompt", "full")),
             *(_fmt(e.metrics.get(k), e.metrics.get("ci", {}).get(k)) for k in keys),
             f"{lat:.3f}" if lat is not None else "",
             f"{cost:.4f}" if cost is not None else "",
         )
     out.print(t)
+    out.print(
+        "[dim]prompt: full = instruction + label list / JSON keys (zero-shot); compact = instruction only "
+        "(what the model was fine-tuned on); none = a baseline reads the raw input[/dim]"
+    )
+
+
+SHOW_WORST = 10
+
+
+def detail_tables(metrics: dict[str, Any]) -> None:
+    """Weakest classes / fields first and the most frequent confusions: readable at 150 labels or 40 fields."""
+    per_class = metrics.get("per_class")
+    if per_class and len(per_class) > 2:
+        worst = sorted(per_class.items(), key=lambda kv: (kv[1]["f1"], -kv[1]["support"]))[:SHOW_WORST]
+        t = Table(
+            title=f"weakest labels ({len(worst)} of {len(per_class)}; all in the HTML report)", title_justify="left"
+        )
+        for col in ("label", "F1", "precision", "recall", "gold rows"):
+            t.add_column(col, justify="left" if col == "label" else "right")
+        for lab, c in worst:
+            t.add_row(lab, f"{c['f1']:.3f}", f"{c['precision']:.3f}", f"{c['recall']:.3f}", str(c["support"]))
+        out.print(t)
+    confusion = metrics.get("confusion")
+    if confusion and len(confusion["labels"]) > 2:
+        pairs = [
+            (n, confusion["labels"][i], confusion["columns"][j])
+            for i, row in enumerate(confusion["matrix"])
+            for j, n in enumerate(row)
+            if n and confusion["labels"][i] != confusion["columns"][j]
+        ]
+        top = sorted(pairs, key=lambda x: -x[0])[:SHOW_WORST]
+        if top:
+            t = Table(title="most frequent confusions", title_justify="left")
+            for col in ("gold label", "predicted", "rows"):
+                t.add_column(col, justify="right" if col == "rows" else "left")
+            for n, gold, pred in top:
+                t.add_row(gold, pred, str(n))
+            out.print(t)
+    per_field = metrics.get("per_field")
+    if per_field:
+        worst = sorted(per_field.items(), key=lambda kv: (kv[1]["f1"], -kv[1]["support"]))[:SHOW_WORST]
+        t = Table(
+            title=f"weakest fields ({len(worst)} of {len(per_field)}; all in the HTML report)", title_justify="left"
+        )
+        for col in ("field", "F1", "right", "wrong or extra", "missed", "gold values"):
+            t.add_column(col, justify="left" if col == "field" else "right")
+        for name, c in worst:
+            t.add_row(name, f"{c['f1']:.3f}", str(c["tp"]), str(c["fp"]), str(c["fn"]), str(c["support"]))
+        out.print(t)
+    sub = metrics.get("subsets")
+    if sub and sub.get("close_neighbour", {}).get("n") and sub.get("no_close_neighbour", {}).get("n"):
+        from slmloop.evaluate.metrics import HEADLINE
+
+        key = next((k for k in sub["close_neighbour"] if k not in ("n", "ci")), None)
+        if key is not None and key in HEADLINE.get(metrics.get("task", {}).get("type", ""), (key,)):
+            close, clear = sub["close_neighbour"], sub["no_close_neighbour"]
+            out.print(
+                f"{100 * sub['close_share']:.0f} % of gold rows have a close training paraphrase (MiniLM cosine ≥ "
+                f"{sub['threshold']}): {key} {_fmt(close[key], close['ci'].get(key))} on those ({close['n']} rows) vs "
+                f"{_fmt(clear[key], clear['ci'].get(key))} on the rest ({clear['n']} rows)"
+            )
 
 
 def gate_table(metrics: dict[str, Any]) -> None:
     gates = metrics.get("gates", [])
     beat = metrics.get("must_beat")
-    if not gates and not beat:
+    if not gates and not beat and not metrics.get("vs_baseline"):
         return
     t = Table(title="gates", title_justify="left")
     for col in ("gate", "value", "verdict", "required"):
@@ -115,9 +179,19 @@ def gate_table(metrics: dict[str, Any]) -> None:
             "[green]PASS[/green]" if ok else f"[red]{beat['verdict'].upper()}[/red]",
             "yes" if beat.get("required") else "no",
         )
+    vs = metrics.get("vs_baseline")
+    if vs:
+        worse = vs["verdict"] == "worse"
+        t.add_row(
+            f"not worse than {vs['against']}",
+            f"{vs.get('diff', math.nan):+.4f} (p={vs.get('p_value', 1):.3g})",
+            "[red]WORSE[/red]" if worse else f"[green]PASS[/green] ({vs['verdict']})",
+            "yes" if vs.get("required") else "no",
+        )
     out.print(t)
-    if beat and beat.get("sentence"):
-        out.print(beat["sentence"], highlight=False)
+    for rec in (beat, vs):
+        if rec and rec.get("sentence"):
+            out.print(rec["sentence"], highlight=False)
 
 
 @app.command("show")
@@ -138,15 +212,52 @@ def show(
         raise NotFoundError(f"{evaluation!r} is not an evaluation id", hint="They look like eval-3.") from None
     ev = proj.store.get(Evaluation, eid, "evaluation", "`slmloop eval` prints their ids.")
     preds = [p for p in proj.store.predictions(ev.id) if not (failures and p.correct)]
-    t = Table(title=f"{ev.name} · {ev.model_ref} · {len(preds)} row(s)", title_justify="left")
+    task_type = ev.metrics.get("task", {}).get("type", proj.manifest.task.type)
+    t = Table(title=f"{ev.name} · {ev.model_ref} · {len(preds)} row(s)", title_justify="left", show_lines=True)
     t.add_column("#", justify="right")
-    t.add_column("input", overflow="fold", max_width=60)
-    t.add_column("expected")
-    t.add_column("predicted")
+    t.add_column("input", overflow="fold", max_width=50)
+    if task_type == "extraction":
+        t.add_column("field-by-field (expected → got)", overflow="fold")
+    else:
+        t.add_column("expected", overflow="fold", max_width=40)
+        t.add_column("predicted", overflow="fold", max_width=40)
     t.add_column("ok")
     for p in preds[:limit]:
-        t.add_row(str(p.idx), p.input[:200], p.reference[:80], p.prediction[:80], "✓" if p.correct else "✗")
+        mark = "✓" if p.correct else "✗"
+        if task_type == "extraction":
+            t.add_row(str(p.idx), p.input, _diff_cell(p.reference, p.raw), mark)
+        else:
+            t.add_row(str(p.idx), p.input, p.reference, p.prediction, mark)
     out.print(t)
+    if len(preds) > limit:
+        out.print(f"… {len(preds) - limit} more: --limit {len(preds)}")
+
+
+def _diff_cell(reference: str, raw: str) -> str:
+    """An extraction answer against its reference: only the fields that differ, each with what kind of error."""
+    import json
+
+    from rich.markup import escape
+
+    from slmloop.evaluate.metrics import field_diff, parse_json_object
+
+    try:
+        ref = json.loads(reference)
+    except json.JSONDecodeError:
+        ref = {}
+    got = parse_json_object(raw)
+    if got is None:
+        return f"[red]no JSON object in the answer:[/red] {escape(raw[:200])}"
+    diff = field_diff(ref, got)
+    if not diff:
+        return "[green]all fields right[/green]" + (f" ({len(ref)} field(s))" if ref else " (nothing to extract)")
+    colour = {"missing": "yellow", "wrong": "red", "extra": "magenta"}
+    lines = [
+        f"[{colour[d['kind']]}]{d['kind']:<7}[/{colour[d['kind']]}] {escape(d['field'])}: "
+        f"{escape(' | '.join(d['expected']) or '–')} → {escape(' | '.join(d['got']) or '–')}"
+        for d in diff
+    ]
+    return "\n".join(lines)
 
 
 def compare(

@@ -5,12 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from slmloop.cli.common import ProjectOpt, err, load, out
+from slmloop.cli.options import as_flags, config_options
+from slmloop.manifest import TrainConfig
 
 
 def _launch(num_processes: int, args: list[str]) -> int:
@@ -37,29 +39,10 @@ def _launch(num_processes: int, args: list[str]) -> int:
     return subprocess.call(cmd)
 
 
+@config_options(TrainConfig, skip=("early_stopping",))
 def train(
-    epochs: Annotated[float | None, typer.Option(help="Passes over the training split.")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
-    learning_rate: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Examples per micro-batch.")] = None,
-    grad_accum: Annotated[int | None, typer.Option(help="Micro-batches per optimizer step.")] = None,
-    lora_r: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
-    lora_alpha: Annotated[int | None, typer.Option(help="LoRA alpha (scale = alpha / r).")] = None,
-    lora_dropout: Annotated[float | None, typer.Option(help="Dropout on the LoRA input.")] = None,
-    target_modules: Annotated[
-        str | None, typer.Option(help="auto | all-linear | comma-separated module names (q_proj,v_proj).")
-    ] = None,
+    overrides: dict[str, Any],
     max_length: Annotated[int | None, typer.Option(help="Longest example in tokens (model.max_length).")] = None,
-    scheduler: Annotated[str | None, typer.Option(help="cosine | linear | constant")] = None,
-    warmup_ratio: Annotated[float | None, typer.Option(help="Fraction of steps to warm up.")] = None,
-    precision: Annotated[str | None, typer.Option(help="auto | bf16 | fp32")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    checkpoint_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps.")] = None,
-    eval_every: Annotated[int | None, typer.Option(help="Validation every N steps.")] = None,
-    gradient_checkpointing: Annotated[
-        bool | None,
-        typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Trade speed for memory."),
-    ] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset version (default: newest).")] = None,
     init_from: Annotated[
         str | None, typer.Option(help="Start from an earlier adapter: run-N or a release (vN) — the iterate step.")
@@ -74,49 +57,15 @@ def train(
     ] = False,
     project: ProjectOpt = Path("."),
 ) -> int:
-    """Fine-tune the base model with LoRA on the newest dataset version (overrides: manifest train:)."""
-    overrides = {
-        "epochs": epochs,
-        "max_steps": max_steps,
-        "learning_rate": learning_rate,
-        "batch_size": batch_size,
-        "grad_accum": grad_accum,
-        "lora_r": lora_r,
-        "lora_alpha": lora_alpha,
-        "scheduler": scheduler,
-        "warmup_ratio": warmup_ratio,
-        "precision": precision,
-        "seed": seed,
-        "checkpoint_every": checkpoint_every,
-        "eval_every": eval_every,
-        "gradient_checkpointing": gradient_checkpointing,
-        "lora_dropout": lora_dropout,
-    }
-    if target_modules is not None:
-        names = [m.strip() for m in target_modules.split(",") if m.strip()]
-        overrides["target_modules"] = target_modules if target_modules in ("auto", "all-linear") else names
+    """Fine-tune the base model with LoRA on the newest dataset version.
+
+    Every option of the manifest's train: section is also an option here (same name, same meaning).
+    """
     if num_processes > 1:
         if dry_run:
             err.print("[yellow]--dry-run forecasts one process; run it without --num-processes.[/yellow]")
-        flags = [
-            f"--{k.replace('_', '-')}={v}"
-            for k, v in overrides.items()
-            if v is not None and k not in ("learning_rate", "target_modules") and not isinstance(v, bool)
-        ]
-        if learning_rate is not None:
-            flags.append(f"--lr={learning_rate}")
-        if gradient_checkpointing is not None:
-            flags.append("--gradient-checkpointing" if gradient_checkpointing else "--no-gradient-checkpointing")
-        named = (
-            ("dataset", dataset),
-            ("init-from", init_from),
-            ("resume", resume),
-            ("max-length", max_length),
-            ("target-modules", target_modules),
-        )
-        for name, value in named:
-            if value is not None:
-                flags.append(f"--{name}={value}")
+        named = {"dataset": dataset, "init_from": init_from, "resume": resume, "max_length": max_length}
+        flags = as_flags({**overrides, **named})
         if allow_leakage:
             flags.append("--allow-leakage")
         code = _launch(num_processes, [*flags, "--project", str(project.resolve())])

@@ -156,14 +156,14 @@ def _name_score(task_field: str, column: str) -> tuple[float, str]:
 def _label_score(task: TaskConfig, prof: ColumnProfile, rows: int) -> tuple[float, str]:
     if prof.kind not in ("str", "int", "bool") or not prof.non_null:
         return 0.0, ""
-    if task.labels:
-        allowed = {lab.casefold() for lab in task.labels}
+    if task.label_list:
+        allowed = {lab.casefold() for lab in task.label_list}
         matching = sum(v.casefold() in allowed for v in prof.distinct)
         share = matching / max(len(prof.distinct), 1)
         if share == 0:
-            return 0.0, f"none of its values are in task.labels ({', '.join(task.labels)})"
+            return 0.0, f"none of its values are in task.labels ({', '.join(task.label_list)})"
         return 0.5 + 0.45 * share, f"{matching} of its {len(prof.distinct)} distinct values are task labels"
-    few = len(prof.distinct) <= max(20, rows // 20)
+    few = len(prof.distinct) <= max(200, rows // 20)  # labels: auto takes up to hundreds of classes
     return (0.6, f"few distinct values ({len(prof.distinct)})") if few else (0.0, "")
 
 
@@ -247,7 +247,7 @@ def inspect_records(task: TaskConfig, records: list[dict[str, Any]], unreadable:
     elif all(f in cols for f in wanted):
         layout = "columns"
         proposals = [Proposal(f, f, 1.0, f"column is named {f!r}") for f in wanted]
-        if task.type == "classification" and task.labels:
+        if task.type == "classification" and task.label_list:
             # the names match; only values that mostly miss task.labels cast doubt on the mapping
             score, why = _label_score(task, cols["label"], rows)
             if score < 0.5 + 0.45 * 0.5:

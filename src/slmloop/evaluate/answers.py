@@ -50,7 +50,7 @@ def answer_rows(
     *,
     batch_size: int,
     max_new_tokens: int,
-    margin: float | None = 8.0,
+    margin: float | None = 6.0,
     progress: Callable[[int], None] | None = None,
 ) -> list[ModelAnswer]:
     """The model's answer for every row (no reference needed).

@@ -134,6 +134,10 @@ class _Trie:
         return out[::-1]
 
 
+#: label-tree nodes a prompt expands per forward pass at most (more wait a round: less padding)
+ROUND_WIDTH = 8
+
+
 def _cache_of(out: Any) -> Any:
     return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
 
@@ -268,38 +272,49 @@ def _score_batch(
     frontier = [{n for n in trie.children[0] if n not in trie.label_of} for _ in range(b)]
     best = [max((cum[r][n] for n in trie.children[0] if n in trie.label_of), default=-math.inf) for r in range(b)]
     slot: list[dict[int, int]] = [{} for _ in range(b)]  # node -> its cache position, per row
+    active = list(range(b))  # the prompt row behind each row of the cache
     while True:
-        chosen: list[list[int]] = []
-        for r in range(b):
+        ranked: dict[int, list[int]] = {}
+        for r in active:
             # prune for good what cannot reach within ``margin`` of the best complete label
             frontier[r] = {n for n in frontier[r] if cum[r][n] >= best[r] - margin}
             if not frontier[r]:
-                chosen.append([])
                 continue
             top = max(cum[r][n] for n in frontier[r])
             bar = best[r] - margin if best[r] > -math.inf else top - margin
-            chosen.append(sorted(n for n in frontier[r] if cum[r][n] >= bar))
-        width = max(len(c) for c in chosen)
-        if width == 0:
+            ranked[r] = sorted((n for n in frontier[r] if cum[r][n] >= bar), key=lambda n, r=r: -cum[r][n])
+        if not ranked:
             break
+        # a round is as wide as most rows need (at least ROUND_WIDTH): rows with more candidates
+        # expand their best ones now and the rest next round, so a few busy rows do not pad the batch
+        counts = sorted(len(v) for v in ranked.values())
+        cap = max(ROUND_WIDTH, counts[(3 * len(counts)) // 4])
+        chosen = {r: sorted(v[:cap]) for r, v in ranked.items()}
+        if len(chosen) < len(active):  # rows that are done leave the batch (and its padding)
+            keep = [i for i, r in enumerate(active) if r in chosen]
+            cache.batch_select_indices(torch.tensor(keep, device=device))
+            seen = seen[keep]
+            active = [active[i] for i in keep]
+        width = max(len(chosen[r]) for r in active)
+        rows = len(active)
         total = cache.get_seq_length()
-        q_ids = torch.full((b, width), tok.pad_token_id, dtype=torch.long)
-        q_pos = torch.zeros((b, width), dtype=torch.long)
-        allowed = torch.zeros((b, width, total + width), dtype=torch.bool)
+        q_ids = torch.full((rows, width), tok.pad_token_id, dtype=torch.long)
+        q_pos = torch.zeros((rows, width), dtype=torch.long)
+        allowed = torch.zeros((rows, width, total + width), dtype=torch.bool)
         allowed[:, :, :total] = seen[:, None, :total]
-        for r, nodes in enumerate(chosen):
-            for q, n in enumerate(nodes):
-                q_ids[r, q] = trie.token[n]
-                q_pos[r, q] = prompt_len[r] + trie.depth[n] - 1
+        for i, r in enumerate(active):
+            for q, n in enumerate(chosen[r]):
+                q_ids[i, q] = trie.token[n]
+                q_pos[i, q] = prompt_len[r] + trie.depth[n] - 1
                 for a in trie.path(n)[:-1]:
-                    allowed[r, q, slot[r][a]] = True
+                    allowed[i, q, slot[r][a]] = True
                 slot[r][n] = total + q
             for q in range(width):
-                allowed[r, q, total + q] = True
-        seen = torch.cat([seen, torch.zeros((b, width), dtype=torch.bool)], dim=1)
+                allowed[i, q, total + q] = True
+        seen = torch.cat([seen, torch.zeros((rows, width), dtype=torch.bool)], dim=1)
         dtype = model.dtype if model.dtype.is_floating_point else torch.float32
         bias = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
-        where = [(r, q) for r, nodes in enumerate(chosen) for q in range(len(nodes))]
+        where = [(i, q) for i, r in enumerate(active) for q in range(len(chosen[r]))]
         with torch.inference_mode():
             hidden, cache = head.run(
                 input_ids=q_ids.to(device),
@@ -310,8 +325,8 @@ def _score_batch(
             rr, qq = zip(*where, strict=True)
             logp = head.log_probs(hidden[list(rr), list(qq)])
         k = 0
-        for r, nodes in enumerate(chosen):
-            for n in nodes:
+        for r in active:
+            for n in chosen[r]:
                 frontier[r].discard(n)
                 kids = trie.children[n]
                 values = logp[k, [trie.token[c] for c in kids]].tolist()

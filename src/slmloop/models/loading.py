@@ -221,16 +221,16 @@ def encode_example(
     completion = full[len(prompt) :] if full.startswith(prompt) else answer
     prompt_ids: list[int] = tok(prompt, add_special_tokens=False)["input_ids"]
     answer_ids, _ = _answer_ids(tok, completion)
-    full = len(prompt_ids) + len(answer_ids)
+    length = len(prompt_ids) + len(answer_ids)
     truncated, cut = False, 0
-    if full > max_length:
+    if length > max_length:
         truncated = True
         keep = max(max_length - len(answer_ids), max_length // 4)
         prompt_ids = prompt_ids[-keep:]
         cut = max(0, len(answer_ids) - (max_length - len(prompt_ids)))
         answer_ids = answer_ids[: max_length - len(prompt_ids)]
     n = len(prompt_ids)
-    return EncodedExample(prompt_ids + answer_ids, [(n, n + len(answer_ids))], truncated, cut, full)
+    return EncodedExample(prompt_ids + answer_ids, [(n, n + len(answer_ids))], truncated, cut, length)
 
 
 def encode_conversation(

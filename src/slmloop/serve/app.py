@@ -93,7 +93,7 @@ class Predictor:
     mode: str = "rank"
     max_new_tokens: int = 128
     prompt: str = "full"  # the prompt style the model was trained with
-    rank_margin: float | None = 8.0
+    rank_margin: float | None = 6.0
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -57,6 +57,9 @@ def utcnow() -> dt.datetime:
 
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+Row = TypeVar("Row", bound=Base)
 
 
 class Event(Base):
@@ -282,7 +285,7 @@ class Store:
             return row.value if row else None
 
     # -- generic lookups ---------------------------------------------------
-    def add(self, obj: Any, event_kind: str | None = None, subject: str = "", **payload: Any) -> Any:
+    def add(self, obj: Row, event_kind: str | None = None, subject: str = "", **payload: Any) -> Row:
         with self.session() as s:
             s.add(obj)
             s.flush()
@@ -290,7 +293,7 @@ class Store:
                 self.log_event(s, event_kind, subject or _subject(obj), **payload)
         return obj
 
-    def list(self, model: type[Any], order: Any = None, limit: int | None = None) -> Sequence[Any]:
+    def list(self, model: type[Row], order: Any = None, limit: int | None = None) -> Sequence[Row]:
         with self.session() as s:
             q = select(model)
             if order is not None:
@@ -299,14 +302,14 @@ class Store:
                 q = q.limit(limit)
             return s.scalars(q).all()
 
-    def get(self, model: type[Any], key: Any, what: str, hint: str) -> Any:
+    def get(self, model: type[Row], key: Any, what: str, hint: str) -> Row:
         with self.session() as s:
             obj = s.get(model, key)
         if obj is None:
             raise NotFoundError(f"{what} {key!r} does not exist", hint=hint)
         return obj
 
-    def latest(self, model: type[Any], order: Any) -> Any | None:
+    def latest(self, model: type[Row], order: Any) -> Row | None:
         with self.session() as s:
             return s.scalars(select(model).order_by(order.desc()).limit(1)).first()
 

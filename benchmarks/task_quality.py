@@ -1,0 +1,324 @@
+"""Task quality: the whole loop on real tasks, as a user runs it, against the cheap baselines.
+
+For each task: write a project (manifest + data files) → data import → data prepare
+(the official test file as the gold set, labels/fields auto) → every cheap baseline
+→ the base model → train with the default recipe → evaluate the fine-tuned model →
+paired comparisons. Prints the wall time of each stage, every model's headline
+metric with its CI, and the paired tests' verdicts.
+
+    python benchmarks/task_quality.py [--task hwu64-cls|hwu64-ext|sms] [--json FILE]
+        [--data-dir ../shared/datasets] [--work DIR] [--set train.KEY=VALUE ...] [--max-rows N]
+
+Tasks:
+    hwu64-cls   HWU64 fold 1: 64 intents (label = <scenario>_<intent>), 9,960 train rows, 1,076 gold
+    hwu64-ext   the same rows: the inline slots (`[slot : value]`) as a JSON object, slots optional
+    sms         the bundled SMS spam example (2 labels, 1,500 rows; gold split from the data)
+
+``--json FILE`` writes a list with one object per task: task, wall_s (whole loop), stages,
+metric, finetuned, finetuned_ci, base, baselines, best_baseline {name, value}, verdict,
+eval_s (fine-tuned gold eval), train_s, forecast (training and eval), tokens_per_row and
+tokens_per_row_ratio (a training row with the task's schema vs a 2-label / 3-field one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SLOT = re.compile(r"\[\s*([^\]:]+?)\s*:\s*([^\]]*?)\s*\]")
+
+
+def hwu64_rows(folder: Path, kind: str) -> list[dict[str, Any]]:
+    """Rows of the HWU64 CSV files in ``folder`` as classification or extraction rows."""
+    rows = []
+    for f in sorted(folder.glob("*.csv")):
+        with open(f, newline="", encoding="utf-8") as fh:
+            for r in csv.DictReader(fh, delimiter=";"):
+                text = " ".join(r["answer_from_anno"].split())
+                if kind == "cls":
+                    rows.append({"text": text, "label": f"{r['scenario']}_{r['intent']}"})
+                    continue
+                out: dict[str, Any] = {}
+                for slot, value in SLOT.findall(r["answer_annotation"]):
+                    value = " ".join(value.split())
+                    if not value:
+                        continue
+                    if slot in out:  # a slot that occurs twice holds a list
+                        out[slot] = [*out[slot], value] if isinstance(out[slot], list) else [out[slot], value]
+                    else:
+                        out[slot] = value
+                rows.append({"text": text, "output": out})
+    return rows
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def make_project(name: str, folder: Path, data_dir: Path, overrides: dict[str, Any], max_rows: int | None) -> Path:
+    """A project folder as a user would write it for ``name``."""
+    import shutil
+
+    from slmloop.project import init_project
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    if name == "sms":
+        init_project(folder, example="sms-spam")
+        manifest = yaml.safe_load((folder / "slmloop.yaml").read_text())
+    else:
+        kind = name.split("-")[1]
+        train = hwu64_rows(data_dir / "hwu64" / "train", kind)
+        gold = hwu64_rows(data_dir / "hwu64" / "test", kind)
+        (folder / "data").mkdir(exist_ok=True)
+        _write_jsonl(folder / "data" / "train.jsonl", train)
+        _write_jsonl(folder / "data" / "test.jsonl", gold)
+        if kind == "cls":
+            task = {"type": "classification", "instruction": "Classify the intent of the request.", "labels": "auto"}
+        else:
+            task = {
+                "type": "extraction",
+                "instruction": "Extract the slots of the request as a JSON object.",
+                "fields": "auto",
+            }
+        manifest = {
+            "project": {"name": name},
+            "task": task,
+            "data": {
+                "sources": [{"path": "data/train.jsonl"}],
+                "gold": {"path": "data/test.jsonl"},
+                "split": {"validation": 0.05},
+            },
+        }
+    if max_rows:
+        manifest.setdefault("data", {}).setdefault("split", {})["max_rows"] = max_rows
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".", 1)
+        manifest.setdefault(section, {})[key] = value
+    (folder / "slmloop.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return folder
+
+
+def _tokens_per_row(project: Any, rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean tokens of a training row: the task's own schema vs a 2-label / 3-field one, both prompt styles."""
+    from slmloop.models.catalog import resolve_model
+    from slmloop.models.loading import load_tokenizer
+    from slmloop.tasks import prompt_messages, target_text
+
+    tok = load_tokenizer(resolve_model(project.manifest.model.base))
+    task = project.task
+    small = (
+        task.model_copy(update={"labels": task.label_list[:2]})
+        if task.type == "classification"
+        else task.model_copy(update={"fields": task.field_list[:3]})
+    )
+    sample = rows[:500]
+
+    def mean(t: Any, style: str) -> float:
+        texts = [
+            tok.apply_chat_template(
+                [*prompt_messages(t, r, style), {"role": "assistant", "content": target_text(t, r)}], tokenize=False
+            )
+            for r in sample
+        ]
+        return statistics.mean(len(x) for x in tok(texts, add_special_tokens=False)["input_ids"])
+
+    style = project.manifest.train.prompt
+    out = {"style": style, "schema": mean(task, style), "small_schema": mean(small, style)}
+    out["ratio"] = out["schema"] / out["small_schema"]
+    if style != "full":
+        out["full_style_ratio"] = mean(task, "full") / mean(small, "full")
+    return out
+
+
+def run_task(name: str, args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, Any]:
+    from rich.console import Console
+
+    from slmloop.baselines import baselines_for
+    from slmloop.data.importer import import_source
+    from slmloop.data.prepare import prepare_dataset
+    from slmloop.evaluate.evaluate import evaluate
+    from slmloop.evaluate.metrics import HEADLINE
+    from slmloop.evaluate.paired import compare_pair
+    from slmloop.project import open_project
+    from slmloop.train.recipe import train
+
+    console = Console(stderr=True)
+    folder = make_project(name, Path(args.work) / name, Path(args.data_dir), overrides, args.max_rows)
+    stages: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def stage(label: str, t0: float) -> None:
+        stages[label] = time.perf_counter() - t0
+        console.print(f"[bold]{name}[/bold] · {label}: {stages[label]:.1f} s")
+
+    t0 = time.perf_counter()
+    project = open_project(folder)
+    for src in project.manifest.data.sources:
+        import_source(project, src)
+    splits, _ = prepare_dataset(project, console=console)
+    stage("import + prepare", t0)
+    task = project.task
+    metric = HEADLINE[task.type][0]
+    baselines = {}
+    for b in baselines_for(task):
+        t0 = time.perf_counter()
+        baselines[b] = evaluate(project, f"baseline:{b}", console=console)
+        stage(f"baseline:{b}", t0)
+    t0 = time.perf_counter()
+    base = evaluate(project, "base", console=console)
+    stage("base eval", t0)
+    t0 = time.perf_counter()
+    run = train(project, console=console)
+    stage("train", t0)
+    t0 = time.perf_counter()
+    tuned = evaluate(project, run.name, console=console)
+    stage("fine-tuned eval", t0)
+    wall = time.perf_counter() - started
+
+    best_name, best = max(baselines.items(), key=lambda kv: kv[1].metrics[metric]) if baselines else (None, None)
+    vs_base = compare_pair(project, base, tuned, metric)
+    vs_best = compare_pair(project, best, tuned, metric) if best is not None else None
+    tokens = _tokens_per_row(project, splits.train)
+
+    def cell(e: Any) -> dict[str, Any]:
+        lo, hi = e.metrics["ci"].get(metric, [None, None])
+        return {"value": e.metrics[metric], "ci": [lo, hi], "eval_s": e.seconds, "prompt": e.metrics.get("prompt")}
+
+    forecast = run.metrics
+    result = {
+        "task": name,
+        "rows": {"train": len(splits.train), "validation": len(splits.validation), "gold": len(splits.gold)},
+        "labels_or_fields": len(task.label_list or task.field_list),
+        "wall_s": wall,
+        "stages": stages,
+        "metric": metric,
+        "finetuned": cell(tuned),
+        "base": cell(base),
+        "baselines": {k: cell(v) for k, v in baselines.items()},
+        "best_baseline": {"name": best_name, "value": best.metrics[metric] if best else None},
+        "verdict_vs_base": vs_base.sentence,
+        "verdict_vs_best_baseline": vs_best.verdict if vs_best else None,
+        "sentence_vs_best_baseline": vs_best.sentence if vs_best else None,
+        "eval_s": tuned.seconds,
+        "train_s": stages["train"],
+        "train_compute_s": forecast["train_seconds"],
+        "forecast": {
+            "train_s": forecast["forecast_seconds"],
+            "peak_gib": forecast["forecast_peak_gib"],
+            "measured_peak_gib": forecast["peak_gib"],
+            "eval_s": run.config.get("forecast", {}).get("eval_seconds"),
+        },
+        "tokens_per_row": tokens,
+        "tokens_per_row_ratio": tokens["ratio"],
+        "run": {"name": run.name, "config": run.config.get("train"), "steps": forecast["steps"]},
+        "subsets": tuned.metrics.get("subsets"),
+    }
+    if task.type == "extraction":
+        result["finetuned"]["exact_match"] = tuned.metrics.get("exact_match")
+        result["finetuned"]["json_valid_rate"] = tuned.metrics.get("json_valid_rate")
+    project.close()
+    return result
+
+
+def _table(results: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="task quality (2 CPU cores unless stated; metric [95 % CI])", title_justify="left")
+    for col in (
+        "task",
+        "metric",
+        "base",
+        "best baseline",
+        "fine-tuned",
+        "vs best baseline",
+        "eval",
+        "loop",
+        "tok ratio",
+    ):
+        t.add_column(col)
+
+    def fmt(c: dict[str, Any]) -> str:
+        lo, hi = c["ci"]
+        return f"{c['value']:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{c['value']:.3f}"
+
+    for r in results:
+        bb = r["best_baseline"]
+        best = fmt(r["baselines"][bb["name"]]) + f" {bb['name']}" if bb["name"] else "–"
+        t.add_row(
+            r["task"],
+            r["metric"],
+            fmt(r["base"]),
+            best,
+            fmt(r["finetuned"]),
+            str(r["verdict_vs_best_baseline"]),
+            f"{r['eval_s']:.0f} s",
+            f"{r['wall_s'] / 60:.1f} min",
+            f"{r['tokens_per_row_ratio']:.2f}",
+        )
+    Console(width=200).print(t)
+    for r in results:
+        stages = ", ".join(f"{k} {v:.0f} s" for k, v in r["stages"].items())
+        print(f"{r['task']}: {stages}")
+        print(f"  {r['verdict_vs_base']}")
+        if r["sentence_vs_best_baseline"]:
+            print(f"  {r['sentence_vs_best_baseline']}")
+        f = r["forecast"]
+        print(
+            f"  forecast vs measured: train {f['train_s']:.0f} s vs {r['train_compute_s']:.0f} s compute "
+            f"({r['train_s']:.0f} s with set-up and validation); peak {f['peak_gib']:.2f} vs "
+            f"{f['measured_peak_gib']:.2f} GiB; gold eval {f['eval_s'] or 0:.0f} s vs {r['eval_s']:.0f} s"
+        )
+        tk = r["tokens_per_row"]
+        print(
+            f"  tokens per training row ({tk['style']} prompt): {tk['schema']:.1f} with {r['labels_or_fields']} "
+            f"labels/fields vs {tk['small_schema']:.1f} with 2-3 → ratio {tk['ratio']:.2f}"
+            + (f" (the full prompt style: {tk['full_style_ratio']:.2f})" if "full_style_ratio" in tk else "")
+        )
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", action="append", choices=["hwu64-cls", "hwu64-ext", "sms"])
+    ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "datasets"))
+    ap.add_argument("--work", default="/tmp/slmloop-task-quality")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--set", action="append", default=[], help="manifest override, e.g. train.epochs=2")
+    ap.add_argument("--max-rows", type=int, help="sample the training rows (quick checks)")
+    args = ap.parse_args()
+    tasks = args.task or ["hwu64-cls", "hwu64-ext", "sms"]
+    if any(t.startswith("hwu64") for t in tasks) and not (Path(args.data_dir) / "hwu64").exists():
+        sys.exit(f"HWU64 not found under {args.data_dir} (pass --data-dir)")
+    overrides = _parse_set(args.set)
+    results = []
+    for name in tasks:
+        results.append(run_task(name, args, overrides))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2, default=str))
+    _table(results)
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ test-fast:
 lint:
 	$(PYTHON) -m ruff check src tests benchmarks
 	$(PYTHON) -m ruff format --check src tests benchmarks
+	$(PYTHON) -m mypy src
 
 demo:
 	$(PYTHON) -m slmloop demo

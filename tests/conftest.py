@@ -17,7 +17,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
-def write_project(root: Path, model: Path | str, rows: list[dict], **sections: dict) -> Path:
+def write_project(root: Path, base: Path | str, rows: list[dict], **sections: dict) -> Path:
     """A classification project over ``rows`` (JSONL), with the given manifest sections merged in."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "data").mkdir(exist_ok=True)
@@ -32,7 +32,7 @@ def write_project(root: Path, model: Path | str, rows: list[dict], **sections: d
             "labels": ["ham", "spam"],
         },
         "data": {"sources": [{"path": "data/train.jsonl"}], "split": {"validation": 0.1, "gold": 0.2, "seed": 1}},
-        "model": {"base": str(model), "max_length": 64},
+        "model": {"base": str(base), "max_length": 64},
         "train": {
             "batch_size": 8,
             "epochs": 1,

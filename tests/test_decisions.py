@@ -15,7 +15,7 @@ from slmloop.cli import main
 from slmloop.evaluate.evaluate import evaluate, failed_gates
 from slmloop.manifest import EvalConfig
 from slmloop.project import open_project
-from slmloop.store import RequestLog
+from slmloop.store import GoldVersion, RequestLog
 from tests.test_endpoint import fake_api
 
 
@@ -73,8 +73,14 @@ def test_must_beat_base_runs_a_paired_test(project) -> None:
     ev = evaluate(project, "run-1", pack=EvalConfig(compare={"must_beat": "base", "alpha": 0.05}))
     beat = ev.metrics["must_beat"]
     assert beat["against"] == "base" and beat["test"].startswith("mcnemar")
-    assert 0 <= beat["p_value"] <= 1 and beat["verdict"] in ("better", "worse", "not distinguishable")
-    assert (beat["verdict"] == "better") == (not any("must beat" in f for f in failed_gates(ev)))
+    # the trained toy model is far better than the untrained one: a significant gain, the gate passes
+    assert beat["verdict"] == "better" and beat["p_value"] < 0.05 and beat["diff"] > 0
+    assert not any("must beat" in f for f in failed_gates(ev))
+    # a gain smaller than min_effect does not count: "not distinguishable", and the required rule fails
+    strict = EvalConfig(compare={"must_beat": "base", "min_effect": 1.5})  # a gain above 100 points
+    ev2 = evaluate(project, "run-1", pack=strict)
+    assert ev2.metrics["must_beat"]["verdict"] == "not distinguishable"
+    assert any("must beat base" in f for f in failed_gates(ev2))
 
 
 def test_compare_reports_gain_ci_and_p_value(project) -> None:
@@ -102,7 +108,10 @@ def test_endpoint_as_a_model_with_latency_cost_and_a_judge(project) -> None:
     rt = ev.metrics["runtime"]
     assert ev.model_ref == "endpoint:frontier" and ev.mode == "generate"
     assert rt["latency_p50_s"] > 0 and rt["prompt_tokens"] > 0 and rt["cost"] > 0
-    assert 0.0 <= ev.metrics["accuracy"] <= 1.0
+    # the fake API says spam exactly when the message contains "win": its accuracy, by hand
+    gold = project.objects.read_jsonl(project.store.get(GoldVersion, ev.gold_id, "", "").object)
+    expected = sum(("spam" if "win" in r["text"].lower() else "ham") == r["label"] for r in gold) / len(gold)
+    assert ev.metrics["accuracy"] == pytest.approx(expected)
 
     def judge_handler(request: httpx.Request) -> httpx.Response:
         payload = json.loads(json.loads(request.content)["messages"][-1]["content"])

@@ -45,5 +45,9 @@ def test_generate_mode_parses_answers(project) -> None:
     ev = evaluate(project, "run-1")
     assert ev.mode == "generate"
     preds = project.store.predictions(ev.id)
-    assert all(p.raw is not None for p in preds)
-    assert 0.0 <= ev.metrics["invalid_rate"] <= 1.0
+    # each prediction is the label its raw answer names ("" when it names none), and the rates add up
+    from slmloop.tasks import parse_prediction
+
+    assert all(p.prediction == parse_prediction(project.task, p.raw) for p in preds)
+    assert ev.metrics["invalid_rate"] == pytest.approx(sum(p.prediction == "" for p in preds) / len(preds))
+    assert ev.metrics["accuracy"] == pytest.approx(sum(p.correct for p in preds) / len(preds))

@@ -52,7 +52,7 @@ def test_gold_leaks_by_kind() -> None:
         "Please send me the invoice for last month by Friday!!",  # near
         "something else entirely about football",
     ]
-    found = gold_leaks(rows, gold, LeakageConfig(semantic=False))
+    found = gold_leaks(rows, gold, LeakageConfig(semantic="off"))
     assert found[0][1] == "exact" and found[1][1] == "near" and 2 not in found
 
 
@@ -65,7 +65,9 @@ def test_semantic_check_uses_cosine_of_embeddings() -> None:
         v = np.array([vectors[t] for t in texts], dtype=np.float32)
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
-    found = gold_leaks(["para of one", "far away"], ["gold one"], LeakageConfig(semantic_threshold=0.9), embed)
+    found = gold_leaks(
+        ["para of one", "far away"], ["gold one"], LeakageConfig(semantic="block", semantic_threshold=0.9), embed
+    )
     assert found == {0: (0, "semantic", pytest.approx(0.95, abs=1e-3))}
 
 
@@ -73,7 +75,10 @@ def test_train_refuses_planted_paraphrases_and_records_the_override(
     tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rows = toy_rows(120) + [{"text": a, "label": "ham"} for a, _ in PLANTED]
-    root = write_project(tmp_path / "p", tiny_model, rows, train={"max_steps": 2})
+    # paraphrases block only when asked to (by default they are measured and reported)
+    root = write_project(
+        tmp_path / "p", tiny_model, rows, train={"max_steps": 2}, data={"leakage": {"semantic": "block"}}
+    )
     assert main(["data", "import", "-p", str(root)]) == 0
     assert main(["data", "prepare", "-p", str(root)]) == 0
     p = open_project(root)

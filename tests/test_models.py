@@ -151,6 +151,25 @@ def test_batched_generation_equals_one_at_a_time(tiny) -> None:
     assert all(0 < n <= 6 for _, n in batched)
 
 
+def test_generation_equals_transformers_greedy_decoding(tiny) -> None:
+    """The shared-prefix, drop-finished-rows decoder gives what `model.generate` gives, token for token."""
+    model, tok = tiny
+    prompts = [render_prompt(tok, prompt_messages(TASK, r)) for r in toy_rows(7)]
+    ours = generate(model, tok, prompts, max_new_tokens=8, batch_size=4)
+    for prompt, (text, n) in zip(prompts, ours, strict=True):
+        ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            ref = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=8,
+                do_sample=False,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            )[0, ids.shape[1] :].tolist()
+        assert n == len(ref) and text == tok.decode(ref, skip_special_tokens=True).strip()
+
+
 def test_resolve_model_errors_are_actionable(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"config\.json is missing"):
         resolve_model(str(tmp_path))

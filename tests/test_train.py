@@ -13,7 +13,6 @@ from slmloop.data.importer import import_source
 from slmloop.data.prepare import prepare_dataset
 from slmloop.errors import LeakageError
 from slmloop.project import open_project
-from slmloop.store import Event
 from slmloop.train.recipe import train
 from tests.conftest import write_project
 from tests.tiny import toy_rows
@@ -79,5 +78,6 @@ def test_leakage_gate_blocks_and_the_override_is_recorded(tmp_path: Path, tiny_m
     assert "copy gold rows" in exc.value.message and "--allow-leakage" in (exc.value.hint or "")
     run = train(p, allow_leakage=True)
     assert run.config["leakage"]["overridden"] is True and run.config["leakage"]["leaks"] == 1
-    assert any(e.kind == "leakage.override" for e in p.store.events())
-    assert isinstance(p.store.events()[0], Event)
+    override = next(e for e in p.store.events() if e.kind == "leakage.override")
+    assert override.payload["leaks"] == 1 and override.payload["pairs"][0]["gold_text"] == splits.gold[0]["text"]
+    assert p.store.events(limit=1)[0].kind == "train.completed"

@@ -22,7 +22,7 @@ from slmloop.models.loading import encode_conversation, load_tokenizer, render_p
 from slmloop.project import open_project
 from slmloop.store import Run
 from slmloop.train.preflight import Forecast
-from slmloop.train.recipe import train
+from slmloop.train.recipe import plan, train
 from tests.conftest import write_project
 from tests.tiny import toy_rows
 
@@ -48,7 +48,7 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 def test_dry_run_forecasts_without_training(tmp_path: Path, tiny_model: Path) -> None:
     root = _prepared(tmp_path / "p", tiny_model)
     p = open_project(root)
-    f = train(p, dry_run=True)
+    f = plan(p)
     assert isinstance(f, Forecast)
     assert f.trainable_params > 0 and f.total_params > f.trainable_params
     assert f.calibrated_tokens_per_s > 0 and f.seconds_total > 0 and f.fits

@@ -1,7 +1,8 @@
 """``slmloop demo``: the whole loop, for real, on the bundled SMS spam example.
 
-    init → data import → data prepare → train (LoRA) → eval base & fine-tuned
-    → export v1 → serve → send traffic → monitor (same-domain, then shifted) → summary
+    init → data import → data prepare → cheap baselines → eval base → train (LoRA)
+    → eval fine-tuned (against base and the best baseline) → export v1 → serve
+    → send traffic → monitor (same-domain, then shifted) → summary
 
 Every stage is the same library call the CLI makes; nothing is simulated.
 """
@@ -20,7 +21,11 @@ from rich.table import Table
 
 from slmloop.project import EXAMPLES, init_project, open_project
 
-__all__ = ["DemoResult", "run_demo"]
+__all__ = [
+    "DemoResult",
+    "run_demo",
+    "summary_table",
+]
 
 
 @dataclass
@@ -30,6 +35,8 @@ class DemoResult:
     stages: dict[str, float] = field(default_factory=dict)
     base: dict[str, Any] = field(default_factory=dict)
     tuned: dict[str, Any] = field(default_factory=dict)
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    vs_baseline: str = ""
     release: int | None = None
     smoke: dict[str, Any] = field(default_factory=dict)
     drift: dict[str, str] = field(default_factory=dict)
@@ -124,7 +131,11 @@ def run_demo(directory: Path | None = None, console: Console | None = None) -> D
             f"{splits.version.id}: train {c['train']}, validation {c['validation']}, gold {c['gold']} "
             f"(rejected: {c['rejected']})"
         )
-    with clock.stage("2. evaluate the base model on gold"):
+    with clock.stage("2. cheap baselines and the base model on gold"):
+        from slmloop.baselines import baselines_for
+
+        for name in baselines_for(project.task):
+            result.baselines[name] = evaluate(project, f"baseline:{name}", console=console).metrics
         base = evaluate(project, "base", console=console)
         result.base = base.metrics
     with clock.stage("3. train (LoRA SFT)"):
@@ -137,7 +148,10 @@ def run_demo(directory: Path | None = None, console: Console | None = None) -> D
         tuned = evaluate(project, run.name, console=console)
         result.tuned = tuned.metrics
         result.comparison = compare_pair(project, base, tuned).sentence
+        result.vs_baseline = tuned.metrics.get("vs_baseline", {}).get("sentence", "")
         console.print(result.comparison)
+        if result.vs_baseline:
+            console.print(result.vs_baseline)
     with clock.stage("5. export release"):
         release = export_release(project, run.name, console=console)
         result.release = release.version
@@ -169,6 +183,8 @@ def summary_table(result: DemoResult) -> Table:
 
     for key in ("accuracy", "macro_f1"):
         t.add_row(f"gold {key} (95 % CI)", cell(result.base, key), f"[bold]{cell(result.tuned, key)}[/bold]")
+    for name, m in result.baselines.items():
+        t.add_row(f"baseline {name}: accuracy", "", cell(m, "accuracy"))
     s = result.smoke
     t.add_row("release", "", f"v{result.release}")
     smoke_ok = s.get("health") and s.get("chat") and s.get("malformed_status", 0) in range(400, 500)
@@ -187,5 +203,5 @@ def summary_table(result: DemoResult) -> Table:
     t.add_row("drift: hotel-booking traffic", "", result.drift.get("hotels", "?"))
     t.add_row("wall time", "", f"{result.seconds / 60:.1f} min")
     if result.comparison:
-        t.caption = result.comparison
+        t.caption = result.comparison + (f"\n{result.vs_baseline}" if result.vs_baseline else "")
     return t

@@ -9,6 +9,7 @@ first.
 from __future__ import annotations
 
 import math
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,11 +20,16 @@ from slmloop.errors import ConfigError
 
 __all__ = [
     "MANIFEST_NAME",
+    "ChecksConfig",
+    "CompareConfig",
     "DataConfig",
     "DedupeConfig",
     "EarlyStoppingConfig",
+    "EndpointConfig",
     "EvalConfig",
     "ExportConfig",
+    "GateConfig",
+    "JudgeConfig",
     "LeakageConfig",
     "Manifest",
     "ModelConfig",
@@ -144,12 +150,15 @@ class DedupeConfig(Section):
     num_perm: int = Field(128, ge=16, description="MinHash permutations (accuracy vs speed).")
 
 
+PiiKind = Literal["email", "phone", "card", "iban", "ipv4", "ipv6"]
+
+
 class PiiConfig(Section):
     mode: Literal["off", "redact", "block"] = Field(
         "off", description="redact: replace spans with [EMAIL], [PHONE] …; block: reject the row (pii_blocked)."
     )
-    types: list[Literal["email", "phone", "card", "iban", "ipv4", "ipv6"]] = Field(
-        default_factory=lambda: ["email", "phone", "card", "iban", "ipv4", "ipv6"],
+    types: list[PiiKind] = Field(
+        default_factory=lambda: list(typing.get_args(PiiKind)),
         description="Which kinds of PII to look for.",
     )
 
@@ -225,6 +234,12 @@ class TrainConfig(Section):
         "auto",
         description="auto: attention projections of the architecture; all-linear: every "
         "linear layer (more capacity, slower); or explicit module names.",
+    )
+    lora_layers: int | None = Field(
+        None,
+        gt=0,
+        description="Adapt only the top N transformer layers: the backward pass stops at the lowest adapted "
+        "layer, so fewer layers train faster. null: every layer.",
     )
     prompt: Literal["compact", "full"] = Field(
         "compact",

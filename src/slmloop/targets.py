@@ -118,15 +118,15 @@ def resolve_target(project: Project, ref: str) -> ModelTarget:
     folder = project.locate(release.path)
     merged = folder / "merged"
     with project.store.session() as s:
-        run = s.get(Run, release.run_id)
+        made_by = s.get(Run, release.run_id)
     return ModelTarget(
         f"release-{release.version}",
         resolve_model(release.base_model),
         adapter=folder / "adapter",
         merged=merged if (merged / "config.json").exists() else None,
         release=release,
-        prompt=(run.config or {}).get("prompt", "full") if run else "full",
-        task=trained_task(run) if run else None,
+        prompt=(made_by.config or {}).get("prompt", "full") if made_by else "full",
+        task=trained_task(made_by) if made_by else None,
     )
 
 

@@ -24,6 +24,7 @@ import json
 import re
 from typing import Any
 
+from slmloop.errors import ConfigError
 from slmloop.manifest import TaskConfig
 
 __all__ = [
@@ -60,7 +61,7 @@ def input_text(task: TaskConfig, row: dict[str, Any]) -> str:
 def system_message(task: TaskConfig, style: str = "full") -> str:
     """The system message of every example: the instruction, plus the schema in the ``full`` style."""
     if style not in PROMPT_STYLES:
-        raise ValueError(f"unknown prompt style {style!r}")
+        raise ConfigError(f"unknown prompt style {style!r}", hint=f"Use one of: {', '.join(PROMPT_STYLES)}.")
     text = task.instruction.strip()
     if style == "full" and task.type == "classification" and task.label_list:
         text = (text + "\n" if text else "") + "Labels: " + ", ".join(task.label_list) + "."

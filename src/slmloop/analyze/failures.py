@@ -39,7 +39,14 @@ from slmloop.project import Project
 from slmloop.store import Evaluation, Prediction, atomic_write_json, atomic_write_text
 from slmloop.tasks import input_text
 
-__all__ = ["Analysis", "Cluster", "Slice", "analyze", "find_label_issues"]
+__all__ = [
+    "Analysis",
+    "Cluster",
+    "Slice",
+    "analyze",
+    "export_for_labelling",
+    "find_label_issues",
+]
 
 MIN_SLICE = 5
 

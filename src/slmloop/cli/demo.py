@@ -22,8 +22,6 @@ def demo(
     out.print(summary_table(result))
     stages = " · ".join(f"{k.split('. ', 1)[-1]} {v:.0f}s" for k, v in result.stages.items())
     out.print(f"[dim]{stages}[/dim]")
-    out.print(
-        f"project kept at {result.project_dir} (try: slmloop eval show eval-2 --failures -p {result.project_dir})"
-    )
+    out.print(f"project kept at {result.project_dir} (try: slmloop compare base latest -p {result.project_dir})")
     better = result.tuned.get("accuracy", 0) > result.base.get("accuracy", 0)
     return 0 if better else 1

@@ -289,7 +289,8 @@ def compare(
     out.print(t)
     for c in report.comparisons:
         out.print(f"• {c.sentence}", highlight=False)
-    out.print(f"report: {report.path / 'index.html'}")
+    if report.path is not None:
+        out.print(f"report: {report.path / 'index.html'}")
 
 
 def analyze(
@@ -345,4 +346,5 @@ def analyze(
         out.print(
             f"wrote {sum(counts.values())} row(s) to label to {export} ({where}); then `slmloop data import {export}`"
         )
-    out.print(f"report: {a.path / 'index.html'}")
+    if a.path is not None:
+        out.print(f"report: {a.path / 'index.html'}")

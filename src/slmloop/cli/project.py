@@ -34,7 +34,7 @@ def validate(project: ProjectOpt = Path(".")) -> int:
     except ConfigError as exc:
         if not exc.problems:
             raise
-        err.print(f"[bold red]{MANIFEST_NAME} has {len(exc.problems)} problem(s):[/bold red]")
+        err.print(f"[bold red]Error:[/bold red] {MANIFEST_NAME} has {len(exc.problems)} problem(s):")
         for key, msg in exc.problems:
             err.print(f"  [bold]{key or '<root>'}[/bold]: {msg}", highlight=False)
         err.print("[yellow]hint:[/yellow] fix the keys above and run `slmloop validate` again.")

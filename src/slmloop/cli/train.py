@@ -73,26 +73,26 @@ def train(
             runs(project)
         return code
 
-    from slmloop.train.preflight import Forecast, render_forecast
+    from slmloop.train.preflight import render_forecast
+    from slmloop.train.recipe import plan
     from slmloop.train.recipe import train as run_training
 
     proj = load(project)
     if max_length is not None:
         proj.manifest.model.max_length = max_length
-    result = run_training(
+    if dry_run:
+        forecast = plan(proj, overrides, dataset_id=dataset, allow_leakage=allow_leakage, init_from=init_from)
+        out.print(render_forecast(forecast, title="preflight (dry run: nothing was trained)"))
+        return 0 if forecast.fits and not forecast.answer_cut else 1
+    run = run_training(
         proj,
         overrides,
         dataset_id=dataset,
         allow_leakage=allow_leakage,
         init_from=init_from,
         resume=resume,
-        dry_run=dry_run,
         console=err,
     )
-    if isinstance(result, Forecast):
-        out.print(render_forecast(result, title="preflight (dry run: nothing was trained)"))
-        return 0 if result.fits else 1
-    run = result
     if run.status != "completed":  # a non-main data-parallel process
         return 0
     m = run.metrics

@@ -22,7 +22,17 @@ from slmloop.project import Project
 from slmloop.store import Import, sha256_file
 from slmloop.tasks import TASK_FIELDS
 
-__all__ = ["REASONS", "ImportResult", "import_source", "map_record", "source_for"]
+__all__ = [
+    "REASONS",
+    "ImportResult",
+    "ReadResult",
+    "import_source",
+    "map_record",
+    "read_rows",
+    "resolve_mapping",
+    "source_for",
+    "source_path",
+]
 
 #: reason codes a row can be rejected with at import time, and what they mean
 REASONS = {

@@ -217,12 +217,13 @@ def inspect_records(task: TaskConfig, records: list[dict[str, Any]], unreadable:
     # known layouts first
     if "messages" in cols and cols["messages"].kind == "list":
         layout = "openai-chat"
-        table = {
+        layouts: dict[str, dict[str, str | None]] = {
             "chat": {"messages": "messages"},
             "classification": {"text": "messages.user", "label": "messages.assistant"},
             "extraction": {"text": "messages.user", "output": "messages.assistant"},
             "generation": {"input": "messages.user", "output": "messages.assistant"},
-        }[task.type]
+        }
+        table = layouts[task.type]
         proposals = [
             Proposal(f, c, 0.9, "OpenAI chat layout: messages with user/assistant turns") for f, c in table.items()
         ]

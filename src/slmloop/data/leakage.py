@@ -34,7 +34,15 @@ from slmloop.tasks import input_text
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["Leak", "contamination", "find_leaks", "gold_leaks", "leakage_gate", "neighbour_similarity"]
+__all__ = [
+    "Leak",
+    "contamination",
+    "find_leaks",
+    "gold_leaks",
+    "leakage_gate",
+    "neighbour_similarity",
+    "project_embedder",
+]
 
 Embed = Callable[[list[str]], Any]
 
@@ -63,9 +71,9 @@ def gold_leaks(
     for j, t in enumerate(gold_texts):
         gold_index.setdefault(dedupe_key(t), j)
     for i, t in enumerate(texts):
-        j = gold_index.get(dedupe_key(t))
-        if j is not None:
-            found[i] = (j, "exact", 1.0)
+        hit = gold_index.get(dedupe_key(t))
+        if hit is not None:
+            found[i] = (hit, "exact", 1.0)
     rest = [i for i in range(len(texts)) if i not in found]
     if rest and gold_texts:
         q, g = signatures or (Signatures([texts[i] for i in rest]), Signatures(gold_texts))
@@ -74,7 +82,7 @@ def gold_leaks(
         for local, (j, sim) in nearest_matches(q, g, cfg.near_threshold).items():
             found[rest[local]] = (j, "near", sim)
     rest = [i for i in range(len(texts)) if i not in found]
-    if cfg.semantic and embed is not None and rest and gold_texts:
+    if cfg.semantic == "block" and embed is not None and rest and gold_texts:
         e_rows = embed([texts[i] for i in rest])
         e_gold = embed(list(gold_texts))
         for start in range(0, len(rest), 4096):

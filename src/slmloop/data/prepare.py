@@ -48,14 +48,14 @@ class RowTable:
     """The rows still in play, each with its dedupe group and its MinHash signature."""
 
     rows: list[dict[str, Any]]
-    groups: list[str] | None = None
-    signatures: Signatures | None = None
+    groups: list[str] | None
+    signatures: Signatures
 
     def take(self, index: Sequence[int]) -> RowTable:
         return RowTable(
             [self.rows[i] for i in index],
             [self.groups[i] for i in index] if self.groups is not None else None,
-            self.signatures.subset(index) if self.signatures is not None else None,
+            self.signatures.subset(index),
         )
 
     def __len__(self) -> int:

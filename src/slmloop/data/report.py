@@ -89,7 +89,17 @@ def _plots(project: Project, splits: DatasetSplits, rejects: list[dict], path: P
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), dpi=100)
     ax = axes[0, 0]
     labels = counts.get("labels")
-    if labels:
+    if labels and len({lab for part in labels.values() for lab in part}) > FEW_LABELS:
+        _plot_many_labels(labels, path.with_name("labels.png"))
+        for s in SPLITS:
+            ax.hist(list(labels.get(s, {}).values()), bins=20, alpha=0.5, label=s)
+        ax.set_xlabel("rows per label")
+        ax.set_ylabel("labels")
+        ax.set_title(
+            f"label balance ({len({lab for part in labels.values() for lab in part})} labels; all: labels.png)"
+        )
+        ax.legend()
+    elif labels:
         names = sorted({lab for part in labels.values() for lab in part})
         x = np.arange(len(names))
         for k, s in enumerate(SPLITS):
@@ -148,12 +158,59 @@ def _plots(project: Project, splits: DatasetSplits, rejects: list[dict], path: P
     }
 
 
+FEW_LABELS = 12  # above this, per-label bars move to their own tall plot
+
+
+def _plot_many_labels(labels: dict[str, dict[str, int]], path: Path) -> Path:
+    """Every label's training rows, sorted, with its gold rows beside: readable at 150 labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({lab for part in labels.values() for lab in part}, key=lambda n: labels["train"].get(n, 0))
+    fig, ax = plt.subplots(figsize=(8, 0.18 * len(names) + 1.5), dpi=100)
+    y = range(len(names))
+    ax.barh(list(y), [labels["train"].get(n, 0) for n in names], color="#3182bd", label="train")
+    ax.barh(list(y), [labels.get("gold", {}).get(n, 0) for n in names], color="#fd8d3c", height=0.4, label="gold")
+    ax.set_yticks(list(y), names, fontsize=6 if len(names) > 60 else 8)
+    ax.set_ylim(-0.6, len(names) - 0.4)
+    ax.set_xlabel("rows")
+    ax.set_title("rows per label, rarest first")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def _clusters(rejects: list[dict]) -> list[tuple[str, list[str]]]:
     groups: dict[str, list[str]] = defaultdict(list)
     for r in rejects:
         if r["reason"] in ("duplicate_exact", "duplicate_near") and "of" in r:
             groups[r["of"]["text"]].append(r["raw"])
     return sorted(groups.items(), key=lambda kv: -len(kv[1]))
+
+
+def _gold_file_html(counts: dict[str, Any], table: Any) -> str:
+    g = counts.get("gold_file")
+    if not g:
+        return ""
+    rows = [["rows read", g["rows_read"]], ["gold rows", g["accepted"]]]
+    rows += [[f"rejected: {k}", n] for k, n in sorted(g["rejected"].items())]
+    return f"<h2>Gold file {html.escape(g['path'])}</h2>" + table(rows, ["", "rows"])
+
+
+def _contamination_html(counts: dict[str, Any], table: Any) -> str:
+    k = counts.get("contamination")
+    if not k:
+        return ""
+    return (
+        f"<h2>Close paraphrases of gold rows in training</h2><p>{k['close']} of {k['gold_rows']} gold rows "
+        f"({100 * k['rate']:.1f} %) have a training input with MiniLM cosine ≥ {k['threshold']}. They are kept "
+        "(paraphrases are what intent data is made of); every evaluation reports its metrics on gold rows with and "
+        "without such a neighbour.</p>" + table(list(k["histogram"].items()), ["nearest-neighbour cosine", "gold rows"])
+    )
 
 
 def write_data_report(project: Project, version_id: str | None = None) -> tuple[Path, dict[str, Any]]:
@@ -187,7 +244,11 @@ border-bottom:1px solid #ddd;text-align:left;vertical-align:top}} h2{{margin-top
 <h1>Dataset {v.id}</h1><p>gold {esc(v.gold_id)} · created {v.created_at:%Y-%m-%d %H:%M} ·
 imports {esc(", ".join(v.import_ids))}</p>
 <img src="data.png" alt="data plots" style="max-width:100%">
+{'<img src="labels.png" alt="rows per label" style="max-width:100%">' if (folder / "labels.png").exists() else ""}
+{"".join(f"<p><b>warning:</b> {esc(w)}</p>" for w in c.get("warnings", []))}
 <h2>Where every row went</h2>{table(steps, ["step", "rows"])}
+{_gold_file_html(c, table)}
+{_contamination_html(c, table)}
 <h2>Duplicate clusters ({len(clusters)})</h2>
 {
         table(

@@ -35,7 +35,7 @@ from slmloop.project import Project
 from slmloop.store import Evaluation, GoldVersion, Prediction
 from slmloop.tasks import input_text, parse_prediction, prompt_messages, target_text
 
-__all__ = ["Answered", "evaluate", "failed_gates", "progress_bar"]
+__all__ = ["Answered", "answer_gold", "evaluate", "failed_gates", "neighbour_subsets", "progress_bar"]
 
 
 @dataclass
@@ -223,15 +223,28 @@ def _wanted(task: TaskConfig, cfg: EvalConfig) -> list[str]:
 
 def _intervals(scores: RowScores, names: list[str], cfg: EvalConfig, idx: np.ndarray | None = None) -> dict[str, Any]:
     rows = np.arange(scores.n) if idx is None else idx
-    out = {}
+    out: dict[str, Any] = {}
     for m in names:
         if m not in scores.names or not len(rows):
             continue
-        out[m] = list(
-            bootstrap_ci(
-                lambda i, m=m: scores.metric(m, rows[i]), len(rows), resamples=cfg.bootstrap, confidence=cfg.confidence
-            )
-        )
+
+        def metric(i: np.ndarray, m: str = m) -> float:
+            return scores.metric(m, rows[i])
+
+        out[m] = list(bootstrap_ci(metric, len(rows), resamples=cfg.bootstrap, confidence=cfg.confidence))
+    return out
+
+
+def neighbour_subsets(
+    scores: RowScores, sims: np.ndarray, threshold: float, names: list[str], cfg: EvalConfig
+) -> dict[str, Any]:
+    """``names`` with CIs on gold rows without / with a training input at cosine ≥ ``threshold``."""
+    close = sims >= threshold
+    out: dict[str, Any] = {"threshold": threshold, "close_share": float(close.mean()) if len(close) else 0.0}
+    for key, mask in (("no_close_neighbour", ~close), ("close_neighbour", close)):
+        idx = np.flatnonzero(mask)
+        out[key] = {"n": len(idx), **{m: scores.metric(m, idx) for m in names if len(idx)}}
+        out[key]["ci"] = _intervals(scores, names, cfg, idx)
     return out
 
 
@@ -246,17 +259,8 @@ def _neighbour_subsets(
     sims = neighbour_similarity(
         project, [input_text(task, r) for r in gold], [input_text(task, r) for r in answered.train_rows]
     )
-    close = sims >= leak_cfg.semantic_threshold
-    out: dict[str, Any] = {
-        "threshold": leak_cfg.semantic_threshold,
-        "dataset": answered.dataset_id,
-        "close_share": float(close.mean()),
-    }
-    names = list(HEADLINE[task.type])
-    for key, mask in (("no_close_neighbour", ~close), ("close_neighbour", close)):
-        idx = np.flatnonzero(mask)
-        out[key] = {"n": len(idx), **{m: scores.metric(m, idx) for m in names if len(idx)}}
-        out[key]["ci"] = _intervals(scores, names, cfg, idx)
+    out = neighbour_subsets(scores, sims, leak_cfg.semantic_threshold, list(HEADLINE[task.type]), cfg)
+    out["dataset"] = answered.dataset_id
     return out, sims
 
 
@@ -484,8 +488,7 @@ def _decide(project: Project, evaluation: Evaluation, cfg: EvalConfig, console: 
     if not extra:
         return evaluation
     with project.store.session() as s:
-        row = s.get(Evaluation, evaluation.id)
-        assert row is not None
+        row = project.store.one(s, Evaluation, evaluation.id)
         row.metrics = {**row.metrics, **extra}
         return row
 

@@ -73,7 +73,8 @@ def _confusion(a: Arrays) -> np.ndarray:
     return np.bincount(a["true"] * (k + 1) + a["pred"], minlength=k * (k + 1)).reshape(k, k + 1)
 
 
-def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+def _f1(tp: Any, fp: Any, fn: Any) -> Any:
+    """F1 from counts: arrays give an array, scalars a scalar."""
     d = 2 * tp + fp + fn
     return np.divide(2 * tp, d, out=np.zeros_like(d, dtype=float), where=d > 0)
 
@@ -223,7 +224,11 @@ class RowScores:
         """Per-row right/wrong behind a rate metric (its mean is the metric)."""
         key = METRICS[name].per_row
         if key is None:
-            raise ValueError(f"{name} is not a per-row rate")
+            from slmloop.errors import ConfigError
+
+            raise ConfigError(
+                f"{name} is not a per-row rate", hint="McNemar's test needs one; use a paired permutation."
+            )
         return self.arrays[key].astype(bool)
 
     def correct(self) -> np.ndarray:

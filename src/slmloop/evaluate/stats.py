@@ -44,7 +44,7 @@ def bootstrap_ci(
     return float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail))
 
 
-def mean_metric(per_row: Sequence[float]) -> Metric:
+def mean_metric(per_row: Sequence[float] | np.ndarray) -> Metric:
     arr = np.asarray(per_row, dtype=float)
     return lambda idx: float(arr[idx].mean())
 
@@ -60,7 +60,9 @@ class PairedTest:
     details: dict[str, float]
 
 
-def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool], exact_below: int = 25) -> PairedTest:
+def mcnemar(
+    correct_a: Sequence[bool] | np.ndarray, correct_b: Sequence[bool] | np.ndarray, exact_below: int = 25
+) -> PairedTest:
     """McNemar's test on the rows where exactly one of the two models is right."""
     from scipy.stats import binomtest, chi2
 

@@ -96,7 +96,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         # the weights are dequantized now: drop the GGUF quantizer so it saves as plain safetensors
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "slmloop-source.json").write_text(json.dumps({"gguf": str(gguf), "size": gguf.stat().st_size}, indent=2))

@@ -15,7 +15,11 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["generate", "rank_labels"]
+__all__ = [
+    "generate",
+    "left_pad",
+    "rank_labels",
+]
 
 Progress = Callable[[int], None]
 
@@ -25,7 +29,7 @@ def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     import torch
 
     width = max(len(r) for r in rows)
@@ -56,43 +60,114 @@ def generate(
     max_new_tokens: int,
     batch_size: int = 16,
     temperature: float = 0.0,
+    seed: int = 0,
     progress: Progress | None = None,
 ) -> list[tuple[str, int]]:
     """Continuation of each rendered prompt: ``[(text, new_token_count), …]``.
 
-    Greedy unless ``temperature`` > 0, then sampled at that temperature.
+    Greedy unless ``temperature`` > 0, then sampled at that temperature. The prompt
+    prefix all prompts share runs once; a row that has produced its end-of-sequence
+    token leaves the batch, so a batch costs what its rows need, not its longest row
+    times its size.
     """
     import torch
 
     encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     out: list[tuple[str, int]] = [("", 0)] * len(prompts)
-    eos = _eos_ids(model, tok)
+    eos = set(_eos_ids(model, tok))
+    shared = _common_prefix(encoded)
+    prefix_kv = _prefix_cache(model, encoded[0][:shared]) if shared else None
+    rng = torch.Generator().manual_seed(seed)
     for batch in _batches([len(e) for e in encoded], batch_size):
-        ids, mask = _left_pad([encoded[i] for i in batch], tok.pad_token_id)
-        with torch.inference_mode():
-            gen = model.generate(
-                input_ids=ids.to(model.device),
-                attention_mask=mask.to(model.device),
-                max_new_tokens=max_new_tokens,
-                do_sample=temperature > 0,
-                temperature=temperature if temperature > 0 else None,
-                top_p=None,
-                top_k=None,
-                eos_token_id=eos,
-                pad_token_id=tok.pad_token_id,
-            )
-        new = gen[:, ids.shape[1] :]
-        for row, i in enumerate(batch):
-            tokens = new[row].tolist()
-            n = len(tokens)
-            for j, t in enumerate(tokens):
-                if t in eos:
-                    n = j + 1
-                    break
-            out[i] = (tok.decode(tokens[:n], skip_special_tokens=True).strip(), n)
+        tokens = _decode_batch(
+            model, tok, [encoded[i][shared:] for i in batch], prefix_kv, shared, max_new_tokens, temperature, eos, rng
+        )
+        for i, new in zip(batch, tokens, strict=True):
+            out[i] = (str(tok.decode(new, skip_special_tokens=True)).strip(), len(new))
         if progress:
             progress(len(batch))
     return out
+
+
+def _prefix_cache(model: PreTrainedModel, prefix: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    import torch
+
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([prefix], device=model.device), use_cache=True, logits_to_keep=1)
+    return [(k, v) for k, v, *_ in _cache_of(out)]
+
+
+def _start_batch(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    suffixes: list[list[int]],
+    prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None,
+    shared: int,
+) -> tuple[Any, Any, torch.Tensor]:
+    """Run a batch of left-padded prompts after the shared prefix: (hidden states, cache, attention mask)."""
+    import torch
+    from transformers import DynamicCache
+
+    device = model.device
+    b = len(suffixes)
+    ids, mask = left_pad(suffixes, tok.pad_token_id)
+    ids, mask = ids.to(device), mask.to(device)
+    if prefix_kv is not None:
+        cache = DynamicCache(ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in prefix_kv])
+        mask = torch.cat([torch.ones((b, shared), dtype=mask.dtype, device=device), mask], dim=1)
+    else:
+        cache = DynamicCache()
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
+    with torch.inference_mode():
+        hidden, cache = _Head(model).run(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache)
+    return hidden, cache, mask
+
+
+def _decode_batch(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    suffixes: list[list[int]],
+    prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None,
+    shared: int,
+    max_new_tokens: int,
+    temperature: float,
+    eos: set[int],
+    rng: torch.Generator,
+) -> list[list[int]]:
+    import torch
+
+    head = _Head(model)
+    hidden, cache, mask = _start_batch(model, tok, suffixes, prefix_kv, shared)
+    new: list[list[int]] = [[] for _ in suffixes]
+    active = list(range(len(suffixes)))
+    last = hidden[:, -1]
+    for step in range(max_new_tokens):
+        with torch.inference_mode():
+            logp = head.log_probs(last)
+            if temperature > 0:
+                probs = torch.softmax(logp / temperature, dim=-1).cpu()
+                picked = torch.multinomial(probs, 1, generator=rng).squeeze(-1).tolist()
+            else:
+                picked = logp.argmax(dim=-1).tolist()
+        keep = []
+        for i, (r, t) in enumerate(zip(active, picked, strict=True)):
+            new[r].append(t)
+            if t not in eos:
+                keep.append(i)
+        if not keep or step == max_new_tokens - 1:
+            break
+        if len(keep) < len(active):  # finished rows leave the batch
+            index = torch.tensor(keep, device=model.device)
+            cache.batch_select_indices(index)
+            mask = mask[index]
+        active = [active[i] for i in keep]
+        step_ids = torch.tensor([[new[r][-1]] for r in active], device=model.device)
+        mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=model.device)], dim=1)
+        pos = (mask.sum(-1, keepdim=True) - 1).to(torch.long)
+        with torch.inference_mode():
+            hidden, cache = head.run(input_ids=step_ids, attention_mask=mask, position_ids=pos, cache=cache)
+        last = hidden[:, -1]
+    return new
 
 
 @dataclass
@@ -156,8 +231,8 @@ class _Head:
         self.model = model
         cfg = model.config
         special = getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None)
-        self.decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-        self.out = model.get_output_embeddings()
+        self.decoder: Any = model.get_decoder() if hasattr(model, "get_decoder") else None
+        self.out: Any = model.get_output_embeddings()
         self.split = self.decoder is not None and self.out is not None and not special
 
     def run(self, **kw: Any) -> tuple[Any, Any]:
@@ -216,18 +291,12 @@ def rank_labels(
 
     The ranking can never give an unparseable answer.
     """
-    import torch
 
     eos = tok.eos_token_id
     trie = _Trie.build([tok(lab, add_special_tokens=False)["input_ids"] + [eos] for lab in labels])
     encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    device = model.device
     shared = _common_prefix(encoded)
-    prefix_kv = None
-    if shared:
-        with torch.inference_mode():
-            out = model(input_ids=torch.tensor([encoded[0][:shared]], device=device), use_cache=True, logits_to_keep=1)
-        prefix_kv = [(k, v) for k, v, *_ in _cache_of(out)]
+    prefix_kv = _prefix_cache(model, encoded[0][:shared]) if shared else None
     limit = math.inf if margin is None else margin
     scores: list[list[float | None]] = [[None] * len(labels) for _ in prompts]
     for batch in _batches([len(e) for e in encoded], batch_size):
@@ -249,21 +318,12 @@ def _score_batch(
     margin: float,
 ) -> list[list[float | None]]:
     import torch
-    from transformers import DynamicCache
 
     device = model.device
     b = len(suffixes)
-    ids, mask = _left_pad(suffixes, tok.pad_token_id)
-    ids, mask = ids.to(device), mask.to(device)
-    if prefix_kv is not None:
-        cache = DynamicCache(ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in prefix_kv])
-        mask = torch.cat([torch.ones((b, shared), dtype=mask.dtype, device=device), mask], dim=1)
-    else:
-        cache = DynamicCache()
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
     head = _Head(model)
+    hidden, cache, mask = _start_batch(model, tok, suffixes, prefix_kv, shared)
     with torch.inference_mode():
-        hidden, cache = head.run(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache)
         first = head.log_probs(hidden[:, -1])
     seen = mask.bool().cpu()  # keys every label position may attend to: the prompt, without padding
     prompt_len = mask.sum(-1).tolist()  # position of the first label token
@@ -282,7 +342,8 @@ def _score_batch(
                 continue
             top = max(cum[r][n] for n in frontier[r])
             bar = best[r] - margin if best[r] > -math.inf else top - margin
-            ranked[r] = sorted((n for n in frontier[r] if cum[r][n] >= bar), key=lambda n, r=r: -cum[r][n])
+            scores = cum[r]
+            ranked[r] = sorted((n for n in frontier[r] if scores[n] >= bar), key=scores.__getitem__, reverse=True)
         if not ranked:
             break
         # a round is as wide as most rows need (at least ROUND_WIDTH): rows with more candidates

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHATML_TEMPLATE",
     "EncodedExample",
+    "count_parameters",
     "encode_conversation",
     "encode_example",
     "hardware_bf16",
@@ -139,7 +140,7 @@ def load_causal_lm(
     load_dtype = torch.float32 if adapter is not None and merge else dtype
     try:
         with quiet_transformers():
-            lm = AutoModelForCausalLM.from_pretrained(
+            lm: Any = AutoModelForCausalLM.from_pretrained(
                 model.path, dtype=load_dtype, attn_implementation=attn_implementation
             )
     except (OSError, ValueError) as exc:

@@ -309,6 +309,16 @@ class Store:
             raise NotFoundError(f"{what} {key!r} does not exist", hint=hint)
         return obj
 
+    def one(self, s: Session, model: type[Row], key: Any) -> Row:
+        """The row ``key`` of ``model`` inside session ``s``; a missing row is a StoreError, not None."""
+        obj = s.get(model, key)
+        if obj is None:
+            raise StoreError(
+                f"{model.__name__} {key!r} vanished from the store while in use",
+                hint="Another process may have changed the project; run the command again.",
+            )
+        return obj
+
     def latest(self, model: type[Row], order: Any) -> Row | None:
         with self.session() as s:
             return s.scalars(select(model).order_by(order.desc()).limit(1)).first()

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slmloop.errors import StoreError
 from slmloop.store.files import atomic_dir
 
 __all__ = ["LoopState", "latest_checkpoint", "restore_checkpoint", "save_checkpoint"]
@@ -77,19 +78,30 @@ def restore_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -
     import torch
     from safetensors.torch import load_file
 
-    weights = load_file(path / "trainable.safetensors")
+    try:
+        weights = load_file(path / "trainable.safetensors")
+        blob = torch.load(path / "state.pt", weights_only=False)
+        state = LoopState(**json.loads((path / "loop.json").read_text()))
+    except Exception as exc:  # a torn, truncated or edited file: name it, never a traceback
+        raise StoreError(
+            f"checkpoint {path} is damaged and cannot be resumed from ({type(exc).__name__}: {exc})",
+            hint=f"Delete the folder {path.name} to resume from the checkpoint before it, or start the run again.",
+        ) from None
     params = dict(model.named_parameters())
     missing = [k for k in weights if k not in params]
     if missing:
-        raise ValueError(f"checkpoint {path} does not match the model: {missing[:3]}")
+        raise StoreError(
+            f"checkpoint {path} does not match the model being resumed ({len(missing)} unknown weights, "
+            f"e.g. {missing[0]})",
+            hint="Resume with the run's own settings (no other options), or start a new run.",
+        )
     with torch.no_grad():
         for k, v in weights.items():
             params[k].copy_(v)
-    blob = torch.load(path / "state.pt", weights_only=False)
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     torch.set_rng_state(blob["torch_rng"])
     if blob.get("cuda_rng") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(blob["cuda_rng"])
     random.setstate(blob["python_rng"])
-    return LoopState(**json.loads((path / "loop.json").read_text()))
+    return state

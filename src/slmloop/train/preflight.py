@@ -154,10 +154,10 @@ def calibrate_inference(model: Any, tok: Any, prompts: list[str], batch_size: in
     import torch
     from transformers import DynamicCache
 
-    from slmloop.models.inference import _left_pad
+    from slmloop.models.inference import left_pad
 
     batch = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[:batch_size]]
-    ids, mask = _left_pad(batch, tok.pad_token_id)
+    ids, mask = left_pad(batch, tok.pad_token_id)
     ids, mask = ids.to(model.device), mask.to(model.device)
     prompt_tokens = int(mask.sum())
     with torch.inference_mode():

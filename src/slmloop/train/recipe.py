@@ -63,7 +63,17 @@ from slmloop.train.preflight import (
 from slmloop.train.report import plot_loss_curve
 from slmloop.train.tracking import open_trackers
 
-__all__ = ["AnswerLoss", "TrainSetup", "resolve_train_config", "setup", "train", "validation_loss"]
+__all__ = [
+    "AnswerLoss",
+    "TrainSetup",
+    "build",
+    "plan",
+    "preflight",
+    "resolve_train_config",
+    "setup",
+    "train",
+    "validation_loss",
+]
 
 VALIDATION_ROWS = 256  # validation loss / metric is measured on at most this many rows
 LOWER_IS_BETTER = {"val_loss"}
@@ -95,8 +105,8 @@ class AnswerLoss(torch.nn.Module):
         self.model = peft_model
         base = peft_model.get_base_model()
         cfg = base.config
-        self.decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
-        self.head = base.get_output_embeddings()
+        self.decoder: Any = base.get_decoder() if hasattr(base, "get_decoder") else None
+        self.head: Any = base.get_output_embeddings()
         special = getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None)
         self.fast = self.decoder is not None and self.head is not None and not special
 
@@ -290,11 +300,24 @@ class Parts:
         return int(self.accelerator.num_processes)
 
 
+def _linear_layers(model: Any) -> list[str]:
+    """Names of every linear layer inside the transformer blocks (the output head excluded)."""
+    import torch
+
+    head = model.get_output_embeddings()
+    names = {
+        n.rsplit(".", 1)[-1]
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and m is not head and (".layers." in f".{n}" or ".h." in f".{n}")
+    }
+    return sorted(n for n in names if not n.isdigit())
+
+
 def _target_modules(model: Any, choice: str | list[str]) -> str | list[str]:
     if isinstance(choice, list):
         return choice
     if choice == "all-linear":
-        return "all-linear"
+        return _linear_layers(model) or "all-linear"
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     for group in (
         ["q_proj", "k_proj", "v_proj", "o_proj"],
@@ -305,20 +328,26 @@ def _target_modules(model: Any, choice: str | list[str]) -> str | list[str]:
     ):
         if set(group) <= names:
             return group
-    return "all-linear"
+    return _linear_layers(model) or "all-linear"
 
 
 def _lora_settings(st: TrainSetup, base: Any) -> dict[str, Any]:
     cfg = st.config
-    lora = {
+    lora: dict[str, Any] = {
         "r": cfg.lora_r,
         "lora_alpha": cfg.lora_alpha,
         "lora_dropout": cfg.lora_dropout,
         "target_modules": _target_modules(base, cfg.target_modules),
     }
+    layers = int(getattr(base.config, "num_hidden_layers", 0) or 0)
+    if cfg.lora_layers is not None and layers and cfg.lora_layers < layers:
+        # only the top layers adapt: the backward pass stops at the lowest adapted layer
+        lora["layers_to_transform"] = list(range(layers - cfg.lora_layers, layers))
+        lora["layers_pattern"] = "layers"
     if st.init_from is not None:  # a warm start continues the earlier adapter's shape
         earlier = json.loads((st.init_from / "adapter_config.json").read_text())
-        lora.update({k: earlier[k] for k in ("r", "lora_alpha", "target_modules") if k in earlier})
+        keys = ("r", "lora_alpha", "target_modules", "layers_to_transform")
+        lora.update({k: earlier[k] for k in keys if earlier.get(k) is not None})
         if isinstance(lora["target_modules"], list):
             lora["target_modules"] = sorted(lora["target_modules"])
     return lora
@@ -730,8 +759,7 @@ def _track_best(st: TrainSetup, parts: Parts, state: LoopState, value: float | N
 # ---------------------------------------------------------------------------------------------
 def _finish(project: Project, run: Run, status: str, metrics: dict[str, Any]) -> Run:
     with project.store.session() as s:
-        row = s.get(Run, run.id)
-        assert row is not None
+        row = project.store.one(s, Run, run.id)
         row.status = status
         row.finished_at = utcnow()
         row.metrics = metrics
@@ -743,7 +771,7 @@ def _finish(project: Project, run: Run, status: str, metrics: dict[str, Any]) ->
             **{k: v for k, v in metrics.items() if k in ("steps", "val_loss", "train_seconds")},
         )
     with project.store.session() as s:
-        return s.get(Run, run.id)
+        return project.store.one(s, Run, run.id)
 
 
 def save(st: TrainSetup, parts: Parts, run: Run, state: LoopState, forecast: Forecast) -> Run:
@@ -819,6 +847,19 @@ def save(st: TrainSetup, parts: Parts, run: Run, state: LoopState, forecast: For
 # ---------------------------------------------------------------------------------------------
 # the whole recipe
 # ---------------------------------------------------------------------------------------------
+def plan(
+    project: Project,
+    overrides: dict[str, Any] | None = None,
+    *,
+    dataset_id: str | None = None,
+    allow_leakage: bool = False,
+    init_from: str | None = None,
+) -> Forecast:
+    """What a run would cost (preflight), without training: ``slmloop train --dry-run``."""
+    st = setup(project, overrides, dataset_id, allow_leakage, init_from)
+    return preflight(st, build(st))
+
+
 def train(
     project: Project,
     overrides: dict[str, Any] | None = None,
@@ -827,17 +868,14 @@ def train(
     allow_leakage: bool = False,
     init_from: str | None = None,
     resume: str | None = None,
-    dry_run: bool = False,
     console: Console | None = None,
-) -> Run | Forecast:
-    """Train (or, with ``resume``, continue) a LoRA adapter; ``dry_run`` returns the forecast only."""
+) -> Run:
+    """Train (or, with ``resume``, continue) a LoRA adapter: setup → build → preflight → fit → save."""
     console = console or Console(stderr=True)
     st = setup(project, overrides, dataset_id, allow_leakage, init_from, resume)
     parts = build(st)
     quiet = Console(quiet=True) if not parts.main else console
     forecast = preflight(st, parts)
-    if dry_run:
-        return forecast
     if parts.main:
         quiet.print(render_forecast(forecast, title=f"preflight · {st.model_ref.spec}"))
     if not forecast.fits or forecast.answer_cut:
@@ -883,14 +921,14 @@ def _start_or_resume(st: TrainSetup, parts: Parts, forecast: Forecast) -> tuple[
             )
             trace.write_text("".join(x + "\n" for x in kept))
             with project.store.session() as s:
-                row = s.get(Run, run.id)
+                row = project.store.one(s, Run, run.id)
                 row.status = "running"
                 project.store.log_event(s, "train.resume", run.name, step=state.step, checkpoint=ckpt.name)
         parts.accelerator.wait_for_everyone()
         return run, state
-    run = None
+    created: Run | None = None
     if parts.main:
-        run = project.store.add(
+        created = run = project.store.add(
             Run(
                 dataset_id=st.splits.version.id,
                 gold_id=st.gold_id,
@@ -920,8 +958,8 @@ def _start_or_resume(st: TrainSetup, parts: Parts, forecast: Forecast) -> tuple[
         atomic_write_json(run_dir / "forecast.json", forecast.to_dict())
         run.path = project.relative(run_dir)
         with project.store.session() as s:
-            s.get(Run, run.id).path = run.path
-    return _broadcast_run(parts, run, project), LoopState()
+            project.store.one(s, Run, run.id).path = run.path
+    return _broadcast_run(parts, created, project), LoopState()
 
 
 def _broadcast_run(parts: Parts, run: Run | None, project: Project) -> Run:
@@ -933,4 +971,4 @@ def _broadcast_run(parts: Parts, run: Run | None, project: Project) -> Run:
     box = [run.id if run is not None else None]
     broadcast_object_list(box, from_process=0)
     with project.store.session() as s:
-        return s.get(Run, box[0])
+        return project.store.one(s, Run, box[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,7 +60,7 @@ class _MLflow:
         self.mlflow.end_run()
 
 
-def open_trackers(names: list[str], run_dir: Path, run_name: str, params: dict[str, Any]) -> list[Tracker]:
+def open_trackers(names: Sequence[str], run_dir: Path, run_name: str, params: dict[str, Any]) -> list[Tracker]:
     trackers: list[Tracker] = []
     for name in names:
         if name == "tensorboard":

@@ -1,0 +1,143 @@
+"""Real tasks at real size, on hand-built cases: leakage subsets, gold files, baselines, schemas, auto labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from slmloop.baselines.crf import bio_tags, decode_spans, fit_crf, span_fields, tokens
+from slmloop.evaluate.evaluate import neighbour_subsets
+from slmloop.evaluate.metrics import score_answers
+from slmloop.manifest import EvalConfig, TaskConfig
+from tests.conftest import write_project
+from tests.tiny import toy_rows
+
+CLS = TaskConfig(type="classification", labels=["a", "b"])
+
+
+def test_neighbour_subsets_by_hand() -> None:
+    rows = [{"text": str(i), "label": lab} for i, lab in enumerate("aabbab")]
+    preds = ["a", "a", "b", "a", "b", "a"]  # right, right, right, wrong, wrong, wrong
+    sims = np.array([0.95, 0.20, 0.91, 0.50, 0.99, 0.10])  # rows 0, 2, 4 have a close training neighbour
+    out = neighbour_subsets(score_answers(CLS, rows, preds), sims, 0.9, ["accuracy"], EvalConfig(bootstrap=200))
+    assert out["close_share"] == pytest.approx(0.5)
+    close, clear = out["close_neighbour"], out["no_close_neighbour"]
+    assert (close["n"], clear["n"]) == (3, 3)
+    assert close["accuracy"] == pytest.approx(2 / 3) and clear["accuracy"] == pytest.approx(1 / 3)
+    for part in (close, clear):
+        lo, hi = part["ci"]["accuracy"]
+        assert 0.0 <= lo <= part["accuracy"] <= hi <= 1.0 and hi - lo > 0
+    everyone = neighbour_subsets(score_answers(CLS, rows, preds), np.ones(6), 0.9, ["accuracy"], EvalConfig())
+    assert everyone["no_close_neighbour"] == {"n": 0, "ci": {}} and everyone["close_neighbour"]["n"] == 6
+
+
+def test_a_gold_file_with_a_duplicate_and_a_broken_row_is_fully_accounted(tmp_path: Path, tiny_model: Path) -> None:
+    from slmloop.data.importer import import_source
+    from slmloop.data.prepare import prepare_dataset
+    from slmloop.project import open_project
+
+    gold_lines = [
+        json.dumps({"text": "see you at the library tomorrow", "label": "ham"}),
+        json.dumps({"text": "WIN a free prize now, call 12345", "label": "spam"}),
+        '{"text": "broken json line", "label": ',
+        json.dumps({"text": "  See you at the   library TOMORROW ", "label": "ham"}),  # the first row again
+        json.dumps({"text": "lunch at home", "label": "maybe"}),  # not a label
+        json.dumps({"text": "meeting moved to the office", "label": "ham"}),
+    ]
+    root = write_project(tmp_path / "p", tiny_model, toy_rows(120), data={"gold": {"path": "data/gold.jsonl"}})
+    (root / "data" / "gold.jsonl").write_text("\n".join(gold_lines) + "\n")
+    p = open_project(root)
+    import_source(p, p.manifest.data.sources[0])
+    splits, _ = prepare_dataset(p)
+    g = splits.version.counts["gold_file"]
+    assert g["rows_read"] == 6 and g["accepted"] == 3 == len(splits.gold)
+    assert g["rejected"] == {"bad_json": 1, "duplicate_exact": 1, "label_not_in_schema": 1}
+    rejects = {r["line"]: r for r in p.objects.read_jsonl(splits.version.rejects_object) if r.get("split")}
+    assert set(rejects) == {3, 4, 5}
+    assert "same input as line 1" in rejects[4]["detail"]
+    # no gold split is taken from the sources: every source row is train, validation or rejected
+    c = splits.version.counts
+    assert c["gold"] == 0 and c["train"] + c["validation"] + sum(c["rejected"].values()) == 120
+    p.close()
+
+
+def test_labels_auto_come_from_the_data_and_are_recorded(tmp_path: Path, tiny_model: Path) -> None:
+    from slmloop.data.importer import import_source
+    from slmloop.data.prepare import prepare_dataset
+    from slmloop.project import open_project
+
+    rows = [{"text": f"{w} number {i}", "label": w} for i in range(30) for w in ("red", "green", "blue")]
+    root = write_project(tmp_path / "p", tiny_model, rows)
+    manifest = yaml.safe_load((root / "slmloop.yaml").read_text())
+    manifest["task"]["labels"] = "auto"
+    (root / "slmloop.yaml").write_text(yaml.safe_dump(manifest))
+    p = open_project(root)
+    with pytest.raises(Exception, match="auto"):
+        _ = p.task  # nothing prepared yet: a clear error, not an empty label list
+    import_source(p, p.manifest.data.sources[0])
+    splits, _ = prepare_dataset(p)
+    assert p.task.labels == ["blue", "green", "red"] == splits.version.config["task"]["labels"]
+    p.close()
+
+
+def _rows(pairs: list[tuple[str, dict]]) -> list[dict]:
+    return [{"text": t, "output": o} for t, o in pairs]
+
+
+TRAIN = _rows(
+    [
+        (f"book a flight to {c} on {d}", {"city": c, "day": d, "intent": "flight_booking"})
+        for c in ("paris", "rome", "oslo")
+        for d in ("monday", "friday")
+    ]
+    + [(f"cancel my trip to {c}", {"city": c, "intent": "trip_cancel"}) for c in ("paris", "rome", "oslo", "lima")]
+    + [
+        (f"what is the weather in {c} on {d}", {"city": c, "day": d, "intent": "forecast"})
+        for c in ("paris", "lima")
+        for d in ("monday", "sunday")
+    ]
+)
+EXT = TaskConfig(type="extraction", fields=["city", "day", "intent"])
+
+
+def test_crf_baseline_tags_spans_and_classifies_the_rest() -> None:
+    assert tokens("to rome, now") == [("to", 0, 2), ("rome", 3, 7), (",", 7, 8), ("now", 9, 12)]
+    toks, tags, missed = bio_tags("fly to new york now", {"city": "New York", "x": "zz"}, {"city", "x"})
+    assert tags == ["O", "O", "B-city", "I-city", "O"] and missed == 1
+    assert decode_spans("fly to new york now", toks, tags) == {"city": ["new york"]}
+    shares = span_fields(EXT, TRAIN)
+    assert shares["city"] == 1.0 and shares["day"] == 1.0 and shares["intent"] == 0.0
+    predict, info = fit_crf(EXT, TRAIN)
+    assert info["span_fields"] == ["city", "day"] and info["other_fields"] == ["intent"]
+    answers = predict(_rows([("book a flight to lima on sunday", {}), ("cancel my trip to oslo", {})]))
+    assert json.loads(answers[0].raw) == {"city": "lima", "day": "sunday", "intent": "flight_booking"}
+    assert json.loads(answers[1].raw) == {"city": "oslo", "intent": "trip_cancel"}
+
+
+def test_preflight_refuses_a_run_that_would_cut_answers(tmp_path: Path, tiny_model: Path, capsys) -> None:
+    from slmloop.cli import main
+
+    long_answer = " ".join(["see you at the station tomorrow"] * 8)  # ~50 tokens of answer
+    rows = [
+        {"input": r["text"], "output": long_answer if i % 20 == 0 else r["label"]} for i, r in enumerate(toy_rows(120))
+    ]
+    root = write_project(
+        tmp_path / "p",
+        tiny_model,
+        rows,
+        task={"type": "generation", "instruction": "Answer.", "labels": None},
+        model={"max_length": 40},
+    )
+    assert main(["data", "import", "-p", str(root)]) == 0
+    assert main(["data", "prepare", "-p", str(root)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--dry-run", "-p", str(root)]) == 1  # the forecast shows the cut answers
+    assert "answers cut" in capsys.readouterr().out
+    assert main(["train", "-p", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert "do not fit model.max_length with their whole answer" in err and "model.max_length to at least" in err
+    assert main(["train", "--max-length", "80", "--max-steps", "2", "-p", str(root)]) == 0

@@ -14,6 +14,8 @@ import yaml
 from tests.conftest import write_project
 from tests.tiny import toy_rows
 
+pytestmark = pytest.mark.integration  # every test runs the real command line in a subprocess
+
 
 def slmloop(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200", "SLMLOOP_PROJECT": ""}
@@ -76,7 +78,6 @@ def test_bad_training_options(project: Path) -> None:
     assert res.returncode == 2 and "verbose" in res.stderr and "compact" in res.stderr
 
 
-@pytest.mark.integration
 def test_resuming_from_a_damaged_checkpoint(trained_project: Path, tmp_path: Path) -> None:
     from slmloop.project import open_project
     from slmloop.store import Run

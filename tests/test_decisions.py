@@ -18,6 +18,8 @@ from slmloop.project import open_project
 from slmloop.store import GoldVersion, RequestLog
 from tests.test_endpoint import fake_api
 
+pytestmark = pytest.mark.integration  # trains the tiny model
+
 
 @pytest.fixture
 def project(trained_copy):

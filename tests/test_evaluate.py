@@ -4,6 +4,8 @@ import pytest
 
 from slmloop.evaluate.evaluate import evaluate, latest_evaluations
 
+pytestmark = pytest.mark.integration  # trains the tiny model
+
 
 @pytest.fixture
 def project(trained_copy):

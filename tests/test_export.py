@@ -10,6 +10,8 @@ from slmloop.models.loading import load_causal_lm
 from slmloop.release.export import export_release, verify_release
 from slmloop.store import Release, sha256_file
 
+pytestmark = pytest.mark.integration  # trains the tiny model
+
 
 @pytest.fixture
 def project(trained_copy):

@@ -71,6 +71,7 @@ def test_semantic_check_uses_cosine_of_embeddings() -> None:
     assert found == {0: (0, "semantic", pytest.approx(0.95, abs=1e-3))}
 
 
+@pytest.mark.integration
 def test_train_refuses_planted_paraphrases_and_records_the_override(
     tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -39,6 +39,7 @@ def test_length_test_agrees_with_scipy() -> None:
     assert res["live_mean_words"] == 8
 
 
+@pytest.mark.integration
 def test_monitor_flags_shifted_traffic_and_not_similar_traffic(trained_project: Path, tmp_path: Path) -> None:
     root = tmp_path / "copy"
     shutil.copytree(trained_project, root)

@@ -118,6 +118,7 @@ def test_crf_baseline_tags_spans_and_classifies_the_rest() -> None:
     assert json.loads(answers[1].raw) == {"city": "oslo", "intent": "trip_cancel"}
 
 
+@pytest.mark.integration
 def test_preflight_refuses_a_run_that_would_cut_answers(tmp_path: Path, tiny_model: Path, capsys) -> None:
     from slmloop.cli import main
 

@@ -9,6 +9,8 @@ from fastapi.testclient import TestClient
 from slmloop.project import open_project
 from slmloop.serve.server import build_app
 
+pytestmark = pytest.mark.integration  # trains the tiny model
+
 
 @pytest.fixture(scope="module")
 def served(trained_project: Path, tmp_path_factory: pytest.TempPathFactory):

@@ -17,6 +17,8 @@ from slmloop.train.recipe import train
 from tests.conftest import write_project
 from tests.tiny import toy_rows
 
+pytestmark = pytest.mark.integration  # trains the tiny model
+
 
 def _prepared(root: Path, model: Path, rows: list[dict], **train_cfg):
     p = open_project(write_project(root, model, rows, train=train_cfg))

@@ -22,9 +22,11 @@ from slmloop.models.loading import encode_conversation, load_tokenizer, render_p
 from slmloop.project import open_project
 from slmloop.store import Run
 from slmloop.train.preflight import Forecast
-from slmloop.train.recipe import plan, train
+from slmloop.train.recipe import plan, train, train_step
 from tests.conftest import write_project
 from tests.tiny import toy_rows
+
+pytestmark = pytest.mark.integration  # trains the tiny model
 
 
 def _prepared(root: Path, model: Path, rows: list[dict] | None = None, **train_cfg) -> Path:
@@ -223,4 +225,31 @@ def test_early_stopping_on_a_task_metric(tmp_path: Path, tiny_model: Path) -> No
     evals = [t for t in trace if "accuracy" in t]
     assert [t["step"] for t in evals] == [2, 4, 6] and all(0 <= t["accuracy"] <= 1 for t in evals)
     assert run.metrics["best_value"] == max(t["accuracy"] for t in evals)
+    p.close()
+
+
+def test_one_training_step_alone(tmp_path: Path, tiny_model: Path) -> None:
+    """train_step: the mean loss over the step's answer tokens, and an update of the adapter only."""
+    from slmloop.train.recipe import build, setup, validation_loss
+
+    p = open_project(_prepared(tmp_path / "p", tiny_model, batch_size=4))
+    st = setup(p)
+    parts = build(st)
+    lengths = [len(e.input_ids) for e in parts.train_ex]
+    group = [[0, 1, 2, 3], [4, 5]]
+    examples = [parts.train_ex[i] for b in group for i in b]
+    answer_tokens = sum(end - start for e in examples for start, end in e.spans)
+    # what the step must report: the loss of these rows before the update, per answer token
+    before = validation_loss(parts.inner_loss, examples, parts.tokenizer.pad_token_id, 10_000, parts.device)
+    weights = {k: v.detach().clone() for k, v in parts.model.named_parameters() if v.requires_grad}
+    frozen = {k: v.detach().clone() for k, v in parts.model.named_parameters() if not v.requires_grad}
+    parts.model.train()
+    result = train_step(parts, group, lengths, st.config)
+    train_step(parts, [[6, 7]], lengths, st.config)  # the warm-up schedule starts at lr 0: a second step moves
+    assert result.answer_tokens == answer_tokens
+    assert result.loss_sum / result.answer_tokens == pytest.approx(before, rel=1e-4)
+    assert result.real_tokens == sum(len(e.input_ids) for e in examples) and result.grad_norm > 0
+    now = dict(parts.model.named_parameters())
+    assert any(not torch.equal(now[k], v) for k, v in weights.items())  # the adapter moved
+    assert all(torch.equal(now[k], v) for k, v in frozen.items())  # nothing else did
     p.close()

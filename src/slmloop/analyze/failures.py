@@ -33,7 +33,7 @@ from rich.console import Console
 from slmloop.data.clean import dedupe_key
 from slmloop.data.versions import load_dataset, row_field
 from slmloop.errors import NotFoundError
-from slmloop.evaluate.metrics import parse_json_object
+from slmloop.evaluate.metrics import field_diff, parse_json_object
 from slmloop.evaluate.results import evaluation_task, gold_rows
 from slmloop.project import Project
 from slmloop.store import Evaluation, Prediction, atomic_write_json, atomic_write_text
@@ -170,27 +170,25 @@ def _classification_clusters(preds: list[Prediction]) -> list[Cluster]:
 
 
 def _extraction_clusters(rows: list[dict], preds: list[Prediction]) -> list[Cluster]:
+    """Failures grouped by error type and field (the same field-by-field diff `eval show` prints)."""
     kinds: dict[str, list[int]] = defaultdict(list)
     for i, (row, p) in enumerate(zip(rows, preds, strict=True)):
         obj = parse_json_object(p.raw)
         if obj is None:
             kinds["invalid JSON"].append(i)
             continue
-        ref = row["output"]
-        for k, v in ref.items():
-            if v is None:
-                continue
-            if k not in obj or obj[k] is None:
-                kinds[f"missing field {k!r}"].append(i)
-            elif json.dumps(obj[k], sort_keys=True) != json.dumps(v, sort_keys=True):
-                kinds[f"wrong value of {k!r}"].append(i)
-        for k in obj:
-            if k not in ref:
-                kinds[f"extra field {k!r}"].append(i)
-    return [
-        Cluster("error type", k, len(v), v, [_exemplar(i, preds[i]) for i in v[:5]])
-        for k, v in sorted(kinds.items(), key=lambda kv: -len(kv[1]))
-    ]
+        for d in field_diff(row["output"], obj):
+            kinds[f"{d['kind']} {d['field']!r}"].append(i)
+    clusters = []
+    for k, idx in sorted(kinds.items(), key=lambda kv: -len(kv[1])):
+        exemplars = []
+        for i in idx[:5]:
+            ex = _exemplar(i, preds[i])
+            obj = parse_json_object(preds[i].raw)
+            ex["diff"] = field_diff(rows[i]["output"], obj) if obj is not None else []
+            exemplars.append(ex)
+        clusters.append(Cluster("error type", k, len(idx), idx, exemplars))
+    return clusters
 
 
 def _embedding_clusters(project: Project, preds: list[Prediction]) -> list[Cluster]:

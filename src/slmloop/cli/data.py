@@ -8,8 +8,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from slmloop.cli.common import ProjectOpt, err, load, out
+from slmloop.cli.common import ProjectOpt, err, load, out, table
+from slmloop.cli.options import config_options, with_overrides
 from slmloop.errors import ConfigError
+from slmloop.manifest import SourceConfig
 
 app = typer.Typer(help="Import, clean, split and inspect data.", no_args_is_help=True)
 gold_app = typer.Typer(help="The frozen gold set.", no_args_is_help=True)
@@ -32,40 +34,30 @@ def _parse_map(pairs: list[str]) -> dict[str, str]:
 
 
 @app.command("import")
+@config_options(SourceConfig, skip=("path", "fields"))
 def import_(
+    overrides: dict[str, Any],
     files: Annotated[list[Path] | None, typer.Argument(help="Files or folders; default: data.sources.")] = None,
-    fmt: Annotated[str | None, typer.Option("--format", help="jsonl | json | csv | tsv")] = None,
-    encoding: Annotated[str | None, typer.Option(help="Text encoding (default utf-8).")] = None,
-    no_header: Annotated[bool, typer.Option("--no-header", help="CSV/TSV has no header row.")] = False,
-    columns: Annotated[str | None, typer.Option(help="Comma-separated column names (no header).")] = None,
-    delimiter: Annotated[str | None, typer.Option(help="CSV/TSV delimiter.")] = None,
-    no_quoting: Annotated[bool, typer.Option("--no-quoting", help="Quotes are plain text.")] = False,
     map_: MapOpt = None,
     force: ForceOpt = False,
     project: ProjectOpt = Path("."),
 ) -> None:
-    """Read sources into the project; every row is accepted or rejected with a reason."""
+    """Read sources into the project; every row is accepted or rejected with a reason.
+
+    Every key of a data.sources entry is also an option here (--format, --encoding, --no-header …).
+    """
     from slmloop.data.importer import import_source, source_for
-    from slmloop.manifest import SourceConfig
 
     proj = load(project)
-    overrides = {
-        "format": fmt,
-        "encoding": encoding,
-        "delimiter": delimiter,
-        "columns": [c.strip() for c in columns.split(",")] if columns else None,
-        "header": False if no_header else None,
-        "quoting": False if no_quoting else None,
-        "fields": _parse_map(map_) if map_ else None,
-    }
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if map_:
+        overrides["fields"] = _parse_map(map_)
     if files:
         sources = []
         for f in files:
             base = source_for(proj, f).model_dump()
-            sources.append(SourceConfig.model_validate({**base, **overrides}))
+            sources.append(with_overrides(SourceConfig, base, overrides))
     else:
-        sources = [SourceConfig.model_validate({**s.model_dump(), **overrides}) for s in proj.manifest.data.sources]
+        sources = [with_overrides(SourceConfig, s.model_dump(), overrides) for s in proj.manifest.data.sources]
     if not sources:
         raise ConfigError("nothing to import", hint="Pass a FILE, or list data.sources in slmloop.yaml.")
     for src in sources:
@@ -103,32 +95,32 @@ def _reject_table(rows: list[dict], title: str) -> None:
 
 
 @app.command("inspect")
+@config_options(SourceConfig, skip=("path", "fields"))
 def inspect(
+    overrides: dict[str, Any],
     file: Annotated[Path, typer.Argument(help="File or folder to look at.")],
-    fmt: Annotated[str | None, typer.Option("--format", help="jsonl | json | csv | tsv | parquet | hf")] = None,
-    encoding: Annotated[str | None, typer.Option(help="Text encoding (default utf-8).")] = None,
     project: ProjectOpt = Path("."),
 ) -> None:
     """Profile a source's columns and propose how they map onto the task's fields."""
     from slmloop.data.importer import source_for, source_path
     from slmloop.data.inspect import inspect_source
-    from slmloop.manifest import SourceConfig
 
     proj = load(project)
-    base = source_for(proj, file).model_dump()
-    src = SourceConfig.model_validate({**base, **{k: v for k, v in {"format": fmt, "encoding": encoding}.items() if v}})
+    src = with_overrides(SourceConfig, source_for(proj, file).model_dump(), overrides)
     found = inspect_source(proj.manifest.task, source_path(proj, src) or file, src)
     out.print(f"[bold]{file}[/bold]: {found.rows} rows sampled ({found.unreadable} unreadable) · layout {found.layout}")
-    t = Table(title="columns", title_justify="left")
-    for col in ("column", "type", "filled", "distinct", "mean chars", "examples"):
-        t.add_column(col)
+    t = table("column", "type", "filled", "distinct", "mean chars", "examples", title="columns")
     for c in found.columns.values():
         t.add_row(c.name, c.kind, str(c.non_null), str(len(c.distinct)), f"{c.mean_len:.0f}", " | ".join(c.examples))
     out.print(t)
     threshold = proj.manifest.data.mapping_confidence
-    t = Table(title=f"proposed mapping (applied automatically at confidence ≥ {threshold:.2f})", title_justify="left")
-    for col in ("task field", "column", "confidence", "why"):
-        t.add_column(col)
+    t = table(
+        "task field",
+        "column",
+        "confidence",
+        "why",
+        title=f"proposed mapping (applied automatically at confidence ≥ {threshold:.2f})",
+    )
     for p in found.proposals:
         style = "green" if p.confidence >= threshold else "red"
         t.add_row(p.task_field, p.column or "?", f"[{style}]{p.confidence:.2f}[/{style}]", p.reason)
@@ -198,9 +190,17 @@ def _label_balance(labels: dict[str, dict[str, int]]) -> None:
         return
     import statistics
 
-    lt = Table(title=f"label balance ({len(names)} labels)", title_justify="left")
-    for col in ("split", "rows", "labels present", "min", "median", "max", "rarest"):
-        lt.add_column(col, justify="right" if col not in ("split", "rarest") else "left")
+    lt = table(
+        "split",
+        "rows",
+        "labels present",
+        "min",
+        "median",
+        "max",
+        "rarest",
+        title=f"label balance ({len(names)} labels)",
+        right=("rows", "labels present", "min", "median", "max"),
+    )
     for split, counts in labels.items():
         values = [counts.get(lab, 0) for lab in names]
         rare = sorted(names, key=lambda lab: counts.get(lab, 0))[:3]
@@ -242,15 +242,11 @@ def list_(project: ProjectOpt = Path(".")) -> None:
     from slmloop.store import DatasetVersion, Import
 
     proj = load(project)
-    t = Table(title="imports", title_justify="left")
-    for col in ("id", "source", "read", "accepted", "rejected"):
-        t.add_column(col)
+    t = table("id", "source", "read", "accepted", "rejected", title="imports")
     for i in proj.store.list(Import, Import.created_at):
         t.add_row(i.id, i.source_path, str(i.rows_read), str(i.accepted), str(i.rejected))
     out.print(t)
-    t = Table(title="dataset versions", title_justify="left")
-    for col in ("id", "created", "train", "validation", "gold"):
-        t.add_column(col)
+    t = table("id", "created", "train", "validation", "gold", title="dataset versions")
     for v in proj.store.list(DatasetVersion, DatasetVersion.created_at):
         t.add_row(
             v.id,
@@ -298,9 +294,14 @@ def diff(
     from slmloop.data.report import diff_datasets
 
     d = diff_datasets(load(project), old, new)
-    t = Table(title=f"{d.old} → {d.new}", title_justify="left")
-    for col in ("split", "added", "removed", "changed"):
-        t.add_column(col, justify="right")
+    t = table(
+        "split",
+        "added",
+        "removed",
+        "changed",
+        title=f"{d.old} → {d.new}",
+        right=("split", "added", "removed", "changed"),
+    )
     for s in ("train", "validation", "gold"):
         t.add_row(s, str(d.added[s]), str(d.removed[s]), str(d.changed[s]))
     out.print(t)
@@ -344,11 +345,12 @@ def report(
     out.print(f"report: {folder / 'index.html'}")
 
 
-def _gold_file(proj: Any, file: Path, map_: list[str] | None, force: bool) -> Any:
+def _gold_file(project: Path, file: Path, map_: list[str] | None, force: bool) -> tuple[Any, Any]:
+    """The project, and the rows of a gold file with every rejected row listed."""
     from slmloop.data.gold import read_gold_file
     from slmloop.data.importer import source_for
-    from slmloop.manifest import SourceConfig
 
+    proj = load(project)
     base = source_for(proj, file).model_dump()
     if map_:
         base["fields"] = _parse_map(map_)
@@ -357,7 +359,7 @@ def _gold_file(proj: Any, file: Path, map_: list[str] | None, force: bool) -> An
     out.print(f"{file}: rows read {acc['rows_read']} = accepted {acc['accepted']} + rejected {len(found.rejects)}")
     if found.rejects:
         _reject_table(found.rejects[:SHOW_REJECTS], f"rejected rows ({len(found.rejects)})")
-    return found
+    return proj, found
 
 
 @gold_app.command("add")
@@ -371,8 +373,7 @@ def gold_add(
     """Add rows to the gold set (a new gold version)."""
     from slmloop.data.gold import gold_add as add
 
-    proj = load(project)
-    found = _gold_file(proj, file, map_, force)
+    proj, found = _gold_file(project, file, map_, force)
     version, added = add(proj, found.rows, note)
     out.print(
         f"[bold]{version.id}[/bold]: {added} row(s) added, {len(found.rows) - added} already in gold · "
@@ -405,8 +406,7 @@ def gold_freeze(
     """Freeze a curated file as the new gold version."""
     from slmloop.data.gold import gold_replace
 
-    proj = load(project)
-    found = _gold_file(proj, file, map_, force)
+    proj, found = _gold_file(project, file, map_, force)
     version = gold_replace(proj, found.rows, note)
     out.print(f"[bold]{version.id}[/bold] frozen: {version.rows} rows")
 
@@ -419,9 +419,7 @@ def gold_list(project: ProjectOpt = Path(".")) -> None:
 
     proj = load(project)
     head = current_gold(proj)
-    t = Table()
-    for col in ("", "gold version", "created", "rows", "parent", "note"):
-        t.add_column(col)
+    t = table("", "gold version", "created", "rows", "parent", "note")
     for g in gold_history(proj):
         t.add_row(
             "→" if head and g.id == head.id else "",

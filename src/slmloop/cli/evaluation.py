@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from slmloop.cli.common import ProjectOpt, err, load, out
+from slmloop.cli.common import ProjectOpt, err, load, out, table
 from slmloop.errors import GateError
 
 app = typer.Typer(help="Score models on the frozen gold set.", invoke_without_command=True)
@@ -100,46 +100,35 @@ def comparison_table(proj: Any, gold_id: str) -> None:
 SHOW_WORST = 10
 
 
+def _worst(rows: dict[str, dict[str, Any]], what: str, keys: tuple[str, ...], heads: tuple[str, ...]) -> None:
+    """The ``SHOW_WORST`` classes or fields with the lowest F1 (the most gold rows first among equals)."""
+    worst = sorted(rows.items(), key=lambda kv: (kv[1]["f1"], -kv[1]["support"]))[:SHOW_WORST]
+    title = f"weakest {what}s ({len(worst)} of {len(rows)}; all in the HTML report)"
+    t = table(what, "F1", *heads, "gold rows", title=title, right=("F1", *heads, "gold rows"))
+    for name, c in worst:
+        cells = [f"{c[k]:.3f}" if isinstance(c[k], float) else str(c[k]) for k in keys]
+        t.add_row(name, f"{c['f1']:.3f}", *cells, str(c["support"]))
+    out.print(t)
+
+
 def detail_tables(metrics: dict[str, Any]) -> None:
     """Weakest classes / fields first and the most frequent confusions: readable at 150 labels or 40 fields."""
     per_class = metrics.get("per_class")
     if per_class and len(per_class) > 2:
-        worst = sorted(per_class.items(), key=lambda kv: (kv[1]["f1"], -kv[1]["support"]))[:SHOW_WORST]
-        t = Table(
-            title=f"weakest labels ({len(worst)} of {len(per_class)}; all in the HTML report)", title_justify="left"
-        )
-        for col in ("label", "F1", "precision", "recall", "gold rows"):
-            t.add_column(col, justify="left" if col == "label" else "right")
-        for lab, c in worst:
-            t.add_row(lab, f"{c['f1']:.3f}", f"{c['precision']:.3f}", f"{c['recall']:.3f}", str(c["support"]))
-        out.print(t)
+        _worst(per_class, "label", ("precision", "recall"), ("precision", "recall"))
     confusion = metrics.get("confusion")
     if confusion and len(confusion["labels"]) > 2:
-        pairs = [
-            (n, confusion["labels"][i], confusion["columns"][j])
-            for i, row in enumerate(confusion["matrix"])
-            for j, n in enumerate(row)
-            if n and confusion["labels"][i] != confusion["columns"][j]
-        ]
-        top = sorted(pairs, key=lambda x: -x[0])[:SHOW_WORST]
+        from slmloop.evaluate.report import top_confusions
+
+        top = top_confusions(confusion, SHOW_WORST)
         if top:
-            t = Table(title="most frequent confusions", title_justify="left")
-            for col in ("gold label", "predicted", "rows"):
-                t.add_column(col, justify="right" if col == "rows" else "left")
-            for n, gold, pred in top:
+            t = table("gold label", "predicted", "rows", title="most frequent confusions", right=("rows",))
+            for gold, pred, n in top:
                 t.add_row(gold, pred, str(n))
             out.print(t)
     per_field = metrics.get("per_field")
     if per_field:
-        worst = sorted(per_field.items(), key=lambda kv: (kv[1]["f1"], -kv[1]["support"]))[:SHOW_WORST]
-        t = Table(
-            title=f"weakest fields ({len(worst)} of {len(per_field)}; all in the HTML report)", title_justify="left"
-        )
-        for col in ("field", "F1", "right", "wrong or extra", "missed", "gold values"):
-            t.add_column(col, justify="left" if col == "field" else "right")
-        for name, c in worst:
-            t.add_row(name, f"{c['f1']:.3f}", str(c["tp"]), str(c["fp"]), str(c["fn"]), str(c["support"]))
-        out.print(t)
+        _worst(per_field, "field", ("tp", "fp", "fn"), ("right", "wrong or extra", "missed"))
     sub = metrics.get("subsets")
     if sub and sub.get("close_neighbour", {}).get("n") and sub.get("no_close_neighbour", {}).get("n"):
         from slmloop.evaluate.metrics import HEADLINE
@@ -159,9 +148,7 @@ def gate_table(metrics: dict[str, Any]) -> None:
     beat = metrics.get("must_beat")
     if not gates and not beat and not metrics.get("vs_baseline"):
         return
-    t = Table(title="gates", title_justify="left")
-    for col in ("gate", "value", "verdict", "required"):
-        t.add_column(col)
+    t = table("gate", "value", "verdict", "required", title="gates")
     for g in gates:
         op = ">=" if g["op"] == "gte" else "<="
         on = f" (CI bound {g['judged_on']:.4f})" if g["significant"] and g["judged_on"] is not None else ""
@@ -171,23 +158,18 @@ def gate_table(metrics: dict[str, Any]) -> None:
             "[green]PASS[/green]" if g["passed"] else "[red]FAIL[/red]",
             "yes" if g["required"] else "no",
         )
-    if beat:
-        ok = beat["verdict"] == "better"
-        t.add_row(
-            f"must beat {beat['against']}",
-            f"{beat.get('diff', math.nan):+.4f} (p={beat.get('p_value', 1):.3g})",
-            "[green]PASS[/green]" if ok else f"[red]{beat['verdict'].upper()}[/red]",
-            "yes" if beat.get("required") else "no",
-        )
     vs = metrics.get("vs_baseline")
-    if vs:
-        worse = vs["verdict"] == "worse"
-        t.add_row(
-            f"not worse than {vs['against']}",
-            f"{vs.get('diff', math.nan):+.4f} (p={vs.get('p_value', 1):.3g})",
-            "[red]WORSE[/red]" if worse else f"[green]PASS[/green] ({vs['verdict']})",
-            "yes" if vs.get("required") else "no",
-        )
+    for label, rec, passed in (
+        ("must beat", beat, beat is not None and beat["verdict"] == "better"),
+        ("not worse than", vs, vs is not None and vs["verdict"] != "worse"),
+    ):
+        if rec:
+            t.add_row(
+                f"{label} {rec['against']}",
+                f"{rec.get('diff', math.nan):+.4f} (p={rec.get('p_value', 1):.3g})",
+                f"[green]PASS[/green] ({rec['verdict']})" if passed else f"[red]{rec['verdict'].upper()}[/red]",
+                "yes" if rec.get("required") else "no",
+            )
     out.print(t)
     for rec in (beat, vs):
         if rec and rec.get("sentence"):
@@ -272,9 +254,16 @@ def compare(
     proj = load(project)
     report = compare_models(proj, models, metric=metric, fresh=fresh, console=err)
     comparison_table(proj, report.evaluations[0].gold_id)
-    t = Table(title=f"against {report.evaluations[0].model_ref}", title_justify="left")
-    for col in ("model", "metric", "difference", "CI", "test", "p", "verdict"):
-        t.add_column(col)
+    t = table(
+        "model",
+        "metric",
+        "difference",
+        "CI",
+        "test",
+        "p",
+        "verdict",
+        title=f"against {report.evaluations[0].model_ref}",
+    )
     for c in report.comparisons:
         colour = {"better": "green", "worse": "red"}.get(c.verdict, "yellow")
         t.add_row(
@@ -308,9 +297,7 @@ def analyze(
     out.print(f"[bold]{a.evaluation.name}[/bold] ({a.evaluation.model_ref}): {a.overall:.4f} overall")
     weak = [s for s in a.slices if s.n >= 5]
     if weak:
-        t = Table(title="slices (weakest first within each)", title_justify="left")
-        for col in ("slice", "value", "rows", "score", "failures"):
-            t.add_column(col)
+        t = table("slice", "value", "rows", "score", "failures", title="slices (weakest first within each)")
         for s in weak:
             style = "red" if s.score < a.overall - 0.05 else ""
             t.add_row(
@@ -321,16 +308,30 @@ def analyze(
                 str(s.failures),
             )
         out.print(t)
-    t = Table(title=f"failure clusters ({len(a.clusters)})", title_justify="left")
-    for col in ("cluster", "rows", "exemplar"):
-        t.add_column(col, overflow="fold")
+    t = table("cluster", "rows", "exemplar", title=f"failure clusters ({len(a.clusters)})", fold=True)
     for c in a.clusters[:10]:
-        t.add_row(f"{c.kind}: {c.title}", str(c.n), c.exemplars[0]["input"][:100] if c.exemplars else "")
+        ex = c.exemplars[0] if c.exemplars else {}
+        shown = ex.get("input", "")[:100]
+        if ex.get("diff"):  # extraction: the exemplar's field-by-field diff
+            shown += "\n" + "; ".join(
+                f"{d['kind']} {d['field']}: {' | '.join(d['expected']) or '–'} → {' | '.join(d['got']) or '–'}"
+                for d in ex["diff"]
+            )
+        t.add_row(f"{c.kind}: {c.title}", str(c.n), shown)
     out.print(t)
+    per_field = a.evaluation.metrics.get("per_field")
+    if per_field:
+        detail_tables({"per_field": per_field})
     if a.label_issues:
-        t = Table(title=f"likely mislabelled rows ({len(a.label_issues)})", title_justify="left")
-        for col in ("split", "row", "text", "label", "model says"):
-            t.add_column(col, overflow="fold")
+        t = table(
+            "split",
+            "row",
+            "text",
+            "label",
+            "model says",
+            title=f"likely mislabelled rows ({len(a.label_issues)})",
+            fold=True,
+        )
         for x in a.label_issues[:15]:
             t.add_row(
                 x["split"], str(x["row"]), x["text"][:90], x["label"], f"{x['suggested']} ({x['p_suggested']:.2f})"

@@ -20,7 +20,9 @@ from typing import Annotated, Any, Literal
 import typer
 from pydantic import BaseModel
 
-__all__ = ["as_flags", "config_options"]
+__all__ = ["as_flags", "config_options", "with_overrides"]
+
+Section = typing.TypeVar("Section", bound=BaseModel)
 
 
 def _literal_choices(annotation: Any) -> list[str] | None:
@@ -116,3 +118,17 @@ def as_flags(overrides: dict[str, Any]) -> list[str]:
         elif value is not None:
             flags.append(f"{flag}={value}")
     return flags
+
+
+def with_overrides(section: type[Section], base: dict[str, Any], overrides: dict[str, Any]) -> Section:
+    """``section`` validated from ``base`` with the command-line ``overrides``; bad values are a ConfigError."""
+    from pydantic import ValidationError
+
+    from slmloop.errors import ConfigError
+
+    try:
+        return section.model_validate({**base, **overrides})
+    except ValidationError as exc:
+        problems = [("--" + "-".join(str(x) for x in e["loc"]).replace("_", "-"), e["msg"]) for e in exc.errors()]
+        lines = "; ".join(f"{k}: {m}" for k, m in problems)
+        raise ConfigError(f"bad option: {lines}", hint="See the command's --help.", problems=problems) from None

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from slmloop.cli.common import ProjectOpt, err, load, out
+from slmloop.cli.common import ProjectOpt, err, load, out, table
 
 
 def export(
@@ -33,9 +32,7 @@ def releases(project: ProjectOpt = Path(".")) -> None:
     from slmloop.store import Release
 
     proj = load(project)
-    t = Table()
-    for col in ("version", "created", "run", "dataset", "gold", "accuracy/headline", "path"):
-        t.add_column(col)
+    t = table("version", "created", "run", "dataset", "gold", "accuracy/headline", "path")
     for r in proj.store.list(Release, Release.version):
         head = next((f"{r.metrics[k]:.4f}" for k in ("accuracy", "micro_f1", "exact_match") if k in r.metrics), "")
         t.add_row(

@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from slmloop.cli.common import ProjectOpt, err, load
+from slmloop.cli.options import config_options, with_overrides
+from slmloop.manifest import ServeConfig
 
 
+@config_options(ServeConfig)
 def serve(
+    overrides: dict[str, Any],
     release: Annotated[str | None, typer.Option(help="N, vN or an alias (default: production, else newest).")] = None,
-    host: Annotated[str | None, typer.Option(help="Interface to listen on (default: serve.host).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default: serve.port).")] = None,
     project: ProjectOpt = Path("."),
 ) -> None:
-    """Serve a release over HTTP (OpenAI-compatible /v1/chat/completions and /v1/predict)."""
+    """Serve a release over HTTP (OpenAI-compatible /v1/chat/completions and /v1/predict).
+
+    Every key of the manifest's serve: section is also an option here (--host, --port …).
+    """
     from slmloop.serve.server import serve as run_server
 
     proj = load(project)
-    h = host or proj.manifest.serve.host
-    p = port or proj.manifest.serve.port
-    err.print(f"serving on http://{h}:{p} (Ctrl-C stops)")
-    run_server(proj, release, h, p)
+    proj.manifest.serve = with_overrides(ServeConfig, proj.manifest.serve.model_dump(), overrides)
+    cfg = proj.manifest.serve
+    err.print(f"serving on http://{cfg.host}:{cfg.port} (Ctrl-C stops)")
+    run_server(proj, release, cfg.host, cfg.port)

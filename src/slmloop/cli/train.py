@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from slmloop.cli.common import ProjectOpt, err, load, out
+from slmloop.cli.common import ProjectOpt, err, load, out, table
 from slmloop.cli.options import as_flags, config_options
 from slmloop.manifest import TrainConfig
 
@@ -115,9 +114,7 @@ def runs(project: ProjectOpt = Path(".")) -> None:
     from slmloop.store import Run
 
     proj = load(project)
-    t = Table()
-    for col in ("run", "created", "status", "dataset", "steps", "val loss", "tok/s"):
-        t.add_column(col)
+    t = table("run", "created", "status", "dataset", "steps", "val loss", "tok/s")
     for r in proj.store.list(Run, Run.id):
         m = r.metrics or {}
         vl = m.get("val_loss")

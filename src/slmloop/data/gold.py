@@ -18,8 +18,8 @@ from typing import Any
 
 from slmloop.data.clean import dedupe_key, normalize_row
 from slmloop.data.importer import read_rows, resolve_mapping, source_path
-from slmloop.data.versions import current_gold, freeze_gold
-from slmloop.errors import DataError, NotFoundError, StoreError
+from slmloop.data.versions import current_gold, current_gold_rows, freeze_gold
+from slmloop.errors import DataError, StoreError
 from slmloop.manifest import SourceConfig
 from slmloop.project import Project
 from slmloop.store import GoldVersion
@@ -44,15 +44,6 @@ class GoldFile:
             "accepted": len(self.rows),
             "rejected": dict(Counter(r["reason"] for r in self.rejects)),
         }
-
-
-def _require_gold(project: Project) -> tuple[GoldVersion, list[dict[str, Any]]]:
-    gold = current_gold(project)
-    if gold is None:
-        raise NotFoundError(
-            "there is no gold set yet", hint="Run `slmloop data prepare`, or `slmloop gold freeze FILE`."
-        )
-    return gold, project.objects.read_jsonl(gold.object)
 
 
 def read_gold_file(project: Project, src: SourceConfig, force: bool = False) -> GoldFile:
@@ -91,7 +82,7 @@ def read_gold_file(project: Project, src: SourceConfig, force: bool = False) -> 
 def gold_add(project: Project, rows: list[dict[str, Any]], note: str = "") -> tuple[GoldVersion, int]:
     """New gold version = current + ``rows`` (inputs already in gold are skipped). Returns (version, added)."""
     task = project.manifest.task
-    gold, current = _require_gold(project)
+    gold, current = current_gold_rows(project)
     keys = {dedupe_key(input_text(task, r)) for r in current}
     fresh = []
     for r in rows:
@@ -105,7 +96,7 @@ def gold_add(project: Project, rows: list[dict[str, Any]], note: str = "") -> tu
 
 
 def gold_remove(project: Project, indices: list[int], note: str = "") -> GoldVersion:
-    gold, current = _require_gold(project)
+    gold, current = current_gold_rows(project)
     bad = [i for i in indices if not 0 <= i < len(current)]
     if bad:
         raise DataError(

@@ -14,6 +14,7 @@ from slmloop.store import DatasetVersion, GoldVersion
 __all__ = [
     "DatasetSplits",
     "current_gold",
+    "current_gold_rows",
     "freeze_gold",
     "load_dataset",
     "resolve_dataset",
@@ -52,6 +53,17 @@ def current_gold(project: Project) -> GoldVersion | None:
         with project.store.session() as s:
             return s.get(GoldVersion, head)
     return None
+
+
+def current_gold_rows(project: Project) -> tuple[GoldVersion, list[dict[str, Any]]]:
+    """The current gold version and its rows; no gold set yet is a clear error."""
+    gold = current_gold(project)
+    if gold is None:
+        raise NotFoundError(
+            "there is no gold set yet",
+            hint="Run `slmloop data import FILE` and `slmloop data prepare`, or `slmloop gold freeze FILE`.",
+        )
+    return gold, project.objects.read_jsonl(gold.object)
 
 
 def freeze_gold(project: Project, rows: list[dict[str, Any]], parent: str | None, note: str) -> GoldVersion:

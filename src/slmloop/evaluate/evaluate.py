@@ -23,8 +23,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from slmloop.data.leakage import leakage_gate, neighbour_similarity
-from slmloop.data.versions import current_gold, load_dataset
-from slmloop.errors import ConfigError, NotFoundError
+from slmloop.data.versions import current_gold_rows, load_dataset
+from slmloop.errors import ConfigError
 from slmloop.evaluate.answers import ModelAnswer, answer_rows, is_correct
 from slmloop.evaluate.metrics import HEADLINE, RowScores, parse_json_object, score_answers, summarize
 from slmloop.evaluate.paired import compare_pair
@@ -496,15 +496,6 @@ def _decide(project: Project, evaluation: Evaluation, cfg: EvalConfig, console: 
 # ---------------------------------------------------------------------------------------------
 # the stage
 # ---------------------------------------------------------------------------------------------
-def _current_gold(project: Project) -> tuple[GoldVersion, list[dict[str, Any]]]:
-    gold_version = current_gold(project)
-    if gold_version is None:
-        raise NotFoundError(
-            "there is no gold set yet", hint="Run `slmloop data import FILE` and `slmloop data prepare`."
-        )
-    return gold_version, project.objects.read_jsonl(gold_version.object)
-
-
 def evaluate(
     project: Project,
     ref: str = "base",
@@ -517,7 +508,7 @@ def evaluate(
     """Score ``ref`` on the current gold version, store every prediction, judge the gates."""
     console = console or Console(stderr=True)
     cfg = pack or project.manifest.eval
-    gold_version, gold = _current_gold(project)
+    gold_version, gold = current_gold_rows(project)
     answered = answer_gold(project, ref, gold, cfg, allow_leakage=allow_leakage, console=console, transport=transport)
     task = answered.task
     scores = score_answers(

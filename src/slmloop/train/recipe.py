@@ -26,12 +26,13 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 from rich.console import Console
+from typing_extensions import Unpack
 
 from slmloop import versions
 from slmloop.data.leakage import leakage_gate
@@ -65,13 +66,18 @@ from slmloop.train.tracking import open_trackers
 
 __all__ = [
     "AnswerLoss",
+    "SetupOptions",
+    "StepResult",
     "TrainSetup",
     "build",
+    "fit",
     "plan",
     "preflight",
     "resolve_train_config",
+    "save",
     "setup",
     "train",
+    "train_step",
     "validation_loss",
 ]
 
@@ -185,14 +191,21 @@ def _adapter_of(project: Project, ref: str) -> Path:
     return target.adapter
 
 
-def setup(
-    project: Project,
-    overrides: dict[str, Any] | None = None,
-    dataset_id: str | None = None,
-    allow_leakage: bool = False,
-    init_from: str | None = None,
-    resume: str | None = None,
-) -> TrainSetup:
+class SetupOptions(TypedDict, total=False):
+    """What a run starts from, besides the train: overrides (shared by setup, plan and train)."""
+
+    dataset_id: str | None  # a dataset version; default: the newest
+    allow_leakage: bool  # train even if train/validation rows copy gold rows (audited)
+    init_from: str | None  # an earlier adapter to warm-start from: run-N or a release
+    resume: str | None  # an interrupted run to continue from its last checkpoint
+
+
+def setup(project: Project, overrides: dict[str, Any] | None = None, **options: Unpack[SetupOptions]) -> TrainSetup:
+    """Resolve the config, load the dataset version, run the leakage gate."""
+    dataset_id = options.get("dataset_id")
+    allow_leakage = options.get("allow_leakage", False)
+    init_from = options.get("init_from")
+    resume = options.get("resume")
     resumed: Run | None = None
     if resume is not None:
         resumed = _resumable_run(project, resume)
@@ -627,9 +640,76 @@ def _trainable_copy(model: Any) -> dict[str, Any]:
     return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
 
 
-def fit(st: TrainSetup, parts: Parts, run: Run, state: LoopState, console: Console) -> LoopState:
+@dataclass
+class StepResult:
+    loss_sum: float  # summed cross-entropy over the step's answer tokens (all processes)
+    answer_tokens: int
+    real_tokens: int
+    grad_norm: float
 
-    cfg, acc = st.config, parts.accelerator
+
+def train_step(parts: Parts, group: list[list[int]], lengths: list[int], cfg: TrainConfig) -> StepResult:
+    """One optimizer step over ``group`` (a batch per process and accumulation round): micro-batches
+    within the token budget, gradients averaged per answer token of the *whole* step, clipping, update."""
+    acc = parts.accelerator
+    # the answer tokens of the whole step, so every process normalises alike
+    n_answer = sum(end - start for b in group for i in b for start, end in parts.train_ex[i].spans)
+    mine = group[acc.process_index :: parts.world]
+    micro = [c for b in mine for c in split_by_tokens(b, lengths, cfg.max_batch_tokens)]
+    loss_sum, tokens = 0.0, 0
+    for k, chunk in enumerate(micro):
+        batch = parts.batch(chunk)
+        sync = k == len(micro) - 1
+        ctx = acc.no_sync(parts.loss_fn) if (parts.world > 1 and not sync) else nullcontext()
+        with ctx:
+            loss, _ = parts.loss_fn(batch)
+            # DDP averages gradients over processes: scale so the sum matches one process
+            acc.backward(loss * parts.world / n_answer)
+        loss_sum += float(loss.detach())
+        tokens += batch.real_tokens
+    if parts.world > 1:
+        totals = acc.reduce(torch.tensor([loss_sum, float(tokens)]), reduction="sum")
+        loss_sum, tokens = float(totals[0]), int(totals[1])
+    norm = acc.clip_grad_norm_(parts.params, cfg.max_grad_norm)
+    parts.optimizer.step()
+    parts.scheduler.step()
+    parts.optimizer.zero_grad(set_to_none=True)
+    return StepResult(loss_sum, n_answer, tokens, float(norm) if norm is not None else float("nan"))
+
+
+def _trace_entry(parts: Parts, state: LoopState, result: StepResult) -> dict[str, Any]:
+    return {
+        "step": state.step,
+        "epoch": state.epoch,
+        "loss": result.loss_sum / max(result.answer_tokens, 1),
+        "lr": parts.scheduler.get_last_lr()[0],
+        "grad_norm": result.grad_norm,
+        "tokens": state.real_tokens,
+        "tokens_per_s": state.real_tokens / state.compute_s,
+        "elapsed_s": state.compute_s,
+    }
+
+
+def _validate_if_due(st: TrainSetup, parts: Parts, state: LoopState, metric: str, best_path: Path) -> dict[str, float]:
+    """Validation loss (and the early-stopping metric) every ``eval_every`` steps and at the end."""
+    if state.step % parts.eval_every and state.step != parts.total_steps:
+        return {}
+    scores = _broadcast(parts.accelerator, _evaluate(st, parts, metric) if parts.main else {})
+    state.history.append({"step": state.step, **scores})
+    _track_best(st, parts, state, scores.get(metric), best_path)
+    return scores
+
+
+def _checkpoint_if_due(st: TrainSetup, parts: Parts, state: LoopState, run_dir: Path) -> None:
+    if state.step % st.config.checkpoint_every == 0 and state.step < parts.total_steps:
+        if parts.main:
+            save_checkpoint(run_dir, parts.model, parts.optimizer, parts.scheduler, state)
+        parts.accelerator.wait_for_everyone()
+
+
+def fit(st: TrainSetup, parts: Parts, run: Run, state: LoopState, console: Console) -> LoopState:
+    """The loop: epochs of length-grouped batch groups, one optimizer step each, from ``state`` on."""
+    cfg = st.config
     run_dir = st.project.locate(run.path)
     lengths = [len(e.input_ids) for e in parts.train_ex]
     metric = cfg.early_stopping.metric if cfg.early_stopping else "val_loss"
@@ -651,59 +731,19 @@ def fit(st: TrainSetup, parts: Parts, run: Run, state: LoopState, console: Conso
                     if state.step >= parts.total_steps or state.stopped_early:
                         break
                     t0 = time.perf_counter()
-                    group = order[g : g + per_step]
-                    # the answer tokens of the *whole* step, so every process normalises alike
-                    n_answer = sum(end - start for b in group for i in b for start, end in parts.train_ex[i].spans)
-                    mine = group[acc.process_index :: parts.world]
-                    micro = [c for b in mine for c in split_by_tokens(b, lengths, cfg.max_batch_tokens)]
-                    step_loss, step_tokens = 0.0, 0
-                    for k, chunk in enumerate(micro):
-                        batch = parts.batch(chunk)
-                        sync = k == len(micro) - 1
-                        ctx = acc.no_sync(parts.loss_fn) if (parts.world > 1 and not sync) else nullcontext()
-                        with ctx:
-                            loss, _ = parts.loss_fn(batch)
-                            # DDP averages gradients over processes: scale so the sum matches one process
-                            acc.backward(loss * parts.world / n_answer)
-                        step_loss += float(loss.detach())
-                        step_tokens += batch.real_tokens
-                    if parts.world > 1:
-                        totals = acc.reduce(torch.tensor([step_loss, float(step_tokens)]), reduction="sum")
-                        step_loss, step_tokens = float(totals[0]), int(totals[1])
-                    norm = acc.clip_grad_norm_(parts.params, cfg.max_grad_norm)
-                    grad_norm = float(norm) if norm is not None else float("nan")
-                    parts.optimizer.step()
-                    parts.scheduler.step()
-                    parts.optimizer.zero_grad(set_to_none=True)
+                    result = train_step(parts, order[g : g + per_step], lengths, cfg)
                     state.step += 1
                     state.position = starts.index(g) + 1
-                    state.real_tokens += step_tokens
+                    state.real_tokens += result.real_tokens
                     state.compute_s += time.perf_counter() - t0
-                    entry: dict[str, Any] = {
-                        "step": state.step,
-                        "epoch": state.epoch,
-                        "loss": step_loss / n_answer,
-                        "lr": parts.scheduler.get_last_lr()[0],
-                        "grad_norm": grad_norm,
-                        "tokens": state.real_tokens,
-                        "tokens_per_s": state.real_tokens / state.compute_s,
-                        "elapsed_s": state.compute_s,
-                    }
-                    if state.step % parts.eval_every == 0 or state.step == parts.total_steps:
-                        scores = _evaluate(st, parts, metric) if parts.main else {}
-                        scores = _broadcast(acc, scores)
-                        entry.update({k: v for k, v in scores.items()})
-                        state.history.append({"step": state.step, **scores})
-                        _track_best(st, parts, state, scores.get(metric), best_path)
+                    entry = _trace_entry(parts, state, result)
+                    entry.update(_validate_if_due(st, parts, state, metric, best_path))
                     if trace is not None:
                         trace.write(json.dumps(entry) + "\n")
                         trace.flush()
                     for t in trackers:
                         t.log(state.step, {k: float(v) for k, v in entry.items() if isinstance(v, int | float)})
-                    if state.step % cfg.checkpoint_every == 0 and state.step < parts.total_steps:
-                        if parts.main:
-                            save_checkpoint(run_dir, parts.model, parts.optimizer, parts.scheduler, state)
-                        acc.wait_for_everyone()
+                    _checkpoint_if_due(st, parts, state, run_dir)
                     progress.update(
                         bar, completed=state.step, loss=f"{entry['loss']:.3f}", tps=f"{entry['tokens_per_s']:.0f}"
                     )
@@ -847,16 +887,9 @@ def save(st: TrainSetup, parts: Parts, run: Run, state: LoopState, forecast: For
 # ---------------------------------------------------------------------------------------------
 # the whole recipe
 # ---------------------------------------------------------------------------------------------
-def plan(
-    project: Project,
-    overrides: dict[str, Any] | None = None,
-    *,
-    dataset_id: str | None = None,
-    allow_leakage: bool = False,
-    init_from: str | None = None,
-) -> Forecast:
+def plan(project: Project, overrides: dict[str, Any] | None = None, **options: Unpack[SetupOptions]) -> Forecast:
     """What a run would cost (preflight), without training: ``slmloop train --dry-run``."""
-    st = setup(project, overrides, dataset_id, allow_leakage, init_from)
+    st = setup(project, overrides, **options)
     return preflight(st, build(st))
 
 
@@ -864,15 +897,12 @@ def train(
     project: Project,
     overrides: dict[str, Any] | None = None,
     *,
-    dataset_id: str | None = None,
-    allow_leakage: bool = False,
-    init_from: str | None = None,
-    resume: str | None = None,
     console: Console | None = None,
+    **options: Unpack[SetupOptions],
 ) -> Run:
     """Train (or, with ``resume``, continue) a LoRA adapter: setup → build → preflight → fit → save."""
     console = console or Console(stderr=True)
-    st = setup(project, overrides, dataset_id, allow_leakage, init_from, resume)
+    st = setup(project, overrides, **options)
     parts = build(st)
     quiet = Console(quiet=True) if not parts.main else console
     forecast = preflight(st, parts)

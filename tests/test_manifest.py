@@ -90,3 +90,11 @@ def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
     init_project(tmp_path)
     with pytest.raises(ConfigError):
         init_project(tmp_path)
+
+
+def test_lora_layers_is_a_count_or_a_share_of_the_top_layers() -> None:
+    from slmloop.train.recipe import adapted_layers
+
+    assert [adapted_layers(x, 30) for x in (None, 15, 0.5, 1.0, 40, 0.01)] == [30, 15, 15, 30, 30, 1]
+    with pytest.raises(ConfigError, match=r"train\.lora_layers"):
+        parse_manifest({"task": {"type": "generation"}, "train": {"lora_layers": 0}})

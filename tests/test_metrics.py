@@ -90,6 +90,12 @@ def test_extraction_by_hand_with_optional_fields_and_repeated_values() -> None:
     assert m["schema_pass_rate"] == pytest.approx(2 / 3)
 
 
+def test_an_answer_without_json_is_never_an_exact_match() -> None:
+    rows = [{"text": "x", "output": {}}, {"text": "y", "output": {}}]
+    s = score_answers(EXT, rows, ["no fields here", "{}"])
+    assert s.arrays["exact"].tolist() == [False, True] and s.metric("micro_f1") == 0.0
+
+
 def test_a_sparse_extraction_answer_passes_the_schema() -> None:
     rows = [{"text": "x", "output": {"name": "Ann"}}]
     assert score_answers(EXT, rows, ['{"name": "Ann"}']).metric("schema_pass_rate") == 1.0

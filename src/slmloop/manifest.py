@@ -231,15 +231,15 @@ class TrainConfig(Section):
     lora_alpha: int = Field(32, gt=0, description="LoRA scale numerator (scale = alpha / r).")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input (costs ~25% speed on CPU).")
     target_modules: Literal["auto", "all-linear"] | list[str] = Field(
-        "auto",
+        "all-linear",
         description="auto: attention projections of the architecture; all-linear: every "
         "linear layer (more capacity, slower); or explicit module names.",
     )
-    lora_layers: int | None = Field(
-        None,
+    lora_layers: int | float | None = Field(
+        0.5,
         gt=0,
-        description="Adapt only the top N transformer layers: the backward pass stops at the lowest adapted "
-        "layer, so fewer layers train faster. null: every layer.",
+        description="Adapt only the top transformer layers: a count (15) or a share of them (0.5 = the top half). "
+        "The backward pass stops at the lowest adapted layer, so fewer layers train faster. null: every layer.",
     )
     prompt: Literal["compact", "full"] = Field(
         "compact",
@@ -247,14 +247,14 @@ class TrainConfig(Section):
         "a row costs the same with 2 or 150 labels. full: the label list / keys in every row (what a zero-shot "
         "model needs; base-model evaluation always uses it). Recorded in the run and shipped in the release.",
     )
-    learning_rate: float = Field(1e-3, gt=0.0, description="Peak learning rate.")
+    learning_rate: float = Field(2e-3, gt=0.0, description="Peak learning rate.")
     scheduler: Literal["cosine", "linear", "constant"] = Field(
         "cosine", description="Learning-rate schedule after warm-up."
     )
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Fraction of steps to warm up.")
-    epochs: float = Field(1.0, gt=0.0, description="Passes over the training split.")
+    epochs: float = Field(2.0, gt=0.0, description="Passes over the training split.")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
-    batch_size: int = Field(16, gt=0, description="Examples per micro-batch.")
+    batch_size: int = Field(32, gt=0, description="Examples per batch (split into micro-batches by max_batch_tokens).")
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
     max_batch_tokens: int = Field(
         2048,

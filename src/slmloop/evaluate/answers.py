@@ -75,5 +75,6 @@ def answer_rows(
 def is_correct(task: TaskConfig, row: dict[str, Any], answer: ModelAnswer) -> bool:
     """Right or wrong as a whole: the label, the set of extracted values, the exact text."""
     if task.type == "extraction":
-        return value_pairs(parse_json_object(answer.raw)) == value_pairs(row["output"])
+        obj = parse_json_object(answer.raw)
+        return obj is not None and value_pairs(obj) == value_pairs(row["output"])
     return answer.prediction.strip() == target_text(task, row).strip()

@@ -346,7 +346,7 @@ def score_answers(
             valid[i] = obj is not None
             schema[i] = _schema_ok(obj, fields, required, validator)
             ref, got = value_pairs(row["output"]), value_pairs(obj)
-            exact[i] = ref == got
+            exact[i] = obj is not None and ref == got  # "nothing to extract" still needs an answer: {}
             for k, v in ref | got:
                 j = col.get(k, other)
                 hit = min(ref[(k, v)], got[(k, v)])

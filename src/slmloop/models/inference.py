@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
+    "common_prefix",
     "generate",
     "left_pad",
     "rank_labels",
@@ -75,7 +76,7 @@ def generate(
     encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     out: list[tuple[str, int]] = [("", 0)] * len(prompts)
     eos = set(_eos_ids(model, tok))
-    shared = _common_prefix(encoded)
+    shared = common_prefix(encoded)
     prefix_kv = _prefix_cache(model, encoded[0][:shared]) if shared else None
     rng = torch.Generator().manual_seed(seed)
     for batch in _batches([len(e) for e in encoded], batch_size):
@@ -255,7 +256,7 @@ class _Head:
         )
 
 
-def _common_prefix(encoded: Sequence[Sequence[int]]) -> int:
+def common_prefix(encoded: Sequence[Sequence[int]]) -> int:
     """Longest token prefix all prompts share, kept strictly inside the shortest."""
     if len(encoded) < 2:
         return 0
@@ -295,7 +296,7 @@ def rank_labels(
     eos = tok.eos_token_id
     trie = _Trie.build([tok(lab, add_special_tokens=False)["input_ids"] + [eos] for lab in labels])
     encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    shared = _common_prefix(encoded)
+    shared = common_prefix(encoded)
     prefix_kv = _prefix_cache(model, encoded[0][:shared]) if shared else None
     limit = math.inf if margin is None else margin
     scores: list[list[float | None]] = [[None] * len(labels) for _ in prompts]

@@ -18,6 +18,7 @@ from rich.table import Table
 
 __all__ = [
     "Forecast",
+    "InferenceCost",
     "available_memory_bytes",
     "calibrate",
     "calibrate_inference",
@@ -113,24 +114,28 @@ def available_memory_bytes(device: str) -> int:
 
 
 def calibrate(
-    loss_fn: Any, make_batch: Any, chunks: list[list[int]], largest: list[int], device: Any
+    loss_fn: Any, make_batch: Any, chunks: list[list[int]], heaviest: list[list[int]], device: Any
 ) -> tuple[float, int]:
     """(real tokens/s, peak memory in bytes) from real passes: building the batch, forward, backward.
 
-    The largest micro-batch goes first (it sets the memory peak, and warms the kernels up);
-    speed is measured on ``chunks``, a sample across the run's batch sizes.
+    The heaviest micro-batches go first — the most padded tokens, the most answer tokens (the LM
+    head's logits), the longest rows (attention) — each sets a memory peak and the highest counts;
+    they also warm the kernels up. Speed is measured on ``chunks``, a sample of the run's batch sizes.
     """
     import torch
 
     is_cuda = getattr(device, "type", str(device)) == "cuda"
-    if is_cuda:
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        reset_peak_rss()
-    loss, _ = loss_fn(make_batch(largest))
-    loss.backward()
-    peak = int(torch.cuda.max_memory_allocated()) if is_cuda else peak_rss_bytes()
-    loss_fn.zero_grad(set_to_none=True)
+    peak = 0
+    for probe in heaviest:
+        if is_cuda:
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            reset_peak_rss()
+        loss, _ = loss_fn(make_batch(probe))
+        loss.backward()
+        peak = max(peak, int(torch.cuda.max_memory_allocated()) if is_cuda else peak_rss_bytes())
+        loss_fn.zero_grad(set_to_none=True)
+        del loss
     tokens, seconds = 0, 0.0
     for chunk in chunks:
         t0 = time.perf_counter()
@@ -145,12 +150,22 @@ def calibrate(
     return (tokens / seconds if seconds else 0.0), peak
 
 
-def calibrate_inference(model: Any, tok: Any, prompts: list[str], batch_size: int) -> tuple[float, float]:
-    """(prompt tokens/s, seconds per decoding step) of ``model`` answering a batch of ``prompts``.
+@dataclass
+class InferenceCost:
+    """Measured costs of answering: prompt tokens per second, and a decoding step as fixed + per row."""
 
-    One prompt pass over a batch as evaluation runs it (left-padded, KV cache kept), then a few
-    steps that each add one token per row: a label-tree round or a generated token costs one step.
-    """
+    prompt_tokens_per_s: float
+    step_fixed_s: float  # a forward pass that adds one token, whatever the number of rows
+    step_per_row_s: float  # and the cost of each row in it
+
+    def step(self, rows: float) -> float:
+        return self.step_fixed_s + self.step_per_row_s * rows
+
+
+def calibrate_inference(model: Any, tok: Any, prompts: list[str], batch_size: int) -> InferenceCost:
+    """How fast ``model`` answers here: a prompt pass over a batch as evaluation runs it (left-padded,
+    KV cache kept), then decoding steps that add one token per row for the whole batch and for one row
+    (a label-tree round or a generated token is such a step)."""
     import torch
     from transformers import DynamicCache
 
@@ -159,21 +174,29 @@ def calibrate_inference(model: Any, tok: Any, prompts: list[str], batch_size: in
     batch = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[:batch_size]]
     ids, mask = left_pad(batch, tok.pad_token_id)
     ids, mask = ids.to(model.device), mask.to(model.device)
-    prompt_tokens = int(mask.sum())
+
+    def decode(rows: int, steps: int = 4) -> float:
+        with torch.inference_mode():
+            out = model(input_ids=ids[:rows], attention_mask=mask[:rows], cache=DynamicCache(), use_cache=True)
+            m = mask[:rows]
+            step = torch.full((rows, 1), tok.pad_token_id, dtype=torch.long, device=model.device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+                m = torch.cat([m, torch.ones_like(step)], dim=1)
+                out = model(input_ids=step, attention_mask=m, cache=cache, use_cache=True, logits_to_keep=1)
+                torch.log_softmax(out.logits[:, -1], dim=-1, dtype=torch.float32)
+            return (time.perf_counter() - t0) / steps
+
     with torch.inference_mode():
         model(input_ids=ids[:, :8], attention_mask=mask[:, :8], logits_to_keep=1)  # warm-up
         t0 = time.perf_counter()
-        out = model(input_ids=ids, attention_mask=mask, cache=DynamicCache(), use_cache=True, logits_to_keep=1)
+        model(input_ids=ids, attention_mask=mask, cache=DynamicCache(), use_cache=True, logits_to_keep=1)
         prompt_s = time.perf_counter() - t0
-        step = torch.full((ids.shape[0], 1), tok.pad_token_id, dtype=torch.long, device=model.device)
-        steps, t0 = 4, time.perf_counter()
-        for _ in range(steps):
-            cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-            mask = torch.cat([mask, torch.ones_like(step)], dim=1)
-            out = model(input_ids=step, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
-            torch.log_softmax(out.logits[:, -1], dim=-1, dtype=torch.float32)
-        step_s = (time.perf_counter() - t0) / steps
-    return prompt_tokens / max(prompt_s, 1e-9), step_s
+    rows = ids.shape[0]
+    one, full = decode(1), decode(rows)
+    per_row = max(full - one, 0.0) / max(rows - 1, 1)
+    return InferenceCost(int(mask.sum()) / max(prompt_s, 1e-9), max(one - per_row, 0.0), per_row)
 
 
 def render_forecast(f: Forecast, title: str = "preflight") -> Table:

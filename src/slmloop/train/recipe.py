@@ -69,6 +69,7 @@ __all__ = [
     "SetupOptions",
     "StepResult",
     "TrainSetup",
+    "adapted_layers",
     "build",
     "fit",
     "plan",
@@ -344,6 +345,15 @@ def _target_modules(model: Any, choice: str | list[str]) -> str | list[str]:
     return _linear_layers(model) or "all-linear"
 
 
+def adapted_layers(setting: int | float | None, layers: int) -> int:
+    """How many of the model's top layers get adapters: every one, a count, or a share."""
+    if setting is None or not layers:
+        return layers
+    if isinstance(setting, float) and setting <= 1.0:
+        return max(1, round(setting * layers))
+    return min(layers, int(setting))
+
+
 def _lora_settings(st: TrainSetup, base: Any) -> dict[str, Any]:
     cfg = st.config
     lora: dict[str, Any] = {
@@ -353,13 +363,14 @@ def _lora_settings(st: TrainSetup, base: Any) -> dict[str, Any]:
         "target_modules": _target_modules(base, cfg.target_modules),
     }
     layers = int(getattr(base.config, "num_hidden_layers", 0) or 0)
-    if cfg.lora_layers is not None and layers and cfg.lora_layers < layers:
+    top = adapted_layers(cfg.lora_layers, layers)
+    if top < layers:
         # only the top layers adapt: the backward pass stops at the lowest adapted layer
-        lora["layers_to_transform"] = list(range(layers - cfg.lora_layers, layers))
+        lora["layers_to_transform"] = list(range(layers - top, layers))
         lora["layers_pattern"] = "layers"
     if st.init_from is not None:  # a warm start continues the earlier adapter's shape
         earlier = json.loads((st.init_from / "adapter_config.json").read_text())
-        keys = ("r", "lora_alpha", "target_modules", "layers_to_transform")
+        keys = ("r", "lora_alpha", "target_modules", "layers_to_transform", "layers_pattern")
         lora.update({k: earlier[k] for k in keys if earlier.get(k) is not None})
         if isinstance(lora["target_modules"], list):
             lora["target_modules"] = sorted(lora["target_modules"])
@@ -462,7 +473,17 @@ def preflight(st: TrainSetup, parts: Parts) -> Forecast:
     micro = [chunk for b in order for chunk in split_by_tokens(b, lengths, cfg.max_batch_tokens)]
     by_size = sorted(micro, key=lambda c: len(c) * max(lengths[i] for i in c))
     sample = [by_size[int(q * (len(by_size) - 1))] for q in (0.1, 0.3, 0.5, 0.7, 0.9)]
-    tps, peak = calibrate(parts.inner_loss, parts.batch, sample, by_size[-1], parts.device)
+
+    def answer_tokens(c: list[int]) -> int:
+        return sum(end - start for i in c for start, end in parts.train_ex[i].spans)
+
+    heaviest = [
+        by_size[-1],
+        max(micro, key=answer_tokens),
+        max(micro, key=lambda c: len(c) * max(lengths[i] for i in c) ** 2),
+    ]
+    unique = [list(c) for c in dict.fromkeys(tuple(c) for c in heaviest)]
+    tps, peak = calibrate(parts.inner_loss, parts.batch, sample, unique, parts.device)
     torch.manual_seed(cfg.seed)
     total, trainable = count_parameters(parts.model)
     peak += 2 * 4 * trainable  # AdamW's two moments (fp32)
@@ -525,9 +546,15 @@ def _cut_example(st: TrainSetup, parts: Parts, i: int) -> str:
 def _forecast_eval(st: TrainSetup, parts: Parts, forecast: Forecast) -> None:
     """Seconds the gold evaluation of the trained model will take, from passes of this model on this machine.
 
-    Cost model: per batch, one prompt pass plus one decoding step per answer token (a rank round
-    or a generated token); a fine-tuned model's answer is about as long as the training answers.
+    Cost model, per batch of gold rows: the prompts after their shared prefix, then decoding steps
+    that each cost a fixed part plus a part per row still active. A fine-tuned model's answer is
+    about as long as the training answers: generation runs a batch until its longest answer (rows
+    that finished leave it); label ranking runs about one round per label token, a row expanding its
+    best label and the near ties (x1.5).
     """
+    import random
+
+    from slmloop.models.inference import common_prefix
     from slmloop.models.loading import render_prompt
     from slmloop.tasks import prompt_messages
 
@@ -541,18 +568,23 @@ def _forecast_eval(st: TrainSetup, parts: Parts, forecast: Forecast) -> None:
     prompts = [render_prompt(parts.tokenizer, prompt_messages(st.task, r, st.prompt)) for r in sample]
     was_training = parts.model.training
     parts.model.eval()
-    prompt_tps, step_s = calibrate_inference(parts.model, parts.tokenizer, prompts, b)
+    cost = calibrate_inference(parts.model, parts.tokenizer, prompts, b)
     parts.model.train(was_training)
     torch.manual_seed(st.config.seed)
-    prompt_tokens = sum(len(x) for x in parts.tokenizer(prompts, add_special_tokens=False)["input_ids"]) / len(prompts)
-    answers = sorted(e.spans[-1][1] - e.spans[-1][0] for e in parts.val_ex or parts.train_ex)
-    typical = answers[len(answers) // 2]
-    longest = answers[int(0.95 * (len(answers) - 1))]  # a generated batch runs until its longest answer
+    encoded = parts.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    suffix = sum(len(x) for x in encoded) / len(encoded) - common_prefix(encoded)
+    answers = [e.spans[-1][1] - e.spans[-1][0] for e in parts.val_ex or parts.train_ex]
+    rng = random.Random(0)
     batches = math.ceil(len(gold) / b)
-    steps = typical + 1 if mode == "rank" else longest
+    if mode == "rank":
+        depth = sorted(answers)[len(answers) // 2]
+        decode = batches * depth * cost.step_fixed_s + len(gold) * 1.5 * depth * cost.step_per_row_s
+    else:
+        longest = sum(max(rng.choices(answers, k=b)) for _ in range(batches))
+        decode = longest * cost.step_fixed_s + len(gold) * (sum(answers) / len(answers)) * cost.step_per_row_s
     forecast.eval_rows = len(gold)
     forecast.eval_mode = mode
-    forecast.eval_seconds = len(gold) * prompt_tokens / prompt_tps + batches * steps * step_s
+    forecast.eval_seconds = len(gold) * suffix / cost.prompt_tokens_per_s + decode
 
 
 def _refuse(f: Forecast) -> None:

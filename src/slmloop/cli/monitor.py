@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from slmloop.cli.common import ProjectOpt, err, load, out
+from slmloop.cli.options import config_options, with_overrides
+from slmloop.manifest import MonitorConfig
 
 
+@config_options(MonitorConfig)
 def monitor(
+    overrides: dict[str, Any],
     release: Annotated[str | None, typer.Option(help="N, vN or alias (default: production, else newest).")] = None,
     last: Annotated[int | None, typer.Option(help="Only the newest N logged requests.")] = None,
     project: ProjectOpt = Path("."),
 ) -> int:
-    """Compare live request inputs with the training inputs; write a drift report."""
+    """Compare live request inputs with the training inputs; write a drift report.
+
+    Every key of the manifest's monitor: section is also an option here (--alpha, --min-requests …).
+    """
     from slmloop.monitor.drift import monitor as run_monitor
 
     proj = load(project)
+    proj.manifest.monitor = with_overrides(MonitorConfig, proj.manifest.monitor.model_dump(), overrides)
     report, result = run_monitor(proj, release, last=last, console=err)
     colour = {"drift": "red", "stable": "green"}.get(result.verdict, "yellow")
     out.print(

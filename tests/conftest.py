@@ -44,6 +44,10 @@ def write_project(root: Path, base: Path | str, rows: list[dict], **sections: di
             "learning_rate": 5e-3,
             "lora_r": 4,
             "lora_alpha": 8,
+            # the tiny model has 2 layers: adapt every linear layer of both (the shipped default: the top half);
+            # attention alone is too little capacity for a random 2-layer model to learn the toy task reliably
+            "target_modules": "all-linear",
+            "lora_layers": None,
             "precision": "fp32",
             "seed": 0,
         },

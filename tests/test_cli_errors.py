@@ -91,10 +91,10 @@ def test_resuming_from_a_damaged_checkpoint(trained_project: Path, tmp_path: Pat
         run.status = "interrupted"
         run_dir = p.locate(run.path)
     p.close()
-    ckpt = run_dir / "checkpoints" / "step-0000001"
+    ckpt = run_dir / "checkpoints" / "step-9999999"  # newer than any real one: resume picks it
     ckpt.mkdir(parents=True)
     (ckpt / "loop.json").write_text('{"step": 1')  # torn write
     (ckpt / "trainable.safetensors").write_bytes(b"\x00garbage")
     (ckpt / "state.pt").write_bytes(b"not a pickle")
-    assert_clean_error(slmloop("train", "--resume", "run-1", "-p", str(root)), 1, "is damaged", "step-0000001")
+    assert_clean_error(slmloop("train", "--resume", "run-1", "-p", str(root)), 1, "is damaged", "step-9999999")
     assert_clean_error(slmloop("train", "--resume", "run-9", "-p", str(root)), 1, "does not exist")

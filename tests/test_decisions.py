@@ -30,7 +30,9 @@ def test_metrics_carry_confidence_intervals(project) -> None:
     ev = evaluate(project, "run-1")
     for name in ("accuracy", "macro_f1"):
         lo, hi = ev.metrics["ci"][name]
-        assert lo <= ev.metrics[name] <= hi and hi - lo > 0
+        assert lo <= ev.metrics[name] <= hi
+    lo, hi = ev.metrics["ci"]["accuracy"]
+    assert hi - lo > 0.02  # a rate's (Wilson) interval keeps a width even when every gold row is right
     assert ev.metrics["runtime"]["cost_per_1k_requests"] > 0
 
 

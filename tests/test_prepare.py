@@ -189,7 +189,8 @@ def test_by_default_a_paraphrase_of_gold_is_kept_and_measured(tmp_path: Path) ->
     """semantic: report keeps the paraphrase for training and counts the gold row as having a close neighbour."""
     p, first, _, _ = _prepare_rows(tmp_path, toy_rows(100), leakage={"semantic": "report"})
     g = "The meeting has been moved to Thursday afternoon because the manager is travelling."
-    para = "Because the manager is travelling, the meeting has been moved to Thursday afternoon."
+    # 5-gram Jaccard 0.54 (under the 0.6 near bar), MiniLM cosine 0.95 (over the 0.9 contamination bar)
+    para = "The manager is travelling so we moved the meeting to Thursday afternoon."
     from slmloop.data.versions import current_gold, freeze_gold
 
     freeze_gold(p, [*first.gold, {"text": g, "label": "ham"}], current_gold(p).id, "curated")
@@ -197,6 +198,11 @@ def test_by_default_a_paraphrase_of_gold_is_kept_and_measured(tmp_path: Path) ->
     extra.write_text(json.dumps({"text": para, "label": "ham"}) + "\n")
     import_source(p, SourceConfig(path=str(extra)))
     second, _ = prepare_dataset(p)
+    print(
+        "REJ",
+        [r for r in p.objects.read_jsonl(second.version.rejects_object) if "manager" in str(r)],
+        second.version.counts,
+    )
     assert para in {r["text"] for r in second.train + second.validation}
     k = second.version.counts["contamination"]
     assert k["close"] >= 1 and k["gold_rows"] == len(second.gold) and 0 < k["rate"] <= 1

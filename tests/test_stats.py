@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -89,3 +91,18 @@ def test_min_detectable_effect_by_hand() -> None:
     # (z_.975 + z_.8) * sqrt(2 * .25 / 200) = (1.95996 + 0.84162) * 0.05
     assert min_detectable_effect(200, 0.5) == pytest.approx(2.80158 * 0.05, rel=1e-4)
     assert min_detectable_effect(800, 0.5) == pytest.approx(min_detectable_effect(200, 0.5) / 2)
+
+
+def test_wilson_interval_by_hand() -> None:
+    from slmloop.evaluate.stats import wilson_ci
+
+    z2 = 1.959963984540054**2
+    lo, hi = wilson_ci(40, 40)
+    assert hi == pytest.approx(1.0) and lo == pytest.approx(40 / (40 + z2))  # all right: not a point at 1
+    lo, hi = wilson_ci(0, 10)
+    assert lo == pytest.approx(0.0, abs=1e-12) and hi == pytest.approx(z2 / (10 + z2))
+    # 7 of 10: centre (k + z²/2) / (n + z²), half-width z·sqrt(p(1-p)n + z²/4) / (n + z²)
+    p, n = 0.7, 10
+    centre = (7 + z2 / 2) / (n + z2)
+    half = math.sqrt(z2) * math.sqrt(p * (1 - p) * n + z2 / 4) / (n + z2)
+    assert wilson_ci(7, 10) == pytest.approx((centre - half, centre + half))

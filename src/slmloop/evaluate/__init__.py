@@ -16,5 +16,6 @@ __all__, __getattr__ = lazy_api(
         "row_scores": "results",
         "write_eval_report": "report",
         "bootstrap_ci": "stats",
+        "wilson_ci": "stats",
     },
 )

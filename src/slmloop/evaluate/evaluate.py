@@ -26,10 +26,10 @@ from slmloop.data.leakage import leakage_gate, neighbour_similarity
 from slmloop.data.versions import current_gold_rows, load_dataset
 from slmloop.errors import ConfigError
 from slmloop.evaluate.answers import ModelAnswer, answer_rows, is_correct
-from slmloop.evaluate.metrics import HEADLINE, RowScores, parse_json_object, score_answers, summarize
+from slmloop.evaluate.metrics import HEADLINE, METRICS, RowScores, parse_json_object, score_answers, summarize
 from slmloop.evaluate.paired import compare_pair
 from slmloop.evaluate.results import latest_evaluations
-from slmloop.evaluate.stats import bootstrap_ci
+from slmloop.evaluate.stats import bootstrap_ci, wilson_ci
 from slmloop.manifest import EvalConfig, TaskConfig
 from slmloop.project import Project
 from slmloop.store import Evaluation, GoldVersion, Prediction
@@ -226,6 +226,10 @@ def _intervals(scores: RowScores, names: list[str], cfg: EvalConfig, idx: np.nda
     out: dict[str, Any] = {}
     for m in names:
         if m not in scores.names or not len(rows):
+            continue
+
+        if METRICS[m].per_row is not None:  # a rate: the Wilson interval (never a point at 0 or 1)
+            out[m] = list(wilson_ci(int(scores.hits(m)[rows].sum()), len(rows), cfg.confidence))
             continue
 
         def metric(i: np.ndarray, m: str = m) -> float:

@@ -2,6 +2,8 @@
 
 - :func:`bootstrap_ci` — percentile bootstrap confidence interval of any metric,
   resampling gold rows;
+- :func:`wilson_ci` — the interval of a rate (accuracy, exact match): unlike the
+  bootstrap it never collapses to a point at 0 % or 100 %;
 - :func:`mcnemar` — paired test for accuracy-type metrics (per-row right/wrong of
   two models on the same rows): exact binomial below 25 discordant pairs,
   continuity-corrected chi-square above;
@@ -27,6 +29,7 @@ __all__ = [
     "min_detectable_effect",
     "paired_bootstrap_diff",
     "paired_permutation",
+    "wilson_ci",
 ]
 
 Metric = Callable[[np.ndarray], float]  # metric of the rows at these indices
@@ -42,6 +45,16 @@ def bootstrap_ci(
     values = np.array([metric(rng.integers(0, n, n)) for _ in range(resamples)])
     tail = (1 - confidence) / 2
     return float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail))
+
+
+def wilson_ci(hits: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``hits / n``: 40 of 40 right gives about [0.91, 1.0], not [1, 1]."""
+    if n == 0:
+        return (math.nan, math.nan)
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(hits), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def mean_metric(per_row: Sequence[float] | np.ndarray) -> Metric:

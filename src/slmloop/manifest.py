@@ -369,7 +369,9 @@ class EvalConfig(Section):
     endpoints: dict[str, EndpointConfig] = Field(
         default_factory=dict, description="OpenAI-compatible endpoints usable as models: `--model endpoint:NAME`."
     )
-    bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples for the intervals of metrics that are not rates (F1, chrF …).")
+    bootstrap: int = Field(
+        1000, ge=100, description="Bootstrap resamples for the intervals of metrics that are not rates (F1, chrF …)."
+    )
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Confidence level of the intervals.")
     local_cost_per_hour: float = Field(
         0.05, ge=0.0, description="What an hour of the machine serving the local model costs (for cost/1k requests)."

@@ -177,7 +177,9 @@ def calibrate_inference(model: Any, tok: Any, prompts: list[str], batch_size: in
 
     def decode(rows: int, steps: int = 4) -> float:
         with torch.inference_mode():
-            out = model(input_ids=ids[:rows], attention_mask=mask[:rows], cache=DynamicCache(), use_cache=True)
+            out = model(
+                input_ids=ids[:rows], attention_mask=mask[:rows], cache=DynamicCache(), use_cache=True, logits_to_keep=1
+            )
             m = mask[:rows]
             step = torch.full((rows, 1), tok.pad_token_id, dtype=torch.long, device=model.device)
             t0 = time.perf_counter()

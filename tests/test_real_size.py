@@ -142,3 +142,56 @@ def test_preflight_refuses_a_run_that_would_cut_answers(tmp_path: Path, tiny_mod
     err = capsys.readouterr().err
     assert "do not fit model.max_length with their whole answer" in err and "model.max_length to at least" in err
     assert main(["train", "--max-length", "80", "--max-steps", "2", "-p", str(root)]) == 0
+
+
+def test_a_gate_on_an_extraction_pack_with_a_json_schema_judges_the_schema_aware_rate(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """Every answer has only known keys (the plain schema check passes), but every third one writes the
+    amount as a string, which the pack's JSON schema forbids: the gate must judge the schema-aware rate."""
+    import httpx
+
+    from slmloop.data.importer import import_source
+    from slmloop.data.prepare import prepare_dataset
+    from slmloop.data.versions import current_gold_rows
+    from slmloop.evaluate.evaluate import evaluate, failed_gates
+    from slmloop.project import open_project
+
+    rows = [{"text": f"Client{i} paid {i} pounds", "output": {"name": f"Client{i}", "amount": i}} for i in range(60)]
+    task = {"type": "extraction", "instruction": "Extract the payment.", "labels": None, "fields": ["name", "amount"]}
+    p = open_project(write_project(tmp_path / "p", tiny_model, rows, task=task))
+    import_source(p, p.manifest.data.sources[0])
+    prepare_dataset(p)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        text = json.loads(request.content)["messages"][-1]["content"]
+        i = int(text.split()[2])
+        answer = {"name": f"Client{i}", "amount": str(i) if i % 3 == 0 else i}
+        return httpx.Response(200, json={"choices": [{"message": {"content": json.dumps(answer)}}]})
+
+    _, gold = current_gold_rows(p)
+    expected = sum(r["output"]["amount"] % 3 != 0 for r in gold) / len(gold)
+    assert 0 < expected < 1
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "amount": {"type": "integer"}},
+        "required": ["name"],
+        "additionalProperties": False,
+    }
+    threshold = (expected + 1) / 2  # the schema-less rate (1.0) would pass it, the schema-aware one fails
+    pack = EvalConfig(
+        endpoints={"api": {"url": "https://api.example/v1", "model": "m"}},
+        checks={"json_schema": schema},
+        gates=[{"metric": "schema_pass_rate", "threshold": threshold, "significant": False, "required": True}],
+        compare={"baseline": "none"},
+    )
+    ev = evaluate(p, "endpoint:api", pack=pack, transport=httpx.MockTransport(handler))
+    assert ev.metrics["schema_pass_rate"] == pytest.approx(expected)
+    lo, hi = ev.metrics["ci"]["schema_pass_rate"]
+    assert lo < expected < hi  # the interval is of the same, schema-aware, number
+    gate = ev.metrics["gates"][0]
+    assert gate["value"] == pytest.approx(expected) and gate["passed"] is False and failed_gates(ev)
+    # without the schema, every answer passes the keys check and the same gate passes
+    plain = pack.model_copy(update={"checks": EvalConfig().checks})
+    ev2 = evaluate(p, "endpoint:api", pack=plain, transport=httpx.MockTransport(handler))
+    assert ev2.metrics["schema_pass_rate"] == pytest.approx(1.0) and ev2.metrics["gates"][0]["passed"] is True

@@ -568,7 +568,10 @@ def _forecast_eval(st: TrainSetup, parts: Parts, forecast: Forecast) -> None:
     prompts = [render_prompt(parts.tokenizer, prompt_messages(st.task, r, st.prompt)) for r in sample]
     was_training = parts.model.training
     parts.model.eval()
-    cost = calibrate_inference(parts.model, parts.tokenizer, prompts, b)
+    # evaluation runs the merged model, which costs what the base costs: time it without the adapters
+    plain = parts.model.disable_adapter() if hasattr(parts.model, "disable_adapter") else nullcontext()
+    with plain:
+        cost = calibrate_inference(parts.model, parts.tokenizer, prompts, b)
     parts.model.train(was_training)
     torch.manual_seed(st.config.seed)
     encoded = parts.tokenizer(prompts, add_special_tokens=False)["input_ids"]

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
+    "ROUND_WIDTH",
     "common_prefix",
     "generate",
     "left_pad",

@@ -549,12 +549,12 @@ def _forecast_eval(st: TrainSetup, parts: Parts, forecast: Forecast) -> None:
     Cost model, per batch of gold rows: the prompts after their shared prefix, then decoding steps
     that each cost a fixed part plus a part per row still active. A fine-tuned model's answer is
     about as long as the training answers: generation runs a batch until its longest answer (rows
-    that finished leave it); label ranking runs about one round per label token, a row expanding its
-    best label and the near ties (x1.5).
+    that finished leave it); label ranking runs about one round per label token, each scoring up to
+    ROUND_WIDTH tree nodes per row (the best label and the near ties; fewer with fewer labels).
     """
     import random
 
-    from slmloop.models.inference import common_prefix
+    from slmloop.models.inference import ROUND_WIDTH, common_prefix
     from slmloop.models.loading import render_prompt
     from slmloop.tasks import prompt_messages
 
@@ -566,13 +566,11 @@ def _forecast_eval(st: TrainSetup, parts: Parts, forecast: Forecast) -> None:
     b = m.eval.batch_size
     sample = gold[: max(b, 8)]
     prompts = [render_prompt(parts.tokenizer, prompt_messages(st.task, r, st.prompt)) for r in sample]
-    was_training = parts.model.training
-    parts.model.eval()
-    # evaluation runs the merged model, which costs what the base costs: time it without the adapters
-    plain = parts.model.disable_adapter() if hasattr(parts.model, "disable_adapter") else nullcontext()
-    with plain:
-        cost = calibrate_inference(parts.model, parts.tokenizer, prompts, b)
-    parts.model.train(was_training)
+    # evaluation runs the merged model, which costs what the base costs as eval loads it (its dtype,
+    # SDPA attention); the training model, wrapped for LoRA, answers 2-3x slower on a CPU
+    plain = load_causal_lm(st.model_ref, pick_dtype(m.eval.precision)).to(parts.device)
+    cost = calibrate_inference(plain, parts.tokenizer, prompts, b)
+    del plain
     torch.manual_seed(st.config.seed)
     encoded = parts.tokenizer(prompts, add_special_tokens=False)["input_ids"]
     suffix = sum(len(x) for x in encoded) / len(encoded) - common_prefix(encoded)
@@ -581,7 +579,9 @@ def _forecast_eval(st: TrainSetup, parts: Parts, forecast: Forecast) -> None:
     batches = math.ceil(len(gold) / b)
     if mode == "rank":
         depth = sorted(answers)[len(answers) // 2]
-        decode = batches * depth * cost.step_fixed_s + len(gold) * 1.5 * depth * cost.step_per_row_s
+        # a round scores up to ROUND_WIDTH label-tree nodes per row (padded to the widest row)
+        width = min(ROUND_WIDTH, len(st.task.label_list or []) or 1)
+        decode = batches * depth * cost.step_fixed_s + len(gold) * width * depth * cost.step_per_row_s
     else:
         longest = sum(max(rng.choices(answers, k=b)) for _ in range(batches))
         decode = longest * cost.step_fixed_s + len(gold) * (sum(answers) / len(answers)) * cost.step_per_row_s

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -165,44 +166,37 @@ def test_too_long_rows_are_rejected_in_model_tokens(tmp_path: Path, tiny_model: 
     assert [r["reason"] for r in rejects] == ["too_long"] and "> data.max_tokens = 120" in rejects[0]["detail"]
 
 
-@pytest.mark.integration
-def test_paraphrase_of_a_gold_row_is_dropped_as_leak_when_semantic_blocks(tmp_path: Path) -> None:
-    rows = toy_rows(100)
-    p, first, _, _ = _prepare_rows(tmp_path, rows, leakage={"semantic": "block"})
-    g = "The meeting has been moved to Thursday afternoon because the manager is travelling."
-    para = "Because the manager is travelling, the meeting has been moved to Thursday afternoon."
+GOLD = "The meeting has been moved to Thursday afternoon because the manager is travelling."
+# 5-gram Jaccard 0.54 (under the 0.6 near bar), MiniLM cosine 0.95 (over the 0.9 semantic/contamination bar)
+PARAPHRASE = "The manager is travelling so we moved the meeting to Thursday afternoon."
+
+
+def _prepare_with_gold_paraphrase(tmp_path: Path, semantic: str) -> tuple[Any, Any]:
+    """Prepare, add GOLD to the gold set, import its PARAPHRASE, prepare again: (project, second splits)."""
     from slmloop.data.versions import current_gold, freeze_gold
 
-    freeze_gold(p, [*first.gold, {"text": g, "label": "ham"}], current_gold(p).id, "curated")
+    p, first, _, _ = _prepare_rows(tmp_path, toy_rows(100), leakage={"semantic": semantic})
+    freeze_gold(p, [*first.gold, {"text": GOLD, "label": "ham"}], current_gold(p).id, "curated")
     extra = tmp_path / "more.jsonl"
-    extra.write_text(json.dumps({"text": para, "label": "ham"}) + "\n")
+    extra.write_text(json.dumps({"text": PARAPHRASE, "label": "ham"}) + "\n")
     import_source(p, SourceConfig(path=str(extra)))
     second, _ = prepare_dataset(p)
+    return p, second
+
+
+@pytest.mark.integration
+def test_paraphrase_of_a_gold_row_is_dropped_as_leak_when_semantic_blocks(tmp_path: Path) -> None:
+    p, second = _prepare_with_gold_paraphrase(tmp_path, "block")
     rejects = p.objects.read_jsonl(second.version.rejects_object)
-    leak = [r for r in rejects if r["raw"] == para]
-    assert leak and leak[0]["reason"] == "leaks_gold" and leak[0]["of"]["text"] == g
-    assert second.version.counts["leakage"]["near"] + second.version.counts["leakage"].get("semantic", 0) >= 1
+    leak = [r for r in rejects if r["raw"] == PARAPHRASE]
+    assert leak and leak[0]["reason"] == "leaks_gold" and leak[0]["of"]["text"] == GOLD
+    assert second.version.counts["leakage"].get("semantic", 0) >= 1  # not a near copy: the embedding caught it
 
 
 @pytest.mark.integration
 def test_by_default_a_paraphrase_of_gold_is_kept_and_measured(tmp_path: Path) -> None:
     """semantic: report keeps the paraphrase for training and counts the gold row as having a close neighbour."""
-    p, first, _, _ = _prepare_rows(tmp_path, toy_rows(100), leakage={"semantic": "report"})
-    g = "The meeting has been moved to Thursday afternoon because the manager is travelling."
-    # 5-gram Jaccard 0.54 (under the 0.6 near bar), MiniLM cosine 0.95 (over the 0.9 contamination bar)
-    para = "The manager is travelling so we moved the meeting to Thursday afternoon."
-    from slmloop.data.versions import current_gold, freeze_gold
-
-    freeze_gold(p, [*first.gold, {"text": g, "label": "ham"}], current_gold(p).id, "curated")
-    extra = tmp_path / "more.jsonl"
-    extra.write_text(json.dumps({"text": para, "label": "ham"}) + "\n")
-    import_source(p, SourceConfig(path=str(extra)))
-    second, _ = prepare_dataset(p)
-    print(
-        "REJ",
-        [r for r in p.objects.read_jsonl(second.version.rejects_object) if "manager" in str(r)],
-        second.version.counts,
-    )
-    assert para in {r["text"] for r in second.train + second.validation}
+    _, second = _prepare_with_gold_paraphrase(tmp_path, "report")
+    assert PARAPHRASE in {r["text"] for r in second.train + second.validation}
     k = second.version.counts["contamination"]
     assert k["close"] >= 1 and k["gold_rows"] == len(second.gold) and 0 < k["rate"] <= 1

@@ -1,4 +1,4 @@
-"""``slmloop export`` and ``slmloop releases``."""
+"""``slmloop export``, ``verify``, ``promote``, ``rollback`` and ``releases``."""
 
 from __future__ import annotations
 
@@ -27,16 +27,74 @@ def export(
     )
 
 
-def releases(project: ProjectOpt = Path(".")) -> None:
-    """Releases and the aliases that point at them."""
+def verify(
+    release: Annotated[str, typer.Argument(help="N, vN or an alias.")],
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Re-check every file of a release against its checksums; names each file that changed (exit 1)."""
+    from slmloop.errors import StoreError
+    from slmloop.release.export import verify_release
+    from slmloop.targets import resolve_release
+
+    proj = load(project)
+    rel = resolve_release(proj, release)
+    problems = verify_release(proj, rel)
+    if problems:
+        raise StoreError(
+            f"v{rel.version} does not match its manifest: " + "; ".join(problems),
+            hint="Export the run again (`slmloop export run-N`); never edit a release folder by hand.",
+        )
+    out.print(f"[green]v{rel.version} intact[/green]: every file matches manifest.json ({proj.locate(rel.path)})")
+
+
+def promote(
+    release: Annotated[str, typer.Argument(help="N or vN.")],
+    to: Annotated[str, typer.Option("--to", help="Alias to move (production, staging, any name).")],
+    reason: Annotated[str, typer.Option("--reason", help="Why; kept in the alias history.")],
+    force: Annotated[bool, typer.Option(help="Promote despite failed gates (recorded in the audit log).")] = False,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Point an alias at a release, if its gold evaluation passes every required gate."""
+    from slmloop.release.registry import promote as do_promote
+
+    proj = load(project)
+    row = do_promote(proj, release, to, reason=reason, force=force)
+    before = f"v{row.previous}" if row.previous is not None else "nothing"
+    note = " [bold red](forced past failed gates)[/bold red]" if row.forced else ""
+    out.print(f"[bold green]{row.alias}[/bold green] → v{row.version} (was {before}){note}")
+
+
+def rollback(
+    alias: Annotated[str, typer.Argument(help="The alias to move back.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why; kept in the alias history.")] = "",
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Point an alias back at the version it pointed at before its last move."""
+    from slmloop.release.registry import rollback as do_rollback
+
+    proj = load(project)
+    row = do_rollback(proj, alias, reason=reason)
+    out.print(f"[bold yellow]{row.alias}[/bold yellow] → v{row.version} (rolled back from v{row.previous})")
+
+
+def releases(
+    history: Annotated[int, typer.Option(help="Alias moves to show, newest first.")] = 10,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Releases, the aliases that point at them, and the history of alias moves."""
+    from slmloop.release.registry import alias_history, aliases
     from slmloop.store import Release
 
     proj = load(project)
-    t = table("version", "created", "run", "dataset", "gold", "accuracy/headline", "path")
+    pointing: dict[int, list[str]] = {}
+    for a in aliases(proj):
+        pointing.setdefault(a.version, []).append(a.alias)
+    t = table("version", "aliases", "created", "run", "dataset", "gold", "headline", "path", title="Releases")
     for r in proj.store.list(Release, Release.version):
-        head = next((f"{r.metrics[k]:.4f}" for k in ("accuracy", "micro_f1", "exact_match") if k in r.metrics), "")
+        head = next((f"{k} {r.metrics[k]:.4f}" for k in ("accuracy", "micro_f1", "exact_match") if k in r.metrics), "")
         t.add_row(
             f"v{r.version}",
+            ", ".join(pointing.get(r.version, [])),
             f"{r.created_at:%Y-%m-%d %H:%M}",
             f"run-{r.run_id}",
             r.dataset_id,
@@ -45,3 +103,17 @@ def releases(project: ProjectOpt = Path(".")) -> None:
             r.path,
         )
     out.print(t)
+    moves = alias_history(proj)[:history]
+    if moves:
+        h = table("when", "alias", "from", "to", "action", "who", "reason", title="Alias history (newest first)")
+        for m in moves:
+            h.add_row(
+                f"{m.ts:%Y-%m-%d %H:%M:%S}",
+                m.alias,
+                f"v{m.previous}" if m.previous is not None else "",
+                f"v{m.version}",
+                m.action + (" (forced)" if m.forced else ""),
+                m.who,
+                m.reason,
+            )
+        out.print(h)

@@ -25,6 +25,7 @@ from sqlalchemy import (
     event,
     func,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
@@ -48,7 +49,16 @@ __all__ = [
     "utcnow",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+#: what each schema version adds to a store made by the one before (columns only; new tables come from create_all)
+_MIGRATIONS: dict[int, list[str]] = {
+    2: [
+        "ALTER TABLE alias_history ADD COLUMN who VARCHAR(128) DEFAULT '' NOT NULL",
+        "ALTER TABLE alias_history ADD COLUMN action VARCHAR(16) DEFAULT 'promote' NOT NULL",
+        "ALTER TABLE alias_history ADD COLUMN forced BOOLEAN DEFAULT FALSE NOT NULL",
+    ],
+}
 
 
 def utcnow() -> dt.datetime:
@@ -185,6 +195,9 @@ class AliasHistory(Base):
     version: Mapped[int] = mapped_column(ForeignKey("releases.version"))
     previous: Mapped[int | None] = mapped_column(Integer, nullable=True)
     reason: Mapped[str] = mapped_column(Text, default="")
+    who: Mapped[str] = mapped_column(String(128), default="")
+    action: Mapped[str] = mapped_column(String(16), default="promote")  # promote | rollback
+    forced: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class RequestLog(Base):
@@ -243,13 +256,30 @@ class Store:
         try:
             Base.metadata.create_all(self.engine)
             with self.session() as s:
-                if s.get(Meta, "schema_version") is None:
+                row = s.get(Meta, "schema_version")
+                if row is None:
                     s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+                else:
+                    self._migrate(s, row)
         except OperationalError as exc:
             raise StoreError(
                 f"cannot open the metadata store {url!r}: {exc.orig}",
                 hint="Check that the folder is writable and the database server is reachable.",
             ) from None
+
+    @staticmethod
+    def _migrate(s: Session, row: Meta) -> None:
+        """Bring a store written by an older slmloop up to :data:`SCHEMA_VERSION`, in one transaction."""
+        found = int(row.value)
+        if found > SCHEMA_VERSION:
+            raise StoreError(
+                f"the metadata store has schema version {found}; this slmloop knows up to {SCHEMA_VERSION}",
+                hint="Upgrade slmloop (pip install -U slmloop) to open this project.",
+            )
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS.get(version, []):
+                s.execute(text(statement))
+        row.value = str(SCHEMA_VERSION)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -1,0 +1,169 @@
+"""The model card (README.md) every release ships: what the model does, how well, on what, and its limits.
+
+Written from the store at export time, so it states what was measured, never
+what was hoped: the gold metrics with their intervals, the base model and the
+cheap baselines scored on the same gold rows, the verdict of the paired test,
+the training data and gold lineage, and the prompt the model expects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slmloop.evaluate.metrics import HEADLINE
+from slmloop.evaluate.results import latest_evaluations
+from slmloop.manifest import TaskConfig
+from slmloop.project import Project
+from slmloop.store import Evaluation, Run
+
+__all__ = ["model_card"]
+
+_USE = {
+    "classification": "assigns one of the labels below to a text",
+    "extraction": "reads a text and answers a JSON object of the fields below",
+    "generation": "rewrites an input into an output in the style of its training data",
+    "chat": "answers the last user turn of a conversation like its training conversations",
+}
+
+
+def _cell(metrics: dict[str, Any], name: str) -> str:
+    value = metrics.get(name)
+    if not isinstance(value, int | float):
+        return "–"
+    ci = (metrics.get("ci") or {}).get(name)
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
+
+
+def _results_table(evaluations: list[Evaluation], names: tuple[str, ...], this: str) -> list[str]:
+    lines = ["| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for ev in evaluations:
+        label = f"**{ev.model_ref} (this release)**" if ev.model_ref == this else ev.model_ref
+        lines.append(f"| {label} | " + " | ".join(_cell(ev.metrics, n) for n in names) + " |")
+    return lines
+
+
+def _schema(task: TaskConfig) -> list[str]:
+    if task.type == "classification" and task.label_list:
+        labels = task.label_list
+        shown = ", ".join(f"`{x}`" for x in labels[:40]) + (f" … ({len(labels)} in all)" if len(labels) > 40 else "")
+        return [f"Labels ({len(labels)}): {shown}", ""]
+    if task.type == "extraction" and task.field_list:
+        required = set(task.required)
+        fields = ", ".join(f"`{f}`" + (" (required)" if f in required else "") for f in task.field_list)
+        return [f"Fields ({len(task.field_list)}, optional unless marked): {fields}", ""]
+    return []
+
+
+def model_card(
+    project: Project,
+    run: Run,
+    version: int,
+    task: TaskConfig,
+    prompt: dict[str, Any],
+    evaluation: Evaluation | None,
+    gguf: dict[str, Any] | None = None,
+) -> str:
+    """The release's README.md, in Markdown."""
+    name = project.manifest.project.name
+    lines = [
+        f"# {name} v{version}",
+        "",
+        f"A LoRA fine-tune of `{run.base_model}` that {_USE.get(task.type, 'does the task below')}.",
+        f"Exported by slmloop from {run.name}.",
+        "",
+        "## Task",
+        "",
+        f"- type: {task.type}",
+        f"- instruction: {task.instruction.strip() or '(none)'}",
+        f"- prompt style: {prompt['style']} (the system message below is part of the model: send it as is)",
+        "",
+        *_schema(task),
+        "System message:",
+        "",
+        "```",
+        prompt.get("system") or "(none)",
+        "```",
+        "",
+        "## Gold evaluation",
+        "",
+    ]
+    if evaluation is None:
+        lines += [
+            "**Not evaluated.** No evaluation of this run on the project's gold set existed at export time;",
+            f"run `slmloop eval --model v{version}` before promoting it.",
+            "",
+        ]
+    else:
+        names = tuple(n for n in HEADLINE.get(task.type, ()) if n in evaluation.metrics)
+        others = [e for e in latest_evaluations(project, evaluation.gold_id) if e.model_ref != evaluation.model_ref]
+        shown = [e for e in others if e.model_ref == "base" or e.model_ref.startswith("baseline:")] + [evaluation]
+        conf = evaluation.metrics.get("confidence", 0.95)
+        lines += [
+            f"{evaluation.metrics.get('n', '?')} gold rows (`{evaluation.gold_id}`, never trained on), "
+            f"{evaluation.name}; brackets are {conf:.0%} confidence intervals.",
+            "",
+            *_results_table(shown, names, evaluation.model_ref),
+            "",
+        ]
+        verdict = (evaluation.metrics.get("vs_baseline") or {}).get("sentence")
+        if verdict:
+            lines += [f"Against the best cheap baseline: {verdict}", ""]
+        subsets = evaluation.metrics.get("subsets") or {}
+        if subsets.get("close_neighbour") and names:
+            head = names[0]
+            close, far = subsets["close_neighbour"], subsets["no_close_neighbour"]
+            lines += [
+                f"Gold rows with a close training paraphrase (cosine ≥ {subsets['threshold']}): "
+                f"{subsets['close_share']:.0%}. {head} on those: {_cell(close, head)}; "
+                f"on the rest: {_cell(far, head)}.",
+                "",
+            ]
+        gates = evaluation.metrics.get("gates") or []
+        if gates:
+            lines += [
+                "Gates: "
+                + "; ".join(
+                    f"{g['metric']} {g['op']} {g['threshold']}: " + ("passed" if g["passed"] else "FAILED")
+                    for g in gates
+                ),
+                "",
+            ]
+    if gguf:
+        lines += ["## GGUF (llama.cpp, Ollama)", ""]
+        for qtype, entry in gguf.items():
+            parity = entry.get("parity")
+            if parity:
+                lines.append(
+                    f"- `{entry['file']}`: gives the merged model's answer on {parity['agreement']:.1%} of "
+                    f"{parity['rows']} gold rows; {parity['metric']} {parity['gguf']:.3f} through llama.cpp vs "
+                    f"{parity['transformers']:.3f} through transformers"
+                )
+            else:
+                lines.append(f"- `{entry['file']}` ({qtype}): parity with the merged model NOT checked")
+        lines += ["", "`ollama create NAME -f gguf/Modelfile` makes an Ollama model of it.", ""]
+    train = run.config.get("train", {})
+    lines += [
+        "## Lineage",
+        "",
+        f"- base model: `{run.base_model}`",
+        f"- training data: `{run.dataset_id}`; gold set: `{run.gold_id}`",
+        f"- run: {run.name}, recipe: "
+        + ", ".join(f"{k} {train[k]}" for k in ("epochs", "learning_rate", "lora_r", "target_modules") if k in train),
+        "",
+        "## Intended use and limits",
+        "",
+        f"- Use it for the task above, on inputs like its training data (`{run.dataset_id}`). "
+        "Inputs unlike them (other languages, domains, lengths) are out of scope: `slmloop monitor` "
+        "measures how far live traffic drifts from the training data.",
+        "- The figures above hold for the gold set; they are estimates with the intervals shown, "
+        "not guarantees for every input.",
+    ]
+    if task.type == "classification":
+        lines.append('- It always answers one of its labels; it cannot say "none of these" unless that is a label.')
+    if task.type == "extraction":
+        lines.append(
+            "- Field values are copied from the text as the training data wrote them; it does not normalise "
+            "dates, numbers or names unless its training answers did."
+        )
+    lines += ["", "Files and their sha256 are listed in `manifest.json`; `slmloop verify` re-checks them.", ""]
+    return "\n".join(lines)

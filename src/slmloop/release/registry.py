@@ -1,0 +1,223 @@
+"""The release registry: aliases that point at numbered releases, moved only through the gates.
+
+A release (``v3``) never changes once exported. An alias (``production``,
+``staging``, any name) is a pointer with an append-only history: every move is
+a row of :class:`~slmloop.store.AliasHistory` (when, from, to, who, why, forced
+or not), so "what answered last Tuesday?" always has an answer.
+
+- :func:`promote` moves an alias to a release after its gold evaluation passed
+  every required gate (thresholds, must-beat, not worse than the best baseline);
+  ``force`` overrides a refusal and says so in the history and the audit log.
+- :func:`rollback` moves an alias back to the version it pointed at before.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from slmloop.data.versions import current_gold
+from slmloop.errors import ConfigError, GateError, NotFoundError
+from slmloop.evaluate.evaluate import failed_gates
+from slmloop.project import Project
+from slmloop.release.export import verify_release
+from slmloop.store import AliasHistory, Evaluation, Release, Run
+from slmloop.targets import resolve_release
+
+__all__ = ["AliasState", "alias_history", "aliases", "promote", "release_evaluation", "rollback"]
+
+_ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class AliasState:
+    alias: str
+    version: int
+    since: str
+
+
+def _who() -> str:
+    """Who moved the alias: $SLMLOOP_USER, else the login name."""
+    name = os.environ.get("SLMLOOP_USER")
+    if name:
+        return name
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _check_alias(alias: str) -> str:
+    if not _ALIAS.match(alias) or re.fullmatch(r"v?\d+|release-\d+|run-\d+|latest|base", alias):
+        raise ConfigError(
+            f"{alias!r} cannot be an alias",
+            hint="Use lower-case letters, digits, '-' or '_', starting with a letter (e.g. production, staging); "
+            "not a version (v3), run-N, latest or base.",
+        )
+    return alias
+
+
+def release_evaluation(project: Project, release: Release) -> Evaluation | None:
+    """The newest gold evaluation that speaks for ``release``: of ``release-N`` itself, else of its run.
+
+    Only evaluations on the project's current gold version count: a gate passed on
+    an older gold set says nothing about today's.
+    """
+    head = current_gold(project)
+    gold = head.id if head is not None else None
+    with project.store.session() as s:
+        run = s.get(Run, release.run_id)
+        names = [f"release-{release.version}"] + ([run.name] if run else [])
+        for name in names:
+            ev = s.scalars(
+                select(Evaluation)
+                .where(Evaluation.model_ref == name, Evaluation.gold_id == gold)
+                .order_by(Evaluation.id.desc())
+                .limit(1)
+            ).first()
+            if ev is not None:
+                return ev
+    return None
+
+
+def _current(project: Project, alias: str) -> AliasHistory | None:
+    with project.store.session() as s:
+        return s.scalars(
+            select(AliasHistory).where(AliasHistory.alias == alias).order_by(AliasHistory.id.desc()).limit(1)
+        ).first()
+
+
+def _move(
+    project: Project, alias: str, version: int, *, action: str, reason: str, forced: bool, gates: list[str]
+) -> AliasHistory:
+    with project.store.session() as s:
+        previous = s.scalars(
+            select(AliasHistory).where(AliasHistory.alias == alias).order_by(AliasHistory.id.desc()).limit(1)
+        ).first()
+        row = AliasHistory(
+            alias=alias,
+            version=version,
+            previous=previous.version if previous else None,
+            reason=reason,
+            who=_who(),
+            action=action,
+            forced=forced,
+        )
+        s.add(row)
+        s.flush()
+        project.store.log_event(
+            s,
+            f"alias.{action}",
+            alias,
+            version=version,
+            previous=row.previous,
+            reason=reason,
+            who=row.who,
+            forced=forced,
+            failed_gates=gates,
+        )
+    return row
+
+
+def _release_problems(project: Project, release: Release) -> list[str]:
+    """Files that changed since export, and GGUF files short of the parity gate."""
+    import json
+
+    changed = verify_release(project, release)
+    if changed:
+        return [f"the release folder changed since export ({'; '.join(changed)})"]
+    minimum = project.manifest.export.gguf_min_agreement
+    manifest = json.loads((project.locate(release.path) / "manifest.json").read_text())
+    problems = []
+    for qtype, entry in (manifest.get("gguf") or {}).items():
+        parity = entry.get("parity")
+        if minimum is None:
+            continue
+        if parity is None:
+            problems.append(f"GGUF {qtype} parity was not checked (llama-cpp-python missing at export)")
+        elif parity["agreement"] < minimum:
+            problems.append(
+                f"GGUF {qtype} agrees with the merged model on {parity['agreement']:.1%} of gold rows "
+                f"(export.gguf_min_agreement {minimum:.0%})"
+            )
+    return problems
+
+
+def promote(project: Project, ref: str | int, alias: str, *, reason: str, force: bool = False) -> AliasHistory:
+    """Point ``alias`` at release ``ref`` if its gold evaluation passes every required gate.
+
+    Refused (:class:`GateError`) when the release was never evaluated on the
+    current gold set or failed a required gate; ``force`` moves it anyway and
+    records the failed gates next to the move.
+    """
+    _check_alias(alias)
+    if not reason.strip():
+        raise ConfigError("a promotion needs a reason", hint='Add --reason "why this version".')
+    release = resolve_release(project, ref)
+    current = _current(project, alias)
+    if current is not None and current.version == release.version:
+        raise ConfigError(f"{alias} already points at v{release.version}", hint="Nothing to do.")
+    ev = release_evaluation(project, release)
+    if ev is None:
+        problems = [f"v{release.version} has no evaluation on the current gold set"]
+    else:
+        problems = failed_gates(ev)
+    problems += _release_problems(project, release)
+    if problems and not force:
+        fix = (
+            f"Run `slmloop eval --model v{release.version}` first."
+            if ev is None
+            else "Fix the model, or relax eval.gates / eval.compare in slmloop.yaml, "
+            "or pass --force (recorded in the audit log)."
+        )
+        raise GateError(
+            f"v{release.version} cannot be promoted to {alias}: " + "; ".join(problems),
+            hint=fix,
+        )
+    return _move(
+        project, alias, release.version, action="promote", reason=reason, forced=bool(problems), gates=problems
+    )
+
+
+def rollback(project: Project, alias: str, *, reason: str = "") -> AliasHistory:
+    """Point ``alias`` back at the version it pointed at before its last move."""
+    current = _current(project, alias)
+    if current is None:
+        raise NotFoundError(f"alias {alias!r} does not exist", hint="`slmloop releases` lists the aliases.")
+    if current.previous is None:
+        raise ConfigError(
+            f"{alias} has no earlier version to roll back to (it has pointed at v{current.version} since it was made)",
+            hint=f"Promote another version instead: slmloop promote vN --to {alias} --reason ….",
+        )
+    return _move(
+        project,
+        alias,
+        current.previous,
+        action="rollback",
+        reason=reason or f"rollback from v{current.version}",
+        forced=False,
+        gates=[],
+    )
+
+
+def aliases(project: Project) -> list[AliasState]:
+    """Every alias and the version it points at now, by name."""
+    with project.store.session() as s:
+        rows = s.scalars(select(AliasHistory).order_by(AliasHistory.id)).all()
+    now: dict[str, AliasHistory] = {}
+    for r in rows:
+        now[r.alias] = r
+    return [AliasState(a, r.version, f"{r.ts:%Y-%m-%d %H:%M}") for a, r in sorted(now.items())]
+
+
+def alias_history(project: Project, alias: str | None = None) -> list[AliasHistory]:
+    """Every move, newest first (of one alias, or all)."""
+    with project.store.session() as s:
+        q = select(AliasHistory).order_by(AliasHistory.id.desc())
+        if alias is not None:
+            q = q.where(AliasHistory.alias == alias)
+        return list(s.scalars(q).all())

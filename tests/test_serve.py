@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from pathlib import Path
 
@@ -73,7 +75,15 @@ def test_chat_completions_is_openai_shaped(served) -> None:
             422,
             "max_tokens",
         ),
-        ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "stream": true}', 400, "stream"),
+        (
+            "/v1/chat/completions",
+            b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}',
+            422,
+            "max_tokens_limit",
+        ),
+        ("/v1/predict", b'{"text": "\\ud800"}', 422, "not valid Unicode"),
+        ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "a\\udfffb"}]}', 422, "Unicode"),
+        ("/v1/predict", b'{"text": "caf\xe9 \xff"}', 400, "UTF-8"),
     ],
 )
 def test_bad_requests_get_a_4xx_json_error(served, path: str, payload: bytes, status: int, needle: str) -> None:
@@ -92,3 +102,79 @@ def test_every_request_is_logged(served) -> None:
     rows = project.store.requests()[before:]
     assert [(r.endpoint, r.status) for r in rows] == [("/v1/predict", 200), ("/v1/predict", 422)]
     assert rows[0].input == "logged text" and '"label"' in rows[0].output and rows[0].release_version == 1
+
+
+def test_an_oversized_input_is_refused_before_the_model_sees_it(served) -> None:
+    client, _ = served
+    r = client.post("/v1/predict", json={"text": "spam " * 80_000})  # 400,000 characters
+    assert r.status_code == 413
+    assert "400,000 characters" in r.json()["error"]["message"] and r.json()["error"]["code"] == "input_too_long"
+    big = b'{"text": "' + b"a" * 1_100_000 + b'"}'
+    r = client.post("/v1/predict", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "max_request_bytes" in r.json()["error"]["message"]
+
+
+def test_streaming_sends_the_same_answer_as_one_response(served) -> None:
+    client, _ = served
+    ask = {"messages": [{"role": "user", "content": "free prize"}], "max_tokens": 8}
+    whole = client.post("/v1/chat/completions", json=ask).json()
+    with client.stream("POST", "/v1/chat/completions", json={**ask, "stream": True}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert text.strip() == whole["choices"][0]["message"]["content"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
+
+
+def test_metrics_count_requests_errors_tokens_and_batches(served) -> None:
+    client, _ = served
+    client.post("/v1/predict", json={"text": "count me"})
+    client.post("/v1/predict", json={"txt": "bad"})
+    body = client.get("/metrics").text
+    assert re.search(r'slmloop_requests_total\{endpoint="/v1/predict",status="200"\} [1-9]', body)
+    assert re.search(r'slmloop_errors_total\{code="invalid_request"\} [1-9]', body)
+    assert re.search(r'slmloop_tokens_total\{kind="prompt"\} [1-9]', body)
+    assert re.search(r"slmloop_batch_size_count [1-9]", body)
+    assert "slmloop_request_latency_seconds_bucket" in body and "slmloop_release_version 1.0" in body
+
+
+def test_api_keys_are_required_when_set(trained_copy) -> None:
+    from slmloop.manifest import ServeConfig
+    from slmloop.serve.app import create_app
+    from slmloop.serve.server import load_predictor
+
+    app = create_app(load_predictor(trained_copy, None), trained_copy.store, ServeConfig(), keys={"k-123"})
+    with TestClient(app) as client:
+        assert client.get("/health").status_code == 200  # liveness stays open
+        r = client.post("/v1/predict", json={"text": "hi"})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert (
+            client.post("/v1/predict", json={"text": "hi"}, headers={"Authorization": "Bearer nope"}).status_code == 401
+        )
+        assert (
+            client.post("/v1/predict", json={"text": "hi"}, headers={"Authorization": "Bearer k-123"}).status_code
+            == 200
+        )
+        assert client.get("/v1/models", headers={"X-API-Key": "k-123"}).status_code == 200
+
+
+def test_batched_answers_equal_one_at_a_time_answers(trained_copy) -> None:
+    from slmloop.serve.engine import Batcher, Job, ModelSlot
+    from slmloop.serve.server import load_predictor
+
+    predictor = load_predictor(trained_copy, None)
+    texts = ["free prize now", "see you at lunch", "URGENT claim your cash", "ok", "call me later please"]
+    sizes: list[int] = []
+    batcher = Batcher(ModelSlot(predictor), max_batch=8, wait_ms=500, observe=sizes.append)
+    futures = [batcher.submit(Job("predict", ("predict",), t)) for t in texts]
+    batched = [f.result(timeout=60)[1] for f in futures]
+    batcher.close()
+    assert sum(sizes) == 5 and max(sizes) > 1  # requests shared a forward pass
+    for text, got in zip(texts, batched, strict=True):
+        alone = predictor.predict(text)
+        assert got["label"] == alone["label"]
+        for label, p in alone["scores"].items():
+            assert abs(got["scores"][label] - p) < 1e-3

@@ -381,13 +381,50 @@ class EvalConfig(Section):
 class ExportConfig(Section):
     merged: bool = Field(True, description="Also write the adapter merged into the base weights.")
     dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="dtype of merged weights.")
+    gguf: list[Literal["f16", "q8_0"]] = Field(
+        default_factory=list,
+        description="Also write GGUF files of these types (Llama-architecture models) plus an Ollama Modelfile, "
+        "each checked against the merged model on the gold rows through llama.cpp.",
+    )
+    parity_rows: int = Field(500, gt=0, description="Gold rows the GGUF parity check answers (the first N).")
+    gguf_min_agreement: float | None = Field(
+        0.98,
+        ge=0.0,
+        le=1.0,
+        description="Promotion gate: each GGUF of a release must give the merged model's answer on at least this "
+        "share of the parity rows (null: no gate).",
+    )
 
 
 class ServeConfig(Section):
     host: str = Field("127.0.0.1")
     port: int = Field(8000, gt=0, lt=65536)
     max_new_tokens: int = Field(128, gt=0, description="Default generation budget per request.")
+    max_tokens_limit: int = Field(1024, gt=0, description="Largest max_tokens a request may ask for (else 422).")
+    max_input_tokens: int = Field(
+        2048, gt=0, description="Longest input (prompt tokens) a request may send; longer ones get 413."
+    )
+    max_request_bytes: int = Field(1_000_000, gt=0, description="Largest request body; larger ones get 413.")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 where the hardware is fast.")
+    batching: bool = Field(
+        True, description="Group concurrent requests into one forward pass (false: one request at a time)."
+    )
+    max_batch: int = Field(32, gt=0, description="Most requests answered by one forward pass.")
+    batch_wait_ms: float = Field(
+        5.0, ge=0.0, description="How long the first request of a batch waits for others to join (ms)."
+    )
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="Accepted API keys (Authorization: Bearer KEY). Prefer api_keys_env: keys in the manifest "
+        "end up in version control.",
+    )
+    api_keys_env: str = Field(
+        "SLMLOOP_API_KEYS", description="Environment variable with comma-separated API keys (read at start)."
+    )
+    reload_interval: float = Field(
+        2.0, ge=0.0, description="Seconds between checks whether the served alias moved (0: never; hot swap)."
+    )
+    redact_pii: bool = Field(False, description="Redact PII (emails, phones, cards …) before logging a request.")
 
 
 class MonitorConfig(Section):
@@ -451,6 +488,8 @@ def _semantic_problems(m: Manifest) -> list[tuple[str, str]]:
         elif isinstance(t.fields, list) and not set(t.required) <= set(t.fields):
             missing = ", ".join(sorted(set(t.required) - set(t.fields)))
             problems.append(("task.required", f"{missing} not in task.fields"))
+    if m.export.gguf and not m.export.merged:
+        problems.append(("export.gguf", "GGUF files are made from the merged weights: set export.merged: true"))
     if m.eval.judge is not None and m.eval.judge.endpoint not in m.eval.endpoints:
         problems.append(("eval.judge.endpoint", f"{m.eval.judge.endpoint!r} is not a key of eval.endpoints"))
     known = metric_names(t.type)

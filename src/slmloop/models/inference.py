@@ -64,8 +64,12 @@ def generate(
     temperature: float = 0.0,
     seed: int = 0,
     progress: Progress | None = None,
+    on_token: Callable[[int, int], None] | None = None,
 ) -> list[tuple[str, int]]:
     """Continuation of each rendered prompt: ``[(text, new_token_count), …]``.
+
+    ``on_token(i, token_id)`` is called for every new token of prompt ``i`` as it is
+    chosen (streaming); the end-of-sequence token is not passed.
 
     Greedy unless ``temperature`` > 0, then sampled at that temperature. The prompt
     prefix all prompts share runs once; a row that has produced its end-of-sequence
@@ -81,8 +85,18 @@ def generate(
     prefix_kv = _prefix_cache(model, encoded[0][:shared]) if shared else None
     rng = torch.Generator().manual_seed(seed)
     for batch in _batches([len(e) for e in encoded], batch_size):
+        emit = (lambda r, t, batch=batch: on_token(batch[r], t)) if on_token is not None else None
         tokens = _decode_batch(
-            model, tok, [encoded[i][shared:] for i in batch], prefix_kv, shared, max_new_tokens, temperature, eos, rng
+            model,
+            tok,
+            [encoded[i][shared:] for i in batch],
+            prefix_kv,
+            shared,
+            max_new_tokens,
+            temperature,
+            eos,
+            rng,
+            emit,
         )
         for i, new in zip(batch, tokens, strict=True):
             out[i] = (str(tok.decode(new, skip_special_tokens=True)).strip(), len(new))
@@ -135,6 +149,7 @@ def _decode_batch(
     temperature: float,
     eos: set[int],
     rng: torch.Generator,
+    emit: Callable[[int, int], None] | None = None,
 ) -> list[list[int]]:
     import torch
 
@@ -156,6 +171,8 @@ def _decode_batch(
             new[r].append(t)
             if t not in eos:
                 keep.append(i)
+                if emit is not None:
+                    emit(r, t)
         if not keep or step == max_new_tokens - 1:
             break
         if len(keep) < len(active):  # finished rows leave the batch

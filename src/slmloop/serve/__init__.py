@@ -9,6 +9,6 @@ __all__, __getattr__ = lazy_api(
         "build_app": "server",
         "ServerProcess": "server",
         "create_app": "app",
-        "Predictor": "app",
+        "Predictor": "engine",
     },
 )

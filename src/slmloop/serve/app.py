@@ -1,52 +1,72 @@
 """The HTTP server: OpenAI-compatible chat completions plus a task-shaped endpoint.
 
     GET  /health                 liveness + which release answers
+    GET  /metrics                Prometheus metrics (requests, latency, tokens, errors, batch sizes)
     GET  /v1/models              the served model (OpenAI format)
-    POST /v1/chat/completions    OpenAI chat completions (non-streaming)
+    POST /v1/chat/completions    OpenAI chat completions, ``stream: true`` over server-sent events
     POST /v1/predict             {"text": ...} → {"label": ...} / {"output": ...}
 
-Every request — good or bad — is written to the project's request log, which
-``slmloop monitor`` compares with the training data. Errors are JSON in the
-OpenAI shape ``{"error": {"message", "type", "code"}}`` with a 4xx status for
-anything the client can fix.
+Requests go through a :class:`~slmloop.serve.engine.Batcher`, so concurrent
+requests share forward passes. Every request — good or bad — is written to the
+project's request log (PII redacted if configured), which ``slmloop monitor``
+compares with the training data. Errors are JSON in the OpenAI shape
+``{"error": {"message", "type", "code"}}`` with a 4xx status for anything the
+client can fix: a malformed or non-UTF-8 body, a lone surrogate, a body, input
+or ``max_tokens`` over the limits (refused before the model sees them), a
+missing or wrong API key.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hmac
 import json
-import threading
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from slmloop.data.pii import redact
 from slmloop.errors import SlmloopError
-from slmloop.evaluate.answers import answer_rows
-from slmloop.evaluate.metrics import parse_json_object
-from slmloop.manifest import TaskConfig
-from slmloop.models.inference import generate
-from slmloop.models.loading import render_prompt
+from slmloop.manifest import ServeConfig
+from slmloop.serve.engine import Batcher, ChatAnswer, Job, ModelSlot, Predictor
+from slmloop.serve.metrics import ServerMetrics
 from slmloop.store import RequestLog, Store
 
-__all__ = ["ChatRequest", "PredictRequest", "Predictor", "create_app"]
+__all__ = ["ChatRequest", "PredictRequest", "api_keys", "create_app"]
 
-MAX_TOKENS_CEILING = 2048
+
+def _utf8(value: str) -> str:
+    """Refuse strings that are not valid Unicode text (a lone surrogate such as "\\ud800")."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"contains a character that is not valid Unicode text ({value[exc.start]!r} at position {exc.start}); "
+            "send UTF-8 text"
+        ) from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_utf8)]
 
 
 class ContentPart(BaseModel):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class Message(BaseModel):
     role: Literal["system", "user", "assistant"]
-    content: str | list[ContentPart]
+    content: Text | list[ContentPart]
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -59,16 +79,16 @@ class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str | None = None
     messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(None, gt=0, le=MAX_TOKENS_CEILING)
-    max_completion_tokens: int | None = Field(None, gt=0, le=MAX_TOKENS_CEILING)
+    max_tokens: int | None = Field(None, gt=0)
+    max_completion_tokens: int | None = Field(None, gt=0)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     stream: bool = False
 
 
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    text: str | None = Field(None, description="classification / extraction input")
-    input: str | None = Field(None, description="generation input (alias of text)")
+    text: Text | None = Field(None, description="classification / extraction input")
+    input: Text | None = Field(None, description="generation input (alias of text)")
 
     @model_validator(mode="after")
     def _one_input(self) -> PredictRequest:
@@ -82,86 +102,114 @@ class PredictRequest(BaseModel):
         return self.text if self.text is not None else str(self.input)
 
 
-@dataclass
-class Predictor:
-    """A loaded model plus the task it was trained for. One request at a time."""
+class ClientError(Exception):
+    """A request the client must change; becomes a 4xx JSON error."""
 
-    model: Any
-    tokenizer: Any
-    task: TaskConfig
-    name: str
-    mode: str = "rank"
-    max_new_tokens: int = 128
-    prompt: str = "full"  # the prompt style the model was trained with
-    rank_margin: float | None = 6.0
-
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def predict(self, text: str) -> dict[str, Any]:
-        task = self.task
-        with self._lock:  # the same answering code as evaluation
-            (a,) = answer_rows(
-                task,
-                self.prompt,
-                self.mode,
-                self.model,
-                self.tokenizer,
-                [{"text": text, "input": text}],
-                batch_size=1,
-                max_new_tokens=self.max_new_tokens,
-                margin=self.rank_margin,
-            )
-        if task.type == "classification":
-            if "probs" in a.scores:
-                return {"label": a.prediction, "scores": a.scores["probs"]}
-            return {"label": a.prediction or None, "raw": a.raw, "valid": bool(a.prediction)}
-        if task.type == "extraction":
-            obj = parse_json_object(a.raw)
-            return {"output": obj, "raw": a.raw, "valid": obj is not None}
-        return {"output": a.raw}
-
-    def chat(
-        self, messages: list[dict[str, str]], max_tokens: int, temperature: float = 0.0
-    ) -> tuple[str, int, int, str]:
-        """Greedy by default (task models should answer deterministically); samples if temperature > 0."""
-        prompt = render_prompt(self.tokenizer, messages)
-        n_prompt = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        with self._lock:
-            ((answer, n_new),) = generate(
-                self.model, self.tokenizer, [prompt], max_new_tokens=max_tokens, temperature=temperature
-            )
-        finish = "length" if n_new >= max_tokens else "stop"
-        return answer, n_prompt, n_new, finish
+    def __init__(self, status: int, message: str, code: str) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
 
 
-def _error(status: int, message: str, kind: str, code: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "code": code}})
+def _error(status: int, message: str, kind: str, code: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        status_code=status, content={"error": {"message": message, "type": kind, "code": code}}, headers=headers
+    )
 
 
-def create_app(predictor: Predictor, store: Store | None, release_version: int | None) -> FastAPI:
-    app = FastAPI(title="slmloop", version="1", docs_url="/docs", redoc_url=None)
+def api_keys(cfg: ServeConfig, environ: dict[str, str]) -> set[str]:
+    """The accepted keys: the manifest's plus those in the ``api_keys_env`` variable (comma-separated)."""
+    keys = {k.strip() for k in cfg.api_keys if k.strip()}
+    keys |= {k.strip() for k in environ.get(cfg.api_keys_env, "").split(",") if k.strip()}
+    return keys
 
-    def log(request: Request, status: int, started: float) -> None:
+
+def _presented_key(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.headers.get("x-api-key")
+
+
+def create_app(
+    slot: ModelSlot | Predictor,
+    store: Store | None,
+    cfg: ServeConfig | None = None,
+    *,
+    keys: set[str] | frozenset[str] = frozenset(),
+) -> FastAPI:
+    cfg = cfg or ServeConfig()
+    slot = slot if isinstance(slot, ModelSlot) else ModelSlot(slot)
+    metrics = ServerMetrics()
+    metrics.release.set(slot.current.release or 0)
+    batcher = Batcher(
+        slot,
+        max_batch=cfg.max_batch if cfg.batching else 1,
+        wait_ms=cfg.batch_wait_ms if cfg.batching else 0.0,
+        observe=metrics.batch_size.observe,
+    )
+    max_chars = cfg.max_input_tokens * 16  # no tokenizer packs more than this into a token: refuse before tokenizing
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        slot.stop()
+        batcher.close()
+
+    app = FastAPI(title="slmloop", version="1", docs_url="/docs", redoc_url=None, lifespan=lifespan)
+    app.state.slot, app.state.batcher, app.state.metrics, app.state.keys = slot, batcher, metrics, bool(keys)
+
+    def write_log(request: Request, path: str, status: int, started: float) -> None:
         if store is None:
             return
+        text_in = getattr(request.state, "log_input", "")[:20000]
+        text_out = getattr(request.state, "log_output", "")[:20000]
+        if cfg.redact_pii:
+            text_in, text_out = redact(text_in)[0], redact(text_out)[0]
         entry = RequestLog(
-            release_version=release_version,
-            endpoint=request.url.path,
+            release_version=getattr(request.state, "release", slot.current.release),
+            endpoint=path,
             status=status,
-            input=getattr(request.state, "log_input", "")[:20000],
-            output=getattr(request.state, "log_output", "")[:20000],
+            input=text_in,
+            output=text_out,
             latency_ms=(time.perf_counter() - started) * 1000,
         )
         with contextlib.suppress(Exception):  # logging must never take the server down
             store.add(entry)
 
     @app.middleware("http")
-    async def request_log(request: Request, call_next: Any) -> Any:
-        started = time.perf_counter()
-        response = await call_next(request)
-        if request.url.path.startswith("/v1/") and request.method == "POST":
-            log(request, response.status_code, started)
+    async def guard_and_log(request: Request, call_next: Any) -> Any:
+        started = request.state.started = time.perf_counter()
+        path = request.url.path
+        response: Response
+        if keys and path.startswith("/v1/"):
+            presented = _presented_key(request)
+            if presented is None or not any(hmac.compare_digest(presented, k) for k in keys):
+                response = _error(
+                    401,
+                    "missing or wrong API key: send 'Authorization: Bearer KEY'",
+                    "authentication_error",
+                    "invalid_api_key",
+                    {"WWW-Authenticate": "Bearer"},
+                )
+                metrics.errors.labels("invalid_api_key").inc()
+                metrics.requests.labels(path, "401").inc()
+                return response
+        length = request.headers.get("content-length")
+        if request.method == "POST" and length is not None and length.isdigit() and int(length) > cfg.max_request_bytes:
+            response = _error(
+                413,
+                f"request body is {int(length):,} bytes; this server accepts up to {cfg.max_request_bytes:,} "
+                "(serve.max_request_bytes)",
+                "invalid_request_error",
+                "request_too_large",
+            )
+        else:
+            response = await call_next(request)
+        if path.startswith("/v1/") and request.method == "POST" and not getattr(request.state, "streaming", False):
+            await run_in_threadpool(write_log, request, path, response.status_code, started)
+        if path != "/metrics":
+            metrics.requests.labels(path, str(response.status_code)).inc()
+            metrics.latency.labels(path).observe(time.perf_counter() - started)
         return response
 
     @app.exception_handler(RequestValidationError)
@@ -170,59 +218,176 @@ def create_app(predictor: Predictor, store: Store | None, release_version: int |
             f"{'.'.join(str(x) for x in e['loc'] if x != 'body') or 'body'}: {e['msg']}" for e in exc.errors()
         )
         body = await request.body()
-        request.state.log_input = body.decode("utf-8", errors="replace")
+        request.state.log_input = body[:20000].decode("utf-8", errors="replace")
+        metrics.errors.labels("invalid_request").inc()
         return _error(422, f"invalid request: {problems}", "invalid_request_error", "invalid_request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code == 400 and "parsing the body" in message:
+            message = "the request body is not valid UTF-8 JSON; send UTF-8 encoded JSON"
+        code = "invalid_body" if exc.status_code == 400 else f"http_{exc.status_code}"
+        metrics.errors.labels(code).inc()
+        return _error(exc.status_code, message, "invalid_request_error", code)
+
+    @app.exception_handler(ClientError)
+    async def client_error(request: Request, exc: ClientError) -> JSONResponse:
+        metrics.errors.labels(exc.code).inc()
+        return _error(exc.status, exc.message, "invalid_request_error", exc.code)
 
     @app.exception_handler(SlmloopError)
     async def known_error(request: Request, exc: SlmloopError) -> JSONResponse:
+        metrics.errors.labels(exc.code).inc()
         msg = exc.message + (f" ({exc.hint})" if exc.hint else "")
         return _error(exc.http_status, msg, "slmloop_error", exc.code)
 
+    def check_input(text: str) -> int:
+        """The input's token count; too long is refused (413) before it reaches the model."""
+        limit = cfg.max_input_tokens
+        if len(text) > max_chars:
+            raise ClientError(
+                413,
+                f"input is {len(text):,} characters; this server accepts up to {limit:,} tokens "
+                "(serve.max_input_tokens). Shorten the input.",
+                "input_too_long",
+            )
+        n = slot.current.count_tokens(text)
+        if n > limit:
+            raise ClientError(
+                413,
+                f"input is {n:,} tokens; this server accepts up to {limit:,} (serve.max_input_tokens). "
+                "Shorten the input.",
+                "input_too_long",
+            )
+        return n
+
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "model": predictor.name,
-            "release": release_version,
-            "task": predictor.task.type,
-        }
+        p = slot.current
+        return {"status": "ok", "model": p.name, "release": p.release, "task": p.task.type}
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        metrics.release.set(slot.current.release or 0)
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": predictor.name, "object": "model", "owned_by": "slmloop"}]}
+        return {"object": "list", "data": [{"id": slot.current.name, "object": "model", "owned_by": "slmloop"}]}
 
     @app.post("/v1/predict")
-    def predict(body: PredictRequest, request: Request) -> dict[str, Any]:
+    async def predict(body: PredictRequest, request: Request) -> dict[str, Any]:
         request.state.log_input = body.value
-        result = predictor.predict(body.value)
+        n_in = check_input(body.value)
+        predictor, result = await asyncio.wrap_future(batcher.submit(Job("predict", ("predict",), body.value)))
+        request.state.release = predictor.release
+        metrics.tokens.labels("prompt").inc(n_in)
         request.state.log_output = json.dumps(result, ensure_ascii=False)
         return {"model": predictor.name, **result}
 
     @app.post("/v1/chat/completions", response_model=None)
-    def chat(body: ChatRequest, request: Request) -> dict[str, Any] | JSONResponse:
+    async def chat(body: ChatRequest, request: Request) -> dict[str, Any] | StreamingResponse:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         request.state.log_input = "\n".join(m["content"] for m in messages if m["role"] == "user")
-        if body.stream:
-            return _error(
-                400,
-                "stream=true is not supported yet; send stream=false",
-                "invalid_request_error",
-                "stream_unsupported",
+        check_input("\n".join(m["content"] for m in messages))
+        max_tokens = body.max_completion_tokens or body.max_tokens or slot.current.max_new_tokens
+        if max_tokens > cfg.max_tokens_limit:
+            raise ClientError(
+                422,
+                f"max_tokens {max_tokens:,} is over this server's limit of {cfg.max_tokens_limit:,} "
+                "(serve.max_tokens_limit)",
+                "max_tokens_too_large",
             )
-        max_tokens = body.max_completion_tokens or body.max_tokens or predictor.max_new_tokens
-        answer, n_prompt, n_new, finish = predictor.chat(messages, max_tokens, body.temperature or 0.0)
-        request.state.log_output = answer
+        key = ("chat", max_tokens, float(body.temperature or 0.0))
+        if body.stream:
+            request.state.streaming = True  # logged when the stream ends
+            return _stream(request, messages, key)
+        predictor, answer = await asyncio.wrap_future(batcher.submit(Job("chat", key, messages)))
+        request.state.release = predictor.release
+        request.state.log_output = answer.text
+        _count(answer)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": predictor.name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": finish}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer.text},
+                    "finish_reason": answer.finish_reason,
+                }
+            ],
             "usage": {
-                "prompt_tokens": n_prompt,
-                "completion_tokens": n_new,
-                "total_tokens": n_prompt + n_new,
+                "prompt_tokens": answer.prompt_tokens,
+                "completion_tokens": answer.completion_tokens,
+                "total_tokens": answer.prompt_tokens + answer.completion_tokens,
             },
         }
+
+    def _count(answer: ChatAnswer) -> None:
+        metrics.tokens.labels("prompt").inc(answer.prompt_tokens)
+        metrics.tokens.labels("completion").inc(answer.completion_tokens)
+
+    def _stream(request: Request, messages: list[dict[str, str]], key: tuple[Any, ...]) -> StreamingResponse:
+        """OpenAI-style server-sent events: a role chunk, content deltas as tokens come, a finish chunk, [DONE]."""
+        loop = asyncio.get_running_loop()
+        tokens: asyncio.Queue[int] = asyncio.Queue()
+
+        def on_token(token: int) -> None:  # called in the batcher's thread
+            loop.call_soon_threadsafe(tokens.put_nowait, token)
+
+        job = Job("chat", key, messages, on_token=on_token)
+        future = asyncio.wrap_future(batcher.submit(job))
+        chunk_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        name = slot.current.name
+        tok = slot.current.tokenizer
+
+        def event(delta: dict[str, str], finish: str | None = None) -> str:
+            chunk = {
+                "id": chunk_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": name,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+        async def events() -> AsyncIterator[str]:
+            yield event({"role": "assistant"})
+            ids: list[int] = []
+            sent = ""
+            finished = False
+            while not finished:
+                getter = asyncio.ensure_future(tokens.get())
+                done, _ = await asyncio.wait({getter, future}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    ids.append(getter.result())
+                else:  # every token was queued before the answer was set: drain them
+                    getter.cancel()
+                    while not tokens.empty():
+                        ids.append(tokens.get_nowait())
+                    finished = True
+                text = str(tok.decode(ids, skip_special_tokens=True)).lstrip()
+                # hold back half of a multi-byte character until its other half comes (or the answer ends)
+                if (finished or not text.endswith("\ufffd")) and len(text) > len(sent):
+                    yield event({"content": text[len(sent) :]})
+                    sent = text
+            try:
+                predictor, answer = await future
+            except Exception as exc:  # the stream has started: report in-band, as OpenAI does
+                yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error'}})}\n\n"
+                await run_in_threadpool(write_log, request, request.url.path, 500, request.state.started)
+                return
+            request.state.release = predictor.release
+            request.state.log_output = answer.text
+            _count(answer)
+            yield event({}, answer.finish_reason)
+            yield "data: [DONE]\n\n"
+            await run_in_threadpool(write_log, request, request.url.path, 200, request.state.started)
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     return app

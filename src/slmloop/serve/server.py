@@ -13,36 +13,63 @@ from typing import Any
 from slmloop.errors import ServeError
 from slmloop.models.loading import pick_dtype
 from slmloop.project import Project
-from slmloop.serve.app import Predictor, create_app
+from slmloop.serve.app import api_keys, create_app
+from slmloop.serve.engine import ModelSlot, Predictor
 from slmloop.targets import load_target, resolve_release, resolve_target
 
-__all__ = ["ServerProcess", "build_app", "free_port", "serve"]
+__all__ = ["ServerProcess", "build_app", "free_port", "load_predictor", "serve"]
 
 
-def build_app(project: Project, release_ref: str | int | None = None) -> tuple[Any, Predictor]:
+def load_predictor(project: Project, release_ref: str | int | None) -> Predictor:
+    """The release ``release_ref`` (a version, an alias, or None: production, else newest) loaded to answer."""
     release = resolve_release(project, release_ref)
     target = resolve_target(project, f"release-{release.version}")
     model, tok = load_target(target, pick_dtype(project.manifest.serve.precision))
     m = project.manifest
     task = target.task or project.task
     mode = m.eval.mode if m.eval.mode != "auto" else ("rank" if task.type == "classification" else "generate")
-    predictor = Predictor(
+    return Predictor(
         model=model,
         tokenizer=tok,
         task=task,
         name=f"{m.project.name}-v{release.version}",
+        release=release.version,
         mode=mode,
         max_new_tokens=m.serve.max_new_tokens,
         prompt=target.prompt,
         rank_margin=m.eval.rank_margin,
     )
-    return create_app(predictor, project.store, release.version), predictor
 
 
-def serve(project: Project, release_ref: str | int | None, host: str, port: int) -> None:
+def build_app(
+    project: Project, release_ref: str | int | None = None, *, alias: str | None = None
+) -> tuple[Any, Predictor]:
+    """The app serving ``release_ref``, or whatever ``alias`` points at (following its moves: hot swap).
+
+    Without either, the ``production`` alias is followed if it exists, else the newest release is served.
+    """
+    cfg = project.manifest.serve
+    if alias is None and release_ref is None and project.store.alias_target("production") is not None:
+        alias = "production"
+    predictor = load_predictor(project, alias if alias is not None else release_ref)
+    slot = ModelSlot(predictor)
+    if alias is not None and cfg.reload_interval > 0:
+        followed = alias
+        slot.watch(
+            lambda: project.store.alias_target(followed),
+            lambda version: load_predictor(project, version),
+            cfg.reload_interval,
+        )
+    app = create_app(slot, project.store, cfg, keys=api_keys(cfg, dict(os.environ)))
+    return app, predictor
+
+
+def serve(project: Project, release_ref: str | int | None, host: str, port: int, alias: str | None = None) -> None:
     import uvicorn
 
-    app, _ = build_app(project, release_ref)
+    app, predictor = build_app(project, release_ref, alias=alias)
+    keys = "with API keys" if app.state.keys else "without API keys (anyone who can reach it may call it)"
+    print(f"slmloop serve: {predictor.name} on http://{host}:{port} {keys}", flush=True)
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     except OSError as exc:
@@ -63,10 +90,16 @@ class ServerProcess:
         project_dir: Path,
         release: int | None = None,
         port: int | None = None,
+        alias: str | None = None,
+        env: dict[str, str] | None = None,
+        extra_args: list[str] | None = None,
         log_path: Path | None = None,
     ) -> None:
         self.project_dir = project_dir
         self.release = release
+        self.alias = alias
+        self.extra_env = env or {}
+        self.extra_args = extra_args or []
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path or (project_dir / ".slmloop" / "serve.log")
@@ -85,9 +118,12 @@ class ServerProcess:
         ]
         if self.release is not None:
             cmd += ["--release", str(self.release)]
+        if self.alias is not None:
+            cmd += ["--alias", self.alias]
+        cmd += self.extra_args
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         self._wait_healthy(timeout=180)
         return self

@@ -1,0 +1,132 @@
+"""Serving under load: 32 concurrent clients against the demo release, batched vs one request at a time.
+
+Starts ``slmloop serve`` on loopback twice on the same release, once with dynamic
+batching (the default) and once with ``--no-batching``; each time N clients
+send ``/v1/predict`` requests (texts from the demo's traffic file) back to back for
+D seconds. Prints req/s, p50/p95/p99 latency and errors of each, and the
+throughput ratio batched / unbatched measured in this run (target: >= 3x, 0 errors).
+
+    python benchmarks/serve_load.py [--project DIR] [--clients 32] [--seconds 60] [--json FILE]
+
+Without --project it runs `slmloop demo` into a temporary folder first (~4 min)
+and serves the release it made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def _load(url: str, texts: list[str], clients: int, seconds: float) -> dict[str, Any]:
+    import httpx
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+
+        async def client(k: int) -> None:
+            i = k
+            while time.perf_counter() < deadline:
+                text = texts[i % len(texts)]
+                i += clients
+                t0 = time.perf_counter()
+                try:
+                    r = await http.post("/v1/predict", json={"text": text})
+                    if r.status_code != 200 or "label" not in r.json():
+                        errors.append(f"{r.status_code}: {r.text[:200]}")
+                        continue
+                except httpx.HTTPError as exc:
+                    errors.append(repr(exc))
+                    continue
+                latencies.append(time.perf_counter() - t0)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client(k) for k in range(clients)))
+        elapsed = time.perf_counter() - started
+    return {
+        "requests": len(latencies),
+        "errors": len(errors),
+        "error_examples": errors[:3],
+        "req_per_s": len(latencies) / elapsed,
+        "p50_ms": _percentile(latencies, 0.50) * 1000,
+        "p95_ms": _percentile(latencies, 0.95) * 1000,
+        "p99_ms": _percentile(latencies, 0.99) * 1000,
+        "mean_ms": statistics.fmean(latencies) * 1000 if latencies else float("nan"),
+    }
+
+
+def _batch_sizes(url: str) -> float:
+    import httpx
+
+    text = httpx.get(url + "/metrics").text
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith("slmloop_batch_size_sum"):
+            total = float(line.split()[-1])
+        elif line.startswith("slmloop_batch_size_count"):
+            count = float(line.split()[-1])
+    return total / count if count else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--project", type=Path, help="a project with a release (default: run the demo first)")
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+
+    from slmloop.demo import run_demo
+    from slmloop.project import EXAMPLES
+    from slmloop.serve.server import ServerProcess
+
+    project = args.project
+    if project is None:
+        project = Path(tempfile.mkdtemp(prefix="serve-load-")) / "demo"
+        print(f"no --project: running the demo into {project} first", file=sys.stderr)
+        run_demo(project)
+    traffic = EXAMPLES["sms-spam"] / "traffic_sms.txt"
+    texts = [t.strip() for t in traffic.read_text(encoding="utf-8").splitlines() if t.strip()]
+
+    results: dict[str, Any] = {"clients": args.clients, "seconds": args.seconds}
+    for name, flag in (("batched", "--batching"), ("unbatched", "--no-batching")):
+        log = project / ".slmloop" / f"serve-load-{name}.log"
+        with ServerProcess(project, log_path=log, extra_args=[flag]) as server:
+            asyncio.run(_load(server.url, texts[:64], 4, 3.0))  # warm-up: first shapes, allocator
+            r = asyncio.run(_load(server.url, texts, args.clients, args.seconds))
+            r["mean_batch"] = _batch_sizes(server.url)
+        results[name] = r
+        print(
+            f"{name:>9}: {r['req_per_s']:7.1f} req/s  p50 {r['p50_ms']:7.1f} ms  p95 {r['p95_ms']:7.1f} ms  "
+            f"p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}  mean batch {r['mean_batch']:.1f}"
+        )
+    ratio = results["batched"]["req_per_s"] / max(results["unbatched"]["req_per_s"], 1e-9)
+    results["throughput_ratio"] = ratio
+    errors = results["batched"]["errors"] + results["unbatched"]["errors"]
+    print(f"throughput batched / unbatched: {ratio:.2f}x (target >= 3x); errors: {errors} (target 0)")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

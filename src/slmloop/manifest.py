@@ -406,6 +406,11 @@ class ServeConfig(Section):
     )
     max_request_bytes: int = Field(1_000_000, gt=0, description="Largest request body; larger ones get 413.")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 where the hardware is fast.")
+    engine: Literal["transformers", "llamacpp"] = Field(
+        "transformers",
+        description="transformers: the merged safetensors (batched); llamacpp: the release's GGUF through "
+        "llama.cpp (export.gguf must have written one).",
+    )
     batching: bool = Field(
         True, description="Group concurrent requests into one forward pass (false: one request at a time)."
     )

@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from slmloop.cli.common import ProjectOpt, err, load, out, table
+from slmloop.cli.options import config_options, with_overrides
+from slmloop.manifest import ExportConfig
 
 
+@config_options(ExportConfig)
 def export(
+    overrides: dict[str, Any],
     run: Annotated[str | None, typer.Argument(help="run-N (default: newest completed run).")] = None,
     project: ProjectOpt = Path("."),
 ) -> None:
-    """Export a run as the next numbered release (adapter, merged weights, checksums, lineage)."""
+    """Export a run as the next numbered release (adapter, merged weights, model card, checksums, lineage).
+
+    Every key of the manifest's export: section is also an option here (--gguf q8_0,f16 …).
+    """
     from slmloop.release.export import export_release
 
     proj = load(project)
+    proj.manifest.export = with_overrides(ExportConfig, proj.manifest.export.model_dump(), overrides)
     rel = export_release(proj, run, console=err)
     m = rel.metrics
     score = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k in ("accuracy", "macro_f1", "exact_match", "micro_f1"))

@@ -1,4 +1,4 @@
-"""Releases: exported, checksummed, self-describing bundles of a run."""
+"""Releases: exported, checksummed, self-describing bundles of a run, and the aliases that point at them."""
 
 from slmloop import lazy_api
 
@@ -7,5 +7,11 @@ __all__, __getattr__ = lazy_api(
     {
         "export_release": "export",
         "verify_release": "export",
+        "promote": "registry",
+        "rollback": "registry",
+        "aliases": "registry",
+        "alias_history": "registry",
+        "write_gguf": "gguf",
+        "gguf_parity": "parity",
     },
 )

@@ -1,8 +1,10 @@
 """``slmloop export``: a run → a versioned, checksummed, self-describing release folder.
 
     releases/v3/
+      README.md           the model card: task, gold metrics with CIs, baselines, lineage, limits
       adapter/            the LoRA adapter (PEFT format) + tokenizer
       merged/             base + adapter merged, safetensors + tokenizer (optional)
+      gguf/               model-q8_0.gguf / model-f16.gguf + Ollama Modelfile (export.gguf)
       manifest.json       lineage (run, dataset, gold, base model), metrics, sha256 of every file
 
 The folder is built under a temporary name and renamed into place; the release
@@ -19,8 +21,10 @@ from rich.console import Console
 
 from slmloop import versions
 from slmloop.errors import StoreError
-from slmloop.models.catalog import resolve_model
+from slmloop.manifest import TaskConfig
+from slmloop.models.catalog import ResolvedModel, resolve_model
 from slmloop.project import Project
+from slmloop.release.card import model_card
 from slmloop.store import Evaluation, Release, Run, atomic_dir, atomic_write_json, sha256_file, utcnow
 from slmloop.targets import resolve_run
 
@@ -29,21 +33,24 @@ __all__ = ["export_release", "verify_release"]
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
-def _run_metrics(project: Project, run: Run) -> dict[str, Any]:
+def _run_evaluation(project: Project, run: Run) -> Evaluation | None:
     """The run's newest evaluation on its gold set, if any."""
     from sqlalchemy import select
 
     with project.store.session() as s:
-        ev = s.scalars(
+        return s.scalars(
             select(Evaluation)
             .where(Evaluation.model_ref == run.name, Evaluation.gold_id == run.gold_id)
             .order_by(Evaluation.id.desc())
             .limit(1)
         ).first()
+
+
+def _headline(ev: Evaluation | None) -> dict[str, Any]:
     if ev is None:
         return {}
     keep = {k: v for k, v in ev.metrics.items() if isinstance(v, int | float)}
-    return {"evaluation": ev.name, "gold": ev.gold_id, **keep}
+    return {"evaluation": ev.name, "gold": ev.gold_id, **keep, "ci": ev.metrics.get("ci", {})}
 
 
 def _merge(run: Run, adapter: Path, out: Path, dtype_name: str) -> None:
@@ -64,14 +71,69 @@ def _merge(run: Run, adapter: Path, out: Path, dtype_name: str) -> None:
                 shutil.copyfile(f, out / f.name)
 
 
+def _task(project: Project, run: Run) -> TaskConfig:
+    return TaskConfig.model_validate(run.config["task"]) if run.config.get("task") else project.task
+
+
 def _prompt_format(project: Project, run: Run) -> dict[str, Any]:
     """How the model must be asked: the style it was trained with and the exact system message."""
-    from slmloop.manifest import TaskConfig
     from slmloop.tasks import system_message
 
-    task = TaskConfig.model_validate(run.config["task"]) if run.config.get("task") else project.task
+    task = _task(project, run)
     style = run.config.get("prompt", "full")
     return {"style": style, "system": system_message(task, style) or None, "task": task.type}
+
+
+def _gguf(project: Project, run: Run, folder: Path, prompt: dict[str, Any], console: Console) -> dict[str, Any]:
+    """GGUF files of the merged weights, a Modelfile, and each file's parity with the merged model."""
+    from slmloop.evaluate.results import gold_rows
+    from slmloop.models.loading import load_tokenizer
+    from slmloop.release.gguf import gguf_file_name, source_pre_tokenizer, write_gguf, write_modelfile
+    from slmloop.release.parity import gguf_parity, llama_cpp_available
+
+    cfg = project.manifest.export
+    merged, out = folder / "merged", folder / "gguf"
+    out.mkdir()
+    base = resolve_model(run.base_model)
+    pre = source_pre_tokenizer(Path(base.path)) if base.is_local else None
+    name = f"{project.manifest.project.name}-{run.name}"
+    report: dict[str, Any] = {}
+    for qtype in cfg.gguf:
+        with console.status(f"writing GGUF {qtype} …"):
+            path = write_gguf(merged, out / gguf_file_name(qtype), qtype, name=name, pre=pre)
+        entry: dict[str, Any] = {"file": f"gguf/{path.name}", "bytes": path.stat().st_size}
+        if llama_cpp_available():
+            rows = gold_rows(project, run.gold_id)[: cfg.parity_rows]
+            parity = gguf_parity(
+                merged,
+                path,
+                _task(project, run),
+                prompt["style"],
+                rows,
+                max_new_tokens=project.manifest.eval.max_new_tokens,
+                console=console,
+            )
+            entry["parity"] = parity
+            console.print(
+                f"GGUF {qtype}: agrees with the merged model on {parity['agreement']:.1%} of {parity['rows']} gold "
+                f"rows; {parity['metric']} {parity['gguf']:.4f} (llama.cpp) vs {parity['transformers']:.4f} "
+                "(transformers)"
+            )
+        else:
+            entry["parity"] = None
+            console.print(
+                f"[yellow]GGUF {qtype}: parity not checked: llama-cpp-python is not installed "
+                "(promotion gates on export.gguf_min_agreement will refuse this release)[/yellow]"
+            )
+        report[qtype] = entry
+    first = "q8_0" if "q8_0" in cfg.gguf else cfg.gguf[0]
+    write_modelfile(
+        out,
+        gguf_file_name(first),
+        load_tokenizer(ResolvedModel(str(merged), str(merged), "local")),
+        prompt.get("system"),
+    )
+    return report
 
 
 def export_release(project: Project, run_ref: str | None = None, *, console: Console | None = None) -> Release:
@@ -84,12 +146,17 @@ def export_release(project: Project, run_ref: str | None = None, *, console: Con
     with project.store.session() as s:
         version = project.store.next_release_version(s)
     target = project.releases_dir / f"v{version}"
-    metrics = _run_metrics(project, run)
+    evaluation = _run_evaluation(project, run)
+    metrics = _headline(evaluation)
+    prompt = _prompt_format(project, run)
     with atomic_dir(target) as tmp:
         shutil.copytree(adapter, tmp / "adapter")
         if cfg.merged:
             with console.status(f"merging {run.name} into {run.base_model} ({cfg.dtype}) …"):
                 _merge(run, adapter, tmp / "merged", cfg.dtype)
+        gguf = _gguf(project, run, tmp, prompt, console) if cfg.gguf else {}
+        card = model_card(project, run, version, _task(project, run), prompt, evaluation, gguf)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
         files = {
             str(p.relative_to(tmp)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
             for p in sorted(tmp.rglob("*"))
@@ -105,10 +172,11 @@ def export_release(project: Project, run_ref: str | None = None, *, console: Con
             "gold": run.gold_id,
             "base_model": run.base_model,
             "task": (run.config.get("task") or project.task.model_dump()),
-            "prompt": _prompt_format(project, run),
+            "prompt": prompt,
             "train": run.config.get("train", {}),
             "merged_dtype": cfg.dtype if cfg.merged else None,
             "metrics": metrics,
+            "gguf": gguf,
             "train_metrics": run.metrics,
             "files": files,
             "versions": versions(),

@@ -29,7 +29,7 @@ from slmloop.manifest import TaskConfig
 from slmloop.models.inference import generate
 from slmloop.models.loading import render_prompt
 
-__all__ = ["Batcher", "ChatAnswer", "Job", "ModelSlot", "Predictor"]
+__all__ = ["Batcher", "ChatAnswer", "Job", "LlamaCppPredictor", "ModelSlot", "Predictor"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,65 @@ class Predictor:
             ChatAnswer(text, self.count_tokens(p), n, "length" if n >= max_tokens else "stop")
             for p, (text, n) in zip(prompts, gens, strict=True)
         ]
+
+
+class LlamaCppPredictor(Predictor):
+    """A GGUF release answered by llama.cpp (CPU hosts without torch speed-ups, or Ollama-like footprints).
+
+    Prompts are rendered with the release's own tokenizer and chat template, so
+    llama.cpp sees exactly what the transformers engine sees; answers are greedy
+    generations parsed to the task's shape (labels are parsed, not ranked).
+    """
+
+    def __init__(self, gguf_path: str, threads: int | None = None, **kw: Any) -> None:
+        from llama_cpp import Llama
+
+        super().__init__(model=None, **kw)
+        self.mode = "generate"
+        self.llm = Llama(model_path=gguf_path, n_ctx=4096, n_threads=threads, verbose=False)
+        eos = self.tokenizer.eos_token_id
+        self._stop = {self.llm.token_eos()} | ({eos} if isinstance(eos, int) else set())
+
+    def _complete(
+        self, prompt: str, max_tokens: int, temperature: float, emit: Callable[[int], None] | None
+    ) -> tuple[str, int]:
+        tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        out: list[int] = []
+        for t in self.llm.generate(
+            tokens, top_k=1 if temperature == 0 else 40, top_p=1.0, temp=temperature, repeat_penalty=1.0, reset=True
+        ):
+            if t in self._stop or len(out) >= max_tokens:
+                break
+            out.append(t)
+            if emit is not None:
+                emit(t)
+        return self.llm.detokenize(out).decode("utf-8", errors="replace").strip(), len(out)
+
+    def predict_many(self, texts: list[str]) -> list[dict[str, Any]]:
+        from slmloop.tasks import parse_prediction, prompt_messages
+
+        out = []
+        for text in texts:
+            row = {"text": text, "input": text}
+            prompt = render_prompt(self.tokenizer, prompt_messages(self.task, row, self.prompt))
+            raw, n = self._complete(prompt, self.max_new_tokens, 0.0, None)
+            out.append(self._shape(ModelAnswer(parse_prediction(self.task, raw), raw, {"new_tokens": n})))
+        return out
+
+    def chat_many(
+        self,
+        conversations: list[list[dict[str, str]]],
+        max_tokens: int,
+        temperature: float = 0.0,
+        on_token: Callable[[int, int], None] | None = None,
+    ) -> list[ChatAnswer]:
+        answers = []
+        for i, messages in enumerate(conversations):
+            prompt = render_prompt(self.tokenizer, messages)
+            emit = (lambda t, i=i: on_token(i, t)) if on_token is not None else None
+            text, n = self._complete(prompt, max_tokens, temperature, emit)
+            answers.append(ChatAnswer(text, self.count_tokens(prompt), n, "length" if n >= max_tokens else "stop"))
+        return answers
 
 
 class ModelSlot:

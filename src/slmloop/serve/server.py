@@ -15,6 +15,7 @@ from slmloop.models.loading import pick_dtype
 from slmloop.project import Project
 from slmloop.serve.app import api_keys, create_app
 from slmloop.serve.engine import ModelSlot, Predictor
+from slmloop.store import Release
 from slmloop.targets import load_target, resolve_release, resolve_target
 
 __all__ = ["ServerProcess", "build_app", "free_port", "load_predictor", "serve"]
@@ -24,21 +25,46 @@ def load_predictor(project: Project, release_ref: str | int | None) -> Predictor
     """The release ``release_ref`` (a version, an alias, or None: production, else newest) loaded to answer."""
     release = resolve_release(project, release_ref)
     target = resolve_target(project, f"release-{release.version}")
-    model, tok = load_target(target, pick_dtype(project.manifest.serve.precision))
     m = project.manifest
     task = target.task or project.task
+    common: dict[str, Any] = {
+        "task": task,
+        "name": f"{m.project.name}-v{release.version}",
+        "release": release.version,
+        "max_new_tokens": m.serve.max_new_tokens,
+        "prompt": target.prompt,
+    }
+    if m.serve.engine == "llamacpp":
+        return _llama_cpp_predictor(project, release, common)
+    model, tok = load_target(target, pick_dtype(m.serve.precision))
     mode = m.eval.mode if m.eval.mode != "auto" else ("rank" if task.type == "classification" else "generate")
-    return Predictor(
-        model=model,
-        tokenizer=tok,
-        task=task,
-        name=f"{m.project.name}-v{release.version}",
-        release=release.version,
-        mode=mode,
-        max_new_tokens=m.serve.max_new_tokens,
-        prompt=target.prompt,
-        rank_margin=m.eval.rank_margin,
-    )
+    return Predictor(model=model, tokenizer=tok, mode=mode, rank_margin=m.eval.rank_margin, **common)
+
+
+def _llama_cpp_predictor(project: Project, release: Release, common: dict[str, Any]) -> Predictor:
+    from slmloop.models.catalog import ResolvedModel
+    from slmloop.models.loading import load_tokenizer
+    from slmloop.release.gguf import gguf_file_name
+    from slmloop.release.parity import llama_cpp_available
+    from slmloop.serve.engine import LlamaCppPredictor
+
+    folder = project.locate(release.path)
+    found = [
+        folder / "gguf" / gguf_file_name(q) for q in ("q8_0", "f16") if (folder / "gguf" / gguf_file_name(q)).exists()
+    ]
+    if not found:
+        raise ServeError(
+            f"v{release.version} has no GGUF file to serve with llama.cpp",
+            hint="Export with export.gguf: [q8_0] (slmloop.yaml), or serve with --engine transformers.",
+        )
+    if not llama_cpp_available():
+        raise ServeError(
+            "--engine llamacpp needs llama.cpp's Python binding, which is not installed",
+            hint="pip install llama-cpp-python (the README set-up installs it).",
+        )
+    merged = folder / "merged"
+    tok = load_tokenizer(ResolvedModel(str(merged), str(merged), "local"))
+    return LlamaCppPredictor(str(found[0]), tokenizer=tok, **common)
 
 
 def build_app(

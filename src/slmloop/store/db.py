@@ -238,11 +238,21 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _driver_url(url: str) -> str:
+    """``postgresql://…`` as users write it, run by the psycopg (3) driver slmloop installs."""
+    import importlib.util
+
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix) and importlib.util.find_spec("psycopg2") is None:
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
 class Store:
     """All metadata of one project. Pass it explicitly; there is no global store."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
+        self.url = url = _driver_url(url)
         try:
             self.engine: Engine = create_engine(url, future=True)
         except (SQLAlchemyError, ImportError) as exc:

@@ -1,0 +1,110 @@
+"""GGUF export: the file reads back as the same model, keeps the tokenizer, and is checked through llama.cpp."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from slmloop.errors import GateError
+from slmloop.evaluate.evaluate import evaluate
+from slmloop.models.catalog import ResolvedModel
+from slmloop.models.loading import load_causal_lm, load_tokenizer
+from slmloop.release.export import export_release
+from slmloop.release.gguf import modelfile, write_gguf
+from slmloop.release.parity import llama_cpp_available
+from slmloop.release.registry import promote
+from slmloop.store import Release
+
+pytestmark = pytest.mark.integration  # trains the tiny model
+
+
+@pytest.fixture
+def merged(trained_copy):
+    rel = trained_copy.store.get(Release, 1, "release", "")
+    return trained_copy.locate(rel.path) / "merged"
+
+
+@pytest.mark.parametrize(("qtype", "atol"), [("f16", 0.02), ("q8_0", 0.3)])
+def test_gguf_reads_back_in_transformers_with_the_same_logits(merged, tmp_path, qtype: str, atol: float) -> None:
+    from transformers import AutoModelForCausalLM
+
+    path = write_gguf(merged, tmp_path / f"m-{qtype}.gguf", qtype, name="toy")
+    # transformers' own GGUF reader: dequantizes and undoes the rotary permutation independently of our writer
+    back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32)
+    ref = load_causal_lm(ResolvedModel("m", str(merged), "local"), torch.float32)
+    ids = torch.tensor([[5, 17, 42, 99, 3, 250, 7]])
+    with torch.no_grad():
+        a, b = ref(ids).logits, back(ids).logits
+    assert torch.allclose(a, b, atol=atol), float((a - b).abs().max())
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 6 / 7
+
+
+def test_gguf_keeps_token_ids_special_tokens_eos_and_chat_template(merged, tmp_path) -> None:
+    from gguf import GGUFReader, TokenType
+
+    path = write_gguf(merged, tmp_path / "m.gguf", "q8_0", name="toy", pre="smollm")
+    tok = load_tokenizer(ResolvedModel("m", str(merged), "local"))
+    fields = GGUFReader(path).fields
+    tokens = fields["tokenizer.ggml.tokens"].contents()
+    types = fields["tokenizer.ggml.token_type"].contents()
+    vocab = tok.get_vocab()
+    assert all(tokens[i] == t for t, i in vocab.items())
+    end = vocab["<|im_end|>"]
+    assert types[end] == TokenType.CONTROL and types[vocab["the"]] == TokenType.NORMAL
+    assert fields["tokenizer.ggml.eos_token_id"].contents() == tok.eos_token_id == end
+    assert "<|im_start|>" in fields["tokenizer.chat_template"].contents()
+    assert fields["tokenizer.ggml.pre"].contents() == "smollm"
+    assert not (tmp_path / "m.gguf.tmp").exists()
+
+
+def test_modelfile_names_the_weights_stop_token_and_system_message(merged) -> None:
+    tok = load_tokenizer(ResolvedModel("m", str(merged), "local"))
+    text = modelfile("model-q8_0.gguf", tok, "Classify the SMS message.")
+    assert text.startswith("FROM ./model-q8_0.gguf")
+    assert 'PARAMETER stop "<|im_end|>"' in text and 'SYSTEM """Classify the SMS message."""' in text
+    assert "<|im_start|>assistant" in text
+
+
+def test_a_gguf_without_a_parity_check_cannot_be_promoted(trained_copy, monkeypatch) -> None:
+    project = trained_copy
+    project.manifest.export.gguf = ["q8_0"]
+    monkeypatch.setattr("slmloop.release.parity.llama_cpp_available", lambda: False)
+    rel = export_release(project, "run-1")
+    manifest = json.loads((project.locate(rel.path) / "manifest.json").read_text())
+    assert manifest["gguf"]["q8_0"]["parity"] is None and "gguf/Modelfile" in manifest["files"]
+    project.manifest.eval.compare.baseline = "none"
+    evaluate(project, f"v{rel.version}")
+    with pytest.raises(GateError, match="parity was not checked"):
+        promote(project, f"v{rel.version}", "production", reason="gguf")
+    project.manifest.export.gguf_min_agreement = None
+    assert promote(project, f"v{rel.version}", "production", reason="gguf").version == rel.version
+
+
+@pytest.mark.skipif(not llama_cpp_available(), reason="llama-cpp-python is not installed (README set-up installs it)")
+def test_gguf_parity_through_llama_cpp(trained_copy) -> None:
+    project = trained_copy
+    project.manifest.export.gguf = ["f16", "q8_0"]
+    rel = export_release(project, "run-1")
+    folder = project.locate(rel.path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    f16, q8 = manifest["gguf"]["f16"]["parity"], manifest["gguf"]["q8_0"]["parity"]
+    assert f16["rows"] == q8["rows"] > 0
+    assert f16["agreement"] >= 0.95  # the same weights at half precision answer the same
+    assert 0.0 <= q8["agreement"] <= 1.0 and q8["metric"] == "accuracy"
+    assert "GGUF (llama.cpp, Ollama)" in (folder / "README.md").read_text()
+    # the same release served by llama.cpp answers like the evaluation did
+    from fastapi.testclient import TestClient
+
+    from slmloop.serve.app import create_app
+    from slmloop.serve.server import load_predictor
+
+    project.manifest.serve.engine = "llamacpp"
+    predictor = load_predictor(project, rel.version)
+    with TestClient(create_app(predictor, project.store)) as client:
+        r = client.post("/v1/predict", json={"text": "WINNER claim your free prize now"})
+        assert r.status_code == 200 and r.json()["model"] == f"toy-v{rel.version}"
+        ask = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, "stream": True}
+        with client.stream("POST", "/v1/chat/completions", json=ask) as s:
+            assert [line for line in s.iter_lines() if line.startswith("data: ")][-1] == "data: [DONE]"

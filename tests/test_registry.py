@@ -38,7 +38,7 @@ def test_promote_is_gated_forced_moves_are_recorded_and_rollback_goes_back(train
     forced = promote(project, "v1", "production", reason="hotfix", force=True)
     assert forced.forced and forced.previous is None and forced.who == "ana"
     event = project.store.events(kind="alias.promote")[0]
-    assert event.payload["forced"] is True and event.payload["failed_gates"] == ["accuracy >= 1.01"]
+    assert event.payload["forced"] is True and event.payload["failed_gates"][0].startswith("accuracy >= 1.01 (is ")
 
     v2 = export_release(project, "run-1")
     _evaluate_with_gate(project, f"v{v2.version}", threshold=0.0)
@@ -58,6 +58,16 @@ def test_promote_is_gated_forced_moves_are_recorded_and_rollback_goes_back(train
         ("promote", None, 1),
     ]
     assert [h.reason for h in history[1:]] == ["better", "hotfix"]
+
+
+def test_promotion_judges_the_gates_of_today_not_those_of_the_evaluation(trained_copy) -> None:
+    project = trained_copy
+    _evaluate_with_gate(project, "v1", threshold=0.0)
+    project.manifest.eval.gates = [GateConfig(metric="accuracy", threshold=1.01)]  # stricter since
+    with pytest.raises(GateError, match=r"accuracy >= 1.01"):
+        promote(project, "v1", "production", reason="stricter gate")
+    project.manifest.eval.gates = []
+    assert promote(project, "v1", "production", reason="no gate").version == 1
 
 
 def test_rollback_of_an_unknown_or_fresh_alias_is_a_clear_error(trained_copy) -> None:

@@ -350,12 +350,19 @@ def _gates(metrics: dict[str, Any], cfg: EvalConfig) -> list[dict[str, Any]]:
     return out
 
 
-def failed_gates(evaluation: Evaluation) -> list[str]:
-    """Required gates, a required must-beat and a required baseline comparison this evaluation failed."""
+def failed_gates(evaluation: Evaluation, cfg: EvalConfig | None = None) -> list[str]:
+    """Required gates, a required must-beat and a required baseline comparison this evaluation failed.
+
+    With ``cfg`` the threshold gates are judged again under that configuration (the
+    gates in slmloop.yaml now, which may be stricter than when the evaluation ran);
+    the paired comparisons stay as they were measured.
+    """
     m = evaluation.metrics
+    gates = _gates(m, cfg) if cfg is not None else m.get("gates", [])
     failed = [
         f"{g['metric']} {'>=' if g['op'] == 'gte' else '<='} {g['threshold']}"
-        for g in m.get("gates", [])
+        + (f" (is {g['value']:.4f})" if isinstance(g.get("value"), int | float) else "")
+        for g in gates
         if g["required"] and not g["passed"]
     ]
     cmp = m.get("must_beat")

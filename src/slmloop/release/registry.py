@@ -165,7 +165,7 @@ def promote(project: Project, ref: str | int, alias: str, *, reason: str, force:
     if ev is None:
         problems = [f"v{release.version} has no evaluation on the current gold set"]
     else:
-        problems = failed_gates(ev)
+        problems = failed_gates(ev, project.manifest.eval)  # today's gates, not those of the day it was evaluated
     problems += _release_problems(project, release)
     if problems and not force:
         fix = (

@@ -1,0 +1,75 @@
+"""The real server process (uvicorn) facing hostile input: every bad request gets a quick 4xx JSON answer."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from slmloop.serve.server import ServerProcess
+
+pytestmark = pytest.mark.integration  # trains the tiny model; starts a server
+
+KEY = {"Authorization": "Bearer test-key"}
+
+
+@pytest.fixture(scope="module")
+def server(trained_project: Path, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("served") / "proj"
+    shutil.copytree(trained_project, root)
+    with ServerProcess(root, env={"SLMLOOP_API_KEYS": "test-key,other-key"}) as s:
+        yield s.url
+
+
+def _post(url: str, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.post(
+        url + "/v1/predict",
+        content=body,
+        headers={"content-type": "application/json", **KEY, **(headers or {})},
+        timeout=60,
+    )
+
+
+def test_the_api_key_comes_from_the_environment(server: str) -> None:
+    assert httpx.post(server + "/v1/predict", json={"text": "hi"}).status_code == 401
+    assert httpx.post(server + "/v1/predict", json={"text": "hi"}, headers=KEY).status_code == 200
+    assert httpx.get(server + "/health").status_code == 200
+
+
+def test_a_400k_character_input_is_refused_at_once_and_delays_no_one(server: str) -> None:
+    normal: list[int] = []
+
+    def other_client() -> None:
+        for _ in range(5):
+            normal.append(httpx.post(server + "/v1/predict", json={"text": "lunch at noon"}, headers=KEY).status_code)
+
+    t = threading.Thread(target=other_client)
+    t.start()
+    started = time.perf_counter()
+    r = httpx.post(server + "/v1/predict", json={"text": "x" * 400_000}, headers=KEY, timeout=60)
+    refused_after = time.perf_counter() - started
+    t.join()
+    assert r.status_code == 413 and r.json()["error"]["code"] == "input_too_long"
+    assert refused_after < 2.0  # it used to keep the server busy for minutes
+    assert normal == [200] * 5
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        (b'{"text": "\\ud800"}', 422, "not valid Unicode"),  # a lone surrogate
+        (b'{"text": "\xff\xfe\xfa"}', 400, "UTF-8"),  # not UTF-8 at all
+        (b"\xff" * 64, 400, "UTF-8"),
+        (b'{"text": ' + b'"a' + b"b" * 1_200_000 + b'"}', 413, "max_request_bytes"),
+    ],
+)
+def test_malformed_bodies_get_a_json_4xx_from_the_real_server(
+    server: str, body: bytes, status: int, needle: str
+) -> None:
+    r = _post(server, body)
+    assert r.status_code == status
+    assert needle in r.json()["error"]["message"]

@@ -73,3 +73,34 @@ def test_malformed_bodies_get_a_json_4xx_from_the_real_server(
     r = _post(server, body)
     assert r.status_code == status
     assert needle in r.json()["error"]["message"]
+
+
+def test_the_upstream_engine_answers_like_the_server_it_forwards_to(server: str, trained_project: Path) -> None:
+    """The vLLM engine's client side, against a real OpenAI-compatible server (slmloop's own)."""
+    from slmloop.project import open_project
+    from slmloop.serve.engine import UpstreamPredictor
+    from slmloop.serve.server import load_predictor
+
+    project = open_project(trained_project)
+    local = load_predictor(project, None)
+    remote = UpstreamPredictor(
+        server + "/v1",
+        "toy-v1",
+        api_key="other-key",
+        tokenizer=local.tokenizer,
+        task=local.task,
+        name="toy-v1",
+        release=1,
+        max_new_tokens=local.max_new_tokens,
+        prompt=local.prompt,
+    )
+    texts = ["free prize call now", "see you at lunch"]
+    conversations = [[{"role": "user", "content": t}] for t in texts]
+    here = local.chat_many(conversations, 6)
+    streamed: dict[int, list[int]] = {0: [], 1: []}
+    there = remote.chat_many(conversations, 6, on_token=lambda i, t: streamed[i].append(t))
+    assert [a.text for a in there] == [a.text for a in here]
+    assert [local.tokenizer.decode(streamed[i]).strip() for i in (0, 1)] == [a.text for a in here]
+    labels = remote.predict_many(texts)
+    assert all(r["label"] in (None, "ham", "spam") and "raw" in r for r in labels)
+    project.close()

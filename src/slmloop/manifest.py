@@ -406,10 +406,14 @@ class ServeConfig(Section):
     )
     max_request_bytes: int = Field(1_000_000, gt=0, description="Largest request body; larger ones get 413.")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 where the hardware is fast.")
-    engine: Literal["transformers", "llamacpp"] = Field(
+    engine: Literal["transformers", "llamacpp", "vllm"] = Field(
         "transformers",
         description="transformers: the merged safetensors (batched); llamacpp: the release's GGUF through "
-        "llama.cpp (export.gguf must have written one).",
+        "llama.cpp (export.gguf must have written one); vllm: a vLLM server on the merged weights behind "
+        "slmloop's front (GPU hosts; keys, limits, metrics and the request log stay).",
+    )
+    vllm_args: list[str] = Field(
+        default_factory=list, description="Extra arguments for the vLLM server (e.g. --gpu-memory-utilization 0.8)."
     )
     batching: bool = Field(
         True, description="Group concurrent requests into one forward pass (false: one request at a time)."

@@ -97,18 +97,16 @@ def releases(
     pointing: dict[int, list[str]] = {}
     for a in aliases(proj):
         pointing.setdefault(a.version, []).append(a.alias)
-    t = table("version", "aliases", "created", "run", "dataset", "gold", "headline", "path", title="Releases")
+    t = table("version", "aliases", "created", "run", "gold", "headline", title="Releases")
     for r in proj.store.list(Release, Release.version):
         head = next((f"{k} {r.metrics[k]:.4f}" for k in ("accuracy", "micro_f1", "exact_match") if k in r.metrics), "")
         t.add_row(
             f"v{r.version}",
             ", ".join(pointing.get(r.version, [])),
-            f"{r.created_at:%Y-%m-%d %H:%M}",
+            f"{r.created_at:%m-%d %H:%M}",
             f"run-{r.run_id}",
-            r.dataset_id,
-            r.gold_id,
+            r.gold_id.removeprefix("gold-"),
             head,
-            r.path,
         )
     out.print(t)
     moves = alias_history(proj)[:history]
@@ -116,7 +114,7 @@ def releases(
         h = table("when", "alias", "from", "to", "action", "who", "reason", title="Alias history (newest first)")
         for m in moves:
             h.add_row(
-                f"{m.ts:%Y-%m-%d %H:%M:%S}",
+                f"{m.ts:%m-%d %H:%M:%S}",
                 m.alias,
                 f"v{m.previous}" if m.previous is not None else "",
                 f"v{m.version}",

@@ -29,7 +29,7 @@ from slmloop.manifest import TaskConfig
 from slmloop.models.inference import generate
 from slmloop.models.loading import render_prompt
 
-__all__ = ["Batcher", "ChatAnswer", "Job", "LlamaCppPredictor", "ModelSlot", "Predictor"]
+__all__ = ["Batcher", "ChatAnswer", "Job", "LlamaCppPredictor", "ModelSlot", "Predictor", "UpstreamPredictor"]
 
 
 @dataclass(frozen=True)
@@ -166,6 +166,97 @@ class LlamaCppPredictor(Predictor):
             text, n = self._complete(prompt, max_tokens, temperature, emit)
             answers.append(ChatAnswer(text, self.count_tokens(prompt), n, "length" if n >= max_tokens else "stop"))
         return answers
+
+
+class UpstreamPredictor(Predictor):
+    """Answers through another OpenAI-compatible server (vLLM on a GPU host), with slmloop's front in place.
+
+    The upstream does the batching (vLLM batches continuously); this side keeps the
+    API keys, limits, metrics and the request log, renders the same prompts as the
+    other engines (the release's tokenizer and prompt style) and parses answers the
+    same way. Streaming passes the upstream's text deltas on as token ids of the
+    release's tokenizer.
+    """
+
+    def __init__(self, base_url: str, upstream_model: str, api_key: str | None = None, **kw: Any) -> None:
+        import httpx
+
+        super().__init__(model=None, **kw)
+        self.mode = "generate"
+        self.upstream_model = upstream_model
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=600)
+
+    def _ask(
+        self, messages: list[dict[str, str]], max_tokens: int, temperature: float, emit: Callable[[int], None] | None
+    ) -> tuple[str, int, str]:
+        import json
+
+        body = {
+            "model": self.upstream_model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "stream": emit is not None,
+        }
+        if emit is None:
+            r = self.http.post("/chat/completions", json=body)
+            r.raise_for_status()
+            data = r.json()
+            choice = data["choices"][0]
+            n = int((data.get("usage") or {}).get("completion_tokens") or 0)
+            return str(choice["message"]["content"] or "").strip(), n, str(choice.get("finish_reason") or "stop")
+        parts: list[str] = []
+        finish, n = "stop", 0
+        with self.http.stream("POST", "/chat/completions", json=body) as r:
+            r.raise_for_status()
+            for line in r.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                choice = json.loads(line[6:])["choices"][0]
+                delta = (choice.get("delta") or {}).get("content") or ""
+                if delta:
+                    parts.append(delta)
+                    for t in self.tokenizer(delta, add_special_tokens=False)["input_ids"]:
+                        n += 1
+                        emit(t)
+                finish = choice.get("finish_reason") or finish
+        return "".join(parts).strip(), n, finish
+
+    @staticmethod
+    def _many(fn: Callable[..., Any], *args: list[Any]) -> list[Any]:
+        """``fn`` over the argument lists, all requests in flight at once (the upstream batches them)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, min(32, len(args[0])))) as pool:
+            return list(pool.map(fn, *args))
+
+    def predict_many(self, texts: list[str]) -> list[dict[str, Any]]:
+        from slmloop.tasks import parse_prediction, prompt_messages
+
+        def one(text: str) -> dict[str, Any]:
+            messages = prompt_messages(self.task, {"text": text, "input": text}, self.prompt)
+            raw, n, _ = self._ask(messages, self.max_new_tokens, 0.0, None)
+            return self._shape(ModelAnswer(parse_prediction(self.task, raw), raw, {"new_tokens": n}))
+
+        return self._many(one, texts)
+
+    def chat_many(
+        self,
+        conversations: list[list[dict[str, str]]],
+        max_tokens: int,
+        temperature: float = 0.0,
+        on_token: Callable[[int, int], None] | None = None,
+    ) -> list[ChatAnswer]:
+        def one(i: int, messages: list[dict[str, str]]) -> ChatAnswer:
+            def emit(token: int) -> None:
+                if on_token is not None:
+                    on_token(i, token)
+
+            text, n, finish = self._ask(messages, max_tokens, temperature, emit if on_token is not None else None)
+            return ChatAnswer(text, self.count_tokens(render_prompt(self.tokenizer, messages)), n, finish)
+
+        return self._many(one, list(range(len(conversations))), conversations)
 
 
 class ModelSlot:

@@ -12,7 +12,7 @@ from typing import Any
 
 from slmloop.errors import ServeError
 from slmloop.models.loading import pick_dtype
-from slmloop.project import Project
+from slmloop.project import STORE_DIR, Project
 from slmloop.serve.app import api_keys, create_app
 from slmloop.serve.engine import ModelSlot, Predictor
 from slmloop.store import Release
@@ -36,6 +36,8 @@ def load_predictor(project: Project, release_ref: str | int | None) -> Predictor
     }
     if m.serve.engine == "llamacpp":
         return _llama_cpp_predictor(project, release, common)
+    if m.serve.engine == "vllm":
+        return _vllm_predictor(project, release, common)
     model, tok = load_target(target, pick_dtype(m.serve.precision))
     mode = m.eval.mode if m.eval.mode != "auto" else ("rank" if task.type == "classification" else "generate")
     return Predictor(model=model, tokenizer=tok, mode=mode, rank_margin=m.eval.rank_margin, **common)
@@ -65,6 +67,54 @@ def _llama_cpp_predictor(project: Project, release: Release, common: dict[str, A
     merged = folder / "merged"
     tok = load_tokenizer(ResolvedModel(str(merged), str(merged), "local"))
     return LlamaCppPredictor(str(found[0]), tokenizer=tok, **common)
+
+
+def _vllm_predictor(project: Project, release: Release, common: dict[str, Any]) -> Predictor:
+    """Start vLLM's OpenAI server on the merged weights (a child process) and answer through it."""
+    import atexit
+    import importlib.util
+
+    import httpx
+
+    from slmloop.models.catalog import ResolvedModel
+    from slmloop.models.loading import load_tokenizer
+    from slmloop.serve.engine import UpstreamPredictor
+
+    if importlib.util.find_spec("vllm") is None:
+        raise ServeError(
+            "--engine vllm needs vLLM, which is not installed here",
+            hint="On a GPU host: pip install vllm, then slmloop serve --engine vllm. "
+            "On CPU use --engine transformers (default) or llamacpp.",
+        )
+    merged = project.locate(release.path) / "merged"
+    if not (merged / "config.json").exists():
+        raise ServeError(f"v{release.version} has no merged weights for vLLM", hint="Export with export.merged: true.")
+    port, name = free_port(), str(common["name"])
+    log_path = project.root / STORE_DIR / f"vllm-v{release.version}.log"
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(merged),
+        "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port),
+        *project.manifest.serve.vllm_args,
+    ]  # fmt: skip
+    log = open(log_path, "wb")  # noqa: SIM115 - the child writes to it as long as it lives
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    atexit.register(proc.terminate)
+    deadline = time.monotonic() + 900
+    while True:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise ServeError(f"vLLM exited with code {proc.returncode}:\n{tail}", hint=f"Full log: {log_path}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.terminate()
+            raise ServeError("vLLM did not become healthy within 15 min", hint=f"See {log_path}.")
+        time.sleep(1)
+    tok = load_tokenizer(ResolvedModel(str(merged), str(merged), "local"))
+    return UpstreamPredictor(f"http://127.0.0.1:{port}/v1", name, tokenizer=tok, **common)
 
 
 def build_app(

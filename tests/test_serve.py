@@ -178,3 +178,15 @@ def test_batched_answers_equal_one_at_a_time_answers(trained_copy) -> None:
         assert got["label"] == alone["label"]
         for label, p in alone["scores"].items():
             assert abs(got["scores"][label] - p) < 1e-3
+
+
+def test_the_request_log_can_redact_pii(trained_copy) -> None:
+    from slmloop.manifest import ServeConfig
+    from slmloop.serve.app import create_app
+    from slmloop.serve.server import load_predictor
+
+    app = create_app(load_predictor(trained_copy, None), trained_copy.store, ServeConfig(redact_pii=True))
+    with TestClient(app) as client:
+        assert client.post("/v1/predict", json={"text": "mail jane.doe@example.com now"}).status_code == 200
+    (row,) = trained_copy.store.requests()
+    assert "jane.doe@example.com" not in row.input and "mail" in row.input and row.release_version == 1

@@ -104,3 +104,19 @@ def test_the_upstream_engine_answers_like_the_server_it_forwards_to(server: str,
     labels = remote.predict_many(texts)
     assert all(r["label"] in (None, "ham", "spam") and "raw" in r for r in labels)
     project.close()
+
+
+def test_live_quality_scores_the_running_server_on_gold(trained_copy, monkeypatch) -> None:
+    from slmloop.cli import main
+    from slmloop.evaluate.evaluate import evaluate
+    from slmloop.monitor.live import live_quality
+
+    project = trained_copy
+    project.manifest.eval.compare.baseline = "none"
+    recorded = evaluate(project, "v1")
+    monkeypatch.setenv("SLMLOOP_API_KEYS", "live-key")  # the server requires it; the live client sends it
+    with ServerProcess(project.root, env={"SLMLOOP_API_KEYS": "live-key"}) as s:
+        rec, live, cmp = live_quality(project, s.url)
+        assert main(["monitor", "gold", "--url", s.url, "-p", str(project.root)]) == 0
+    assert rec.id == recorded.id and live.model_ref == "live:toy-v1" and live.metrics["n"] == recorded.metrics["n"]
+    assert abs(cmp.b_value - cmp.a_value) <= 0.05 and cmp.verdict != "worse"

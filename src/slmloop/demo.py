@@ -63,6 +63,9 @@ class _Stage:
         self.clock.result.stages[self.name] = time.perf_counter() - self.t0
 
 
+DEMO_WINDOW = 50  # requests per monitor window
+
+
 def _traffic(name: str) -> list[str]:
     path = EXAMPLES["sms-spam"] / name
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -161,11 +164,14 @@ def run_demo(directory: Path | None = None, console: Console | None = None) -> D
         result.smoke = _smoke(server.url)
         same = _send(server.url, _traffic("traffic_sms.txt"))
         result.smoke.update({"sms": same})
-        _, same_drift = monitor(project, release.version, console=console)
+        _, same_drift = monitor(project, release.version, window=DEMO_WINDOW, console=console)
         shifted = _send(server.url, _traffic("traffic_hotels.txt"))
         result.smoke.update({"hotels": shifted})
-        _, shifted_drift = monitor(project, release.version, last=shifted["sent"], console=console)
-        result.drift = {"sms": same_drift.verdict, "hotels": shifted_drift.verdict}
+        _, shifted_drift = monitor(project, release.version, last=shifted["sent"], window=DEMO_WINDOW, console=console)
+        result.drift = {
+            "sms": " ".join(w.verdict for w in same_drift.windows) or same_drift.verdict,
+            "hotels": " ".join(w.verdict for w in shifted_drift.windows) or shifted_drift.verdict,
+        }
     result.seconds = time.perf_counter() - started
     project.close()
     return result
@@ -199,8 +205,8 @@ def summary_table(result: DemoResult) -> Table:
         if "sms" in s
         else "not run",
     )
-    t.add_row("drift: SMS-like traffic", "", result.drift.get("sms", "?"))
-    t.add_row("drift: hotel-booking traffic", "", result.drift.get("hotels", "?"))
+    t.add_row(f"drift per {DEMO_WINDOW} requests: SMS traffic", "", result.drift.get("sms", "?"))
+    t.add_row(f"drift per {DEMO_WINDOW} requests: hotel traffic", "", result.drift.get("hotels", "?"))
     t.add_row("wall time", "", f"{result.seconds / 60:.1f} min")
     if result.comparison:
         t.caption = result.comparison + (f"\n{result.vs_baseline}" if result.vs_baseline else "")

@@ -436,12 +436,32 @@ class ServeConfig(Section):
     redact_pii: bool = Field(False, description="Redact PII (emails, phones, cards …) before logging a request.")
 
 
+class DriftThresholds(Section):
+    """(warn, drift) effect sizes per signal; a signal needs p < alpha as well. Defaults: docs/monitoring.md."""
+
+    embedding: tuple[float, float] = Field((0.005, 0.01), description="Unbiased MMD² of MiniLM embeddings.")
+    length: tuple[float, float] = Field((0.15, 0.3), description="Kolmogorov-Smirnov D of word counts.")
+    oov: tuple[float, float] = Field((0.03, 0.05), description="Rise of the share of words training never used.")
+    label_mix: tuple[float, float] = Field((0.15, 0.30), description="Total variation of the predicted label mix.")
+    confidence: tuple[float, float] = Field((0.05, 0.10), description="Drop of the mean top-label probability.")
+    invalid: tuple[float, float] = Field((0.02, 0.05), description="Rise of the invalid-output rate.")
+
+
 class MonitorConfig(Section):
     embedding_model: str = Field("all-minilm-l6-v2", description="Embedder for the semantic test.")
-    min_requests: int = Field(20, gt=1, description="Fewer logged requests: verdict 'insufficient'.")
+    min_requests: int = Field(20, gt=1, description="Fewer logged requests in a window: verdict 'insufficient'.")
+    window: int | None = Field(
+        None, gt=1, description="Requests per window (null: all requests of the run in one window)."
+    )
     reference_size: int = Field(500, gt=1, description="Training inputs sampled as the reference.")
     alpha: float = Field(0.01, gt=0.0, lt=1.0, description="Significance level of each test.")
-    permutations: int = Field(500, gt=10, description="Permutations for the embedding test.")
+    permutations: int = Field(300, gt=10, description="Permutations for the embedding test.")
+    thresholds: DriftThresholds = Field(default_factory=lambda: DriftThresholds())
+    webhook: str | None = Field(None, description="URL that receives the run's JSON (POST) when the verdict is bad.")
+    webhook_on: list[Literal["warn", "drift"]] = Field(
+        default_factory=lambda: ["drift"],  # type: ignore[arg-type]
+        description="Verdicts that trigger the webhook.",
+    )
 
 
 class Manifest(Section):

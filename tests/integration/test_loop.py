@@ -50,7 +50,8 @@ def test_loop_end_to_end_through_the_cli(tmp_path: Path, tiny_model: Path) -> No
         assert chat.status_code == 200
         assert client.post("/v1/predict", json={"nope": 1}).status_code == 422
     mon = slm("monitor", cwd=root)
-    assert mon.returncode == 0 and ("STABLE" in mon.stdout or "DRIFT" in mon.stdout)
+    verdict = mon.stdout.split()[0] if mon.stdout else ""
+    assert (mon.returncode, verdict) in ((0, "OK"), (0, "WARN"), (1, "DRIFT")), mon.stdout + mon.stderr
     listed = slm("releases", cwd=root)
     assert "v1" in listed.stdout
     failures = slm("eval", "show", "eval-2", "--failures", cwd=root)

@@ -46,7 +46,7 @@ app.command("promote")(release.promote)
 app.command("rollback")(release.rollback)
 app.command("releases")(release.releases)
 app.command("serve")(serve.serve)
-app.command("monitor")(monitor.monitor)
+app.add_typer(monitor.app, name="monitor")
 app.command("demo")(demo.demo)
 
 

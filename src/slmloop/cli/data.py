@@ -246,14 +246,18 @@ def list_(project: ProjectOpt = Path(".")) -> None:
     for i in proj.store.list(Import, Import.created_at):
         t.add_row(i.id, i.source_path, str(i.rows_read), str(i.accepted), str(i.rejected))
     out.print(t)
-    t = table("id", "created", "train", "validation", "gold", title="dataset versions")
+    t = table("id", "created", "train", "validation", "gold", "rows from monitor runs", title="dataset versions")
     for v in proj.store.list(DatasetVersion, DatasetVersion.created_at):
+        runs = sorted(
+            {r for src in v.config.get("sources", []) for r in src.get("mapping", {}).get("monitor_runs", [])}
+        )
         t.add_row(
             v.id,
             f"{v.created_at:%Y-%m-%d %H:%M}",
             str(v.counts["train"]),
             str(v.counts["validation"]),
             v.gold_id,
+            ", ".join(f"drift-{r}" for r in runs),
         )
     out.print(t)
 

@@ -187,6 +187,9 @@ def read_rows(task: TaskConfig, path: Path | None, src: SourceConfig, tag: str) 
         where = {"file": rec.file, "line": rec.line}
         if row is not None:
             row["_src"] = {"import": tag, **where}
+            run = (rec.fields or {}).get("monitor_run") if isinstance(rec.fields, dict) else None
+            if isinstance(run, int):  # a row from `slmloop monitor export`: keep where it came from
+                row["_src"]["monitor_run"] = run
             accepted.append(row)
         else:
             raw = rec.raw or (json.dumps(rec.fields, ensure_ascii=False, default=str)[:300] if rec.fields else "")
@@ -265,6 +268,9 @@ def import_source(project: Project, src: SourceConfig, *, force: bool = False) -
     if res.rows_read == 0:
         raise DataError(f"{config['path']} holds no rows", hint="Check that the file is not empty.")
     reasons = dict(Counter(r["reason"] for r in res.rejects))
+    monitor_runs = sorted({r["_src"]["monitor_run"] for r in res.accepted if "monitor_run" in r["_src"]})
+    if monitor_runs:
+        config["monitor_runs"] = monitor_runs
     if inspection is not None:
         config["inferred_mapping"] = {
             p.task_field: {"column": p.column, "confidence": p.confidence, "reason": p.reason}

@@ -195,6 +195,51 @@ def _answer_endpoint(
     return Answered(f"endpoint:{name}", task, spec.prompt, answers, runtime, leakage)
 
 
+def _answer_live(project: Project, url: str, gold: list[dict[str, Any]], console: Console) -> Answered:
+    """The gold rows sent to a running ``slmloop serve`` (``/v1/predict``): what live users get now."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    key = os.environ.get(project.manifest.serve.api_keys_env, "").split(",")[0].strip()
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    task = project.task
+    started = time.perf_counter()
+    with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=120) as http:
+        try:
+            health = http.get("/health").json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise ConfigError(f"no slmloop server answers at {url}: {exc}", hint="Start it: slmloop serve.") from None
+
+        def ask(row: dict[str, Any]) -> ModelAnswer:
+            text = row.get("text", row.get("input", ""))
+            r = http.post("/v1/predict", json={"text": text})
+            if r.status_code != 200:
+                return ModelAnswer("", r.text[:500], {"status": r.status_code})
+            body = r.json()
+            if task.type == "classification":
+                return ModelAnswer(body.get("label") or "", body.get("raw") or body.get("label") or "", {})
+            raw = body.get("raw") if task.type == "extraction" else body.get("output")
+            return ModelAnswer(parse_prediction(task, str(raw or "")), str(raw or ""), {})
+
+        with progress_bar(console, f"live {url}") as progress, ThreadPoolExecutor(max_workers=16) as pool:
+            bar = progress.add_task("live", total=len(gold))
+            answers = []
+            for a in pool.map(ask, gold):
+                answers.append(a)
+                progress.update(bar, advance=1)
+    seconds = time.perf_counter() - started
+    runtime = {
+        "seconds": seconds,
+        "rows_per_s": len(gold) / seconds if seconds else 0.0,
+        "mode": "served",
+        "served": health,
+    }
+    leakage = {"checked": [], "leaks": 0, "overridden": False, "note": "a running server"}
+    return Answered(f"live:{health.get('model', url)}", task, "served", answers, runtime, leakage)
+
+
 def answer_gold(
     project: Project,
     ref: str,
@@ -208,6 +253,8 @@ def answer_gold(
     console = console or Console(stderr=True)
     if ref.startswith("endpoint:"):
         return _answer_endpoint(project, ref.split(":", 1)[1], gold, cfg, console, transport)
+    if ref.startswith("live:"):
+        return _answer_live(project, ref.split(":", 1)[1], gold, console)
     if ref.startswith("baseline:"):
         with console.status(f"fitting {ref} on the training split …"):
             return _answer_baseline(project, ref.split(":", 1)[1], gold, cfg)

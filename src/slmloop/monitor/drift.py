@@ -1,128 +1,134 @@
-"""``slmloop monitor``: does live traffic still look like the training data?
+"""``slmloop monitor``: does live traffic still look like what the release was built for?
 
-Reference: a seeded sample of the training inputs of the release being served.
-Live: the inputs the server logged for that release. Tests:
-
-- **length** — two-sample Kolmogorov–Smirnov on word counts;
-- **embedding** — MMD² between MiniLM sentence embeddings (RBF kernel, median
-  bandwidth) with a permutation p-value, plus the cosine distance of centroids;
-- **predictions** (classification) — chi-square of the live label mix against
-  the training label mix; reported as a prediction shift.
-
-Verdict: ``drift`` when an input test is significant at ``alpha`` after a
-Bonferroni correction, ``stable`` otherwise, ``insufficient`` below
-``monitor.min_requests`` live requests.
+The requests a release answered (from the server's request log) are cut into
+consecutive windows of ``monitor.window`` requests. Each window is compared with
+the release's :mod:`reference profile <slmloop.monitor.profile>` on the signals
+of :mod:`slmloop.monitor.signals`: embedding, length, out-of-vocabulary rate and,
+from the logged answers, label mix, confidence and invalid-output rate. Every
+signal has an effect size, a p-value, warn/drift thresholds from
+``monitor.thresholds`` and a verdict ``ok | warn | drift``; a window's verdict
+is its worst signal's, the run's its worst window's. Every run is stored (with
+an HTML report that plots each signal per window against its thresholds), can
+POST its JSON to ``monitor.webhook``, and ``slmloop monitor`` exits 1 on drift.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 
-from slmloop.data.versions import load_dataset
-from slmloop.models.embedder import embed
+from slmloop.manifest import MonitorConfig
+from slmloop.monitor.profile import ReferenceProfile, load_profile
+from slmloop.monitor.signals import (
+    Signal,
+    confidence_signal,
+    embedding_signal,
+    invalid_signal,
+    judge,
+    label_mix_signal,
+    length_signal,
+    oov_signal,
+    overall,
+    words,
+)
 from slmloop.project import Project
 from slmloop.store import DriftReport, RequestLog
 from slmloop.targets import resolve_release
-from slmloop.tasks import input_text
 
-__all__ = ["DriftResult", "embedding_test", "length_test", "mmd2", "monitor"]
+__all__ = ["DriftResult", "Window", "live_requests", "monitor", "score_window"]
 
 LIVE_ENDPOINTS = ("/v1/predict", "/v1/chat/completions")
 
 
 @dataclass
-class DriftResult:
+class Window:
+    index: int
+    first_request: int
+    last_request: int
+    n: int
     verdict: str
+    signals: list[dict[str, Any]]
+
+
+@dataclass
+class DriftResult:
+    verdict: str  # ok | warn | drift | insufficient
+    release: int
+    window_size: int
     n_live: int
     n_reference: int
-    tests: dict[str, Any] = field(default_factory=dict)
+    windows: list[Window] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "release": self.release,
+            "window_size": self.window_size,
+            "n_live": self.n_live,
+            "n_reference": self.n_reference,
+            "windows": [w.__dict__ for w in self.windows],
+        }
 
 
-def length_test(reference: list[str], live: list[str]) -> dict[str, Any]:
-    from scipy.stats import ks_2samp
-
-    ref = [len(t.split()) for t in reference]
-    cur = [len(t.split()) for t in live]
-    res = ks_2samp(ref, cur)
-    return {
-        "statistic": float(res.statistic),
-        "p_value": float(res.pvalue),
-        "reference_mean_words": sum(ref) / len(ref),
-        "live_mean_words": sum(cur) / len(cur),
-    }
+def _answer(output: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(output)
+    except (json.JSONDecodeError, TypeError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
 
 
-def mmd2(k: Any, n_x: int) -> float:
-    """Biased MMD² from a kernel matrix whose first ``n_x`` rows are sample X."""
-    kxx = k[:n_x, :n_x].mean()
-    kyy = k[n_x:, n_x:].mean()
-    kxy = k[:n_x, n_x:].mean()
-    return float(kxx + kyy - 2 * kxy)
+def score_window(
+    profile: ReferenceProfile, texts: list[str], outputs: list[str], emb: np.ndarray, cfg: MonitorConfig
+) -> list[Signal]:
+    """Every signal of one window of live inputs (``emb``: their embeddings) and logged outputs."""
+    t = cfg.thresholds
+    signals = [
+        embedding_signal(
+            profile.embeddings, emb, warn=t.embedding[0], drift=t.embedding[1], permutations=cfg.permutations
+        ),
+        length_signal(profile.lengths, [len(words(x)) for x in texts], warn=t.length[0], drift=t.length[1]),
+        oov_signal(set(profile.vocabulary), profile.oov, texts, warn=t.oov[0], drift=t.oov[1]),
+    ]
+    answers = [_answer(o) for o in outputs]
+    labels = [str(a["label"]) for a in answers if a.get("label") is not None]
+    if profile.label_share and labels:
+        signals.append(label_mix_signal(profile.label_share, labels, warn=t.label_mix[0], drift=t.label_mix[1]))
+    confidence = [max(a["scores"].values()) for a in answers if isinstance(a.get("scores"), dict) and a["scores"]]
+    if profile.confidence and confidence:
+        signals.append(confidence_signal(profile.confidence, confidence, warn=t.confidence[0], drift=t.confidence[1]))
+    if profile.invalid[1] and answers:
+        bad = sum(a.get("valid") is False or ("label" in a and a["label"] is None) for a in answers)
+        signals.append(invalid_signal(profile.invalid, bad, len(answers), warn=t.invalid[0], drift=t.invalid[1]))
+    return [judge(s, cfg.alpha) for s in signals]
 
 
-def embedding_test(ref_emb: Any, live_emb: Any, permutations: int, seed: int = 0) -> dict[str, Any]:
-    """MMD² with an RBF kernel (median heuristic) and a permutation p-value."""
-    import numpy as np
-
-    x = np.concatenate([ref_emb, live_emb]).astype(np.float64)
-    n_x, n = len(ref_emb), len(x)
-    sq = (x * x).sum(1)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0)
-    bandwidth = float(np.median(d2[np.triu_indices(n, 1)])) or 1.0
-    k = np.exp(-d2 / bandwidth)
-    observed = mmd2(k, n_x)
-    rng = np.random.default_rng(seed)
-    # all permutations at once: z[p, i] = 1 when point i is in group X under permutation p
-    z = np.zeros((permutations, n))
-    for p in range(permutations):
-        z[p, rng.permutation(n)[:n_x]] = 1.0
-    kz = z @ k
-    sxx = (kz * z).sum(1)
-    total = k.sum()
-    row = k.sum(1)
-    sxy = z @ row - sxx
-    syy = total - sxx - 2 * sxy
-    n_y = n - n_x
-    null = sxx / n_x**2 + syy / n_y**2 - 2 * sxy / (n_x * n_y)
-    p_value = (1 + int((null >= observed).sum())) / (permutations + 1)
-    c_ref, c_live = ref_emb.mean(0), live_emb.mean(0)
-    cos = float(c_ref @ c_live / (np.linalg.norm(c_ref) * np.linalg.norm(c_live) + 1e-12))
-    return {
-        "mmd2": observed,
-        "p_value": p_value,
-        "null_mean": float(null.mean()),
-        "centroid_cosine_distance": 1.0 - cos,
-        "permutations": permutations,
-    }
-
-
-def _prediction_test(train_labels: list[str], live_labels: list[str], labels: list[str]) -> dict[str, Any]:
-    from scipy.stats import chisquare
-
-    counts = [sum(x == lab for x in live_labels) for lab in labels]
-    ref = [sum(x == lab for x in train_labels) + 0.5 for lab in labels]  # +0.5: no zero expectations
-    total = sum(counts)
-    expected = [r / sum(ref) * total for r in ref]
-    res = chisquare(counts, expected)
-    return {
-        "p_value": float(res.pvalue),
-        "live": dict(zip(labels, counts, strict=True)),
-        "train_share": {lab: r / sum(ref) for lab, r in zip(labels, ref, strict=True)},
-    }
-
-
-def _live_rows(project: Project, release: int, last: int | None) -> list[RequestLog]:
+def live_requests(
+    project: Project, release: int, since: dt.datetime | None = None, last: int | None = None
+) -> list[RequestLog]:
     rows = [
         r
         for r in project.store.requests(release=release)
-        if r.status == 200 and r.endpoint in LIVE_ENDPOINTS and r.input.strip()
+        if r.status == 200
+        and r.endpoint in LIVE_ENDPOINTS
+        and r.input.strip()
+        and (since is None or r.ts.replace(tzinfo=dt.UTC) >= since)
     ]
     return rows[-last:] if last else rows
+
+
+def _post_webhook(url: str, payload: dict[str, Any], console: Console) -> None:
+    import httpx
+
+    try:
+        httpx.post(url, json=payload, timeout=10).raise_for_status()
+    except httpx.HTTPError as exc:  # an unreachable webhook must not hide the verdict
+        console.print(f"[yellow]webhook {url} failed: {exc}[/yellow]")
 
 
 def monitor(
@@ -130,64 +136,48 @@ def monitor(
     release_ref: str | int | None = None,
     *,
     last: int | None = None,
+    since: dt.datetime | None = None,
+    window: int | None = None,
     console: Console | None = None,
 ) -> tuple[DriftReport, DriftResult]:
-    """Compare the live inputs of a release with its training inputs; store a drift report."""
+    """Score the logged traffic of a release window by window; store the run and its report."""
+    from slmloop.models.embedder import embed
+    from slmloop.monitor.report import write_drift_report
+
     console = console or Console(stderr=True)
     cfg = project.manifest.monitor
-    task = project.task
     release = resolve_release(project, release_ref)
-    splits = load_dataset(project, release.dataset_id)
-    rng = random.Random(0)
-    train = list(splits.train)
-    rng.shuffle(train)
-    reference_rows = train[: cfg.reference_size]
-    reference = [input_text(task, r) for r in reference_rows]
-    live_rows = _live_rows(project, release.version, last)
-    live = [r.input for r in live_rows]
-    result = DriftResult("insufficient", len(live), len(reference))
-    if len(live) >= cfg.min_requests:
-        with console.status(f"embedding {len(reference)} reference and {len(live)} live inputs …"):
-            emb = embed(reference + live, cfg.embedding_model, project.home / "cache" / "embeddings")
-        result.tests["length"] = length_test(reference, live)
-        result.tests["embedding"] = embedding_test(emb[: len(reference)], emb[len(reference) :], cfg.permutations)
-        input_tests = ("length", "embedding")
-        threshold = cfg.alpha / len(input_tests)
-        drifted = [t for t in input_tests if result.tests[t]["p_value"] < threshold]
-        result.verdict = "drift" if drifted else "stable"
-        result.tests["drifted"] = drifted
-        result.tests["threshold"] = threshold
-        if task.type == "classification":
-            live_labels = []
-            for r in live_rows:
-                try:
-                    live_labels.append(json.loads(r.output).get("label"))
-                except (json.JSONDecodeError, AttributeError):
-                    continue
-            if live_labels:
-                result.tests["predictions"] = _prediction_test(
-                    [r["label"] for r in splits.train], live_labels, task.label_list
-                )
-                result.tests["predictions"]["shift"] = result.tests["predictions"]["p_value"] < cfg.alpha
-        from slmloop.monitor.report import write_drift_report
-
-        report_dir = write_drift_report(project, release.version, result, reference, live, emb)
-    else:
-        report_dir = None
+    with console.status("reference profile …"):
+        profile = load_profile(project, release)
+    rows = live_requests(project, release.version, since, last)
+    size = window or cfg.window or max(1, len(rows))
+    chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
+    if len(chunks) > 1 and len(chunks[-1]) < cfg.min_requests:
+        chunks[-2].extend(chunks.pop())  # a short tail joins the window before it
+    chunks = [c for c in chunks if len(c) >= cfg.min_requests]
+    result = DriftResult("insufficient", release.version, size, len(rows), len(profile.texts))
+    if chunks:
+        texts = [r.input for c in chunks for r in c]
+        with console.status(f"embedding {len(texts)} live inputs …"):
+            emb = embed(texts, cfg.embedding_model, project.home / "cache" / "embeddings")
+        at = 0
+        for i, chunk in enumerate(chunks):
+            part = emb[at : at + len(chunk)]
+            at += len(chunk)
+            signals = score_window(profile, [r.input for r in chunk], [r.output for r in chunk], part, cfg)
+            result.windows.append(
+                Window(i, chunk[0].id, chunk[-1].id, len(chunk), overall(signals), [s.as_dict() for s in signals])
+            )
+        result.verdict = overall([Signal("w", 0, 1, 0, 0, verdict=w.verdict) for w in result.windows])
+    report_dir = write_drift_report(project, result) if result.windows else None
     report = DriftReport(
         release_version=release.version,
         verdict=result.verdict,
-        n_requests=len(live),
-        stats={
-            "tests": result.tests,
-            "n_reference": len(reference),
-            "window": {
-                "last": last,
-                "first_request": live_rows[0].id if live_rows else None,
-                "last_request": live_rows[-1].id if live_rows else None,
-            },
-        },
+        n_requests=len(rows),
+        stats={**result.as_dict(), "config": cfg.model_dump(mode="json")},
         path=project.relative(report_dir) if report_dir else "",
     )
-    project.store.add(report, "monitor.report", f"v{release.version}", verdict=result.verdict, n_requests=len(live))
+    project.store.add(report, "monitor.report", f"v{release.version}", verdict=result.verdict, n_requests=len(rows))
+    if cfg.webhook and result.verdict in cfg.webhook_on:
+        _post_webhook(cfg.webhook, {"report": report.id, **result.as_dict()}, console)
     return report, result

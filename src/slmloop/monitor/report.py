@@ -1,4 +1,4 @@
-"""Drift report: one PNG with the three views a person checks first, JSON, and HTML."""
+"""Monitor report: each signal per window against its thresholds (PNG), the run's JSON, and HTML."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import datetime as dt
 import html
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from slmloop.project import Project
 from slmloop.store import atomic_write_json, atomic_write_text
@@ -14,58 +14,38 @@ from slmloop.store import atomic_write_json, atomic_write_text
 if TYPE_CHECKING:
     from slmloop.monitor.drift import DriftResult
 
-__all__ = ["plot_drift", "write_drift_report"]
+__all__ = ["plot_windows", "write_drift_report"]
+
+_COLOURS = {"ok": "#31a354", "warn": "#fd8d3c", "drift": "#de2d26"}
 
 
-def plot_drift(result: DriftResult, reference: list[str], live: list[str], emb: Any, path: Path) -> Path:
+def plot_windows(result: DriftResult, path: Path) -> Path:
+    """One panel per signal: its effect size in every window, the warn and drift lines, verdict colours."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
-    from sklearn.decomposition import PCA
 
-    preds = result.tests.get("predictions")
-    ncols = 3 if preds else 2
-    fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 4), dpi=110)
-    ax = axes[0]
-    ref_len = [len(t.split()) for t in reference]
-    live_len = [len(t.split()) for t in live]
-    bins = np.histogram_bin_edges(ref_len + live_len, bins=25)
-    ax.hist(ref_len, bins=bins, density=True, alpha=0.55, label="training", color="#3182bd")
-    ax.hist(live_len, bins=bins, density=True, alpha=0.55, label="live", color="#e6550d")
-    t = result.tests["length"]
-    ax.set_title(f"input length (words)\nKS D={t['statistic']:.2f}, p={t['p_value']:.2g}")
-    ax.legend()
-    ax = axes[1]
-    xy = PCA(n_components=2, random_state=0).fit_transform(emb)
-    n = len(reference)
-    ax.scatter(xy[:n, 0], xy[:n, 1], s=8, alpha=0.45, label="training", color="#3182bd")
-    ax.scatter(xy[n:, 0], xy[n:, 1], s=12, alpha=0.8, label="live", color="#e6550d")
-    e = result.tests["embedding"]
-    ax.set_title(f"MiniLM embeddings (PCA)\nMMD²={e['mmd2']:.3f}, p={e['p_value']:.2g}")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.legend()
-    if preds:
-        ax = axes[2]
-        labels = list(preds["live"])
-        total = sum(preds["live"].values()) or 1
-        x = np.arange(len(labels))
-        ax.bar(x - 0.2, [preds["train_share"][lab] for lab in labels], 0.4, label="training", color="#3182bd")
-        ax.bar(
-            x + 0.2,
-            [preds["live"][lab] / total for lab in labels],
-            0.4,
-            label="live predictions",
-            color="#e6550d",
-        )
-        ax.set_xticks(x, labels, rotation=30, ha="right")
-        ax.set_title(f"label mix\nchi² p={preds['p_value']:.2g}")
-        ax.legend()
+    names = list(dict.fromkeys(s["name"] for w in result.windows for s in w.signals))
+    cols = min(3, len(names))
+    rows = (len(names) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.2 * rows), dpi=110, squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        points = [(w.index, s) for w in result.windows for s in w.signals if s["name"] == name]
+        xs = [i for i, _ in points]
+        ax.plot(xs, [s["effect"] for _, s in points], color="#636363", lw=1, zorder=1)
+        ax.scatter(xs, [s["effect"] for _, s in points], c=[_COLOURS[s["verdict"]] for _, s in points], s=28, zorder=2)
+        warn, drift = points[0][1]["warn"], points[0][1]["drift"]
+        ax.axhline(warn, color=_COLOURS["warn"], ls="--", lw=1, label=f"warn {warn:g}")
+        ax.axhline(drift, color=_COLOURS["drift"], ls="--", lw=1, label=f"drift {drift:g}")
+        ax.set_title(name)
+        ax.set_xlabel(f"window ({result.window_size} requests)")
+        ax.legend(fontsize=7, loc="upper left")
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
     fig.suptitle(
-        f"verdict: {result.verdict.upper()}  ({result.n_live} live vs {result.n_reference} training inputs)",
-        color="#a50f15" if result.verdict == "drift" else "#006d2c",
+        f"release v{result.release}: {result.verdict.upper()} over {len(result.windows)} window(s)",
+        color=_COLOURS.get(result.verdict, "#000000"),
         fontweight="bold",
     )
     fig.tight_layout()
@@ -74,28 +54,33 @@ def plot_drift(result: DriftResult, reference: list[str], live: list[str], emb: 
     return path
 
 
-def write_drift_report(
-    project: Project, release: int, result: DriftResult, reference: list[str], live: list[str], emb: Any
-) -> Path:
+def write_drift_report(project: Project, result: DriftResult) -> Path:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S-%f")
-    folder = project.reports_dir / f"drift-v{release}-{stamp}"
+    folder = project.reports_dir / f"drift-v{result.release}-{stamp}"
     folder.mkdir(parents=True, exist_ok=True)
-    plot_drift(result, reference, live, emb, folder / "drift.png")
-    atomic_write_json(
-        folder / "drift.json",
-        {
-            "release": release,
-            "verdict": result.verdict,
-            "n_live": result.n_live,
-            "n_reference": result.n_reference,
-            "tests": result.tests,
-        },
+    plot_windows(result, folder / "drift.png")
+    atomic_write_json(folder / "drift.json", result.as_dict())
+    rows = "".join(
+        f"<tr><td>{w.index}</td><td>{w.first_request}–{w.last_request}</td><td>{w.n}</td>"
+        f"<td style='color:{_COLOURS[w.verdict]}'><b>{w.verdict}</b></td><td>"
+        + ", ".join(
+            f"{s['name']} {s['effect']:.3f} (p={s['p_value']:.2g}, <span style='color:{_COLOURS[s['verdict']]}'>"
+            f"{s['verdict']}</span>)"
+            for s in w.signals
+        )
+        + "</td></tr>"
+        for w in result.windows
     )
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>drift · v{release}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:70em}}</style></head><body>
-<h1>Drift report for release v{release}: {html.escape(result.verdict)}</h1>
-<p>{result.n_live} live inputs compared with {result.n_reference} training inputs.</p>
-<img src="drift.png" alt="drift plots" style="max-width:100%">
-<pre>{html.escape(json.dumps(result.tests, indent=2))}</pre></body></html>"""
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>drift · v{result.release}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:80em}}
+td,th{{padding:2px 8px;text-align:left}}</style>
+</head><body>
+<h1>Monitor report for release v{result.release}: {html.escape(result.verdict)}</h1>
+<p>{result.n_live} live requests in {len(result.windows)} window(s) of {result.window_size}, against
+{result.n_reference} training inputs.
+A signal drifts when its effect reaches the drift line <i>and</i> p &lt; alpha.</p>
+<img src="drift.png" alt="signals per window" style="max-width:100%">
+<table><tr><th>window</th><th>requests</th><th>n</th><th>verdict</th><th>signals</th></tr>{rows}</table>
+<pre>{html.escape(json.dumps(result.as_dict(), indent=1)[:200000])}</pre></body></html>"""
     atomic_write_text(folder / "index.html", page)
     return folder

@@ -4,6 +4,7 @@
       README.md           the model card: task, gold metrics with CIs, baselines, lineage, limits
       adapter/            the LoRA adapter (PEFT format) + tokenizer
       merged/             base + adapter merged, safetensors + tokenizer (optional)
+      reference/          what in-distribution traffic looks like, for `slmloop monitor`
       gguf/               model-q8_0.gguf / model-f16.gguf + Ollama Modelfile (export.gguf)
       manifest.json       lineage (run, dataset, gold, base model), metrics, sha256 of every file
 
@@ -23,6 +24,7 @@ from slmloop import versions
 from slmloop.errors import StoreError
 from slmloop.manifest import TaskConfig
 from slmloop.models.catalog import ResolvedModel, resolve_model
+from slmloop.monitor.profile import build_profile, write_profile
 from slmloop.project import Project
 from slmloop.release.card import model_card
 from slmloop.store import Evaluation, Release, Run, atomic_dir, atomic_write_json, sha256_file, utcnow
@@ -155,6 +157,8 @@ def export_release(project: Project, run_ref: str | None = None, *, console: Con
             with console.status(f"merging {run.name} into {run.base_model} ({cfg.dtype}) …"):
                 _merge(run, adapter, tmp / "merged", cfg.dtype)
         gguf = _gguf(project, run, tmp, prompt, console) if cfg.gguf else {}
+        with console.status("reference profile for monitoring …"):
+            write_profile(build_profile(project, version, run.dataset_id, run.id), tmp / "reference")
         card = model_card(project, run, version, _task(project, run), prompt, evaluation, gguf)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         files = {

@@ -1,0 +1,240 @@
+"""Drift signals of one window of live traffic against a reference profile.
+
+Each signal has an **effect size** (how different, in units that do not shrink
+or grow with traffic volume) and a **p-value** (whether the difference could be
+sampling noise). A signal says ``drift`` only when both agree: p below alpha
+*and* the effect at or above its drift threshold; ``warn`` for an effect at or
+above the warn threshold; ``ok`` otherwise. So a large window of harmless
+traffic, whose tiny differences are all "significant", does not alarm, and a
+small window needs a large effect to be believed.
+
+=============  ===========================================  ===================================
+signal         effect size                                   test
+=============  ===========================================  ===================================
+embedding      unbiased MMD² of MiniLM embeddings (RBF)      permutation test
+length         Kolmogorov–Smirnov D of word counts           two-sample KS
+oov            live minus reference share of unseen words    one-sided two-proportion z-test
+label_mix      total variation between label distributions   chi-square goodness of fit
+confidence     drop of the mean top-label probability        one-sided Mann–Whitney U
+invalid        rise of the invalid-output rate               one-sided two-proportion z-test
+=============  ===========================================  ===================================
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "LEVELS",
+    "Signal",
+    "confidence_signal",
+    "embedding_signal",
+    "invalid_signal",
+    "judge",
+    "label_mix_signal",
+    "length_signal",
+    "mmd2_unbiased",
+    "oov_signal",
+    "overall",
+    "words",
+]
+
+LEVELS = ("ok", "warn", "drift")
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+@dataclass
+class Signal:
+    name: str
+    effect: float
+    p_value: float
+    warn: float
+    drift: float
+    verdict: str = "ok"
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def judge(signal: Signal, alpha: float) -> Signal:
+    """Set the verdict: significant *and* large enough."""
+    significant = signal.p_value < alpha
+    if significant and signal.effect >= signal.drift:
+        signal.verdict = "drift"
+    elif significant and signal.effect >= signal.warn:
+        signal.verdict = "warn"
+    else:
+        signal.verdict = "ok"
+    return signal
+
+
+def overall(signals: list[Signal]) -> str:
+    return max((s.verdict for s in signals), key=LEVELS.index, default="ok")
+
+
+def _rbf(x: np.ndarray) -> np.ndarray:
+    sq = (x * x).sum(1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0)
+    n = len(x)
+    bandwidth = float(np.median(d2[np.triu_indices(n, 1)])) or 1.0
+    return np.exp(-d2 / bandwidth)
+
+
+def mmd2_unbiased(k: np.ndarray, n_x: int) -> float:
+    """Unbiased MMD² from a kernel matrix whose first ``n_x`` rows are sample X (0 in expectation under H0)."""
+    n_y = len(k) - n_x
+    kxx, kyy, kxy = k[:n_x, :n_x], k[n_x:, n_x:], k[:n_x, n_x:]
+    sxx = (kxx.sum() - np.trace(kxx)) / (n_x * (n_x - 1))
+    syy = (kyy.sum() - np.trace(kyy)) / (n_y * (n_y - 1))
+    return float(sxx + syy - 2 * kxy.mean())
+
+
+def embedding_signal(
+    ref: np.ndarray,
+    live: np.ndarray,
+    *,
+    warn: float,
+    drift: float,
+    permutations: int,
+    max_live: int = 1000,
+    seed: int = 0,
+) -> Signal:
+    """Unbiased MMD² (RBF kernel, median bandwidth) with a permutation p-value.
+
+    Windows larger than ``max_live`` are subsampled for the test (MMD² is a mean:
+    its estimate does not need every row, only enough of them).
+    """
+    rng = np.random.default_rng(seed)
+    if len(live) > max_live:
+        live = live[rng.choice(len(live), max_live, replace=False)]
+    x = np.concatenate([ref, live]).astype(np.float64)
+    n_x, n = len(ref), len(x)
+    k = _rbf(x)
+    observed = mmd2_unbiased(k, n_x)
+    # every permutation at once: z[p, i] = 1 when point i falls in X under permutation p (k's diagonal is 1)
+    n_y = n - n_x
+    z = np.zeros((permutations, n))
+    for i in range(permutations):
+        z[i, rng.permutation(n)[:n_x]] = 1.0
+    sxx = ((z @ k) * z).sum(1)
+    sxy = z @ k.sum(1) - sxx
+    syy = k.sum() - sxx - 2 * sxy
+    null = (sxx - n_x) / (n_x * (n_x - 1)) + (syy - n_y) / (n_y * (n_y - 1)) - 2 * sxy / (n_x * n_y)
+    p = (1 + int((null >= observed).sum())) / (permutations + 1)
+    c_ref, c_live = ref.mean(0), live.mean(0)
+    cos = float(c_ref @ c_live / (np.linalg.norm(c_ref) * np.linalg.norm(c_live) + 1e-12))
+    return Signal(
+        "embedding", observed, p, warn, drift, detail={"centroid_cosine_distance": 1.0 - cos, "n_live": len(live)}
+    )
+
+
+def length_signal(ref_lengths: list[int], live_lengths: list[int], *, warn: float, drift: float) -> Signal:
+    from scipy.stats import ks_2samp
+
+    res = ks_2samp(ref_lengths, live_lengths)
+    return Signal(
+        "length",
+        float(res.statistic),
+        float(res.pvalue),
+        warn,
+        drift,
+        detail={"reference_mean_words": float(np.mean(ref_lengths)), "live_mean_words": float(np.mean(live_lengths))},
+    )
+
+
+def _two_proportions(k1: int, n1: int, k2: int, n2: int) -> float:
+    """One-sided p-value that proportion 2 exceeds proportion 1 (pooled z-test)."""
+    if n1 == 0 or n2 == 0:
+        return 1.0
+    p1, p2 = k1 / n1, k2 / n2
+    pooled = (k1 + k2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    if se == 0:
+        return 1.0 if p2 <= p1 else 0.0
+    return float(0.5 * math.erfc((p2 - p1) / se / math.sqrt(2)))
+
+
+def oov_signal(
+    vocabulary: set[str], ref_oov: tuple[int, int], live_texts: list[str], *, warn: float, drift: float
+) -> Signal:
+    """Share of live words the training data never used, against the same share for held-out training text."""
+    live_words = [w for t in live_texts for w in words(t)]
+    unseen = sum(w not in vocabulary for w in live_words)
+    k_ref, n_ref = ref_oov
+    live_rate = unseen / max(1, len(live_words))
+    ref_rate = k_ref / max(1, n_ref)
+    p = _two_proportions(k_ref, n_ref, unseen, len(live_words))
+    top = Counter(w for w in live_words if w not in vocabulary).most_common(10)
+    return Signal(
+        "oov",
+        live_rate - ref_rate,
+        p,
+        warn,
+        drift,
+        detail={"live_rate": live_rate, "reference_rate": ref_rate, "top_unseen": top},
+    )
+
+
+def label_mix_signal(ref_share: dict[str, float], live_labels: list[str], *, warn: float, drift: float) -> Signal:
+    from scipy.stats import chisquare
+
+    labels = sorted(set(ref_share) | set(live_labels))
+    counts = Counter(live_labels)
+    n = len(live_labels)
+    smoothed = np.array([ref_share.get(x, 0.0) + 1e-3 for x in labels])
+    smoothed /= smoothed.sum()
+    observed = np.array([counts.get(x, 0) for x in labels], dtype=float)
+    p = float(chisquare(observed, smoothed * n).pvalue) if n else 1.0
+    tv = 0.5 * sum(abs(counts.get(x, 0) / max(1, n) - ref_share.get(x, 0.0)) for x in labels)
+    moved = sorted(labels, key=lambda x: -abs(counts.get(x, 0) / max(1, n) - ref_share.get(x, 0.0)))[:5]
+    return Signal(
+        "label_mix",
+        float(tv),
+        p,
+        warn,
+        drift,
+        detail={"moved": {x: [ref_share.get(x, 0.0), counts.get(x, 0) / max(1, n)] for x in moved}},
+    )
+
+
+def confidence_signal(ref_conf: list[float], live_conf: list[float], *, warn: float, drift: float) -> Signal:
+    from scipy.stats import mannwhitneyu
+
+    p = float(mannwhitneyu(ref_conf, live_conf, alternative="greater").pvalue) if ref_conf and live_conf else 1.0
+    drop = float(np.mean(ref_conf) - np.mean(live_conf)) if ref_conf and live_conf else 0.0
+    return Signal(
+        "confidence",
+        drop,
+        p,
+        warn,
+        drift,
+        detail={
+            "reference_mean": float(np.mean(ref_conf)) if ref_conf else None,
+            "live_mean": float(np.mean(live_conf)),
+        },
+    )
+
+
+def invalid_signal(ref: tuple[int, int], live_invalid: int, live_n: int, *, warn: float, drift: float) -> Signal:
+    k_ref, n_ref = ref
+    rise = live_invalid / max(1, live_n) - k_ref / max(1, n_ref)
+    p = _two_proportions(k_ref, n_ref, live_invalid, live_n)
+    return Signal(
+        "invalid",
+        rise,
+        p,
+        warn,
+        drift,
+        detail={"reference_rate": k_ref / max(1, n_ref), "live_rate": live_invalid / max(1, live_n)},
+    )

@@ -10,13 +10,16 @@ built from its training and validation splits. Live windows are drawn from:
 
 for several window sizes, ``--windows`` windows each, and one window of 5,000
 in-distribution requests (drawn with repetition: live traffic repeats itself).
-Input signals only (embedding, length, out-of-vocabulary): they need no model, so
-the thresholds do not depend on one. Prints, per window size, the effect sizes
-seen (95th percentile in distribution, 5th percentile shifted) and the share of
-windows each kind flags ``drift`` with the thresholds of ``monitor.thresholds``.
+By default the input signals only (embedding, length, out-of-vocabulary): they
+need no model. With ``--model`` the loop first fine-tunes the default model on
+banking (folds 0-9; first intent as the label, "none" without one; folds 10-11 as
+gold), exports it, and its answers to every pooled input add the output signals
+(label mix, confidence). Prints, per window size, the share of windows each kind
+flags ``drift`` with the thresholds of ``monitor.thresholds``, and the effect sizes
+seen (95th percentile in distribution, 5th percentile shifted).
 
     python benchmarks/drift_calibration.py [--data ../shared/datasets/nlupp_banking_hotels]
-        [--windows 50] [--sizes 10,20,30,50,100,200] [--json FILE]
+        [--windows 50] [--sizes 10,20,30,50,100,200] [--model] [--json FILE]
 """
 
 from __future__ import annotations
@@ -36,17 +39,78 @@ def _fold_texts(folder: Path, folds: range) -> list[str]:
     return [row["text"] for i in folds for row in json.loads((folder / f"fold{i}.json").read_text())]
 
 
+def _banking_model(data: Path, pools: list[str]) -> tuple[dict[str, tuple[str, float]], dict[str, float], list[float]]:
+    """Fine-tune on banking through the loop; (answer per pooled text, training label mix, gold confidences)."""
+    import tempfile
+
+    import yaml
+
+    from slmloop.data.importer import import_source
+    from slmloop.data.prepare import prepare_dataset
+    from slmloop.evaluate.evaluate import evaluate
+    from slmloop.monitor.profile import load_profile
+    from slmloop.project import open_project
+    from slmloop.release.export import export_release
+    from slmloop.serve.server import load_predictor
+    from slmloop.train.recipe import train
+
+    def rows(folds: range) -> list[dict[str, str]]:
+        out = []
+        for i in folds:
+            for r in json.loads((data / "banking" / f"fold{i}.json").read_text()):
+                out.append({"text": r["text"], "label": (r.get("intents") or ["none"])[0]})
+        return out
+
+    root = Path(tempfile.mkdtemp(prefix="drift-banking-"))
+    (root / "data").mkdir()
+    for name, part in (("train", rows(range(10))), ("gold", rows(range(10, 12)))):
+        (root / "data" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    manifest = {
+        "project": {"name": "banking"},
+        "task": {"type": "classification", "instruction": "Classify the banking request.", "labels": "auto"},
+        "data": {"sources": [{"path": "data/train.jsonl"}], "gold": {"path": "data/gold.jsonl"},
+                 "split": {"validation": 0.05}},
+        "eval": {"compare": {"baseline": "none"}},
+    }  # fmt: skip
+    (root / "slmloop.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    project = open_project(root)
+    import_source(project, project.manifest.data.sources[0])
+    prepare_dataset(project)
+    run = train(project)
+    evaluate(project, run.name)
+    release = export_release(project, run.name)
+    predictor = load_predictor(project, release.version)
+    answers: dict[str, tuple[str, float]] = {}
+    for i in range(0, len(pools), 32):
+        chunk = pools[i : i + 32]
+        for text, a in zip(chunk, predictor.predict_many(chunk), strict=True):
+            answers[text] = (a["label"], max(a["scores"].values()))
+    profile = load_profile(project, release)
+    print(f"banking model: {run.name} in {root}; gold confidence mean {np.mean(profile.confidence):.3f}")
+    return answers, profile.label_share, profile.confidence
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "nlupp_banking_hotels")
     ap.add_argument("--windows", type=int, default=50)
     ap.add_argument("--sizes", default="10,20,30,50,100,200")
+    ap.add_argument("--model", action="store_true", help="add the output signals of a model fine-tuned on banking")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
     from slmloop.manifest import MonitorConfig
     from slmloop.models.embedder import embed
-    from slmloop.monitor.signals import embedding_signal, judge, length_signal, oov_signal, overall, words
+    from slmloop.monitor.signals import (
+        confidence_signal,
+        embedding_signal,
+        judge,
+        label_mix_signal,
+        length_signal,
+        oov_signal,
+        overall,
+        words,
+    )
 
     cfg = MonitorConfig()
     t = cfg.thresholds
@@ -64,6 +128,9 @@ def main() -> None:
     ref_emb = vectors[: len(sample)]
     emb = dict(zip(sample + unseen + hotels, vectors, strict=True))
     ref_len = [len(words(x)) for x in sample]
+    answers: dict[str, tuple[str, float]] = {}
+    if args.model:
+        answers, label_share, gold_confidence = _banking_model(args.data, unseen + hotels)
     print(
         f"reference {len(sample)} banking inputs (vocabulary {len(vocabulary)} words, held-out OOV "
         f"{ref_oov[0] / ref_oov[1]:.3f}); pools: unseen banking {len(unseen)}, hotels {len(hotels)}; "
@@ -77,6 +144,14 @@ def main() -> None:
             length_signal(ref_len, [len(words(x)) for x in texts], warn=t.length[0], drift=t.length[1]),
             oov_signal(vocabulary, ref_oov, texts, warn=t.oov[0], drift=t.oov[1]),
         ]
+        if answers:
+            said = [answers[x] for x in texts]
+            signals.append(
+                label_mix_signal(label_share, [a for a, _ in said], warn=t.label_mix[0], drift=t.label_mix[1])
+            )
+            signals.append(
+                confidence_signal(gold_confidence, [c for _, c in said], warn=t.confidence[0], drift=t.confidence[1])
+            )
         judged = [judge(s, cfg.alpha) for s in signals]
         return {**{s.name: (s.effect, s.verdict) for s in judged}, "overall": (0.0, overall(judged))}
 
@@ -106,9 +181,22 @@ def main() -> None:
             f"{size:>6} | {rate['banking']:>14.0%} {warn:>5.0%} | {rate['hotels']:>13.0%} | {rate['mix']:>16.0%} | "
             f"{mmd_in:>10.4f} / {mmd_out:<10.4f} | {oov_in:>9.3f} / {oov_out:<9.3f}"
         )
+        alarms = {
+            name: sum(w[name][1] == "drift" for w in kinds["banking"])
+            for name in kinds["banking"][0]
+            if name != "overall"
+        }
+        flagged = {
+            name: sum(w[name][1] == "drift" for w in kinds["hotels"])
+            for name in kinds["hotels"][0]
+            if name != "overall"
+        }
+        print(f"{'':>6}   false alarms by signal {alarms}; hotels flagged by signal {flagged}")
         results.append(
             {
                 "window": size,
+                "false_alarms_by_signal": alarms,
+                "hotels_by_signal": flagged,
                 "false_alarm": rate["banking"],
                 "warn_in_distribution": warn,
                 "hotels_detected": rate["hotels"],

@@ -29,6 +29,7 @@ import json
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,9 @@ def _fold_texts(folder: Path, folds: range) -> list[str]:
     return [row["text"] for i in folds for row in json.loads((folder / f"fold{i}.json").read_text())]
 
 
-def _banking_model(data: Path, pools: list[str]) -> tuple[dict[str, tuple[str, float]], dict[str, float], list[float]]:
+def _banking_model(
+    data: Path, pools: list[str], reuse: Path | None
+) -> tuple[dict[str, tuple[str, float]], dict[str, int], list[float]]:
     """Fine-tune on banking through the loop; (answer per pooled text, training label mix, gold confidences)."""
     import tempfile
 
@@ -48,10 +51,9 @@ def _banking_model(data: Path, pools: list[str]) -> tuple[dict[str, tuple[str, f
     from slmloop.data.importer import import_source
     from slmloop.data.prepare import prepare_dataset
     from slmloop.evaluate.evaluate import evaluate
-    from slmloop.monitor.profile import load_profile
     from slmloop.project import open_project
     from slmloop.release.export import export_release
-    from slmloop.serve.server import load_predictor
+    from slmloop.store import Release
     from slmloop.train.recipe import train
 
     def rows(folds: range) -> list[dict[str, str]]:
@@ -61,6 +63,12 @@ def _banking_model(data: Path, pools: list[str]) -> tuple[dict[str, tuple[str, f
                 out.append({"text": r["text"], "label": (r.get("intents") or ["none"])[0]})
         return out
 
+    if reuse is not None:  # a project this benchmark trained before
+        project = open_project(reuse)
+        release = project.store.latest(Release, Release.version)
+        if release is None:
+            raise SystemExit(f"{reuse} has no release")
+        return _answers(project, release, pools)
     root = Path(tempfile.mkdtemp(prefix="drift-banking-"))
     (root / "data").mkdir()
     for name, part in (("train", rows(range(10))), ("gold", rows(range(10, 12)))):
@@ -79,6 +87,16 @@ def _banking_model(data: Path, pools: list[str]) -> tuple[dict[str, tuple[str, f
     run = train(project)
     evaluate(project, run.name)
     release = export_release(project, run.name)
+    print(f"banking model: {run.name} in {root} (reuse it with --model-project {root})")
+    return _answers(project, release, pools)
+
+
+def _answers(
+    project: Any, release: Any, pools: list[str]
+) -> tuple[dict[str, tuple[str, float]], dict[str, int], list[float]]:
+    from slmloop.monitor.profile import load_profile
+    from slmloop.serve.server import load_predictor
+
     predictor = load_predictor(project, release.version)
     answers: dict[str, tuple[str, float]] = {}
     for i in range(0, len(pools), 32):
@@ -86,8 +104,10 @@ def _banking_model(data: Path, pools: list[str]) -> tuple[dict[str, tuple[str, f
         for text, a in zip(chunk, predictor.predict_many(chunk), strict=True):
             answers[text] = (a["label"], max(a["scores"].values()))
     profile = load_profile(project, release)
-    print(f"banking model: {run.name} in {root}; gold confidence mean {np.mean(profile.confidence):.3f}")
-    return answers, profile.label_share, profile.confidence
+    print(
+        f"gold confidence mean {np.mean(profile.confidence):.3f}; {len(profile.label_counts)} labels answered on gold"
+    )
+    return answers, profile.label_counts, profile.confidence
 
 
 def main() -> None:
@@ -96,8 +116,10 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=50)
     ap.add_argument("--sizes", default="10,20,30,50,100,200")
     ap.add_argument("--model", action="store_true", help="add the output signals of a model fine-tuned on banking")
+    ap.add_argument("--model-project", type=Path, help="reuse the banking project a --model run trained")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    args.model = args.model or args.model_project is not None
 
     from slmloop.manifest import MonitorConfig
     from slmloop.models.embedder import embed
@@ -130,7 +152,7 @@ def main() -> None:
     ref_len = [len(words(x)) for x in sample]
     answers: dict[str, tuple[str, float]] = {}
     if args.model:
-        answers, label_share, gold_confidence = _banking_model(args.data, unseen + hotels)
+        answers, label_counts, gold_confidence = _banking_model(args.data, unseen + hotels, args.model_project)
     print(
         f"reference {len(sample)} banking inputs (vocabulary {len(vocabulary)} words, held-out OOV "
         f"{ref_oov[0] / ref_oov[1]:.3f}); pools: unseen banking {len(unseen)}, hotels {len(hotels)}; "
@@ -147,7 +169,7 @@ def main() -> None:
         if answers:
             said = [answers[x] for x in texts]
             signals.append(
-                label_mix_signal(label_share, [a for a, _ in said], warn=t.label_mix[0], drift=t.label_mix[1])
+                label_mix_signal(label_counts, [a for a, _ in said], warn=t.label_mix[0], drift=t.label_mix[1])
             )
             signals.append(
                 confidence_signal(gold_confidence, [c for _, c in said], warn=t.confidence[0], drift=t.confidence[1])

@@ -55,8 +55,17 @@ def test_oov_and_label_mix_effects_by_hand() -> None:
     oov = oov_signal({"a", "b"}, (1, 10), ["a c d", "b"], warn=0.05, drift=0.1)
     assert oov.detail["live_rate"] == pytest.approx(0.5) and oov.effect == pytest.approx(0.4)
     assert oov.detail["top_unseen"] == [("c", 1), ("d", 1)]
-    mix = label_mix_signal({"ham": 0.5, "spam": 0.5}, ["ham", "ham", "ham", "spam"], warn=0.1, drift=0.3)
-    assert mix.effect == pytest.approx(0.25)
+    mix = label_mix_signal({"ham": 2, "spam": 2}, ["ham", "ham", "ham", "spam"], warn=0.1, drift=0.3)
+    assert mix.detail["total_variation"] == pytest.approx(0.25)
+    # 2x2 table [[2, 2], [3, 1]]: chi² = 8/15 over n = 8; phi² corrected = max(0, 1/15 - 1/7) = 0
+    assert mix.effect == pytest.approx(0.0)
+    same = label_mix_signal({"a": 500, "b": 500}, ["a"] * 500 + ["b"] * 500, warn=0.1, drift=0.3)
+    assert same.effect == pytest.approx(0.0) and same.p_value == pytest.approx(1.0)
+    moved = label_mix_signal({"a": 500, "b": 500}, ["a"] * 500, warn=0.1, drift=0.3)
+    # table [[500, 500], [500, 0]]: chi² = 375 over n = 1500, phi² = 1/4, corrected 1/4 - 1/1499;
+    # V = sqrt(that / (1 - 1/1499))
+    assert moved.effect == pytest.approx(((1 / 4 - 1 / 1499) / (1 - 1 / 1499)) ** 0.5)
+    assert moved.p_value == pytest.approx(1 / 1001)  # no permutation reaches it: the floor of 1,000
 
 
 def test_length_signal_agrees_with_scipy() -> None:

@@ -110,13 +110,18 @@ def test_live_quality_scores_the_running_server_on_gold(trained_copy, monkeypatc
     from slmloop.cli import main
     from slmloop.evaluate.evaluate import evaluate
     from slmloop.monitor.live import live_quality
+    from slmloop.store import Evaluation
 
     project = trained_copy
     project.manifest.eval.compare.baseline = "none"
     recorded = evaluate(project, "v1")
     monkeypatch.setenv("SLMLOOP_API_KEYS", "live-key")  # the server requires it; the live client sends it
     with ServerProcess(project.root, env={"SLMLOOP_API_KEYS": "live-key"}) as s:
-        rec, live, cmp = live_quality(project, s.url)
-        assert main(["monitor", "gold", "--url", s.url, "-p", str(project.root)]) == 0
-    assert rec.id == recorded.id and live.model_ref == "live:toy-v1" and live.metrics["n"] == recorded.metrics["n"]
-    assert abs(cmp.b_value - cmp.a_value) <= 0.05 and cmp.verdict != "worse"
+        check = live_quality(project, s.url)
+        sampled = live_quality(project, s.url, sample=10)
+        assert main(["monitor", "gold", "--url", s.url, "--sample", "12", "-p", str(project.root)]) == 0
+    assert check.recorded == recorded.name and check.live.startswith("eval-") and check.rows == recorded.n_rows
+    assert abs(check.live_value - check.recorded_value) <= 0.05 and check.verdict != "worse"
+    assert sampled.rows == 10 and sampled.live == "sample of 10" and sampled.verdict != "worse"
+    live = project.store.latest(Evaluation, Evaluation.id)
+    assert live.model_ref == "live:toy-v1"  # the full check is stored; the sampled ones are not

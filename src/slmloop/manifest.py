@@ -442,7 +442,9 @@ class DriftThresholds(Section):
     embedding: tuple[float, float] = Field((0.005, 0.01), description="Unbiased MMD² of MiniLM embeddings.")
     length: tuple[float, float] = Field((0.15, 0.3), description="Kolmogorov-Smirnov D of word counts.")
     oov: tuple[float, float] = Field((0.03, 0.05), description="Rise of the share of words training never used.")
-    label_mix: tuple[float, float] = Field((0.15, 0.30), description="Total variation of the predicted label mix.")
+    label_mix: tuple[float, float] = Field(
+        (0.1, 0.2), description="Bias-corrected Cramér's V between the answered label mix and that on gold."
+    )
     confidence: tuple[float, float] = Field((0.05, 0.10), description="Drop of the mean top-label probability.")
     invalid: tuple[float, float] = Field((0.02, 0.05), description="Rise of the invalid-output rate.")
 

@@ -109,17 +109,18 @@ def export(
 def gold(
     url: Annotated[str, typer.Option(help="The running server, e.g. http://127.0.0.1:8000.")],
     release: Annotated[str | None, typer.Option("--release", "--alias", help="N, vN or an alias.")] = None,
+    sample: Annotated[int | None, typer.Option(help="Send a seeded sample of N gold rows (default: all).")] = None,
     project: ProjectOpt = Path("."),
 ) -> int:
     """Send the gold rows to the running server and compare its score with the release's (exit 1 if worse)."""
     from slmloop.monitor.live import live_quality
 
     proj = load(project)
-    recorded, live, cmp = live_quality(proj, url, release, console=err)
-    colour = {"worse": "red", "better": "green"}.get(cmp.verdict, "green")
+    check = live_quality(proj, url, release, sample=sample, console=err)
+    colour = {"worse": "red", "better": "green"}.get(check.verdict, "green")
     out.print(
-        f"[bold {colour}]{cmp.verdict.upper()}[/bold {colour}] · {cmp.metric}: live {cmp.b_value:.4f} "
-        f"({live.name}) vs recorded {cmp.a_value:.4f} ({recorded.name})"
+        f"[bold {colour}]{check.verdict.upper()}[/bold {colour}] · {check.metric}: live {check.live_value:.4f} "
+        f"({check.live}) vs recorded {check.recorded_value:.4f} ({check.recorded}) on {check.rows} gold rows"
     )
-    out.print(f"  {cmp.sentence}")
-    return 1 if cmp.verdict == "worse" else 0
+    out.print(f"  {check.sentence}")
+    return 1 if check.verdict == "worse" else 0

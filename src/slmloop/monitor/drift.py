@@ -97,8 +97,8 @@ def score_window(
     ]
     answers = [_answer(o) for o in outputs]
     labels = [str(a["label"]) for a in answers if a.get("label") is not None]
-    if profile.label_share and labels:
-        signals.append(label_mix_signal(profile.label_share, labels, warn=t.label_mix[0], drift=t.label_mix[1]))
+    if profile.label_counts and labels:
+        signals.append(label_mix_signal(profile.label_counts, labels, warn=t.label_mix[0], drift=t.label_mix[1]))
     confidence = [max(a["scores"].values()) for a in answers if isinstance(a.get("scores"), dict) and a["scores"]]
     if profile.confidence and confidence:
         signals.append(confidence_signal(profile.confidence, confidence, warn=t.confidence[0], drift=t.confidence[1]))

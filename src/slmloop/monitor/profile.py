@@ -36,7 +36,8 @@ class ReferenceProfile:
     lengths: list[int]
     vocabulary: list[str]
     oov: tuple[int, int]  # (unseen words, words) of held-out in-distribution text
-    label_share: dict[str, float]
+    label_share: dict[str, float]  # training labels
+    label_counts: dict[str, int]  # the model's answers on held-out rows (else the training labels)
     confidence: list[float]
     invalid: tuple[int, int]  # (invalid answers, answers) on held-out rows
     embedding_model: str
@@ -48,8 +49,8 @@ class ReferenceProfile:
         return d
 
 
-def _answer_stats(project: Project, version: int, run_id: int) -> tuple[list[float], tuple[int, int]]:
-    """Confidence and invalid-output counts of the run's newest gold evaluation."""
+def _answer_stats(project: Project, version: int, run_id: int) -> tuple[list[float], tuple[int, int], dict[str, int]]:
+    """Confidence, invalid-output counts and answered labels of the run's newest gold evaluation."""
     from sqlalchemy import select
 
     from slmloop.store import Evaluation, Run
@@ -66,16 +67,18 @@ def _answer_stats(project: Project, version: int, run_id: int) -> tuple[list[flo
             if ev is not None:
                 break
     if ev is None:
-        return [], (0, 0)
+        return [], (0, 0), {}
     confidence, invalid, n = [], 0, 0
+    labels: dict[str, int] = {}
     for p in project.store.predictions(ev.id):
         n += 1
         probs = (p.scores or {}).get("probs")
         if probs:
             confidence.append(float(max(probs.values())))
+            labels[p.prediction] = labels.get(p.prediction, 0) + 1
         if not p.prediction:
             invalid += 1
-    return confidence, (invalid, n)
+    return confidence, (invalid, n), labels
 
 
 def build_profile(project: Project, version: int, dataset_id: str, run_id: int) -> ReferenceProfile:
@@ -93,12 +96,12 @@ def build_profile(project: Project, version: int, dataset_id: str, run_id: int) 
     vocabulary = {w for r in splits.train for w in words(input_text(task, r))}
     held_out = [w for r in splits.validation for w in words(input_text(task, r))]
     label_share: dict[str, float] = {}
+    counts: dict[str, int] = {}
     if task.type == "classification":
-        counts: dict[str, int] = {}
         for r in splits.train:
             counts[str(r["label"])] = counts.get(str(r["label"]), 0) + 1
         label_share = {k: v / len(splits.train) for k, v in sorted(counts.items())}
-    confidence, invalid = _answer_stats(project, version, run_id)
+    confidence, invalid, answered = _answer_stats(project, version, run_id)
     emb = embed(sample, cfg.embedding_model, project.home / "cache" / "embeddings")
     return ReferenceProfile(
         release=version,
@@ -107,6 +110,7 @@ def build_profile(project: Project, version: int, dataset_id: str, run_id: int) 
         vocabulary=sorted(vocabulary),
         oov=(sum(w not in vocabulary for w in held_out), len(held_out)),
         label_share=label_share,
+        label_counts=answered or counts,
         confidence=confidence,
         invalid=invalid,
         embedding_model=cfg.embedding_model,
@@ -127,6 +131,7 @@ def write_profile(profile: ReferenceProfile, folder: Path) -> None:
 def _read(folder: Path) -> ReferenceProfile:
     d = json.loads((folder / "profile.json").read_text())
     d["oov"], d["invalid"] = tuple(d["oov"]), tuple(d["invalid"])
+    d.setdefault("label_counts", {})
     return ReferenceProfile(**d, embeddings=np.load(folder / "embeddings.npy"))
 
 
@@ -141,6 +146,8 @@ def load_profile(project: Project, release: Release) -> ReferenceProfile:
     else:
         profile = build_profile(project, release.version, release.dataset_id, release.run_id)
         write_profile(profile, cached)
-    if not profile.invalid[1]:  # exported before its evaluation: take the answers measured since
-        profile.confidence, profile.invalid = _answer_stats(project, release.version, release.run_id)
+    if not profile.invalid[1] or not profile.label_counts:  # exported before its evaluation, or an older profile
+        confidence, invalid, answered = _answer_stats(project, release.version, release.run_id)
+        profile.confidence, profile.invalid = confidence, invalid
+        profile.label_counts = answered or profile.label_counts
     return profile

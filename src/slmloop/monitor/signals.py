@@ -186,25 +186,68 @@ def oov_signal(
     )
 
 
-def label_mix_signal(ref_share: dict[str, float], live_labels: list[str], *, warn: float, drift: float) -> Signal:
-    from scipy.stats import chisquare
+def cramers_v(table: np.ndarray) -> float:
+    """Bias-corrected Cramér's V of a contingency table (Bergsma 2013): about 0 for samples of one distribution."""
+    from scipy.stats import chi2_contingency
 
-    labels = sorted(set(ref_share) | set(live_labels))
+    n = table.sum()
+    r, k = table.shape
+    chi2 = chi2_contingency(table, correction=False)[0]
+    phi2 = max(0.0, chi2 / n - (k - 1) * (r - 1) / (n - 1))
+    r_c, k_c = r - (r - 1) ** 2 / (n - 1), k - (k - 1) ** 2 / (n - 1)
+    return float(math.sqrt(phi2 / max(1e-12, min(k_c - 1, r_c - 1))))
+
+
+def _chi2(table: np.ndarray) -> np.ndarray:
+    """Pearson chi² of 2 × K tables stacked on the first axis (columns with no counts add nothing)."""
+    n = table.sum(axis=(1, 2), keepdims=True)
+    expected = table.sum(axis=2, keepdims=True) * table.sum(axis=1, keepdims=True) / n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(expected > 0, (table - expected) ** 2 / expected, 0.0)
+    return np.asarray(terms.sum(axis=(1, 2)))
+
+
+def label_mix_signal(
+    ref_counts: dict[str, int],
+    live_labels: list[str],
+    *,
+    warn: float,
+    drift: float,
+    permutations: int = 1000,
+    seed: int = 0,
+) -> Signal:
+    """Do the answers' labels come in other proportions than on held-out in-distribution rows?
+
+    Both samples are finite: the effect is the bias-corrected Cramér's V of the 2 × labels
+    table (with many labels, the total variation distance of two samples of one
+    distribution is far from 0; V is not), the p-value a permutation test of its chi²
+    (the chi² distribution is wrong for the sparse tables of small windows and many labels).
+    """
     counts = Counter(live_labels)
-    n = len(live_labels)
-    smoothed = np.array([ref_share.get(x, 0.0) + 1e-3 for x in labels])
-    smoothed /= smoothed.sum()
-    observed = np.array([counts.get(x, 0) for x in labels], dtype=float)
-    p = float(chisquare(observed, smoothed * n).pvalue) if n else 1.0
-    tv = 0.5 * sum(abs(counts.get(x, 0) / max(1, n) - ref_share.get(x, 0.0)) for x in labels)
-    moved = sorted(labels, key=lambda x: -abs(counts.get(x, 0) / max(1, n) - ref_share.get(x, 0.0)))[:5]
+    labels = sorted(x for x in set(ref_counts) | set(counts) if ref_counts.get(x, 0) + counts.get(x, 0) > 0)
+    n_ref, n = sum(ref_counts.values()), len(live_labels)
+    if n == 0 or n_ref == 0 or len(labels) < 2:
+        return Signal("label_mix", 0.0, 1.0, warn, drift)
+    table = np.array([[ref_counts.get(x, 0) for x in labels], [counts.get(x, 0) for x in labels]], dtype=float)
+    observed = float(_chi2(table[None])[0])
+    pooled = np.repeat(np.arange(len(labels)), table.sum(axis=0).astype(int))
+    rng = np.random.default_rng(seed)
+    tables = np.empty((permutations, 2, len(labels)))
+    for i in range(permutations):
+        live = rng.permutation(pooled)[:n]
+        tables[i, 1] = np.bincount(live, minlength=len(labels))
+        tables[i, 0] = table.sum(axis=0) - tables[i, 1]
+    p = (1 + int((_chi2(tables) >= observed - 1e-9).sum())) / (permutations + 1)
+    share = {x: (ref_counts.get(x, 0) / n_ref, counts.get(x, 0) / n) for x in labels}
+    moved = sorted(labels, key=lambda x: -abs(share[x][1] - share[x][0]))[:5]
+    tv = 0.5 * sum(abs(b - a) for a, b in share.values())
     return Signal(
         "label_mix",
-        float(tv),
+        cramers_v(table),
         p,
         warn,
         drift,
-        detail={"moved": {x: [ref_share.get(x, 0.0), counts.get(x, 0) / max(1, n)] for x in moved}},
+        detail={"total_variation": tv, "moved": {x: list(share[x]) for x in moved}},
     )
 
 

@@ -10,10 +10,10 @@ import torch
 from slmloop.errors import GateError
 from slmloop.evaluate.evaluate import evaluate
 from slmloop.models.catalog import ResolvedModel
+from slmloop.models.llamacpp import llama_cpp_available
 from slmloop.models.loading import load_causal_lm, load_tokenizer
 from slmloop.release.export import export_release
 from slmloop.release.gguf import modelfile, write_gguf
-from slmloop.release.parity import llama_cpp_available
 from slmloop.release.registry import promote
 from slmloop.store import Release
 
@@ -70,7 +70,7 @@ def test_modelfile_names_the_weights_stop_token_and_system_message(merged) -> No
 def test_a_gguf_without_a_parity_check_cannot_be_promoted(trained_copy, monkeypatch) -> None:
     project = trained_copy
     project.manifest.export.gguf = ["q8_0"]
-    monkeypatch.setattr("slmloop.release.parity.llama_cpp_available", lambda: False)
+    monkeypatch.setattr("slmloop.models.llamacpp.llama_cpp_available", lambda: False)
     rel = export_release(project, "run-1")
     manifest = json.loads((project.locate(rel.path) / "manifest.json").read_text())
     assert manifest["gguf"]["q8_0"]["parity"] is None and "gguf/Modelfile" in manifest["files"]

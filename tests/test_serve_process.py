@@ -40,6 +40,14 @@ def test_the_api_key_comes_from_the_environment(server: str) -> None:
     assert httpx.get(server + "/health").status_code == 200
 
 
+def _model_answered(url: str) -> float:
+    """Requests the model has answered so far (the sum of the batch-size histogram)."""
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith("slmloop_batch_size_sum"):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def test_a_400k_character_input_is_refused_at_once_and_delays_no_one(server: str) -> None:
     normal: list[int] = []
 
@@ -47,6 +55,7 @@ def test_a_400k_character_input_is_refused_at_once_and_delays_no_one(server: str
         for _ in range(5):
             normal.append(httpx.post(server + "/v1/predict", json={"text": "lunch at noon"}, headers=KEY).status_code)
 
+    answered_before = _model_answered(server)
     t = threading.Thread(target=other_client)
     t.start()
     started = time.perf_counter()
@@ -56,6 +65,7 @@ def test_a_400k_character_input_is_refused_at_once_and_delays_no_one(server: str
     assert r.status_code == 413 and r.json()["error"]["code"] == "input_too_long"
     assert refused_after < 2.0  # it used to keep the server busy for minutes
     assert normal == [200] * 5
+    assert _model_answered(server) - answered_before == 5  # the model saw the five, never the 400k one
 
 
 @pytest.mark.parametrize(

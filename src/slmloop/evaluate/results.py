@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -11,12 +12,25 @@ from slmloop.manifest import EvalConfig, TaskConfig
 from slmloop.project import Project
 from slmloop.store import Evaluation, GoldVersion
 
-__all__ = ["evaluation_task", "gold_rows", "latest_evaluations", "row_scores"]
+__all__ = ["evaluation_task", "gold_rows", "latest_evaluations", "newest_evaluation", "row_scores"]
 
 
 def gold_rows(project: Project, gold_id: str) -> list[dict[str, Any]]:
     gold = project.store.get(GoldVersion, gold_id, "gold version", "`slmloop gold list`.")
     return project.objects.read_jsonl(gold.object)
+
+
+def newest_evaluation(project: Project, refs: Sequence[str], gold_id: str | None = None) -> Evaluation | None:
+    """The newest evaluation of the first of ``refs`` that has one (on ``gold_id`` only, if given)."""
+    with project.store.session() as s:
+        for ref in refs:
+            q = select(Evaluation).where(Evaluation.model_ref == ref)
+            if gold_id is not None:
+                q = q.where(Evaluation.gold_id == gold_id)
+            ev = s.scalars(q.order_by(Evaluation.id.desc()).limit(1)).first()
+            if ev is not None:
+                return ev
+    return None
 
 
 def latest_evaluations(project: Project, gold_id: str) -> list[Evaluation]:

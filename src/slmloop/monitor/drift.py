@@ -35,12 +35,13 @@ from slmloop.monitor.signals import (
     oov_signal,
     overall,
     words,
+    worst,
 )
 from slmloop.project import Project
 from slmloop.store import DriftReport, RequestLog
 from slmloop.targets import resolve_release
 
-__all__ = ["DriftResult", "Window", "live_requests", "monitor", "score_window"]
+__all__ = ["DriftResult", "Window", "confidence_of", "live_requests", "logged_answer", "monitor", "score_window"]
 
 LIVE_ENDPOINTS = ("/v1/predict", "/v1/chat/completions")
 
@@ -75,12 +76,19 @@ class DriftResult:
         }
 
 
-def _answer(output: str) -> dict[str, Any]:
+def logged_answer(output: str) -> dict[str, Any]:
+    """The JSON body the server logged for a request (``{}`` when it is not one)."""
     try:
         obj = json.loads(output)
     except (json.JSONDecodeError, TypeError):
         return {}
     return obj if isinstance(obj, dict) else {}
+
+
+def confidence_of(answer: dict[str, Any]) -> float | None:
+    """The top-label probability of a logged classification answer, if it has scores."""
+    scores = answer.get("scores")
+    return float(max(scores.values())) if isinstance(scores, dict) and scores else None
 
 
 def score_window(
@@ -95,11 +103,11 @@ def score_window(
         length_signal(profile.lengths, [len(words(x)) for x in texts], warn=t.length[0], drift=t.length[1]),
         oov_signal(set(profile.vocabulary), profile.oov, texts, warn=t.oov[0], drift=t.oov[1]),
     ]
-    answers = [_answer(o) for o in outputs]
+    answers = [logged_answer(o) for o in outputs]
     labels = [str(a["label"]) for a in answers if a.get("label") is not None]
     if profile.label_counts and labels:
         signals.append(label_mix_signal(profile.label_counts, labels, warn=t.label_mix[0], drift=t.label_mix[1]))
-    confidence = [max(a["scores"].values()) for a in answers if isinstance(a.get("scores"), dict) and a["scores"]]
+    confidence = [c for c in map(confidence_of, answers) if c is not None]
     if profile.confidence and confidence:
         signals.append(confidence_signal(profile.confidence, confidence, warn=t.confidence[0], drift=t.confidence[1]))
     if profile.invalid[1] and answers:
@@ -168,7 +176,7 @@ def monitor(
             result.windows.append(
                 Window(i, chunk[0].id, chunk[-1].id, len(chunk), overall(signals), [s.as_dict() for s in signals])
             )
-        result.verdict = overall([Signal("w", 0, 1, 0, 0, verdict=w.verdict) for w in result.windows])
+        result.verdict = worst(w.verdict for w in result.windows)
     report_dir = write_drift_report(project, result) if result.windows else None
     report = DriftReport(
         release_version=release.version,

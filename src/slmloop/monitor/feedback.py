@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from slmloop.errors import NotFoundError
 from slmloop.models.embedder import embed
-from slmloop.monitor.drift import live_requests
+from slmloop.monitor.drift import confidence_of, live_requests, logged_answer
 from slmloop.monitor.profile import load_profile
 from slmloop.project import Project
 from slmloop.store import DriftReport, atomic_write_text
@@ -27,13 +27,7 @@ from slmloop.targets import resolve_release
 __all__ = ["export_for_labelling"]
 
 
-def _suggestion(task_type: str, output: str) -> dict[str, Any]:
-    try:
-        answer = json.loads(output)
-    except (json.JSONDecodeError, TypeError):
-        answer = {}
-    if not isinstance(answer, dict):
-        answer = {}
+def _suggestion(task_type: str, answer: dict[str, Any]) -> dict[str, Any]:
     if task_type == "classification":
         return {"label": answer.get("label") or ""}
     if task_type == "extraction":
@@ -54,16 +48,14 @@ def export_for_labelling(
 
     release = resolve_release(project, release_ref)
     with project.store.session() as s:
-        run = s.scalars(
-            select(DriftReport)
-            .where(DriftReport.release_version == release.version)
-            .order_by(DriftReport.id.desc())
-            .limit(1)
-        ).first()
-    if run is None or not run.stats.get("windows"):
+        runs = s.scalars(
+            select(DriftReport).where(DriftReport.release_version == release.version).order_by(DriftReport.id.desc())
+        )
+        run = next((r for r in runs if r.stats.get("windows")), None)  # a run over too few requests has none
+    if run is None:
         raise NotFoundError(
             f"no monitor run with scored windows for v{release.version}",
-            hint="Run `slmloop monitor` first; the export takes its rows from the newest run.",
+            hint="Run `slmloop monitor` first; the export takes its rows from the newest run that scored any.",
         )
     first = min(w["first_request"] for w in run.stats["windows"])
     last = max(w["last_request"] for w in run.stats["windows"])
@@ -76,13 +68,8 @@ def export_for_labelling(
     cfg = project.manifest.monitor
     emb = embed([r.input for r in unique], cfg.embedding_model, project.home / "cache" / "embeddings")
     nearest = (emb @ profile.embeddings.T).max(axis=1) if len(unique) else np.zeros(0)
-    confidence = []
-    for r in unique:
-        try:
-            scores = json.loads(r.output).get("scores") or {}
-        except (json.JSONDecodeError, AttributeError):
-            scores = {}
-        confidence.append(max(scores.values()) if scores else None)
+    answers = [logged_answer(r.output) for r in unique]
+    confidence = [confidence_of(a) for a in answers]
     chosen: dict[int, str] = {}
     for i in np.argsort(nearest)[:most_drifted]:
         chosen[int(i)] = "far from training data"
@@ -96,7 +83,7 @@ def export_for_labelling(
         text_field = "input" if task.type == "generation" else "text"
         row = {
             text_field: r.input,
-            **_suggestion(task.type, r.output),
+            **_suggestion(task.type, answers[i]),
             "why": why,
             "nearest_training_similarity": round(float(nearest[i]), 4),
             "confidence": confidence[i],

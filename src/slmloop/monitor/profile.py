@@ -51,21 +51,9 @@ class ReferenceProfile:
 
 def _answer_stats(project: Project, version: int, run_id: int) -> tuple[list[float], tuple[int, int], dict[str, int]]:
     """Confidence, invalid-output counts and answered labels of the run's newest gold evaluation."""
-    from sqlalchemy import select
+    from slmloop.evaluate.results import newest_evaluation
 
-    from slmloop.store import Evaluation, Run
-
-    with project.store.session() as s:
-        run = s.get(Run, run_id)
-        ev = None
-        for ref in (f"release-{version}", run.name if run else None):
-            if ref is None:
-                continue
-            ev = s.scalars(
-                select(Evaluation).where(Evaluation.model_ref == ref).order_by(Evaluation.id.desc()).limit(1)
-            ).first()
-            if ev is not None:
-                break
+    ev = newest_evaluation(project, [f"release-{version}", f"run-{run_id}"])
     if ev is None:
         return [], (0, 0), {}
     confidence, invalid, n = [], 0, 0

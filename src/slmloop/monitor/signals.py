@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -43,6 +44,7 @@ __all__ = [
     "oov_signal",
     "overall",
     "words",
+    "worst",
 ]
 
 LEVELS = ("ok", "warn", "drift")
@@ -79,8 +81,12 @@ def judge(signal: Signal, alpha: float) -> Signal:
     return signal
 
 
+def worst(verdicts: Iterable[str]) -> str:
+    return max(verdicts, key=LEVELS.index, default="ok")
+
+
 def overall(signals: list[Signal]) -> str:
-    return max((s.verdict for s in signals), key=LEVELS.index, default="ok")
+    return worst(s.verdict for s in signals)
 
 
 def _rbf(x: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from rich.console import Console
 
 from slmloop import versions
 from slmloop.errors import StoreError
+from slmloop.evaluate.results import newest_evaluation
 from slmloop.manifest import TaskConfig
 from slmloop.models.catalog import ResolvedModel, resolve_model
 from slmloop.monitor.profile import build_profile, write_profile
@@ -33,19 +34,6 @@ from slmloop.targets import resolve_run
 __all__ = ["export_release", "verify_release"]
 
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-
-
-def _run_evaluation(project: Project, run: Run) -> Evaluation | None:
-    """The run's newest evaluation on its gold set, if any."""
-    from sqlalchemy import select
-
-    with project.store.session() as s:
-        return s.scalars(
-            select(Evaluation)
-            .where(Evaluation.model_ref == run.name, Evaluation.gold_id == run.gold_id)
-            .order_by(Evaluation.id.desc())
-            .limit(1)
-        ).first()
 
 
 def _headline(ev: Evaluation | None) -> dict[str, Any]:
@@ -89,9 +77,10 @@ def _prompt_format(project: Project, run: Run) -> dict[str, Any]:
 def _gguf(project: Project, run: Run, folder: Path, prompt: dict[str, Any], console: Console) -> dict[str, Any]:
     """GGUF files of the merged weights, a Modelfile, and each file's parity with the merged model."""
     from slmloop.evaluate.results import gold_rows
+    from slmloop.models.llamacpp import llama_cpp_available
     from slmloop.models.loading import load_tokenizer
     from slmloop.release.gguf import gguf_file_name, source_pre_tokenizer, write_gguf, write_modelfile
-    from slmloop.release.parity import gguf_parity, llama_cpp_available
+    from slmloop.release.parity import gguf_parity
 
     cfg = project.manifest.export
     merged, out = folder / "merged", folder / "gguf"
@@ -148,7 +137,7 @@ def export_release(project: Project, run_ref: str | None = None, *, console: Con
     with project.store.session() as s:
         version = project.store.next_release_version(s)
     target = project.releases_dir / f"v{version}"
-    evaluation = _run_evaluation(project, run)
+    evaluation = newest_evaluation(project, [run.name], run.gold_id)
     metrics = _headline(evaluation)
     prompt = _prompt_format(project, run)
     with atomic_dir(target) as tmp:

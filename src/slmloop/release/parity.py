@@ -19,35 +19,10 @@ from rich.console import Console
 from slmloop.errors import ModelError
 from slmloop.evaluate.metrics import HEADLINE, score_answers
 from slmloop.manifest import TaskConfig
+from slmloop.models import llamacpp
 from slmloop.tasks import parse_prediction, prompt_messages
 
-__all__ = ["gguf_parity", "llama_cpp_available"]
-
-
-def llama_cpp_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("llama_cpp") is not None
-
-
-def _llama_answers(path: Path, prompts: list[str], max_new_tokens: int, eos: set[int], progress: Any) -> list[str]:
-    from llama_cpp import Llama
-
-    n_ctx = 4096
-    llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=None, verbose=False)
-    stop = eos | {llm.token_eos()}
-    answers = []
-    for prompt in prompts:
-        tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-        out: list[int] = []
-        for t in llm.generate(tokens, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
-            if t in stop or len(out) >= max_new_tokens:
-                break
-            out.append(t)
-        answers.append(llm.detokenize(out).decode("utf-8", errors="replace").strip())
-        progress()
-    llm.close()
-    return answers
+__all__ = ["gguf_parity"]
 
 
 def gguf_parity(
@@ -68,7 +43,7 @@ def gguf_parity(
     from slmloop.models.inference import generate
     from slmloop.models.loading import load_causal_lm, load_tokenizer, render_prompt
 
-    if not llama_cpp_available():
+    if not llamacpp.llama_cpp_available():
         raise ModelError(
             "the GGUF parity check needs llama.cpp's Python binding, which is not installed",
             hint="pip install llama-cpp-python (the README set-up installs it), then export again.",
@@ -93,9 +68,14 @@ def gguf_parity(
                 progress=lambda n: bar.advance(job, n),
             )
         ]
+    llama = llamacpp.LlamaCpp(str(gguf_path), stop_ids=eos)
     with progress_bar(console, f"parity: llama.cpp {gguf_path.name}") as bar:
         job = bar.add_task("llama.cpp", total=len(rows))
-        gg = _llama_answers(gguf_path, prompts, max_new_tokens, eos, lambda: bar.advance(job, 1))
+        gg = []
+        for prompt in prompts:
+            gg.append(llama.complete(prompt, max_new_tokens)[0])
+            bar.advance(job, 1)
+    llama.close()
     del model
     hf_pred = [parse_prediction(task, t) for t in hf]
     gg_pred = [parse_prediction(task, t) for t in gg]

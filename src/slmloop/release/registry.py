@@ -23,9 +23,10 @@ from sqlalchemy import select
 from slmloop.data.versions import current_gold
 from slmloop.errors import ConfigError, GateError, NotFoundError
 from slmloop.evaluate.evaluate import failed_gates
+from slmloop.evaluate.results import newest_evaluation
 from slmloop.project import Project
 from slmloop.release.export import verify_release
-from slmloop.store import AliasHistory, Evaluation, Release, Run
+from slmloop.store import AliasHistory, Evaluation, Release
 from slmloop.targets import resolve_release
 
 __all__ = ["AliasState", "alias_history", "aliases", "promote", "release_evaluation", "rollback"]
@@ -68,36 +69,21 @@ def release_evaluation(project: Project, release: Release) -> Evaluation | None:
     an older gold set says nothing about today's.
     """
     head = current_gold(project)
-    gold = head.id if head is not None else None
-    with project.store.session() as s:
-        run = s.get(Run, release.run_id)
-        names = [f"release-{release.version}"] + ([run.name] if run else [])
-        for name in names:
-            ev = s.scalars(
-                select(Evaluation)
-                .where(Evaluation.model_ref == name, Evaluation.gold_id == gold)
-                .order_by(Evaluation.id.desc())
-                .limit(1)
-            ).first()
-            if ev is not None:
-                return ev
-    return None
+    if head is None:
+        return None
+    return newest_evaluation(project, [f"release-{release.version}", f"run-{release.run_id}"], head.id)
 
 
 def _current(project: Project, alias: str) -> AliasHistory | None:
     with project.store.session() as s:
-        return s.scalars(
-            select(AliasHistory).where(AliasHistory.alias == alias).order_by(AliasHistory.id.desc()).limit(1)
-        ).first()
+        return project.store.alias_head(s, alias)
 
 
 def _move(
     project: Project, alias: str, version: int, *, action: str, reason: str, forced: bool, gates: list[str]
 ) -> AliasHistory:
     with project.store.session() as s:
-        previous = s.scalars(
-            select(AliasHistory).where(AliasHistory.alias == alias).order_by(AliasHistory.id.desc()).limit(1)
-        ).first()
+        previous = project.store.alias_head(s, alias)
         row = AliasHistory(
             alias=alias,
             version=version,

@@ -203,6 +203,7 @@ def create_app(
                 "invalid_request_error",
                 "request_too_large",
             )
+            metrics.errors.labels("request_too_large").inc()
         else:
             response = await call_next(request)
         if path.startswith("/v1/") and request.method == "POST" and not getattr(request.state, "streaming", False):

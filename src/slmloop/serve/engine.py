@@ -28,6 +28,7 @@ from slmloop.evaluate.metrics import parse_json_object
 from slmloop.manifest import TaskConfig
 from slmloop.models.inference import generate
 from slmloop.models.loading import render_prompt
+from slmloop.tasks import parse_prediction, prompt_messages
 
 __all__ = ["Batcher", "ChatAnswer", "Job", "LlamaCppPredictor", "ModelSlot", "Predictor", "UpstreamPredictor"]
 
@@ -69,17 +70,22 @@ class Predictor:
 
     def predict_many(self, texts: list[str]) -> list[dict[str, Any]]:
         """Typed answers for ``texts``, one batched pass (the same answering code as evaluation)."""
-        answers = answer_rows(
-            self.task,
-            self.prompt,
-            self.mode,
-            self.model,
-            self.tokenizer,
-            [{"text": t, "input": t} for t in texts],
-            batch_size=max(1, len(texts)),
-            max_new_tokens=self.max_new_tokens,
-            margin=self.rank_margin,
-        )
+        rows = [{"text": t, "input": t} for t in texts]
+        if self.mode == "rank":
+            answers = answer_rows(
+                self.task,
+                self.prompt,
+                self.mode,
+                self.model,
+                self.tokenizer,
+                rows,
+                batch_size=max(1, len(texts)),
+                max_new_tokens=self.max_new_tokens,
+                margin=self.rank_margin,
+            )
+        else:
+            said = self._complete_many([prompt_messages(self.task, r, self.prompt) for r in rows], self.max_new_tokens)
+            answers = [ModelAnswer(parse_prediction(self.task, t), t, {"new_tokens": n}) for t, n, _ in said]
         return [self._shape(a) for a in answers]
 
     def predict(self, text: str) -> dict[str, Any]:
@@ -93,6 +99,20 @@ class Predictor:
         on_token: Callable[[int, int], None] | None = None,
     ) -> list[ChatAnswer]:
         """Greedy by default (task models should answer deterministically); samples if temperature > 0."""
+        said = self._complete_many(conversations, max_tokens, temperature, on_token)
+        return [
+            ChatAnswer(text, self.count_tokens(render_prompt(self.tokenizer, m)), n, finish)
+            for m, (text, n, finish) in zip(conversations, said, strict=True)
+        ]
+
+    def _complete_many(
+        self,
+        conversations: list[list[dict[str, str]]],
+        max_tokens: int,
+        temperature: float = 0.0,
+        on_token: Callable[[int, int], None] | None = None,
+    ) -> list[tuple[str, int, str]]:
+        """(answer, new tokens, finish reason) per conversation: what each engine does its own way."""
         prompts = [render_prompt(self.tokenizer, m) for m in conversations]
         gens = generate(
             self.model,
@@ -103,10 +123,7 @@ class Predictor:
             temperature=temperature,
             on_token=on_token,
         )
-        return [
-            ChatAnswer(text, self.count_tokens(p), n, "length" if n >= max_tokens else "stop")
-            for p, (text, n) in zip(prompts, gens, strict=True)
-        ]
+        return [(text, n, "length" if n >= max_tokens else "stop") for text, n in gens]
 
 
 class LlamaCppPredictor(Predictor):
@@ -118,54 +135,26 @@ class LlamaCppPredictor(Predictor):
     """
 
     def __init__(self, gguf_path: str, threads: int | None = None, **kw: Any) -> None:
-        from llama_cpp import Llama
+        from slmloop.models.llamacpp import LlamaCpp
 
         super().__init__(model=None, **kw)
         self.mode = "generate"
-        self.llm = Llama(model_path=gguf_path, n_ctx=4096, n_threads=threads, verbose=False)
         eos = self.tokenizer.eos_token_id
-        self._stop = {self.llm.token_eos()} | ({eos} if isinstance(eos, int) else set())
+        self.llama = LlamaCpp(gguf_path, stop_ids=[eos] if isinstance(eos, int) else [], threads=threads)
 
-    def _complete(
-        self, prompt: str, max_tokens: int, temperature: float, emit: Callable[[int], None] | None
-    ) -> tuple[str, int]:
-        tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-        out: list[int] = []
-        for t in self.llm.generate(
-            tokens, top_k=1 if temperature == 0 else 40, top_p=1.0, temp=temperature, repeat_penalty=1.0, reset=True
-        ):
-            if t in self._stop or len(out) >= max_tokens:
-                break
-            out.append(t)
-            if emit is not None:
-                emit(t)
-        return self.llm.detokenize(out).decode("utf-8", errors="replace").strip(), len(out)
-
-    def predict_many(self, texts: list[str]) -> list[dict[str, Any]]:
-        from slmloop.tasks import parse_prediction, prompt_messages
-
-        out = []
-        for text in texts:
-            row = {"text": text, "input": text}
-            prompt = render_prompt(self.tokenizer, prompt_messages(self.task, row, self.prompt))
-            raw, n = self._complete(prompt, self.max_new_tokens, 0.0, None)
-            out.append(self._shape(ModelAnswer(parse_prediction(self.task, raw), raw, {"new_tokens": n})))
-        return out
-
-    def chat_many(
+    def _complete_many(
         self,
         conversations: list[list[dict[str, str]]],
         max_tokens: int,
         temperature: float = 0.0,
         on_token: Callable[[int, int], None] | None = None,
-    ) -> list[ChatAnswer]:
-        answers = []
+    ) -> list[tuple[str, int, str]]:
+        out = []
         for i, messages in enumerate(conversations):
-            prompt = render_prompt(self.tokenizer, messages)
             emit = (lambda t, i=i: on_token(i, t)) if on_token is not None else None
-            text, n = self._complete(prompt, max_tokens, temperature, emit)
-            answers.append(ChatAnswer(text, self.count_tokens(prompt), n, "length" if n >= max_tokens else "stop"))
-        return answers
+            text, n = self.llama.complete(render_prompt(self.tokenizer, messages), max_tokens, temperature, emit)
+            out.append((text, n, "length" if n >= max_tokens else "stop"))
+        return out
 
 
 class UpstreamPredictor(Predictor):
@@ -223,40 +212,22 @@ class UpstreamPredictor(Predictor):
                 finish = choice.get("finish_reason") or finish
         return "".join(parts).strip(), n, finish
 
-    @staticmethod
-    def _many(fn: Callable[..., Any], *args: list[Any]) -> list[Any]:
-        """``fn`` over the argument lists, all requests in flight at once (the upstream batches them)."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=max(1, min(32, len(args[0])))) as pool:
-            return list(pool.map(fn, *args))
-
-    def predict_many(self, texts: list[str]) -> list[dict[str, Any]]:
-        from slmloop.tasks import parse_prediction, prompt_messages
-
-        def one(text: str) -> dict[str, Any]:
-            messages = prompt_messages(self.task, {"text": text, "input": text}, self.prompt)
-            raw, n, _ = self._ask(messages, self.max_new_tokens, 0.0, None)
-            return self._shape(ModelAnswer(parse_prediction(self.task, raw), raw, {"new_tokens": n}))
-
-        return self._many(one, texts)
-
-    def chat_many(
+    def _complete_many(
         self,
         conversations: list[list[dict[str, str]]],
         max_tokens: int,
         temperature: float = 0.0,
         on_token: Callable[[int, int], None] | None = None,
-    ) -> list[ChatAnswer]:
-        def one(i: int, messages: list[dict[str, str]]) -> ChatAnswer:
-            def emit(token: int) -> None:
-                if on_token is not None:
-                    on_token(i, token)
+    ) -> list[tuple[str, int, str]]:
+        """All requests in flight at once: the upstream batches them."""
+        from concurrent.futures import ThreadPoolExecutor
 
-            text, n, finish = self._ask(messages, max_tokens, temperature, emit if on_token is not None else None)
-            return ChatAnswer(text, self.count_tokens(render_prompt(self.tokenizer, messages)), n, finish)
+        def one(i: int) -> tuple[str, int, str]:
+            emit = (lambda t: on_token(i, t)) if on_token is not None else None
+            return self._ask(conversations[i], max_tokens, temperature, emit)
 
-        return self._many(one, list(range(len(conversations))), conversations)
+        with ThreadPoolExecutor(max_workers=max(1, min(32, len(conversations)))) as pool:
+            return list(pool.map(one, range(len(conversations))))
 
 
 class ModelSlot:
@@ -265,14 +236,12 @@ class ModelSlot:
     def __init__(self, predictor: Predictor) -> None:
         self.current = predictor
         self._stop = threading.Event()
-        self.swaps: list[tuple[int | None, int | None]] = []
 
     def watch(
         self,
         target: Callable[[], int | None],
         load: Callable[[int], Predictor],
         interval: float,
-        on_swap: Callable[[Predictor], None] | None = None,
     ) -> threading.Thread:
         """Poll ``target()`` (the version an alias points at) every ``interval`` s; load and swap on a move."""
 
@@ -288,10 +257,7 @@ class ModelSlot:
                     continue
                 old = self.current
                 self.current = fresh
-                self.swaps.append((old.release, fresh.release))
                 print(f"slmloop serve: now serving {fresh.name} (was {old.name})", flush=True)
-                if on_swap is not None:
-                    on_swap(fresh)
 
         thread = threading.Thread(target=loop, name="slmloop-reload", daemon=True)
         thread.start()

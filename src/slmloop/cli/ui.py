@@ -1,0 +1,42 @@
+"""``slmloop ui``: the dashboard."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from slmloop.cli.common import ProjectOpt, err, load
+
+
+def ui(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0 to share it on the network).")] = "127.0.0.1",
+    read_only: Annotated[
+        bool, typer.Option("--read-only", help="Look, never change: no promote, rollback or export.")
+    ] = False,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """The whole loop in a browser: data, runs, evaluations, compare, releases (promote/rollback), monitor.
+
+    Uses the same API keys as `slmloop serve` (serve.api_keys, or the serve.api_keys_env variable);
+    without any key, bind it to localhost only.
+    """
+    import uvicorn
+
+    from slmloop.serve.app import api_keys
+    from slmloop.ui.app import create_ui_app
+
+    proj = load(project)
+    keys = api_keys(proj.manifest.serve, dict(os.environ))
+    if not keys and host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(
+            f"[yellow]warning:[/yellow] no API key is set and the dashboard listens on {host}: anyone who can "
+            "reach it can promote and roll back. Set serve.api_keys_env or pass --read-only."
+        )
+    app = create_ui_app(proj, keys=keys, read_only=read_only)
+    mode = " (read-only)" if read_only else ""
+    err.print(f"dashboard for {proj.manifest.project.name} on http://{host}:{port}{mode} (Ctrl-C stops)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

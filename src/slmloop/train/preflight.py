@@ -24,6 +24,7 @@ __all__ = [
     "calibrate_inference",
     "current_rss_bytes",
     "peak_rss_bytes",
+    "release_free_memory",
     "render_forecast",
     "reset_peak_rss",
 ]
@@ -92,6 +93,17 @@ def peak_rss_bytes() -> int:
 
         kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kib * 1024
+
+
+def release_free_memory() -> None:
+    """Hand memory that was freed (a model deleted, say) back to the OS; glibc's malloc keeps it otherwise."""
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def current_rss_bytes() -> int:

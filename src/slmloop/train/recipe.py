@@ -59,6 +59,7 @@ from slmloop.train.preflight import (
     calibrate_inference,
     current_rss_bytes,
     peak_rss_bytes,
+    release_free_memory,
     render_forecast,
     reset_peak_rss,
 )
@@ -572,6 +573,7 @@ def _forecast_eval(st: TrainSetup, parts: Parts, forecast: Forecast) -> None:
     plain = load_causal_lm(st.model_ref, pick_dtype(m.eval.precision)).to(parts.device)
     cost = calibrate_inference(plain, parts.tokenizer, prompts, b)
     del plain
+    release_free_memory()  # else training carries the deleted model's memory (0.2 GiB on SMS)
     torch.manual_seed(st.config.seed)
     encoded = parts.tokenizer(prompts, add_special_tokens=False)["input_ids"]
     suffix = sum(len(x) for x in encoded) / len(encoded) - common_prefix(encoded)

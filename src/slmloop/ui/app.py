@@ -16,6 +16,7 @@ Bearer``/``X-API-Key`` or once through ``/login``, which sets an HttpOnly cookie
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import hmac
 import secrets
 import tempfile
@@ -113,8 +114,9 @@ def create_ui_app(
         return data
 
     def who(request: Request) -> str | None:
+        """Who moved an alias from here: the key's fingerprint (never the key), else the dashboard's user."""
         key = key_of(request)
-        return f"ui (key …{key[-4:]})" if keys and key else None
+        return f"ui (key {hashlib.sha256(key.encode()).hexdigest()[:8]})" if keys and key else None
 
     @app.get("/health")
     def health() -> dict[str, str]:

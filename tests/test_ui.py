@@ -58,6 +58,7 @@ def test_every_page_shows_the_numbers_in_the_store(evaluated) -> None:
     assert row and row.group(1) == f"{tuned.metrics['accuracy']:.4f}"
 
     page = client.get(f"/evals/{tuned.id}").text
+    assert not list(project.reports_dir.glob("analysis-*"))  # the failure clusters are shown, no report written
     value = re.search(r'data-metric="accuracy"><td>accuracy</td><td class="n value">([0-9.]+)<', page)
     assert value and float(value.group(1)) == pytest.approx(tuned.metrics["accuracy"], abs=5e-5)
     assert "accuracy ≥ 0.0" in page and "PASS" in page
@@ -97,6 +98,7 @@ def test_compare_page_runs_the_paired_test_on_stored_evaluations(evaluated) -> N
     project = evaluated
     client = TestClient(create_ui_app(project))
     page = client.get("/compare?a=base&b=run-1").text
+    assert not list(project.reports_dir.glob("compare-*"))  # looking writes no report
     expected = compare_models(project, ["base", "run-1"]).comparisons[0]
     assert _cell(page, "value-a") == f"{expected.a_value:.4f}" and _cell(page, "value-b") == f"{expected.b_value:.4f}"
     assert f"p = {expected.test.p_value:.3g}" in page and expected.verdict in page

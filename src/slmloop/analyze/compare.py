@@ -60,7 +60,10 @@ def compare_models(
     fresh: bool = False,
     console: Console | None = None,
     cfg: EvalConfig | None = None,
+    report: bool = True,
 ) -> CompareReport:
+    """Stored (or, with ``fresh``, new) evaluations of ``refs`` on the current gold set, each paired against the
+    first; ``report=False`` writes no HTML report (a dashboard page that only shows the result)."""
     console = console or Console(stderr=True)
     cfg = cfg or project.manifest.eval
     if len(refs) < 2:
@@ -69,11 +72,12 @@ def compare_models(
     if gold is None:
         raise NotFoundError("there is no gold set yet", hint="Run `slmloop data prepare`.")
     evals = [_evaluation_for(project, r, gold.id, cfg, console, fresh) for r in refs]
-    report = CompareReport(evals)
+    result = CompareReport(evals)
     for other in evals[1:]:
-        report.comparisons.append(compare_pair(project, evals[0], other, metric, cfg))
-    report.path = _write_report(project, report, cfg)
-    return report
+        result.comparisons.append(compare_pair(project, evals[0], other, metric, cfg))
+    if report:
+        result.path = _write_report(project, result, cfg)
+    return result
 
 
 def _write_report(project: Project, report: CompareReport, cfg: EvalConfig) -> Path:

@@ -270,8 +270,14 @@ def _plan(analysis: Analysis, task_type: str) -> list[str]:
 
 
 def analyze(
-    project: Project, evaluation_ref: str, *, train_rows: bool = False, console: Console | None = None
+    project: Project,
+    evaluation_ref: str,
+    *,
+    train_rows: bool = False,
+    console: Console | None = None,
+    report: bool = True,
 ) -> Analysis:
+    """Slices, failure clusters, disputed labels and a plan; ``report=False`` writes no HTML report."""
     console = console or Console(stderr=True)
     try:
         eid = int(str(evaluation_ref).removeprefix("eval-"))
@@ -295,7 +301,8 @@ def analyze(
         if train_rows and not ev.model_ref.startswith("endpoint:"):
             analysis.label_issues += _train_label_issues(project, ev, console)
     analysis.plan = _plan(analysis, task.type)
-    analysis.path = _write_report(project, analysis)
+    if report:
+        analysis.path = _write_report(project, analysis)
     return analysis
 
 

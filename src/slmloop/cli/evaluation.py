@@ -217,16 +217,11 @@ def show(
 
 def _diff_cell(reference: str, raw: str) -> str:
     """An extraction answer against its reference: only the fields that differ, each with what kind of error."""
-    import json
-
     from rich.markup import escape
 
-    from slmloop.evaluate.metrics import field_diff, parse_json_object
+    from slmloop.evaluate.metrics import field_diff, parse_json_object, reference_object
 
-    try:
-        ref = json.loads(reference)
-    except json.JSONDecodeError:
-        ref = {}
+    ref = reference_object(reference)
     got = parse_json_object(raw)
     if got is None:
         return f"[red]no JSON object in the answer:[/red] {escape(raw[:200])}"

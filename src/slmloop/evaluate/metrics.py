@@ -40,6 +40,7 @@ __all__ = [
     "field_diff",
     "metric_names",
     "parse_json_object",
+    "reference_object",
     "score_answers",
     "summarize",
     "value_pairs",
@@ -273,6 +274,15 @@ def value_pairs(obj: dict[str, Any] | None) -> Counter[tuple[str, str]]:
             if item is not None and item != "":
                 out[(k, _norm(item))] += 1
     return out
+
+
+def reference_object(stored: str) -> dict[str, Any]:
+    """The JSON object a stored prediction's ``reference`` holds (``{}`` when it holds none)."""
+    try:
+        obj = json.loads(stored)
+    except json.JSONDecodeError:
+        return {}
+    return obj if isinstance(obj, dict) else {}
 
 
 def field_diff(reference: dict[str, Any], answer: dict[str, Any] | None) -> list[dict[str, Any]]:

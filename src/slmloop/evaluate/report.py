@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from slmloop.evaluate.metrics import field_diff, parse_json_object
+from slmloop.evaluate.metrics import field_diff, parse_json_object, reference_object
 from slmloop.project import Project
 from slmloop.store import Evaluation, atomic_write_json, atomic_write_text
 
@@ -170,11 +170,7 @@ def _failures_html(project: Project, evaluation: Evaluation) -> str:
     rows = []
     for p in failures:
         if extraction:
-            try:
-                ref = json.loads(p.reference)
-            except json.JSONDecodeError:
-                ref = {}
-            diff = field_diff(ref, parse_json_object(p.raw))
+            diff = field_diff(reference_object(p.reference), parse_json_object(p.raw))
             what = "; ".join(f"{d['kind']} {d['field']}: {d['expected']} → {d['got']}" for d in diff) or p.raw[:120]
             rows.append(f"<tr><td>{p.idx}</td><td>{esc(p.input[:160])}</td><td>{esc(what)}</td></tr>")
         else:

@@ -6,7 +6,7 @@ import datetime as dt
 import html
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from slmloop.project import Project
 from slmloop.store import atomic_write_json, atomic_write_text
@@ -54,7 +54,7 @@ def plot_windows(result: DriftResult, path: Path) -> Path:
     return path
 
 
-def plot_history(runs: list[dict[str, Any]], path: Path) -> Path:
+def plot_history(runs: list[dict[str, Any]], out: Path | BinaryIO) -> None:
     """Each signal over time: its effect size in every window of every stored monitor run, oldest first,
     against its warn and drift lines (``runs`` are the runs' stored JSON, each with ``id`` and ``windows``)."""
     import matplotlib
@@ -95,9 +95,8 @@ def plot_history(runs: list[dict[str, Any]], path: Path) -> Path:
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(out, format="png")
     plt.close(fig)
-    return path
 
 
 def write_drift_report(project: Project, result: DriftResult) -> Path:

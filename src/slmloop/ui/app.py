@@ -18,8 +18,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import io
 import secrets
-import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -226,9 +226,9 @@ def create_ui_app(
         from slmloop.store import DriftReport
 
         runs = [{"id": r.id, **r.stats} for r in project.store.list(DriftReport, DriftReport.id)]
-        with tempfile.TemporaryDirectory() as tmp:
-            path = plot_history(runs, Path(tmp) / "history.png")
-            return Response(path.read_bytes(), media_type="image/png")
+        png = io.BytesIO()
+        plot_history(runs, png)
+        return Response(png.getvalue(), media_type="image/png")
 
     @app.post("/monitor/export")
     async def monitor_export(request: Request) -> Response:

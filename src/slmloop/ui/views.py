@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from slmloop.data.versions import current_gold
 from slmloop.errors import NotFoundError
-from slmloop.evaluate.metrics import HEADLINE, field_diff, parse_json_object
-from slmloop.evaluate.results import evaluation_task, latest_evaluations
+from slmloop.evaluate.evaluate import failed_gates
+from slmloop.evaluate.metrics import HEADLINE, field_diff, parse_json_object, reference_object
+from slmloop.evaluate.results import evaluation_task, latest_evaluations, newest_evaluation
 from slmloop.project import Project
 from slmloop.release.registry import alias_history, aliases, promotion_problems
 from slmloop.store import DatasetVersion, DriftReport, Evaluation, Import, Release, Run
@@ -73,21 +72,6 @@ def _newest_tuned_evaluation(project: Project, gold_id: str) -> Evaluation | Non
     return max(tuned, key=lambda e: e.id) if tuned else None
 
 
-def _gate_failures(metrics: dict[str, Any]) -> list[str]:
-    failed = [
-        f"{g['metric']} {'≥' if g['op'] == 'gte' else '≤'} {g['threshold']}"
-        for g in metrics.get("gates", [])
-        if g["required"] and not g["passed"]
-    ]
-    vs = metrics.get("vs_baseline")
-    if vs and vs.get("required") and vs["verdict"] == "worse":
-        failed.append(f"significantly worse than {vs['against']}")
-    beat = metrics.get("must_beat")
-    if beat and beat.get("required") and beat["verdict"] != "better":
-        failed.append(f"does not beat {beat['against']}")
-    return failed
-
-
 def overview(project: Project) -> dict[str, Any]:
     """Each stage's newest state, the live release and the open warnings."""
     stages: list[Stage] = []
@@ -128,7 +112,7 @@ def overview(project: Project) -> dict[str, Any]:
         stages.append(Stage("evaluate", "todo", "no fine-tuned model evaluated on the current gold set", "/evals"))
     else:
         name, value, ci = headline(project, ev.metrics)
-        failed = _gate_failures(ev.metrics)
+        failed = failed_gates(ev, project.manifest.eval)  # today's gates, as a promotion judges them
         shown = f"{value:.4f}" if value is not None else "–"
         ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
         detail = f"{ev.name} ({ev.model_ref}): {name} {shown}{ci_text}"
@@ -226,7 +210,7 @@ def run_view(project: Project, run_id: int) -> dict[str, Any]:
                 continue  # a run killed mid-write leaves half a line
     m = run.metrics
     forecast = run.config.get("forecast", {})
-    ev = _newest_evaluation_of(project, run.name)
+    ev = newest_evaluation(project, [run.name])
     pairs = [
         ("training time (s)", m.get("forecast_seconds"), m.get("train_seconds")),
         ("peak memory (GiB)", m.get("forecast_peak_gib"), m.get("peak_gib")),
@@ -245,13 +229,6 @@ def run_view(project: Project, run_id: int) -> dict[str, Any]:
         "loss_curve": (folder / "loss_curve.png") if (folder / "loss_curve.png").exists() else None,
         "evaluation": ev,
     }
-
-
-def _newest_evaluation_of(project: Project, ref: str) -> Evaluation | None:
-    with project.store.session() as s:
-        return s.scalars(
-            select(Evaluation).where(Evaluation.model_ref == ref).order_by(Evaluation.id.desc()).limit(1)
-        ).first()
 
 
 def evaluations_view(project: Project) -> dict[str, Any]:
@@ -301,7 +278,7 @@ def eval_view(project: Project, evaluation_id: int) -> EvalPage:
         page.confusions = top_confusions(m["confusion"], 15)
     page.subsets = m.get("subsets") or {}
     if ev.n_rows:
-        page.clusters = analyze(project, ev.name).clusters[:10]
+        page.clusters = analyze(project, ev.name, report=False).clusters[:10]
     folder = project.reports_dir / ev.name
     page.report = folder if (folder / "index.html").exists() else None
     return page
@@ -365,12 +342,8 @@ def eval_rows(
     diffs: dict[int, list[dict[str, Any]] | None] = {}
     if task.type == "extraction":
         for p in shown:
-            try:
-                ref = json.loads(p.reference)
-            except json.JSONDecodeError:
-                ref = {}
             got = parse_json_object(p.raw)
-            diffs[p.idx] = None if got is None else field_diff(ref, got)
+            diffs[p.idx] = None if got is None else field_diff(reference_object(p.reference), got)
     return {
         "evaluation": ev,
         "task_type": task.type,
@@ -389,7 +362,7 @@ def compare_view(project: Project, a: str, b: str) -> dict[str, Any]:
     """Two evaluated models on the same gold rows: the paired test and the rows where they disagree."""
     from slmloop.analyze.compare import compare_models
 
-    report = compare_models(project, [a, b])
+    report = compare_models(project, [a, b], report=False)
     first, second = report.evaluations
     left = {p.idx: p for p in project.store.predictions(first.id)}
     right = project.store.predictions(second.id)

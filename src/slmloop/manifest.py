@@ -254,6 +254,14 @@ class TrainConfig(Section):
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Fraction of steps to warm up.")
     epochs: float = Field(2.0, gt=0.0, description="Passes over the training split.")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
+    rebalance: Literal["none", "sqrt", "equal"] = Field(
+        "none",
+        description="Classification data recipe: each epoch redraws the same number of rows with class shares "
+        "proportional to sqrt(count) (sqrt) or equal (equal), so thin classes are seen more often. none: as they are.",
+    )
+    validation_rows: int = Field(
+        256, gt=0, description="Rows of the validation split scored at each evaluation (loss and metric)."
+    )
     batch_size: int = Field(32, gt=0, description="Examples per batch (split into micro-batches by max_batch_tokens).")
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
     max_batch_tokens: int = Field(
@@ -466,6 +474,43 @@ class MonitorConfig(Section):
     )
 
 
+class RangeSpec(Section):
+    low: float
+    high: float
+    log: bool = Field(False, description="Draw uniformly on a log scale (learning rates).")
+    integer: bool = Field(False, description="Round the draw to an integer (ranks).")
+
+
+class HalvingConfig(Section):
+    eta: int = Field(3, ge=2, description="At each rung only the best 1/eta of the trials train on.")
+    min_epochs: float = Field(0.5, gt=0.0, description="Epochs every trial trains before the first cut.")
+
+
+class BakeoffConfig(Section):
+    trials: int = Field(
+        6,
+        gt=0,
+        description="Settings tried: every combination of the space if it has no more, "
+        "else this many drawn from it (seeded). The manifest's own train: settings are trial 1.",
+    )
+    metric: str | None = Field(None, description="Validation metric that ranks the trials (default: the headline).")
+    space: dict[str, list[Any] | RangeSpec] = Field(
+        default_factory=lambda: {"learning_rate": [1e-3, 2e-3, 4e-3], "lora_r": [8, 16, 32]},
+        description="train: keys and the values to try: a list of choices, or {low, high, log, integer}.",
+    )
+    seed: int = Field(13, description="Seed of the draw from the space.")
+    halving: HalvingConfig | None = Field(
+        default_factory=lambda: HalvingConfig(),
+        description="Successive halving (ASHA under Ray): trials are cut at rungs of min_epochs × eta^k by their "
+        "validation metric; null: every trial trains its whole schedule.",
+    )
+    validation_rows: int = Field(1000, gt=0, description="Validation rows each trial is scored on.")
+    include_default: bool = Field(True, description="Trial 1 is the manifest's own train: settings.")
+
+
+SPACE_KEYS_EXCLUDED = ("early_stopping", "report_to", "validation_rows", "eval_every", "checkpoint_every")
+
+
 class Manifest(Section):
     project: ProjectConfig = Field(default_factory=ProjectConfig)
     task: TaskConfig
@@ -476,6 +521,7 @@ class Manifest(Section):
     export: ExportConfig = Field(default_factory=ExportConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    bakeoff: BakeoffConfig = Field(default_factory=BakeoffConfig)
 
     #: folder the manifest was read from; relative paths resolve against it
     root: Path = Field(default=Path("."), exclude=True)
@@ -499,6 +545,35 @@ def _key_path(loc: tuple[Any, ...]) -> str:
         else:
             parts.append(("." if parts else "") + str(item))
     return "".join(parts)
+
+
+def _bakeoff_problems(m: Manifest) -> list[tuple[str, str]]:
+    from slmloop.evaluate.metrics import metric_names
+
+    problems: list[tuple[str, str]] = []
+    b = m.bakeoff
+    if b.metric is not None and b.metric not in metric_names(m.task.type, configured=False):
+        problems.append(("bakeoff.metric", f"{b.metric!r} is not a {m.task.type} metric"))
+    base = m.train.model_dump()
+    for key, values in b.space.items():
+        where = f"bakeoff.space.{key}"
+        if key not in TrainConfig.model_fields or key in SPACE_KEYS_EXCLUDED:
+            problems.append((where, "not a train: setting a bake-off can vary"))
+            continue
+        if isinstance(values, list) and not values:
+            problems.append((where, "an empty list of choices"))
+            continue
+        if isinstance(values, RangeSpec) and (values.low >= values.high or (values.log and values.low <= 0)):
+            problems.append((where, "a range needs low < high (and low > 0 with log: true)"))
+            continue
+        tried = values if isinstance(values, list) else [values.low, values.high]
+        for v in tried:
+            try:
+                TrainConfig.model_validate({**base, key: round(v) if getattr(values, "integer", False) else v})
+            except ValidationError as exc:
+                problems.append((where, f"{v!r}: {exc.errors()[0]['msg']}"))
+                break
+    return problems
 
 
 def _semantic_problems(m: Manifest) -> list[tuple[str, str]]:
@@ -536,6 +611,9 @@ def _semantic_problems(m: Manifest) -> list[tuple[str, str]]:
         problems.append(
             ("train.early_stopping.metric", f"{es.metric!r} is not val_loss or a {t.type} metric ({listed})")
         )
+    problems.extend(_bakeoff_problems(m))
+    if t.type != "classification" and m.train.rebalance != "none":
+        problems.append(("train.rebalance", "class rebalancing needs a classification task; use none"))
     if t.type != "classification" and m.eval.mode == "rank":
         problems.append(("eval.mode", "rank works for classification only; use generate"))
     if m.data.split.validation + m.data.split.gold >= 0.9:

@@ -15,7 +15,7 @@ import typer
 import typer.main
 from rich.markup import escape
 
-from slmloop.cli import data, demo, evaluation, monitor, project, release, serve, train, ui
+from slmloop.cli import data, demo, evaluation, graduate, monitor, project, release, serve, train, ui
 from slmloop.cli.common import err
 from slmloop.errors import ConfigError, SlmloopError
 
@@ -37,6 +37,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(data.gold_app, name="gold")
 app.command("train")(train.train)
 app.command("runs")(train.runs)
+app.command("bakeoff")(graduate.bakeoff)
 app.add_typer(evaluation.app, name="eval")
 app.command("compare")(evaluation.compare)
 app.command("analyze")(evaluation.analyze)

@@ -439,7 +439,7 @@ def _comparison_record(c: Any, against: str, required: bool, **extra: Any) -> di
     }
 
 
-def _stored_or_new(project: Project, ref: str, gold_id: str, cfg: EvalConfig, console: Console) -> Evaluation:
+def stored_or_new(project: Project, ref: str, gold_id: str, cfg: EvalConfig, console: Console) -> Evaluation:
     found = next((e for e in latest_evaluations(project, gold_id) if e.model_ref == ref), None)
     if found is not None:
         return found
@@ -461,7 +461,7 @@ def _must_beat(project: Project, evaluation: Evaluation, cfg: EvalConfig, consol
         against = "base"
     if evaluation.model_ref == against:
         return None
-    other = _stored_or_new(project, against, evaluation.gold_id, cfg, console)
+    other = stored_or_new(project, against, evaluation.gold_id, cfg, console)
     c = compare_pair(project, other, evaluation, cfg=cfg)
     return _comparison_record(c, against, rule.required, min_effect=rule.min_effect, alpha=rule.alpha)
 
@@ -478,7 +478,7 @@ def _vs_baseline(project: Project, evaluation: Evaluation, cfg: EvalConfig, cons
     if not names:
         return None
     headline = HEADLINE[task.type][0]
-    candidates = [_stored_or_new(project, f"baseline:{n}", evaluation.gold_id, cfg, console) for n in names]
+    candidates = [stored_or_new(project, f"baseline:{n}", evaluation.gold_id, cfg, console) for n in names]
     best = max(candidates, key=lambda e: e.metrics.get(headline, -math.inf))
     c = compare_pair(project, best, evaluation, headline, cfg)
     # the gate: not *significantly worse*; beating the baseline is reported, not required

@@ -9,6 +9,7 @@ function of (seed, epoch), which makes resumed runs see the same batches.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["Batch", "collate", "encode_rows", "length_grouped_batches", "split_by_tokens"]
+__all__ = ["Batch", "collate", "encode_rows", "length_grouped_batches", "rebalanced_rows", "split_by_tokens"]
 
 POOL = 32  # batches per sorting pool
 
@@ -36,9 +37,40 @@ def encode_rows(
     return [encode_example(tok, prompt_messages(task, r, style), target_text(task, r), max_length) for r in rows]
 
 
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+def rebalanced_rows(labels: Sequence[str], mode: str, seed: int, epoch: int) -> list[int] | None:
+    """The rows one epoch trains on when classes are rebalanced: as many rows as there are, each class's share
+    proportional to sqrt(its count) (``sqrt``) or equal (``equal``). A class below its share is repeated whole
+    and topped up by a draw; one above it is drawn without repeats, anew each epoch. ``none``: None (every row once).
+    """
+    if mode == "none" or not labels:
+        return None
+    by_class: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    names = sorted(by_class)
+    weight = {c: (math.sqrt(len(by_class[c])) if mode == "sqrt" else 1.0) for c in names}
+    total = sum(weight.values())
+    exact = {c: len(labels) * weight[c] / total for c in names}
+    quota = {c: int(exact[c]) for c in names}
+    # largest remainders get the rows the rounding left over, so the epoch keeps its length
+    for c in sorted(names, key=lambda c: exact[c] - quota[c], reverse=True)[: len(labels) - sum(quota.values())]:
+        quota[c] += 1
+    rng = random.Random(f"rebalance:{seed}:{epoch}")
+    rows: list[int] = []
+    for c in names:
+        members, want = by_class[c], quota[c]
+        whole, rest = divmod(want, len(members))
+        rows.extend(members * whole)
+        rows.extend(rng.sample(members, rest))
+    return rows
+
+
+def length_grouped_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, rows: Sequence[int] | None = None
+) -> list[list[int]]:
+    """Batches of similar length in random order; ``rows``: the rows (repeats allowed) this epoch uses."""
     rng = random.Random(f"{seed}:{epoch}")
-    order = list(range(len(lengths)))
+    order = list(range(len(lengths))) if rows is None else list(rows)
     rng.shuffle(order)
     batches: list[list[int]] = []
     pool = batch_size * POOL

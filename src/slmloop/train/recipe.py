@@ -23,8 +23,9 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -50,7 +51,14 @@ from slmloop.models.loading import (
 )
 from slmloop.project import Project
 from slmloop.store import Run, atomic_dir, atomic_write_json, utcnow
-from slmloop.train.batching import Batch, collate, encode_rows, length_grouped_batches, split_by_tokens
+from slmloop.train.batching import (
+    Batch,
+    collate,
+    encode_rows,
+    length_grouped_batches,
+    rebalanced_rows,
+    split_by_tokens,
+)
 from slmloop.train.checkpoint import LoopState, latest_checkpoint, restore_checkpoint, save_checkpoint
 from slmloop.train.preflight import (
     Forecast,
@@ -84,7 +92,6 @@ __all__ = [
     "validation_loss",
 ]
 
-VALIDATION_ROWS = 256  # validation loss / metric is measured on at most this many rows
 LOWER_IS_BETTER = {"val_loss"}
 
 
@@ -183,6 +190,7 @@ class TrainSetup:
     prompt: str  # the prompt style every row is encoded in (recorded, shipped with a release)
     init_from: Path | None = None
     resume: Run | None = None
+    origin: dict[str, Any] | None = None
 
 
 def _adapter_of(project: Project, ref: str) -> Path:
@@ -200,7 +208,8 @@ class SetupOptions(TypedDict, total=False):
     dataset_id: str | None  # a dataset version; default: the newest
     allow_leakage: bool  # train even if train/validation rows copy gold rows (audited)
     init_from: str | None  # an earlier adapter to warm-start from: run-N or a release
-    resume: str | None  # an interrupted run to continue from its last checkpoint
+    resume: str | None  # an interrupted (or paused) run to continue from its last checkpoint
+    origin: dict[str, Any] | None  # what started the run (e.g. a bake-off trial), recorded in its config
 
 
 def setup(project: Project, overrides: dict[str, Any] | None = None, **options: Unpack[SetupOptions]) -> TrainSetup:
@@ -255,6 +264,7 @@ def setup(project: Project, overrides: dict[str, Any] | None = None, **options: 
         prompt=style,
         init_from=warm,
         resume=resumed,
+        origin=options.get("origin"),
     )
 
 
@@ -298,10 +308,17 @@ class Parts:
     #: the loss module itself, never wrapped: for passes that must not synchronise processes
     inner_loss: Any = None
     share_prefix: bool = True
+    train_labels: list[str] = field(default_factory=list)  # classification labels (for rebalancing)
 
     @property
     def device(self) -> Any:
         return self.accelerator.device
+
+    def epoch_batches(self, cfg: TrainConfig, epoch: int) -> list[list[int]]:
+        """The epoch's batches of ``train_ex`` indices: length-grouped, classes rebalanced if asked."""
+        rows = rebalanced_rows(self.train_labels, cfg.rebalance, cfg.seed, epoch)
+        lengths = [len(e.input_ids) for e in self.train_ex]
+        return length_grouped_batches(lengths, cfg.batch_size, cfg.seed, epoch, rows)
 
     def batch(self, indices: list[int], examples: list[EncodedExample] | None = None) -> Batch:
         rows = [(examples or self.train_ex)[i] for i in indices]
@@ -392,7 +409,7 @@ def build(st: TrainSetup) -> Parts:
     dtype = pick_dtype(cfg.precision)
     tok = load_tokenizer(st.model_ref)
     train_ex = encode_rows(tok, st.task, st.splits.train, st.max_length, st.prompt)
-    val_rows = st.splits.validation[:VALIDATION_ROWS]
+    val_rows = st.splits.validation[: cfg.validation_rows]
     val_ex = encode_rows(tok, st.task, val_rows, st.max_length, st.prompt)
 
     # eager attention: on CPU its backward beats SDPA's for short sequences
@@ -460,6 +477,7 @@ def build(st: TrainSetup) -> Parts:
         lora=lora,
         inner_loss=inner,
         share_prefix=not cfg.gradient_checkpointing,
+        train_labels=[str(r["label"]) for r in st.splits.train] if st.task.type == "classification" else [],
     )
 
 
@@ -471,7 +489,7 @@ def preflight(st: TrainSetup, parts: Parts) -> Forecast:
 
     cfg = st.config
     lengths = [len(e.input_ids) for e in parts.train_ex]
-    order = length_grouped_batches(lengths, cfg.batch_size, cfg.seed, 0)
+    order = parts.epoch_batches(cfg, 0)
     micro = [chunk for b in order for chunk in split_by_tokens(b, lengths, cfg.max_batch_tokens)]
     by_size = sorted(micro, key=lambda c: len(c) * max(lengths[i] for i in c))
     sample = [by_size[int(q * (len(by_size) - 1))] for q in (0.1, 0.3, 0.5, 0.7, 0.9)]
@@ -736,9 +754,11 @@ def _memory_now(parts: Parts) -> int:
     return current_rss_bytes()
 
 
-def _validate_if_due(st: TrainSetup, parts: Parts, state: LoopState, metric: str, best_path: Path) -> dict[str, float]:
-    """Validation loss (and the early-stopping metric) every ``eval_every`` steps and at the end."""
-    if state.step % parts.eval_every and state.step != parts.total_steps:
+def _validate_if_due(
+    st: TrainSetup, parts: Parts, state: LoopState, metric: str, best_path: Path, last: int
+) -> dict[str, float]:
+    """Validation loss (and the early-stopping metric) every ``eval_every`` steps and at the end (``last``)."""
+    if state.step % parts.eval_every and state.step not in (parts.total_steps, last):
         return {}
     scores = _broadcast(parts.accelerator, _evaluate(st, parts, metric) if parts.main else {})
     state.history.append({"step": state.step, **scores})
@@ -753,9 +773,23 @@ def _checkpoint_if_due(st: TrainSetup, parts: Parts, state: LoopState, run_dir: 
         parts.accelerator.wait_for_everyone()
 
 
-def fit(st: TrainSetup, parts: Parts, run: Run, state: LoopState, console: Console) -> LoopState:
-    """The loop: epochs of length-grouped batch groups, one optimizer step each, from ``state`` on."""
+def fit(
+    st: TrainSetup,
+    parts: Parts,
+    run: Run,
+    state: LoopState,
+    console: Console,
+    *,
+    stop_at: int | None = None,
+    on_validation: Callable[[dict[str, Any]], None] | None = None,
+) -> LoopState:
+    """The loop: epochs of length-grouped batch groups, one optimizer step each, from ``state`` on.
+
+    ``stop_at``: pause after this step (validated there; the caller checkpoints). ``on_validation``: called
+    with every validation entry (step, epochs, val_loss, metric): a bake-off's scheduler listens here.
+    """
     cfg = st.config
+    last = min(parts.total_steps, stop_at or parts.total_steps)
     run_dir = st.project.locate(run.path)
     lengths = [len(e.input_ids) for e in parts.train_ex]
     metric = cfg.early_stopping.metric if cfg.early_stopping else "val_loss"
@@ -770,11 +804,11 @@ def fit(st: TrainSetup, parts: Parts, run: Run, state: LoopState, console: Conso
     try:
         with _progress(console, disable=not parts.main) as progress:
             bar = progress.add_task("train", total=parts.total_steps, completed=state.step, loss="…", tps="…")
-            while state.step < parts.total_steps and not state.stopped_early:
-                order = length_grouped_batches(lengths, cfg.batch_size, cfg.seed, state.epoch)
+            while state.step < last and not state.stopped_early:
+                order = parts.epoch_batches(cfg, state.epoch)
                 starts = range(0, len(order) - per_step + 1, per_step)
                 for g in starts[state.position :]:
-                    if state.step >= parts.total_steps or state.stopped_early:
+                    if state.step >= last or state.stopped_early:
                         break
                     t0 = time.perf_counter()
                     result = train_step(parts, order[g : g + per_step], lengths, cfg)
@@ -783,7 +817,10 @@ def fit(st: TrainSetup, parts: Parts, run: Run, state: LoopState, console: Conso
                     state.real_tokens += result.real_tokens
                     state.compute_s += time.perf_counter() - t0
                     entry = _trace_entry(parts, state, result)
-                    entry.update(_validate_if_due(st, parts, state, metric, best_path))
+                    scores = _validate_if_due(st, parts, state, metric, best_path, last)
+                    entry.update(scores)
+                    if scores and on_validation is not None:
+                        on_validation({"step": state.step, "epochs": state.step / parts.steps_per_epoch, **scores})
                     if trace is not None:
                         trace.write(json.dumps(entry) + "\n")
                         trace.flush()
@@ -944,12 +981,21 @@ def train(
     overrides: dict[str, Any] | None = None,
     *,
     console: Console | None = None,
+    pause_at: float | None = None,
+    validate_every: float | None = None,
+    on_validation: Callable[[dict[str, Any]], None] | None = None,
     **options: Unpack[SetupOptions],
 ) -> Run:
-    """Train (or, with ``resume``, continue) a LoRA adapter: setup → build → preflight → fit → save."""
+    """Train (or, with ``resume``, continue) a LoRA adapter: setup → build → preflight → fit → save.
+
+    ``pause_at`` (epochs): stop there with a checkpoint and status ``paused`` (``resume`` continues it) — a
+    bake-off's rung. ``validate_every`` (epochs) replaces ``eval_every``; ``on_validation`` sees each result.
+    """
     console = console or Console(stderr=True)
     st = setup(project, overrides, **options)
     parts = build(st)
+    if validate_every is not None:
+        parts.eval_every = max(1, round(validate_every * parts.steps_per_epoch))
     quiet = Console(quiet=True) if not parts.main else console
     forecast = preflight(st, parts)
     if parts.main:
@@ -958,20 +1004,28 @@ def train(
         _refuse(forecast)
 
     run, state = _start_or_resume(st, parts, forecast)
+    stop_at = None if pause_at is None else max(1, math.ceil(pause_at * parts.steps_per_epoch))
     quiet.print(
         f"[bold]{run.name}[/bold]: {parts.total_steps} steps"
         + (f", resuming at step {state.step}" if state.step else "")
+        + (f", pausing at step {stop_at}" if stop_at is not None and stop_at < parts.total_steps else "")
     )
     status = "failed"
     try:
-        state = fit(st, parts, run, state, quiet)
-        status = "completed"
+        state = fit(st, parts, run, state, quiet, stop_at=stop_at, on_validation=on_validation)
+        status = "completed" if state.step >= parts.total_steps or state.stopped_early else "paused"
     except KeyboardInterrupt:
         status = "interrupted"
         raise
     finally:
-        if status != "completed" and parts.main:
+        if status not in ("completed", "paused") and parts.main:
             _finish(project, run, status, {"steps": state.step})
+    if status == "paused":
+        if parts.main:
+            save_checkpoint(project.locate(run.path), parts.model, parts.optimizer, parts.scheduler, state)
+        parts.accelerator.wait_for_everyone()
+        paused = {"steps": state.step, "epochs": state.step / parts.steps_per_epoch, "history": state.history}
+        return _finish(project, run, "paused", paused) if parts.main else run
     if not parts.main:
         parts.accelerator.wait_for_everyone()
         return run
@@ -1021,6 +1075,7 @@ def _start_or_resume(st: TrainSetup, parts: Parts, forecast: Forecast) -> tuple[
                     "world_size": parts.world,
                     "init_from": None if st.init_from is None else str(st.init_from),
                     "forecast": forecast.to_dict(),
+                    **({"origin": st.origin} if st.origin else {}),
                 },
             ),
             "train.start",

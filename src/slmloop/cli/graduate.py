@@ -1,0 +1,70 @@
+"""``slmloop bakeoff``: several training settings, the winner judged on gold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from slmloop.cli.common import ProjectOpt, err, load, out, table
+
+if TYPE_CHECKING:
+    from slmloop.graduate.bakeoff import Bakeoff
+    from slmloop.project import Project
+
+
+def bakeoff(
+    trials: Annotated[int | None, typer.Option(help="Trials (bakeoff.trials).")] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="Run the trials on Ray Tune (ASHA): 'local' starts a Ray instance here, else a cluster "
+            "address (ray://host:10001 or auto); the project folder must be shared with its workers."
+        ),
+    ] = None,
+    against: Annotated[
+        str | None,
+        typer.Option(
+            help="Incumbent the winner is compared with on gold (default: production release, "
+            "else the newest run outside the bake-off, else base)."
+        ),
+    ] = None,
+    init_from: Annotated[str | None, typer.Option(help="Warm-start every trial from run-N or a release.")] = None,
+    new: Annotated[bool, typer.Option("--new", help="Start a new bake-off even if an unfinished one matches.")] = False,
+    show: Annotated[str | None, typer.Option(help="Print a bake-off's table (bo-N) and stop.")] = None,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Try the settings of the manifest's bakeoff: space on the validation split (successive halving),
+    then score the winner on gold against the incumbent with the paired test. A killed bake-off continues
+    where it stopped when the command is run again."""
+    from slmloop.graduate.bakeoff import load_bakeoff, run_bakeoff
+
+    proj = load(project)
+    cfg = proj.manifest.bakeoff
+    if trials is not None:
+        cfg = cfg.model_copy(update={"trials": trials})
+    bo = (
+        load_bakeoff(proj, show)
+        if show
+        else run_bakeoff(proj, cfg=cfg, ray=ray, against=against, init_from=init_from, new=new, console=err)
+    )
+    print_bakeoff(proj, bo)
+
+
+def print_bakeoff(proj: Project, bo: Bakeoff) -> None:
+    from slmloop.graduate.report import bakeoff_rows
+
+    rows = bakeoff_rows(bo)
+    t = table(*rows[0].keys(), title=f"{bo.id} · validation {bo.metric}", right=(bo.metric, "train_s"))
+    for r in rows:
+        t.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in r.values()))
+    out.print(t)
+    g = bo.gold or {}
+    if g:
+        w = g["winner_metrics"]
+        out.print(f"winner trial {bo.winner} on gold: {w['metric']} {w['value']:.4f}")
+        if "incumbent_metrics" in g:
+            out.print(f"against {bo.incumbent}: [bold]{g['verdict']}[/bold] — {g['sentence']}")
+    folder = proj.home / "bakeoffs" / bo.id
+    out.print(f"report: {folder / 'report.md'} · plot: {folder / 'trials.png'}")

@@ -1,0 +1,461 @@
+"""Bake-off: several training settings, ranked on the validation split, the winner judged on gold once.
+
+Each trial is a normal run (``slmloop runs`` lists it, its config says ``origin: bakeoff``) scored on
+the validation split — never on gold. Successive halving spends the budget where it pays: every trial
+trains ``min_epochs``, the best 1/eta train on to ``min_epochs × eta``, and so on to the end of their
+schedule (a paused run resumes from its checkpoint, so nothing is trained twice). Locally the trials
+run one after another, each in its own process (its memory is handed back whole); with Ray
+(``ray="local"`` or a cluster address) Ray Tune runs them under its ASHA scheduler.
+
+The state lives in ``.slmloop/bakeoffs/bo-N/state.json``, written after every trial: a killed
+bake-off continues where it stopped. The winner is evaluated on gold and compared with the incumbent
+(the production release, else the newest run outside the bake-off, else the base model) by the
+paired test; a table and a plot of the trials are written next to the state.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from sqlalchemy import select
+
+from slmloop.errors import ConfigError, SlmloopError
+from slmloop.manifest import BakeoffConfig, RangeSpec, TrainConfig
+from slmloop.project import Project
+from slmloop.store import Evaluation, Run, atomic_write_json, utcnow
+
+__all__ = ["Bakeoff", "Trial", "draw_trials", "run_bakeoff", "rungs"]
+
+PATIENCE_OFF = 10**6  # early stopping only tracks the best validation point in a trial
+EVAL_AT_RUNGS = 10**9  # no periodic validation: trials are scored at their rungs and at the end
+
+
+@dataclass
+class Trial:
+    n: int
+    params: dict[str, Any]  # the train: settings this trial changes
+    epochs: float  # its whole schedule
+    status: str = "pending"  # pending | running | paused | completed | pruned | failed
+    run: str | None = None
+    scores: list[dict[str, float]] = field(default_factory=list)  # {"epochs", "value"} at each rung
+    seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def score(self) -> float | None:
+        return self.scores[-1]["value"] if self.scores else None
+
+    @property
+    def reached(self) -> float:
+        return self.scores[-1]["epochs"] if self.scores else 0.0
+
+
+@dataclass
+class Bakeoff:
+    id: str
+    created_at: str
+    metric: str
+    higher_is_better: bool
+    config: dict[str, Any]  # the bakeoff: section it was started with
+    trials: list[Trial]
+    backend: str = "local"
+    winner: int | None = None
+    incumbent: str | None = None
+    gold: dict[str, Any] | None = None  # the winner's and the incumbent's gold evaluations, the paired test
+    finished: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Bakeoff:
+        return cls(**{**d, "trials": [Trial(**t) for t in d["trials"]]})
+
+
+# ---------------------------------------------------------------------------------------------
+# the trials
+# ---------------------------------------------------------------------------------------------
+def _draw(spec: list[Any] | RangeSpec, rng: random.Random) -> Any:
+    if isinstance(spec, list):
+        return rng.choice(spec)
+    if spec.log:
+        v = math.exp(rng.uniform(math.log(spec.low), math.log(spec.high)))
+    else:
+        v = rng.uniform(spec.low, spec.high)
+    return round(v) if spec.integer else float(f"{v:.3g}")
+
+
+def draw_trials(cfg: BakeoffConfig, train: TrainConfig) -> list[dict[str, Any]]:
+    """The settings to try: the manifest's own first (if asked), then every combination of the space when
+    there are no more than ``cfg.trials`` (lists only), else a seeded draw without repeats."""
+    base = train.model_dump()
+    seen: list[dict[str, Any]] = []
+
+    def add(params: dict[str, Any]) -> None:
+        changed = {k: v for k, v in params.items() if base.get(k) != v}
+        if changed not in seen:
+            seen.append(changed)
+
+    if cfg.include_default:
+        add({})
+    keys = sorted(cfg.space)
+    lists = all(isinstance(cfg.space[k], list) for k in keys)
+    if lists:
+        grid = [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(cfg.space[k] for k in keys))]
+        if len(grid) + len(seen) <= cfg.trials or len({json.dumps(g, sort_keys=True) for g in grid}) <= cfg.trials:
+            for g in grid:
+                add(g)
+            return seen[: max(cfg.trials, len(seen))]
+    rng = random.Random(cfg.seed)
+    for _ in range(cfg.trials * 50):
+        if len(seen) >= cfg.trials:
+            break
+        add({k: _draw(cfg.space[k], rng) for k in keys})
+    return seen
+
+
+def rungs(cfg: BakeoffConfig, longest: float) -> list[float]:
+    """Epochs at which trials are cut: min_epochs × eta^k below the longest schedule, then the end."""
+    if cfg.halving is None:
+        return [longest]
+    out: list[float] = []
+    b = cfg.halving.min_epochs
+    while b < longest - 1e-9:
+        out.append(round(b, 6))
+        b *= cfg.halving.eta
+    return [*out, longest]
+
+
+# ---------------------------------------------------------------------------------------------
+# state
+# ---------------------------------------------------------------------------------------------
+def _folder(project: Project) -> Path:
+    return project.home / "bakeoffs"
+
+
+def _save(project: Project, bo: Bakeoff) -> None:
+    atomic_write_json(_folder(project) / bo.id / "state.json", bo.to_dict())
+
+
+def load_bakeoff(project: Project, ref: str) -> Bakeoff:
+    path = _folder(project) / ref / "state.json"
+    if not path.exists():
+        known = ", ".join(sorted(p.parent.name for p in _folder(project).glob("*/state.json"))) or "none yet"
+        raise ConfigError(f"no bake-off {ref!r}", hint=f"Bake-offs of this project: {known}.")
+    return Bakeoff.from_dict(json.loads(path.read_text()))
+
+
+def list_bakeoffs(project: Project) -> list[Bakeoff]:
+    found = sorted(_folder(project).glob("bo-*/state.json"), key=lambda p: int(p.parent.name.removeprefix("bo-")))
+    return [Bakeoff.from_dict(json.loads(p.read_text())) for p in found]
+
+
+def _new(project: Project, cfg: BakeoffConfig, metric: str, backend: str) -> Bakeoff:
+    from slmloop.evaluate.metrics import METRICS
+
+    train = project.manifest.train
+    trials = []
+    for n, params in enumerate(draw_trials(cfg, train), start=1):
+        epochs = float(params.get("epochs", train.epochs))
+        trials.append(Trial(n=n, params=params, epochs=epochs))
+    existing = list_bakeoffs(project)
+    number = 1 + max((int(b.id.removeprefix("bo-")) for b in existing), default=0)
+    better = METRICS[metric].higher_is_better if metric in METRICS else True
+    bo = Bakeoff(f"bo-{number}", utcnow().isoformat(), metric, better, cfg.model_dump(), trials, backend)
+    _save(project, bo)
+    return bo
+
+
+def _unfinished(project: Project, cfg: BakeoffConfig) -> Bakeoff | None:
+    """The newest bake-off that did not finish, if it was started with the same section."""
+    found = [b for b in list_bakeoffs(project) if not b.finished]
+    if found and found[-1].config == cfg.model_dump():
+        return found[-1]
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# one trial, in its own process
+# ---------------------------------------------------------------------------------------------
+def trial_overrides(bo: Bakeoff, trial: Trial) -> dict[str, Any]:
+    es = {"metric": bo.metric, "patience": PATIENCE_OFF}
+    rows = int(bo.config["validation_rows"])
+    return {**trial.params, "early_stopping": es, "validation_rows": rows, "eval_every": EVAL_AT_RUNGS}
+
+
+def trial_run(project: Project, bo_id: str, n: int) -> Run | None:
+    """The newest run a trial started (found by the origin recorded in its config)."""
+    with project.store.session() as s:
+        for run in s.scalars(select(Run).order_by(Run.id.desc())):
+            origin = (run.config or {}).get("origin") or {}
+            if origin.get("bakeoff") == bo_id and origin.get("trial") == n:
+                s.expunge(run)
+                return run
+    return None
+
+
+def _resumable(project: Project, run: Run | None) -> bool:
+    from slmloop.train.checkpoint import latest_checkpoint
+
+    return (
+        run is not None
+        and run.status in ("paused", "running", "interrupted", "failed")
+        and run.path is not None
+        and latest_checkpoint(project.locate(run.path)) is not None
+    )
+
+
+def train_trial(project: Project, spec: dict[str, Any], console: Console | None = None) -> dict[str, Any]:
+    """Train one trial up to ``spec['pause_at']`` epochs (None: to the end), resuming its run if it has
+    one; the result: run name, status, and the validation metric at each evaluation."""
+    from slmloop.train.recipe import train
+
+    run = trial_run(project, spec["bakeoff"], spec["trial"])
+    resume = run.name if _resumable(project, run) else None
+    if run is not None and resume is None and run.status == "completed":
+        done = run
+    else:
+        done = train(
+            project,
+            None if resume else spec["overrides"],
+            console=console,
+            pause_at=spec.get("pause_at"),
+            validate_every=spec.get("validate_every"),
+            on_validation=spec.get("on_validation"),
+            resume=resume,
+            init_from=None if resume else spec.get("init_from"),
+            origin={"bakeoff": spec["bakeoff"], "trial": spec["trial"]},
+        )
+    history = _history(project, done)
+    return {"run": done.name, "status": done.status, "history": history, "seconds": _seconds(project, done)}
+
+
+def _history(project: Project, run: Run) -> list[dict[str, Any]]:
+    """Validation points of a run (from its trace: they survive pauses and resumes)."""
+    trace = project.locate(run.path) / "trace.jsonl" if run.path else None
+    if trace is None or not trace.exists():
+        return []
+    steps_per_epoch = (run.config or {}).get("forecast", {}).get("steps_per_epoch") or 1
+    out = []
+    for line in trace.read_text().splitlines():
+        if line.strip():
+            e = json.loads(line)
+            if "val_loss" in e:
+                out.append({**e, "epochs": e["step"] / steps_per_epoch})
+    return out
+
+
+def _seconds(project: Project, run: Run) -> float:
+    trace = project.locate(run.path) / "trace.jsonl" if run.path else None
+    if trace is None or not trace.exists():
+        return 0.0
+    lines = [x for x in trace.read_text().splitlines() if x.strip()]
+    return float(json.loads(lines[-1])["elapsed_s"]) if lines else 0.0
+
+
+def _run_in_process(project: Project, spec: dict[str, Any]) -> dict[str, Any]:
+    """``python -m slmloop.graduate.trial``: the trial's memory is handed back whole when it ends."""
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
+        spec_path.write_text(json.dumps({**spec, "project": str(project.root), "result": str(result_path)}))
+        code = subprocess.call([sys.executable, "-m", "slmloop.graduate.trial", str(spec_path)])
+        if code == 130:
+            raise KeyboardInterrupt
+        if not result_path.exists():
+            return {"status": "failed", "error": f"the trial's process exited with code {code}"}
+        return dict(json.loads(result_path.read_text()))
+
+
+# ---------------------------------------------------------------------------------------------
+# local successive halving
+# ---------------------------------------------------------------------------------------------
+def _score_at(result: dict[str, Any], metric: str) -> dict[str, float] | None:
+    points = [h for h in result.get("history", []) if h.get(metric) is not None]
+    return {"epochs": round(points[-1]["epochs"], 6), "value": float(points[-1][metric])} if points else None
+
+
+def _advance(project: Project, bo: Bakeoff, trial: Trial, budget: float, console: Console, **extra: Any) -> None:
+    target = min(budget, trial.epochs)
+    if trial.reached >= target - 1e-6 and trial.status in ("paused", "completed"):
+        return
+    console.rule(f"{bo.id} · trial {trial.n}/{len(bo.trials)} · {_describe(trial.params)} · to epoch {target:g}")
+    trial.status = "running"
+    _save(project, bo)
+    spec = {
+        "bakeoff": bo.id,
+        "trial": trial.n,
+        "overrides": trial_overrides(bo, trial),
+        "pause_at": None if target >= trial.epochs - 1e-6 else target,
+        **extra,
+    }
+    result = _run_in_process(project, spec)
+    if result.get("status") not in ("paused", "completed"):
+        trial.status, trial.error = "failed", result.get("error") or f"run ended {result.get('status')}"
+        console.print(f"[red]trial {trial.n} failed: {trial.error}[/red]")
+    else:
+        trial.status, trial.run, trial.seconds = result["status"], result["run"], result["seconds"]
+        point = _score_at(result, bo.metric)
+        if point is not None and (not trial.scores or trial.scores[-1]["epochs"] != point["epochs"]):
+            trial.scores.append(point)
+        console.print(
+            f"trial {trial.n}: {bo.metric} {trial.score if trial.score is not None else float('nan'):.4f} "
+            f"at epoch {trial.reached:g} ({trial.run}, {trial.status})"
+        )
+    _save(project, bo)
+
+
+def _rank_key(bo: Bakeoff, t: Trial) -> float:
+    if t.score is None:
+        return math.inf
+    return -t.score if bo.higher_is_better else t.score
+
+
+def _run_local(project: Project, bo: Bakeoff, console: Console, init_from: str | None) -> None:
+    cfg = BakeoffConfig.model_validate(bo.config)
+    ladder = rungs(cfg, max(t.epochs for t in bo.trials))
+    eta = cfg.halving.eta if cfg.halving else 1
+    for k, budget in enumerate(ladder):
+        alive = [t for t in bo.trials if t.status in ("pending", "running", "paused")]
+        for t in alive:
+            _advance(project, bo, t, budget, console, init_from=init_from)
+        if k == len(ladder) - 1:
+            break
+        # the best 1/eta of this rung go on; a trial whose schedule ended here keeps its place in the ranking
+        ranked = sorted([t for t in alive if t.status in ("paused", "completed")], key=lambda t: _rank_key(bo, t))
+        for t in ranked[math.ceil(len(ranked) / eta) :]:
+            if t.status == "paused":
+                t.status = "pruned"
+                _mark_run(project, t.run, "pruned")
+        _save(project, bo)
+
+
+def _mark_run(project: Project, run_name: str | None, status: str) -> None:
+    if run_name is None:
+        return
+    with project.store.session() as s:
+        row = project.store.one(s, Run, int(run_name.removeprefix("run-")))
+        if row.status != "completed":
+            row.status = status
+
+
+def _describe(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(params.items())) or "the manifest's settings"
+
+
+# ---------------------------------------------------------------------------------------------
+# the winner on gold
+# ---------------------------------------------------------------------------------------------
+def _incumbent(project: Project, bo: Bakeoff, against: str | None) -> str:
+    if against:
+        return against
+    if project.store.alias_target("production") is not None:
+        version = project.store.alias_target("production")
+        return f"release-{version}"
+    trial_runs = {t.run for t in bo.trials}
+    with project.store.session() as s:
+        for run in s.scalars(select(Run).where(Run.status == "completed").order_by(Run.id.desc())):
+            if run.name not in trial_runs and not (run.config or {}).get("origin"):
+                return run.name
+    default = next((t for t in bo.trials if not t.params and t.status == "completed"), None)
+    return default.run if default is not None and default.run else "base"
+
+
+def _judge_on_gold(project: Project, bo: Bakeoff, against: str | None, console: Console) -> None:
+    from slmloop.evaluate.evaluate import evaluate, stored_or_new
+    from slmloop.evaluate.paired import compare_pair
+
+    done = [t for t in bo.trials if t.status == "completed" and t.score is not None]
+    if not done:
+        raise SlmloopError("no trial completed", hint="See each trial's error: `slmloop bakeoff --show`.")
+    winner = min(done, key=lambda t: _rank_key(bo, t))
+    bo.winner = winner.n
+    assert winner.run is not None
+    console.rule(f"{bo.id} · winner: trial {winner.n} ({winner.run}) on gold")
+    mine = _newest_eval(project, winner.run) or evaluate(project, winner.run, console=console)
+    bo.incumbent = _incumbent(project, bo, against)
+    record: dict[str, Any] = {"winner_eval": mine.name, "winner_metrics": _headline(mine)}
+    if bo.incumbent != winner.run:
+        other = stored_or_new(project, bo.incumbent, mine.gold_id, project.manifest.eval, console)
+        c = compare_pair(project, other, mine)
+        record.update(
+            incumbent_eval=other.name,
+            incumbent_metrics=_headline(other),
+            metric=c.metric,
+            diff=c.test.diff,
+            ci=list(c.test.ci),
+            p_value=c.test.p_value,
+            test=c.test.test,
+            verdict=c.verdict,
+            sentence=c.sentence,
+        )
+    else:
+        record.update(verdict="the winner is the incumbent", sentence="The incumbent won its own bake-off.")
+    bo.gold = record
+    _save(project, bo)
+
+
+def _newest_eval(project: Project, ref: str) -> Evaluation | None:
+    from slmloop.data.versions import current_gold
+    from slmloop.evaluate.results import newest_evaluation
+
+    gold = current_gold(project)
+    return newest_evaluation(project, [ref], gold.id if gold else None)
+
+
+def _headline(e: Evaluation) -> dict[str, Any]:
+    from slmloop.evaluate.metrics import HEADLINE
+
+    m = e.metrics
+    key = HEADLINE.get(m.get("task", {}).get("type", ""), ["accuracy"])[0]
+    return {"metric": key, "value": m.get(key), "ci": m.get("ci", {}).get(key)}
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole bake-off
+# ---------------------------------------------------------------------------------------------
+def run_bakeoff(
+    project: Project,
+    *,
+    cfg: BakeoffConfig | None = None,
+    ray: str | None = None,
+    against: str | None = None,
+    init_from: str | None = None,
+    new: bool = False,
+    console: Console | None = None,
+) -> Bakeoff:
+    """Run (or continue) a bake-off: trials on validation, the winner against the incumbent on gold."""
+    from slmloop.evaluate.metrics import HEADLINE
+
+    console = console or Console(stderr=True)
+    cfg = cfg or project.manifest.bakeoff
+    metric = cfg.metric or HEADLINE[project.task.type][0]
+    bo = None if new else _unfinished(project, cfg)
+    if bo is None:
+        bo = _new(project, cfg, metric, "ray" if ray else "local")
+        console.print(f"[bold]{bo.id}[/bold]: {len(bo.trials)} trials, ranked by validation {metric}")
+    else:
+        done = sum(t.status in ("completed", "pruned", "failed") for t in bo.trials)
+        console.print(f"[bold]continuing {bo.id}[/bold]: {done} of {len(bo.trials)} trials settled")
+    if ray:
+        from slmloop.graduate.tune import run_ray
+
+        run_ray(project, bo, ray, console, init_from=init_from)
+    else:
+        _run_local(project, bo, console, init_from)
+    _judge_on_gold(project, bo, against, console)
+    bo.finished = True
+    _save(project, bo)
+    from slmloop.graduate.report import write_bakeoff_report
+
+    write_bakeoff_report(project, bo)
+    return bo

@@ -31,6 +31,11 @@ if ! "$PY" -c "import llama_cpp" >/dev/null 2>&1; then
   echo "==> llama-cpp-python (compiles llama.cpp the first time)"
   CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" "$PY" -m pip install --quiet "llama-cpp-python>=0.3"
 fi
+if ! "$PY" -c "import ray.tune" >/dev/null 2>&1; then
+  # `slmloop bakeoff --ray` (Ray Tune + ASHA); optional: without it the Ray tests are skipped, with a message
+  echo "==> ray[tune] (bake-offs on Ray Tune)"
+  "$PY" -m pip install --quiet "ray[tune]>=2.9" || echo "note: ray[tune] did not install here; bake-offs run locally and the Ray Tune tests are skipped"
+fi
 if [ ! -x /usr/bin/chromium ]; then
   # headless Chromium for the dashboard's browser tests (Playwright drives the Debian build; it downloads none)
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -348,6 +348,20 @@ class JudgeConfig(Section):
     )
 
 
+class ForgettingConfig(Section):
+    pack: str = Field(
+        "gsm8k-numeric", description="A built-in general-capability pack, or a JSONL file of your own (see docs)."
+    )
+    rows: int | None = Field(200, gt=0, description="Rows of the pack used (null: all).")
+    max_drop: float | None = Field(
+        0.05, ge=0.0, description="Largest allowed fall of the pack's choice accuracy against the base model."
+    )
+    max_nll_rise: float | None = Field(
+        None, ge=0.0, description="Largest allowed rise of the reference solutions' NLL (nats per token)."
+    )
+    required: bool = Field(True, description="A failed forgetting gate makes `slmloop eval` exit non-zero.")
+
+
 class EvalConfig(Section):
     mode: Literal["auto", "rank", "generate"] = Field(
         "auto",
@@ -374,6 +388,11 @@ class EvalConfig(Section):
     compare: CompareConfig = Field(default_factory=lambda: CompareConfig())
     checks: ChecksConfig = Field(default_factory=lambda: ChecksConfig())
     judge: JudgeConfig | None = Field(None, description="Optional LLM-as-judge through an OpenAI-compatible API.")
+    forgetting: ForgettingConfig | None = Field(
+        None,
+        description="Score fine-tuned models and the base on a general-capability pack and bound the drop "
+        "(the forgetting guard).",
+    )
     endpoints: dict[str, EndpointConfig] = Field(
         default_factory=dict, description="OpenAI-compatible endpoints usable as models: `--model endpoint:NAME`."
     )

@@ -107,6 +107,8 @@ def resolve_target(project: Project, ref: str) -> ModelTarget:
     base = project.manifest.model.base
     if ref == "base":
         return ModelTarget("base", resolve_model(base))
+    if ref.startswith("model:"):  # another local model (a catalog name, a folder, a hub id): zero-shot
+        return ModelTarget(ref, resolve_model(ref.removeprefix("model:")))
     if ref == "latest" or _RUN.match(ref):
         run = resolve_run(project, ref)
         adapter = project.locate(run.path) / "adapter"

@@ -78,6 +78,39 @@ def import_(
                 out.print(f"  … all {rec.rejected}: `slmloop data rejects {rec.id}`")
 
 
+@app.command("synth")
+def synth(
+    teacher: Annotated[
+        str, typer.Option(help="endpoint:NAME (eval.endpoints), or a local model: run-N, vN, base, model:PATH_OR_ID.")
+    ],
+    for_label: Annotated[
+        list[str] | None, typer.Option("--for-label", help="A label to write for (repeatable).")
+    ] = None,
+    thin_below: Annotated[int | None, typer.Option(help="Also every label with fewer training rows than this.")] = None,
+    n: Annotated[int, typer.Option("--n", help="New inputs per label.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the examples shown to the teacher.")] = 0,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Have a teacher write new inputs for thin or failing labels, marked synthetic, and import them.
+
+    `slmloop data prepare` then dedupes them, drops what copies gold and keeps them in training only;
+    `slmloop eval` slices gold rows by whether their nearest training row is synthetic.
+    """
+    from slmloop.data.importer import import_source
+    from slmloop.graduate.synth import synthesize, thin_labels
+
+    proj = load(project)
+    labels = list(dict.fromkeys([*(for_label or []), *(thin_labels(proj, thin_below) if thin_below else [])]))
+    result = synthesize(proj, teacher, labels, n, seed=seed, console=err)
+    res = import_source(proj, SourceConfig(path=str(result.file)))
+    rec = res.record
+    out.print(
+        f"{sum(result.per_label.values())} synthetic inputs for {len(result.per_label)} label(s) from {teacher} "
+        f"({result.requests} requests): {result.file}\n[bold]{rec.id}[/bold] imported: rows read {rec.rows_read} = "
+        f"accepted {rec.accepted} + rejected {rec.rejected}\nnext: `slmloop data prepare` (synthetic rows train only)"
+    )
+
+
 def _reject_table(rows: list[dict], title: str) -> None:
     t = Table(title=title, title_justify="left")
     t.add_column("file:line", no_wrap=True)

@@ -146,7 +146,8 @@ def detail_tables(metrics: dict[str, Any]) -> None:
 def gate_table(metrics: dict[str, Any]) -> None:
     gates = metrics.get("gates", [])
     beat = metrics.get("must_beat")
-    if not gates and not beat and not metrics.get("vs_baseline"):
+    forgot = metrics.get("forgetting")
+    if not gates and not beat and not metrics.get("vs_baseline") and not forgot:
         return
     t = table("gate", "value", "verdict", "required", title="gates")
     for g in gates:
@@ -170,6 +171,16 @@ def gate_table(metrics: dict[str, Any]) -> None:
                 f"[green]PASS[/green] ({rec['verdict']})" if passed else f"[red]{rec['verdict'].upper()}[/red]",
                 "yes" if rec.get("required") else "no",
             )
+    if forgot:
+        b, m = forgot["base"], forgot["model"]
+        t.add_row(
+            f"forgetting ({forgot['pack']}, {forgot['rows']} rows)",
+            f"choice acc {b['choice_accuracy']:.3f} → {m['choice_accuracy']:.3f} "
+            f"(p={forgot['choice_accuracy_p']:.3g}); "
+            f"solution NLL {b['solution_nll']:.3f} → {m['solution_nll']:.3f}",
+            "[green]PASS[/green]" if forgot["passed"] else "[red]FAIL[/red] " + "; ".join(forgot["problems"]),
+            "yes" if forgot["required"] else "no",
+        )
     out.print(t)
     for rec in (beat, vs):
         if rec and rec.get("sentence"):

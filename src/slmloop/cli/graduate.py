@@ -1,4 +1,4 @@
-"""``slmloop bakeoff``: several training settings, the winner judged on gold."""
+"""``slmloop bakeoff`` (several training settings, the winner judged on gold) and ``slmloop distill``."""
 
 from __future__ import annotations
 
@@ -68,3 +68,64 @@ def print_bakeoff(proj: Project, bo: Bakeoff) -> None:
             out.print(f"against {bo.incumbent}: [bold]{g['verdict']}[/bold] — {g['sentence']}")
     folder = proj.home / "bakeoffs" / bo.id
     out.print(f"report: {folder / 'report.md'} · plot: {folder / 'trials.png'}")
+
+
+def distill(
+    teacher: Annotated[
+        str,
+        typer.Option(
+            help="run-N, vN, model:PATH_OR_ID (another local model), endpoint:NAME (eval.endpoints, any "
+            "OpenAI-compatible API) or live:URL (a running slmloop serve)."
+        ),
+    ],
+    unlabelled: Annotated[
+        Path | None, typer.Option(help="Inputs without labels for the teacher to answer (e.g. a monitor export).")
+    ] = None,
+    train_inputs: Annotated[
+        bool, typer.Option("--train-inputs/--no-train-inputs", help="Let the teacher answer the training inputs.")
+    ] = True,
+    train_student: Annotated[
+        bool, typer.Option("--train/--no-train", help="Train the student on the teacher's answers.")
+    ] = True,
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset version whose inputs are used (default: newest).")
+    ] = None,
+    init_from: Annotated[str | None, typer.Option(help="Warm-start the student from run-N or a release.")] = None,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Capture a teacher's answers as a new dataset version (provenance recorded), train the student on
+    them, and score student, teacher and base on gold with their cost per 1k requests."""
+    from slmloop.graduate.distill import distill as run_distill
+
+    proj = load(project)
+    result = run_distill(
+        proj,
+        teacher,
+        unlabelled=unlabelled,
+        use_train=train_inputs,
+        dataset_id=dataset,
+        train_student=train_student,
+        init_from=init_from,
+        console=err,
+    )
+    c = result.counts
+    agree = result.version.config["distill"].get("agreement_with_labels")
+    out.print(
+        f"[bold green]{result.version.id}[/bold green]: {c['rows']} rows answered by {teacher} "
+        f"({c['from_train']} training inputs, {c['from_unlabelled']} unlabelled; {c['invalid_answers']} invalid "
+        "answers left out)" + (f" · teacher agrees with the human labels on {agree:.1%}" if agree is not None else "")
+    )
+    if result.table:
+        t = table("role", "model", "metric", "value", "95% CI", "rows/s", "cost / 1k req", right=("value", "rows/s"))
+        for r in result.table:
+            ci = r["ci"] or [None, None]
+            t.add_row(
+                r["role"],
+                r["model"],
+                r["metric"],
+                f"{r['value']:.4f}",
+                f"{ci[0]:.3f}–{ci[1]:.3f}" if ci[0] is not None else "",
+                f"{r['rows_per_s']:.1f}" if r["rows_per_s"] else "",
+                f"{r['cost_per_1k_requests']:.4f}" if r["cost_per_1k_requests"] is not None else "",
+            )
+        out.print(t)

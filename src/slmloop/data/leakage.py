@@ -111,15 +111,23 @@ def find_leaks(
     return sorted(leaks, key=lambda x: (-x.similarity, x.split, x.row))
 
 
-def neighbour_similarity(project: Project, texts: Sequence[str], train_texts: Sequence[str]) -> np.ndarray:
-    """Cosine similarity of each text to its nearest training text (MiniLM, cached embeddings)."""
+def nearest_neighbours(
+    project: Project, texts: Sequence[str], train_texts: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine similarity of each text to its nearest training text, and that text's index (MiniLM, cached)."""
     import numpy as np
 
     if not texts or not train_texts:
-        return np.zeros(len(texts), dtype=np.float32)
+        return np.zeros(len(texts), dtype=np.float32), np.zeros(len(texts), dtype=np.int64)
     embed = project_embedder(project)
     q, t = embed(list(texts)), embed(list(train_texts))
-    return np.concatenate([(q[i : i + 2048] @ t.T).max(axis=1) for i in range(0, len(q), 2048)])
+    sims = [q[i : i + 2048] @ t.T for i in range(0, len(q), 2048)]
+    return np.concatenate([x.max(axis=1) for x in sims]), np.concatenate([x.argmax(axis=1) for x in sims])
+
+
+def neighbour_similarity(project: Project, texts: Sequence[str], train_texts: Sequence[str]) -> np.ndarray:
+    """Cosine similarity of each text to its nearest training text (MiniLM, cached embeddings)."""
+    return nearest_neighbours(project, texts, train_texts)[0]
 
 
 def contamination(

@@ -266,16 +266,19 @@ def _gold(project: Project, table: RowTable, ledger: _Ledger, console: Console) 
     head = current_gold(project)
     if head is not None:
         return _Gold(head, project.objects.read_jsonl(head.object), 0), table
-    keep, chosen = split_rows(
-        table.rows, cfg.gold, random.Random(f"{cfg.seed}:gold"), _strata(cfg, m.task, table.rows), table.groups
+    real_idx = [i for i, r in enumerate(table.rows) if not is_synthetic(r)]  # generated rows never judge
+    real = table.take(real_idx) if len(real_idx) < len(table) else table
+    _, chosen = split_rows(
+        real.rows, cfg.gold, random.Random(f"{cfg.seed}:gold"), _strata(cfg, m.task, real.rows), real.groups
     )
     if not chosen:
         raise DataError(
             f"too few rows ({len(table)}) to set aside a gold set", hint="Import more data or raise data.split.gold."
         )
-    gold_rows = [table.rows[i] for i in chosen]
+    gold_rows = [real.rows[i] for i in chosen]
     version = freeze_gold(project, gold_rows, None, "first freeze by data prepare")
-    return _Gold(version, gold_rows, len(gold_rows)), table.take(keep)
+    taken = {real_idx[i] for i in chosen}
+    return _Gold(version, gold_rows, len(gold_rows)), table.take([i for i in range(len(table)) if i not in taken])
 
 
 def _drop_leaks(project: Project, pool: RowTable, gold: _Gold, ledger: _Ledger, console: Console) -> RowTable:
@@ -314,12 +317,27 @@ def _drop_leaks(project: Project, pool: RowTable, gold: _Gold, ledger: _Ledger, 
     return pool.take(clean)
 
 
+def is_synthetic(row: dict[str, Any]) -> bool:
+    """A generated row (a true ``synthetic`` column): it may train, never validate or judge."""
+    return bool(row.get("_meta", {}).get("synthetic"))
+
+
+def _real_only(table: RowTable) -> tuple[RowTable, list[dict[str, Any]]]:
+    """The rows a validation or gold split may take, and the synthetic rows that go to training."""
+    real = [i for i, r in enumerate(table.rows) if not is_synthetic(r)]
+    if len(real) == len(table):
+        return table, []
+    return table.take(real), [r for r in table.rows if is_synthetic(r)]
+
+
 def _split_validation(cfg: SplitConfig, task: TaskConfig, pool: RowTable, outside_gold: bool) -> tuple[list, list]:
-    """Validation is a share of all rows: of a pool without gold it is v / (1 - g); with an external gold, v."""
+    """Validation is a share of all rows: of a pool without gold it is v / (1 - g); with an external gold, v.
+    Synthetic rows are training rows only."""
     fraction = cfg.validation if outside_gold else min(cfg.validation / (1.0 - cfg.gold), 0.9)
     rng = random.Random(f"{cfg.seed}:validation")
-    keep, chosen = split_rows(pool.rows, fraction, rng, _strata(cfg, task, pool.rows), pool.groups)
-    return [pool.rows[i] for i in keep], [pool.rows[i] for i in chosen]
+    real, synthetic = _real_only(pool)
+    keep, chosen = split_rows(real.rows, fraction, rng, _strata(cfg, task, real.rows), real.groups)
+    return [real.rows[i] for i in keep] + synthetic, [real.rows[i] for i in chosen]
 
 
 def _announce_task(task: TaskConfig, resolved: TaskConfig, console: Console) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from slmloop.data.leakage import leakage_gate, neighbour_similarity
+from slmloop.data.leakage import leakage_gate, nearest_neighbours
 from slmloop.data.versions import current_gold_rows, load_dataset
 from slmloop.errors import ConfigError
 from slmloop.evaluate.answers import ModelAnswer, answer_rows, is_correct
@@ -51,6 +51,8 @@ class Answered:
     #: the rows the model learned from (neighbour subsets); None for external models
     train_rows: list[dict[str, Any]] | None = None
     dataset_id: str | None = None
+    #: a fine-tuned model against the base on the forgetting pack (eval.forgetting)
+    forgetting: dict[str, Any] | None = None
 
 
 def progress_bar(console: Console, label: str) -> Progress:
@@ -120,7 +122,14 @@ def _answer_local(
         )
     runtime = _timing(time.perf_counter() - started, len(gold), cfg, mode)
     runtime["prompt_tokens_per_row"] = _prompt_tokens(tok, task, target.prompt, gold)
-    return Answered(target.ref, task, target.prompt, answers, runtime, leakage, train_rows, dataset_id)
+    forgetting = None
+    if cfg.forgetting is not None and target.adapter is not None:
+        from slmloop.graduate.forgetting import forgetting_check
+
+        forgetting = forgetting_check(project, model, tok, cfg.forgetting, pick_dtype(cfg.precision), console)
+    answered = Answered(target.ref, task, target.prompt, answers, runtime, leakage, train_rows, dataset_id)
+    answered.forgetting = forgetting
+    return answered
 
 
 def _prompt_tokens(tok: Any, task: TaskConfig, style: str, rows: list[dict[str, Any]]) -> float:
@@ -306,12 +315,22 @@ def _neighbour_subsets(
     leak_cfg = project.manifest.data.leakage
     if leak_cfg.semantic == "off" or not answered.train_rows:
         return None, None
+    from slmloop.data.prepare import is_synthetic
+
     task = answered.task
-    sims = neighbour_similarity(
+    sims, nearest = nearest_neighbours(
         project, [input_text(task, r) for r in gold], [input_text(task, r) for r in answered.train_rows]
     )
-    out = neighbour_subsets(scores, sims, leak_cfg.semantic_threshold, list(HEADLINE[task.type]), cfg)
+    names = list(HEADLINE[task.type])
+    out = neighbour_subsets(scores, sims, leak_cfg.semantic_threshold, names, cfg)
     out["dataset"] = answered.dataset_id
+    synthetic = np.array([is_synthetic(answered.train_rows[j]) for j in nearest], dtype=bool)
+    if synthetic.any():  # did generated rows help or hurt the gold rows they sit closest to?
+        out["nearest_synthetic"] = {"share": float(synthetic.mean())}
+        for key, mask in (("real_neighbour", ~synthetic), ("synthetic_neighbour", synthetic)):
+            idx = np.flatnonzero(mask)
+            part = {"n": len(idx), **{m: scores.metric(m, idx) for m in names if len(idx)}}
+            out["nearest_synthetic"][key] = {**part, "ci": _intervals(scores, names, cfg, idx)}
     return out, sims
 
 
@@ -418,6 +437,9 @@ def failed_gates(evaluation: Evaluation, cfg: EvalConfig | None = None) -> list[
     base = m.get("vs_baseline")
     if base and base.get("required") and base.get("verdict") == "worse":
         failed.append(f"significantly worse than {base['against']}")
+    forgot = m.get("forgetting")
+    if forgot and forgot.get("required") and not forgot.get("passed"):
+        failed.append("forgetting: " + "; ".join(forgot["problems"]))
     return failed
 
 
@@ -588,6 +610,8 @@ def evaluate(
         metrics["subsets"] = subsets
     if judge is not None:
         metrics["judge"] = judge
+    if answered.forgetting is not None:
+        metrics["forgetting"] = answered.forgetting
     metrics.update(
         {
             "confidence": cfg.confidence,

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ROUND_WIDTH",
     "common_prefix",
+    "continuation_logprobs",
     "generate",
     "left_pad",
     "rank_labels",
@@ -425,3 +426,45 @@ def _score_batch(
                 row[j] = cum[r][leaf]
         results.append(row)
     return results
+
+
+def continuation_logprobs(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    continuations: Sequence[str],
+    *,
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> list[tuple[float, int]]:
+    """(summed log-probability, tokens) of each continuation after its prompt, in the caller's order."""
+    import torch
+
+    encoded = []
+    for p, c in zip(prompts, continuations, strict=True):
+        head = tok(p, add_special_tokens=False)["input_ids"]
+        tail = tok(c, add_special_tokens=False)["input_ids"]
+        encoded.append((head + tail, len(head)))
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    for batch in _batches([len(ids) for ids, _ in encoded], batch_size):
+        width = max(len(encoded[i][0]) for i in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):  # right padding: positions stay those of an unpadded pass
+            seq = encoded[i][0]
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        with torch.inference_mode():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        targets = ids[:, 1:].to(device)
+        token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        for row, i in enumerate(batch):
+            seq, start = encoded[i]
+            span = token_logp[row, start - 1 : len(seq) - 1]
+            out[i] = (float(span.sum()), int(span.numel()))
+        if progress is not None:
+            progress(len(batch))
+    return out

@@ -819,11 +819,11 @@ def fit(
                     entry = _trace_entry(parts, state, result)
                     scores = _validate_if_due(st, parts, state, metric, best_path, last)
                     entry.update(scores)
-                    if scores and on_validation is not None:
-                        on_validation({"step": state.step, "epochs": state.step / parts.steps_per_epoch, **scores})
                     if trace is not None:
                         trace.write(json.dumps(entry) + "\n")
                         trace.flush()
+                    if scores and on_validation is not None:  # after the trace: a listener may end the process
+                        on_validation({"step": state.step, "epochs": state.step / parts.steps_per_epoch, **scores})
                     for t in trackers:
                         t.log(state.step, {k: float(v) for k, v in entry.items() if isinstance(v, int | float)})
                     _checkpoint_if_due(st, parts, state, run_dir)

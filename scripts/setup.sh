@@ -34,7 +34,7 @@ fi
 if ! "$PY" -c "import ray.tune" >/dev/null 2>&1; then
   # `slmloop bakeoff --ray` (Ray Tune + ASHA); optional: without it the Ray tests are skipped, with a message
   echo "==> ray[tune] (bake-offs on Ray Tune)"
-  "$PY" -m pip install --quiet "ray[tune]>=2.9" || echo "note: ray[tune] did not install here; bake-offs run locally and the Ray Tune tests are skipped"
+  "$PY" -m pip install --quiet "ray[tune]>=2.50" || echo "note: ray[tune] did not install here; bake-offs run locally and the Ray Tune tests are skipped"
 fi
 if [ ! -x /usr/bin/chromium ]; then
   # headless Chromium for the dashboard's browser tests (Playwright drives the Debian build; it downloads none)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from slmloop.cli.common import ProjectOpt, err, load, out, table
+from slmloop.errors import ConfigError
 
 if TYPE_CHECKING:
     from slmloop.graduate.bakeoff import Bakeoff
@@ -43,6 +44,8 @@ def bakeoff(
     proj = load(project)
     cfg = proj.manifest.bakeoff
     if trials is not None:
+        if trials < 1:
+            raise ConfigError(f"--trials {trials}: a bake-off needs at least one trial", hint="e.g. --trials 6")
         cfg = cfg.model_copy(update={"trials": trials})
     bo = (
         load_bakeoff(proj, show)

@@ -273,7 +273,8 @@ def _gold(project: Project, table: RowTable, ledger: _Ledger, console: Console) 
     )
     if not chosen:
         raise DataError(
-            f"too few rows ({len(table)}) to set aside a gold set", hint="Import more data or raise data.split.gold."
+            f"too few real (non-synthetic) rows ({len(real)}) to set aside a gold set",
+            hint="Import more data or raise data.split.gold.",
         )
     gold_rows = [real.rows[i] for i in chosen]
     version = freeze_gold(project, gold_rows, None, "first freeze by data prepare")
@@ -319,7 +320,10 @@ def _drop_leaks(project: Project, pool: RowTable, gold: _Gold, ledger: _Ledger, 
 
 def is_synthetic(row: dict[str, Any]) -> bool:
     """A generated row (a true ``synthetic`` column): it may train, never validate or judge."""
-    return bool(row.get("_meta", {}).get("synthetic"))
+    value = row.get("_meta", {}).get("synthetic")
+    if isinstance(value, str):  # CSV/TSV columns arrive as text
+        return value.strip().casefold() in ("true", "1", "yes", "y")
+    return bool(value)
 
 
 def _real_only(table: RowTable) -> tuple[RowTable, list[dict[str, Any]]]:

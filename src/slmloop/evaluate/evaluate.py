@@ -325,7 +325,7 @@ def _neighbour_subsets(
     out = neighbour_subsets(scores, sims, leak_cfg.semantic_threshold, names, cfg)
     out["dataset"] = answered.dataset_id
     synthetic = np.array([is_synthetic(answered.train_rows[j]) for j in nearest], dtype=bool)
-    if synthetic.any():  # did generated rows help or hurt the gold rows they sit closest to?
+    if any(is_synthetic(r) for r in answered.train_rows):  # did generated rows help the gold rows near them?
         out["nearest_synthetic"] = {"share": float(synthetic.mean())}
         for key, mask in (("real_neighbour", ~synthetic), ("synthetic_neighbour", synthetic)):
             idx = np.flatnonzero(mask)

@@ -50,9 +50,12 @@ class Trial:
     scores: list[dict[str, float]] = field(default_factory=list)  # {"epochs", "value"} at each rung
     seconds: float = 0.0
     error: str | None = None
+    best: float | None = None  # a completed trial: its best validation point, which its adapter keeps
 
     @property
     def score(self) -> float | None:
+        if self.status == "completed" and self.best is not None:
+            return self.best
         return self.scores[-1]["value"] if self.scores else None
 
     @property
@@ -69,6 +72,11 @@ class Bakeoff:
     config: dict[str, Any]  # the bakeoff: section it was started with
     trials: list[Trial]
     backend: str = "local"
+    #: what every trial trains on, fixed when the bake-off starts (a rerun refuses other inputs)
+    dataset_id: str | None = None
+    train_base: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None
+    rungs_done: int = 0  # rungs whose cut is decided: a continued bake-off never cuts twice
     winner: int | None = None
     incumbent: str | None = None
     gold: dict[str, Any] | None = None  # the winner's and the incumbent's gold evaluations, the paired test
@@ -109,13 +117,14 @@ def draw_trials(cfg: BakeoffConfig, train: TrainConfig) -> list[dict[str, Any]]:
     if cfg.include_default:
         add({})
     keys = sorted(cfg.space)
-    lists = all(isinstance(cfg.space[k], list) for k in keys)
-    if lists:
-        grid = [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(cfg.space[k] for k in keys))]
-        if len(grid) + len(seen) <= cfg.trials or len({json.dumps(g, sort_keys=True) for g in grid}) <= cfg.trials:
-            for g in grid:
-                add(g)
-            return seen[: max(cfg.trials, len(seen))]
+    if all(isinstance(cfg.space[k], list) for k in keys):
+        whole = list(seen)
+        for combo in itertools.product(*(cfg.space[k] for k in keys)):
+            changed = {k: v for k, v in zip(keys, combo, strict=True) if base.get(k) != v}
+            if changed not in whole:
+                whole.append(changed)
+        if len(whole) <= cfg.trials:  # the whole grid (with the manifest's settings) fits
+            return whole
     rng = random.Random(cfg.seed)
     for _ in range(cfg.trials * 50):
         if len(seen) >= cfg.trials:
@@ -160,7 +169,18 @@ def list_bakeoffs(project: Project) -> list[Bakeoff]:
     return [Bakeoff.from_dict(json.loads(p.read_text())) for p in found]
 
 
-def _new(project: Project, cfg: BakeoffConfig, metric: str, backend: str) -> Bakeoff:
+def _inputs(project: Project, init_from: str | None) -> dict[str, Any]:
+    """What the trials train on: the newest dataset version, the manifest's train: section, the warm start."""
+    from slmloop.data.versions import resolve_dataset
+
+    return {
+        "dataset_id": resolve_dataset(project).id,
+        "train_base": project.manifest.train.model_dump(mode="json"),
+        "init_from": init_from,
+    }
+
+
+def _new(project: Project, cfg: BakeoffConfig, metric: str, backend: str, init_from: str | None = None) -> Bakeoff:
     from slmloop.evaluate.metrics import METRICS
 
     train = project.manifest.train
@@ -171,22 +191,52 @@ def _new(project: Project, cfg: BakeoffConfig, metric: str, backend: str) -> Bak
     existing = list_bakeoffs(project)
     number = 1 + max((int(b.id.removeprefix("bo-")) for b in existing), default=0)
     better = METRICS[metric].higher_is_better if metric in METRICS else True
-    bo = Bakeoff(f"bo-{number}", utcnow().isoformat(), metric, better, cfg.model_dump(), trials, backend)
+    bo = Bakeoff(
+        f"bo-{number}",
+        utcnow().isoformat(),
+        metric,
+        better,
+        cfg.model_dump(mode="json"),
+        trials,
+        backend,
+        **_inputs(project, init_from),
+    )
     _save(project, bo)
     return bo
 
 
-def _unfinished(project: Project, cfg: BakeoffConfig) -> Bakeoff | None:
-    """The newest bake-off that did not finish, if it was started with the same section."""
+def _unfinished(project: Project, cfg: BakeoffConfig, init_from: str | None) -> Bakeoff | None:
+    """The newest unfinished bake-off started with the same section; it must also find the same inputs."""
     found = [b for b in list_bakeoffs(project) if not b.finished]
-    if found and found[-1].config == cfg.model_dump():
-        return found[-1]
-    return None
+    if not found or found[-1].config != json.loads(json.dumps(cfg.model_dump(mode="json"))):
+        return None
+    bo = found[-1]
+    now = _inputs(project, init_from)
+    changed = [k for k in now if now[k] != getattr(bo, k)]
+    if changed:
+        raise ConfigError(
+            f"{bo.id} is unfinished but its inputs changed since it started ({', '.join(changed)}): its trials "
+            "would be ranked against trials trained on something else",
+            hint=f"Restore them to finish {bo.id}, or start a new bake-off with --new.",
+        )
+    return bo
 
 
 # ---------------------------------------------------------------------------------------------
 # one trial, in its own process
 # ---------------------------------------------------------------------------------------------
+def trial_spec(bo: Bakeoff, trial: Trial, **extra: Any) -> dict[str, Any]:
+    """What a trial's process needs: its bake-off, its settings, the pinned dataset and warm start."""
+    return {
+        "bakeoff": bo.id,
+        "trial": trial.n,
+        "overrides": trial_overrides(bo, trial),
+        "dataset_id": bo.dataset_id,
+        "init_from": bo.init_from,
+        **extra,
+    }
+
+
 def trial_overrides(bo: Bakeoff, trial: Trial) -> dict[str, Any]:
     es = {"metric": bo.metric, "patience": PATIENCE_OFF}
     rows = int(bo.config["validation_rows"])
@@ -222,6 +272,8 @@ def train_trial(project: Project, spec: dict[str, Any], console: Console | None 
 
     run = trial_run(project, spec["bakeoff"], spec["trial"])
     resume = run.name if _resumable(project, run) else None
+    if run is not None and resume is None and run.status in ("running", "interrupted"):
+        _mark_run(project, run.name, "failed")  # stopped before its first checkpoint: a new run replaces it
     if run is not None and resume is None and run.status == "completed":
         done = run
     else:
@@ -234,10 +286,18 @@ def train_trial(project: Project, spec: dict[str, Any], console: Console | None 
             on_validation=spec.get("on_validation"),
             resume=resume,
             init_from=None if resume else spec.get("init_from"),
+            dataset_id=None if resume else spec.get("dataset_id"),
             origin={"bakeoff": spec["bakeoff"], "trial": spec["trial"]},
         )
     history = _history(project, done)
-    return {"run": done.name, "status": done.status, "history": history, "seconds": _seconds(project, done)}
+    best = (done.metrics or {}).get("best_value") if done.status == "completed" else None
+    return {
+        "run": done.name,
+        "status": done.status,
+        "history": history,
+        "best": best,
+        "seconds": _seconds(project, done),
+    }
 
 
 def _history(project: Project, run: Run) -> list[dict[str, Any]]:
@@ -263,12 +323,32 @@ def _seconds(project: Project, run: Run) -> float:
     return float(json.loads(lines[-1])["elapsed_s"]) if lines else 0.0
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the trial's process gets SIGTERM when the bake-off's process dies (no orphan keeps training)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _run_in_process(project: Project, spec: dict[str, Any]) -> dict[str, Any]:
     """``python -m slmloop.graduate.trial``: the trial's memory is handed back whole when it ends."""
     with tempfile.TemporaryDirectory() as tmp:
         spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec_path.write_text(json.dumps({**spec, "project": str(project.root), "result": str(result_path)}))
-        code = subprocess.call([sys.executable, "-m", "slmloop.graduate.trial", str(spec_path)])
+        cmd = [sys.executable, "-m", "slmloop.graduate.trial", str(spec_path)]
+        child = subprocess.Popen(cmd, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        try:
+            code = child.wait()
+        except KeyboardInterrupt:  # Ctrl-C reached the child too: let it record its run as interrupted
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+            raise
         if code == 130:
             raise KeyboardInterrupt
         if not result_path.exists():
@@ -284,26 +364,21 @@ def _score_at(result: dict[str, Any], metric: str) -> dict[str, float] | None:
     return {"epochs": round(points[-1]["epochs"], 6), "value": float(points[-1][metric])} if points else None
 
 
-def _advance(project: Project, bo: Bakeoff, trial: Trial, budget: float, console: Console, **extra: Any) -> None:
+def _advance(project: Project, bo: Bakeoff, trial: Trial, budget: float, console: Console) -> None:
     target = min(budget, trial.epochs)
     if trial.reached >= target - 1e-6 and trial.status in ("paused", "completed"):
         return
     console.rule(f"{bo.id} · trial {trial.n}/{len(bo.trials)} · {_describe(trial.params)} · to epoch {target:g}")
     trial.status = "running"
     _save(project, bo)
-    spec = {
-        "bakeoff": bo.id,
-        "trial": trial.n,
-        "overrides": trial_overrides(bo, trial),
-        "pause_at": None if target >= trial.epochs - 1e-6 else target,
-        **extra,
-    }
+    spec = trial_spec(bo, trial, pause_at=None if target >= trial.epochs - 1e-6 else target)
     result = _run_in_process(project, spec)
     if result.get("status") not in ("paused", "completed"):
         trial.status, trial.error = "failed", result.get("error") or f"run ended {result.get('status')}"
         console.print(f"[red]trial {trial.n} failed: {trial.error}[/red]")
     else:
         trial.status, trial.run, trial.seconds = result["status"], result["run"], result["seconds"]
+        trial.best = result.get("best")
         point = _score_at(result, bo.metric)
         if point is not None and (not trial.scores or trial.scores[-1]["epochs"] != point["epochs"]):
             trial.scores.append(point)
@@ -314,28 +389,39 @@ def _advance(project: Project, bo: Bakeoff, trial: Trial, budget: float, console
     _save(project, bo)
 
 
-def _rank_key(bo: Bakeoff, t: Trial) -> float:
-    if t.score is None:
+def _rank_key(bo: Bakeoff, t: Trial, at: float | None = None) -> float:
+    """Sort key, best first: the trial's score (at epoch ``at`` or before, for a rung's ranking)."""
+    if at is None:
+        value = t.score
+    else:
+        points = [p for p in t.scores if p["epochs"] <= at + 1e-6]
+        value = points[-1]["value"] if points else None
+    if value is None:
         return math.inf
-    return -t.score if bo.higher_is_better else t.score
+    return -value if bo.higher_is_better else value
 
 
-def _run_local(project: Project, bo: Bakeoff, console: Console, init_from: str | None) -> None:
+def _run_local(project: Project, bo: Bakeoff, console: Console) -> None:
     cfg = BakeoffConfig.model_validate(bo.config)
     ladder = rungs(cfg, max(t.epochs for t in bo.trials))
     eta = cfg.halving.eta if cfg.halving else 1
-    for k, budget in enumerate(ladder):
+    for k in range(bo.rungs_done, len(ladder)):  # a continued bake-off starts at the rung it stopped in
+        budget = ladder[k]
         alive = [t for t in bo.trials if t.status in ("pending", "running", "paused")]
+        # trials that finished their schedule at this rung compete in its ranking too
+        floor = ladder[k - 1] if k else 0.0
+        finishing = [t for t in bo.trials if t.status == "completed" and floor < t.reached <= budget + 1e-6]
         for t in alive:
-            _advance(project, bo, t, budget, console, init_from=init_from)
-        if k == len(ladder) - 1:
-            break
-        # the best 1/eta of this rung go on; a trial whose schedule ended here keeps its place in the ranking
-        ranked = sorted([t for t in alive if t.status in ("paused", "completed")], key=lambda t: _rank_key(bo, t))
-        for t in ranked[math.ceil(len(ranked) / eta) :]:
-            if t.status == "paused":
-                t.status = "pruned"
-                _mark_run(project, t.run, "pruned")
+            _advance(project, bo, t, budget, console)
+        if k < len(ladder) - 1:
+            # the best 1/eta of this rung go on, ranked by the score each reached at this rung
+            here = [t for t in dict.fromkeys([*alive, *finishing]) if t.status in ("paused", "completed")]
+            ranked = sorted(here, key=lambda t: _rank_key(bo, t, at=budget))
+            for t in ranked[math.ceil(len(ranked) / eta) :]:
+                if t.status == "paused":
+                    t.status = "pruned"
+                    _mark_run(project, t.run, "pruned")
+        bo.rungs_done = k + 1
         _save(project, bo)
 
 
@@ -357,7 +443,11 @@ def _describe(params: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------
 def _incumbent(project: Project, bo: Bakeoff, against: str | None) -> str:
     if against:
-        return against
+        if against.startswith(("endpoint:", "live:", "baseline:")):
+            return against
+        from slmloop.targets import resolve_target
+
+        return resolve_target(project, against).ref  # v2 → release-2, latest → run-N: stored evaluations match
     if project.store.alias_target("production") is not None:
         version = project.store.alias_target("production")
         return f"release-{version}"
@@ -376,7 +466,7 @@ def _judge_on_gold(project: Project, bo: Bakeoff, against: str | None, console: 
 
     done = [t for t in bo.trials if t.status == "completed" and t.score is not None]
     if not done:
-        raise SlmloopError("no trial completed", hint="See each trial's error: `slmloop bakeoff --show`.")
+        raise SlmloopError("no trial completed", hint=f"See each trial's error: `slmloop bakeoff --show {bo.id}`.")
     winner = min(done, key=lambda t: _rank_key(bo, t))
     bo.winner = winner.n
     assert winner.run is not None
@@ -434,14 +524,20 @@ def run_bakeoff(
     console: Console | None = None,
 ) -> Bakeoff:
     """Run (or continue) a bake-off: trials on validation, the winner against the incumbent on gold."""
+    from slmloop.data.versions import load_dataset
     from slmloop.evaluate.metrics import HEADLINE
 
     console = console or Console(stderr=True)
     cfg = cfg or project.manifest.bakeoff
     metric = cfg.metric or HEADLINE[project.task.type][0]
-    bo = None if new else _unfinished(project, cfg)
+    if not load_dataset(project).validation:
+        raise ConfigError(
+            "the dataset version has no validation rows: a bake-off ranks its trials on them (never on gold)",
+            hint="Set data.split.validation (e.g. 0.05) and run `slmloop data prepare` again.",
+        )
+    bo = None if new else _unfinished(project, cfg, init_from)
     if bo is None:
-        bo = _new(project, cfg, metric, "ray" if ray else "local")
+        bo = _new(project, cfg, metric, "ray" if ray else "local", init_from)
         console.print(f"[bold]{bo.id}[/bold]: {len(bo.trials)} trials, ranked by validation {metric}")
     else:
         done = sum(t.status in ("completed", "pruned", "failed") for t in bo.trials)
@@ -449,9 +545,9 @@ def run_bakeoff(
     if ray:
         from slmloop.graduate.tune import run_ray
 
-        run_ray(project, bo, ray, console, init_from=init_from)
+        run_ray(project, bo, ray, console)
     else:
-        _run_local(project, bo, console, init_from)
+        _run_local(project, bo, console)
     _judge_on_gold(project, bo, against, console)
     bo.finished = True
     _save(project, bo)

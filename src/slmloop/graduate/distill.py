@@ -73,11 +73,12 @@ def _as_target(task: TaskConfig, prediction: str, raw: str) -> Any:
 
 def teacher_rows(
     project: Project, teacher: str, inputs: list[dict[str, Any]], task: TaskConfig, console: Console
-) -> tuple[list[dict[str, Any]], int]:
-    """The inputs with the teacher's answers as targets; rows it answered invalidly are left out (counted)."""
+) -> tuple[list[dict[str, Any]], int, str]:
+    """The inputs with the teacher's answers as targets (rows it answered invalidly are left out, counted),
+    and the teacher's canonical name (``latest`` → ``run-7``)."""
     from slmloop.evaluate.evaluate import answer_gold
 
-    cfg = project.manifest.eval
+    cfg = project.manifest.eval.model_copy(update={"forgetting": None})  # the teacher only answers
     answered = answer_gold(project, teacher, inputs, cfg, allow_leakage=True, console=console)
     target = "label" if task.type == "classification" else "output"
     rows, invalid = [], 0
@@ -88,7 +89,7 @@ def teacher_rows(
             continue
         scores = {"probs": answer.scores["probs"]} if "probs" in answer.scores else {}
         rows.append({**row, target: value, "_teacher": {"ref": answered.model_ref, "raw": answer.raw, **scores}})
-    return rows, invalid
+    return rows, invalid, answered.model_ref
 
 
 def _dedupe(task: TaskConfig, rows: list[dict[str, Any]], gold: list[dict[str, Any]], project: Project) -> tuple:
@@ -124,7 +125,12 @@ def _store_version(
         if existing is not None:
             s.expunge(existing)
             return existing
-    counts = {**parent.version.counts, "train": len(train), "distilled": provenance["counts"]}
+    counts = {
+        "train": len(train),
+        "validation": parent.version.counts.get("validation", len(parent.validation)),
+        "gold_rows_total": parent.version.counts.get("gold_rows_total", len(parent.gold)),
+        "distilled": provenance["counts"],
+    }
     version = DatasetVersion(
         id=version_id,
         import_ids=parent.version.import_ids,
@@ -200,23 +206,27 @@ def distill(
     key = INPUT_FIELD[task.type]
     from_train = [{key: r[key]} for r in parent.train] if use_train else []
     extra: list[dict[str, Any]] = []
-    leaked = repeats = 0
+    leaked = repeats = in_train = 0
     if unlabelled is not None:
         extra = unlabelled_inputs(task, unlabelled)
-        known = {input_text(task, r) for r in parent.train + parent.validation}
-        extra = [r for r in extra if input_text(task, r) not in known]
+        from slmloop.data.clean import dedupe_key
+
+        known = {dedupe_key(input_text(task, r)) for r in parent.train} if use_train else set()
+        given = len(extra)
+        extra = [r for r in extra if dedupe_key(input_text(task, r)) not in known]
+        in_train = given - len(extra)
         extra, leaked, repeats = _dedupe(task, extra, parent.gold + parent.validation, project)
     inputs = from_train + extra
     if not inputs:
         raise DataError("nothing for the teacher to answer", hint="Keep the training inputs or pass --unlabelled FILE.")
     console.print(f"teacher {teacher}: answering {len(from_train)} training and {len(extra)} unlabelled inputs")
-    taught, invalid = teacher_rows(project, teacher, inputs, task, console)
+    taught, invalid, teacher = teacher_rows(project, teacher, inputs, task, console)
     if not taught:
         raise DataError(f"teacher {teacher} gave no valid answer", hint="Check the teacher with `slmloop eval`.")
     counts = {
         "from_train": len(from_train),
         "from_unlabelled": len(extra),
-        "unlabelled_dropped": {"copies gold or validation": leaked, "repeated": repeats},
+        "unlabelled_dropped": {"copies gold or validation": leaked, "repeated": repeats, "already training": in_train},
         "invalid_answers": invalid,
         "rows": len(taught),
     }

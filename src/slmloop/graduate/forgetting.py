@@ -66,7 +66,7 @@ def load_pack(name: str, rows: int | None = None, root: Path | None = None) -> l
     return out[:rows] if rows else out
 
 
-def score_pack(model: Any, tok: Any, pack: list[dict[str, Any]], batch_size: int = 16) -> dict[str, np.ndarray]:
+def score_pack(model: Any, tok: Any, pack: list[dict[str, Any]], batch_size: int = 8) -> dict[str, np.ndarray]:
     """Per row: whether the answer is the likeliest choice, and the solution's NLL per token."""
     from slmloop.models.inference import continuation_logprobs
     from slmloop.models.loading import render_prompt

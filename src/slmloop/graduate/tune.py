@@ -16,15 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from slmloop.errors import ConfigError
-from slmloop.graduate.bakeoff import (
-    Bakeoff,
-    _history,
-    _mark_run,
-    _save,
-    _seconds,
-    trial_overrides,
-    trial_run,
-)
+from slmloop.graduate.bakeoff import Bakeoff, _history, _mark_run, _save, _seconds, trial_run, trial_spec
 from slmloop.manifest import BakeoffConfig
 from slmloop.project import Project
 
@@ -72,13 +64,7 @@ def _cpus_per_trial(ray: Any, requested: int | None) -> int:
 
 
 def run_ray(
-    project: Project,
-    bo: Bakeoff,
-    address: str,
-    console: Console,
-    *,
-    init_from: str | None = None,
-    cpus_per_trial: int | None = None,
+    project: Project, bo: Bakeoff, address: str, console: Console, *, cpus_per_trial: int | None = None
 ) -> None:
     """Run ``bo``'s trials on Ray Tune with ASHA; fill in each trial's run, scores and status."""
     if not ray_available():
@@ -92,11 +78,17 @@ def run_ray(
 
     cfg = BakeoffConfig.model_validate(bo.config)
     longest = max(t.epochs for t in bo.trials)
-    min_epochs = cfg.halving.min_epochs if cfg.halving else longest
-    if address == "local":
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, ignore_reinit_error=True, log_to_driver=True)
-    else:
-        ray.init(address=address, ignore_reinit_error=True)
+    min_epochs = min(cfg.halving.min_epochs, longest) if cfg.halving else longest
+    try:
+        if address == "local":
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, ignore_reinit_error=True, log_to_driver=True)
+        else:
+            ray.init(address=address, ignore_reinit_error=True)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ConfigError(
+            f"could not start or reach Ray at {address!r}: {exc}",
+            hint="--ray local starts one here; for a cluster pass its address (ray://host:10001 or auto).",
+        ) from None
     try:
         scheduler = ASHAScheduler(
             time_attr="epochs",
@@ -109,19 +101,14 @@ def run_ray(
                 "project": str(project.root),
                 "metric": bo.metric,
                 "epochs": t.epochs,
-                "spec": {
-                    "bakeoff": bo.id,
-                    "trial": t.n,
-                    "overrides": trial_overrides(bo, t),
-                    "validate_every": min_epochs if cfg.halving else None,
-                    "init_from": init_from,
-                },
+                "spec": trial_spec(bo, t, validate_every=min_epochs if cfg.halving else None),
             }
             for t in bo.trials
         }
-        trainable = tune.with_resources(
-            tune.with_parameters(_run_numbered, configs=configs), {"cpu": _cpus_per_trial(ray, cpus_per_trial)}
-        )
+        resources = {"cpu": _cpus_per_trial(ray, cpus_per_trial)}
+        if ray.cluster_resources().get("GPU", 0) >= 1:
+            resources["gpu"] = 1  # without it Ray hides the GPUs from the trial
+        trainable = tune.with_resources(tune.with_parameters(_run_numbered, configs=configs), resources)
         storage = (project.home / "bakeoffs" / bo.id / "ray").resolve()
         path = storage / "tune"
         if tune.Tuner.can_restore(str(path)):
@@ -138,8 +125,12 @@ def run_ray(
             )
         grid = tuner.fit()
         errors = {r.config["trial"]: str(r.error) for r in grid if r.error is not None and r.config}
+        settled = grid.num_terminated + grid.num_errors
     finally:
         ray.shutdown()
+    if settled < len(bo.trials):  # Ctrl-C: Tune saved its state and returned; the next run restores it
+        console.print(f"[yellow]{len(bo.trials) - settled} trial(s) unfinished: run the command again[/yellow]")
+        raise KeyboardInterrupt
     _collect(project, bo, errors)
 
 
@@ -161,7 +152,7 @@ def _collect(project: Project, bo: Bakeoff, errors: dict[int, str]) -> None:
             if h.get(bo.metric) is not None
         ]
         if run.status == "completed":
-            t.status = "completed"
+            t.status, t.best = "completed", (run.metrics or {}).get("best_value")
         elif t.n in errors:
             t.status, t.error = "failed", errors[t.n]
             _mark_run(project, run.name, "failed")

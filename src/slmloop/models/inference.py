@@ -457,14 +457,13 @@ def continuation_logprobs(
             ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = 1
         with torch.inference_mode():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        targets = ids[:, 1:].to(device)
-        token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        for row, i in enumerate(batch):
-            seq, start = encoded[i]
-            span = token_logp[row, start - 1 : len(seq) - 1]
-            out[i] = (float(span.sum()), int(span.numel()))
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            for row, i in enumerate(batch):  # the softmax over the vocabulary only where a token is scored
+                seq, start = encoded[i]
+                first = max(start, 1)
+                logp = torch.log_softmax(logits[row, first - 1 : len(seq) - 1].float(), dim=-1)
+                target = torch.tensor(seq[first:], device=logp.device)
+                out[i] = (float(logp.gather(-1, target.unsqueeze(-1)).sum()), len(seq) - first)
         if progress is not None:
             progress(len(batch))
     return out

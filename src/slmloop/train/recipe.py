@@ -856,8 +856,10 @@ def _track_best(st: TrainSetup, parts: Parts, state: LoopState, value: float | N
     es = st.config.early_stopping
     if value is None:
         return
+    from slmloop.evaluate.metrics import METRICS
+
     metric = es.metric if es else "val_loss"
-    lower = metric in LOWER_IS_BETTER
+    lower = metric in LOWER_IS_BETTER or (metric in METRICS and not METRICS[metric].higher_is_better)
     delta = es.min_delta if es else 0.0
     improved = state.best_value is None or (
         value < state.best_value - delta if lower else value > state.best_value + delta

@@ -59,7 +59,7 @@ def print_bakeoff(proj: Project, bo: Bakeoff) -> None:
     from slmloop.graduate.report import bakeoff_rows
 
     rows = bakeoff_rows(bo)
-    t = table(*rows[0].keys(), title=f"{bo.id} · validation {bo.metric}", right=(bo.metric, "train_s"))
+    t = table(*rows[0].keys(), title=f"{bo.id} · validation {bo.metric}", right=(bo.metric, "train_s"), fold=True)
     for r in rows:
         t.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in r.values()))
     out.print(t)

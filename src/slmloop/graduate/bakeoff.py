@@ -415,7 +415,8 @@ def _run_local(project: Project, bo: Bakeoff, console: Console) -> None:
             _advance(project, bo, t, budget, console)
         if k < len(ladder) - 1:
             # the best 1/eta of this rung go on, ranked by the score each reached at this rung
-            here = [t for t in dict.fromkeys([*alive, *finishing]) if t.status in ("paused", "completed")]
+            numbers = {t.n for t in [*alive, *finishing]}
+            here = [t for t in bo.trials if t.n in numbers and t.status in ("paused", "completed")]
             ranked = sorted(here, key=lambda t: _rank_key(bo, t, at=budget))
             for t in ranked[math.ceil(len(ranked) / eta) :]:
                 if t.status == "paused":

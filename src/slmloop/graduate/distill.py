@@ -89,7 +89,9 @@ def teacher_rows(
             continue
         scores = {"probs": answer.scores["probs"]} if "probs" in answer.scores else {}
         rows.append({**row, target: value, "_teacher": {"ref": answered.model_ref, "raw": answer.raw, **scores}})
-    return rows, invalid, answered.model_ref
+    # a local ref's canonical name (latest → run-7); an endpoint or live server keeps the name it was asked by
+    name = teacher if teacher.startswith(("endpoint:", "live:")) else answered.model_ref
+    return rows, invalid, name
 
 
 def _dedupe(task: TaskConfig, rows: list[dict[str, Any]], gold: list[dict[str, Any]], project: Project) -> tuple:

@@ -12,6 +12,10 @@ from slmloop.store import atomic_write_text
 __all__ = ["bakeoff_rows", "plot_trials", "write_bakeoff_report"]
 
 
+def _epochs(x: float) -> str:
+    return f"{x:.2f}".rstrip("0").rstrip(".")
+
+
 def bakeoff_rows(bo: Bakeoff) -> list[dict[str, Any]]:
     """One row per trial, best first: settings, epochs reached, validation metric, status, run, seconds."""
 
@@ -27,7 +31,7 @@ def bakeoff_rows(bo: Bakeoff) -> list[dict[str, Any]]:
             {
                 "trial": t.n,
                 "settings": _describe(t.params),
-                "epochs": f"{t.reached:g} / {t.epochs:g}",
+                "epochs": f"{_epochs(t.reached)} / {_epochs(t.epochs)}",
                 bo.metric: t.score,
                 "status": t.status + (" ★" if bo.winner == t.n else ""),
                 "run": t.run or "",

@@ -20,6 +20,7 @@ from slmloop.errors import ConfigError
 
 __all__ = [
     "MANIFEST_NAME",
+    "BakeoffConfig",
     "ChecksConfig",
     "CompareConfig",
     "DataConfig",
@@ -28,7 +29,9 @@ __all__ = [
     "EndpointConfig",
     "EvalConfig",
     "ExportConfig",
+    "ForgettingConfig",
     "GateConfig",
+    "HalvingConfig",
     "JudgeConfig",
     "LeakageConfig",
     "Manifest",
@@ -36,6 +39,7 @@ __all__ = [
     "MonitorConfig",
     "PiiConfig",
     "ProjectConfig",
+    "RangeSpec",
     "ServeConfig",
     "SourceConfig",
     "SplitConfig",

@@ -40,6 +40,7 @@ __all__ = [
     "find_leaks",
     "gold_leaks",
     "leakage_gate",
+    "nearest_neighbours",
     "neighbour_similarity",
     "project_embedder",
 ]

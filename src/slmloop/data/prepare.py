@@ -37,7 +37,7 @@ from slmloop.project import Project
 from slmloop.store import DatasetVersion, GoldVersion, Import
 from slmloop.tasks import input_text, prompt_messages, resolve_task, target_text
 
-__all__ = ["LEAK_WARNING_SHARE", "RowTable", "example_token_lengths", "prepare_dataset"]
+__all__ = ["LEAK_WARNING_SHARE", "RowTable", "example_token_lengths", "is_synthetic", "prepare_dataset"]
 
 #: dropping more than this share of rows as gold leaks is announced loudly, with the setting that decides
 LEAK_WARNING_SHARE = 0.03

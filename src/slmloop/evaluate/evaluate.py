@@ -35,7 +35,15 @@ from slmloop.project import Project
 from slmloop.store import Evaluation, GoldVersion, Prediction
 from slmloop.tasks import input_text, parse_prediction, prompt_messages, target_text
 
-__all__ = ["Answered", "answer_gold", "evaluate", "failed_gates", "neighbour_subsets", "progress_bar"]
+__all__ = [
+    "Answered",
+    "answer_gold",
+    "evaluate",
+    "failed_gates",
+    "neighbour_subsets",
+    "progress_bar",
+    "stored_or_new",
+]
 
 
 @dataclass

@@ -34,7 +34,24 @@ from slmloop.manifest import BakeoffConfig, RangeSpec, TrainConfig
 from slmloop.project import Project
 from slmloop.store import Evaluation, Run, atomic_write_json, utcnow
 
-__all__ = ["Bakeoff", "Trial", "draw_trials", "run_bakeoff", "rungs"]
+__all__ = [
+    "Bakeoff",
+    "Trial",
+    "describe_params",
+    "draw_trials",
+    "list_bakeoffs",
+    "load_bakeoff",
+    "mark_run",
+    "run_bakeoff",
+    "rungs",
+    "save_state",
+    "train_trial",
+    "trial_history",
+    "trial_overrides",
+    "trial_run",
+    "trial_seconds",
+    "trial_spec",
+]
 
 PATIENCE_OFF = 10**6  # early stopping only tracks the best validation point in a trial
 EVAL_AT_RUNGS = 10**9  # no periodic validation: trials are scored at their rungs and at the end
@@ -152,7 +169,7 @@ def _folder(project: Project) -> Path:
     return project.home / "bakeoffs"
 
 
-def _save(project: Project, bo: Bakeoff) -> None:
+def save_state(project: Project, bo: Bakeoff) -> None:
     atomic_write_json(_folder(project) / bo.id / "state.json", bo.to_dict())
 
 
@@ -201,7 +218,7 @@ def _new(project: Project, cfg: BakeoffConfig, metric: str, backend: str, init_f
         backend,
         **_inputs(project, init_from),
     )
-    _save(project, bo)
+    save_state(project, bo)
     return bo
 
 
@@ -273,7 +290,7 @@ def train_trial(project: Project, spec: dict[str, Any], console: Console | None 
     run = trial_run(project, spec["bakeoff"], spec["trial"])
     resume = run.name if _resumable(project, run) else None
     if run is not None and resume is None and run.status in ("running", "interrupted"):
-        _mark_run(project, run.name, "failed")  # stopped before its first checkpoint: a new run replaces it
+        mark_run(project, run.name, "failed")  # stopped before its first checkpoint: a new run replaces it
     if run is not None and resume is None and run.status == "completed":
         done = run
     else:
@@ -289,18 +306,18 @@ def train_trial(project: Project, spec: dict[str, Any], console: Console | None 
             dataset_id=None if resume else spec.get("dataset_id"),
             origin={"bakeoff": spec["bakeoff"], "trial": spec["trial"]},
         )
-    history = _history(project, done)
+    history = trial_history(project, done)
     best = (done.metrics or {}).get("best_value") if done.status == "completed" else None
     return {
         "run": done.name,
         "status": done.status,
         "history": history,
         "best": best,
-        "seconds": _seconds(project, done),
+        "seconds": trial_seconds(project, done),
     }
 
 
-def _history(project: Project, run: Run) -> list[dict[str, Any]]:
+def trial_history(project: Project, run: Run) -> list[dict[str, Any]]:
     """Validation points of a run (from its trace: they survive pauses and resumes)."""
     trace = project.locate(run.path) / "trace.jsonl" if run.path else None
     if trace is None or not trace.exists():
@@ -315,7 +332,7 @@ def _history(project: Project, run: Run) -> list[dict[str, Any]]:
     return out
 
 
-def _seconds(project: Project, run: Run) -> float:
+def trial_seconds(project: Project, run: Run) -> float:
     trace = project.locate(run.path) / "trace.jsonl" if run.path else None
     if trace is None or not trace.exists():
         return 0.0
@@ -368,9 +385,9 @@ def _advance(project: Project, bo: Bakeoff, trial: Trial, budget: float, console
     target = min(budget, trial.epochs)
     if trial.reached >= target - 1e-6 and trial.status in ("paused", "completed"):
         return
-    console.rule(f"{bo.id} · trial {trial.n}/{len(bo.trials)} · {_describe(trial.params)} · to epoch {target:g}")
+    console.rule(f"{bo.id} · trial {trial.n}/{len(bo.trials)} · {describe_params(trial.params)} · to epoch {target:g}")
     trial.status = "running"
-    _save(project, bo)
+    save_state(project, bo)
     spec = trial_spec(bo, trial, pause_at=None if target >= trial.epochs - 1e-6 else target)
     result = _run_in_process(project, spec)
     if result.get("status") not in ("paused", "completed"):
@@ -386,7 +403,7 @@ def _advance(project: Project, bo: Bakeoff, trial: Trial, budget: float, console
             f"trial {trial.n}: {bo.metric} {trial.score if trial.score is not None else float('nan'):.4f} "
             f"at epoch {trial.reached:g} ({trial.run}, {trial.status})"
         )
-    _save(project, bo)
+    save_state(project, bo)
 
 
 def _rank_key(bo: Bakeoff, t: Trial, at: float | None = None) -> float:
@@ -421,12 +438,12 @@ def _run_local(project: Project, bo: Bakeoff, console: Console) -> None:
             for t in ranked[math.ceil(len(ranked) / eta) :]:
                 if t.status == "paused":
                     t.status = "pruned"
-                    _mark_run(project, t.run, "pruned")
+                    mark_run(project, t.run, "pruned")
         bo.rungs_done = k + 1
-        _save(project, bo)
+        save_state(project, bo)
 
 
-def _mark_run(project: Project, run_name: str | None, status: str) -> None:
+def mark_run(project: Project, run_name: str | None, status: str) -> None:
     if run_name is None:
         return
     with project.store.session() as s:
@@ -435,7 +452,7 @@ def _mark_run(project: Project, run_name: str | None, status: str) -> None:
             row.status = status
 
 
-def _describe(params: dict[str, Any]) -> str:
+def describe_params(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(params.items())) or "the manifest's settings"
 
 
@@ -492,7 +509,7 @@ def _judge_on_gold(project: Project, bo: Bakeoff, against: str | None, console: 
     else:
         record.update(verdict="the winner is the incumbent", sentence="The incumbent won its own bake-off.")
     bo.gold = record
-    _save(project, bo)
+    save_state(project, bo)
 
 
 def _newest_eval(project: Project, ref: str) -> Evaluation | None:
@@ -551,7 +568,7 @@ def run_bakeoff(
         _run_local(project, bo, console)
     _judge_on_gold(project, bo, against, console)
     bo.finished = True
-    _save(project, bo)
+    save_state(project, bo)
     from slmloop.graduate.report import write_bakeoff_report
 
     write_bakeoff_report(project, bo)

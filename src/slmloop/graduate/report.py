@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from slmloop.graduate.bakeoff import Bakeoff, Trial, _describe
+from slmloop.graduate.bakeoff import Bakeoff, Trial, describe_params
 from slmloop.project import Project
 from slmloop.store import atomic_write_text
 
@@ -30,7 +30,7 @@ def bakeoff_rows(bo: Bakeoff) -> list[dict[str, Any]]:
         rows.append(
             {
                 "trial": t.n,
-                "settings": _describe(t.params),
+                "settings": describe_params(t.params),
                 "epochs": f"{_epochs(t.reached)} / {_epochs(t.epochs)}",
                 bo.metric: t.score,
                 "status": t.status + (" ★" if bo.winner == t.n else ""),
@@ -63,7 +63,7 @@ def plot_trials(bo: Bakeoff, path: Path) -> Path:
             marker="o",
             linewidth=3 if win else 1.3,
             alpha=1.0 if win or t.status == "completed" else 0.6,
-            label=f"{t.n}: {_describe(t.params)}" + (" (winner)" if win else ""),
+            label=f"{t.n}: {describe_params(t.params)}" + (" (winner)" if win else ""),
         )
     ax.set_xlabel("epochs trained")
     ax.set_ylabel(f"validation {bo.metric}")

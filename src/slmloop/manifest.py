@@ -266,6 +266,15 @@ class TrainConfig(Section):
     validation_rows: int = Field(
         256, gt=0, description="Rows of the validation split scored at each evaluation (loss and metric)."
     )
+    distill_from: str | None = Field(
+        None,
+        description="Token-level distillation: a teacher with the student's tokenizer (run-N, vN, base, "
+        "model:PATH) whose answer-token distributions the student also matches (KL at distill_temperature).",
+    )
+    distill_alpha: float = Field(
+        0.5, ge=0.0, le=1.0, description="Share of the distillation term: (1 - a) · cross-entropy + a · T² · KL."
+    )
+    distill_temperature: float = Field(2.0, gt=0.0, description="Softmax temperature of the distillation term.")
     batch_size: int = Field(32, gt=0, description="Examples per batch (split into micro-batches by max_batch_tokens).")
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
     max_batch_tokens: int = Field(

@@ -94,6 +94,13 @@ def distill(
         str | None, typer.Option(help="Dataset version whose inputs are used (default: newest).")
     ] = None,
     init_from: Annotated[str | None, typer.Option(help="Warm-start the student from run-N or a release.")] = None,
+    token_level: Annotated[
+        bool,
+        typer.Option(
+            "--token-level/--sequence-level",
+            help="With a local teacher of the student's tokenizer, also match its token distributions (KL).",
+        ),
+    ] = True,
     project: ProjectOpt = Path("."),
 ) -> None:
     """Capture a teacher's answers as a new dataset version (provenance recorded), train the student on
@@ -109,6 +116,7 @@ def distill(
         dataset_id=dataset,
         train_student=train_student,
         init_from=init_from,
+        token_level=token_level,
         console=err,
     )
     c = result.counts

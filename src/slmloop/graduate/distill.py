@@ -5,8 +5,10 @@ model (``model:PATH_OR_ID``), an OpenAI-compatible endpoint declared under ``eva
 (``endpoint:NAME``), or a running ``slmloop serve`` (``live:URL``). Its answers become a new dataset
 version whose provenance (teacher, parent version, inputs, what was dropped and why, how often the
 teacher agreed with the human labels) is stored in the version's config; the validation split and
-the gold set stay human-labelled. The student trains on it sequence-level (the teacher's answer is
-the target), and student, teacher and base are scored on gold with their cost per 1k requests.
+the gold set stay human-labelled. The student trains on it: sequence-level (the teacher's answer is
+the target) and, when the teacher is a local model with the student's tokenizer, token-level too
+(``train.distill_from``: KL to the teacher's answer-token distributions at a temperature). Student,
+teacher and base are then scored on gold with their cost per 1k requests.
 """
 
 from __future__ import annotations
@@ -156,6 +158,19 @@ def _agreement(task: TaskConfig, human: list[dict[str, Any]], taught: list[dict[
     return sum(a == b for a, b in pairs) / len(pairs) if pairs else None
 
 
+def _same_tokenizer(project: Project, teacher: str) -> bool:
+    """Whether a local teacher shares the student's vocabulary (token-level distillation is possible)."""
+    if teacher.startswith(("endpoint:", "live:", "baseline:")):
+        return False
+    from slmloop.models.catalog import resolve_model
+    from slmloop.models.loading import load_tokenizer
+    from slmloop.targets import resolve_target
+
+    target = resolve_target(project, teacher)
+    mine = load_tokenizer(resolve_model(project.manifest.model.base))
+    return bool(load_tokenizer(target.base).get_vocab() == mine.get_vocab())
+
+
 def _gold_table(project: Project, refs: dict[str, str], console: Console) -> list[dict[str, Any]]:
     from slmloop.data.versions import current_gold
     from slmloop.evaluate.evaluate import stored_or_new
@@ -197,6 +212,7 @@ def distill(
     train_student: bool = True,
     overrides: dict[str, Any] | None = None,
     init_from: str | None = None,
+    token_level: bool = True,
     console: Console | None = None,
 ) -> Distilled:
     """Teacher answers → a new dataset version (provenance recorded) → the student → student/teacher/base on gold."""
@@ -232,12 +248,13 @@ def distill(
         "invalid_answers": invalid,
         "rows": len(taught),
     }
+    token_level = token_level and _same_tokenizer(project, teacher)
     provenance = {
         "teacher": teacher,
         "unlabelled": str(unlabelled) if unlabelled else None,
         "counts": counts,
         "agreement_with_labels": _agreement(task, parent.train, taught) if use_train else None,
-        "level": "sequence",
+        "level": "token (KL) + sequence" if token_level else "sequence",
     }
     version = _store_version(project, parent, taught, provenance)
     out = Distilled(teacher, version, counts)
@@ -245,6 +262,8 @@ def distill(
         return out
     from slmloop.train.recipe import train
 
+    if token_level:
+        overrides = {**(overrides or {}), "distill_from": teacher}
     out.run = train(
         project, overrides, dataset_id=version.id, init_from=init_from, origin={"distill": teacher}, console=console
     )

@@ -23,7 +23,15 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["Batch", "collate", "encode_rows", "length_grouped_batches", "rebalanced_rows", "split_by_tokens"]
+__all__ = [
+    "IGNORE",
+    "Batch",
+    "collate",
+    "encode_rows",
+    "length_grouped_batches",
+    "rebalanced_rows",
+    "split_by_tokens",
+]
 
 POOL = 32  # batches per sorting pool
 

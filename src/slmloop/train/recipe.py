@@ -52,6 +52,7 @@ from slmloop.models.loading import (
 from slmloop.project import Project
 from slmloop.store import Run, atomic_dir, atomic_write_json, utcnow
 from slmloop.train.batching import (
+    IGNORE,
     Batch,
     collate,
     encode_rows,
@@ -116,17 +117,23 @@ class AnswerLoss(torch.nn.Module):
     the model goes through this ``forward``.
     """
 
-    def __init__(self, peft_model: Any) -> None:
+    def __init__(
+        self, peft_model: Any, teacher: AnswerLoss | None = None, kd_alpha: float = 0.5, kd_temperature: float = 2.0
+    ) -> None:
         super().__init__()
         self.model = peft_model
-        base = peft_model.get_base_model()
+        # the teacher of token-level distillation (train.distill_from): frozen, not a submodule of this one
+        self.__dict__["teacher"] = teacher
+        self.kd_alpha, self.kd_temperature = kd_alpha, kd_temperature
+        base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
         cfg = base.config
         self.decoder: Any = base.get_decoder() if hasattr(base, "get_decoder") else None
         self.head: Any = base.get_output_embeddings()
         special = getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None)
         self.fast = self.decoder is not None and self.head is not None and not special
 
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, int]:
+    def answer_logits(self, batch: Batch) -> torch.Tensor:
+        """Logits (float32) at the positions that predict the answer tokens: one row per answer token."""
         if batch.prefix_ids is not None and self.fast:
             # the shared prefix runs once; every row's suffix attends to its repeated cache, and
             # gradients flow back through the repeat into the prefix pass
@@ -144,14 +151,29 @@ class AnswerLoss(torch.nn.Module):
                 cache=cache,
                 use_cache=True,
             ).last_hidden_state
-            logits = self.head(hidden[batch.rows, batch.positions]).float()
-        elif self.fast:
+            return self.head(hidden[batch.rows, batch.positions]).float()
+        if self.fast:
             hidden = self.decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-            logits = self.head(hidden[batch.rows, batch.positions]).float()
-        else:
-            out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-            logits = out.logits[batch.rows, batch.positions].float()
-        return F.cross_entropy(logits, batch.targets, reduction="sum"), batch.answer_tokens
+            return self.head(hidden[batch.rows, batch.positions]).float()
+        out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        return out.logits[batch.rows, batch.positions].float()
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, int]:
+        logits = self.answer_logits(batch)
+        loss = F.cross_entropy(logits, batch.targets, reduction="sum")
+        if self.teacher is not None and self.training:  # validation loss stays the plain cross-entropy
+            loss = (1.0 - self.kd_alpha) * loss + self.kd_alpha * self._kd(logits, batch)
+        return loss, batch.answer_tokens
+
+    def _kd(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Token-level distillation: T² · KL(teacher ‖ student) at temperature T, summed over answer tokens."""
+        assert self.teacher is not None
+        t = self.kd_temperature
+        real = batch.targets != IGNORE  # answer counts are rounded up with ignored positions
+        with torch.no_grad():
+            target = F.log_softmax(self.teacher.answer_logits(batch)[real] / t, dim=-1)
+        mine = F.log_softmax(logits[real] / t, dim=-1)
+        return F.kl_div(mine, target, log_target=True, reduction="sum") * t * t
 
 
 def validation_loss(
@@ -452,7 +474,8 @@ def build(st: TrainSetup) -> Parts:
         num_warmup_steps=int(cfg.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    inner = AnswerLoss(model).to(accelerator.device)
+    inner = AnswerLoss(model, _kd_teacher(st, tok, dtype), cfg.distill_alpha, cfg.distill_temperature)
+    inner = inner.to(accelerator.device)
     # distributed (DDP, or FSDP/DeepSpeed from an accelerate config): accelerate wraps the loss module
     # (every forward goes through it) and the optimizer; one process keeps the plain objects
     if accelerator.distributed_type != "NO":
@@ -479,6 +502,27 @@ def build(st: TrainSetup) -> Parts:
         share_prefix=not cfg.gradient_checkpointing,
         train_labels=[str(r["label"]) for r in st.splits.train] if st.task.type == "classification" else [],
     )
+
+
+def _kd_teacher(st: TrainSetup, tok: Any, dtype: torch.dtype) -> AnswerLoss | None:
+    """The frozen teacher of token-level distillation (train.distill_from), sharing the student's tokenizer."""
+    ref = st.config.distill_from
+    if ref is None:
+        return None
+    from slmloop.targets import load_target, resolve_target
+
+    model, teacher_tok = load_target(resolve_target(st.project, ref), dtype)
+    if teacher_tok.get_vocab() != tok.get_vocab():
+        raise ConfigError(
+            f"train.distill_from {ref!r} has another tokenizer than the student: token-level distillation needs "
+            "the same vocabulary",
+            hint="Use a teacher of the same model family (a run or release of this project, a larger sibling), or "
+            "distil its answers only: slmloop distill --teacher ... with train.distill_from unset.",
+        )
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return AnswerLoss(model)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -515,6 +515,10 @@ class RangeSpec(Section):
     integer: bool = Field(False, description="Round the draw to an integer (ranks).")
 
 
+def _default_space() -> dict[str, list[Any] | RangeSpec]:
+    return {"learning_rate": [1e-3, 2e-3, 4e-3], "lora_r": [8, 16, 32]}
+
+
 class HalvingConfig(Section):
     eta: int = Field(3, ge=2, description="At each rung only the best 1/eta of the trials train on.")
     min_epochs: float = Field(0.5, gt=0.0, description="Epochs every trial trains before the first cut.")
@@ -529,7 +533,7 @@ class BakeoffConfig(Section):
     )
     metric: str | None = Field(None, description="Validation metric that ranks the trials (default: the headline).")
     space: dict[str, list[Any] | RangeSpec] = Field(
-        default_factory=lambda: {"learning_rate": [1e-3, 2e-3, 4e-3], "lora_r": [8, 16, 32]},
+        default_factory=lambda: _default_space(),
         description="train: keys and the values to try: a list of choices, or {low, high, log, integer}.",
     )
     seed: int = Field(13, description="Seed of the draw from the space.")

@@ -288,7 +288,7 @@ def train_trial(project: Project, spec: dict[str, Any], console: Console | None 
     from slmloop.train.recipe import train
 
     run = trial_run(project, spec["bakeoff"], spec["trial"])
-    resume = run.name if _resumable(project, run) else None
+    resume = run.name if run is not None and _resumable(project, run) else None
     if run is not None and resume is None and run.status in ("running", "interrupted"):
         mark_run(project, run.name, "failed")  # stopped before its first checkpoint: a new run replaces it
     if run is not None and resume is None and run.status == "completed":

@@ -19,7 +19,7 @@ def _epochs(x: float) -> str:
 def bakeoff_rows(bo: Bakeoff) -> list[dict[str, Any]]:
     """One row per trial, best first: settings, epochs reached, validation metric, status, run, seconds."""
 
-    def key(t: Trial) -> tuple[int, float]:
+    def key(t: Trial) -> tuple[int, float, float]:
         order = {"completed": 0, "pruned": 1, "paused": 1, "running": 2, "pending": 3, "failed": 4}
         value = t.score if t.score is not None else float("nan")
         sign = -1 if bo.higher_is_better else 1

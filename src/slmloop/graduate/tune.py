@@ -92,8 +92,8 @@ def run_ray(
     try:
         scheduler = ASHAScheduler(
             time_attr="epochs",
-            max_t=longest,
-            grace_period=min_epochs,
+            max_t=longest,  # type: ignore[arg-type]  # epochs: Ray's ASHA works with fractional time
+            grace_period=min_epochs,  # type: ignore[arg-type]
             reduction_factor=cfg.halving.eta if cfg.halving else 2,
         )
         configs = {
@@ -105,7 +105,7 @@ def run_ray(
             }
             for t in bo.trials
         }
-        resources = {"cpu": _cpus_per_trial(ray, cpus_per_trial)}
+        resources: dict[str, float] = {"cpu": float(_cpus_per_trial(ray, cpus_per_trial))}
         if ray.cluster_resources().get("GPU", 0) >= 1:
             resources["gpu"] = 1  # without it Ray hides the GPUs from the trial
         trainable = tune.with_resources(tune.with_parameters(_run_numbered, configs=configs), resources)
@@ -124,7 +124,8 @@ def run_ray(
                 run_config=tune.RunConfig(name="tune", storage_path=str(storage), verbose=1),
             )
         grid = tuner.fit()
-        errors = {r.config["trial"]: str(r.error) for r in grid if r.error is not None and r.config}
+        results = [grid[i] for i in range(len(grid))]
+        errors = {r.config["trial"]: str(r.error) for r in results if r.error is not None and r.config}
         settled = grid.num_terminated + grid.num_errors
     finally:
         ray.shutdown()

@@ -117,6 +117,8 @@ class AnswerLoss(torch.nn.Module):
     the model goes through this ``forward``.
     """
 
+    teacher: AnswerLoss | None
+
     def __init__(
         self, peft_model: Any, teacher: AnswerLoss | None = None, kd_alpha: float = 0.5, kd_temperature: float = 2.0
     ) -> None:

@@ -84,3 +84,23 @@ def test_many_requests_keep_their_order() -> None:
     convs = [[{"role": "user", "content": t}] for t in ["win", "hi", "WIN big", "ok"] * 5]
     answers = ep.ask_many(convs, 5, progress=None)
     assert [a.text for a in answers] == ["spam", "ham", "spam", "ham"] * 5
+
+
+def test_log_probabilities_are_asked_for_and_kept_only_when_configured() -> None:
+    seen: list = []
+    lp = [{"token": "spam", "logprob": -0.1, "top_logprobs": [{"token": "spam", "logprob": -0.1}]}]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append(body)
+        choice = {"message": {"role": "assistant", "content": "spam"}, "finish_reason": "stop"}
+        if body.get("logprobs"):
+            choice["logprobs"] = {"content": lp}
+        return httpx.Response(200, json={"choices": [choice], "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
+
+    plain = Endpoint("big", CFG, transport=httpx.MockTransport(handler)).ask([{"role": "user", "content": "x"}], 5)
+    assert "logprobs" not in seen[-1] and plain.logprobs is None
+    cfg = CFG.model_copy(update={"logprobs": True})
+    asked = Endpoint("big", cfg, transport=httpx.MockTransport(handler)).ask([{"role": "user", "content": "x"}], 5)
+    assert seen[-1]["logprobs"] is True and seen[-1]["top_logprobs"] == 5
+    assert asked.logprobs == lp

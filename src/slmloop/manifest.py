@@ -351,6 +351,11 @@ class EndpointConfig(Section):
         description="Prompt style sent: full (label list / keys, for a zero-shot model) or compact (for a model "
         "fine-tuned by slmloop and served elsewhere).",
     )
+    logprobs: bool = Field(
+        False,
+        description="Ask for each answer token's log-probability and its top 5 alternatives (OpenAI logprobs); "
+        "kept with every answer (a distillation teacher's answers keep them in the dataset version).",
+    )
 
 
 class JudgeConfig(Section):

@@ -191,7 +191,14 @@ def _answer_endpoint(
         endpoint.close()
     seconds = time.perf_counter() - started
     usage = ("latency_s", "prompt_tokens", "completion_tokens", "attempts")
-    answers = [ModelAnswer(parse_prediction(task, a.text), a.text, {k: getattr(a, k) for k in usage}) for a in replies]
+    answers = [
+        ModelAnswer(
+            parse_prediction(task, a.text),
+            a.text,
+            {k: getattr(a, k) for k in usage} | ({"logprobs": a.logprobs} if a.logprobs is not None else {}),
+        )
+        for a in replies
+    ]
     lat = np.array([a.latency_s for a in replies])
     tokens_in = sum(a.prompt_tokens for a in replies)
     tokens_out = sum(a.completion_tokens for a in replies)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -33,6 +34,8 @@ class Answer:
     prompt_tokens: int
     completion_tokens: int
     attempts: int
+    #: per answer token: {token, logprob, top_logprobs: [{token, logprob}]} when asked for and returned
+    logprobs: list[dict[str, Any]] | None = None
 
 
 class _RateLimit:
@@ -76,7 +79,14 @@ class Endpoint:
         self.limit = _RateLimit(cfg.requests_per_second)
 
     def ask(self, messages: list[dict[str, str]], max_tokens: int) -> Answer:
-        body = {"model": self.cfg.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
+        body: dict[str, Any] = {
+            "model": self.cfg.model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+        }
+        if self.cfg.logprobs:
+            body.update(logprobs=True, top_logprobs=5)
         delay, last_error = 1.0, ""
         for attempt in range(1, self.cfg.max_retries + 2):
             self.limit.wait()
@@ -89,12 +99,14 @@ class Endpoint:
                 if r.status_code == 200:
                     data = r.json()
                     usage = data.get("usage") or {}
+                    logprobs = (data["choices"][0].get("logprobs") or {}).get("content")
                     return Answer(
                         text=(data["choices"][0]["message"].get("content") or "").strip(),
                         latency_s=time.perf_counter() - t0,
                         prompt_tokens=int(usage.get("prompt_tokens", 0)),
                         completion_tokens=int(usage.get("completion_tokens", 0)),
                         attempts=attempt,
+                        logprobs=logprobs if isinstance(logprobs, list) else None,
                     )
                 last_error = f"HTTP {r.status_code}: {r.text[:200]}"
                 if r.status_code not in RETRY_STATUS:

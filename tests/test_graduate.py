@@ -509,3 +509,21 @@ def test_synthetic_rows_never_enter_gold_or_validation(tmp_path: Path, tiny_mode
     assert not any(is_synthetic(r) for r in splits.gold + splits.validation)
     assert sum(is_synthetic(r) for r in splits.train) == 100  # every generated row trains
     p.close()
+
+
+def test_unlabelled_inputs_are_checked(tmp_path: Path) -> None:
+    from slmloop.errors import DataError
+    from slmloop.graduate.distill import unlabelled_inputs
+    from slmloop.manifest import TaskConfig
+
+    task = TaskConfig(type="classification", labels=["ham", "spam"])
+    good = tmp_path / "in.jsonl"
+    good.write_text('{"text": "see you at noon", "monitor_run": 3}\n{"text": "WIN cash now"}\n')
+    assert unlabelled_inputs(task, good) == [{"text": "see you at noon"}, {"text": "WIN cash now"}]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"message": "no text column"}\n{"text": "  "}\n')
+    with pytest.raises(DataError) as e:
+        unlabelled_inputs(task, bad)
+    assert "2 row(s)" in e.value.message and "bad.jsonl:2" in e.value.message
+    with pytest.raises(DataError):
+        unlabelled_inputs(task, tmp_path / "missing.jsonl")

@@ -48,6 +48,8 @@ def unlabelled_inputs(task: TaskConfig, path: Path) -> list[dict[str, Any]]:
     if task.type not in INPUT_FIELD:
         raise DataError(f"distillation needs a {', '.join(INPUT_FIELD)} task, not {task.type}")
     key = INPUT_FIELD[task.type]
+    if not path.exists():
+        raise DataError(f"no such file: {path}", hint="Pass a JSONL/CSV file of inputs (e.g. a monitor export).")
     rows: list[dict[str, Any]] = []
     bad: list[str] = []
     for rec in read_records(path, SourceConfig(path=str(path))):

@@ -471,7 +471,12 @@ def test_synthetic_rows_train_only_and_the_eval_slices_by_them(tmp_path: Path, t
     assert not any(is_synthetic(r) for r in after.validation + after.gold)
     assert sorted(map(json.dumps, after.validation)) == sorted(map(json.dumps, before.validation))
     run = train(p, {"epochs": 1})
-    subsets = evaluate(p, run.name).metrics["subsets"]["nearest_synthetic"]
+    evaluation = evaluate(p, run.name)
+    subsets = evaluation.metrics["subsets"]["nearest_synthetic"]
+    from slmloop.graduate.synth import weakest_labels
+
+    f1 = {lab: v["f1"] for lab, v in evaluation.metrics["per_class"].items()}
+    assert weakest_labels(p, 1) == [min(sorted(f1), key=lambda lab: f1[lab])]  # the failing slice to write for
     real_n, synth_n = subsets["real_neighbour"]["n"], subsets["synthetic_neighbour"]["n"]
     assert real_n + synth_n == len(after.gold)
     assert subsets["share"] == pytest.approx(synth_n / len(after.gold))

@@ -87,6 +87,9 @@ def synth(
         list[str] | None, typer.Option("--for-label", help="A label to write for (repeatable).")
     ] = None,
     thin_below: Annotated[int | None, typer.Option(help="Also every label with fewer training rows than this.")] = None,
+    weakest: Annotated[
+        int | None, typer.Option(help="Also the K labels with the lowest gold F1 of the newest run's evaluation.")
+    ] = None,
     n: Annotated[int, typer.Option("--n", help="New inputs per label.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed of the examples shown to the teacher.")] = 0,
     project: ProjectOpt = Path("."),
@@ -97,10 +100,12 @@ def synth(
     `slmloop eval` slices gold rows by whether their nearest training row is synthetic.
     """
     from slmloop.data.importer import import_source
-    from slmloop.graduate.synth import synthesize, thin_labels
+    from slmloop.graduate.synth import synthesize, thin_labels, weakest_labels
 
     proj = load(project)
-    labels = list(dict.fromkeys([*(for_label or []), *(thin_labels(proj, thin_below) if thin_below else [])]))
+    picked = [*(for_label or []), *(thin_labels(proj, thin_below) if thin_below else [])]
+    picked += weakest_labels(proj, weakest) if weakest else []
+    labels = list(dict.fromkeys(picked))
     result = synthesize(proj, teacher, labels, n, seed=seed, console=err)
     res = import_source(proj, SourceConfig(path=str(result.file)))
     rec = res.record

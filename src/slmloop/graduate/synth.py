@@ -26,7 +26,7 @@ from slmloop.errors import ConfigError, DataError
 from slmloop.project import Project
 from slmloop.store import atomic_write_text, utcnow
 
-__all__ = ["SynthResult", "clean_lines", "synthesize", "thin_labels"]
+__all__ = ["SynthResult", "clean_lines", "synthesize", "thin_labels", "weakest_labels"]
 
 PER_REQUEST = 10
 SHOWN = 5
@@ -57,6 +57,22 @@ def thin_labels(project: Project, below: int) -> list[str]:
     counts = Counter(r["label"] for r in load_dataset(project).train)
     task = project.task
     return sorted(lab for lab in task.label_list if counts.get(lab, 0) < below)
+
+
+def weakest_labels(project: Project, k: int, model: str | None = None) -> list[str]:
+    """The ``k`` labels with the lowest gold F1 in the newest evaluation of ``model`` (default: the newest run)."""
+    from slmloop.data.versions import current_gold
+    from slmloop.evaluate.results import newest_evaluation
+    from slmloop.targets import resolve_target
+
+    ref = resolve_target(project, model or "latest").ref
+    gold = current_gold(project)
+    evaluation = newest_evaluation(project, [ref], gold.id if gold else None)
+    if evaluation is None:
+        raise ConfigError(f"{ref} has no evaluation on the current gold set", hint=f"Run `slmloop eval {ref}` first.")
+    per_class = evaluation.metrics.get("per_class", {})
+    ranked = sorted((v["f1"], lab) for lab, v in per_class.items() if v.get("support", 0) > 0)
+    return [lab for _, lab in ranked[:k]]
 
 
 def _messages(instruction: str, label: str, shown: list[str], k: int) -> list[dict[str, str]]:
@@ -128,7 +144,7 @@ def synthesize(
     if unknown:
         raise ConfigError(f"not labels of this task: {', '.join(unknown)}", hint="`slmloop data report` lists them.")
     if not labels:
-        raise ConfigError("no label to write examples for", hint="Pass --for-label X or --thin-below N.")
+        raise ConfigError("no label to write examples for", hint="Pass --for-label X, --thin-below N or --weakest K.")
     train = load_dataset(project).train
     known = {dedupe_key(r["text"]) for r in train}
     rng = random.Random(seed)

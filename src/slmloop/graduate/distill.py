@@ -92,7 +92,7 @@ def teacher_rows(
             invalid += 1
             continue
         # what the teacher knew beyond its answer: a ranked label distribution, or an endpoint's token log-probs
-        scores = {k: answer.scores[k] for k in ("probs", "logprobs") if k in answer.scores}
+        scores: dict[str, Any] = {k: answer.scores[k] for k in ("probs", "logprobs") if k in answer.scores}
         rows.append({**row, target: value, "_teacher": {"ref": answered.model_ref, "raw": answer.raw, **scores}})
     # a local ref's canonical name (latest → run-7); an endpoint or live server keeps the name it was asked by
     name = teacher if teacher.startswith(("endpoint:", "live:")) else answered.model_ref

@@ -186,3 +186,23 @@ def test_report_files_stay_inside_the_reports_and_runs_folders(evaluated) -> Non
         assert client.get(path).status_code == 404, path
     missing = client.get("/evals/999")
     assert missing.status_code == 404 and "evaluation 999" in missing.text
+
+
+def test_bakeoffs_page_shows_the_trials_and_the_winner(trained_copy) -> None:
+    from slmloop.graduate.bakeoff import run_bakeoff
+    from slmloop.manifest import BakeoffConfig
+
+    project = trained_copy
+    project.manifest.eval.compare.baseline = "none"
+    client = TestClient(create_ui_app(project))
+    assert "No bake-off yet" in client.get("/bakeoffs").text
+    cfg = BakeoffConfig(trials=2, space={"learning_rate": [5e-3, 1e-7]}, halving=None, include_default=False)
+    bo = run_bakeoff(project, cfg=cfg, against="run-1")
+    page = client.get("/bakeoffs").text
+    assert f'data-bakeoff="{bo.id}"' in page and page.count("data-trial=") == 2
+    assert "learning_rate=1e-07" in page and "unfinished" not in page
+    assert _cell(page, f"winner-gold-{bo.id}") == f"{bo.gold['winner_metrics']['value']:.4f}"
+    plot = client.get(f"/files/bakeoffs/{bo.id}/trials.png")
+    assert plot.status_code == 200 and plot.headers["content-type"] == "image/png"
+    assert client.get(f"/files/bakeoffs/{bo.id}/state.json").status_code == 200
+    assert client.get("/files/bakeoffs/../slmloop.db").status_code == 404

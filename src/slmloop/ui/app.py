@@ -156,6 +156,10 @@ def create_ui_app(
     def runs(request: Request) -> HTMLResponse:
         return render(request, "runs.html", runs=views.runs_view(project))
 
+    @app.get("/bakeoffs", response_class=HTMLResponse)
+    def bakeoffs(request: Request) -> HTMLResponse:
+        return render(request, "bakeoffs.html", bakeoffs=views.bakeoffs_view(project))
+
     @app.get("/runs/{run_id}", response_class=HTMLResponse)
     def run(request: Request, run_id: int) -> HTMLResponse:
         return render(request, "run.html", **views.run_view(project, run_id))
@@ -253,7 +257,7 @@ def create_ui_app(
         """Plots and HTML reports the stages wrote (only under the project's reports and runs folders)."""
         home = project.home.resolve()
         target = (home / path).resolve()
-        allowed = (project.reports_dir.resolve(), project.runs_dir.resolve())
+        allowed = (project.reports_dir.resolve(), project.runs_dir.resolve(), (home / "bakeoffs").resolve())
         if not any(target.is_relative_to(a) for a in allowed) or not target.is_file():
             raise StarletteHTTPException(404, f"no report file {path!r}")
         if target.suffix not in (".png", ".svg", ".html", ".json", ".jsonl"):

@@ -193,6 +193,25 @@ def rejects_view(project: Project, ref: str, reason: str | None = None) -> dict[
     return {"ref": ref, "reasons": reasons.most_common(), "rows": shown, "reason": reason}
 
 
+def bakeoffs_view(project: Project) -> list[dict[str, Any]]:
+    """Every bake-off, newest first: its trials (best first), the plot, and the winner against the incumbent."""
+    from slmloop.graduate.bakeoff import list_bakeoffs
+    from slmloop.graduate.report import bakeoff_rows
+
+    out = []
+    for bo in reversed(list_bakeoffs(project)):
+        plot = project.home / "bakeoffs" / bo.id / "trials.png"
+        out.append(
+            {
+                "bo": bo,
+                "rows": bakeoff_rows(bo),
+                "plot": f"bakeoffs/{bo.id}/trials.png" if plot.exists() else None,
+                "gold": bo.gold or {},
+            }
+        )
+    return out
+
+
 def runs_view(project: Project) -> list[Run]:
     return list(reversed(project.store.list(Run, Run.id)))
 

@@ -532,3 +532,11 @@ def test_unlabelled_inputs_are_checked(tmp_path: Path) -> None:
     assert "2 row(s)" in e.value.message and "bad.jsonl:2" in e.value.message
     with pytest.raises(DataError):
         unlabelled_inputs(task, tmp_path / "missing.jsonl")
+
+
+def test_a_trace_torn_by_a_kill_is_read_up_to_the_tear(tmp_path: Path) -> None:
+    from slmloop.train.tracking import read_trace
+
+    assert read_trace(tmp_path) == []
+    (tmp_path / "trace.jsonl").write_text('{"step": 1, "loss": 2.0}\n\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    assert read_trace(tmp_path) == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]

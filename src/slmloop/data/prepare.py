@@ -209,12 +209,15 @@ def split_rows(
     rng: random.Random,
     strata: Sequence[Any] | None,
     groups: Sequence[Any] | None,
+    eligible: Sequence[bool] | None = None,
 ) -> tuple[list[int], list[int]]:
-    """Indices (kept, split off): ``fraction`` of rows per stratum, whole groups at a time (largest remainder)."""
-    if fraction <= 0 or not rows:
+    """Indices (kept, split off): ``fraction`` of the ``eligible`` rows (default: all) per stratum, whole groups
+    at a time (largest remainder). Rows that are not eligible are always kept."""
+    pool = [i for i in range(len(rows)) if eligible is None or eligible[i]]
+    if fraction <= 0 or not pool:
         return list(range(len(rows))), []
     units: dict[Any, list[int]] = {}
-    for i in range(len(rows)):
+    for i in pool:
         units.setdefault(groups[i] if groups is not None else i, []).append(i)
     by_stratum: dict[Any, list[Any]] = defaultdict(list)
     sizes: Counter[Any] = Counter()
@@ -224,7 +227,7 @@ def split_rows(
         sizes[s] += len(members)
     quotas = {s: n * fraction for s, n in sizes.items()}
     take = {s: int(q) for s, q in quotas.items()}
-    leftover = round(len(rows) * fraction) - sum(take.values())
+    leftover = round(len(pool) * fraction) - sum(take.values())
     for s in sorted(take, key=lambda s: (quotas[s] - take[s], str(s)), reverse=True)[: max(leftover, 0)]:
         take[s] += 1
     chosen: set[int] = set()
@@ -266,20 +269,18 @@ def _gold(project: Project, table: RowTable, ledger: _Ledger, console: Console) 
     head = current_gold(project)
     if head is not None:
         return _Gold(head, project.objects.read_jsonl(head.object), 0), table
-    real_idx = [i for i, r in enumerate(table.rows) if not is_synthetic(r)]  # generated rows never judge
-    real = table.take(real_idx) if len(real_idx) < len(table) else table
-    _, chosen = split_rows(
-        real.rows, cfg.gold, random.Random(f"{cfg.seed}:gold"), _strata(cfg, m.task, real.rows), real.groups
+    real = [not is_synthetic(r) for r in table.rows]  # generated rows never judge
+    keep, chosen = split_rows(
+        table.rows, cfg.gold, random.Random(f"{cfg.seed}:gold"), _strata(cfg, m.task, table.rows), table.groups, real
     )
     if not chosen:
         raise DataError(
-            f"too few real (non-synthetic) rows ({len(real)}) to set aside a gold set",
+            f"too few real (non-synthetic) rows ({sum(real)}) to set aside a gold set",
             hint="Import more data or raise data.split.gold.",
         )
-    gold_rows = [real.rows[i] for i in chosen]
+    gold_rows = [table.rows[i] for i in chosen]
     version = freeze_gold(project, gold_rows, None, "first freeze by data prepare")
-    taken = {real_idx[i] for i in chosen}
-    return _Gold(version, gold_rows, len(gold_rows)), table.take([i for i in range(len(table)) if i not in taken])
+    return _Gold(version, gold_rows, len(gold_rows)), table.take(keep)
 
 
 def _drop_leaks(project: Project, pool: RowTable, gold: _Gold, ledger: _Ledger, console: Console) -> RowTable:
@@ -326,22 +327,14 @@ def is_synthetic(row: dict[str, Any]) -> bool:
     return bool(value)
 
 
-def _real_only(table: RowTable) -> tuple[RowTable, list[dict[str, Any]]]:
-    """The rows a validation or gold split may take, and the synthetic rows that go to training."""
-    real = [i for i, r in enumerate(table.rows) if not is_synthetic(r)]
-    if len(real) == len(table):
-        return table, []
-    return table.take(real), [r for r in table.rows if is_synthetic(r)]
-
-
 def _split_validation(cfg: SplitConfig, task: TaskConfig, pool: RowTable, outside_gold: bool) -> tuple[list, list]:
     """Validation is a share of all rows: of a pool without gold it is v / (1 - g); with an external gold, v.
     Synthetic rows are training rows only."""
     fraction = cfg.validation if outside_gold else min(cfg.validation / (1.0 - cfg.gold), 0.9)
     rng = random.Random(f"{cfg.seed}:validation")
-    real, synthetic = _real_only(pool)
-    keep, chosen = split_rows(real.rows, fraction, rng, _strata(cfg, task, real.rows), real.groups)
-    return [real.rows[i] for i in keep] + synthetic, [real.rows[i] for i in chosen]
+    real = [not is_synthetic(r) for r in pool.rows]
+    keep, chosen = split_rows(pool.rows, fraction, rng, _strata(cfg, task, pool.rows), pool.groups, real)
+    return [pool.rows[i] for i in keep], [pool.rows[i] for i in chosen]
 
 
 def _announce_task(task: TaskConfig, resolved: TaskConfig, console: Console) -> None:

@@ -170,14 +170,9 @@ def _answer_endpoint(
 ) -> Answered:
     from slmloop.models.endpoint import Endpoint
 
-    if name not in cfg.endpoints:
-        raise ConfigError(
-            f"no endpoint named {name!r}",
-            hint=f"Declare it under eval.endpoints (have: {', '.join(cfg.endpoints) or 'none'}).",
-        )
     task = project.task
-    spec = cfg.endpoints[name]
-    endpoint = Endpoint(name, spec, transport=transport)
+    endpoint = Endpoint.declared(cfg.endpoints, name, transport)
+    spec = endpoint.cfg
     started = time.perf_counter()
     try:
         with progress_bar(console, f"endpoint:{name}") as progress:

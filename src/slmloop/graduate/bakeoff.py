@@ -46,10 +46,9 @@ __all__ = [
     "rungs",
     "save_state",
     "train_trial",
-    "trial_history",
     "trial_overrides",
+    "trial_progress",
     "trial_run",
-    "trial_seconds",
     "trial_spec",
 ]
 
@@ -306,38 +305,20 @@ def train_trial(project: Project, spec: dict[str, Any], console: Console | None 
             dataset_id=None if resume else spec.get("dataset_id"),
             origin={"bakeoff": spec["bakeoff"], "trial": spec["trial"]},
         )
-    history = trial_history(project, done)
+    history, seconds = trial_progress(project, done)
     best = (done.metrics or {}).get("best_value") if done.status == "completed" else None
-    return {
-        "run": done.name,
-        "status": done.status,
-        "history": history,
-        "best": best,
-        "seconds": trial_seconds(project, done),
-    }
+    return {"run": done.name, "status": done.status, "history": history, "best": best, "seconds": seconds}
 
 
-def trial_history(project: Project, run: Run) -> list[dict[str, Any]]:
-    """Validation points of a run (from its trace: they survive pauses and resumes)."""
-    trace = project.locate(run.path) / "trace.jsonl" if run.path else None
-    if trace is None or not trace.exists():
-        return []
+def trial_progress(project: Project, run: Run) -> tuple[list[dict[str, Any]], float]:
+    """A run's validation points with their epochs (from its trace: they survive pauses and resumes), and
+    its training seconds so far."""
+    from slmloop.train.tracking import read_trace
+
+    trace = read_trace(project.locate(run.path)) if run.path else []
     steps_per_epoch = (run.config or {}).get("forecast", {}).get("steps_per_epoch") or 1
-    out = []
-    for line in trace.read_text().splitlines():
-        if line.strip():
-            e = json.loads(line)
-            if "val_loss" in e:
-                out.append({**e, "epochs": e["step"] / steps_per_epoch})
-    return out
-
-
-def trial_seconds(project: Project, run: Run) -> float:
-    trace = project.locate(run.path) / "trace.jsonl" if run.path else None
-    if trace is None or not trace.exists():
-        return 0.0
-    lines = [x for x in trace.read_text().splitlines() if x.strip()]
-    return float(json.loads(lines[-1])["elapsed_s"]) if lines else 0.0
+    history = [{**e, "epochs": e["step"] / steps_per_epoch} for e in trace if "val_loss" in e]
+    return history, float(trace[-1]["elapsed_s"]) if trace else 0.0
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec

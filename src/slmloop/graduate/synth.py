@@ -96,10 +96,7 @@ class _Teacher:
         if ref.startswith("endpoint:"):
             from slmloop.models.endpoint import Endpoint
 
-            name = ref.split(":", 1)[1]
-            if name not in project.manifest.eval.endpoints:
-                raise ConfigError(f"no endpoint named {name!r}", hint="Declare it under eval.endpoints.")
-            self.endpoint: Any = Endpoint(name, project.manifest.eval.endpoints[name])
+            self.endpoint: Any = Endpoint.declared(project.manifest.eval.endpoints, ref.split(":", 1)[1])
             return
         from slmloop.models.loading import pick_dtype
         from slmloop.targets import load_target, resolve_target

@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from slmloop.errors import ConfigError
-from slmloop.graduate.bakeoff import Bakeoff, mark_run, save_state, trial_history, trial_run, trial_seconds, trial_spec
+from slmloop.graduate.bakeoff import Bakeoff, mark_run, save_state, trial_progress, trial_run, trial_spec
 from slmloop.manifest import BakeoffConfig
 from slmloop.project import Project
 
@@ -147,9 +147,10 @@ def _collect(project: Project, bo: Bakeoff, errors: dict[int, str]) -> None:
             t.status, t.error = "failed", errors.get(t.n, "the trial never started a run")
             continue
         t.run = run.name
+        history, t.seconds = trial_progress(project, run)
         t.scores = [
             {"epochs": round(h["epochs"], 6), "value": float(h[bo.metric])}
-            for h in trial_history(project, run)
+            for h in history
             if h.get(bo.metric) is not None
         ]
         if run.status == "completed":
@@ -160,5 +161,4 @@ def _collect(project: Project, bo: Bakeoff, errors: dict[int, str]) -> None:
         else:
             t.status = "pruned"
             mark_run(project, run.name, "pruned")
-        t.seconds = trial_seconds(project, run)
     save_state(project, bo)

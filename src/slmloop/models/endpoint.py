@@ -12,14 +12,14 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from slmloop.errors import ModelError
+from slmloop.errors import ConfigError, ModelError
 from slmloop.manifest import EndpointConfig
 
 __all__ = ["Answer", "Endpoint"]
@@ -77,6 +77,18 @@ class Endpoint:
             base_url=cfg.url.rstrip("/"), headers=headers, timeout=cfg.timeout, transport=transport
         )
         self.limit = _RateLimit(cfg.requests_per_second)
+
+    @classmethod
+    def declared(
+        cls, endpoints: Mapping[str, EndpointConfig], name: str, transport: httpx.BaseTransport | None = None
+    ) -> Endpoint:
+        """The endpoint ``name`` of ``eval.endpoints``; an undeclared name is a clear error."""
+        if name not in endpoints:
+            raise ConfigError(
+                f"no endpoint named {name!r}",
+                hint=f"Declare it under eval.endpoints (have: {', '.join(endpoints) or 'none'}).",
+            )
+        return cls(name, endpoints[name], transport=transport)
 
     def ask(self, messages: list[dict[str, str]], max_tokens: int) -> Answer:
         body: dict[str, Any] = {

@@ -73,7 +73,7 @@ from slmloop.train.preflight import (
     reset_peak_rss,
 )
 from slmloop.train.report import plot_loss_curve
-from slmloop.train.tracking import open_trackers
+from slmloop.train.tracking import open_trackers, read_trace
 
 __all__ = [
     "AnswerLoss",
@@ -950,7 +950,7 @@ def save(st: TrainSetup, parts: Parts, run: Run, state: LoopState, forecast: For
 
     project = st.project
     run_dir = project.locate(run.path)
-    steps = [json.loads(x) for x in (run_dir / "trace.jsonl").read_text().splitlines() if x.strip()]
+    steps = read_trace(run_dir)
     best_path = run_dir / "checkpoints" / "best.safetensors"
     chosen = "last"
     if st.config.early_stopping is not None and best_path.exists():

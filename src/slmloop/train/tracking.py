@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from slmloop.errors import ConfigError
 
-__all__ = ["Tracker", "open_trackers"]
+__all__ = ["Tracker", "open_trackers", "read_trace"]
+
+
+def read_trace(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's ``trace.jsonl``: one entry per optimizer step (a line torn by a kill is skipped)."""
+    path = run_dir / "trace.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # blank, or half a line written when the run was killed
+    return out
 
 
 class Tracker(Protocol):

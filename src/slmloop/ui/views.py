@@ -22,6 +22,7 @@ from slmloop.evaluate.results import evaluation_task, latest_evaluations, newest
 from slmloop.project import Project
 from slmloop.release.registry import alias_history, aliases, promotion_problems
 from slmloop.store import DatasetVersion, DriftReport, Evaluation, Import, Release, Run
+from slmloop.train.tracking import read_trace
 
 __all__ = [
     "Stage",
@@ -220,13 +221,7 @@ def run_view(project: Project, run_id: int) -> dict[str, Any]:
     """A run's config, curves, throughput and its preflight forecast next to what it measured."""
     run = project.store.get(Run, run_id, "run", "The runs page lists them.")
     folder = project.locate(run.path) if run.path else project.runs_dir / run.name
-    trace: list[dict[str, Any]] = []
-    if (folder / "trace.jsonl").exists():
-        for line in (folder / "trace.jsonl").read_text().splitlines():
-            try:
-                trace.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a run killed mid-write leaves half a line
+    trace = read_trace(folder)
     m = run.metrics
     forecast = run.config.get("forecast", {})
     ev = newest_evaluation(project, [run.name])

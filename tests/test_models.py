@@ -142,6 +142,25 @@ def test_rank_labels_equals_the_naive_full_softmax(tiny) -> None:
             assert got == pytest.approx(_naive_label_logp(model, tok, prompt, lab), abs=1e-4)
 
 
+def test_packed_prompt_passes_give_the_padded_results(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch split over several packed passes, one row longer than a pass alone: same scores and text."""
+    import slmloop.models.inference as inference
+
+    model, tok = tiny
+    rows = toy_rows(6)
+    rows[2] = {**rows[2], "text": rows[2]["text"] + " and more words" * 12}
+    prompts = [render_prompt(tok, prompt_messages(TASK, r)) for r in rows]
+    lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    monkeypatch.setattr(inference, "PACK_TOKENS", max(lengths) // 2)  # several passes per batch
+    assert len(inference._pack(lengths, inference.PACK_TOKENS)) >= 3
+    scores = rank_labels(model, tok, prompts, LABELS, batch_size=6, margin=None)
+    for prompt, row in zip(prompts, scores, strict=True):
+        for lab, got in zip(LABELS, row, strict=True):
+            assert got == pytest.approx(_naive_label_logp(model, tok, prompt, lab), abs=1e-4)
+    packed = generate(model, tok, prompts, max_new_tokens=6, batch_size=6)
+    assert packed == [generate(model, tok, [p], max_new_tokens=6)[0] for p in prompts]
+
+
 def test_pruned_ranking_keeps_the_top_label_and_every_label_within_the_margin(tiny) -> None:
     model, tok = tiny
     prompts = [render_prompt(tok, prompt_messages(TASK, r)) for r in toy_rows(6)]

@@ -114,6 +114,10 @@ def _prefix_cache(model: PreTrainedModel, prefix: list[int]) -> list[tuple[torch
     return [(k, v) for k, v, *_ in _cache_of(out)]
 
 
+#: most prompt tokens one packed forward pass carries (attention over a packed pass grows with its square)
+PACK_TOKENS = 256
+
+
 def _start_batch(
     model: PreTrainedModel,
     tok: PreTrainedTokenizerBase,
@@ -121,23 +125,97 @@ def _start_batch(
     prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None,
     shared: int,
 ) -> tuple[Any, Any, torch.Tensor]:
-    """Run a batch of left-padded prompts after the shared prefix: (hidden states, cache, attention mask)."""
+    """Run a batch of prompts after the shared prefix: (last hidden state per row, cache, attention mask).
+
+    The prompts run packed, no padding: a few rows' tokens form one sequence in which each
+    token attends to the prefix and to its own row only, with the positions it would have
+    alone. Prompts of mixed lengths (a server's group of requests) cost their tokens, not
+    their longest times their number. The keys and values are then laid out per row,
+    left-padded, for the steps that follow (label rounds, decoding) and ``mask`` marks them.
+    """
     import torch
     from transformers import DynamicCache
 
     device = model.device
     b = len(suffixes)
-    ids, mask = left_pad(suffixes, tok.pad_token_id)
-    ids, mask = ids.to(device), mask.to(device)
+    lengths = [len(s) for s in suffixes]
+    width = max(lengths)
+    head = _Head(model)
+    layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+    last: list[torch.Tensor] = []
+    for chunk in _pack(lengths, PACK_TOKENS):
+        hidden, cache = _packed_pass(model, head, [suffixes[i] for i in chunk], prefix_kv, shared)
+        ends = torch.tensor(lengths[chunk[0] : chunk[-1] + 1]).cumsum(0) - 1
+        last.append(hidden[0, ends.to(device)])
+        # where each row's key/value sits in the packed pass (padding repeats the row's first: masked)
+        source = torch.zeros((len(chunk), width), dtype=torch.long)
+        offset = shared
+        for j, n in enumerate(lengths[chunk[0] : chunk[-1] + 1]):
+            source[j, : width - n] = offset
+            source[j, width - n :] = torch.arange(offset, offset + n)
+            offset += n
+        source = source.to(device)
+        for layer, (k, v, *_) in enumerate(cache):
+            rows_k, rows_v = (t[0][:, source].transpose(0, 1) for t in (k, v))
+            if layer == len(layers):
+                layers.append((rows_k.new_empty((b, *rows_k.shape[1:])), rows_v.new_empty((b, *rows_v.shape[1:]))))
+            layers[layer][0][chunk[0] : chunk[-1] + 1] = rows_k
+            layers[layer][1][chunk[0] : chunk[-1] + 1] = rows_v
     if prefix_kv is not None:
-        cache = DynamicCache(ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in prefix_kv])
-        mask = torch.cat([torch.ones((b, shared), dtype=mask.dtype, device=device), mask], dim=1)
-    else:
-        cache = DynamicCache()
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
+        layers = [
+            (torch.cat([pk.expand(b, -1, -1, -1), k], dim=2), torch.cat([pv.expand(b, -1, -1, -1), v], dim=2))
+            for (pk, pv), (k, v) in zip(prefix_kv, layers, strict=True)
+        ]
+    mask = torch.zeros((b, shared + width), dtype=torch.long, device=device)
+    mask[:, :shared] = 1
+    for i, n in enumerate(lengths):
+        mask[i, shared + width - n :] = 1
+    return torch.cat(last), DynamicCache(ddp_cache_data=layers), mask
+
+
+def _pack(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Consecutive rows grouped into passes of at most ``budget`` tokens (a longer row runs alone)."""
+    chunks: list[list[int]] = []
+    used = budget
+    for i, n in enumerate(lengths):
+        if used + n > budget:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(i)
+        used += n
+    return chunks
+
+
+def _packed_pass(
+    model: PreTrainedModel,
+    head: _Head,
+    rows: list[list[int]],
+    prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None,
+    shared: int,
+) -> tuple[Any, Any]:
+    """One forward pass over ``rows`` laid end to end after the prefix: (hidden states, cache)."""
+    import torch
+    from transformers import DynamicCache
+
+    device = model.device
+    total = sum(len(r) for r in rows)
+    ids = torch.tensor([[t for r in rows for t in r]], dtype=torch.long, device=device)
+    pos = torch.cat([torch.arange(shared, shared + len(r)) for r in rows])[None].to(device)
+    cache = DynamicCache(ddp_cache_data=list(prefix_kv)) if prefix_kv is not None else DynamicCache()
+    if len(rows) == 1:  # plain causal attention: the fast path
+        with torch.inference_mode():
+            return head.run(input_ids=ids, position_ids=pos, cache=cache)
+    allowed = torch.zeros((total, shared + total), dtype=torch.bool)
+    allowed[:, :shared] = True
+    start = 0
+    for r in rows:
+        n = len(r)
+        allowed[start : start + n, shared + start : shared + start + n] = torch.ones((n, n), dtype=torch.bool).tril()
+        start += n
+    dtype = model.dtype if model.dtype.is_floating_point else torch.float32
+    bias = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
     with torch.inference_mode():
-        hidden, cache = _Head(model).run(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache)
-    return hidden, cache, mask
+        return head.run(input_ids=ids, attention_mask=bias[None, None].to(device), position_ids=pos, cache=cache)
 
 
 def _decode_batch(
@@ -155,10 +233,9 @@ def _decode_batch(
     import torch
 
     head = _Head(model)
-    hidden, cache, mask = _start_batch(model, tok, suffixes, prefix_kv, shared)
+    last, cache, mask = _start_batch(model, tok, suffixes, prefix_kv, shared)
     new: list[list[int]] = [[] for _ in suffixes]
     active = list(range(len(suffixes)))
-    last = hidden[:, -1]
     for step in range(max_new_tokens):
         with torch.inference_mode():
             logp = head.log_probs(last)
@@ -342,9 +419,9 @@ def _score_batch(
     device = model.device
     b = len(suffixes)
     head = _Head(model)
-    hidden, cache, mask = _start_batch(model, tok, suffixes, prefix_kv, shared)
+    last, cache, mask = _start_batch(model, tok, suffixes, prefix_kv, shared)
     with torch.inference_mode():
-        first = head.log_probs(hidden[:, -1])
+        first = head.log_probs(last)
     seen = mask.bool().cpu()  # keys every label position may attend to: the prompt, without padding
     prompt_len = mask.sum(-1).tolist()  # position of the first label token
     roots = trie.children[0]

@@ -21,7 +21,9 @@ __all__ = [
     "continuation_logprobs",
     "generate",
     "left_pad",
+    "prefix_cache",
     "rank_labels",
+    "start_batch",
 ]
 
 Progress = Callable[[int], None]
@@ -83,7 +85,7 @@ def generate(
     out: list[tuple[str, int]] = [("", 0)] * len(prompts)
     eos = set(_eos_ids(model, tok))
     shared = common_prefix(encoded)
-    prefix_kv = _prefix_cache(model, encoded[0][:shared]) if shared else None
+    prefix_kv = prefix_cache(model, encoded[0][:shared]) if shared else None
     rng = torch.Generator().manual_seed(seed)
     for batch in _batches([len(e) for e in encoded], batch_size):
         emit = (lambda r, t, batch=batch: on_token(batch[r], t)) if on_token is not None else None
@@ -106,7 +108,8 @@ def generate(
     return out
 
 
-def _prefix_cache(model: PreTrainedModel, prefix: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def prefix_cache(model: PreTrainedModel, prefix: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Keys and values of the prompt prefix every row shares, computed once."""
     import torch
 
     with torch.inference_mode():
@@ -118,7 +121,7 @@ def _prefix_cache(model: PreTrainedModel, prefix: list[int]) -> list[tuple[torch
 PACK_TOKENS = 256
 
 
-def _start_batch(
+def start_batch(
     model: PreTrainedModel,
     tok: PreTrainedTokenizerBase,
     suffixes: list[list[int]],
@@ -233,7 +236,7 @@ def _decode_batch(
     import torch
 
     head = _Head(model)
-    last, cache, mask = _start_batch(model, tok, suffixes, prefix_kv, shared)
+    last, cache, mask = start_batch(model, tok, suffixes, prefix_kv, shared)
     new: list[list[int]] = [[] for _ in suffixes]
     active = list(range(len(suffixes)))
     for step in range(max_new_tokens):
@@ -393,7 +396,7 @@ def rank_labels(
     trie = _Trie.build([tok(lab, add_special_tokens=False)["input_ids"] + [eos] for lab in labels])
     encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     shared = common_prefix(encoded)
-    prefix_kv = _prefix_cache(model, encoded[0][:shared]) if shared else None
+    prefix_kv = prefix_cache(model, encoded[0][:shared]) if shared else None
     limit = math.inf if margin is None else margin
     scores: list[list[float | None]] = [[None] * len(labels) for _ in prompts]
     for batch in _batches([len(e) for e in encoded], batch_size):
@@ -419,7 +422,7 @@ def _score_batch(
     device = model.device
     b = len(suffixes)
     head = _Head(model)
-    last, cache, mask = _start_batch(model, tok, suffixes, prefix_kv, shared)
+    last, cache, mask = start_batch(model, tok, suffixes, prefix_kv, shared)
     with torch.inference_mode():
         first = head.log_probs(last)
     seen = mask.bool().cpu()  # keys every label position may attend to: the prompt, without padding

@@ -168,17 +168,17 @@ class InferenceCost:
     """Measured costs of answering: prompt tokens per second, and a decoding step as fixed + per row."""
 
     prompt_tokens_per_s: float
-    step_fixed_s: float  # a forward pass that adds one token, whatever the number of rows
-    step_per_row_s: float  # and the cost of each row in it
+    step_fixed_s: float  # a forward pass that adds tokens to the rows, whatever their number
+    step_per_row_s: float  # and the cost of each token it adds (one per row when decoding)
 
     def step(self, rows: float) -> float:
         return self.step_fixed_s + self.step_per_row_s * rows
 
 
-def calibrate_inference(model: Any, tok: Any, prompts: list[str], batch_size: int) -> InferenceCost:
+def calibrate_inference(model: Any, tok: Any, prompts: list[str], batch_size: int, width: int = 1) -> InferenceCost:
     """How fast ``model`` answers here: a batch's prompts run as evaluation runs them (the shared prefix
-    once, the rest packed), then decoding steps that add one token per row for the whole batch and for
-    one row (a label-tree round or a generated token is such a step)."""
+    once, the rest packed), then steps that add ``width`` tokens per row for the whole batch and for one
+    row (a generated token is a step of width 1; a label-tree round scores several nodes per row)."""
     import torch
     from transformers import DynamicCache
 
@@ -197,7 +197,7 @@ def calibrate_inference(model: Any, tok: Any, prompts: list[str], batch_size: in
                 input_ids=ids[:rows], attention_mask=mask[:rows], cache=DynamicCache(), use_cache=True, logits_to_keep=1
             )
             m = mask[:rows]
-            step = torch.full((rows, 1), tok.pad_token_id, dtype=torch.long, device=model.device)
+            step = torch.full((rows, width), tok.pad_token_id, dtype=torch.long, device=model.device)
             t0 = time.perf_counter()
             for _ in range(steps):
                 cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
@@ -219,8 +219,10 @@ def calibrate_inference(model: Any, tok: Any, prompts: list[str], batch_size: in
     decode(1)
     decode(rows)
     one, full = min(decode(1), decode(1)), min(decode(rows), decode(rows))
-    per_row = max(full - one, 0.0) / max(rows - 1, 1)
-    return InferenceCost(sum(len(s) for s in suffixes) / max(prompt_s, 1e-9), max(one - per_row, 0.0), per_row)
+    per_token = max(full - one, 0.0) / max(rows - 1, 1) / width
+    return InferenceCost(
+        sum(len(s) for s in suffixes) / max(prompt_s, 1e-9), max(one - per_token * width, 0.0), per_token
+    )
 
 
 def render_forecast(f: Forecast, title: str = "preflight") -> Table:

@@ -259,3 +259,41 @@ def test_token_level_distillation_term(tiny_model: Path) -> None:
     loss_fn = AnswerLoss(student, teacher, kd_alpha=0.3)
     loss_fn.eval()  # validation loss: the plain cross-entropy
     assert float(loss_fn(batch)[0].detach()) == pytest.approx(float(plain), rel=1e-5)
+
+
+@pytest.mark.parametrize("boolean", [False, True])
+def test_grouped_attention_equals_sdpa_with_repeated_heads(boolean: bool) -> None:
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from slmloop.models.attention import grouped_attention
+
+    torch.manual_seed(0)
+    module = SimpleNamespace(num_key_value_groups=3, training=False, is_causal=True)
+    q, k, v = torch.randn(4, 6, 5, 8), torch.randn(4, 2, 11, 8), torch.randn(4, 2, 11, 8)
+    allowed = torch.rand(4, 1, 5, 11) > 0.4
+    allowed[..., -1] = True  # every query sees at least one key
+    mask = allowed if boolean else torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    ours, _ = grouped_attention(module, q, k, v, mask, scaling=0.3)
+    ref, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.3)
+    assert ours.shape == ref.shape == (4, 5, 6, 8)
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_label_rounds_run_through_grouped_attention(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    import slmloop.models.attention as attention
+
+    calls = []
+    original = attention.grouped_attention
+    monkeypatch.setattr(attention, "grouped_attention", lambda *a, **k: calls.append(1) or original(*a, **k))
+    attention._registered = False  # register the counting function
+    model, tok = tiny
+    prompts = [render_prompt(tok, prompt_messages(TASK, r)) for r in toy_rows(3)]
+    try:
+        rank_labels(model, tok, prompts, LABELS, batch_size=3, margin=None)
+    finally:
+        monkeypatch.undo()
+        attention._registered = False
+    assert calls  # label rounds and the packed prompt pass carry explicit masks
+    assert model.config._attn_implementation == "sdpa"  # switched back after the call

@@ -202,8 +202,9 @@ def calibrate_inference(model: Any, tok: Any, prompts: list[str], batch_size: in
             for _ in range(steps):
                 cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
                 m = torch.cat([m, torch.ones_like(step)], dim=1)
-                out = model(input_ids=step, attention_mask=m, cache=cache, use_cache=True, logits_to_keep=1)
-                torch.log_softmax(out.logits[:, -1], dim=-1, dtype=torch.float32)
+                # every added token gets its full-vocabulary log-softmax, as every node of a label round does
+                out = model(input_ids=step, attention_mask=m, cache=cache, use_cache=True, logits_to_keep=width)
+                torch.log_softmax(out.logits, dim=-1, dtype=torch.float32)
             return (time.perf_counter() - t0) / steps
 
     def prompt_pass() -> float:

@@ -649,7 +649,7 @@ def _forecast_eval(st: TrainSetup, parts: Parts, forecast: Forecast) -> None:
     if mode == "rank":
         depth = sorted(answers)[len(answers) // 2]
         # a batch runs until its last near tie is scored: midway between the typical answer and the
-        # longest label (measured on HWU64 intents: 6.6 rounds a batch for 5 and 8 tokens; SMS: 2.4 for 2, 3)
+        # longest label (measured on HWU64 intents: 6.6-7.8 rounds a batch for 5 and 8 tokens; SMS: 2.0-2.4 for 2, 3)
         longest = max(
             (len(parts.tokenizer(x, add_special_tokens=False)["input_ids"]) + 1 for x in labels), default=depth
         )

@@ -1,0 +1,95 @@
+"""Grouped-query attention with an explicit mask, for answering (label rounds, packed prompt passes).
+
+Transformers' SDPA path repeats every key/value head for the query heads that share it and
+then calls one fused kernel per (row, head). With a few queries per row against a long,
+padded cache (a label round of 16-32 rows) that kernel runs far below the CPU's matrix
+speed. Here the query heads that share a key/value head are stacked into one matrix
+product instead, with no copies of the keys: on 2 CPU cores a label round's attention
+takes 0.27 ms a layer against 1.01 ms (16 rows × 2 queries × 250 keys, bf16), a 256-token
+packed pass 1.22 against 1.64 ms.
+
+Only calls with an explicit 4D mask outside training take this path; everything else
+(no mask, training, soft-capping, per-head masks) goes through SDPA unchanged.
+:func:`answering` switches a model to it for the duration of a call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["NAME", "answering", "grouped_attention"]
+
+NAME = "slmloop_grouped"
+_registered = False
+
+
+def grouped_attention(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[Any, None]:
+    """Attention output as (batch, queries, heads, head size), like transformers' attention functions."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    mask = attention_mask
+    plain = (
+        mask is None
+        or mask.dim() != 4
+        or mask.shape[1] != 1
+        or tuple(mask.shape[-2:]) != (query.shape[2], key.shape[2])
+        or module.training
+        or kwargs.get("softcap") is not None
+        or kwargs.get("position_bias") is not None
+    )
+    if plain:
+        return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
+    b, heads, t, d = query.shape
+    kv_heads, s = key.shape[1], key.shape[2]
+    groups = heads // kv_heads
+    scale = scaling if scaling is not None else d**-0.5
+    # query heads h*groups .. h*groups+groups-1 read key/value head h (transformers' repeat_kv order)
+    scores = torch.matmul(query.reshape(b, kv_heads, groups * t, d), key.transpose(-1, -2)) * scale
+    scores = scores.view(b, kv_heads, groups, t, s)
+    m = mask[:, :, None]
+    if m.dtype == torch.bool:
+        scores = scores.masked_fill(~m, torch.finfo(scores.dtype).min)
+    else:
+        scores = scores + m.to(scores.dtype)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    out = torch.matmul(probs.view(b, kv_heads, groups * t, s), value)
+    return out.view(b, heads, t, d).transpose(1, 2).contiguous(), None
+
+
+def _register() -> None:
+    global _registered
+    if _registered:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(NAME, grouped_attention)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+    _registered = True
+
+
+@contextlib.contextmanager
+def answering(model: Any) -> Iterator[None]:
+    """Run ``model``'s SDPA attention through :func:`grouped_attention` inside the block."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
+        yield
+        return
+    _register()
+    config._attn_implementation = NAME
+    try:
+        yield
+    finally:
+        config._attn_implementation = "sdpa"

@@ -44,6 +44,10 @@ class Project:
         return self.home / "reports"
 
     @property
+    def bakeoffs_dir(self) -> Path:
+        return self.home / "bakeoffs"
+
+    @property
     def task(self) -> TaskConfig:
         """The manifest's task, with ``labels: auto`` / ``fields: auto`` as the newest dataset version resolved them."""
         task = self.manifest.task

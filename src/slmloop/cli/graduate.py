@@ -69,7 +69,7 @@ def print_bakeoff(proj: Project, bo: Bakeoff) -> None:
         out.print(f"winner trial {bo.winner} on gold: {w['metric']} {w['value']:.4f}")
         if "incumbent_metrics" in g:
             out.print(f"against {bo.incumbent}: [bold]{g['verdict']}[/bold] — {g['sentence']}")
-    folder = proj.home / "bakeoffs" / bo.id
+    folder = proj.bakeoffs_dir / bo.id
     out.print(f"report: {folder / 'report.md'} · plot: {folder / 'trials.png'}")
 
 

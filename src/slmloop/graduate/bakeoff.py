@@ -164,24 +164,20 @@ def rungs(cfg: BakeoffConfig, longest: float) -> list[float]:
 # ---------------------------------------------------------------------------------------------
 # state
 # ---------------------------------------------------------------------------------------------
-def _folder(project: Project) -> Path:
-    return project.home / "bakeoffs"
-
-
 def save_state(project: Project, bo: Bakeoff) -> None:
-    atomic_write_json(_folder(project) / bo.id / "state.json", bo.to_dict())
+    atomic_write_json(project.bakeoffs_dir / bo.id / "state.json", bo.to_dict())
 
 
 def load_bakeoff(project: Project, ref: str) -> Bakeoff:
-    path = _folder(project) / ref / "state.json"
+    path = project.bakeoffs_dir / ref / "state.json"
     if not path.exists():
-        known = ", ".join(sorted(p.parent.name for p in _folder(project).glob("*/state.json"))) or "none yet"
+        known = ", ".join(sorted(p.parent.name for p in project.bakeoffs_dir.glob("*/state.json"))) or "none yet"
         raise ConfigError(f"no bake-off {ref!r}", hint=f"Bake-offs of this project: {known}.")
     return Bakeoff.from_dict(json.loads(path.read_text()))
 
 
 def list_bakeoffs(project: Project) -> list[Bakeoff]:
-    found = sorted(_folder(project).glob("bo-*/state.json"), key=lambda p: int(p.parent.name.removeprefix("bo-")))
+    found = sorted(project.bakeoffs_dir.glob("bo-*/state.json"), key=lambda p: int(p.parent.name.removeprefix("bo-")))
     return [Bakeoff.from_dict(json.loads(p.read_text())) for p in found]
 
 

@@ -83,7 +83,7 @@ def _fmt(v: Any) -> str:
 
 def write_bakeoff_report(project: Project, bo: Bakeoff) -> Path:
     """``.slmloop/bakeoffs/bo-N/report.md`` with ``trials.png``: the table, the winner on gold, the test."""
-    folder = project.home / "bakeoffs" / bo.id
+    folder = project.bakeoffs_dir / bo.id
     plot_trials(bo, folder / "trials.png")
     rows = bakeoff_rows(bo)
     head = list(rows[0]) if rows else []

@@ -109,7 +109,7 @@ def run_ray(
         if ray.cluster_resources().get("GPU", 0) >= 1:
             resources["gpu"] = 1  # without it Ray hides the GPUs from the trial
         trainable = tune.with_resources(tune.with_parameters(_run_numbered, configs=configs), resources)
-        storage = (project.home / "bakeoffs" / bo.id / "ray").resolve()
+        storage = (project.bakeoffs_dir / bo.id / "ray").resolve()
         path = storage / "tune"
         if tune.Tuner.can_restore(str(path)):
             console.print(f"restoring the Ray Tune experiment in {path}")

@@ -91,7 +91,6 @@ def generate(
         emit = (lambda r, t, batch=batch: on_token(batch[r], t)) if on_token is not None else None
         tokens = _decode_batch(
             model,
-            tok,
             [encoded[i][shared:] for i in batch],
             prefix_kv,
             shared,
@@ -123,7 +122,6 @@ PACK_TOKENS = 256
 
 def start_batch(
     model: PreTrainedModel,
-    tok: PreTrainedTokenizerBase,
     suffixes: list[list[int]],
     prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None,
     shared: int,
@@ -148,12 +146,13 @@ def start_batch(
     last: list[torch.Tensor] = []
     for chunk in _pack(lengths, PACK_TOKENS):
         hidden, cache = _packed_pass(model, head, [suffixes[i] for i in chunk], prefix_kv, shared)
-        ends = torch.tensor(lengths[chunk[0] : chunk[-1] + 1]).cumsum(0) - 1
+        sizes = [lengths[i] for i in chunk]
+        ends = torch.tensor(sizes).cumsum(0) - 1
         last.append(hidden[0, ends.to(device)])
         # where each row's key/value sits in the packed pass (padding repeats the row's first: masked)
         source = torch.zeros((len(chunk), width), dtype=torch.long)
         offset = shared
-        for j, n in enumerate(lengths[chunk[0] : chunk[-1] + 1]):
+        for j, n in enumerate(sizes):
             source[j, : width - n] = offset
             source[j, width - n :] = torch.arange(offset, offset + n)
             offset += n
@@ -223,7 +222,6 @@ def _packed_pass(
 
 def _decode_batch(
     model: PreTrainedModel,
-    tok: PreTrainedTokenizerBase,
     suffixes: list[list[int]],
     prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None,
     shared: int,
@@ -236,7 +234,7 @@ def _decode_batch(
     import torch
 
     head = _Head(model)
-    last, cache, mask = start_batch(model, tok, suffixes, prefix_kv, shared)
+    last, cache, mask = start_batch(model, suffixes, prefix_kv, shared)
     new: list[list[int]] = [[] for _ in suffixes]
     active = list(range(len(suffixes)))
     for step in range(max_new_tokens):
@@ -310,7 +308,8 @@ class _Trie:
 
 
 #: label-tree nodes a prompt expands per forward pass at most (more wait a round: less padding);
-#: HWU64 intents, 1,076 rows: 51 s at 4 and at 2, 59 s at 8, 67 s at 16 (fine-tuned); the base model on 256 of them 47 s at 4, 50 s at 8
+#: HWU64 intents, 1,076 rows: 51 s at 4 and at 2, 59 s at 8, 67 s at 16 (fine-tuned);
+#: the base model on 256 of them: 47 s at 4, 50 s at 8
 ROUND_WIDTH = 4
 
 
@@ -426,7 +425,7 @@ def _score_batch(
     device = model.device
     b = len(suffixes)
     head = _Head(model)
-    last, cache, mask = start_batch(model, tok, suffixes, prefix_kv, shared)
+    last, cache, mask = start_batch(model, suffixes, prefix_kv, shared)
     with torch.inference_mode():
         first = head.log_probs(last)
     seen = mask.bool().cpu()  # keys every label position may attend to: the prompt, without padding

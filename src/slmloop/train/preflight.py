@@ -171,9 +171,6 @@ class InferenceCost:
     step_fixed_s: float  # a forward pass that adds tokens to the rows, whatever their number
     step_per_row_s: float  # and the cost of each token it adds (one per row when decoding)
 
-    def step(self, rows: float) -> float:
-        return self.step_fixed_s + self.step_per_row_s * rows
-
 
 def calibrate_inference(model: Any, tok: Any, prompts: list[str], batch_size: int, width: int = 1) -> InferenceCost:
     """How fast ``model`` answers here: a batch's prompts run as evaluation runs them (the shared prefix
@@ -209,7 +206,7 @@ def calibrate_inference(model: Any, tok: Any, prompts: list[str], batch_size: in
 
     def prompt_pass() -> float:
         t0 = time.perf_counter()
-        start_batch(model, tok, suffixes, prefix, shared)
+        start_batch(model, suffixes, prefix, shared)
         return time.perf_counter() - t0
 
     # the first pass at a new shape also builds the CPU kernels for it (3x slower): never time a first pass,

@@ -650,10 +650,10 @@ def _forecast_eval(st: TrainSetup, parts: Parts, forecast: Forecast) -> None:
         depth = sorted(answers)[len(answers) // 2]
         # a batch runs until its last near tie is scored: midway between the typical answer and the
         # longest label (measured on HWU64 intents: 6.6-7.8 rounds a batch for 5 and 8 tokens; SMS: 2.0-2.4 for 2, 3)
-        longest = max(
+        deepest = max(
             (len(parts.tokenizer(x, add_special_tokens=False)["input_ids"]) + 1 for x in labels), default=depth
         )
-        rounds = (depth + max(depth, longest)) / 2
+        rounds = (depth + max(depth, deepest)) / 2
         decode = batches * rounds * cost.step_fixed_s + len(gold) * width * depth * cost.step_per_row_s
     else:
         longest = sum(max(rng.choices(answers, k=b)) for _ in range(batches))

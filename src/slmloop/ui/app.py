@@ -257,7 +257,7 @@ def create_ui_app(
         """Plots and HTML reports the stages wrote (only under the project's reports and runs folders)."""
         home = project.home.resolve()
         target = (home / path).resolve()
-        allowed = (project.reports_dir.resolve(), project.runs_dir.resolve(), (home / "bakeoffs").resolve())
+        allowed = (project.reports_dir.resolve(), project.runs_dir.resolve(), project.bakeoffs_dir.resolve())
         if not any(target.is_relative_to(a) for a in allowed) or not target.is_file():
             raise StarletteHTTPException(404, f"no report file {path!r}")
         if target.suffix not in (".png", ".svg", ".html", ".json", ".jsonl"):

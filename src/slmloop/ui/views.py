@@ -201,12 +201,12 @@ def bakeoffs_view(project: Project) -> list[dict[str, Any]]:
 
     out = []
     for bo in reversed(list_bakeoffs(project)):
-        plot = project.home / "bakeoffs" / bo.id / "trials.png"
+        plot = project.bakeoffs_dir / bo.id / "trials.png"
         out.append(
             {
                 "bo": bo,
                 "rows": bakeoff_rows(bo),
-                "plot": f"bakeoffs/{bo.id}/trials.png" if plot.exists() else None,
+                "plot": str(plot.relative_to(project.home)) if plot.exists() else None,
                 "gold": bo.gold or {},
             }
         )

@@ -253,3 +253,44 @@ def test_one_training_step_alone(tmp_path: Path, tiny_model: Path) -> None:
     assert any(not torch.equal(now[k], v) for k, v in weights.items())  # the adapter moved
     assert all(torch.equal(now[k], v) for k, v in frozen.items())  # nothing else did
     p.close()
+
+
+def test_kept_states_of_frozen_layers_give_the_full_passs_loss_and_gradients(tmp_path: Path, tiny_model: Path) -> None:
+    """With LoRA on the top layer only, a second pass of the same rows starts above the frozen bottom layer:
+    same loss and adapter gradients as the whole model, with and without a shared prompt prefix, also when a
+    row's states were kept from a batch of other rows; then a 2-epoch run uses them and learns."""
+    from slmloop.train.recipe import build, setup
+
+    root = _prepared(tmp_path / "p", tiny_model, batch_size=8, lora_layers=1, epochs=2)
+    p = open_project(root)
+    parts = build(setup(p))
+    frozen = parts.inner_loss.frozen
+    assert frozen is not None and frozen.start == 1  # 2 layers, the top one adapted
+
+    def loss_and_grads(ids: list[int]) -> tuple[float, dict[str, torch.Tensor]]:
+        loss, _ = parts.inner_loss(parts.batch(ids))
+        loss.backward()
+        grads = {n: q.grad.clone() for n, q in parts.model.named_parameters() if q.requires_grad}
+        parts.inner_loss.zero_grad(set_to_none=True)
+        return float(loss.detach()), grads
+
+    for ids in ([0, 1, 2, 3, 4, 5], [7], [0, 7, 9]):  # shared prefix; one row alone (none); rows kept elsewhere
+        kept_before = frozen.skipped
+        frozen.states.pop(9, None)
+        full_loss, full_grads = loss_and_grads(ids)  # row 9 is missing: the whole model runs (and keeps states)
+        assert frozen.skipped == kept_before and frozen.covers(ids)
+        kept_loss, kept_grads = loss_and_grads(ids)
+        assert frozen.skipped == kept_before + len(ids)  # this pass started above the frozen layer
+        assert kept_loss == pytest.approx(full_loss, rel=1e-5)
+        for name, g in full_grads.items():
+            assert torch.allclose(kept_grads[name], g, rtol=1e-4, atol=1e-6), name
+    assert parts.batch([0, 7]).prefix_len > 0 and parts.batch([7]).prefix_len == 0
+    p.close()
+
+    p = open_project(root)
+    run = train(p)
+    assert run.metrics["frozen_layers"] == 1
+    n_train = len(parts.train_ex)
+    assert run.metrics["rows_from_kept_states"] >= n_train  # the whole second epoch
+    assert run.metrics["train_loss_last"] < run.metrics["train_loss_first"]
+    p.close()

@@ -121,6 +121,7 @@ class Batch:
     targets: torch.Tensor  # (N,) the answer token ids
     real_tokens: int  # non-padding tokens the batch stands for (prefix counted per row)
     prefix_ids: torch.Tensor | None = None  # (1, P) shared prompt prefix
+    example_ids: tuple[int, ...] | None = None  # the training examples the rows are (None: not training rows)
 
     @property
     def answer_tokens(self) -> int:
@@ -139,6 +140,7 @@ class Batch:
             self.targets.to(device),
             self.real_tokens,
             None if self.prefix_ids is None else self.prefix_ids.to(device),
+            self.example_ids,
         )
 
 

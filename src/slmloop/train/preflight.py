@@ -62,6 +62,9 @@ class Forecast:
     eval_rows: int = 0
     eval_mode: str = ""
     eval_seconds: float = 0.0
+    #: bottom layers whose states are kept after the first epoch (0: none), and the speed from the second epoch
+    frozen_layers: int = 0
+    later_tokens_per_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -241,8 +244,14 @@ def render_forecast(f: Forecast, title: str = "preflight") -> Table:
     )
     t.add_row("device", f"{f.device} · {f.dtype} · {f.world_size} process(es)")
     t.add_row("steps", f"{f.steps} ({f.steps_per_epoch} per epoch, {f.tokens_per_epoch:,} tokens per epoch)")
-    t.add_row("speed (calibrated)", f"{f.calibrated_tokens_per_s:,.0f} tokens/s")
-    t.add_row("time", f"~{f.seconds_per_epoch / 60:.1f} min per epoch · ~{f.seconds_total / 60:.1f} min in all")
+    speed = f"{f.calibrated_tokens_per_s:,.0f} tokens/s"
+    if f.frozen_layers:
+        speed += f" · {f.later_tokens_per_s:,.0f} from epoch 2 (bottom {f.frozen_layers} layers' states kept)"
+    t.add_row("speed (calibrated)", speed)
+    epoch = f"~{f.seconds_per_epoch / 60:.1f} min per epoch"
+    if f.frozen_layers and f.steps > f.steps_per_epoch:
+        epoch = f"~{f.seconds_per_epoch / 60:.1f} min for epoch 1"
+    t.add_row("time", f"{epoch} · ~{f.seconds_total / 60:.1f} min in all")
     if f.eval_rows:
         t.add_row("gold evaluation", f"~{f.eval_seconds / 60:.1f} min for {f.eval_rows} rows ({f.eval_mode})")
     fit = "[green]fits[/green]" if f.fits else "[bold red]does NOT fit[/bold red]"

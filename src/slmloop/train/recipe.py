@@ -61,6 +61,7 @@ from slmloop.train.batching import (
     split_by_tokens,
 )
 from slmloop.train.checkpoint import LoopState, latest_checkpoint, restore_checkpoint, save_checkpoint
+from slmloop.train.frozen import MEMORY_SHARE, FrozenLayers, frozen_layers_for
 from slmloop.train.preflight import (
     Forecast,
     available_memory_bytes,
@@ -133,9 +134,22 @@ class AnswerLoss(torch.nn.Module):
         self.head: Any = base.get_output_embeddings()
         special = getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None)
         self.fast = self.decoder is not None and self.head is not None and not special
+        #: hidden states entering the lowest adapted layer, per training example (set by build())
+        self.frozen: FrozenLayers | None = None
 
     def answer_logits(self, batch: Batch) -> torch.Tensor:
         """Logits (float32) at the positions that predict the answer tokens: one row per answer token."""
+        frozen, ids = self.frozen, batch.example_ids
+        if frozen is None or ids is None or not self.fast:
+            return self._full_logits(batch)
+        if frozen.covers(ids):  # every row's frozen layers ran in an earlier pass: start above them
+            hidden = frozen.last_hidden(ids, batch.attention_mask, batch.prefix_len)
+            return self.head(hidden[batch.rows, batch.positions]).float()
+        lengths = [batch.prefix_len + int(n) for n in batch.attention_mask.sum(dim=1).tolist()]
+        with frozen.capture(ids, lengths, batch.prefix_len):
+            return self._full_logits(batch)
+
+    def _full_logits(self, batch: Batch) -> torch.Tensor:
         if batch.prefix_ids is not None and self.fast:
             # the shared prefix runs once; every row's suffix attends to its repeated cache, and
             # gradients flow back through the repeat into the prefix pass
@@ -346,7 +360,10 @@ class Parts:
 
     def batch(self, indices: list[int], examples: list[EncodedExample] | None = None) -> Batch:
         rows = [(examples or self.train_ex)[i] for i in indices]
-        return collate(rows, self.tokenizer.pad_token_id, share_prefix=self.share_prefix).to(self.device)
+        batch = collate(rows, self.tokenizer.pad_token_id, share_prefix=self.share_prefix)
+        if examples is None:  # training rows: the frozen-layer cache knows them by index
+            batch.example_ids = tuple(indices)
+        return batch.to(self.device)
 
     @property
     def main(self) -> bool:
@@ -478,6 +495,10 @@ def build(st: TrainSetup) -> Parts:
     )
     inner = AnswerLoss(model, _kd_teacher(st, tok, dtype), cfg.distill_alpha, cfg.distill_temperature)
     inner = inner.to(accelerator.device)
+    if not cfg.gradient_checkpointing:
+        budget = int(MEMORY_SHARE * available_memory_bytes(accelerator.device.type))
+        tokens = sum(len(e.input_ids) for e in train_ex)
+        inner.frozen = frozen_layers_for(model, inner.decoder if inner.fast else None, lora, budget, tokens)
     # distributed (DDP, or FSDP/DeepSpeed from an accelerate config): accelerate wraps the loss module
     # (every forward goes through it) and the optimizer; one process keeps the plain objects
     if accelerator.distributed_type != "NO":
@@ -550,15 +571,30 @@ def preflight(st: TrainSetup, parts: Parts) -> Forecast:
     ]
     unique = [list(c) for c in dict.fromkeys(tuple(c) for c in heaviest)]
     tps, peak = calibrate(parts.inner_loss, parts.batch, sample, unique, parts.device)
+    frozen = parts.inner_loss.frozen
+    # the same rows again start above the frozen layers (their states were kept by the passes above):
+    # the speed of every epoch after the first
+    later_tps = tps
+    if frozen is not None:
+        later_tps = calibrate(parts.inner_loss, parts.batch, sample, [], parts.device)[0]
+        frozen.skipped = 0  # count the run's rows, not the calibration's
     torch.manual_seed(cfg.seed)
     total, trainable = count_parameters(parts.model)
     peak += 2 * 4 * trainable  # AdamW's two moments (fp32)
+    if frozen is not None:
+        peak += frozen.capacity_bytes - frozen.held_bytes  # full after the first epoch
     tokens_epoch = sum(lengths)
     world = parts.world
     per_epoch = tokens_epoch / max(tps * world, 1e-9)
     evals = max(1, parts.total_steps // parts.eval_every)
     val_tokens = sum(len(e.input_ids) for e in parts.val_ex)
-    total_s = per_epoch * parts.total_steps / max(parts.steps_per_epoch, 1) + evals * val_tokens / max(3 * tps, 1e-9)
+    epochs = parts.total_steps / max(parts.steps_per_epoch, 1)
+    later_epochs = max(0.0, epochs - 1.0)
+    total_s = (
+        per_epoch * (epochs - later_epochs)
+        + tokens_epoch / max(later_tps * world, 1e-9) * later_epochs
+        + evals * val_tokens / max(3 * tps, 1e-9)
+    )
     available = available_memory_bytes(parts.device.type)
     leak = st.leakage
     leakage = (
@@ -584,6 +620,8 @@ def preflight(st: TrainSetup, parts: Parts) -> Forecast:
         tokens_per_epoch=tokens_epoch,
         calibrated_tokens_per_s=tps,
         seconds_per_epoch=per_epoch,
+        later_tokens_per_s=later_tps,
+        frozen_layers=frozen.start if frozen else 0,
         seconds_total=total_s,
         peak_memory_gib=peak / 1024**3,
         available_memory_gib=available / 1024**3,
@@ -988,6 +1026,9 @@ def save(st: TrainSetup, parts: Parts, run: Run, state: LoopState, forecast: For
         "forecast_seconds": forecast.seconds_total,
         "forecast_peak_gib": forecast.peak_memory_gib,
         "world_size": parts.world,
+        # rows that started above the frozen bottom layers (their states kept from an earlier pass)
+        "frozen_layers": parts.inner_loss.frozen.start if parts.inner_loss.frozen else 0,
+        "rows_from_kept_states": parts.inner_loss.frozen.skipped if parts.inner_loss.frozen else 0,
     }
     if parts.device.type == "cuda":
         metrics["peak_gib"] = torch.cuda.max_memory_allocated() / 1024**3

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,33 @@ def test_the_request_log_can_redact_pii(trained_copy) -> None:
         assert client.post("/v1/predict", json={"text": "mail jane.doe@example.com now"}).status_code == 200
     (row,) = trained_copy.store.requests()
     assert "jane.doe@example.com" not in row.input and "mail" in row.input and row.release_version == 1
+
+
+def test_a_forming_group_waits_for_each_next_request_up_to_a_cap() -> None:
+    """Requests 50 ms apart join one group while each comes within wait_ms (100 ms) of the last; a stream
+    that never pauses is still cut at WAIT_CAP x wait_ms."""
+    from slmloop.serve.engine import WAIT_CAP, Batcher, Job, ModelSlot
+
+    class Echo:  # the grouping policy is under test here, not a model
+        def predict_many(self, payloads: list[str]) -> list[str]:
+            return list(payloads)
+
+    sizes: list[int] = []
+    batcher = Batcher(ModelSlot(Echo()), max_batch=64, wait_ms=100, observe=sizes.append)
+    futures = []
+    for i in range(6):
+        futures.append(batcher.submit(Job("predict", ("predict",), str(i))))
+        time.sleep(0.05)
+    assert [f.result(timeout=10)[1] for f in futures] == [str(i) for i in range(6)]
+    assert sizes == [6]  # one group: a fixed 100 ms from the first request would have taken 2-3
+    sizes.clear()
+    futures = []
+    started = time.perf_counter()
+    while time.perf_counter() - started < 2 * WAIT_CAP * 0.1:  # a stream that never pauses
+        futures.append(batcher.submit(Job("predict", ("predict",), "x")))
+        time.sleep(0.05)
+    for f in futures:
+        f.result(timeout=10)
+    batcher.close()
+    assert len(sizes) >= 2 and sum(sizes) == len(futures)
+    assert sizes[0] <= WAIT_CAP * 0.1 / 0.05 + 2  # cut near the cap, not when the stream ended

@@ -467,7 +467,9 @@ class ServeConfig(Section):
     )
     max_batch: int = Field(32, gt=0, description="Most requests answered by one forward pass.")
     batch_wait_ms: float = Field(
-        5.0, ge=0.0, description="How long the first request of a batch waits for others to join (ms)."
+        5.0,
+        ge=0.0,
+        description="How long a forming batch waits for the next request to join (ms); 8x this at most in all.",
     )
     api_keys: list[str] = Field(
         default_factory=list,

@@ -279,6 +279,10 @@ class Job:
     queued_at: float = field(default_factory=time.perf_counter)
 
 
+#: a forming group waits ``wait_ms`` for each next request, and at most this many times ``wait_ms`` in all
+WAIT_CAP = 8
+
+
 class Batcher:
     """One worker thread that owns the model and answers queued jobs in groups."""
 
@@ -312,7 +316,8 @@ class Batcher:
         if first is None:
             return None
         group = [first]
-        deadline = time.perf_counter() + self.wait
+        start = time.perf_counter()
+        deadline = start + self.wait
         others: list[Job] = []
         while len(group) < self.max_batch:
             if self._held:
@@ -323,6 +328,9 @@ class Batcher:
                     job = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
+                # while requests keep coming the group keeps growing (up to WAIT_CAP waits in all): under a
+                # steady load the clients answered by the last group come back a few ms apart
+                deadline = min(start + WAIT_CAP * self.wait, time.perf_counter() + self.wait)
             if job is None:
                 self._queue.put(None)  # stop after this group
                 break

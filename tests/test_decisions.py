@@ -96,6 +96,12 @@ def test_compare_reports_gain_ci_and_p_value(project) -> None:
     assert (report.path / "index.html").exists() and (report.path / "compare.png").exists()
     again = compare_models(project, ["base", "run-1"])  # stored evaluations are reused
     assert [e.id for e in again.evaluations] == [e.id for e in report.evaluations]
+    # a cheap baseline is a model to compare like any other (fitted and scored once, then reused)
+    with_baseline = compare_models(project, ["baseline:tfidf-lr", "run-1"], report=False)
+    assert [e.model_ref for e in with_baseline.evaluations] == ["baseline:tfidf-lr", "run-1"]
+    assert with_baseline.comparisons[0].a.model_ref == "baseline:tfidf-lr"
+    reused = compare_models(project, ["baseline:tfidf-lr", "run-1"], report=False)
+    assert reused.evaluations[0].id == with_baseline.evaluations[0].id
 
 
 def test_endpoint_as_a_model_with_latency_cost_and_a_judge(project) -> None:

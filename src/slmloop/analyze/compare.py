@@ -42,7 +42,7 @@ def _evaluation_for(
 ) -> Evaluation:
     from slmloop.targets import resolve_target
 
-    canonical = ref if ref.startswith("endpoint:") else resolve_target(project, ref).ref
+    canonical = ref if ref.startswith(("endpoint:", "baseline:")) else resolve_target(project, ref).ref
     if not fresh:
         for e in latest_evaluations(project, gold_id):
             if e.model_ref == canonical:

@@ -20,6 +20,14 @@ def test_minimal_manifest_fills_documented_defaults() -> None:
     assert m.data.split.gold == 0.2
 
 
+def test_extraction_trains_three_epochs_by_default_unless_the_manifest_says() -> None:
+    extraction = {"task": {"type": "extraction", "instruction": "Extract.", "fields": ["city"]}}
+    assert parse_manifest(MINIMAL).train.epochs == 2.0  # classification
+    assert parse_manifest(extraction).train.epochs == 3.0
+    assert parse_manifest({**extraction, "train": {"epochs": 1}}).train.epochs == 1.0
+    assert parse_manifest({**extraction, "train": {"lora_r": 8}}).train.epochs == 3.0
+
+
 def test_unknown_key_and_wrong_type_are_both_reported() -> None:
     raw = {**MINIMAL, "train": {"learning_rat": 0.1, "batch_size": "sixteen"}}
     with pytest.raises(ConfigError) as exc:

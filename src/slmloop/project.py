@@ -147,7 +147,7 @@ train:                            # defaults chosen by a measured sweep (docs/tr
   learning_rate: 2.0e-3           # small models + LoRA + short runs like 1e-3..2e-3; use ~2e-4 for >=1B models
   scheduler: cosine               # cosine | linear | constant
   warmup_ratio: 0.05
-  epochs: 2
+  # epochs: 2                     # default 2; 3 for extraction (spans keep gaining from a third pass)
   batch_size: 32                  # larger = faster per example on CPU, more memory
   grad_accum: 1                   # effective batch = batch_size * grad_accum
   precision: auto                 # auto = bf16 where the hardware has it (AVX512-BF16, AMX, GPU)

@@ -193,9 +193,9 @@ def test_the_request_log_can_redact_pii(trained_copy) -> None:
     assert "jane.doe@example.com" not in row.input and "mail" in row.input and row.release_version == 1
 
 
-def test_a_forming_group_waits_for_each_next_request_up_to_a_cap() -> None:
-    """Requests 50 ms apart join one group while each comes within wait_ms (100 ms) of the last; a stream
-    that never pauses is still cut at WAIT_CAP x wait_ms."""
+def test_a_forming_group_waits_for_each_next_request_under_load_and_not_when_idle() -> None:
+    """Idle: a lone request is answered at once. Under load: requests 50 ms apart join one group while each
+    comes within wait_ms (100 ms) of the last; a stream that never pauses is cut at WAIT_CAP x wait_ms."""
     from slmloop.serve.engine import WAIT_CAP, Batcher, Job, ModelSlot
 
     class Echo:  # the grouping policy is under test here, not a model
@@ -203,7 +203,19 @@ def test_a_forming_group_waits_for_each_next_request_up_to_a_cap() -> None:
             return list(payloads)
 
     sizes: list[int] = []
+    batcher = Batcher(ModelSlot(Echo()), max_batch=64, wait_ms=500, observe=sizes.append)
+    started = time.perf_counter()
+    assert batcher.submit(Job("predict", ("predict",), "alone")).result(timeout=10)[1] == "alone"
+    assert time.perf_counter() - started < 0.4  # an idle server does not wait 500 ms for company
+    batcher.close()
+
+    sizes.clear()
     batcher = Batcher(ModelSlot(Echo()), max_batch=64, wait_ms=100, observe=sizes.append)
+    burst = [batcher.submit(Job("predict", ("predict",), "b")) for _ in range(4)]  # load: a group with company
+    for f in burst:
+        f.result(timeout=10)
+    assert max(sizes) > 1
+    sizes.clear()
     futures = []
     for i in range(6):
         futures.append(batcher.submit(Job("predict", ("predict",), str(i))))

@@ -467,9 +467,10 @@ class ServeConfig(Section):
     )
     max_batch: int = Field(32, gt=0, description="Most requests answered by one forward pass.")
     batch_wait_ms: float = Field(
-        5.0,
+        25.0,
         ge=0.0,
-        description="How long a forming batch waits for the next request to join (ms); 8x this at most in all.",
+        description="Under load, how long a forming batch waits for the next request to join (ms); 8x this at "
+        "most in all. An idle server answers a lone request at once.",
     )
     api_keys: list[str] = Field(
         default_factory=list,

@@ -284,14 +284,20 @@ WAIT_CAP = 8
 
 
 class Batcher:
-    """One worker thread that owns the model and answers queued jobs in groups."""
+    """One worker thread that owns the model and answers queued jobs in groups.
+
+    Under load (the last group had company, or requests are queued) a forming group waits up to
+    ``wait_ms`` for each next request: the clients a group answered come back a few ms apart, and
+    waiting for them keeps groups full (32 clients on the demo: mean group 26 instead of 15, 21.9
+    instead of 17.3 req/s). An idle server answers a lone request at once.
+    """
 
     def __init__(
         self,
         slot: ModelSlot,
         *,
         max_batch: int = 32,
-        wait_ms: float = 5.0,
+        wait_ms: float = 25.0,
         observe: Callable[[int], None] | None = None,
     ) -> None:
         self.slot = slot
@@ -300,6 +306,7 @@ class Batcher:
         self.observe = observe
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._held: deque[Job] = deque()
+        self._busy = False  # the last group had more than one request, or others were waiting
         self._thread = threading.Thread(target=self._loop, name="slmloop-batcher", daemon=True)
         self._thread.start()
 
@@ -317,7 +324,8 @@ class Batcher:
             return None
         group = [first]
         start = time.perf_counter()
-        deadline = start + self.wait
+        wait = self.wait if self._busy else 0.0
+        deadline = start + wait
         others: list[Job] = []
         while len(group) < self.max_batch:
             if self._held:
@@ -330,12 +338,13 @@ class Batcher:
                     break
                 # while requests keep coming the group keeps growing (up to WAIT_CAP waits in all): under a
                 # steady load the clients answered by the last group come back a few ms apart
-                deadline = min(start + WAIT_CAP * self.wait, time.perf_counter() + self.wait)
+                deadline = min(start + WAIT_CAP * wait, time.perf_counter() + wait)
             if job is None:
                 self._queue.put(None)  # stop after this group
                 break
             (group if job.key == first.key else others).append(job)
         self._held.extendleft(reversed(others))
+        self._busy = len(group) > 1 or bool(others) or not self._queue.empty()
         return group
 
     def _loop(self) -> None:

@@ -276,7 +276,7 @@ def test_kept_states_of_frozen_layers_give_the_full_passs_loss_and_gradients(tmp
 
     for ids in ([0, 1, 2, 3, 4, 5], [7], [0, 7, 9]):  # shared prefix; one row alone (none); rows kept elsewhere
         kept_before = frozen.skipped
-        frozen.states.pop(9, None)
+        frozen.forget(9)
         full_loss, full_grads = loss_and_grads(ids)  # row 9 is missing: the whole model runs (and keeps states)
         assert frozen.skipped == kept_before and frozen.covers(ids)
         kept_loss, kept_grads = loss_and_grads(ids)

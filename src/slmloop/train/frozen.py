@@ -43,11 +43,11 @@ def _qualifies(decoder: Any, start: int) -> bool:
 
 
 def frozen_layers_for(
-    peft_model: Any, decoder: Any, lora: dict[str, Any], budget_bytes: int, tokens: int
+    peft_model: Any, decoder: Any, lora: dict[str, Any], budget_bytes: int, lengths: Sequence[int]
 ) -> FrozenLayers | None:
     """A cache for the layers below the lowest adapted one, or None when it does not apply or fit.
 
-    ``tokens``: the training tokens (every example, prefix included) the cache would hold.
+    ``lengths``: the tokens of every training example (prefix included), in their order.
     """
     layers = lora.get("layers_to_transform")
     if not layers or decoder is None:
@@ -59,33 +59,50 @@ def frozen_layers_for(
     for name, p in peft_model.named_parameters():
         if p.requires_grad and ("embed_tokens" in name or any(f".layers.{i}." in name for i in range(start))):
             return None
-    hidden = int(decoder.config.hidden_size)
-    need = tokens * hidden * decoder.embed_tokens.weight.element_size()
-    if need > budget_bytes:
-        return None
-    return FrozenLayers(decoder, start, need)
+    frozen = FrozenLayers(decoder, start, lengths)
+    return frozen if frozen.capacity_bytes <= budget_bytes else None
 
 
 class FrozenLayers:
-    """Per training example, the hidden states entering layer ``start`` (bf16/fp32 as the model runs)."""
+    """Per training example, the hidden states entering layer ``start`` (in the dtype the model runs).
 
-    def __init__(self, decoder: Any, start: int, capacity_bytes: int) -> None:
+    They live in one buffer, allocated at the first capture, each example at a fixed offset: 9,000
+    separately allocated rows fragmented the heap (HWU64 intents: 6.4 GiB resident instead of ~3.4).
+    """
+
+    def __init__(self, decoder: Any, start: int, lengths: Sequence[int]) -> None:
         self.decoder = decoder
         self.start = start
-        self.capacity_bytes = capacity_bytes
-        self.states: dict[int, torch.Tensor] = {}
+        self.lengths = list(lengths)
+        self.offsets = [0]
+        for n in self.lengths:
+            self.offsets.append(self.offsets[-1] + n)
+        self.hidden = int(decoder.config.hidden_size)
+        self.capacity_bytes = self.offsets[-1] * self.hidden * decoder.embed_tokens.weight.element_size()
+        self.buffer: torch.Tensor | None = None
+        self.kept = [False] * len(self.lengths)
         self.skipped = 0  # example passes that started at ``start`` (a count for the tests and the trace)
 
     @property
     def held_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.states.values())
+        if self.buffer is None:
+            return 0
+        rows = sum(n for n, k in zip(self.lengths, self.kept, strict=True) if k)
+        return rows * self.hidden * self.buffer.element_size()
 
     def covers(self, ids: Sequence[int]) -> bool:
-        return all(i in self.states for i in ids)
+        return all(self.kept[i] for i in ids)
+
+    def forget(self, i: int) -> None:
+        self.kept[i] = False
+
+    def state(self, i: int) -> torch.Tensor:
+        assert self.buffer is not None and self.kept[i]
+        return self.buffer[self.offsets[i] : self.offsets[i + 1]]
 
     @contextlib.contextmanager
-    def capture(self, ids: Sequence[int], lengths: Sequence[int], prefix_len: int) -> Iterator[None]:
-        """Record, for examples ``ids`` of ``lengths`` tokens, what enters layer ``start`` during the block.
+    def capture(self, ids: Sequence[int], prefix_len: int) -> Iterator[None]:
+        """Record, for training examples ``ids``, what enters layer ``start`` during the block.
 
         The block runs the decoder once (no shared prefix) or twice (the prefix, then the suffixes).
         """
@@ -102,16 +119,22 @@ class FrozenLayers:
         if len(seen) != (2 if prefix_len else 1):
             return  # not the pass this cache understands: keep nothing
         prefix, rows = (seen[0][0], seen[1]) if prefix_len else (None, seen[0])
-        for b, (i, n) in enumerate(zip(ids, lengths, strict=True)):
-            row = rows[b, : n - prefix_len]
-            self.states[i] = torch.cat([prefix, row]) if prefix is not None else row.clone()
+        if self.buffer is None:
+            self.buffer = torch.empty((self.offsets[-1], self.hidden), dtype=rows.dtype, device=rows.device)
+        p = prefix_len
+        for b, i in enumerate(ids):
+            at, n = self.offsets[i], self.lengths[i]
+            if prefix is not None:
+                self.buffer[at : at + p] = prefix
+            self.buffer[at + p : at + n] = rows[b, : n - p]
+            self.kept[i] = True
 
     def last_hidden(self, ids: Sequence[int], attention_mask: torch.Tensor, prefix_len: int) -> torch.Tensor:
         """The last hidden states (after the final norm) of a batch whose examples are all cached.
 
         ``attention_mask`` (B, T): the suffix tokens of each row (right-padded), as the batch holds them.
         """
-        states = [self.states[i] for i in ids]
+        states = [self.state(i) for i in ids]
         b, t = attention_mask.shape
         p = prefix_len
         rows = states[0].new_zeros((b, t, states[0].shape[-1]))

@@ -145,8 +145,7 @@ class AnswerLoss(torch.nn.Module):
         if frozen.covers(ids):  # every row's frozen layers ran in an earlier pass: start above them
             hidden = frozen.last_hidden(ids, batch.attention_mask, batch.prefix_len)
             return self.head(hidden[batch.rows, batch.positions]).float()
-        lengths = [batch.prefix_len + int(n) for n in batch.attention_mask.sum(dim=1).tolist()]
-        with frozen.capture(ids, lengths, batch.prefix_len):
+        with frozen.capture(ids, batch.prefix_len):
             return self._full_logits(batch)
 
     def _full_logits(self, batch: Batch) -> torch.Tensor:
@@ -497,8 +496,8 @@ def build(st: TrainSetup) -> Parts:
     inner = inner.to(accelerator.device)
     if not cfg.gradient_checkpointing:
         budget = int(MEMORY_SHARE * available_memory_bytes(accelerator.device.type))
-        tokens = sum(len(e.input_ids) for e in train_ex)
-        inner.frozen = frozen_layers_for(model, inner.decoder if inner.fast else None, lora, budget, tokens)
+        lengths = [len(e.input_ids) for e in train_ex]
+        inner.frozen = frozen_layers_for(model, inner.decoder if inner.fast else None, lora, budget, lengths)
     # distributed (DDP, or FSDP/DeepSpeed from an accelerate config): accelerate wraps the loss module
     # (every forward goes through it) and the optimizer; one process keeps the plain objects
     if accelerator.distributed_type != "NO":

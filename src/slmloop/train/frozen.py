@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["FrozenLayers", "frozen_layers_for"]
+__all__ = ["MEMORY_SHARE", "FrozenLayers", "frozen_layers_for"]
 
 #: share of the memory available at the start that the cache may take
 MEMORY_SHARE = 0.15

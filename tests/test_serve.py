@@ -194,7 +194,7 @@ def test_the_request_log_can_redact_pii(trained_copy) -> None:
 
 
 def test_a_forming_group_waits_for_each_next_request_under_load_and_not_when_idle() -> None:
-    """Idle: a lone request is answered at once. Under load: requests 50 ms apart join one group while each
+    """Idle: a lone request is answered without waiting. Under load: requests 50 ms apart join one group while each
     comes within wait_ms (100 ms) of the last; a stream that never pauses is cut at WAIT_CAP x wait_ms."""
     from slmloop.serve.engine import WAIT_CAP, Batcher, Job, ModelSlot
 
@@ -203,10 +203,9 @@ def test_a_forming_group_waits_for_each_next_request_under_load_and_not_when_idl
             return list(payloads)
 
     sizes: list[int] = []
-    batcher = Batcher(ModelSlot(Echo()), max_batch=64, wait_ms=500, observe=sizes.append)
-    started = time.perf_counter()
-    assert batcher.submit(Job("predict", ("predict",), "alone")).result(timeout=10)[1] == "alone"
-    assert time.perf_counter() - started < 0.4  # an idle server does not wait 500 ms for company
+    batcher = Batcher(ModelSlot(Echo()), max_batch=64, wait_ms=600_000, observe=sizes.append)
+    # an idle server does not wait its 10-minute wait_ms for company (the result would time out)
+    assert batcher.submit(Job("predict", ("predict",), "alone")).result(timeout=30)[1] == "alone"
     batcher.close()
 
     sizes.clear()
@@ -232,4 +231,4 @@ def test_a_forming_group_waits_for_each_next_request_under_load_and_not_when_idl
         f.result(timeout=10)
     batcher.close()
     assert len(sizes) >= 2 and sum(sizes) == len(futures)
-    assert sizes[0] <= WAIT_CAP * 0.1 / 0.05 + 2  # cut near the cap, not when the stream ended
+    assert sizes[0] < len(futures) - 4  # cut at the cap (~16 requests), not when the stream ended (~32)

@@ -588,10 +588,9 @@ def preflight(st: TrainSetup, parts: Parts) -> Forecast:
     evals = max(1, parts.total_steps // parts.eval_every)
     val_tokens = sum(len(e.input_ids) for e in parts.val_ex)
     epochs = parts.total_steps / max(parts.steps_per_epoch, 1)
-    later_epochs = max(0.0, epochs - 1.0)
     total_s = (
-        per_epoch * (epochs - later_epochs)
-        + tokens_epoch / max(later_tps * world, 1e-9) * later_epochs
+        per_epoch * min(epochs, 1.0)
+        + tokens_epoch / max(later_tps * world, 1e-9) * max(0.0, epochs - 1.0)
         + evals * val_tokens / max(3 * tps, 1e-9)
     )
     available = available_memory_bytes(parts.device.type)

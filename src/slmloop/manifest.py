@@ -389,7 +389,12 @@ class EvalConfig(Section):
         "(never unparseable), generate = free generation parsed to a label. auto: rank for "
         "classification, generate otherwise.",
     )
-    batch_size: int = Field(32, gt=0, description="Gold rows per forward pass.")
+    batch_size: int = Field(
+        64,
+        gt=0,
+        description="Gold rows per forward pass. 64 generates 1.3x faster than 32 on a 2-core CPU "
+        "(HWU64 slots, base and fine-tuned); label ranking runs alike at 32 and 64.",
+    )
     max_new_tokens: int = Field(64, gt=0, description="Generation budget per gold row.")
     rank_margin: float | None = Field(
         6.0,

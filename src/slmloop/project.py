@@ -155,7 +155,7 @@ train:                            # defaults chosen by a measured sweep (docs/tr
 
 eval:
   mode: auto                      # classification: rank (label likelihood) or generate (parse)
-  batch_size: 32
+  batch_size: 64                  # gold rows per pass: generation 1.3x faster than at 32 on 2 CPU cores
   max_new_tokens: 64
 
 export:

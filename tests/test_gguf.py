@@ -108,3 +108,12 @@ def test_gguf_parity_through_llama_cpp(trained_copy) -> None:
         ask = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, "stream": True}
         with client.stream("POST", "/v1/chat/completions", json=ask) as s:
             assert [line for line in s.iter_lines() if line.startswith("data: ")][-1] == "data: [DONE]"
+        # an extraction answer opens a JSON object and ends where it closes, as the transformers engine does
+        from slmloop.models.inference import token_texts
+        from slmloop.models.loading import render_prompt
+
+        prompt = render_prompt(predictor.tokenizer, [{"role": "user", "content": "WINNER claim your prize"}])
+        free, _ = predictor.llama.complete(prompt, 8)
+        text, n = predictor.llama.complete(prompt, 8, json_texts=token_texts(predictor.tokenizer))
+        assert not free.startswith("{") and text.startswith("{")
+        assert n == 8 or text.endswith("}")

@@ -297,3 +297,98 @@ def test_label_rounds_run_through_grouped_attention(tiny, monkeypatch: pytest.Mo
         attention._registered = False
     assert calls  # label rounds and the packed prompt pass carry explicit masks
     assert model.config._attn_implementation == "sdpa"  # switched back after the call
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_shared_prefix_attention_equals_attention_over_whole_rows(masked: bool) -> None:
+    """A prefix held once and read by every row gives what the prefix copied into each row gives."""
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from slmloop.models.attention import grouped_attention
+
+    torch.manual_seed(0)
+    module = SimpleNamespace(num_key_value_groups=3, training=False, is_causal=False, layer_idx=1)
+    q, k, v = torch.randn(4, 6, 2, 8), torch.randn(4, 2, 5, 8), torch.randn(4, 2, 5, 8)
+    pk, pv = torch.randn(1, 2, 7, 8), torch.randn(1, 2, 7, 8)
+    own = torch.rand(4, 1, 2, 5) > 0.4 if masked else torch.ones(4, 1, 2, 5, dtype=torch.bool)
+    own[..., -1] = True
+    prefix = [(torch.zeros(1), torch.zeros(1)), (pk, pv)]  # per layer; this module is layer 1
+    ours, _ = grouped_attention(module, q, k, v, own if masked else None, scaling=0.3, shared_prefix=prefix)
+    whole = torch.cat([torch.ones(4, 1, 2, 7, dtype=torch.bool), own], dim=-1)
+    ref, _ = sdpa_attention_forward(
+        module,
+        q,
+        torch.cat([pk.expand(4, -1, -1, -1), k], 2),
+        torch.cat([pv.expand(4, -1, -1, -1), v], 2),
+        whole,
+        scaling=0.3,
+    )
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_generation_with_the_prefix_apart_equals_the_prefix_in_every_row(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    import slmloop.models.attention as attention
+
+    model, tok = tiny
+    prompts = [render_prompt(tok, prompt_messages(TASK, r)) for r in toy_rows(9)]
+    apart = generate(model, tok, prompts, max_new_tokens=10, batch_size=4)
+    monkeypatch.setattr(attention, "shares_prefix", lambda m: False)
+    copied = generate(model, tok, prompts, max_new_tokens=10, batch_size=4)
+    assert apart == copied
+    assert sum(n for _, n in apart) > 9  # rows ran several steps
+
+
+def test_json_object_end_counts_braces_outside_strings() -> None:
+    from slmloop.models.inference import JsonObjectEnd
+
+    def closes_at(pieces: list[str]) -> int | None:
+        end = JsonObjectEnd(pieces)
+        return next((i for i in range(len(pieces)) if end.feed(i)), None)
+
+    assert closes_at(['{"', "a", '":', ' "', "}", '"', "}", " more"]) == 6  # a brace inside a string
+    assert closes_at(['{"', 'a\\"', "}", '"}', "x"]) == 3  # an escaped quote keeps the string open
+    assert closes_at(["Here", ' "is"', " {", '"b":', " {", "}", "}", "\n"]) == 6  # prose first; a nested object
+    assert closes_at(["{}"]) == 0
+    assert closes_at(["no", " object", "}"]) is None
+    assert JsonObjectEnd.opens(["{", ' {"', "{}", "{'", "a{", " {}\n", "}"]) == [
+        True,
+        True,
+        True,
+        False,
+        False,
+        True,
+        False,
+    ]
+
+
+def test_json_object_answers_open_an_object_and_stop_when_it_closes(tiny) -> None:
+    from slmloop.models.inference import JsonObjectEnd, token_texts
+
+    model, tok = tiny
+    task = TaskConfig(type="extraction", instruction="Extract.", fields=["a"])
+    prompts = [render_prompt(tok, prompt_messages(task, {"text": r["text"], "output": {}})) for r in toy_rows(6)]
+    free = generate(model, tok, prompts, max_new_tokens=12, batch_size=3)
+    constrained = generate(model, tok, prompts, max_new_tokens=12, batch_size=3, json_object=True)
+    assert not any(text.startswith("{") for text, _ in free)  # the random model would not open an object
+    texts = token_texts(tok)
+    for prompt, (text, n) in zip(prompts, constrained, strict=True):
+        assert text.startswith("{")
+        # the same tokens again, one at a time: the row stopped exactly where its object closed, or at the budget
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        end = JsonObjectEnd(texts)
+        closed = [i for i, t in enumerate(ids) if end.feed(t)]
+        assert (closed and closed[0] == len(ids) - 1) or n == 12, (prompt, text)
+
+
+def test_label_ranking_with_the_prefix_apart_equals_the_prefix_in_every_row(tiny, monkeypatch) -> None:
+    import slmloop.models.attention as attention
+
+    model, tok = tiny
+    prompts = [render_prompt(tok, prompt_messages(TASK, r)) for r in toy_rows(6)]
+    apart = rank_labels(model, tok, prompts, LABELS, batch_size=4, margin=None)
+    monkeypatch.setattr(attention, "shares_prefix", lambda m: False)
+    copied = rank_labels(model, tok, prompts, LABELS, batch_size=4, margin=None)
+    for a, c in zip(apart, copied, strict=True):
+        assert a == pytest.approx(c, abs=1e-4)

@@ -57,7 +57,8 @@ def answer_rows(
 
     ``mode`` rank: the most likely label (with probabilities, see
     :func:`~slmloop.models.inference.rank_labels` for ``margin``); generate: greedy text,
-    parsed to the task's shape.
+    parsed to the task's shape. An extraction answer is generated as a JSON object
+    (it opens with ``{`` and ends when the object closes), whatever the model.
     """
     prompts = [render_prompt(tok, prompt_messages(task, r, style)) for r in rows]
     if mode == "rank":
@@ -68,7 +69,15 @@ def answer_rows(
             pred = next(iter(probs))
             out.append(ModelAnswer(pred, pred, {"probs": probs}))
         return out
-    gens = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    gens = generate(
+        model,
+        tok,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+        json_object=task.type == "extraction",
+    )
     return [ModelAnswer(parse_prediction(task, text), text, {"new_tokens": n}) for text, n in gens]
 
 

@@ -19,7 +19,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["NAME", "answering", "grouped_attention"]
+__all__ = ["NAME", "answering", "grouped_attention", "shares_prefix"]
 
 NAME = "slmloop_grouped"
 _registered = False
@@ -39,6 +39,10 @@ def grouped_attention(
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    prefix = kwargs.pop("shared_prefix", None)
+    if prefix is not None:
+        pk, pv = prefix[module.layer_idx]
+        return _with_shared_prefix(query, key, value, attention_mask, pk, pv, scaling), None
     mask = attention_mask
     plain = (
         mask is None
@@ -68,6 +72,40 @@ def grouped_attention(
     return out.view(b, heads, t, d).transpose(1, 2).contiguous(), None
 
 
+def _with_shared_prefix(query: Any, key: Any, value: Any, mask: Any, pk: Any, pv: Any, scaling: float | None) -> Any:
+    """Attention over a prefix every row shares (held once) followed by each row's own keys.
+
+    ``key``/``value`` hold the rows' own part only (``mask``, 4D bool or None, covers it); ``pk``/``pv``
+    (1, key/value heads, prefix, head size) hold the shared prompt prefix. The prefix scores of all rows
+    come from one matrix product per key/value head, and the softmax runs over prefix and own keys
+    together: the same result as attention over the two laid end to end in every row, without copying
+    the prefix into each row's cache at every decoding step.
+    """
+    import torch
+
+    b, heads, t, d = query.shape
+    kv, s, p = key.shape[1], key.shape[2], pk.shape[2]
+    groups = heads // kv
+    scale = scaling if scaling is not None else d**-0.5
+    q = query.reshape(b, kv, groups * t, d)
+    own = torch.matmul(q, key.transpose(-1, -2)) * scale  # (b, kv, groups*t, s)
+    if mask is not None:
+        m = mask[:, :, None]
+        own = own.view(b, kv, groups, t, s)
+        if m.dtype == torch.bool:
+            own = own.masked_fill(~m, torch.finfo(own.dtype).min)
+        else:
+            own = own + m.to(own.dtype)
+        own = own.view(b, kv, groups * t, s)
+    rows_q = q.transpose(0, 1).reshape(kv, b * groups * t, d)
+    shared = (torch.matmul(rows_q, pk[0].transpose(-1, -2)) * scale).view(kv, b, groups * t, p).transpose(0, 1)
+    probs = torch.softmax(torch.cat([shared, own], dim=-1), dim=-1, dtype=torch.float32).to(value.dtype)
+    out = torch.matmul(probs[..., p:], value)  # (b, kv, groups*t, d)
+    from_prefix = torch.matmul(probs[..., :p].transpose(0, 1).reshape(kv, b * groups * t, p), pv[0])
+    out = out + from_prefix.view(kv, b, groups * t, d).transpose(0, 1)
+    return out.view(b, heads, t, d).transpose(1, 2).contiguous()
+
+
 def _register() -> None:
     global _registered
     if _registered:
@@ -78,6 +116,13 @@ def _register() -> None:
     AttentionInterface.register(NAME, grouped_attention)
     AttentionMaskInterface.register(NAME, sdpa_mask)
     _registered = True
+
+
+def shares_prefix(model: Any) -> bool:
+    """Whether :func:`answering` runs ``model``'s attention here, so a call may pass ``shared_prefix``
+    (per layer, the keys and values of a prompt prefix all rows share, kept out of the rows' cache)."""
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None) in ("sdpa", NAME)
 
 
 @contextlib.contextmanager

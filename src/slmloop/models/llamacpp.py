@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable, Iterable
+from typing import Any
 
 __all__ = ["LlamaCpp", "llama_cpp_available"]
 
@@ -26,20 +27,56 @@ class LlamaCpp:
         self.stop = {self.llm.token_eos(), *stop_ids}
 
     def complete(
-        self, prompt: str, max_tokens: int, temperature: float = 0.0, emit: Callable[[int], None] | None = None
+        self,
+        prompt: str,
+        max_tokens: int,
+        temperature: float = 0.0,
+        emit: Callable[[int], None] | None = None,
+        json_texts: list[str] | None = None,
     ) -> tuple[str, int]:
-        """(answer text, new tokens); ``emit`` sees each new token id (the stop token excluded)."""
+        """(answer text, new tokens); ``emit`` sees each new token id (the stop token excluded).
+
+        ``json_texts`` (the text of every token id): the answer is a JSON object, opened by its
+        first token and done when it closes, as :func:`slmloop.models.inference.generate` does.
+        """
+        import numpy as np
+        from llama_cpp import LogitsProcessorList
+
+        from slmloop.models.inference import JsonObjectEnd
+
         tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
         out: list[int] = []
         greedy = temperature == 0
+        processors, end = None, None
+        if json_texts is not None:
+            end = JsonObjectEnd(json_texts)
+            opens = np.array(JsonObjectEnd.opens(json_texts))
+
+            def first_opens(ids: Any, scores: Any) -> Any:
+                if len(ids) > len(tokens):
+                    return scores
+                n = min(len(opens), len(scores))
+                masked = np.full_like(scores, -np.inf)
+                masked[:n] = np.where(opens[:n], scores[:n], -np.inf)
+                return masked
+
+            processors = LogitsProcessorList([first_opens])
         for t in self.llm.generate(
-            tokens, top_k=1 if greedy else 40, top_p=1.0, temp=temperature, repeat_penalty=1.0, reset=True
+            tokens,
+            top_k=1 if greedy else 40,
+            top_p=1.0,
+            temp=temperature,
+            repeat_penalty=1.0,
+            reset=True,
+            logits_processor=processors,
         ):
             if t in self.stop or len(out) >= max_tokens:
                 break
             out.append(t)
             if emit is not None:
                 emit(t)
+            if end is not None and end.feed(t):
+                break
         return self.llm.detokenize(out).decode("utf-8", errors="replace").strip(), len(out)
 
     def close(self) -> None:

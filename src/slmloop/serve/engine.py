@@ -26,7 +26,7 @@ from typing import Any
 from slmloop.evaluate.answers import ModelAnswer, answer_rows
 from slmloop.evaluate.metrics import parse_json_object
 from slmloop.manifest import TaskConfig
-from slmloop.models.inference import generate
+from slmloop.models.inference import generate, token_texts
 from slmloop.models.loading import render_prompt
 from slmloop.tasks import parse_prediction, prompt_messages
 
@@ -84,7 +84,11 @@ class Predictor:
                 margin=self.rank_margin,
             )
         else:
-            said = self._complete_many([prompt_messages(self.task, r, self.prompt) for r in rows], self.max_new_tokens)
+            said = self._complete_many(
+                [prompt_messages(self.task, r, self.prompt) for r in rows],
+                self.max_new_tokens,
+                json_object=self.task.type == "extraction",
+            )
             answers = [ModelAnswer(parse_prediction(self.task, t), t, {"new_tokens": n}) for t, n, _ in said]
         return [self._shape(a) for a in answers]
 
@@ -111,8 +115,13 @@ class Predictor:
         max_tokens: int,
         temperature: float = 0.0,
         on_token: Callable[[int, int], None] | None = None,
+        json_object: bool = False,
     ) -> list[tuple[str, int, str]]:
-        """(answer, new tokens, finish reason) per conversation: what each engine does its own way."""
+        """(answer, new tokens, finish reason) per conversation: what each engine does its own way.
+
+        ``json_object``: the answer is an extraction's JSON object (see
+        :func:`~slmloop.models.inference.generate`); this engine opens it and stops when it closes.
+        """
         prompts = [render_prompt(self.tokenizer, m) for m in conversations]
         gens = generate(
             self.model,
@@ -122,6 +131,7 @@ class Predictor:
             batch_size=max(1, len(prompts)),
             temperature=temperature,
             on_token=on_token,
+            json_object=json_object,
         )
         return [(text, n, "length" if n >= max_tokens else "stop") for text, n in gens]
 
@@ -148,11 +158,14 @@ class LlamaCppPredictor(Predictor):
         max_tokens: int,
         temperature: float = 0.0,
         on_token: Callable[[int, int], None] | None = None,
+        json_object: bool = False,
     ) -> list[tuple[str, int, str]]:
+        texts = token_texts(self.tokenizer) if json_object else None
         out = []
         for i, messages in enumerate(conversations):
             emit = (lambda t, i=i: on_token(i, t)) if on_token is not None else None
-            text, n = self.llama.complete(render_prompt(self.tokenizer, messages), max_tokens, temperature, emit)
+            prompt = render_prompt(self.tokenizer, messages)
+            text, n = self.llama.complete(prompt, max_tokens, temperature, emit, json_texts=texts)
             out.append((text, n, "length" if n >= max_tokens else "stop"))
         return out
 
@@ -177,17 +190,24 @@ class UpstreamPredictor(Predictor):
         self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=600)
 
     def _ask(
-        self, messages: list[dict[str, str]], max_tokens: int, temperature: float, emit: Callable[[int], None] | None
+        self,
+        messages: list[dict[str, str]],
+        max_tokens: int,
+        temperature: float,
+        emit: Callable[[int], None] | None,
+        json_object: bool = False,
     ) -> tuple[str, int, str]:
         import json
 
-        body = {
+        body: dict[str, Any] = {
             "model": self.upstream_model,
             "messages": messages,
             "max_tokens": max_tokens,
             "temperature": temperature,
             "stream": emit is not None,
         }
+        if json_object:
+            body["response_format"] = {"type": "json_object"}
         if emit is None:
             r = self.http.post("/chat/completions", json=body)
             r.raise_for_status()
@@ -218,13 +238,18 @@ class UpstreamPredictor(Predictor):
         max_tokens: int,
         temperature: float = 0.0,
         on_token: Callable[[int, int], None] | None = None,
+        json_object: bool = False,
     ) -> list[tuple[str, int, str]]:
-        """All requests in flight at once: the upstream batches them."""
+        """All requests in flight at once: the upstream batches them.
+
+        ``json_object`` asks the upstream for ``response_format: {"type": "json_object"}`` (OpenAI's
+        JSON mode, which vLLM and llama.cpp's server implement).
+        """
         from concurrent.futures import ThreadPoolExecutor
 
         def one(i: int) -> tuple[str, int, str]:
             emit = (lambda t: on_token(i, t)) if on_token is not None else None
-            return self._ask(conversations[i], max_tokens, temperature, emit)
+            return self._ask(conversations[i], max_tokens, temperature, emit, json_object)
 
         with ThreadPoolExecutor(max_workers=max(1, min(32, len(conversations)))) as pool:
             return list(pool.map(one, range(len(conversations))))

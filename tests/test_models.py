@@ -392,3 +392,19 @@ def test_label_ranking_with_the_prefix_apart_equals_the_prefix_in_every_row(tiny
     copied = rank_labels(model, tok, prompts, LABELS, batch_size=4, margin=None)
     for a, c in zip(apart, copied, strict=True):
         assert a == pytest.approx(c, abs=1e-4)
+
+
+def test_only_plain_full_attention_keeps_the_prefix_apart() -> None:
+    from types import SimpleNamespace
+
+    from slmloop.models.attention import shares_prefix
+
+    def model(**cfg):
+        return SimpleNamespace(config=SimpleNamespace(_attn_implementation="sdpa", **cfg))
+
+    assert shares_prefix(model())
+    assert shares_prefix(model(layer_types=["full_attention"] * 2, sliding_window=4096))  # windows unused
+    assert not shares_prefix(model(sliding_window=4096))  # Mistral-style: every layer windowed
+    assert not shares_prefix(model(layer_types=["sliding_attention", "full_attention"]))
+    assert not shares_prefix(model(attn_logit_softcapping=50.0))
+    assert not shares_prefix(SimpleNamespace(config=SimpleNamespace(_attn_implementation="eager")))

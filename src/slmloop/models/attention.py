@@ -41,6 +41,8 @@ def grouped_attention(
 
     prefix = kwargs.pop("shared_prefix", None)
     if prefix is not None:
+        if kwargs.get("softcap") is not None or kwargs.get("sliding_window") is not None:
+            raise RuntimeError("shared_prefix needs plain full attention (see shares_prefix)")
         pk, pv = prefix[module.layer_idx]
         return _with_shared_prefix(query, key, value, attention_mask, pk, pv, scaling), None
     mask = attention_mask
@@ -122,7 +124,15 @@ def shares_prefix(model: Any) -> bool:
     """Whether :func:`answering` runs ``model``'s attention here, so a call may pass ``shared_prefix``
     (per layer, the keys and values of a prompt prefix all rows share, kept out of the rows' cache)."""
     config = getattr(model, "config", None)
-    return getattr(config, "_attn_implementation", None) in ("sdpa", NAME)
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", NAME):
+        return False
+    if getattr(config, "attn_logit_softcapping", None) or getattr(config, "is_encoder_decoder", False):
+        return False
+    # sliding windows and per-layer kinds need their own masks over the prefix
+    kinds = getattr(config, "layer_types", None)
+    if kinds:
+        return all(kind == "full_attention" for kind in kinds)
+    return not getattr(config, "sliding_window", None)
 
 
 @contextlib.contextmanager

@@ -330,10 +330,17 @@ def test_shared_prefix_attention_equals_attention_over_whole_rows(masked: bool) 
 
 def test_generation_with_the_prefix_apart_equals_the_prefix_in_every_row(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
     import slmloop.models.attention as attention
+    import slmloop.models.inference as inference
 
     model, tok = tiny
     prompts = [render_prompt(tok, prompt_messages(TASK, r)) for r in toy_rows(9)]
+    calls = []
+    original = attention._with_shared_prefix
+    monkeypatch.setattr(attention, "_with_shared_prefix", lambda *a: calls.append(1) or original(*a))
+    assert generate(model, tok, prompts[:4], max_new_tokens=3, batch_size=4) and not calls  # a short prefix: copied
+    monkeypatch.setattr(inference, "APART_MIN_PREFIX", 0)  # the toy prompts' prefix is short
     apart = generate(model, tok, prompts, max_new_tokens=10, batch_size=4)
+    assert calls  # the steps read the prefix apart
     monkeypatch.setattr(attention, "shares_prefix", lambda m: False)
     copied = generate(model, tok, prompts, max_new_tokens=10, batch_size=4)
     assert apart == copied
@@ -384,9 +391,11 @@ def test_json_object_answers_open_an_object_and_stop_when_it_closes(tiny) -> Non
 
 def test_label_ranking_with_the_prefix_apart_equals_the_prefix_in_every_row(tiny, monkeypatch) -> None:
     import slmloop.models.attention as attention
+    import slmloop.models.inference as inference
 
     model, tok = tiny
     prompts = [render_prompt(tok, prompt_messages(TASK, r)) for r in toy_rows(6)]
+    monkeypatch.setattr(inference, "APART_MIN_PREFIX", 0)
     apart = rank_labels(model, tok, prompts, LABELS, batch_size=4, margin=None)
     monkeypatch.setattr(attention, "shares_prefix", lambda m: False)
     copied = rank_labels(model, tok, prompts, LABELS, batch_size=4, margin=None)

@@ -254,6 +254,13 @@ def start_batch(
     return torch.cat(last), DynamicCache(ddp_cache_data=layers), mask
 
 
+def _prefix_apart(model: PreTrainedModel, prefix_kv: Any, shared: int) -> bool:
+    """Whether passes after :func:`start_batch` keep the shared prefix out of the rows' cache."""
+    from slmloop.models.attention import shares_prefix
+
+    return prefix_kv is not None and shared >= APART_MIN_PREFIX and shares_prefix(model)
+
+
 def _pack(lengths: Sequence[int], budget: int) -> list[list[int]]:
     """Consecutive rows grouped into passes of at most ``budget`` tokens (a longer row runs alone)."""
     chunks: list[list[int]] = []
@@ -316,11 +323,9 @@ def _decode_batch(
     ``opens``: per token id, whether a first token may be it."""
     import torch
 
-    from slmloop.models.attention import shares_prefix
-
     head = _Head(model)
     # the prefix's keys stay out of the rows' cache: no step copies or reads them once per row
-    apart = prefix_kv is not None and shared >= APART_MIN_PREFIX and shares_prefix(model)
+    apart = _prefix_apart(model, prefix_kv, shared)
     last, cache, mask = start_batch(model, suffixes, prefix_kv, shared, keep_prefix_apart=apart)
     extra: dict[str, Any] = {"shared_prefix": prefix_kv} if apart else {}
     offset = shared if apart else 0
@@ -520,13 +525,11 @@ def _score_batch(
 ) -> list[list[float | None]]:
     import torch
 
-    from slmloop.models.attention import shares_prefix
-
     device = model.device
     b = len(suffixes)
     head = _Head(model)
     # the prefix's keys stay out of the rows' cache (as in decoding): rounds attend to it once per head
-    apart = prefix_kv is not None and shared >= APART_MIN_PREFIX and shares_prefix(model)
+    apart = _prefix_apart(model, prefix_kv, shared)
     last, cache, mask = start_batch(model, suffixes, prefix_kv, shared, keep_prefix_apart=apart)
     extra: dict[str, Any] = {"shared_prefix": prefix_kv} if apart else {}
     with torch.inference_mode():

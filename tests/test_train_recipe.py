@@ -294,3 +294,33 @@ def test_kept_states_of_frozen_layers_give_the_full_passs_loss_and_gradients(tmp
     assert run.metrics["rows_from_kept_states"] >= n_train  # the whole second epoch
     assert run.metrics["train_loss_last"] < run.metrics["train_loss_first"]
     p.close()
+
+
+def test_calibration_meets_the_heaviest_batches_again_after_the_others() -> None:
+    """The peak a run reaches comes on a heap other shapes have cut up: the heaviest pass twice, last after them."""
+    from types import SimpleNamespace
+
+    from slmloop.train.preflight import calibrate, current_rss_bytes
+
+    seen: list[tuple[int, ...]] = []
+    rss_in_passes: list[int] = []
+
+    def make_batch(chunk: list[int]) -> SimpleNamespace:
+        seen.append(tuple(chunk))
+        return SimpleNamespace(x=torch.randn(len(chunk), 8), real_tokens=len(chunk))
+
+    class Loss(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(8, 8)
+
+        def forward(self, batch: SimpleNamespace) -> tuple[torch.Tensor, int]:
+            rss_in_passes.append(current_rss_bytes())
+            return self.layer(batch.x).pow(2).sum(), batch.real_tokens
+
+    heavy, chunks = [[0, 1, 2, 3], [4, 5, 6]], [[7], [8, 9]]
+    loss_fn = Loss()
+    tps, peak = calibrate(loss_fn, make_batch, chunks, heavy, torch.device("cpu"))
+    assert seen == [(0, 1, 2, 3), (4, 5, 6), (7,), (8, 9), (0, 1, 2, 3), (4, 5, 6)]
+    assert tps > 0 and peak >= max(rss_in_passes)  # the high-water mark of every pass, not of the first few
+    assert loss_fn.layer.weight.grad is None  # nothing accumulates between passes

@@ -29,7 +29,22 @@ if ! "$PY" -c "import llama_cpp" >/dev/null 2>&1; then
   # GGUF parity checks and --engine llamacpp. PyPI has its source only: the first install compiles
   # llama.cpp (about 10 min on 2 cores); pip keeps the wheel it built, so later set-ups take seconds.
   echo "==> llama-cpp-python (compiles llama.cpp the first time)"
-  CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" "$PY" -m pip install --quiet "llama-cpp-python>=0.3"
+  export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
+  if grep -qw amx_tile /proc/cpuinfo; then
+    # A native build on an AMX CPU compiles ggml's AMX kernels, and llama-cpp-python 0.3.36 built so
+    # segfaults in its first decode (tests/test_gguf.py). Build for AVX-512 without AMX instead, once,
+    # and keep that wheel apart: pip's own wheel cache does not know the build flags.
+    WHEELS="${SLMLOOP_CACHE:-$HOME/.cache/slmloop}/wheels/llama-cpp-no-amx"
+    if ! ls "$WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+      CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON \
+-DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF \
+-DGGML_AMX_BF16=OFF" "$PY" -m pip wheel --quiet --no-cache-dir --no-deps -w "$WHEELS" "llama-cpp-python==0.3.36"
+    fi
+    "$PY" -m pip install --quiet --no-deps "$WHEELS"/llama_cpp_python-*.whl
+    "$PY" -m pip install --quiet "llama-cpp-python==0.3.36"  # its dependencies
+  else
+    "$PY" -m pip install --quiet "llama-cpp-python>=0.3"
+  fi
 fi
 if ! "$PY" -c "import ray.tune" >/dev/null 2>&1; then
   # `slmloop bakeoff --ray` (Ray Tune + ASHA); optional: without it the Ray tests are skipped, with a message

@@ -21,8 +21,9 @@ import httpx
 import pytest
 
 from slmloop.project import open_project
+from slmloop.release.registry import promotion_problems
 from slmloop.serve.server import free_port
-from slmloop.store import DriftReport, Evaluation
+from slmloop.store import DriftReport, Evaluation, Release
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -174,15 +175,26 @@ def test_every_page_of_a_demo_project_in_chromium(browser, dashboard, demo_proje
     rows = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
     assert rows and all(r["monitor_run"] == newest.id and "label" in r for r in rows)
 
-    # releases: promote v1, promote v2, roll back; the store follows every click
+    # releases: promote v1, promote v2, roll back; the store follows every click. A release whose gates
+    # fail (the demo's model can be significantly worse than TF-IDF + LR: it depends on the seed and on the
+    # CPU's kernels) is refused as `slmloop promote` refuses it, then forced through the offered button.
     page.goto(dashboard + "/releases")
     assert page.locator("#releases tbody tr").count() == 2
     for version_no in ("1", "2"):
+        release = project.store.get(Release, int(version_no), "release", "")
+        _, problems = promotion_problems(project, release)
         page.select_option("#promote select[name=version]", version_no)
         page.fill("#promote input[name=alias]", "production")
         page.fill("#promote input[name=reason]", f"browser test v{version_no}")
         page.click("#promote button")
-        assert page.inner_text("#done").startswith(f"production → v{version_no}")
+        if problems:
+            refusal = page.inner_text("#refused")
+            assert f"v{version_no} cannot be promoted to production" in refusal and problems[0] in refusal
+            assert project.store.alias_target("production") != int(version_no)
+            page.click("#force")
+            assert page.inner_text("#done") == f"production → v{version_no} (forced past failed gates)"
+        else:
+            assert page.inner_text("#done") == f"production → v{version_no}"
         assert project.store.alias_target("production") == int(version_no)
     _shot(page, "10-releases-promoted")
     page.fill("[data-alias=production] input[name=reason]", "browser rollback")

@@ -112,11 +112,15 @@ def make_project(name: str, folder: Path, data_dir: Path, overrides: dict[str, A
     return folder
 
 
-def _tokens_per_row(project: Any, rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean tokens of a training row: the task's own schema vs a 2-label / 3-field one, both prompt styles."""
+def _tokens_per_row(project: Any, rows: list[dict[str, Any]], shortlist: Any) -> dict[str, float]:
+    """Mean tokens of a training row: the task's own schema vs a 2-label / 3-field one, both prompt styles.
+
+    With a shortlist (train.shortlist), rows carry it as in training; a 2-label schema's shortlist
+    names at most those 2 labels.
+    """
     from slmloop.models.catalog import resolve_model
     from slmloop.models.loading import load_tokenizer
-    from slmloop.tasks import prompt_messages, target_text
+    from slmloop.tasks import SHORTLIST_KEY, prompt_messages, target_text
 
     tok = load_tokenizer(resolve_model(project.manifest.model.base))
     task = project.task
@@ -126,21 +130,30 @@ def _tokens_per_row(project: Any, rows: list[dict[str, Any]]) -> dict[str, float
         else task.model_copy(update={"fields": task.field_list[:3]})
     )
     sample = rows[:500]
+    small_sample = sample
+    if shortlist is not None:
+        sample = shortlist.annotate(task, sample)
+        small_sample = [{**r, SHORTLIST_KEY: r[SHORTLIST_KEY][:2]} for r in sample]
 
-    def mean(t: Any, style: str) -> float:
+    def mean(t: Any, style: str, these: list[dict[str, Any]]) -> float:
         texts = [
             tok.apply_chat_template(
                 [*prompt_messages(t, r, style), {"role": "assistant", "content": target_text(t, r)}], tokenize=False
             )
-            for r in sample
+            for r in these
         ]
         return statistics.mean(len(x) for x in tok(texts, add_special_tokens=False)["input_ids"])
 
     style = project.manifest.train.prompt
-    out = {"style": style, "schema": mean(task, style), "small_schema": mean(small, style)}
+    out = {
+        "style": style,
+        "shortlist": shortlist.k if shortlist is not None else 0,
+        "schema": mean(task, style, sample),
+        "small_schema": mean(small, style, small_sample),
+    }
     out["ratio"] = out["schema"] / out["small_schema"]
     if style != "full":
-        out["full_style_ratio"] = mean(task, "full") / mean(small, "full")
+        out["full_style_ratio"] = mean(task, "full", sample) / mean(small, "full", small_sample)
     return out
 
 
@@ -192,7 +205,9 @@ def run_task(name: str, args: argparse.Namespace, overrides: dict[str, Any]) -> 
     best_name, best = max(baselines.items(), key=lambda kv: kv[1].metrics[metric]) if baselines else (None, None)
     vs_base = compare_pair(project, base, tuned, metric)
     vs_best = compare_pair(project, best, tuned, metric) if best is not None else None
-    tokens = _tokens_per_row(project, splits.train)
+    from slmloop.shortlist import load_shortlist
+
+    tokens = _tokens_per_row(project, splits.train, load_shortlist(project.locate(run.path) / "adapter"))
 
     def cell(e: Any) -> dict[str, Any]:
         lo, hi = e.metrics["ci"].get(metric, [None, None])
@@ -285,7 +300,9 @@ def _table(results: list[dict[str, Any]]) -> None:
         )
         tk = r["tokens_per_row"]
         print(
-            f"  tokens per training row ({tk['style']} prompt): {tk['schema']:.1f} with {r['labels_or_fields']} "
+            f"  tokens per training row ({tk['style']} prompt"
+            + (f" + shortlist of {tk['shortlist']}" if tk.get("shortlist") else "")
+            + f"): {tk['schema']:.1f} with {r['labels_or_fields']} "
             f"labels/fields vs {tk['small_schema']:.1f} with 2-3 → ratio {tk['ratio']:.2f}"
             + (f" (the full prompt style: {tk['full_style_ratio']:.2f})" if "full_style_ratio" in tk else "")
         )

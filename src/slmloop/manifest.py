@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -250,6 +250,13 @@ class TrainConfig(Section):
         description="compact: the instruction only; the model learns the labels / JSON keys from the answers, so "
         "a row costs the same with 2 or 150 labels. full: the label list / keys in every row (what a zero-shot "
         "model needs; base-model evaluation always uses it). Recorded in the run and shipped in the release.",
+    )
+    shortlist: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto",
+        description="Classification: after each request the model reads the labels of its most similar "
+        "training requests (this many, most likely first; MiniLM neighbours) and learns when to follow "
+        "them. auto: 5 when the task has 10 labels or more, else off; 0: off. Recorded in the run; the "
+        "index ships with the release.",
     )
     learning_rate: float = Field(2e-3, gt=0.0, description="Peak learning rate.")
     scheduler: Literal["cosine", "linear", "constant"] = Field(

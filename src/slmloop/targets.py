@@ -21,6 +21,7 @@ from slmloop.manifest import TaskConfig
 from slmloop.models.catalog import ResolvedModel, resolve_model
 from slmloop.models.loading import load_causal_lm, load_tokenizer
 from slmloop.project import Project
+from slmloop.shortlist import Shortlist, load_shortlist
 from slmloop.store import Release, Run
 
 if TYPE_CHECKING:
@@ -45,6 +46,10 @@ class ModelTarget:
     @property
     def kind(self) -> str:
         return self.ref.split("-")[0]
+
+    def shortlist(self) -> Shortlist | None:
+        """The shortlist index the model was trained to read (train.shortlist), or None."""
+        return load_shortlist(self.adapter)
 
 
 def trained_task(run: Run) -> TaskConfig | None:

@@ -16,6 +16,10 @@ Prompt styles (the style is part of the model: a run records it, a release ships
   what a zero-shot model needs (base-model evaluation uses it);
 - ``compact``: the instruction only; a fine-tuned model learns the labels / keys
   from the answers, so a row costs the same with 2 or 150 labels.
+
+A classifier trained with a shortlist (``train.shortlist``, see :mod:`slmloop.shortlist`)
+also reads, after the request, the labels of its most similar training requests: the
+row carries them under :data:`SHORTLIST_KEY`, put there by whoever asks the model.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from slmloop.manifest import TaskConfig
 
 __all__ = [
     "PROMPT_STYLES",
+    "SHORTLIST_KEY",
     "TASK_FIELDS",
     "input_text",
     "parse_prediction",
@@ -39,6 +44,9 @@ __all__ = [
 ]
 
 PROMPT_STYLES = ("full", "compact")
+
+#: the row key holding a classification row's shortlist (labels of its nearest training rows)
+SHORTLIST_KEY = "_shortlist"
 
 #: the fields a source must provide, per task
 TASK_FIELDS: dict[str, tuple[str, ...]] = {
@@ -76,7 +84,10 @@ def prompt_messages(task: TaskConfig, row: dict[str, Any], style: str = "full") 
         return [dict(m) for m in row["messages"][:-1]]
     system = system_message(task, style)
     messages = [{"role": "system", "content": system}] if system else []
-    messages.append({"role": "user", "content": input_text(task, row)})
+    content = input_text(task, row)
+    if row.get(SHORTLIST_KEY):
+        content += "\n(similar requests: " + ", ".join(row[SHORTLIST_KEY]) + ")"
+    messages.append({"role": "user", "content": content})
     return messages
 
 

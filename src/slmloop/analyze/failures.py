@@ -310,6 +310,7 @@ def _train_label_issues(project: Project, ev: Evaluation, console: Console) -> l
     """Score the training rows of the evaluated model's dataset with that model, flag disputed labels."""
     from slmloop.evaluate.answers import answer_rows
     from slmloop.models.loading import pick_dtype
+    from slmloop.shortlist import Shortlist
     from slmloop.targets import load_target, resolve_target
 
     target = resolve_target(project, ev.model_ref)
@@ -318,6 +319,11 @@ def _train_label_issues(project: Project, ev: Evaluation, console: Console) -> l
         return []
     task = target.task or project.task
     train = load_dataset(project, lineage.dataset_id).train
+    shortlist = target.shortlist()
+    if shortlist is not None:  # as in training: each row's shortlist without the row itself
+        cache = project.home / "cache" / "embeddings"
+        index = Shortlist.build(task, train, shortlist.k, cache_dir=cache)
+        train = index.annotate(task, train, leave_out_self=True, cache_dir=cache)
     model, tok = load_target(target, pick_dtype(project.manifest.eval.precision))
     cfg = project.manifest.eval
     with console.status(f"scoring {len(train)} training rows with {target.ref} …"):

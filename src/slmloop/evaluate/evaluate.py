@@ -114,7 +114,12 @@ def _answer_local(
     mode = cfg.mode if cfg.mode != "auto" else ("rank" if task.type == "classification" else "generate")
     model, tok = load_target(target, pick_dtype(cfg.precision))
     started = time.perf_counter()
-    with progress_bar(console, f"{target.ref} ({mode}, {target.prompt} prompt)") as progress:
+    shortlist = target.shortlist()
+    asked = gold
+    if shortlist is not None:  # the model reads its shortlist after the request: part of the timed work
+        asked = shortlist.annotate(task, gold, cache_dir=project.home / "cache" / "embeddings")
+    style = target.prompt + (f" + shortlist of {shortlist.k}" if shortlist is not None else "")
+    with progress_bar(console, f"{target.ref} ({mode}, {style} prompt)") as progress:
         bar = progress.add_task("eval", total=len(gold))
         answers = answer_rows(
             task,
@@ -122,14 +127,16 @@ def _answer_local(
             mode,
             model,
             tok,
-            gold,
+            asked,
             batch_size=cfg.batch_size,
             max_new_tokens=cfg.max_new_tokens,
             margin=cfg.rank_margin,
             progress=lambda n: progress.update(bar, advance=n),
         )
     runtime = _timing(time.perf_counter() - started, len(gold), cfg, mode)
-    runtime["prompt_tokens_per_row"] = _prompt_tokens(tok, task, target.prompt, gold)
+    runtime["prompt_tokens_per_row"] = _prompt_tokens(tok, task, target.prompt, asked)
+    if shortlist is not None:
+        runtime["shortlist"] = shortlist.k
     forgetting = None
     if cfg.forgetting is not None and target.adapter is not None:
         from slmloop.graduate.forgetting import forgetting_check

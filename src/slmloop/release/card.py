@@ -54,6 +54,19 @@ def _schema(task: TaskConfig) -> list[str]:
     return []
 
 
+def _shortlist_lines(prompt: dict[str, Any]) -> list[str]:
+    k = prompt.get("shortlist")
+    if not k:
+        return []
+    return [
+        f"The model reads a **shortlist** after each request: the {k} labels of its most similar training",
+        "requests (all-MiniLM-L6-v2 neighbours, index in `adapter/shortlist.npz`), appended to the user",
+        "message as `\\n(similar requests: a, b, c)`. `slmloop serve` and `slmloop eval` add it; a client",
+        "that calls the GGUF file directly must add it too (`slmloop.shortlist.load_shortlist`).",
+        "",
+    ]
+
+
 def model_card(
     project: Project,
     run: Run,
@@ -84,6 +97,7 @@ def model_card(
         prompt.get("system") or "(none)",
         "```",
         "",
+        *_shortlist_lines(prompt),
         "## Gold evaluation",
         "",
     ]

@@ -71,7 +71,13 @@ def _prompt_format(project: Project, run: Run) -> dict[str, Any]:
 
     task = _task(project, run)
     style = run.config.get("prompt", "full")
-    return {"style": style, "system": system_message(task, style) or None, "task": task.type}
+    shortlist = (run.config.get("train") or {}).get("shortlist") if task.type == "classification" else None
+    return {
+        "style": style,
+        "system": system_message(task, style) or None,
+        "task": task.type,
+        "shortlist": shortlist or None,
+    }
 
 
 def _gguf(project: Project, run: Run, folder: Path, prompt: dict[str, Any], console: Console) -> dict[str, Any]:
@@ -81,6 +87,7 @@ def _gguf(project: Project, run: Run, folder: Path, prompt: dict[str, Any], cons
     from slmloop.models.loading import load_tokenizer
     from slmloop.release.gguf import gguf_file_name, source_pre_tokenizer, write_gguf, write_modelfile
     from slmloop.release.parity import gguf_parity
+    from slmloop.shortlist import load_shortlist
 
     cfg = project.manifest.export
     merged, out = folder / "merged", folder / "gguf"
@@ -95,6 +102,9 @@ def _gguf(project: Project, run: Run, folder: Path, prompt: dict[str, Any], cons
         entry: dict[str, Any] = {"file": f"gguf/{path.name}", "bytes": path.stat().st_size}
         if llama_cpp_available():
             rows = gold_rows(project, run.gold_id)[: cfg.parity_rows]
+            shortlist = load_shortlist(folder / "adapter")
+            if shortlist is not None:  # both models read the prompt the release is asked with
+                rows = shortlist.annotate(_task(project, run), rows)
             parity = gguf_parity(
                 merged,
                 path,

@@ -28,6 +28,7 @@ from slmloop.evaluate.metrics import parse_json_object
 from slmloop.manifest import TaskConfig
 from slmloop.models.inference import generate, token_texts
 from slmloop.models.loading import render_prompt
+from slmloop.shortlist import Shortlist
 from slmloop.tasks import parse_prediction, prompt_messages
 
 __all__ = ["Batcher", "ChatAnswer", "Job", "LlamaCppPredictor", "ModelSlot", "Predictor", "UpstreamPredictor"]
@@ -54,6 +55,7 @@ class Predictor:
     max_new_tokens: int = 128
     prompt: str = "full"  # the prompt style the model was trained with
     rank_margin: float | None = 6.0
+    shortlist: Shortlist | None = None  # the index of the shortlist the model reads (train.shortlist)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -71,6 +73,8 @@ class Predictor:
     def predict_many(self, texts: list[str]) -> list[dict[str, Any]]:
         """Typed answers for ``texts``, one batched pass (the same answering code as evaluation)."""
         rows = [{"text": t, "input": t} for t in texts]
+        if self.shortlist is not None:
+            rows = self.shortlist.annotate(self.task, rows)
         if self.mode == "rank":
             answers = answer_rows(
                 self.task,

@@ -33,7 +33,10 @@ def load_predictor(project: Project, release_ref: str | int | None) -> Predictor
         "release": release.version,
         "max_new_tokens": m.serve.max_new_tokens,
         "prompt": target.prompt,
+        "shortlist": target.shortlist(),
     }
+    if common["shortlist"] is not None:  # load the embedding model now, not on the first request
+        common["shortlist"].candidates(["warm-up"])
     if m.serve.engine == "llamacpp":
         return _llama_cpp_predictor(project, release, common)
     if m.serve.engine == "vllm":

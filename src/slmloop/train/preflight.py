@@ -65,6 +65,8 @@ class Forecast:
     #: bottom layers whose states are kept after the first epoch (0: none), and the speed from the second epoch
     frozen_layers: int = 0
     later_tokens_per_s: float = 0.0
+    #: train.shortlist: labels per row, index rows, and the share of rows whose label is on their shortlist
+    shortlist: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -263,5 +265,11 @@ def render_forecast(f: Forecast, title: str = "preflight") -> Table:
         t.add_row("gold evaluation", f"~{f.eval_seconds / 60:.1f} min for {f.eval_rows} rows ({f.eval_mode})")
     fit = "[green]fits[/green]" if f.fits else "[bold red]does NOT fit[/bold red]"
     t.add_row("peak memory", f"~{f.peak_memory_gib:.2f} GiB of {f.available_memory_gib:.1f} GiB available: {fit}")
+    if f.shortlist:
+        sl = f.shortlist
+        line = f"{sl['k']} labels a row from the nearest of {sl['index_rows']:,} training rows"
+        if sl.get("validation_recall") is not None:
+            line += f" · the true label on it: {100 * sl['validation_recall']:.1f} % of validation rows"
+        t.add_row("shortlist", line)
     t.add_row("leakage gate", f.leakage)
     return t

@@ -50,6 +50,7 @@ from slmloop.models.loading import (
     quiet_transformers,
 )
 from slmloop.project import Project
+from slmloop.shortlist import Shortlist, shortlist_size
 from slmloop.store import Run, atomic_dir, atomic_write_json, utcnow
 from slmloop.train.batching import (
     IGNORE,
@@ -228,6 +229,8 @@ class TrainSetup:
     init_from: Path | None = None
     resume: Run | None = None
     origin: dict[str, Any] | None = None
+    #: the index of the training split the rows' shortlists come from (train.shortlist), or None
+    shortlist: Shortlist | None = None
 
 
 def _adapter_of(project: Project, ref: str) -> Path:
@@ -289,6 +292,8 @@ def setup(project: Project, overrides: dict[str, Any] | None = None, **options: 
     warm = _adapter_of(project, init_from) if init_from else None
     max_length = int(resumed.config["max_length"]) if resumed else project.manifest.model.max_length
     style = resumed.config.get("prompt", "full") if resumed else cfg.prompt
+    cfg = cfg.model_copy(update={"shortlist": shortlist_size(cfg.shortlist, task)})  # recorded resolved
+    shortlist = _with_shortlists(project, task, splits, cfg.shortlist)
     return TrainSetup(
         project=project,
         config=cfg,
@@ -302,7 +307,20 @@ def setup(project: Project, overrides: dict[str, Any] | None = None, **options: 
         init_from=warm,
         resume=resumed,
         origin=options.get("origin"),
+        shortlist=shortlist,
     )
+
+
+def _with_shortlists(project: Project, task: TaskConfig, splits: DatasetSplits, k: int) -> Shortlist | None:
+    """Index the training split and give every row its shortlist (training rows: without themselves)."""
+    if not k:
+        return None
+    cache = project.home / "cache" / "embeddings"
+    shortlist = Shortlist.build(task, splits.train, k, cache_dir=cache)
+    splits.train = shortlist.annotate(task, splits.train, leave_out_self=True, cache_dir=cache)
+    splits.validation = shortlist.annotate(task, splits.validation, cache_dir=cache)
+    splits.gold = shortlist.annotate(task, splits.gold, cache_dir=cache)
+    return shortlist
 
 
 def _resumable_run(project: Project, ref: str) -> Run:
@@ -628,9 +646,29 @@ def preflight(st: TrainSetup, parts: Parts) -> Forecast:
         answer_cut=len(cut),
         needed_length=max(e.full_length for e in every),
         cut_examples=[_cut_example(st, parts, i) for i in cut[:3]],
+        shortlist=_shortlist_summary(st),
     )
     _forecast_eval(st, parts, forecast)
     return forecast
+
+
+def _shortlist_summary(st: TrainSetup) -> dict[str, Any] | None:
+    """What the rows' shortlists hold: size, index rows, and how often the true label is on them."""
+    from slmloop.tasks import SHORTLIST_KEY
+
+    if st.shortlist is None:
+        return None
+
+    def recall(rows: list[dict[str, Any]]) -> float | None:
+        return sum(str(r["label"]) in r[SHORTLIST_KEY] for r in rows) / len(rows) if rows else None
+
+    return {
+        "k": st.shortlist.k,
+        "index_rows": len(st.shortlist.labels),
+        "embedder": st.shortlist.embedder,
+        "train_recall": recall(st.splits.train),
+        "validation_recall": recall(st.splits.validation),
+    }
 
 
 def _cut_example(st: TrainSetup, parts: Parts, i: int) -> str:
@@ -1040,6 +1078,7 @@ def save(st: TrainSetup, parts: Parts, run: Run, state: LoopState, forecast: For
         "gold": st.gold_id,
         "task": st.task.model_dump(),
         "prompt": st.prompt,
+        "shortlist": _shortlist_summary(st),
         "train": st.config.model_dump(),
         "lora": parts.lora,
         "max_length": st.max_length,
@@ -1055,6 +1094,8 @@ def save(st: TrainSetup, parts: Parts, run: Run, state: LoopState, forecast: For
     with atomic_dir(run_dir / "adapter") as tmp:
         parts.model.save_pretrained(tmp)
         parts.tokenizer.save_pretrained(tmp)
+        if st.shortlist is not None:
+            st.shortlist.save(tmp)
     atomic_write_json(run_dir / "run.json", meta)
     plot_loss_curve(steps, run_dir / "loss_curve.png", title=f"{run.name} · {st.model_ref.spec}")
     return _finish(project, run, "completed", metrics)

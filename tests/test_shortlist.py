@@ -1,0 +1,146 @@
+"""Shortlists: the neighbour vote by hand, leave-one-out, the prompt, and one model read the same way everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slmloop.errors import ModelError
+from slmloop.manifest import TaskConfig
+from slmloop.shortlist import SHORTLIST_FILE, Shortlist, load_shortlist, shortlist_size
+from slmloop.tasks import SHORTLIST_KEY, prompt_messages
+
+TASK = TaskConfig(type="classification", instruction="Classify.", labels=["x", "y", "z"])
+
+#: the index: four training rows in a 2-d embedding space (unit vectors)
+VECTORS = {
+    "a1": [1.0, 0.0],
+    "a2": [0.8, 0.6],
+    "a3": [0.6, 0.8],
+    "a4": [0.0, 1.0],
+}
+LABELS = {"a1": "x", "a2": "y", "a3": "y", "a4": "z"}
+
+
+@pytest.fixture
+def fake_embed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Embeddings looked up in VECTORS, so the vote can be computed by hand."""
+
+    def embed(texts: list[str], spec: str = "", cache_dir: Path | None = None) -> np.ndarray:
+        return np.array([VECTORS[t] for t in texts], dtype=np.float32)
+
+    monkeypatch.setattr("slmloop.shortlist.embed", embed)
+
+
+def _index(k: int) -> Shortlist:
+    rows = [{"text": t, "label": lab} for t, lab in LABELS.items()]
+    return Shortlist.build(TASK, rows, k)
+
+
+def test_the_vote_weighs_each_neighbour_by_its_similarity_to_the_fourth(fake_embed: None) -> None:
+    index = _index(3)
+    # query a1 = (1, 0): cosines 1.0 (x), 0.8 and 0.6 (y), 0.0 (z)
+    # votes x 1.0^4 = 1.0 > y 0.8^4 + 0.6^4 = 0.5392 > z 0
+    assert index.candidates(["a1"]) == [["x", "y", "z"]]
+    # query a3 = (0.6, 0.8): cosines 0.6 (x), 0.96 and 1.0 (y), 0.8 (z)
+    # votes y 0.96^4 + 1 = 1.849 > z 0.8^4 = 0.41 > x 0.6^4 = 0.13
+    assert index.candidates(["a3"]) == [["y", "z", "x"]]
+    assert _index(2).candidates(["a1", "a3"]) == [["x", "y"], ["y", "z"]]
+
+
+def test_a_training_row_does_not_vote_for_itself(fake_embed: None) -> None:
+    index = _index(2)
+    # without a1 itself: y 0.5392 > z 0; x has no other row, so it drops off the shortlist
+    assert index.candidates(["a1"], leave_out_self=True) == [["y", "z"]]
+    assert index.candidates(["a1"]) == [["x", "y"]]
+    rows = index.annotate(TASK, [{"text": "a1", "label": "x"}], leave_out_self=True)
+    assert rows == [{"text": "a1", "label": "x", SHORTLIST_KEY: ["y", "z"]}]
+
+
+def test_the_prompt_shows_the_shortlist_after_the_request() -> None:
+    task = TASK.model_copy(update={"labels": ["alarm_set", "alarm_query"]})
+    plain = prompt_messages(task, {"text": "wake me at 7", "label": "alarm_set"}, "compact")
+    listed = prompt_messages(
+        task, {"text": "wake me at 7", "label": "alarm_set", SHORTLIST_KEY: ["alarm_set", "alarm_query"]}, "compact"
+    )
+    assert plain[-1] == {"role": "user", "content": "wake me at 7"}
+    assert listed[-1] == {"role": "user", "content": "wake me at 7\n(similar requests: alarm_set, alarm_query)"}
+    assert listed[:-1] == plain[:-1]
+
+
+def test_auto_turns_the_shortlist_on_for_many_labels_only() -> None:
+    many = TASK.model_copy(update={"labels": [f"l{i}" for i in range(12)]})
+    assert shortlist_size("auto", many) == 5
+    assert shortlist_size("auto", TASK) == 0  # 3 labels: a shortlist would name most of them
+    assert shortlist_size(2, TASK) == 2
+    assert shortlist_size(5, TaskConfig(type="extraction", instruction="Extract.")) == 0
+
+
+def test_the_index_round_trips_without_its_texts(fake_embed: None, tmp_path: Path) -> None:
+    index = _index(2)
+    index.save(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [SHORTLIST_FILE]  # no temporary file left
+    loaded = load_shortlist(tmp_path)
+    assert loaded is not None and loaded.k == 2 and loaded.labels == index.labels
+    np.testing.assert_array_equal(loaded.vectors, index.vectors)
+    assert loaded.candidates(["a3"]) == index.candidates(["a3"])
+    with pytest.raises(ModelError, match="without its texts"):
+        loaded.candidates(["a1"], leave_out_self=True)
+    assert load_shortlist(tmp_path / "elsewhere") is None
+    (tmp_path / SHORTLIST_FILE).write_bytes(b"not an npz")
+    with pytest.raises(ModelError, match="cannot be read"):
+        load_shortlist(tmp_path)
+
+
+@pytest.mark.integration
+def test_a_run_with_a_shortlist_is_asked_the_same_way_by_eval_export_and_serve(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    from slmloop.data.importer import import_source
+    from slmloop.data.prepare import prepare_dataset
+    from slmloop.data.versions import load_dataset
+    from slmloop.evaluate.evaluate import _prompt_tokens, evaluate
+    from slmloop.models.catalog import ResolvedModel
+    from slmloop.models.loading import load_tokenizer
+    from slmloop.project import open_project
+    from slmloop.release.export import export_release
+    from slmloop.serve.server import load_predictor
+    from slmloop.targets import resolve_target
+    from slmloop.train.recipe import train
+    from tests.conftest import write_project
+    from tests.tiny import toy_rows
+
+    root = write_project(tmp_path / "p", tiny_model, toy_rows(120), train={"shortlist": 2, "epochs": 2})
+    p = open_project(root)
+    import_source(p, p.manifest.data.sources[0])
+    prepare_dataset(p)
+    run = train(p)
+    assert run.config["train"]["shortlist"] == 2
+    adapter = p.locate(run.path) / "adapter"
+    index = load_shortlist(adapter)
+    splits = load_dataset(p)
+    assert index is not None and index.k == 2 and len(index.labels) == len(splits.train)
+    assert set(index.labels) == {"ham", "spam"}
+    ev = evaluate(p, run.name)
+    assert ev.metrics["runtime"]["shortlist"] == 2
+    # the prompt grew by the shortlist line: more tokens than the same gold rows without it
+    tok = load_tokenizer(ResolvedModel("t", str(adapter), "local"))
+    plain = _prompt_tokens(tok, p.task, "compact", splits.gold)
+    assert ev.metrics["runtime"]["prompt_tokens_per_row"] > plain + 4
+
+    release = export_release(p, run.name)
+    folder = p.locate(release.path)
+    assert (folder / "adapter" / SHORTLIST_FILE).exists()
+    assert "similar requests" in (folder / "README.md").read_text()
+    target = resolve_target(p, f"release-{release.version}")
+    assert target.shortlist() is not None
+
+    predictor = load_predictor(p, release.version)
+    assert predictor.shortlist is not None
+    preds = p.store.predictions(ev.id)
+    served = predictor.predict_many([x.input for x in preds])
+    # the served release (merged weights, shortlist added by the server) answers as evaluation did
+    assert [s["label"] for s in served] == [x.prediction for x in preds]
+    p.close()

@@ -292,8 +292,9 @@ def setup(project: Project, overrides: dict[str, Any] | None = None, **options: 
     warm = _adapter_of(project, init_from) if init_from else None
     max_length = int(resumed.config["max_length"]) if resumed else project.manifest.model.max_length
     style = resumed.config.get("prompt", "full") if resumed else cfg.prompt
-    cfg = cfg.model_copy(update={"shortlist": shortlist_size(cfg.shortlist, task)})  # recorded resolved
-    shortlist = _with_shortlists(project, task, splits, cfg.shortlist)
+    k = shortlist_size(cfg.shortlist, task)
+    cfg = cfg.model_copy(update={"shortlist": k})  # recorded resolved
+    shortlist = _with_shortlists(project, task, splits, k)
     return TrainSetup(
         project=project,
         config=cfg,

@@ -133,7 +133,9 @@ def _tokens_per_row(project: Any, rows: list[dict[str, Any]], shortlist: Any) ->
     small_sample = sample
     if shortlist is not None:
         sample = shortlist.annotate(task, sample)
-        small_sample = [{**r, SHORTLIST_KEY: r[SHORTLIST_KEY][:2]} for r in sample]
+        small_sample = sample  # an extractor's examples do not depend on the schema
+        if not shortlist.examples:
+            small_sample = [{**r, SHORTLIST_KEY: r[SHORTLIST_KEY][:2]} for r in sample]
 
     def mean(t: Any, style: str, these: list[dict[str, Any]]) -> float:
         texts = [

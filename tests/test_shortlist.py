@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from slmloop.errors import ModelError
 from slmloop.manifest import TaskConfig
 from slmloop.shortlist import SHORTLIST_FILE, Shortlist, load_shortlist, shortlist_size
-from slmloop.tasks import SHORTLIST_KEY, prompt_messages
+from slmloop.tasks import EXAMPLES_KEY, SHORTLIST_KEY, prompt_messages
 
 TASK = TaskConfig(type="classification", instruction="Classify.", labels=["x", "y", "z"])
 
@@ -75,7 +76,46 @@ def test_auto_turns_the_shortlist_on_for_many_labels_only() -> None:
     assert shortlist_size("auto", many) == 5
     assert shortlist_size("auto", TASK) == 0  # 3 labels: a shortlist would name most of them
     assert shortlist_size(2, TASK) == 2
-    assert shortlist_size(5, TaskConfig(type="extraction", instruction="Extract.")) == 0
+    assert shortlist_size("auto", EXTRACT) == 1  # one example for any extractor
+    assert shortlist_size(3, EXTRACT) == 3
+    assert shortlist_size("auto", TaskConfig(type="generation", instruction="Write.")) == 0
+
+
+EXTRACT = TaskConfig(type="extraction", instruction="Extract.", fields=["time", "date"])
+OUTPUTS = {"a1": {"time": "six"}, "a2": {"date": "today"}, "a3": {}, "a4": {"time": "noon", "date": "monday"}}
+
+
+def _examples(k: int) -> Shortlist:
+    return Shortlist.build(EXTRACT, [{"text": t, "output": o} for t, o in OUTPUTS.items()], k)
+
+
+def test_an_extractor_reads_its_nearest_training_rows_with_their_answers(fake_embed: None) -> None:
+    index = _examples(2)
+    # query a2 = (0.8, 0.6): cosines a1 0.8, a2 1.0, a3 0.96, a4 0.6
+    assert index.candidates(["a2"]) == [[["a2", '{"date": "today"}'], ["a3", "{}"]]]
+    # without itself: a3 0.96, then a1 0.8
+    assert index.candidates(["a2"], leave_out_self=True) == [[["a3", "{}"], ["a1", '{"time": "six"}']]]
+    rows = _examples(1).annotate(EXTRACT, [{"text": "a4", "output": {}}], leave_out_self=True)
+    assert rows == [{"text": "a4", "output": {}, EXAMPLES_KEY: [["a3", "{}"]]}]
+    shown = prompt_messages(EXTRACT, {"text": "wake me at 7", EXAMPLES_KEY: [["wake me at six", '{"time": "six"}']]})
+    plain = prompt_messages(EXTRACT, {"text": "wake me at 7"})
+    assert shown[-1]["content"] == 'wake me at 7\n(similar request: wake me at six -> {"time": "six"})'
+    assert shown[:-1] == plain[:-1]
+
+
+def test_an_extractors_index_keeps_its_texts_when_saved(fake_embed: None, tmp_path: Path) -> None:
+    index = _examples(1)
+    index.save(tmp_path)
+    loaded = load_shortlist(tmp_path)
+    assert loaded is not None and loaded.examples and loaded.texts == list(OUTPUTS)
+    assert (
+        loaded.candidates(["a1", "a4"])
+        == index.candidates(["a1", "a4"])
+        == [
+            [["a1", '{"time": "six"}']],
+            [["a4", '{"time": "noon", "date": "monday"}']],
+        ]
+    )
 
 
 def test_the_index_round_trips_without_its_texts(fake_embed: None, tmp_path: Path) -> None:
@@ -123,6 +163,9 @@ def test_a_run_with_a_shortlist_is_asked_the_same_way_by_eval_export_and_serve(
     splits = load_dataset(p)
     assert index is not None and index.k == 2 and len(index.labels) == len(splits.train)
     assert set(index.labels) == {"ham", "spam"}
+    summary = json.loads((p.locate(run.path) / "run.json").read_text())["shortlist"]
+    assert summary["k"] == 2 and summary["index_rows"] == len(splits.train)
+    assert 0.5 <= summary["train_recall"] <= 1.0
     ev = evaluate(p, run.name)
     assert ev.metrics["runtime"]["shortlist"] == 2
     # the prompt grew by the shortlist line: more tokens than the same gold rows without it
@@ -143,4 +186,83 @@ def test_a_run_with_a_shortlist_is_asked_the_same_way_by_eval_export_and_serve(
     served = predictor.predict_many([x.input for x in preds])
     # the served release (merged weights, shortlist added by the server) answers as evaluation did
     assert [s["label"] for s in served] == [x.prediction for x in preds]
+    p.close()
+
+
+@pytest.mark.integration
+def test_an_extractor_with_examples_is_asked_the_same_way_by_eval_export_and_serve(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import random
+
+    from slmloop.data.importer import import_source
+    from slmloop.data.prepare import prepare_dataset
+    from slmloop.data.versions import load_dataset
+    from slmloop.evaluate.evaluate import _prompt_tokens, evaluate
+    from slmloop.models.catalog import ResolvedModel
+    from slmloop.models.loading import load_tokenizer, render_prompt
+    from slmloop.project import open_project
+    from slmloop.release.export import export_release
+    from slmloop.serve import engine
+    from slmloop.serve.server import load_predictor
+    from tests.conftest import write_project
+    from tests.tiny import HAM_WORDS
+
+    rng = random.Random(0)
+    rows = []
+    for i in range(90):
+        words = rng.sample(HAM_WORDS, 5)
+        rows.append({"text": " ".join(words) + f" {i}", "output": {"place": words[1]} if i % 2 else {}})
+    root = write_project(
+        tmp_path / "p",
+        tiny_model,
+        rows,
+        task={"type": "extraction", "instruction": "Extract the place.", "labels": None, "fields": "auto"},
+        model={"max_length": 96},
+        eval={"max_new_tokens": 12},
+        serve={"max_new_tokens": 12},
+        train={"epochs": 1},  # shortlist: auto gives an extractor one example
+    )
+    p = open_project(root)
+    import_source(p, p.manifest.data.sources[0])
+    prepare_dataset(p)
+    from slmloop.train.recipe import train
+
+    run = train(p)
+    assert run.config["train"]["shortlist"] == 1
+    adapter = p.locate(run.path) / "adapter"
+    index = load_shortlist(adapter)
+    splits = load_dataset(p)
+    assert index is not None and index.examples and index.texts == [r["text"] for r in splits.train]
+    summary = json.loads((p.locate(run.path) / "run.json").read_text())["shortlist"]
+    assert summary["kind"] == "examples" and summary["index_rows"] == len(splits.train)
+    # half the rows name a place and half do not: the nearest example agrees on the fields sometimes, not never
+    assert 0.0 < summary["train_same_fields"] < 1.0
+    ev = evaluate(p, run.name)
+    assert ev.metrics["runtime"]["shortlist"] == 1
+    tok = load_tokenizer(ResolvedModel("t", str(adapter), "local"))
+    plain = _prompt_tokens(tok, p.task, "compact", splits.gold)
+    assert ev.metrics["runtime"]["prompt_tokens_per_row"] > plain + 8  # the example's input and answer
+
+    release = export_release(p, run.name)
+    folder = p.locate(release.path)
+    assert "similar request:" in (folder / "README.md").read_text()
+    predictor = load_predictor(p, release.version)
+    preds = p.store.predictions(ev.id)
+    served = predictor.predict_many([x.input for x in preds])
+    # the server builds the very prompts evaluation asked with: request, then the nearest example
+    asked = index.annotate(p.task, splits.gold)
+    evaluated = [render_prompt(tok, prompt_messages(p.task, r, "compact")) for r in asked]
+    assert all("\n(similar request: " in x for x in evaluated)
+    seen: list[str] = []
+    real = engine.generate
+
+    def spy(model: object, tokenizer: object, prompts: list[str], **kw: object) -> object:
+        seen.extend(prompts)
+        return real(model, tokenizer, prompts, **kw)
+
+    monkeypatch.setattr(engine, "generate", spy)
+    served = predictor.predict_many([r["text"] for r in splits.gold])
+    assert seen == evaluated and len(served) == len(splits.gold)
+    assert {x.input for x in preds} == {r["text"] for r in splits.gold}
     p.close()

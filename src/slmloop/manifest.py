@@ -255,8 +255,9 @@ class TrainConfig(Section):
         "auto",
         description="Classification: after each request the model reads the labels of its most similar "
         "training requests (this many, most likely first; MiniLM neighbours) and learns when to follow "
-        "them. auto: 5 when the task has 10 labels or more, else off; 0: off. Recorded in the run; the "
-        "index ships with the release.",
+        "them. Extraction: it reads this many of its most similar training requests with their answers "
+        "(examples of the annotation conventions). auto: 5 labels when the task has 10 labels or more, "
+        "else off; 1 example for extraction; 0: off. Recorded in the run; the index ships with the release.",
     )
     learning_rate: float = Field(2e-3, gt=0.0, description="Peak learning rate.")
     scheduler: Literal["cosine", "linear", "constant"] = Field(

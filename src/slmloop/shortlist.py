@@ -16,6 +16,15 @@ Training rows get their shortlist *without themselves* (nor exact copies of thei
 a new request would get it. The index — the embeddings and labels of the training split —
 is saved beside the adapter (``shortlist.npz``), so a release carries it and evaluation,
 serving and the export parity check build the very prompt the model was trained on.
+
+An extractor trained with a shortlist reads, after each request, its K nearest training
+requests *with their answers* (an example of the annotation conventions the data follows:
+which words make a value, which field holds them)::
+
+    remind me to call mum this sunday
+    (similar request: set a reminder for this friday -> {"date": "this friday"})
+
+Its index keeps the training inputs and answers too, since the prompt shows them.
 """
 
 from __future__ import annotations
@@ -30,9 +39,17 @@ import numpy as np
 from slmloop.errors import ModelError
 from slmloop.manifest import TaskConfig
 from slmloop.models.embedder import embed
-from slmloop.tasks import SHORTLIST_KEY, input_text
+from slmloop.tasks import EXAMPLES_KEY, SHORTLIST_KEY, input_text, target_text
 
-__all__ = ["NEIGHBOURS", "POWER", "SHORTLIST_FILE", "Shortlist", "load_shortlist", "shortlist_size"]
+__all__ = [
+    "AUTO_EXAMPLES",
+    "NEIGHBOURS",
+    "POWER",
+    "SHORTLIST_FILE",
+    "Shortlist",
+    "load_shortlist",
+    "shortlist_size",
+]
 
 #: the file beside an adapter (and in a release's adapter folder) that holds the index
 SHORTLIST_FILE = "shortlist.npz"
@@ -46,60 +63,77 @@ BLOCK = 1024
 #: train.shortlist: auto gives AUTO_SIZE labels to tasks with AUTO_MIN_LABELS labels or more (measured on
 #: HWU64's 64); with a handful of labels a shortlist would name most of them
 AUTO_SIZE, AUTO_MIN_LABELS = 5, 10
+#: train.shortlist: auto gives extraction tasks this many examples (HWU64 slots, docs/training.md)
+AUTO_EXAMPLES = 1
+#: task types that read a shortlist: labels (classification) or examples (extraction)
+SHORTLIST_TASKS = ("classification", "extraction")
 
 
 def shortlist_size(setting: int | str, task: TaskConfig) -> int:
-    """Labels per shortlist for ``task`` (0: none): the setting, with ``auto`` resolved."""
-    if task.type != "classification":
+    """Labels (classification) or examples (extraction) per shortlist for ``task`` (0: none).
+
+    The setting, with ``auto`` resolved; other task types read none.
+    """
+    if task.type not in SHORTLIST_TASKS:
         return 0
     if setting == "auto":
+        if task.type == "extraction":
+            return AUTO_EXAMPLES
         return AUTO_SIZE if len(task.label_list) >= AUTO_MIN_LABELS else 0
     return int(setting)
 
 
 @dataclass
 class Shortlist:
-    k: int  # labels per shortlist
-    labels: list[str]  # the label of every indexed training row
+    k: int  # labels (classification) or examples (extraction) per shortlist
+    labels: list[str]  # the label of every indexed training row (extraction: its answer)
     vectors: np.ndarray  # (rows, dim) unit-normalised float32 embeddings of their inputs
     embedder: str = "all-minilm-l6-v2"
     texts: list[str] | None = None  # the indexed inputs (kept while training, for leave-one-out)
+    examples: bool = False  # extraction: the shortlist is the nearest rows' inputs with their answers
 
     @classmethod
     def build(cls, task: TaskConfig, rows: list[dict[str, Any]], k: int, cache_dir: Path | None = None) -> Shortlist:
         """The index of ``rows`` (a training split)."""
         texts = [input_text(task, r) for r in rows]
         vectors = embed(texts, cache_dir=cache_dir) if texts else np.zeros((0, 1), dtype=np.float32)
-        return cls(k, [str(r["label"]) for r in rows], vectors, texts=texts)
+        examples = task.type == "extraction"
+        labels = [target_text(task, r) if examples else str(r["label"]) for r in rows]
+        return cls(k, labels, vectors, texts=texts, examples=examples)
 
     def candidates(
         self, texts: list[str], *, leave_out_self: bool = False, cache_dir: Path | None = None
-    ) -> list[list[str]]:
-        """The shortlist of each text; ``leave_out_self``: indexed rows with the same text do not vote."""
+    ) -> list[list[Any]]:
+        """The shortlist of each text; ``leave_out_self``: indexed rows with the same text do not vote.
+
+        Classification: labels, most likely first. Extraction: ``[input, answer]`` pairs of the
+        nearest indexed rows, nearest first.
+        """
         if not texts or not self.labels:
             return [[] for _ in texts]
-        if leave_out_self and self.texts is None:
+        if (leave_out_self or self.examples) and self.texts is None:
             raise ModelError("this shortlist was loaded without its texts", hint="Rebuild it from the training rows.")
         same: dict[str, list[int]] = {}
         if leave_out_self:
             for i, t in enumerate(self.texts or []):
                 same.setdefault(t, []).append(i)
         query = embed(texts, self.embedder, cache_dir)
-        out: list[list[str]] = []
+        out: list[list[Any]] = []
         for start in range(0, len(texts), BLOCK):
             sims = query[start : start + BLOCK] @ self.vectors.T
             for row, text in zip(sims, texts[start : start + BLOCK], strict=True):
                 if leave_out_self:
                     row[same.get(text, [])] = -np.inf
-                out.append(self._vote(row))
+                out.append(self._examples(row) if self.examples else self._vote(row))
         return out
 
+    def _examples(self, sims: np.ndarray) -> list[list[str]]:
+        assert self.texts is not None
+        return [[self.texts[j], self.labels[j]] for j in _nearest(sims, self.k) if np.isfinite(sims[j])]
+
     def _vote(self, sims: np.ndarray) -> list[str]:
-        n = min(NEIGHBOURS, len(sims))
-        near = np.argpartition(-sims, n - 1)[:n] if n < len(sims) else np.arange(len(sims))
-        near = near[np.argsort(-sims[near], kind="stable")]
         score: dict[str, float] = {}
-        for j in near:
+        for j in _nearest(sims, NEIGHBOURS):
             if np.isfinite(sims[j]):
                 score[self.labels[j]] = score.get(self.labels[j], 0.0) + max(float(sims[j]), 0.0) ** POWER
         # most votes first; a tie goes to the label of the nearer row (dicts keep first-seen order)
@@ -115,21 +149,34 @@ class Shortlist:
     ) -> list[dict[str, Any]]:
         """Copies of ``rows`` carrying their shortlist (the prompt shows it after the request)."""
         found = self.candidates([input_text(task, r) for r in rows], leave_out_self=leave_out_self, cache_dir=cache_dir)
-        return [{**r, SHORTLIST_KEY: c} for r, c in zip(rows, found, strict=True)]
+        key = EXAMPLES_KEY if self.examples else SHORTLIST_KEY
+        return [{**r, key: c} for r, c in zip(rows, found, strict=True)]
 
     def save(self, folder: Path) -> Path:
-        """Write ``folder/shortlist.npz`` atomically (the texts stay behind: the prompt never needs them)."""
+        """Write ``folder/shortlist.npz`` atomically.
+
+        A classifier's texts stay behind (its prompt never shows them); an extractor's are kept.
+        """
         path = folder / SHORTLIST_FILE
         tmp = folder / f".{SHORTLIST_FILE}.{os.getpid()}.tmp.npz"
-        np.savez(
-            tmp,
-            k=np.array(self.k),
-            labels=np.array(self.labels, dtype=str),
-            vectors=self.vectors.astype(np.float32),
-            embedder=np.array(self.embedder),
-        )
+        arrays: dict[str, np.ndarray] = {
+            "k": np.array(self.k),
+            "labels": np.array(self.labels, dtype=str),
+            "vectors": self.vectors.astype(np.float32),
+            "embedder": np.array(self.embedder),
+        }
+        if self.examples:
+            arrays["texts"] = np.array(self.texts or [], dtype=str)
+        np.savez(tmp, allow_pickle=False, **arrays)
         os.replace(tmp, path)
         return path
+
+
+def _nearest(sims: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the ``n`` largest similarities, largest first (ties: the earlier row)."""
+    n = min(n, len(sims))
+    near = np.argpartition(-sims, n - 1)[:n] if n < len(sims) else np.arange(len(sims))
+    return near[np.argsort(-sims[near], kind="stable")]
 
 
 def load_shortlist(folder: Path | None) -> Shortlist | None:
@@ -139,7 +186,9 @@ def load_shortlist(folder: Path | None) -> Shortlist | None:
     path = folder / SHORTLIST_FILE
     try:
         with np.load(path, allow_pickle=False) as z:
-            return Shortlist(int(z["k"]), [str(x) for x in z["labels"]], z["vectors"], str(z["embedder"]))
+            texts = [str(x) for x in z["texts"]] if "texts" in z.files else None
+            labels = [str(x) for x in z["labels"]]
+            return Shortlist(int(z["k"]), labels, z["vectors"], str(z["embedder"]), texts, texts is not None)
     except (OSError, KeyError, ValueError) as exc:
         raise ModelError(
             f"the shortlist index {path} cannot be read ({exc})",

@@ -19,7 +19,9 @@ Prompt styles (the style is part of the model: a run records it, a release ships
 
 A classifier trained with a shortlist (``train.shortlist``, see :mod:`slmloop.shortlist`)
 also reads, after the request, the labels of its most similar training requests: the
-row carries them under :data:`SHORTLIST_KEY`, put there by whoever asks the model.
+row carries them under :data:`SHORTLIST_KEY`, put there by whoever asks the model. An
+extractor reads its most similar training requests with their answers instead, carried
+under :data:`EXAMPLES_KEY` as ``[input, answer]`` pairs.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from slmloop.errors import ConfigError
 from slmloop.manifest import TaskConfig
 
 __all__ = [
+    "EXAMPLES_KEY",
     "PROMPT_STYLES",
     "SHORTLIST_KEY",
     "TASK_FIELDS",
@@ -47,6 +50,8 @@ PROMPT_STYLES = ("full", "compact")
 
 #: the row key holding a classification row's shortlist (labels of its nearest training rows)
 SHORTLIST_KEY = "_shortlist"
+#: the row key holding an extraction row's examples: ``[input, answer]`` of its nearest training rows
+EXAMPLES_KEY = "_examples"
 
 #: the fields a source must provide, per task
 TASK_FIELDS: dict[str, tuple[str, ...]] = {
@@ -87,6 +92,8 @@ def prompt_messages(task: TaskConfig, row: dict[str, Any], style: str = "full") 
     content = input_text(task, row)
     if row.get(SHORTLIST_KEY):
         content += "\n(similar requests: " + ", ".join(row[SHORTLIST_KEY]) + ")"
+    for text, answer in row.get(EXAMPLES_KEY) or []:
+        content += f"\n(similar request: {text} -> {answer})"
     messages.append({"role": "user", "content": content})
     return messages
 

@@ -118,7 +118,9 @@ def _answer_local(
     asked = gold
     if shortlist is not None:  # the model reads its shortlist after the request: part of the timed work
         asked = shortlist.annotate(task, gold, cache_dir=project.home / "cache" / "embeddings")
-    style = target.prompt + (f" + shortlist of {shortlist.k}" if shortlist is not None else "")
+    style = target.prompt
+    if shortlist is not None:
+        style += f" + {shortlist.k} example(s)" if shortlist.examples else f" + shortlist of {shortlist.k}"
     with progress_bar(console, f"{target.ref} ({mode}, {style} prompt)") as progress:
         bar = progress.add_task("eval", total=len(gold))
         answers = answer_rows(

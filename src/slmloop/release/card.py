@@ -58,6 +58,14 @@ def _shortlist_lines(prompt: dict[str, Any]) -> list[str]:
     k = prompt.get("shortlist")
     if not k:
         return []
+    if prompt.get("task") == "extraction":
+        return [
+            f"The model reads **examples** after each request: its {k} most similar training request(s)",
+            "with their answers (all-MiniLM-L6-v2 neighbours, index in `adapter/shortlist.npz`), appended to",
+            "the user message as `\\n(similar request: INPUT -> ANSWER)`. `slmloop serve` and `slmloop eval` add",
+            "them; a client that calls the GGUF file directly must add them too (`slmloop.shortlist.load_shortlist`).",
+            "",
+        ]
     return [
         f"The model reads a **shortlist** after each request: the {k} labels of its most similar training",
         "requests (all-MiniLM-L6-v2 neighbours, index in `adapter/shortlist.npz`), appended to the user",

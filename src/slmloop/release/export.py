@@ -67,11 +67,12 @@ def _task(project: Project, run: Run) -> TaskConfig:
 
 def _prompt_format(project: Project, run: Run) -> dict[str, Any]:
     """How the model must be asked: the style it was trained with and the exact system message."""
+    from slmloop.shortlist import SHORTLIST_TASKS
     from slmloop.tasks import system_message
 
     task = _task(project, run)
     style = run.config.get("prompt", "full")
-    shortlist = (run.config.get("train") or {}).get("shortlist") if task.type == "classification" else None
+    shortlist = (run.config.get("train") or {}).get("shortlist") if task.type in SHORTLIST_TASKS else None
     return {
         "style": style,
         "system": system_message(task, style) or None,

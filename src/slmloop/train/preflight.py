@@ -267,9 +267,15 @@ def render_forecast(f: Forecast, title: str = "preflight") -> Table:
     t.add_row("peak memory", f"~{f.peak_memory_gib:.2f} GiB of {f.available_memory_gib:.1f} GiB available: {fit}")
     if f.shortlist:
         sl = f.shortlist
-        line = f"{sl['k']} labels a row from the nearest of {sl['index_rows']:,} training rows"
+        what = "examples (input and answer)" if sl.get("kind") == "examples" else "labels"
+        line = f"{sl['k']} {what} a row from the nearest of {sl['index_rows']:,} training rows"
         if sl.get("validation_recall") is not None:
             line += f" · the true label on it: {100 * sl['validation_recall']:.1f} % of validation rows"
+        if sl.get("validation_same_fields") is not None:
+            line += (
+                f" · the nearest example has the row's own fields: {100 * sl['validation_same_fields']:.1f} %"
+                " of validation rows"
+            )
         t.add_row("shortlist", line)
     t.add_row("leakage gate", f.leakage)
     return t

@@ -654,8 +654,13 @@ def preflight(st: TrainSetup, parts: Parts) -> Forecast:
 
 
 def _shortlist_summary(st: TrainSetup) -> dict[str, Any] | None:
-    """What the rows' shortlists hold: size, index rows, and how often the true label is on them."""
-    from slmloop.tasks import SHORTLIST_KEY
+    """What the rows' shortlists hold: size, index rows, and how often they point the right way.
+
+    Classification: how often the true label is on the shortlist (``*_recall``). Extraction: how
+    often the nearest example's answer has the row's own fields (``*_same_fields``).
+    """
+    from slmloop.evaluate.metrics import parse_json_object
+    from slmloop.tasks import EXAMPLES_KEY, SHORTLIST_KEY
 
     if st.shortlist is None:
         return None
@@ -663,13 +668,28 @@ def _shortlist_summary(st: TrainSetup) -> dict[str, Any] | None:
     def recall(rows: list[dict[str, Any]]) -> float | None:
         return sum(str(r["label"]) in r[SHORTLIST_KEY] for r in rows) / len(rows) if rows else None
 
-    return {
+    def same_fields(rows: list[dict[str, Any]]) -> float | None:
+        def fields(obj: Any) -> set[str]:
+            return set(obj) if isinstance(obj, dict) else set()
+
+        hits = [
+            bool(r[EXAMPLES_KEY]) and fields(parse_json_object(r[EXAMPLES_KEY][0][1])) == fields(r["output"])
+            for r in rows
+        ]
+        return sum(hits) / len(hits) if hits else None
+
+    out: dict[str, Any] = {
         "k": st.shortlist.k,
+        "kind": "examples" if st.shortlist.examples else "labels",
         "index_rows": len(st.shortlist.labels),
         "embedder": st.shortlist.embedder,
-        "train_recall": recall(st.splits.train),
-        "validation_recall": recall(st.splits.validation),
     }
+    for split, rows in (("train", st.splits.train), ("validation", st.splits.validation)):
+        if st.shortlist.examples:
+            out[f"{split}_same_fields"] = same_fields(rows)
+        else:
+            out[f"{split}_recall"] = recall(rows)
+    return out
 
 
 def _cut_example(st: TrainSetup, parts: Parts, i: int) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from slmloop.errors import ModelError
 from slmloop.manifest import TaskConfig
-from slmloop.shortlist import SHORTLIST_FILE, Shortlist, load_shortlist, shortlist_size
+from slmloop.shortlist import PRIOR_WEIGHTS, SHORTLIST_FILE, Shortlist, load_shortlist, shortlist_size
 from slmloop.tasks import EXAMPLES_KEY, SHORTLIST_KEY, prompt_messages
 
 TASK = TaskConfig(type="classification", instruction="Classify.", labels=["x", "y", "z"])
@@ -166,6 +166,13 @@ def test_a_run_with_a_shortlist_is_asked_the_same_way_by_eval_export_and_serve(
     summary = json.loads((p.locate(run.path) / "run.json").read_text())["shortlist"]
     assert summary["k"] == 2 and summary["index_rows"] == len(splits.train)
     assert 0.5 <= summary["train_recall"] <= 1.0
+    # the label prior was weighed on the validation rows; a weight of 0 leaves it out of the release
+    prior = summary["prior"]
+    assert prior["rows"] == len(splits.validation) and set(prior["accuracy_by_weight"]) == {
+        str(w) for w in PRIOR_WEIGHTS
+    }
+    assert prior["weight"] == max(PRIOR_WEIGHTS, key=lambda w: (prior["accuracy_by_weight"][str(w)], -w))
+    assert (index.prior is not None) == (prior["weight"] > 0)
     ev = evaluate(p, run.name)
     assert ev.metrics["runtime"]["shortlist"] == 2
     # the prompt grew by the shortlist line: more tokens than the same gold rows without it
@@ -266,3 +273,95 @@ def test_an_extractor_with_examples_is_asked_the_same_way_by_eval_export_and_ser
     assert seen == evaluated and len(served) == len(splits.gold)
     assert {x.input for x in preds} == {r["text"] for r in splits.gold}
     p.close()
+
+
+def test_the_label_prior_gives_what_scikit_learn_gives() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from slmloop.shortlist import LabelPrior
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 4)).astype(np.float32)
+    for labels in (["a", "b", "c"], ["a", "b"]):  # multinomial, and binary (one row of coefficients)
+        y = [labels[i % len(labels)] for i in range(60)]
+        prior = LabelPrior.fit(x, y)
+        ref = LogisticRegression(C=20.0, max_iter=2000).fit(x, y)
+        assert prior.classes == labels
+        np.testing.assert_allclose(prior.log_probs(x), ref.predict_log_proba(x), atol=1e-4)
+        rows = prior.row_priors(x[:1], 0.5)
+        assert rows[0] == pytest.approx(dict(zip(labels, 0.5 * ref.predict_log_proba(x[:1])[0], strict=True)))
+
+
+def test_fusing_a_prior_multiplies_the_probabilities_and_renormalises() -> None:
+    from math import log
+
+    from slmloop.evaluate.answers import fuse_prior
+
+    # 0.6 x 0.2 = 0.12 and 0.4 x 0.8 = 0.32: b now leads, 0.32 / 0.44
+    fused = fuse_prior({"a": 0.6, "b": 0.4}, {"a": log(0.2), "b": log(0.8)})
+    assert list(fused) == ["b", "a"]
+    assert fused["b"] == pytest.approx(0.32 / 0.44) and fused["a"] == pytest.approx(0.12 / 0.44)
+    # a label the prior does not know gets its lowest value; labels the model did not score do not compete
+    fused = fuse_prior({"a": 0.5, "new": 0.5}, {"a": log(0.9), "b": log(0.1)})
+    assert set(fused) == {"a", "new"} and fused["a"] == pytest.approx(0.9)
+    assert fuse_prior({"a": 0.7, "b": 0.3}, {}) == pytest.approx({"a": 0.7, "b": 0.3})
+
+
+def test_the_prior_weight_is_the_smallest_that_is_right_most_often() -> None:
+    from slmloop.shortlist import LabelPrior
+
+    # one dimension: x > 0 means label b to the regression
+    prior = LabelPrior(["a", "b"], np.array([[4.0]], np.float32), np.array([0.0], np.float32))
+    x = np.array([[1.0], [1.0], [-1.0]], np.float32)  # P(b) = 0.982, 0.982, 0.018
+    truth = ["b", "b", "a"]
+    # the model is sure of a on row 1 (a weight below ~1 cannot overrule it), unsure on row 2, right on row 3
+    model = [{"a": 0.99, "b": 0.01}, {"a": 0.55, "b": 0.45}, {"a": 0.9, "b": 0.1}]
+    choice = prior.choose_weight(model, x, truth)
+    by = {float(w): acc for w, acc in choice["accuracy_by_weight"].items()}
+    assert by[0.0] == pytest.approx(1 / 3)
+    assert by[0.25] == pytest.approx(2 / 3)  # row 2 turns: 0.45/0.55 x (0.982/0.018)^0.25 > 1
+    # row 1 turns once 4 x weight > log(0.99 / 0.01) = 4.595, i.e. from 1.15: all three right first at 1.5
+    assert by[1.0] == pytest.approx(2 / 3) and by[1.5] == pytest.approx(1.0)
+    assert choice["weight"] == prior.weight == 1.5 and choice["rows"] == 3
+
+
+def test_ranking_adds_the_rows_prior_and_keeps_the_models_own_choice(tiny_model: Path) -> None:
+    import torch
+
+    from slmloop.evaluate.answers import answer_rows
+    from slmloop.models.catalog import ResolvedModel
+    from slmloop.models.loading import load_causal_lm, load_tokenizer
+    from slmloop.tasks import PRIOR_KEY
+
+    ref = ResolvedModel("t", str(tiny_model), "local")
+    model, tok = load_causal_lm(ref, torch.float32), load_tokenizer(ref)
+    task = TaskConfig(type="classification", instruction="Classify.", labels=["ham", "spam"])
+    rows = [{"text": "see you at the station"}, {"text": "free prize claim"}]
+
+    def ask(these: list[dict]) -> list:
+        return answer_rows(task, "compact", "rank", model, tok, these, batch_size=4, max_new_tokens=4, margin=None)
+
+    own = ask(rows)
+    for favour in ("ham", "spam"):
+        prior = {"ham": 0.0 if favour == "ham" else -200.0, "spam": 0.0 if favour == "spam" else -200.0}
+        fused = ask([{**r, PRIOR_KEY: prior} for r in rows])
+        assert [a.prediction for a in fused] == [favour, favour]
+        assert [a.scores["model_label"] for a in fused] == [a.prediction for a in own]
+        assert fused[0].scores["probs"][favour] == pytest.approx(1.0)
+    assert all("model_label" not in a.scores for a in own)
+
+
+def test_an_index_with_a_prior_in_use_annotates_and_round_trips_it(fake_embed: None, tmp_path: Path) -> None:
+    from slmloop.shortlist import LabelPrior
+    from slmloop.tasks import PRIOR_KEY
+
+    index = _index(0)  # no shortlist: the prior alone (a task with few labels)
+    index.prior = LabelPrior(["x", "y"], np.array([[2.0, -2.0]], np.float32), np.array([0.0], np.float32))
+    assert index.annotate(TASK, [{"text": "a1"}]) == [{"text": "a1"}]  # weight 0: not in use
+    index.prior.weight = 0.5
+    (row,) = index.annotate(TASK, [{"text": "a1"}])
+    assert SHORTLIST_KEY not in row and row[PRIOR_KEY]["y"] == pytest.approx(0.5 * -np.log1p(np.exp(-2.0)))
+    index.save(tmp_path)
+    loaded = load_shortlist(tmp_path)
+    assert loaded is not None and loaded.prior is not None and loaded.prior.weight == 0.5
+    assert loaded.annotate(TASK, [{"text": "a1"}]) == [row]

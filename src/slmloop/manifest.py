@@ -259,6 +259,13 @@ class TrainConfig(Section):
         "(examples of the annotation conventions). auto: 5 labels when the task has 10 labels or more, "
         "else off; 1 example for extraction; 0: off. Recorded in the run; the index ships with the release.",
     )
+    label_prior: Literal["auto", "off"] = Field(
+        "auto",
+        description="Classification: a logistic regression over the MiniLM embeddings of the training requests "
+        "is fit beside the adapter, and a label's score becomes log P(model) + w * log P(regression) (the two "
+        "make different mistakes). auto: w is chosen on the validation split after training (0: not used); "
+        "off: the model's own scores. Recorded in the run; the regression ships with the release.",
+    )
     learning_rate: float = Field(2e-3, gt=0.0, description="Peak learning rate.")
     scheduler: Literal["cosine", "linear", "constant"] = Field(
         "cosine", description="Learning-rate schedule after warm-up."

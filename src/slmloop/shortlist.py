@@ -25,6 +25,13 @@ which words make a value, which field holds them)::
     (similar request: set a reminder for this friday -> {"date": "this friday"})
 
 Its index keeps the training inputs and answers too, since the prompt shows them.
+
+A classifier also gets a **label prior** (``train.label_prior``): a logistic regression over the
+same embeddings, fit on the training split beside the adapter. Label ranking scores a label as
+log P_model(label) + w * log P_prior(label), a product of experts: the fine-tuned model and the
+embeddings make different mistakes. w is chosen on the validation split after training, among
+:data:`PRIOR_WEIGHTS` (0: the prior is not used, and not shipped). The prior is not part of the
+prompt: whoever ranks the labels adds it (:func:`slmloop.evaluate.answers.answer_rows`).
 """
 
 from __future__ import annotations
@@ -39,13 +46,15 @@ import numpy as np
 from slmloop.errors import ModelError
 from slmloop.manifest import TaskConfig
 from slmloop.models.embedder import embed
-from slmloop.tasks import EXAMPLES_KEY, SHORTLIST_KEY, input_text, target_text
+from slmloop.tasks import EXAMPLES_KEY, PRIOR_KEY, SHORTLIST_KEY, input_text, target_text
 
 __all__ = [
     "AUTO_EXAMPLES",
     "NEIGHBOURS",
     "POWER",
+    "PRIOR_WEIGHTS",
     "SHORTLIST_FILE",
+    "LabelPrior",
     "Shortlist",
     "load_shortlist",
     "shortlist_size",
@@ -67,6 +76,8 @@ AUTO_SIZE, AUTO_MIN_LABELS = 5, 10
 AUTO_EXAMPLES = 1
 #: task types that read a shortlist: labels (classification) or examples (extraction)
 SHORTLIST_TASKS = ("classification", "extraction")
+#: the label prior's weights tried on the validation split (the first best wins: the smallest)
+PRIOR_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
 
 def shortlist_size(setting: int | str, task: TaskConfig) -> int:
@@ -84,6 +95,61 @@ def shortlist_size(setting: int | str, task: TaskConfig) -> int:
 
 
 @dataclass
+class LabelPrior:
+    """P(label | request) from a logistic regression over the request's embedding.
+
+    ``weight`` multiplies its log-probabilities where they join the model's label scores.
+    """
+
+    classes: list[str]
+    coef: np.ndarray  # (classes, dim); one row for two classes (the second class's logit)
+    intercept: np.ndarray  # (classes,) or (1,)
+    weight: float = 0.0
+
+    @classmethod
+    def fit(cls, vectors: np.ndarray, labels: list[str]) -> LabelPrior:
+        from slmloop.baselines.text import logistic_regression
+
+        clf = logistic_regression()
+        clf.fit(vectors, labels)
+        return cls([str(c) for c in clf.classes_], clf.coef_.astype(np.float32), clf.intercept_.astype(np.float32))
+
+    def log_probs(self, vectors: np.ndarray) -> np.ndarray:
+        """(rows, classes) log-probabilities, as scikit-learn's ``predict_log_proba`` gives them."""
+        z = vectors @ self.coef.T + self.intercept
+        if z.shape[1] == 1:  # binary: sigmoid of the second class's logit = softmax of [0, z]
+            z = np.concatenate([np.zeros_like(z), z], axis=1)
+        z = z - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+    def row_priors(self, vectors: np.ndarray, weight: float | None = None) -> list[dict[str, float]]:
+        """Each row's ``{label: weight x log P(label)}``, what label ranking adds to the model's scores."""
+        w = self.weight if weight is None else weight
+        return [dict(zip(self.classes, (w * row).tolist(), strict=True)) for row in self.log_probs(vectors)]
+
+    def choose_weight(
+        self, model_probs: list[dict[str, float]], vectors: np.ndarray, truth: list[str]
+    ) -> dict[str, Any]:
+        """The weight (of :data:`PRIOR_WEIGHTS`) whose fused answers are right most often on ``truth``.
+
+        ``model_probs``: the model's own label probabilities on those rows (no prior). Sets
+        :attr:`weight` and returns the accuracy of every weight tried.
+        """
+        from slmloop.evaluate.answers import fuse_prior
+
+        priors = self.row_priors(vectors, 1.0)
+        tried = {}
+        for w in PRIOR_WEIGHTS:
+            hits = 0
+            for probs, prior, want in zip(model_probs, priors, truth, strict=True):
+                fused = fuse_prior(probs, {k: w * v for k, v in prior.items()}) if probs else probs
+                hits += bool(fused) and next(iter(fused)) == want
+            tried[w] = hits / len(truth) if truth else 0.0
+        self.weight = max(PRIOR_WEIGHTS, key=lambda w: (tried[w], -w))
+        return {"weight": self.weight, "accuracy_by_weight": {str(w): a for w, a in tried.items()}, "rows": len(truth)}
+
+
+@dataclass
 class Shortlist:
     k: int  # labels (classification) or examples (extraction) per shortlist
     labels: list[str]  # the label of every indexed training row (extraction: its answer)
@@ -91,6 +157,7 @@ class Shortlist:
     embedder: str = "all-minilm-l6-v2"
     texts: list[str] | None = None  # the indexed inputs (kept while training, for leave-one-out)
     examples: bool = False  # extraction: the shortlist is the nearest rows' inputs with their answers
+    prior: LabelPrior | None = None  # classification: the label prior fit on the indexed rows
 
     @classmethod
     def build(cls, task: TaskConfig, rows: list[dict[str, Any]], k: int, cache_dir: Path | None = None) -> Shortlist:
@@ -109,7 +176,12 @@ class Shortlist:
         Classification: labels, most likely first. Extraction: ``[input, answer]`` pairs of the
         nearest indexed rows, nearest first.
         """
-        if not texts or not self.labels:
+        if not texts or not self.labels or not self.k:
+            return [[] for _ in texts]
+        return self._candidates(texts, embed(texts, self.embedder, cache_dir), leave_out_self)
+
+    def _candidates(self, texts: list[str], query: np.ndarray, leave_out_self: bool) -> list[list[Any]]:
+        if not texts or not self.labels or not self.k:
             return [[] for _ in texts]
         if (leave_out_self or self.examples) and self.texts is None:
             raise ModelError("this shortlist was loaded without its texts", hint="Rebuild it from the training rows.")
@@ -117,7 +189,6 @@ class Shortlist:
         if leave_out_self:
             for i, t in enumerate(self.texts or []):
                 same.setdefault(t, []).append(i)
-        query = embed(texts, self.embedder, cache_dir)
         out: list[list[Any]] = []
         for start in range(0, len(texts), BLOCK):
             sims = query[start : start + BLOCK] @ self.vectors.T
@@ -147,10 +218,20 @@ class Shortlist:
         leave_out_self: bool = False,
         cache_dir: Path | None = None,
     ) -> list[dict[str, Any]]:
-        """Copies of ``rows`` carrying their shortlist (the prompt shows it after the request)."""
-        found = self.candidates([input_text(task, r) for r in rows], leave_out_self=leave_out_self, cache_dir=cache_dir)
+        """Copies of ``rows`` carrying their shortlist (the prompt shows it after the request) and, when the
+        index has a label prior in use, their prior (label ranking adds it)."""
+        texts = [input_text(task, r) for r in rows]
+        prior = self.prior if self.prior is not None and self.prior.weight > 0 else None
+        if not rows or (not self.k and prior is None):
+            return [dict(r) for r in rows]
+        query = embed(texts, self.embedder, cache_dir)
+        found = self._candidates(texts, query, leave_out_self)
         key = EXAMPLES_KEY if self.examples else SHORTLIST_KEY
-        return [{**r, key: c} for r, c in zip(rows, found, strict=True)]
+        out = [{**r, key: c} if self.k else dict(r) for r, c in zip(rows, found, strict=True)]
+        if prior is not None:
+            for r, p in zip(out, prior.row_priors(query), strict=True):
+                r[PRIOR_KEY] = p
+        return out
 
     def save(self, folder: Path) -> Path:
         """Write ``folder/shortlist.npz`` atomically.
@@ -167,6 +248,11 @@ class Shortlist:
         }
         if self.examples:
             arrays["texts"] = np.array(self.texts or [], dtype=str)
+        if self.prior is not None and self.prior.weight > 0:
+            arrays["prior_classes"] = np.array(self.prior.classes, dtype=str)
+            arrays["prior_coef"] = self.prior.coef
+            arrays["prior_intercept"] = self.prior.intercept
+            arrays["prior_weight"] = np.array(self.prior.weight)
         np.savez(tmp, allow_pickle=False, **arrays)
         os.replace(tmp, path)
         return path
@@ -188,7 +274,12 @@ def load_shortlist(folder: Path | None) -> Shortlist | None:
         with np.load(path, allow_pickle=False) as z:
             texts = [str(x) for x in z["texts"]] if "texts" in z.files else None
             labels = [str(x) for x in z["labels"]]
-            return Shortlist(int(z["k"]), labels, z["vectors"], str(z["embedder"]), texts, texts is not None)
+            prior = None
+            if "prior_weight" in z.files:
+                classes = [str(x) for x in z["prior_classes"]]
+                prior = LabelPrior(classes, z["prior_coef"], z["prior_intercept"], float(z["prior_weight"]))
+            index = Shortlist(int(z["k"]), labels, z["vectors"], str(z["embedder"]), texts, texts is not None, prior)
+            return index
     except (OSError, KeyError, ValueError) as exc:
         raise ModelError(
             f"the shortlist index {path} cannot be read ({exc})",

@@ -35,6 +35,7 @@ from slmloop.manifest import TaskConfig
 
 __all__ = [
     "EXAMPLES_KEY",
+    "PRIOR_KEY",
     "PROMPT_STYLES",
     "SHORTLIST_KEY",
     "TASK_FIELDS",
@@ -52,6 +53,9 @@ PROMPT_STYLES = ("full", "compact")
 SHORTLIST_KEY = "_shortlist"
 #: the row key holding an extraction row's examples: ``[input, answer]`` of its nearest training rows
 EXAMPLES_KEY = "_examples"
+#: the row key holding a classification row's label prior: ``{label: weight x log P(label)}`` (not shown
+#: in the prompt: label ranking adds it to the model's scores, see :mod:`slmloop.shortlist`)
+PRIOR_KEY = "_prior"
 
 #: the fields a source must provide, per task
 TASK_FIELDS: dict[str, tuple[str, ...]] = {

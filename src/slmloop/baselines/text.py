@@ -12,7 +12,7 @@ from slmloop.evaluate.answers import MIN_PROB, ModelAnswer
 from slmloop.manifest import TaskConfig
 from slmloop.tasks import input_text, target_text
 
-__all__ = ["fit_embedding_lr", "fit_nearest", "fit_tfidf_lr", "tfidf_features"]
+__all__ = ["fit_embedding_lr", "fit_nearest", "fit_tfidf_lr", "logistic_regression", "tfidf_features"]
 
 Predict = Callable[[list[dict[str, Any]]], list[ModelAnswer]]
 
@@ -30,7 +30,8 @@ def tfidf_features() -> Any:
     )
 
 
-def _classifier(c: float) -> Any:
+def logistic_regression(c: float = 20.0) -> Any:
+    """The classifier of the text baselines (and of a fine-tuned classifier's label prior)."""
     from sklearn.linear_model import LogisticRegression
 
     return LogisticRegression(C=c, max_iter=2000)
@@ -50,7 +51,7 @@ def _label_answers(model: Any, probs: np.ndarray) -> list[ModelAnswer]:
 def fit_tfidf_lr(task: TaskConfig, train: list[dict[str, Any]]) -> tuple[Predict, dict[str, Any]]:
     from sklearn.pipeline import make_pipeline
 
-    model = make_pipeline(tfidf_features(), _classifier(20.0))
+    model = make_pipeline(tfidf_features(), logistic_regression(20.0))
     model.fit([input_text(task, r) for r in train], [r["label"] for r in train])
     clf = model[-1]
 
@@ -63,7 +64,7 @@ def fit_tfidf_lr(task: TaskConfig, train: list[dict[str, Any]]) -> tuple[Predict
 def fit_embedding_lr(
     task: TaskConfig, train: list[dict[str, Any]], embed: Callable[[list[str]], np.ndarray]
 ) -> tuple[Predict, dict[str, Any]]:
-    clf = _classifier(20.0)
+    clf = logistic_regression(20.0)
     clf.fit(embed([input_text(task, r) for r in train]), [r["label"] for r in train])
 
     def predict(rows: list[dict[str, Any]]) -> list[ModelAnswer]:

@@ -16,9 +16,9 @@ from slmloop.evaluate.metrics import parse_json_object, value_pairs
 from slmloop.manifest import TaskConfig
 from slmloop.models.inference import generate, rank_labels
 from slmloop.models.loading import render_prompt
-from slmloop.tasks import parse_prediction, prompt_messages, target_text
+from slmloop.tasks import PRIOR_KEY, parse_prediction, prompt_messages, target_text
 
-__all__ = ["MIN_PROB", "ModelAnswer", "answer_rows", "is_correct", "label_probabilities"]
+__all__ = ["MIN_PROB", "ModelAnswer", "answer_rows", "fuse_prior", "is_correct", "label_probabilities"]
 
 #: label probabilities below this are not kept with an answer (a 150-label table per row says little)
 MIN_PROB = 1e-4
@@ -40,6 +40,20 @@ def label_probabilities(labels: list[str], logp: list[float | None]) -> dict[str
     return {lab: p for lab, p in sorted(probs.items(), key=lambda kv: -kv[1]) if p >= MIN_PROB}
 
 
+def fuse_prior(probs: dict[str, float], prior: dict[str, float]) -> dict[str, float]:
+    """The model's label probabilities times a prior's (``prior``: weighted log-probabilities), renormalised.
+
+    Only the labels the model scored (``probs``) compete; one the prior does not know gets the prior's
+    lowest value. Largest first, like :func:`label_probabilities`.
+    """
+    floor = min(prior.values()) if prior else 0.0
+    scored = {lab: math.log(max(p, 1e-300)) + prior.get(lab, floor) for lab, p in probs.items()}
+    top = max(scored.values())
+    z = sum(math.exp(x - top) for x in scored.values())
+    fused = {lab: math.exp(x - top) / z for lab, x in scored.items()}
+    return dict(sorted(fused.items(), key=lambda kv: -kv[1]))
+
+
 def answer_rows(
     task: TaskConfig,
     style: str,
@@ -56,7 +70,8 @@ def answer_rows(
     """The model's answer for every row (no reference needed).
 
     ``mode`` rank: the most likely label (with probabilities, see
-    :func:`~slmloop.models.inference.rank_labels` for ``margin``); generate: greedy text,
+    :func:`~slmloop.models.inference.rank_labels` for ``margin``), times the row's label prior
+    where it carries one (``scores["model_label"]`` keeps the model's own choice); generate: greedy text,
     parsed to the task's shape. An extraction answer is generated as a JSON object
     (it opens with ``{`` and ends when the object closes), whatever the model.
     """
@@ -64,10 +79,14 @@ def answer_rows(
     if mode == "rank":
         labels = task.label_list
         out = []
-        for logp in rank_labels(model, tok, prompts, labels, batch_size=batch_size, margin=margin, progress=progress):
+        ranked = rank_labels(model, tok, prompts, labels, batch_size=batch_size, margin=margin, progress=progress)
+        for row, logp in zip(rows, ranked, strict=True):
             probs = label_probabilities(labels, logp)
-            pred = next(iter(probs))
-            out.append(ModelAnswer(pred, pred, {"probs": probs}))
+            scores: dict[str, Any] = {"probs": probs}
+            if row.get(PRIOR_KEY):
+                scores = {"probs": fuse_prior(probs, row[PRIOR_KEY]), "model_label": next(iter(probs))}
+            pred = next(iter(scores["probs"]))
+            out.append(ModelAnswer(pred, pred, scores))
         return out
     gens = generate(
         model,

@@ -119,8 +119,11 @@ def _answer_local(
     if shortlist is not None:  # the model reads its shortlist after the request: part of the timed work
         asked = shortlist.annotate(task, gold, cache_dir=project.home / "cache" / "embeddings")
     style = target.prompt
-    if shortlist is not None:
+    if shortlist is not None and shortlist.k:
         style += f" + {shortlist.k} example(s)" if shortlist.examples else f" + shortlist of {shortlist.k}"
+    prior = shortlist.prior if shortlist is not None and mode == "rank" else None
+    if prior is not None:
+        style += f" · label prior x{prior.weight:g}"
     with progress_bar(console, f"{target.ref} ({mode}, {style} prompt)") as progress:
         bar = progress.add_task("eval", total=len(gold))
         answers = answer_rows(
@@ -139,6 +142,12 @@ def _answer_local(
     runtime["prompt_tokens_per_row"] = _prompt_tokens(tok, task, target.prompt, asked)
     if shortlist is not None:
         runtime["shortlist"] = shortlist.k
+    if prior is not None:  # how the model would have done on its own, beside the prior's product
+        runtime["label_prior"] = prior.weight
+        alone = [a.scores.get("model_label", a.prediction) for a in answers]
+        runtime["model_alone_accuracy"] = sum(x == str(r["label"]) for x, r in zip(alone, gold, strict=True)) / max(
+            len(gold), 1
+        )
     forgetting = None
     if cfg.forgetting is not None and target.adapter is not None:
         from slmloop.graduate.forgetting import forgetting_check

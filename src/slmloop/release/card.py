@@ -55,9 +55,18 @@ def _schema(task: TaskConfig) -> list[str]:
 
 
 def _shortlist_lines(prompt: dict[str, Any]) -> list[str]:
-    k = prompt.get("shortlist")
+    k, w = prompt.get("shortlist"), prompt.get("label_prior")
+    lines: list[str] = []
+    if w:
+        lines = [
+            f"Labels are ranked with a **label prior**: log P(model) + {w:g} x log P(prior), the prior a logistic",
+            "regression over the request's all-MiniLM-L6-v2 embedding (`adapter/shortlist.npz`; the weight was",
+            "chosen on the validation split). `slmloop serve` and `slmloop eval` apply it; a client that ranks the",
+            "labels itself must too (`slmloop.shortlist.load_shortlist`).",
+            "",
+        ]
     if not k:
-        return []
+        return lines
     if prompt.get("task") == "extraction":
         return [
             f"The model reads **examples** after each request: its {k} most similar training request(s)",
@@ -67,6 +76,7 @@ def _shortlist_lines(prompt: dict[str, Any]) -> list[str]:
             "",
         ]
     return [
+        *lines,
         f"The model reads a **shortlist** after each request: the {k} labels of its most similar training",
         "requests (all-MiniLM-L6-v2 neighbours, index in `adapter/shortlist.npz`), appended to the user",
         "message as `\\n(similar requests: a, b, c)`. `slmloop serve` and `slmloop eval` add it; a client",

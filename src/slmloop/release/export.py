@@ -67,17 +67,20 @@ def _task(project: Project, run: Run) -> TaskConfig:
 
 def _prompt_format(project: Project, run: Run) -> dict[str, Any]:
     """How the model must be asked: the style it was trained with and the exact system message."""
-    from slmloop.shortlist import SHORTLIST_TASKS
+    from slmloop.shortlist import SHORTLIST_TASKS, load_shortlist
     from slmloop.tasks import system_message
 
     task = _task(project, run)
     style = run.config.get("prompt", "full")
     shortlist = (run.config.get("train") or {}).get("shortlist") if task.type in SHORTLIST_TASKS else None
+    index = load_shortlist(project.locate(run.path) / "adapter")
+    weight = index.prior.weight if index is not None and index.prior is not None else None
     return {
         "style": style,
         "system": system_message(task, style) or None,
         "task": task.type,
         "shortlist": shortlist or None,
+        "label_prior": weight or None,
     }
 
 

@@ -36,7 +36,7 @@ def load_predictor(project: Project, release_ref: str | int | None) -> Predictor
         "shortlist": target.shortlist(),
     }
     if common["shortlist"] is not None:  # load the embedding model now, not on the first request
-        common["shortlist"].candidates(["warm-up"])
+        common["shortlist"].annotate(task, [{"text": "warm-up", "input": "warm-up"}])
     if m.serve.engine == "llamacpp":
         return _llama_cpp_predictor(project, release, common)
     if m.serve.engine == "vllm":

@@ -50,7 +50,7 @@ from slmloop.models.loading import (
     quiet_transformers,
 )
 from slmloop.project import Project
-from slmloop.shortlist import Shortlist, shortlist_size
+from slmloop.shortlist import LabelPrior, Shortlist, shortlist_size
 from slmloop.store import Run, atomic_dir, atomic_write_json, utcnow
 from slmloop.train.batching import (
     IGNORE,
@@ -96,6 +96,8 @@ __all__ = [
 ]
 
 LOWER_IS_BETTER = {"val_loss"}
+#: validation rows the label prior's weight is chosen on (HWU64: 760 rows, about 30 s of label ranking)
+PRIOR_VALIDATION_ROWS = 1000
 
 
 def resolve_train_config(base: TrainConfig, overrides: dict[str, Any] | None) -> TrainConfig:
@@ -231,6 +233,8 @@ class TrainSetup:
     origin: dict[str, Any] | None = None
     #: the index of the training split the rows' shortlists come from (train.shortlist), or None
     shortlist: Shortlist | None = None
+    #: the label prior's weight, chosen on the validation split after training (see choose_prior)
+    prior_choice: dict[str, Any] | None = None
 
 
 def _adapter_of(project: Project, ref: str) -> Path:
@@ -294,7 +298,7 @@ def setup(project: Project, overrides: dict[str, Any] | None = None, **options: 
     style = resumed.config.get("prompt", "full") if resumed else cfg.prompt
     k = shortlist_size(cfg.shortlist, task)
     cfg = cfg.model_copy(update={"shortlist": k})  # recorded resolved
-    shortlist = _with_shortlists(project, task, splits, k)
+    shortlist = _with_shortlists(project, task, splits, k, prior=cfg.label_prior != "off")
     return TrainSetup(
         project=project,
         config=cfg,
@@ -312,16 +316,58 @@ def setup(project: Project, overrides: dict[str, Any] | None = None, **options: 
     )
 
 
-def _with_shortlists(project: Project, task: TaskConfig, splits: DatasetSplits, k: int) -> Shortlist | None:
-    """Index the training split and give every row its shortlist (training rows: without themselves)."""
-    if not k:
+def _with_shortlists(
+    project: Project, task: TaskConfig, splits: DatasetSplits, k: int, *, prior: bool
+) -> Shortlist | None:
+    """Index the training split and give every row its shortlist (training rows: without themselves).
+
+    ``prior``: a classifier's index also fits the label prior (its weight, 0 until training has ended,
+    is chosen on the validation split by :func:`choose_prior`).
+    """
+    prior = prior and task.type == "classification" and len({r["label"] for r in splits.train}) > 1
+    if not k and not prior:
         return None
     cache = project.home / "cache" / "embeddings"
     shortlist = Shortlist.build(task, splits.train, k, cache_dir=cache)
+    if prior:
+        shortlist.prior = LabelPrior.fit(shortlist.vectors, shortlist.labels)
     splits.train = shortlist.annotate(task, splits.train, leave_out_self=True, cache_dir=cache)
     splits.validation = shortlist.annotate(task, splits.validation, cache_dir=cache)
     splits.gold = shortlist.annotate(task, splits.gold, cache_dir=cache)
     return shortlist
+
+
+def choose_prior(st: TrainSetup, parts: Parts, console: Console) -> dict[str, Any] | None:
+    """Weigh the label prior on the validation split: the model's own label scores, times the prior's to the
+    power of each of PRIOR_WEIGHTS; the weight right most often wins (0: the prior is dropped)."""
+    from slmloop.evaluate.answers import answer_rows
+    from slmloop.models.embedder import embed
+    from slmloop.tasks import input_text
+
+    prior = st.shortlist.prior if st.shortlist is not None else None
+    rows = st.splits.validation[:PRIOR_VALIDATION_ROWS]
+    if prior is None or not rows:
+        return None
+    m = st.project.manifest
+    parts.model.eval()
+    with console.status(f"weighing the label prior on {len(rows)} validation rows …"):
+        answers = answer_rows(
+            st.task,
+            st.prompt,
+            "rank",
+            parts.model,
+            parts.tokenizer,
+            rows,
+            batch_size=m.eval.batch_size,
+            max_new_tokens=m.eval.max_new_tokens,
+            margin=m.eval.rank_margin,
+        )
+        vectors = embed([input_text(st.task, r) for r in rows], cache_dir=st.project.home / "cache" / "embeddings")
+        choice = prior.choose_weight([a.scores["probs"] for a in answers], vectors, [str(r["label"]) for r in rows])
+    parts.model.train()
+    if not prior.weight:
+        st.shortlist.prior = None  # type: ignore[union-attr]
+    return choice
 
 
 def _resumable_run(project: Project, ref: str) -> Run:
@@ -680,11 +726,14 @@ def _shortlist_summary(st: TrainSetup) -> dict[str, Any] | None:
 
     out: dict[str, Any] = {
         "k": st.shortlist.k,
+        "prior": st.prior_choice,
         "kind": "examples" if st.shortlist.examples else "labels",
         "index_rows": len(st.shortlist.labels),
         "embedder": st.shortlist.embedder,
     }
     for split, rows in (("train", st.splits.train), ("validation", st.splits.validation)):
+        if not st.shortlist.k:
+            continue
         if st.shortlist.examples:
             out[f"{split}_same_fields"] = same_fields(rows)
         else:
@@ -1115,7 +1164,7 @@ def save(st: TrainSetup, parts: Parts, run: Run, state: LoopState, forecast: For
     with atomic_dir(run_dir / "adapter") as tmp:
         parts.model.save_pretrained(tmp)
         parts.tokenizer.save_pretrained(tmp)
-        if st.shortlist is not None:
+        if st.shortlist is not None and (st.shortlist.k or st.shortlist.prior is not None):
             st.shortlist.save(tmp)
     atomic_write_json(run_dir / "run.json", meta)
     plot_loss_curve(steps, run_dir / "loss_curve.png", title=f"{run.name} · {st.model_ref.spec}")
@@ -1184,6 +1233,7 @@ def train(
     if not parts.main:
         parts.accelerator.wait_for_everyone()
         return run
+    st.prior_choice = choose_prior(st, parts, console)
     result = save(st, parts, run, state, forecast)
     parts.accelerator.wait_for_everyone()
     return result

@@ -17,7 +17,9 @@ Tasks:
 ``--json FILE`` writes a list with one object per task: task, wall_s (whole loop), stages,
 metric, finetuned, finetuned_ci, base, baselines, best_baseline {name, value}, verdict,
 eval_s (fine-tuned gold eval), train_s, forecast (training and eval), tokens_per_row and
-tokens_per_row_ratio (a training row with the task's schema vs a 2-label / 3-field one).
+tokens_per_row_ratio (a training row with the task's schema vs a 2-label / 3-field one). A
+classifier with a label prior (train.label_prior) also has finetuned.label_prior (its weight)
+and finetuned.model_alone (the fine-tuned model's accuracy without it).
 """
 
 from __future__ import annotations
@@ -244,6 +246,10 @@ def run_task(name: str, args: argparse.Namespace, overrides: dict[str, Any]) -> 
         "run": {"name": run.name, "config": run.config.get("train"), "steps": forecast["steps"]},
         "subsets": tuned.metrics.get("subsets"),
     }
+    runtime = tuned.metrics.get("runtime") or {}
+    if "label_prior" in runtime:  # the label prior's product; the model on its own beside it
+        result["finetuned"]["label_prior"] = runtime["label_prior"]
+        result["finetuned"]["model_alone"] = runtime["model_alone_accuracy"]
     if task.type == "extraction":
         result["finetuned"]["exact_match"] = tuned.metrics.get("exact_match")
         result["finetuned"]["json_valid_rate"] = tuned.metrics.get("json_valid_rate")
@@ -292,6 +298,12 @@ def _table(results: list[dict[str, Any]]) -> None:
         stages = ", ".join(f"{k} {v:.0f} s" for k, v in r["stages"].items())
         print(f"{r['task']}: {stages}")
         print(f"  {r['verdict_vs_base']}")
+        ft = r["finetuned"]
+        if "label_prior" in ft:
+            print(
+                f"  with the label prior (weight {ft['label_prior']:g}, chosen on validation): {ft['value']:.3f}; "
+                f"the fine-tuned model on its own: {ft['model_alone']:.3f}"
+            )
         if r["sentence_vs_best_baseline"]:
             print(f"  {r['sentence_vs_best_baseline']}")
         f = r["forecast"]

@@ -76,7 +76,7 @@ def test_auto_turns_the_shortlist_on_for_many_labels_only() -> None:
     assert shortlist_size("auto", many) == 5
     assert shortlist_size("auto", TASK) == 0  # 3 labels: a shortlist would name most of them
     assert shortlist_size(2, TASK) == 2
-    assert shortlist_size("auto", EXTRACT) == 1  # one example for any extractor
+    assert shortlist_size("auto", EXTRACT) == 0  # examples cost more than they gave on HWU64 slots
     assert shortlist_size(3, EXTRACT) == 3
     assert shortlist_size("auto", TaskConfig(type="generation", instruction="Write.")) == 0
 
@@ -228,7 +228,7 @@ def test_an_extractor_with_examples_is_asked_the_same_way_by_eval_export_and_ser
         model={"max_length": 96},
         eval={"max_new_tokens": 12},
         serve={"max_new_tokens": 12},
-        train={"epochs": 1},  # shortlist: auto gives an extractor one example
+        train={"epochs": 1, "shortlist": 1},
     )
     p = open_project(root)
     import_source(p, p.manifest.data.sources[0])

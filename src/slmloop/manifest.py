@@ -257,7 +257,8 @@ class TrainConfig(Section):
         "training requests (this many, most likely first; MiniLM neighbours) and learns when to follow "
         "them. Extraction: it reads this many of its most similar training requests with their answers "
         "(examples of the annotation conventions). auto: 5 labels when the task has 10 labels or more, "
-        "else off; no examples for extraction (measured: docs/training.md); 0: off. Recorded in the run; the index ships with the release.",
+        "else off; no examples for extraction (measured: docs/training.md); 0: off. Recorded in the run; "
+        "the index ships with the release.",
     )
     label_prior: Literal["auto", "off"] = Field(
         "auto",

@@ -133,7 +133,7 @@ def _tokens_per_row(project: Any, rows: list[dict[str, Any]], shortlist: Any) ->
     )
     sample = rows[:500]
     small_sample = sample
-    if shortlist is not None:
+    if shortlist is not None and shortlist.k:
         sample = shortlist.annotate(task, sample)
         small_sample = sample  # an extractor's examples do not depend on the schema
         if not shortlist.examples:
@@ -151,7 +151,7 @@ def _tokens_per_row(project: Any, rows: list[dict[str, Any]], shortlist: Any) ->
     style = project.manifest.train.prompt
     out = {
         "style": style,
-        "shortlist": shortlist.k if shortlist is not None else 0,
+        "shortlist": shortlist.k if shortlist is not None else 0,  # a label prior alone is not in the prompt
         "schema": mean(task, style, sample),
         "small_schema": mean(small, style, small_sample),
     }

@@ -265,7 +265,13 @@ def render_forecast(f: Forecast, title: str = "preflight") -> Table:
         t.add_row("gold evaluation", f"~{f.eval_seconds / 60:.1f} min for {f.eval_rows} rows ({f.eval_mode})")
     fit = "[green]fits[/green]" if f.fits else "[bold red]does NOT fit[/bold red]"
     t.add_row("peak memory", f"~{f.peak_memory_gib:.2f} GiB of {f.available_memory_gib:.1f} GiB available: {fit}")
-    if f.shortlist:
+    if f.shortlist and f.shortlist.get("prior_classes"):
+        t.add_row(
+            "label prior",
+            f"MiniLM + logistic regression over {f.shortlist['index_rows']:,} training rows "
+            f"({f.shortlist['prior_classes']} labels); its weight is chosen on the validation split after training",
+        )
+    if f.shortlist and f.shortlist["k"]:
         sl = f.shortlist
         what = "examples (input and answer)" if sl.get("kind") == "examples" else "labels"
         line = f"{sl['k']} {what} a row from the nearest of {sl['index_rows']:,} training rows"

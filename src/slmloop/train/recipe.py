@@ -727,6 +727,7 @@ def _shortlist_summary(st: TrainSetup) -> dict[str, Any] | None:
     out: dict[str, Any] = {
         "k": st.shortlist.k,
         "prior": st.prior_choice,
+        "prior_classes": len(st.shortlist.prior.classes) if st.shortlist.prior is not None else 0,
         "kind": "examples" if st.shortlist.examples else "labels",
         "index_rows": len(st.shortlist.labels),
         "embedder": st.shortlist.embedder,

@@ -54,6 +54,7 @@ __all__ = [
     "POWER",
     "PRIOR_WEIGHTS",
     "SHORTLIST_FILE",
+    "SHORTLIST_TASKS",
     "LabelPrior",
     "Shortlist",
     "load_shortlist",

@@ -134,34 +134,41 @@ def test_the_index_round_trips_without_its_texts(fake_embed: None, tmp_path: Pat
         load_shortlist(tmp_path)
 
 
-@pytest.mark.integration
-def test_a_run_with_a_shortlist_is_asked_the_same_way_by_eval_export_and_serve(
-    tmp_path: Path, tiny_model: Path
-) -> None:
+def _trained(root: Path, k: int) -> tuple:
+    """Import, prepare and train the project at ``root``; its run, adapter folder, index and splits."""
     from slmloop.data.importer import import_source
     from slmloop.data.prepare import prepare_dataset
     from slmloop.data.versions import load_dataset
-    from slmloop.evaluate.evaluate import _prompt_tokens, evaluate
-    from slmloop.models.catalog import ResolvedModel
-    from slmloop.models.loading import load_tokenizer
     from slmloop.project import open_project
-    from slmloop.release.export import export_release
-    from slmloop.serve.server import load_predictor
-    from slmloop.targets import resolve_target
     from slmloop.train.recipe import train
-    from tests.conftest import write_project
-    from tests.tiny import toy_rows
 
-    root = write_project(tmp_path / "p", tiny_model, toy_rows(120), train={"shortlist": 2, "epochs": 2})
     p = open_project(root)
     import_source(p, p.manifest.data.sources[0])
     prepare_dataset(p)
     run = train(p)
-    assert run.config["train"]["shortlist"] == 2
+    assert run.config["train"]["shortlist"] == k
     adapter = p.locate(run.path) / "adapter"
     index = load_shortlist(adapter)
-    splits = load_dataset(p)
-    assert index is not None and index.k == 2 and len(index.labels) == len(splits.train)
+    assert index is not None
+    return p, run, adapter, index, load_dataset(p)
+
+
+@pytest.mark.integration
+def test_a_run_with_a_shortlist_is_asked_the_same_way_by_eval_export_and_serve(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    from slmloop.evaluate.evaluate import _prompt_tokens, evaluate
+    from slmloop.models.catalog import ResolvedModel
+    from slmloop.models.loading import load_tokenizer
+    from slmloop.release.export import export_release
+    from slmloop.serve.server import load_predictor
+    from slmloop.targets import resolve_target
+    from tests.conftest import write_project
+    from tests.tiny import toy_rows
+
+    root = write_project(tmp_path / "p", tiny_model, toy_rows(120), train={"shortlist": 2, "epochs": 2})
+    p, run, adapter, index, splits = _trained(root, 2)
+    assert index.k == 2 and len(index.labels) == len(splits.train)
     assert set(index.labels) == {"ham", "spam"}
     summary = json.loads((p.locate(run.path) / "run.json").read_text())["shortlist"]
     assert summary["k"] == 2 and summary["index_rows"] == len(splits.train)
@@ -202,13 +209,9 @@ def test_an_extractor_with_examples_is_asked_the_same_way_by_eval_export_and_ser
 ) -> None:
     import random
 
-    from slmloop.data.importer import import_source
-    from slmloop.data.prepare import prepare_dataset
-    from slmloop.data.versions import load_dataset
     from slmloop.evaluate.evaluate import _prompt_tokens, evaluate
     from slmloop.models.catalog import ResolvedModel
     from slmloop.models.loading import load_tokenizer, render_prompt
-    from slmloop.project import open_project
     from slmloop.release.export import export_release
     from slmloop.serve import engine
     from slmloop.serve.server import load_predictor
@@ -230,17 +233,8 @@ def test_an_extractor_with_examples_is_asked_the_same_way_by_eval_export_and_ser
         serve={"max_new_tokens": 12},
         train={"epochs": 1, "shortlist": 1},
     )
-    p = open_project(root)
-    import_source(p, p.manifest.data.sources[0])
-    prepare_dataset(p)
-    from slmloop.train.recipe import train
-
-    run = train(p)
-    assert run.config["train"]["shortlist"] == 1
-    adapter = p.locate(run.path) / "adapter"
-    index = load_shortlist(adapter)
-    splits = load_dataset(p)
-    assert index is not None and index.examples and index.texts == [r["text"] for r in splits.train]
+    p, run, adapter, index, splits = _trained(root, 1)
+    assert index.examples and index.texts == [r["text"] for r in splits.train]
     summary = json.loads((p.locate(run.path) / "run.json").read_text())["shortlist"]
     assert summary["kind"] == "examples" and summary["index_rows"] == len(splits.train)
     # half the rows name a place and half do not: the nearest example agrees on the fields sometimes, not never

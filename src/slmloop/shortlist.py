@@ -184,7 +184,7 @@ class Shortlist:
         return self._candidates(texts, embed(texts, self.embedder, cache_dir), leave_out_self)
 
     def _candidates(self, texts: list[str], query: np.ndarray, leave_out_self: bool) -> list[list[Any]]:
-        if not texts or not self.labels or not self.k:
+        if not self.labels or not self.k:  # a prior-only index (k = 0) has no shortlist to give
             return [[] for _ in texts]
         if (leave_out_self or self.examples) and self.texts is None:
             raise ModelError("this shortlist was loaded without its texts", hint="Rebuild it from the training rows.")
@@ -281,8 +281,7 @@ def load_shortlist(folder: Path | None) -> Shortlist | None:
             if "prior_weight" in z.files:
                 classes = [str(x) for x in z["prior_classes"]]
                 prior = LabelPrior(classes, z["prior_coef"], z["prior_intercept"], float(z["prior_weight"]))
-            index = Shortlist(int(z["k"]), labels, z["vectors"], str(z["embedder"]), texts, texts is not None, prior)
-            return index
+            return Shortlist(int(z["k"]), labels, z["vectors"], str(z["embedder"]), texts, texts is not None, prior)
     except (OSError, KeyError, ValueError) as exc:
         raise ModelError(
             f"the shortlist index {path} cannot be read ({exc})",

@@ -250,6 +250,9 @@ def run_task(name: str, args: argparse.Namespace, overrides: dict[str, Any]) -> 
     if "label_prior" in runtime:  # the label prior's product; the model on its own beside it
         result["finetuned"]["label_prior"] = runtime["label_prior"]
         result["finetuned"]["model_alone"] = runtime["model_alone_accuracy"]
+    if "span_prior" in runtime:  # the span prior's fused answers; the model on its own beside them
+        result["finetuned"]["span_prior"] = runtime["span_prior"]
+        result["finetuned"]["model_alone"] = runtime["model_alone_micro_f1"]
     if task.type == "extraction":
         result["finetuned"]["exact_match"] = tuned.metrics.get("exact_match")
         result["finetuned"]["json_valid_rate"] = tuned.metrics.get("json_valid_rate")
@@ -302,6 +305,12 @@ def _table(results: list[dict[str, Any]]) -> None:
         if "label_prior" in ft:
             print(
                 f"  with the label prior (weight {ft['label_prior']:g}, chosen on validation): {ft['value']:.3f}; "
+                f"the fine-tuned model on its own: {ft['model_alone']:.3f}"
+            )
+        if "span_prior" in ft:
+            rule = ", ".join(f"{k} {v:g}" for k, v in ft["span_prior"].items())
+            print(
+                f"  with the span prior (CRF tagger; rule {rule}, chosen on validation): {ft['value']:.3f}; "
                 f"the fine-tuned model on its own: {ft['model_alone']:.3f}"
             )
         if r["sentence_vs_best_baseline"]:

@@ -267,6 +267,14 @@ class TrainConfig(Section):
         "make different mistakes). auto: w is chosen on the validation split after training (0: not used); "
         "off: the model's own scores. Recorded in the run; the regression ships with the release.",
     )
+    span_prior: Literal["auto", "off"] = Field(
+        "auto",
+        description="Extraction: a CRF tagger (the crf baseline's) is fit on the training split, and after the "
+        "model answers, each value is weighed against the tagger's probability for its span: unlikely values "
+        "are dropped, confident ones the model missed are added. auto: the rule is chosen on the validation "
+        "split after training (the model alone when nothing measured better: then it is not shipped); off: "
+        "the model's own answers. Recorded in the run; the tagger ships with the release.",
+    )
     learning_rate: float = Field(2e-3, gt=0.0, description="Peak learning rate.")
     scheduler: Literal["cosine", "linear", "constant"] = Field(
         "cosine", description="Learning-rate schedule after warm-up."

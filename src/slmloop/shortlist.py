@@ -32,6 +32,10 @@ log P_model(label) + w * log P_prior(label), a product of experts: the fine-tune
 embeddings make different mistakes. w is chosen on the validation split after training, among
 :data:`PRIOR_WEIGHTS` (0: the prior is not used, and not shipped). The prior is not part of the
 prompt: whoever ranks the labels adds it (:func:`slmloop.evaluate.answers.answer_rows`).
+
+An extractor's index may carry a **span prior** instead (``train.span_prior``, :mod:`slmloop.spans`):
+a CRF tagger whose reading of the request is weighed against the model's answer. It needs no
+embeddings, so an index that holds only a span prior indexes no rows.
 """
 
 from __future__ import annotations
@@ -43,9 +47,11 @@ from typing import Any
 
 import numpy as np
 
+from slmloop.baselines.crf import SpanTagger
 from slmloop.errors import ModelError
 from slmloop.manifest import TaskConfig
 from slmloop.models.embedder import embed
+from slmloop.spans import SpanPrior, SpanRule
 from slmloop.tasks import EXAMPLES_KEY, PRIOR_KEY, SHORTLIST_KEY, input_text, target_text
 
 __all__ = [
@@ -161,6 +167,22 @@ class Shortlist:
     texts: list[str] | None = None  # the indexed inputs (kept while training, for leave-one-out)
     examples: bool = False  # extraction: the shortlist is the nearest rows' inputs with their answers
     prior: LabelPrior | None = None  # classification: the label prior fit on the indexed rows
+    spans: SpanPrior | None = None  # extraction: the span prior (a CRF tagger fit on the training split)
+
+    @classmethod
+    def empty(cls) -> Shortlist:
+        """An index of no rows (it carries only a prior)."""
+        return cls(0, [], np.zeros((0, 1), dtype=np.float32))
+
+    @property
+    def in_use(self) -> bool:
+        """Whether a model answering with this index reads or is weighed by any of it."""
+        return bool(self.k) or (self.prior is not None and self.prior.weight > 0) or self.active_spans is not None
+
+    @property
+    def active_spans(self) -> SpanPrior | None:
+        """The span prior, where its rule can change an answer."""
+        return self.spans if self.spans is not None and self.spans.rule.active else None
 
     @classmethod
     def build(cls, task: TaskConfig, rows: list[dict[str, Any]], k: int, cache_dir: Path | None = None) -> Shortlist:
@@ -222,18 +244,23 @@ class Shortlist:
         cache_dir: Path | None = None,
     ) -> list[dict[str, Any]]:
         """Copies of ``rows`` carrying their shortlist (the prompt shows it after the request) and, when the
-        index has a label prior in use, their prior (label ranking adds it)."""
+        index has a prior in use, what the answering code weighs the model's answer with: a classifier's
+        label prior (label ranking adds it), an extractor's span reading."""
         texts = [input_text(task, r) for r in rows]
         prior = self.prior if self.prior is not None and self.prior.weight > 0 else None
-        if not rows or (not self.k and prior is None):
-            return [dict(r) for r in rows]
-        query = embed(texts, self.embedder, cache_dir)
-        found = self._candidates(texts, query, leave_out_self)
-        key = EXAMPLES_KEY if self.examples else SHORTLIST_KEY
-        out = [{**r, key: c} if self.k else dict(r) for r, c in zip(rows, found, strict=True)]
-        if prior is not None:
-            for r, p in zip(out, prior.row_priors(query), strict=True):
-                r[PRIOR_KEY] = p
+        out = [dict(r) for r in rows]
+        if rows and (self.k or prior is not None):
+            query = embed(texts, self.embedder, cache_dir)
+            found = self._candidates(texts, query, leave_out_self)
+            key = EXAMPLES_KEY if self.examples else SHORTLIST_KEY
+            if self.k:
+                for r, c in zip(out, found, strict=True):
+                    r[key] = c
+            if prior is not None:
+                for r, p in zip(out, prior.row_priors(query), strict=True):
+                    r[PRIOR_KEY] = p
+        if rows and self.active_spans is not None:
+            out = self.active_spans.annotate(task, out)
         return out
 
     def save(self, folder: Path) -> Path:
@@ -256,6 +283,10 @@ class Shortlist:
             arrays["prior_coef"] = self.prior.coef
             arrays["prior_intercept"] = self.prior.intercept
             arrays["prior_weight"] = np.array(self.prior.weight)
+        if self.active_spans is not None:
+            arrays["spans_model"] = np.frombuffer(self.active_spans.tagger.model, dtype=np.uint8)
+            arrays["spans_fields"] = np.array(self.active_spans.tagger.fields, dtype=str)
+            arrays["spans_rule"] = np.array(self.active_spans.rule.as_list())
         np.savez(tmp, allow_pickle=False, **arrays)
         os.replace(tmp, path)
         return path
@@ -281,7 +312,12 @@ def load_shortlist(folder: Path | None) -> Shortlist | None:
             if "prior_weight" in z.files:
                 classes = [str(x) for x in z["prior_classes"]]
                 prior = LabelPrior(classes, z["prior_coef"], z["prior_intercept"], float(z["prior_weight"]))
-            return Shortlist(int(z["k"]), labels, z["vectors"], str(z["embedder"]), texts, texts is not None, prior)
+            spans = None
+            if "spans_model" in z.files:
+                tagger = SpanTagger(z["spans_model"].tobytes(), [str(x) for x in z["spans_fields"]])
+                spans = SpanPrior(tagger, SpanRule(*(float(x) for x in z["spans_rule"])))
+            vectors, embedder = z["vectors"], str(z["embedder"])
+            return Shortlist(int(z["k"]), labels, vectors, embedder, texts, texts is not None, prior, spans)
     except (OSError, KeyError, ValueError) as exc:
         raise ModelError(
             f"the shortlist index {path} cannot be read ({exc})",

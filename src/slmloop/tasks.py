@@ -38,6 +38,7 @@ __all__ = [
     "PRIOR_KEY",
     "PROMPT_STYLES",
     "SHORTLIST_KEY",
+    "SPANS_KEY",
     "TASK_FIELDS",
     "input_text",
     "parse_prediction",
@@ -56,6 +57,10 @@ EXAMPLES_KEY = "_examples"
 #: the row key holding a classification row's label prior: ``{label: weight x log P(label)}`` (not shown
 #: in the prompt: label ranking adds it to the model's scores, see :mod:`slmloop.shortlist`)
 PRIOR_KEY = "_prior"
+#: the row key holding an extraction row's span reading: a CRF tagger's tags and marginals on the input's
+#: tokens, with the rule that weighs them against the model's answer (not shown in the prompt either, see
+#: :mod:`slmloop.spans`)
+SPANS_KEY = "_spans"
 
 #: the fields a source must provide, per task
 TASK_FIELDS: dict[str, tuple[str, ...]] = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from slmloop.errors import ConfigError, DataError
@@ -37,8 +38,11 @@ def baselines_for(task: TaskConfig) -> list[str]:
     return [name for name, types in BASELINES.items() if task.type in types]
 
 
-def fit_baseline(name: str, task: TaskConfig, train: list[dict[str, Any]], embed: Embed) -> FittedBaseline:
-    """Fit baseline ``name`` on ``train`` rows. ``embed`` maps texts to unit vectors (MiniLM)."""
+def fit_baseline(
+    name: str, task: TaskConfig, train: list[dict[str, Any]], embed: Embed, cache_dir: Path | None = None
+) -> FittedBaseline:
+    """Fit baseline ``name`` on ``train`` rows. ``embed`` maps texts to unit vectors (MiniLM); ``cache_dir``
+    keeps fitted CRF taggers (the span prior reuses the one fit on the same rows)."""
     if name not in BASELINES:
         raise ConfigError(f"no baseline named {name!r}", hint=f"Baselines: {', '.join(BASELINES)}.")
     if task.type not in BASELINES[name]:
@@ -56,7 +60,7 @@ def fit_baseline(name: str, task: TaskConfig, train: list[dict[str, Any]], embed
     elif name == "minilm-lr":
         predict, info = text.fit_embedding_lr(task, train, embed)
     elif name == "crf":
-        predict, info = crf.fit_crf(task, train)
+        predict, info = crf.fit_crf(task, train, cache_dir)
     else:
         predict, info = text.fit_nearest(task, train, embed)
     return FittedBaseline(name, time.perf_counter() - started, predict, info)

@@ -9,17 +9,23 @@ predicts its value, or its absence, from the whole input.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+import tempfile
+import threading
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from slmloop.evaluate.answers import ModelAnswer
 from slmloop.manifest import TaskConfig
 from slmloop.tasks import input_text
 
-__all__ = ["bio_tags", "decode_spans", "fit_crf", "span_fields", "tokens"]
+__all__ = ["SPAN_SHARE", "SpanTagger", "bio_tags", "decode_spans", "find_span", "fit_crf", "span_fields", "tokens"]
 
 Predict = Callable[[list[dict[str, Any]]], list[ModelAnswer]]
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -36,7 +42,7 @@ def _values(v: Any) -> list[Any]:
     return [x for x in (v if isinstance(v, list) else [v]) if x is not None and x != ""]
 
 
-def _find(toks: list[tuple[str, int, int]], value: str, taken: set[int]) -> tuple[int, int] | None:
+def find_span(toks: list[tuple[str, int, int]], value: str, taken: set[int]) -> tuple[int, int] | None:
     want = [t.lower() for t, _, _ in tokens(value)]
     words = [t.lower() for t, _, _ in toks]
     if not want:
@@ -55,7 +61,7 @@ def bio_tags(text: str, output: dict[str, Any], fields: set[str]) -> tuple[list[
     missed = 0
     for f in sorted(fields):
         for v in _values(output.get(f)):
-            span = _find(toks, str(v), taken) if isinstance(v, str | int | float) else None
+            span = find_span(toks, str(v), taken) if isinstance(v, str | int | float) else None
             if span is None:
                 missed += 1
                 continue
@@ -76,7 +82,7 @@ def span_fields(task: TaskConfig, train: list[dict[str, Any]]) -> dict[str, floa
         for f, v in r["output"].items():
             for x in _values(v):
                 total[f] += 1
-                found[f] += isinstance(x, str | int | float) and _find(toks, str(x), set()) is not None
+                found[f] += isinstance(x, str | int | float) and find_span(toks, str(x), set()) is not None
     return {f: found[f] / total[f] for f in total}
 
 
@@ -130,8 +136,89 @@ def decode_spans(text: str, toks: list[tuple[str, int, int]], tags: list[str]) -
     return out
 
 
-def fit_crf(task: TaskConfig, train: list[dict[str, Any]]) -> tuple[Predict, dict[str, Any]]:
-    import sklearn_crfsuite
+#: the CRF's training settings: L-BFGS with elastic-net regularisation
+CRF_PARAMS = {"c1": 0.05, "c2": 0.05, "max_iterations": 150}
+#: bump when the tokens or features change: cached taggers of an older version are not reused
+CRF_VERSION = 1
+
+
+@dataclass
+class SpanTagger:
+    """A linear-chain CRF (crfsuite) that tags the values of ``fields`` on an input's tokens."""
+
+    model: bytes  # the crfsuite model file
+    fields: list[str]
+    _tagger: Any = field(default=None, init=False, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+
+    @classmethod
+    def fit(
+        cls, task: TaskConfig, train: list[dict[str, Any]], fields: set[str], cache_dir: Path | None = None
+    ) -> SpanTagger:
+        """Train on the BIO tags of ``fields`` in ``train`` (about 2 minutes for 10,000 rows on 2 cores).
+
+        ``cache_dir``: a model trained on the very same rows and fields before is read from there (the
+        ``crf`` baseline and the span prior fit the same tagger on the same training split).
+        """
+        import pycrfsuite
+
+        texts = [input_text(task, r) for r in train]
+        key = hashlib.sha256(
+            json.dumps(
+                [CRF_VERSION, CRF_PARAMS, sorted(fields), texts, [r["output"] for r in train]], sort_keys=True
+            ).encode("utf-8")
+        ).hexdigest()[:32]
+        cached = cache_dir / f"{key}.crfsuite" if cache_dir is not None else None
+        if cached is not None and cached.exists():
+            return cls(cached.read_bytes(), sorted(fields))
+        trainer = pycrfsuite.Trainer(algorithm="lbfgs", verbose=False)
+        trainer.set_params(CRF_PARAMS)
+        for text, r in zip(texts, train, strict=True):
+            toks, tags, _ = bio_tags(text, r["output"], fields)
+            trainer.append(_features(toks), tags)
+        with tempfile.TemporaryDirectory(prefix="slmloop-crf-") as tmp:
+            path = Path(tmp) / "model.crfsuite"
+            trainer.train(str(path))
+            model = path.read_bytes()
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            part = cached.with_suffix(f".{os.getpid()}.tmp")
+            part.write_bytes(model)
+            os.replace(part, cached)
+        return cls(model, sorted(fields))
+
+    def _open(self) -> Any:
+        if self._tagger is None:
+            import pycrfsuite
+
+            self._tagger = pycrfsuite.Tagger()
+            self._tagger.open_inmemory(self.model)
+        return self._tagger
+
+    def tag(self, text: str) -> tuple[list[tuple[str, int, int]], list[str]]:
+        """The tokens of ``text`` and their most likely tags."""
+        toks = tokens(text)
+        with self._lock:
+            return toks, list(self._open().tag(_features(toks))) if toks else []
+
+    def read(self, text: str, min_p: float) -> tuple[list[tuple[str, int, int]], list[str], list[dict[str, float]]]:
+        """Tokens, most likely tags and each token's tag marginals (those of at least ``min_p``)."""
+        toks = tokens(text)
+        if not toks:
+            return toks, [], []
+        with self._lock:
+            tagger = self._open()
+            tags = list(tagger.tag(_features(toks)))  # sets the sequence the marginals are read on
+            labels = tagger.labels()
+            marginals = [
+                {y: round(p, 4) for y in labels if (p := tagger.marginal(y, t)) >= min_p} for t in range(len(toks))
+            ]
+        return toks, tags, marginals
+
+
+def fit_crf(
+    task: TaskConfig, train: list[dict[str, Any]], cache_dir: Path | None = None
+) -> tuple[Predict, dict[str, Any]]:
     from sklearn.pipeline import make_pipeline
 
     from slmloop.baselines.text import tfidf_features
@@ -140,15 +227,7 @@ def fit_crf(task: TaskConfig, train: list[dict[str, Any]]) -> tuple[Predict, dic
     spans = {f for f, share in shares.items() if share >= SPAN_SHARE}
     others = sorted(set(shares) - spans)
     texts = [input_text(task, r) for r in train]
-    crf = None
-    if spans:
-        x, y = [], []
-        for text, r in zip(texts, train, strict=True):
-            toks, tags, _ = bio_tags(text, r["output"], spans)
-            x.append(_features(toks))
-            y.append(tags)
-        crf = sklearn_crfsuite.CRF(algorithm="lbfgs", c1=0.05, c2=0.05, max_iterations=150)
-        crf.fit(x, y)
+    crf = SpanTagger.fit(task, train, spans, cache_dir) if spans else None
     classifiers: dict[str, Any] = {}
     for f in others:
         labels = [json.dumps(r["output"][f], sort_keys=True) if f in r["output"] else ABSENT for r in train]
@@ -165,10 +244,8 @@ def fit_crf(task: TaskConfig, train: list[dict[str, Any]]) -> tuple[Predict, dic
         inputs = [input_text(task, r) for r in rows]
         objs: list[dict[str, Any]] = [{} for _ in rows]
         if crf is not None:
-            all_toks = [tokens(t) for t in inputs]
-            tagged = crf.predict([_features(t) for t in all_toks])
-            for obj, text, toks, tags in zip(objs, inputs, all_toks, tagged, strict=True):
-                for f, values in decode_spans(text, toks, list(tags)).items():
+            for obj, text in zip(objs, inputs, strict=True):
+                for f, values in decode_spans(text, *crf.tag(text)).items():
                     obj[f] = values[0] if len(values) == 1 else values
         for f, model in classifiers.items():
             guesses = [model] * len(rows) if isinstance(model, str) else model.predict(inputs)

@@ -7,6 +7,7 @@ same way everywhere.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,9 +17,17 @@ from slmloop.evaluate.metrics import parse_json_object, value_pairs
 from slmloop.manifest import TaskConfig
 from slmloop.models.inference import generate, rank_labels
 from slmloop.models.loading import render_prompt
-from slmloop.tasks import PRIOR_KEY, parse_prediction, prompt_messages, target_text
+from slmloop.tasks import PRIOR_KEY, SPANS_KEY, input_text, parse_prediction, prompt_messages, target_text
 
-__all__ = ["MIN_PROB", "ModelAnswer", "answer_rows", "fuse_prior", "is_correct", "label_probabilities"]
+__all__ = [
+    "MIN_PROB",
+    "ModelAnswer",
+    "answer_rows",
+    "fuse_prior",
+    "generated_answer",
+    "is_correct",
+    "label_probabilities",
+]
 
 #: label probabilities below this are not kept with an answer (a 150-label table per row says little)
 MIN_PROB = 1e-4
@@ -73,7 +82,8 @@ def answer_rows(
     :func:`~slmloop.models.inference.rank_labels` for ``margin``), times the row's label prior
     where it carries one (``scores["model_label"]`` keeps the model's own choice); generate: greedy text,
     parsed to the task's shape. An extraction answer is generated as a JSON object
-    (it opens with ``{`` and ends when the object closes), whatever the model.
+    (it opens with ``{`` and ends when the object closes), whatever the model; where the row carries a
+    span reading (:mod:`slmloop.spans`) it is weighed in (``scores["model_answer"]`` keeps the model's own).
     """
     prompts = [render_prompt(tok, prompt_messages(task, r, style)) for r in rows]
     if mode == "rank":
@@ -97,7 +107,20 @@ def answer_rows(
         progress=progress,
         json_object=task.type == "extraction",
     )
-    return [ModelAnswer(parse_prediction(task, text), text, {"new_tokens": n}) for text, n in gens]
+    return [generated_answer(task, row, text, n) for row, (text, n) in zip(rows, gens, strict=True)]
+
+
+def generated_answer(task: TaskConfig, row: dict[str, Any], text: str, new_tokens: int) -> ModelAnswer:
+    """A generated ``text`` as the answer to ``row``: parsed to the task's shape, and an extraction's JSON
+    weighed against the row's span reading where it carries one (``scores["model_answer"]``: the model's own)."""
+    if task.type == "extraction" and row.get(SPANS_KEY):
+        from slmloop.spans import fuse_spans
+
+        fused = json.dumps(
+            fuse_spans(input_text(task, row), parse_json_object(text), row[SPANS_KEY]), ensure_ascii=False
+        )
+        return ModelAnswer(fused, fused, {"new_tokens": new_tokens, "model_answer": text})
+    return ModelAnswer(parse_prediction(task, text), text, {"new_tokens": new_tokens})
 
 
 def is_correct(task: TaskConfig, row: dict[str, Any], answer: ModelAnswer) -> bool:

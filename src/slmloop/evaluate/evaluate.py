@@ -124,6 +124,9 @@ def _answer_local(
     prior = shortlist.prior if shortlist is not None and mode == "rank" else None
     if prior is not None:
         style += f" · label prior x{prior.weight:g}"
+    spans = shortlist.active_spans if shortlist is not None and mode == "generate" else None
+    if spans is not None:
+        style += " · span prior"
     with progress_bar(console, f"{target.ref} ({mode}, {style} prompt)") as progress:
         bar = progress.add_task("eval", total=len(gold))
         answers = answer_rows(
@@ -148,6 +151,10 @@ def _answer_local(
         runtime["model_alone_accuracy"] = sum(x == str(r["label"]) for x, r in zip(alone, gold, strict=True)) / max(
             len(gold), 1
         )
+    if spans is not None:  # the model on its own, beside the fused answers
+        runtime["span_prior"] = {"keep": spans.rule.keep, "add": spans.rule.add, "prefer": spans.rule.prefer}
+        alone = [a.scores.get("model_answer", a.raw) for a in answers]
+        runtime["model_alone_micro_f1"] = score_answers(task, gold, alone, alone).metric("micro_f1")
     forgetting = None
     if cfg.forgetting is not None and target.adapter is not None:
         from slmloop.graduate.forgetting import forgetting_check
@@ -174,7 +181,7 @@ def _answer_baseline(project: Project, name: str, gold: list[dict[str, Any]], cf
 
     task = project.task
     data = load_dataset(project)
-    fitted = fit_baseline(name, task, data.train, project_embedder(project))
+    fitted = fit_baseline(name, task, data.train, project_embedder(project), project.home / "cache" / "crf")
     started = time.perf_counter()
     answers = fitted.predict(gold)
     runtime = _timing(time.perf_counter() - started, len(gold), cfg, "baseline")

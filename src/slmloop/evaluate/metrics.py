@@ -39,6 +39,7 @@ __all__ = [
     "RowScores",
     "field_diff",
     "metric_names",
+    "norm_value",
     "parse_json_object",
     "reference_object",
     "score_answers",
@@ -260,7 +261,8 @@ def parse_json_object(text: str) -> dict[str, Any] | None:
     return None
 
 
-def _norm(v: Any) -> str:
+def norm_value(v: Any) -> str:
+    """A value as extraction metrics compare it: a string with its whitespace collapsed, else its JSON."""
     if isinstance(v, str):
         return " ".join(v.split())
     return json.dumps(v, sort_keys=True, ensure_ascii=False)
@@ -272,7 +274,7 @@ def value_pairs(obj: dict[str, Any] | None) -> Counter[tuple[str, str]]:
     for k, v in (obj or {}).items():
         for item in v if isinstance(v, list) else [v]:
             if item is not None and item != "":
-                out[(k, _norm(item))] += 1
+                out[(k, norm_value(item))] += 1
     return out
 
 

@@ -65,10 +65,23 @@ def _shortlist_lines(prompt: dict[str, Any]) -> list[str]:
             "labels itself must too (`slmloop.shortlist.load_shortlist`).",
             "",
         ]
+    spans = prompt.get("span_prior")
+    if spans:
+        lines = [
+            *lines,
+            f"Answers are weighed with a **span prior**: a CRF tagger over {len(spans['fields'])} span field(s)",
+            f"(`adapter/shortlist.npz`). A value of the model's that the tagger gives less than {spans['keep']:g} is",
+            f"dropped; one only the tagger gives, at {spans['add']:g} or more, is added (replacing overlapping values",
+            f"it beats by more than {spans['prefer']:g}); the rule was chosen on the validation split. `slmloop serve`",
+            "and `slmloop eval` apply it (`raw` is the weighed answer, `model_raw` the model's own); a client that",
+            "calls the GGUF file directly gets the model's own answers (`slmloop.spans.fuse_spans`).",
+            "",
+        ]
     if not k:
         return lines
     if prompt.get("task") == "extraction":
         return [
+            *lines,
             f"The model reads **examples** after each request: its {k} most similar training request(s)",
             "with their answers (all-MiniLM-L6-v2 neighbours, index in `adapter/shortlist.npz`), appended to",
             "the user message as `\\n(similar request: INPUT -> ANSWER)`. `slmloop serve` and `slmloop eval` add",

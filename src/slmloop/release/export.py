@@ -75,12 +75,14 @@ def _prompt_format(project: Project, run: Run) -> dict[str, Any]:
     shortlist = (run.config.get("train") or {}).get("shortlist") if task.type in SHORTLIST_TASKS else None
     index = load_shortlist(project.locate(run.path) / "adapter")
     weight = index.prior.weight if index is not None and index.prior is not None else None
+    spans = index.active_spans if index is not None else None
     return {
         "style": style,
         "system": system_message(task, style) or None,
         "task": task.type,
         "shortlist": shortlist or None,
         "label_prior": weight or None,
+        "span_prior": {"fields": spans.tagger.fields, **vars(spans.rule)} if spans is not None else None,
     }
 
 

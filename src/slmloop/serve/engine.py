@@ -23,13 +23,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from slmloop.evaluate.answers import ModelAnswer, answer_rows
+from slmloop.evaluate.answers import ModelAnswer, answer_rows, generated_answer
 from slmloop.evaluate.metrics import parse_json_object
 from slmloop.manifest import TaskConfig
 from slmloop.models.inference import generate, token_texts
 from slmloop.models.loading import render_prompt
 from slmloop.shortlist import Shortlist
-from slmloop.tasks import parse_prediction, prompt_messages
+from slmloop.tasks import prompt_messages
 
 __all__ = ["Batcher", "ChatAnswer", "Job", "LlamaCppPredictor", "ModelSlot", "Predictor", "UpstreamPredictor"]
 
@@ -67,7 +67,10 @@ class Predictor:
             return {"label": a.prediction or None, "raw": a.raw, "valid": bool(a.prediction)}
         if self.task.type == "extraction":
             obj = parse_json_object(a.raw)
-            return {"output": obj, "raw": a.raw, "valid": obj is not None}
+            shaped = {"output": obj, "raw": a.raw, "valid": obj is not None}
+            if "model_answer" in a.scores:  # weighed with the span prior: what the model itself said
+                shaped["model_raw"] = a.scores["model_answer"]
+            return shaped
         return {"output": a.raw}
 
     def predict_many(self, texts: list[str]) -> list[dict[str, Any]]:
@@ -93,7 +96,7 @@ class Predictor:
                 self.max_new_tokens,
                 json_object=self.task.type == "extraction",
             )
-            answers = [ModelAnswer(parse_prediction(self.task, t), t, {"new_tokens": n}) for t, n, _ in said]
+            answers = [generated_answer(self.task, r, t, n) for r, (t, n, _) in zip(rows, said, strict=True)]
         return [self._shape(a) for a in answers]
 
     def predict(self, text: str) -> dict[str, Any]:

@@ -67,6 +67,8 @@ class Forecast:
     later_tokens_per_s: float = 0.0
     #: train.shortlist: labels per row, index rows, and the share of rows whose label is on their shortlist
     shortlist: dict[str, Any] | None = None
+    #: train.span_prior: an extractor's CRF tagger is fit and weighed after training
+    span_prior: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -270,6 +272,12 @@ def render_forecast(f: Forecast, title: str = "preflight") -> Table:
             "label prior",
             f"MiniLM + logistic regression over {f.shortlist['index_rows']:,} training rows "
             f"({f.shortlist['prior_classes']} labels); its weight is chosen on the validation split after training",
+        )
+    if f.span_prior:
+        t.add_row(
+            "span prior",
+            "a CRF tagger over the fields whose values are spans of the input (the crf baseline's), fit after "
+            "training; the rule that weighs it against the model's answers is chosen on the validation split",
         )
     if f.shortlist and f.shortlist["k"]:
         sl = f.shortlist

@@ -235,6 +235,8 @@ class TrainSetup:
     shortlist: Shortlist | None = None
     #: the label prior's weight, chosen on the validation split after training (see choose_prior)
     prior_choice: dict[str, Any] | None = None
+    #: the span prior's rule, chosen on the validation split after training (see choose_spans)
+    span_choice: dict[str, Any] | None = None
 
 
 def _adapter_of(project: Project, ref: str) -> Path:
@@ -367,6 +369,47 @@ def choose_prior(st: TrainSetup, parts: Parts, console: Console) -> dict[str, An
     parts.model.train()
     if not prior.weight:
         st.shortlist.prior = None  # type: ignore[union-attr]
+    return choice
+
+
+def choose_spans(st: TrainSetup, parts: Parts, console: Console) -> dict[str, Any] | None:
+    """Fit the span prior (an extractor's CRF tagger) and choose its rule on the validation split.
+
+    The model answers the validation rows once; every rule of :mod:`slmloop.spans`'s grid is scored on the
+    fused answers, the model alone first. When none beats the model alone the tagger is not shipped.
+    """
+    from slmloop.evaluate.answers import answer_rows
+    from slmloop.evaluate.metrics import parse_json_object
+    from slmloop.spans import SpanPrior
+
+    rows = st.splits.validation[:PRIOR_VALIDATION_ROWS]
+    if st.task.type != "extraction" or st.config.span_prior == "off" or not rows:
+        return None
+    started = time.perf_counter()
+    with console.status("fitting the span prior (a CRF tagger) on the training split …"):
+        prior = SpanPrior.fit(st.task, st.splits.train, cache_dir=st.project.home / "cache" / "crf")
+    if prior is None:
+        return {"fields": 0, "note": "no field's values are spans of the input"}
+    m = st.project.manifest
+    parts.model.eval()
+    with console.status(f"weighing the span prior on {len(rows)} validation rows …"):
+        answers = answer_rows(
+            st.task,
+            st.prompt,
+            "generate",
+            parts.model,
+            parts.tokenizer,
+            rows,
+            batch_size=m.eval.batch_size,
+            max_new_tokens=m.eval.max_new_tokens,
+        )
+        choice = prior.choose_rule(st.task, rows, [parse_json_object(a.raw) for a in answers])
+    parts.model.train()
+    choice.update({"fields": len(prior.tagger.fields), "seconds": round(time.perf_counter() - started, 1)})
+    if prior.rule.active:
+        if st.shortlist is None:
+            st.shortlist = Shortlist.empty()
+        st.shortlist.spans = prior
     return choice
 
 
@@ -694,6 +737,7 @@ def preflight(st: TrainSetup, parts: Parts) -> Forecast:
         needed_length=max(e.full_length for e in every),
         cut_examples=[_cut_example(st, parts, i) for i in cut[:3]],
         shortlist=_shortlist_summary(st),
+        span_prior=st.task.type == "extraction" and st.config.span_prior != "off" and bool(st.splits.validation),
     )
     _forecast_eval(st, parts, forecast)
     return forecast
@@ -708,7 +752,7 @@ def _shortlist_summary(st: TrainSetup) -> dict[str, Any] | None:
     from slmloop.evaluate.metrics import parse_json_object
     from slmloop.tasks import EXAMPLES_KEY, SHORTLIST_KEY
 
-    if st.shortlist is None:
+    if st.shortlist is None or not st.shortlist.labels:  # no index (an empty one carries only a span prior)
         return None
 
     def recall(rows: list[dict[str, Any]]) -> float | None:
@@ -1096,20 +1140,25 @@ def _finish(project: Project, run: Run, status: str, metrics: dict[str, Any]) ->
         return project.store.one(s, Run, run.id)
 
 
-def save(st: TrainSetup, parts: Parts, run: Run, state: LoopState, forecast: Forecast) -> Run:
+def restore_best(st: TrainSetup, parts: Parts, run: Run, state: LoopState) -> str:
+    """Load the best checkpoint's weights where early stopping kept one: the weights the run ships
+    (and the priors are weighed for). Returns which weights those are."""
     from safetensors.torch import load_file
 
+    best_path = st.project.locate(run.path) / "checkpoints" / "best.safetensors"
+    if st.config.early_stopping is None or not best_path.exists():
+        return "last"
+    params = dict(parts.model.named_parameters())
+    with torch.no_grad():
+        for k, v in load_file(best_path).items():
+            params[k].copy_(v)
+    return f"best (step {state.best_step})"
+
+
+def save(st: TrainSetup, parts: Parts, run: Run, state: LoopState, forecast: Forecast, chosen: str) -> Run:
     project = st.project
     run_dir = project.locate(run.path)
     steps = read_trace(run_dir)
-    best_path = run_dir / "checkpoints" / "best.safetensors"
-    chosen = "last"
-    if st.config.early_stopping is not None and best_path.exists():
-        params = dict(parts.model.named_parameters())
-        with torch.no_grad():
-            for k, v in load_file(best_path).items():
-                params[k].copy_(v)
-        chosen = f"best (step {state.best_step})"
     first = [s["loss"] for s in steps[: max(1, len(steps) // 10)]]
     last = [s["loss"] for s in steps[-max(1, len(steps) // 10) :]]
     evals = [s for s in steps if "val_loss" in s]
@@ -1150,6 +1199,7 @@ def save(st: TrainSetup, parts: Parts, run: Run, state: LoopState, forecast: For
         "task": st.task.model_dump(),
         "prompt": st.prompt,
         "shortlist": _shortlist_summary(st),
+        "span_prior": st.span_choice,
         "train": st.config.model_dump(),
         "lora": parts.lora,
         "max_length": st.max_length,
@@ -1165,7 +1215,7 @@ def save(st: TrainSetup, parts: Parts, run: Run, state: LoopState, forecast: For
     with atomic_dir(run_dir / "adapter") as tmp:
         parts.model.save_pretrained(tmp)
         parts.tokenizer.save_pretrained(tmp)
-        if st.shortlist is not None and (st.shortlist.k or st.shortlist.prior is not None):
+        if st.shortlist is not None and st.shortlist.in_use:
             st.shortlist.save(tmp)
     atomic_write_json(run_dir / "run.json", meta)
     plot_loss_curve(steps, run_dir / "loss_curve.png", title=f"{run.name} · {st.model_ref.spec}")
@@ -1234,8 +1284,10 @@ def train(
     if not parts.main:
         parts.accelerator.wait_for_everyone()
         return run
+    chosen = restore_best(st, parts, run, state)
     st.prior_choice = choose_prior(st, parts, console)
-    result = save(st, parts, run, state, forecast)
+    st.span_choice = choose_spans(st, parts, console)
+    result = save(st, parts, run, state, forecast, chosen)
     parts.accelerator.wait_for_everyone()
     return result
 

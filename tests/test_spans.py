@@ -170,3 +170,14 @@ def test_a_trained_extractor_is_weighed_with_its_span_prior_in_eval_and_serve(tm
     assert [s["raw"] for s in served] == [x.prediction for x in preds]
     assert all("model_raw" in s for s in served)
     p.close()
+
+
+def test_eval_prints_what_a_prior_did_beside_the_models_own_score() -> None:
+    from slmloop.cli.evaluation import prior_lines
+
+    assert prior_lines({"micro_f1": 0.7, "runtime": {}}) == []
+    rt = {"span_prior": {"keep": 0.01, "add": 0.5, "prefer": 1.0}, "model_alone_micro_f1": 0.711}
+    (line,) = prior_lines({"micro_f1": 0.754, "runtime": rt})
+    assert "keep 0.01, add 0.5, prefer 1" in line and "micro_f1 0.7540" in line and "alone: 0.7110" in line
+    (line,) = prior_lines({"accuracy": 0.933, "runtime": {"label_prior": 1.0, "model_alone_accuracy": 0.903}})
+    assert "weight 1" in line and "accuracy 0.9330" in line and "alone: 0.9030" in line

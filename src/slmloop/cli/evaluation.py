@@ -46,6 +46,8 @@ def evaluate(
     ev = run_eval(proj, model, pack=cfg, allow_leakage=allow_leakage, console=err)
     out.print(f"[bold]{ev.name}[/bold]: {ev.model_ref} on {ev.gold_id} ({ev.n_rows} rows, {ev.seconds:.0f} s)")
     comparison_table(proj, ev.gold_id)
+    for line in prior_lines(ev.metrics):
+        out.print(line)
     detail_tables(ev.metrics)
     gate_table(ev.metrics)
     out.print(f"report: {proj.reports_dir / ev.name / 'index.html'}")
@@ -56,6 +58,24 @@ def evaluate(
             hint=f"See {proj.reports_dir / ev.name / 'index.html'}; `slmloop analyze {ev.name}` shows where it fails.",
         )
     return 0
+
+
+def prior_lines(metrics: dict[str, Any]) -> list[str]:
+    """What a prior did to the answers, with the model's own score beside them."""
+    rt = metrics.get("runtime", {})
+    lines = []
+    if "label_prior" in rt:
+        lines.append(
+            f"labels ranked with the label prior (weight {rt['label_prior']:g}, chosen on validation): accuracy "
+            f"{metrics.get('accuracy', float('nan')):.4f}; the fine-tuned model alone: {rt['model_alone_accuracy']:.4f}"
+        )
+    if "span_prior" in rt:
+        rule = ", ".join(f"{k} {v:g}" for k, v in rt["span_prior"].items())
+        lines.append(
+            f"answers weighed with the span prior (a CRF tagger; {rule}; chosen on validation): micro_f1 "
+            f"{metrics.get('micro_f1', float('nan')):.4f}; the fine-tuned model alone: {rt['model_alone_micro_f1']:.4f}"
+        )
+    return lines
 
 
 def _fmt(value: Any, ci: list[float] | None) -> str:

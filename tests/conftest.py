@@ -61,6 +61,20 @@ def write_project(root: Path, base: Path | str, rows: list[dict], **sections: di
     return root
 
 
+def write_extraction_project(root: Path, base: Path | str, rows: list[dict], max_length: int, **sections: dict) -> Path:
+    """An extraction project ("Extract the place.", fields: auto) over ``rows``; answers of up to 12 tokens."""
+    return write_project(
+        root,
+        base,
+        rows,
+        task={"type": "extraction", "instruction": "Extract the place.", "labels": None, "fields": "auto"},
+        model={"max_length": max_length},
+        eval={"max_new_tokens": 12},
+        serve={"max_new_tokens": 12},
+        **sections,
+    )
+
+
 @pytest.fixture
 def toy_project(tmp_path: Path, tiny_model: Path) -> Path:
     return write_project(tmp_path / "proj", tiny_model, toy_rows(120))

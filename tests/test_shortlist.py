@@ -215,7 +215,7 @@ def test_an_extractor_with_examples_is_asked_the_same_way_by_eval_export_and_ser
     from slmloop.release.export import export_release
     from slmloop.serve import engine
     from slmloop.serve.server import load_predictor
-    from tests.conftest import write_project
+    from tests.conftest import write_extraction_project
     from tests.tiny import HAM_WORDS
 
     rng = random.Random(0)
@@ -223,16 +223,7 @@ def test_an_extractor_with_examples_is_asked_the_same_way_by_eval_export_and_ser
     for i in range(90):
         words = rng.sample(HAM_WORDS, 5)
         rows.append({"text": " ".join(words) + f" {i}", "output": {"place": words[1]} if i % 2 else {}})
-    root = write_project(
-        tmp_path / "p",
-        tiny_model,
-        rows,
-        task={"type": "extraction", "instruction": "Extract the place.", "labels": None, "fields": "auto"},
-        model={"max_length": 96},
-        eval={"max_new_tokens": 12},
-        serve={"max_new_tokens": 12},
-        train={"epochs": 1, "shortlist": 1},
-    )
+    root = write_extraction_project(tmp_path / "p", tiny_model, rows, 96, train={"epochs": 1, "shortlist": 1})
     p, run, adapter, index, splits = _trained(root, 1)
     assert index.examples and index.texts == [r["text"] for r in splits.train]
     summary = json.loads((p.locate(run.path) / "run.json").read_text())["shortlist"]

@@ -126,7 +126,7 @@ def test_a_trained_extractor_is_weighed_with_its_span_prior_in_eval_and_serve(tm
     from slmloop.release.export import export_release
     from slmloop.serve.server import load_predictor
     from slmloop.train.recipe import train
-    from tests.conftest import write_project
+    from tests.conftest import write_extraction_project
     from tests.tiny import HAM_WORDS
 
     rng = random.Random(0)
@@ -138,15 +138,7 @@ def test_a_trained_extractor_is_weighed_with_its_span_prior_in_eval_and_serve(tm
             if i % 2
             else {"text": f"{a} {b} {i}", "output": {}}
         )
-    root = write_project(
-        tmp_path / "p",
-        tiny_model,
-        rows,
-        task={"type": "extraction", "instruction": "Extract the place.", "labels": None, "fields": "auto"},
-        model={"max_length": 64},
-        eval={"max_new_tokens": 10},
-        serve={"max_new_tokens": 10},
-    )
+    root = write_extraction_project(tmp_path / "p", tiny_model, rows, 64)
     p = open_project(root)
     import_source(p, p.manifest.data.sources[0])
     prepare_dataset(p)

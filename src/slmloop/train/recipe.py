@@ -339,24 +339,17 @@ def _with_shortlists(
     return shortlist
 
 
-def choose_prior(st: TrainSetup, parts: Parts, console: Console) -> dict[str, Any] | None:
-    """Weigh the label prior on the validation split: the model's own label scores, times the prior's to the
-    power of each of PRIOR_WEIGHTS; the weight right most often wins (0: the prior is dropped)."""
+def _answers(st: TrainSetup, parts: Parts, rows: list[dict[str, Any]], mode: str) -> list[Any]:
+    """The trained model's own answers to ``rows`` (no prior), as evaluation will ask them."""
     from slmloop.evaluate.answers import answer_rows
-    from slmloop.models.embedder import embed
-    from slmloop.tasks import input_text
 
-    prior = st.shortlist.prior if st.shortlist is not None else None
-    rows = st.splits.validation[:PRIOR_VALIDATION_ROWS]
-    if prior is None or not rows:
-        return None
     m = st.project.manifest
     parts.model.eval()
-    with console.status(f"weighing the label prior on {len(rows)} validation rows …"):
-        answers = answer_rows(
+    try:
+        return answer_rows(
             st.task,
             st.prompt,
-            "rank",
+            mode,
             parts.model,
             parts.tokenizer,
             rows,
@@ -364,9 +357,24 @@ def choose_prior(st: TrainSetup, parts: Parts, console: Console) -> dict[str, An
             max_new_tokens=m.eval.max_new_tokens,
             margin=m.eval.rank_margin,
         )
+    finally:
+        parts.model.train()
+
+
+def choose_prior(st: TrainSetup, parts: Parts, console: Console) -> dict[str, Any] | None:
+    """Weigh the label prior on the validation split: the model's own label scores, times the prior's to the
+    power of each of PRIOR_WEIGHTS; the weight right most often wins (0: the prior is dropped)."""
+    from slmloop.models.embedder import embed
+    from slmloop.tasks import input_text
+
+    prior = st.shortlist.prior if st.shortlist is not None else None
+    rows = st.splits.validation[:PRIOR_VALIDATION_ROWS]
+    if prior is None or not rows:
+        return None
+    with console.status(f"weighing the label prior on {len(rows)} validation rows …"):
+        answers = _answers(st, parts, rows, "rank")
         vectors = embed([input_text(st.task, r) for r in rows], cache_dir=st.project.home / "cache" / "embeddings")
         choice = prior.choose_weight([a.scores["probs"] for a in answers], vectors, [str(r["label"]) for r in rows])
-    parts.model.train()
     if not prior.weight:
         st.shortlist.prior = None  # type: ignore[union-attr]
     return choice
@@ -378,7 +386,6 @@ def choose_spans(st: TrainSetup, parts: Parts, console: Console) -> dict[str, An
     The model answers the validation rows once; every rule of :mod:`slmloop.spans`'s grid is scored on the
     fused answers, the model alone first. When none beats the model alone the tagger is not shipped.
     """
-    from slmloop.evaluate.answers import answer_rows
     from slmloop.evaluate.metrics import parse_json_object
     from slmloop.spans import SpanPrior
 
@@ -390,21 +397,9 @@ def choose_spans(st: TrainSetup, parts: Parts, console: Console) -> dict[str, An
         prior = SpanPrior.fit(st.task, st.splits.train, cache_dir=st.project.home / "cache" / "crf")
     if prior is None:
         return {"fields": 0, "note": "no field's values are spans of the input"}
-    m = st.project.manifest
-    parts.model.eval()
     with console.status(f"weighing the span prior on {len(rows)} validation rows …"):
-        answers = answer_rows(
-            st.task,
-            st.prompt,
-            "generate",
-            parts.model,
-            parts.tokenizer,
-            rows,
-            batch_size=m.eval.batch_size,
-            max_new_tokens=m.eval.max_new_tokens,
-        )
+        answers = _answers(st, parts, rows, "generate")
         choice = prior.choose_rule(st.task, rows, [parse_json_object(a.raw) for a in answers])
-    parts.model.train()
     choice.update({"fields": len(prior.tagger.fields), "seconds": round(time.perf_counter() - started, 1)})
     if prior.rule.active:
         if st.shortlist is None:

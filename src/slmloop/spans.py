@@ -2,7 +2,7 @@
 
 The extraction analogue of the label prior (:class:`slmloop.shortlist.LabelPrior`). A fine-tuned
 extractor and a CRF tagger (the ``crf`` baseline's, fit on the same training split) make different
-mistakes: on HWU64 slots, 92 % of the values both give are right, and one or the other gives 79 %
+mistakes: on HWU64 slots, 94 % of the values both give are right, and one or the other gives 79 %
 of the gold values. The tagger's marginals say how sure it is of each span, so after the model
 answers, every value is weighed:
 

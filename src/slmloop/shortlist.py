@@ -177,7 +177,12 @@ class Shortlist:
     @property
     def in_use(self) -> bool:
         """Whether a model answering with this index reads or is weighed by any of it."""
-        return bool(self.k) or (self.prior is not None and self.prior.weight > 0) or self.active_spans is not None
+        return bool(self.k) or self.active_prior is not None or self.active_spans is not None
+
+    @property
+    def active_prior(self) -> LabelPrior | None:
+        """The label prior, where its weight is not 0."""
+        return self.prior if self.prior is not None and self.prior.weight > 0 else None
 
     @property
     def active_spans(self) -> SpanPrior | None:
@@ -247,7 +252,7 @@ class Shortlist:
         index has a prior in use, what the answering code weighs the model's answer with: a classifier's
         label prior (label ranking adds it), an extractor's span reading."""
         texts = [input_text(task, r) for r in rows]
-        prior = self.prior if self.prior is not None and self.prior.weight > 0 else None
+        prior = self.active_prior
         out = [dict(r) for r in rows]
         if rows and (self.k or prior is not None):
             query = embed(texts, self.embedder, cache_dir)
@@ -259,8 +264,8 @@ class Shortlist:
             if prior is not None:
                 for r, p in zip(out, prior.row_priors(query), strict=True):
                     r[PRIOR_KEY] = p
-        if rows and self.active_spans is not None:
-            out = self.active_spans.annotate(task, out)
+        if rows and (spans := self.active_spans) is not None:
+            out = spans.annotate(task, out)
         return out
 
     def save(self, folder: Path) -> Path:
@@ -278,15 +283,15 @@ class Shortlist:
         }
         if self.examples:
             arrays["texts"] = np.array(self.texts or [], dtype=str)
-        if self.prior is not None and self.prior.weight > 0:
-            arrays["prior_classes"] = np.array(self.prior.classes, dtype=str)
-            arrays["prior_coef"] = self.prior.coef
-            arrays["prior_intercept"] = self.prior.intercept
-            arrays["prior_weight"] = np.array(self.prior.weight)
-        if self.active_spans is not None:
-            arrays["spans_model"] = np.frombuffer(self.active_spans.tagger.model, dtype=np.uint8)
-            arrays["spans_fields"] = np.array(self.active_spans.tagger.fields, dtype=str)
-            arrays["spans_rule"] = np.array(self.active_spans.rule.as_list())
+        if (prior := self.active_prior) is not None:
+            arrays["prior_classes"] = np.array(prior.classes, dtype=str)
+            arrays["prior_coef"] = prior.coef
+            arrays["prior_intercept"] = prior.intercept
+            arrays["prior_weight"] = np.array(prior.weight)
+        if (spans := self.active_spans) is not None:
+            arrays["spans_model"] = np.frombuffer(spans.tagger.model, dtype=np.uint8)
+            arrays["spans_fields"] = np.array(spans.tagger.fields, dtype=str)
+            arrays["spans_rule"] = np.array(spans.rule.as_list())
         np.savez(tmp, allow_pickle=False, **arrays)
         os.replace(tmp, path)
         return path

@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from slmloop.baselines.crf import SPAN_SHARE, SpanTagger, decode_spans, find_span, span_fields
+from slmloop.evaluate.metrics import norm_value, value_pairs
 from slmloop.manifest import TaskConfig
 from slmloop.tasks import SPANS_KEY, input_text
 
@@ -75,11 +76,11 @@ class SpanPrior:
         fields = {f for f, share in span_fields(task, train).items() if share >= SPAN_SHARE}
         return cls(SpanTagger.fit(task, train, fields, cache_dir)) if fields else None
 
-    def reading(self, text: str, rule: SpanRule | None = None) -> dict[str, Any]:
+    def reading(self, text: str) -> dict[str, Any]:
         """What :func:`fuse_spans` needs of ``text``: tokens, tags, marginals, the span fields and the rule."""
         toks, tags, marginals = self.tagger.read(text, MIN_MARGINAL)
         return {
-            "rule": (rule or self.rule).as_list(),
+            "rule": self.rule.as_list(),
             "fields": self.tagger.fields,
             "tokens": [[a, b] for _, a, b in toks],
             "tags": tags,
@@ -100,8 +101,6 @@ class SpanPrior:
         The first best wins (the grid runs from the model alone towards more of the tagger). Sets
         :attr:`rule` and returns what was tried.
         """
-        from slmloop.evaluate.metrics import value_pairs
-
         texts = [input_text(task, r) for r in rows]
         cands = [_candidates(t, a, self.reading(t)) for t, a in zip(texts, answers, strict=True)]
         truth = [value_pairs(r["output"]) for r in rows]
@@ -120,7 +119,7 @@ class SpanPrior:
         best = max(tried, key=lambda t: t[0])  # max keeps the first of equals
         self.rule = best[1]
         return {
-            "rule": {"keep": self.rule.keep, "add": self.rule.add, "prefer": self.rule.prefer},
+            "rule": asdict(self.rule),
             "micro_f1": best[0],
             "model_alone_micro_f1": tried[0][0],
             "rules_tried": len(tried),
@@ -134,8 +133,6 @@ _Cand = dict[str, Any]
 
 
 def _candidates(text: str, answer: dict[str, Any] | None, reading: dict[str, Any]) -> list[_Cand]:
-    from slmloop.evaluate.metrics import norm_value
-
     toks = [(text[a:b], a, b) for a, b in reading["tokens"]]
     fields = set(reading["fields"])
     marginals = reading["marginals"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -152,7 +152,7 @@ def _answer_local(
             len(gold), 1
         )
     if spans is not None:  # the model on its own, beside the fused answers
-        runtime["span_prior"] = {"keep": spans.rule.keep, "add": spans.rule.add, "prefer": spans.rule.prefer}
+        runtime["span_prior"] = asdict(spans.rule)
         alone = [a.scores.get("model_answer", a.raw) for a in answers]
         runtime["model_alone_micro_f1"] = score_answers(task, gold, alone, alone).metric("micro_f1")
     forgetting = None

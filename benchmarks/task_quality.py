@@ -308,9 +308,9 @@ def _table(results: list[dict[str, Any]]) -> None:
                 f"the fine-tuned model on its own: {ft['model_alone']:.3f}"
             )
         if "span_prior" in ft:
-            rule = ", ".join(f"{k} {v:g}" for k, v in ft["span_prior"].items())
             print(
-                f"  with the span prior (CRF tagger; rule {rule}, chosen on validation): {ft['value']:.3f}; "
+                f"  with the span prior (CRF tagger; judge threshold {ft['span_prior']['threshold']:g}, fit on "
+                f"validation): {ft['value']:.3f}; "
                 f"the fine-tuned model on its own: {ft['model_alone']:.3f}"
             )
         if r["sentence_vs_best_baseline"]:

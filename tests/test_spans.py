@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from slmloop.baselines.crf import SpanTagger
 from slmloop.shortlist import Shortlist, load_shortlist
-from slmloop.spans import SpanPrior, SpanRule, fuse_spans
+from slmloop.spans import FEATURES, SpanJudge, SpanPrior, fuse_spans
 from slmloop.tasks import SPANS_KEY
 from tests.test_real_size import EXT, TRAIN, _rows
 
@@ -30,86 +31,101 @@ TAGS = ["O", "O", "O", "B-time", "I-time", "O", "B-date", "O"]
 ANSWER = {"time": "six", "date": "please", "alarm_type": "wake up"}
 
 
-def _reading(rule: SpanRule) -> dict:
+def _reading(judge: SpanJudge) -> dict:
     spans = [[0, 4], [5, 7], [8, 10], [11, 14], [15, 17], [18, 20], [21, 27], [28, 34]]
     assert [TEXT[a:b] for a, b in spans] == TEXT.split()
-    return {"rule": rule.as_list(), "fields": ["date", "time"], "tokens": spans, "tags": TAGS, "marginals": MARGINALS}
+    return {"judge": judge.as_list(), "fields": ["date", "time"], "tokens": spans, "tags": TAGS, "marginals": MARGINALS}
 
 
-def test_fusing_drops_unlikely_values_adds_confident_ones_and_replaces_weaker_overlaps() -> None:
+def _judge(threshold: float, bias: float, **weights: float) -> SpanJudge:
+    return SpanJudge(tuple(weights.get(name, 0.0) for name in FEATURES), bias, threshold)
+
+
+def test_the_judge_keeps_likely_values_of_either_and_the_likelier_of_overlapping_ones() -> None:
     # P(time = "six") = 0.9 x (1 - 0.9) = 0.09 (it would have to end before "am"); P(date = "please") = 0.05;
-    # P(time = "six am") = 0.81; P(date = "friday") = 0.7; "wake up" is not a span of the request
-    assert fuse_spans(TEXT, ANSWER, _reading(SpanRule())) == ANSWER  # the first grid point: the model alone
-    assert fuse_spans(TEXT, ANSWER, _reading(SpanRule(keep=0.08, add=0.5, prefer=0.25))) == {
-        "alarm_type": "wake up",  # not a span: the model's alone
-        "time": "six am",  # 0.81 > 0.09 + 0.25 replaces "six"
-        "date": "friday",  # 0.7 >= 0.5, added; "please" (0.05 < 0.08) dropped
-    }
-    # "six am" must beat "six" by more than 0.75 (0.81 - 0.09 = 0.72 does not); "friday" below add=0.75
-    assert fuse_spans(TEXT, ANSWER, _reading(SpanRule(keep=0.08, add=0.75, prefer=0.75))) == {
-        "time": "six",
-        "alarm_type": "wake up",
-    }
-    # keep=0.1 drops "six" (0.09) too: "six am" then has no rival
-    assert fuse_spans(TEXT, ANSWER, _reading(SpanRule(keep=0.1, add=0.8, prefer=1.0))) == {
-        "alarm_type": "wake up",
+    # P(time = "six am") = 0.81; P(date = "friday") = 0.7; "alarm_type" is no span field
+    assert fuse_spans(TEXT, ANSWER, _reading(SpanJudge())) == ANSWER  # no weights: the model alone
+    # a judge that trusts the tagger: sigmoid(10 p - 5) is 0.96 for "six am", 0.88 for "friday", 0.02 for
+    # "six" and 0.01 for "please"
+    assert fuse_spans(TEXT, ANSWER, _reading(_judge(0.5, -5.0, p=10.0))) == {
+        "alarm_type": "wake up",  # not judged: the model's alone
         "time": "six am",
+        "date": "friday",
     }
-    # a value the tagger gives too always stays, and a broken answer gets the tagger's values
-    both = {"time": "six am", "date": "please"}
-    assert fuse_spans(TEXT, both, _reading(SpanRule(keep=0.9, add=1.01))) == {"time": "six am"}
-    assert fuse_spans(TEXT, None, _reading(SpanRule(add=0.6))) == {"time": "six am", "date": "friday"}
+    # one that trusts the model: sigmoid(4 model + 2 p - 3) is 0.77 for "six", 0.75 for "please", 0.20 for
+    # "six am" and 0.17 for "friday"
+    trusts_model = _judge(0.5, -3.0, model=4.0, p=2.0)
+    assert fuse_spans(TEXT, ANSWER, _reading(trusts_model)) == ANSWER
+    # at a threshold of 0.1 all four pass, but "six am" overlaps "six", which is likelier and taken first
+    low = SpanJudge(trusts_model.weights, trusts_model.bias, 0.1)
+    assert fuse_spans(TEXT, ANSWER, _reading(low)) == {**ANSWER, "date": ["please", "friday"]}
+    # a broken answer gets the tagger's values the judge keeps
+    assert fuse_spans(TEXT, None, _reading(_judge(0.5, -5.0, p=10.0))) == {"time": "six am", "date": "friday"}
+
+
+def _val() -> list[dict]:
+    pairs = []
+    for i, (c, d) in enumerate([(c, d) for c in ("paris", "rome", "oslo") for d in ("monday", "friday")] * 4):
+        pairs.append((f"book a flight to {c} on {d}", {"city": c, "day": d, "intent": "flight_booking"}))
+        if i % 3 == 0:
+            pairs.append((f"cancel my trip to {c}", {"city": c, "intent": "trip_cancel"}))
+    return _rows(pairs)
 
 
 def _answers(rows: list[dict], drop: str | None) -> list[dict]:
-    """The truth, less ``drop``'s values: a model that always misses one field."""
-    return [{k: v for k, v in r["output"].items() if k != drop} for r in rows]
+    """The truth, less ``drop``'s values, and every fourth row's city wrong: a model that misses a field."""
+    out = [{k: v for k, v in r["output"].items() if k != drop} for r in rows]
+    for i, a in enumerate(out):
+        if drop and i % 4 == 0:
+            a["city"] = "flight"
+    return out
 
 
-def test_the_rule_adds_the_tagger_where_the_model_misses_and_stays_off_where_it_does_not() -> None:
+def test_the_judge_learns_where_the_tagger_is_right_and_stays_off_where_the_model_is() -> None:
     prior = SpanPrior.fit(EXT, TRAIN)
     assert prior is not None and prior.tagger.fields == ["city", "day"]  # "intent" is no span
-    val = _rows(
-        [
-            ("book a flight to rome on monday", {"city": "rome", "day": "monday", "intent": "flight_booking"}),
-            ("book a flight to oslo on friday", {"city": "oslo", "day": "friday", "intent": "flight_booking"}),
-            ("cancel my trip to lima", {"city": "lima", "intent": "trip_cancel"}),
-        ]
-    )
-    # a model that never gives the day: the tagger's days are added (5 of 7 values -> 7 of 7)
-    choice = prior.choose_rule(EXT, val, _answers(val, "day"))
-    assert choice["model_alone_micro_f1"] == pytest.approx(2 * 6 / (2 * 6 + 2))
-    assert choice["micro_f1"] == pytest.approx(1.0) and prior.rule.active and prior.rule.add <= 1.0
-    fused = fuse_spans(val[0]["text"], _answers(val, "day")[0], prior.reading(val[0]["text"]))
-    assert fused == val[0]["output"]
-    # a model that is always right: no rule beats it, so the tagger stays off
-    choice = prior.choose_rule(EXT, val, _answers(val, None))
-    assert choice["micro_f1"] == choice["model_alone_micro_f1"] == 1.0 and not prior.rule.active
+    val = _val()
+    # a model that never gives the day and now and then a wrong city: the judge adds the tagger's days and
+    # drops the wrong cities
+    choice = prior.choose_judge(EXT, val, _answers(val, "day"))
+    assert choice["model_alone_micro_f1"] < 0.8 and choice["micro_f1"] == pytest.approx(1.0)
+    assert prior.judge.active and choice["judge"]["weights"]["tagger"] > 0 and choice["rows"] == len(val)
+    (reading,) = prior.readings([val[0]["text"]])
+    assert fuse_spans(val[0]["text"], _answers(val, "day")[0], reading) == val[0]["output"]
+    # a model that is always right: there is nothing to judge, so the tagger stays off
+    choice = prior.choose_judge(EXT, val, _answers(val, None))
+    assert choice["micro_f1"] == choice["model_alone_micro_f1"] == 1.0 and not prior.judge.active
+    # too few rows to cross-validate on: the model alone
+    choice = prior.choose_judge(EXT, val[:5], _answers(val[:5], "day"))
+    assert choice["judge"] is None and not prior.judge.active
 
 
 def test_the_tagger_is_cached_by_its_rows_and_an_index_ships_it(tmp_path: Path) -> None:
     fields = {"city", "day"}
-    first = SpanTagger.fit(EXT, TRAIN, fields, tmp_path / "crf")
+    first = SpanTagger.fit(EXT, TRAIN, fields, tmp_path)
+    assert first.context is not None and len(first.context.coarse) <= len(TRAIN)
     (cached,) = (tmp_path / "crf").iterdir()
     other = SpanTagger.fit(EXT, TRAIN[:-1], fields)  # other rows: another model
     assert other.model != first.model
-    cached.write_bytes(other.model)  # what the cache holds is read back, not trained again
-    assert SpanTagger.fit(EXT, TRAIN, fields, tmp_path / "crf").model == other.model
-    SpanTagger.fit(EXT, TRAIN[:-1], fields, tmp_path / "crf")
+    np.savez(cached, **other.arrays(""))  # what the cache holds is read back, not trained again
+    assert SpanTagger.fit(EXT, TRAIN, fields, tmp_path).model == other.model
+    SpanTagger.fit(EXT, TRAIN[:-1], fields, tmp_path)
     assert len(list((tmp_path / "crf").iterdir())) == 2
 
     index = Shortlist.empty()
     index.spans = SpanPrior(first)  # the model alone: not in use, not shipped
     assert not index.in_use and index.annotate(EXT, TRAIN[:1]) == TRAIN[:1]
-    index.spans.rule = SpanRule(keep=0.05, add=0.6, prefer=0.25)
+    index.spans.judge = _judge(0.5, -5.0, p=10.0)
     assert index.in_use
     (row,) = index.annotate(EXT, _rows([("fly to paris on friday", {})]))
-    assert row[SPANS_KEY]["rule"] == [0.05, 0.6, 0.25] and row[SPANS_KEY]["fields"] == ["city", "day"]
+    assert row[SPANS_KEY]["judge"] == index.spans.judge.as_list() and row[SPANS_KEY]["fields"] == ["city", "day"]
     assert row[SPANS_KEY]["tags"] == ["O", "O", "B-city", "O", "B-day"]
     index.save(tmp_path)
     loaded = load_shortlist(tmp_path)
-    assert loaded is not None and loaded.spans is not None and loaded.spans.rule == index.spans.rule
+    assert loaded is not None and loaded.spans is not None and loaded.spans.judge == index.spans.judge
     assert loaded.spans.tagger.model == first.model and loaded.k == 0 and loaded.prior is None
+    assert loaded.spans.tagger.context is not None
+    assert np.array_equal(loaded.spans.tagger.context.words, first.context.words)
     assert loaded.annotate(EXT, _rows([("fly to paris on friday", {})])) == [row]
     assert json.loads(json.dumps(row[SPANS_KEY])) == row[SPANS_KEY]  # a reading travels as JSON
 
@@ -131,7 +147,7 @@ def test_a_trained_extractor_is_weighed_with_its_span_prior_in_eval_and_serve(tm
 
     rng = random.Random(0)
     rows = []
-    for i in range(120):  # a place after "to" in half the rows: a CRF's task, not yet a tiny model's
+    for i in range(240):  # a place after "to" in half the rows: a CRF's task, not yet a tiny model's
         a, b = rng.sample(HAM_WORDS, 2)
         rows.append(
             {"text": f"go to {a} with {b} {i}", "output": {"place": a}}
@@ -146,19 +162,19 @@ def test_a_trained_extractor_is_weighed_with_its_span_prior_in_eval_and_serve(tm
     splits = load_dataset(p)
     run_dir = p.locate(run.path)
     choice = json.loads((run_dir / "run.json").read_text())["span_prior"]
-    assert choice["fields"] == 1 and choice["rows"] == len(splits.validation) and choice["rules_tried"] > 1
+    assert choice["fields"] == 1 and choice["rows"] == len(splits.validation) and choice["judge"] is not None
     assert choice["micro_f1"] > choice["model_alone_micro_f1"]  # the tagger finds the places the model misses
     index = load_shortlist(run_dir / "adapter")
     assert index is not None and index.k == 0 and index.active_spans is not None
     ev = evaluate(p, run.name)
     runtime = ev.metrics["runtime"]
-    assert runtime["span_prior"] == choice["rule"]
+    assert runtime["span_prior"] == choice["judge"]
     assert ev.metrics["micro_f1"] > runtime["model_alone_micro_f1"]  # on gold too
     preds = p.store.predictions(ev.id)
     release = export_release(p, run.name)
     assert "span prior" in (p.locate(release.path) / "README.md").read_text()
     served = load_predictor(p, release.version).predict_many([x.input for x in preds])
-    # the server weighs the same tagger with the same rule: the answers evaluation stored
+    # the server weighs the same tagger with the same judge: the answers evaluation stored
     assert [s["raw"] for s in served] == [x.prediction for x in preds]
     assert all("model_raw" in s for s in served)
     p.close()
@@ -168,8 +184,8 @@ def test_eval_prints_what_a_prior_did_beside_the_models_own_score() -> None:
     from slmloop.cli.evaluation import prior_lines
 
     assert prior_lines({"micro_f1": 0.7, "runtime": {}}) == []
-    rt = {"span_prior": {"keep": 0.01, "add": 0.5, "prefer": 1.0}, "model_alone_micro_f1": 0.711}
+    rt = {"span_prior": {"threshold": 0.25, "bias": -1.0, "weights": {}}, "model_alone_micro_f1": 0.711}
     (line,) = prior_lines({"micro_f1": 0.754, "runtime": rt})
-    assert "keep 0.01, add 0.5, prefer 1" in line and "micro_f1 0.7540" in line and "alone: 0.7110" in line
+    assert "judge threshold 0.25" in line and "micro_f1 0.7540" in line and "alone: 0.7110" in line
     (line,) = prior_lines({"accuracy": 0.933, "runtime": {"label_prior": 1.0, "model_alone_accuracy": 0.903}})
     assert "weight 1" in line and "accuracy 0.9330" in line and "alone: 0.9030" in line

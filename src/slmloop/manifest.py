@@ -270,10 +270,11 @@ class TrainConfig(Section):
     span_prior: Literal["auto", "off"] = Field(
         "auto",
         description="Extraction: a CRF tagger (the crf baseline's) is fit on the training split, and after the "
-        "model answers, each value is weighed against the tagger's probability for its span: unlikely values "
-        "are dropped, confident ones the model missed are added. auto: the rule is chosen on the validation "
-        "split after training (the model alone when nothing measured better: then it is not shipped); off: "
-        "the model's own answers. Recorded in the run; the tagger ships with the release.",
+        "model answers, every value the model or the tagger gives is rated by a judge (who gives it, the "
+        "tagger's probability for its span): unlikely values are dropped, likely ones the model missed are "
+        "added. auto: the judge is fit on the validation split after training (the model alone when it does "
+        "not measure better: then it is not shipped); off: the model's own answers. Recorded in the run; the "
+        "tagger ships with the release.",
     )
     learning_rate: float = Field(2e-3, gt=0.0, description="Peak learning rate.")
     scheduler: Literal["cosine", "linear", "constant"] = Field(

@@ -34,8 +34,8 @@ embeddings make different mistakes. w is chosen on the validation split after tr
 prompt: whoever ranks the labels adds it (:func:`slmloop.evaluate.answers.answer_rows`).
 
 An extractor's index may carry a **span prior** instead (``train.span_prior``, :mod:`slmloop.spans`):
-a CRF tagger whose reading of the request is weighed against the model's answer. It needs no
-embeddings, so an index that holds only a span prior indexes no rows.
+a CRF tagger whose reading of the request is weighed against the model's answer. It indexes no
+rows, so an index that holds only a span prior has none.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from slmloop.baselines.crf import SpanTagger
 from slmloop.errors import ModelError
 from slmloop.manifest import TaskConfig
 from slmloop.models.embedder import embed
-from slmloop.spans import SpanPrior, SpanRule
+from slmloop.spans import SpanJudge, SpanPrior
 from slmloop.tasks import EXAMPLES_KEY, PRIOR_KEY, SHORTLIST_KEY, input_text, target_text
 
 __all__ = [
@@ -187,7 +187,7 @@ class Shortlist:
     @property
     def active_spans(self) -> SpanPrior | None:
         """The span prior, where its rule can change an answer."""
-        return self.spans if self.spans is not None and self.spans.rule.active else None
+        return self.spans if self.spans is not None and self.spans.judge.active else None
 
     @classmethod
     def build(cls, task: TaskConfig, rows: list[dict[str, Any]], k: int, cache_dir: Path | None = None) -> Shortlist:
@@ -289,9 +289,8 @@ class Shortlist:
             arrays["prior_intercept"] = prior.intercept
             arrays["prior_weight"] = np.array(prior.weight)
         if (spans := self.active_spans) is not None:
-            arrays["spans_model"] = np.frombuffer(spans.tagger.model, dtype=np.uint8)
-            arrays["spans_fields"] = np.array(spans.tagger.fields, dtype=str)
-            arrays["spans_rule"] = np.array(spans.rule.as_list())
+            arrays |= spans.tagger.arrays("spans_")
+            arrays["spans_judge"] = np.array(spans.judge.as_list())
         np.savez(tmp, allow_pickle=False, **arrays)
         os.replace(tmp, path)
         return path
@@ -319,8 +318,7 @@ def load_shortlist(folder: Path | None) -> Shortlist | None:
                 prior = LabelPrior(classes, z["prior_coef"], z["prior_intercept"], float(z["prior_weight"]))
             spans = None
             if "spans_model" in z.files:
-                tagger = SpanTagger(z["spans_model"].tobytes(), [str(x) for x in z["spans_fields"]])
-                spans = SpanPrior(tagger, SpanRule(*(float(x) for x in z["spans_rule"])))
+                spans = SpanPrior(SpanTagger.from_arrays(z, "spans_"), SpanJudge.from_list(z["spans_judge"].tolist()))
             vectors, embedder = z["vectors"], str(z["embedder"])
             return Shortlist(int(z["k"]), labels, vectors, embedder, texts, texts is not None, prior, spans)
     except (OSError, KeyError, ValueError) as exc:

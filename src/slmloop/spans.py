@@ -2,21 +2,20 @@
 
 The extraction analogue of the label prior (:class:`slmloop.shortlist.LabelPrior`). A fine-tuned
 extractor and a CRF tagger (the ``crf`` baseline's, fit on the same training split) make different
-mistakes: on HWU64 slots, 94 % of the values both give are right, and one or the other gives 79 %
-of the gold values. The tagger's marginals say how sure it is of each span, so after the model
-answers, every value is weighed:
+mistakes: on HWU64 slots, 94 % of the values both give are right, and one or the other gives 82 %
+of the gold values. After the model answers, every value either of them gives is weighed by a
+**judge**, a logistic regression over what is known of the value (:data:`FEATURES`): who gives it
+(the model, the tagger, both), the tagger's probability that exactly those tokens form a value of
+that field (from its marginals: the first token begins it, the others continue it, the next one
+does not), the probability of the most likely value overlapping it, and its length in words. The
+answer is the values the judge rates at ``threshold`` or more, the likeliest first, leaving out
+any that overlaps one already taken.
 
-- a value of the model's that the tagger gives less than ``keep`` (the probability that exactly
-  those tokens form a value of that field, from the tagger's marginals: the first token begins it,
-  the others continue it, the next one does not) is dropped; one the tagger gives too always stays;
-- a value only the tagger gives, with a probability of at least ``add``, is added, unless it
-  overlaps values of the model's, which it replaces only when its probability exceeds theirs by
-  more than ``prefer``.
-
-A value that is not a span of the request (a normalised date, an intent) is the model's alone.
-The rule is chosen on the validation split after training (:meth:`SpanPrior.choose_rule`), among
-a grid whose first point is the model alone (``keep`` 0, ``add`` above 1): the tagger changes
-answers only where that measured better, and is not shipped otherwise.
+A value of a field that is not a span field (an intent, a normalised value) is the model's alone.
+The judge is fit after training on the validation split, where the model answers once
+(:meth:`SpanPrior.choose_judge`): its threshold and its estimated micro-F1 come from 5-fold
+cross-validation over those rows, and it is used only when that estimate beats the model alone;
+otherwise the tagger is not shipped.
 
 Whoever asks the model annotates the row with the tagger's reading (:data:`SPANS_KEY`, see
 :meth:`SpanPrior.annotate`); the answering code (:func:`slmloop.evaluate.answers.answer_rows`)
@@ -26,109 +25,166 @@ and every answer keeps the model's own (``scores["model_answer"]``).
 
 from __future__ import annotations
 
-import itertools
+import math
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from slmloop.baselines.crf import SPAN_SHARE, SpanTagger, decode_spans, find_span, span_fields
 from slmloop.evaluate.metrics import norm_value, value_pairs
 from slmloop.manifest import TaskConfig
 from slmloop.tasks import SPANS_KEY, input_text
 
-__all__ = ["ADD_GRID", "KEEP_GRID", "PREFER_GRID", "SpanPrior", "SpanRule", "fuse_spans"]
+__all__ = ["FEATURES", "THRESHOLDS", "SpanJudge", "SpanPrior", "fuse_spans"]
 
-#: a model value the tagger gives less than this is dropped (0: none is)
-KEEP_GRID = (0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5)
-#: a value only the tagger gives is added from this probability (above 1: never)
-ADD_GRID = (1.01, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
-#: a tagger's value replaces overlapping model values when its probability exceeds theirs by more than this
-PREFER_GRID = (1.0, 0.5, 0.25, 0.0)
+#: what the judge knows of a value (see :func:`_features`)
+FEATURES = (
+    "model",  # the model gives it
+    "tagger",  # the tagger gives it
+    "both",
+    "p",  # the tagger's probability of the value's span (0 where it is no span of the request)
+    "log_p",
+    "is_span",  # the value is a span of the request
+    "rival_p",  # the highest such probability of another value overlapping it
+    "model_p",
+    "tagger_p",
+    "model_rival_p",
+    "words",  # its length in words, up to 5, over 5
+)
+#: the judge's thresholds tried (on cross-validated probabilities)
+THRESHOLDS = tuple(round(0.1 + 0.05 * i, 2) for i in range(13))
+#: validation rows the judge needs at least (fewer: the model alone)
+MIN_JUDGE_ROWS = 20
+#: the judge's bias where every value it learns from is right (or wrong): keep them all (or none)
+CERTAIN = 10.0
 #: marginals below this are not kept in a reading (they count as 0)
 MIN_MARGINAL = 1e-3
 
 
 @dataclass(frozen=True)
-class SpanRule:
-    keep: float = 0.0
-    add: float = 1.01
-    prefer: float = 1.0
+class SpanJudge:
+    """P(a value is right) = sigmoid(weights . features + bias); values at ``threshold`` or more are kept.
+
+    No weights: the model alone (the tagger changes nothing).
+    """
+
+    weights: tuple[float, ...] = ()
+    bias: float = 0.0
+    threshold: float = 0.5
 
     @property
     def active(self) -> bool:
-        """Whether the rule can change an answer (the first grid point leaves the model alone)."""
-        return self.keep > 0 or self.add <= 1.0
+        """Whether the judge can change an answer."""
+        return bool(self.weights)
 
     def as_list(self) -> list[float]:
-        return [self.keep, self.add, self.prefer]
+        return [self.bias, self.threshold, *self.weights]
+
+    @classmethod
+    def from_list(cls, values: list[float]) -> SpanJudge:
+        return cls(tuple(float(v) for v in values[2:]), float(values[0]), float(values[1]))
+
+    def summary(self) -> dict[str, Any]:
+        """For records: the threshold and each feature's weight."""
+        return {
+            "threshold": self.threshold,
+            "bias": round(self.bias, 4),
+            "weights": {n: round(w, 4) for n, w in zip(FEATURES, self.weights, strict=True)},
+        }
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-(features @ np.asarray(self.weights) + self.bias)))
 
 
 @dataclass
 class SpanPrior:
     tagger: SpanTagger
-    rule: SpanRule = SpanRule()
+    judge: SpanJudge = SpanJudge()
 
     @classmethod
     def fit(cls, task: TaskConfig, train: list[dict[str, Any]], cache_dir: Path | None = None) -> SpanPrior | None:
         """The tagger over ``train``'s span fields (None: no field's values are spans of the input); the
-        ``crf`` baseline's, read from ``cache_dir`` when it was fit on the same rows."""
+        ``crf`` baseline's, read from ``cache_dir`` (a project's ``cache/``) when it was fit on the same rows."""
         fields = {f for f, share in span_fields(task, train).items() if share >= SPAN_SHARE}
         return cls(SpanTagger.fit(task, train, fields, cache_dir)) if fields else None
 
-    def reading(self, text: str) -> dict[str, Any]:
-        """What :func:`fuse_spans` needs of ``text``: tokens, tags, marginals, the span fields and the rule."""
-        toks, tags, marginals = self.tagger.read(text, MIN_MARGINAL)
-        return {
-            "rule": self.rule.as_list(),
-            "fields": self.tagger.fields,
-            "tokens": [[a, b] for _, a, b in toks],
-            "tags": tags,
-            "marginals": marginals,
-        }
+    def readings(self, texts: list[str]) -> list[dict[str, Any]]:
+        """What :func:`fuse_spans` needs of each text: tokens, tags, marginals, the span fields and the judge."""
+        return [
+            {
+                "judge": self.judge.as_list(),
+                "fields": self.tagger.fields,
+                "tokens": [[a, b] for _, a, b in toks],
+                "tags": tags,
+                "marginals": marginals,
+            }
+            for toks, tags, marginals in self.tagger.read(texts, MIN_MARGINAL)
+        ]
 
     def annotate(self, task: TaskConfig, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """``rows`` (copied where needed) carrying their reading, when the rule is in use."""
-        if not self.rule.active:
+        """``rows`` (copied where needed) carrying their reading, when the judge is in use."""
+        if not self.judge.active or not rows:
             return rows
-        return [{**r, SPANS_KEY: self.reading(input_text(task, r))} for r in rows]
+        readings = self.readings([input_text(task, r) for r in rows])
+        return [{**r, SPANS_KEY: reading} for r, reading in zip(rows, readings, strict=True)]
 
-    def choose_rule(
+    def choose_judge(
         self, task: TaskConfig, rows: list[dict[str, Any]], answers: list[dict[str, Any] | None]
     ) -> dict[str, Any]:
-        """The rule whose fused answers have the best micro-F1 on ``rows`` (the model's own ``answers``).
+        """Fit the judge on ``rows`` (validation rows, the model's own ``answers``); keep it when its
+        cross-validated micro-F1 beats the model alone's. Sets :attr:`judge` and returns what was measured."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import KFold
 
-        The first best wins (the grid runs from the model alone towards more of the tagger). Sets
-        :attr:`rule` and returns what was tried.
-        """
         texts = [input_text(task, r) for r in rows]
-        cands = [_candidates(t, a, self.reading(t)) for t, a in zip(texts, answers, strict=True)]
+        cands = [_candidates(t, a, reading) for t, a, reading in zip(texts, answers, self.readings(texts), strict=True)]
         truth = [value_pairs(r["output"]) for r in rows]
-        tried: list[tuple[float, SpanRule]] = []
-        for keep, add, prefer in itertools.product(KEEP_GRID, ADD_GRID, PREFER_GRID):
-            rule = SpanRule(keep, add, prefer)
-            if not rule.active and tried:
-                continue
-            tp = fp = fn = 0
-            for c, want in zip(cands, truth, strict=True):
-                got = Counter((f, n) for f, n, _ in _select(c, rule))
-                tp += sum((got & want).values())
-                fp += sum((got - want).values())
-                fn += sum((want - got).values())
-            tried.append((2 * tp / max(2 * tp + fp + fn, 1), rule))
-        best = max(tried, key=lambda t: t[0])  # max keeps the first of equals
-        self.rule = best[1]
-        return {
-            "rule": asdict(self.rule),
-            "micro_f1": best[0],
-            "model_alone_micro_f1": tried[0][0],
-            "rules_tried": len(tried),
-            "rows": len(rows),
-        }
+        alone = _micro_f1([_select(c, SpanJudge()) for c in cands], truth)
+        judged = [[c for c in cs if c["judged"]] for cs in cands]
+        x = [_matrix(cs) for cs in judged]
+        y = [np.array([(c["field"], c["norm"]) in want for c in cs]) for cs, want in zip(judged, truth, strict=True)]
+        record: dict[str, Any] = {"model_alone_micro_f1": alone, "rows": len(rows), "values": sum(map(len, y))}
+        self.judge = SpanJudge()
+        if len(rows) < MIN_JUDGE_ROWS:
+            return record | {"judge": None, "micro_f1": alone, "note": f"fewer than {MIN_JUDGE_ROWS} validation rows"}
+
+        def fit(index: list[int] | np.ndarray) -> SpanJudge:
+            xs, ys = np.concatenate([x[i] for i in index]), np.concatenate([y[i] for i in index])
+            if ys.all() or not ys.any():  # one kind of value only: keep all, or none
+                return SpanJudge((0.0,) * len(FEATURES), CERTAIN if ys.all() else -CERTAIN)
+            lr = LogisticRegression(C=1.0, max_iter=2000).fit(xs, ys)
+            return SpanJudge(tuple(float(w) for w in lr.coef_[0]), float(lr.intercept_[0]))
+
+        held_out: list[np.ndarray] = [np.zeros(0)] * len(rows)
+        for inside, outside in KFold(5, shuffle=True, random_state=0).split(np.arange(len(rows))):
+            judge = fit(inside)
+            for i in outside:
+                held_out[i] = judge.probabilities(x[i])
+        scores = [_micro_f1([_pick(c, p, t) for c, p in zip(cands, held_out, strict=True)], truth) for t in THRESHOLDS]
+        best = int(np.argmax(scores))  # argmax keeps the first of equals
+        if scores[best] <= alone:
+            return record | {"judge": None, "micro_f1": alone, "cross_validated_micro_f1": scores[best]}
+        judge = fit(np.arange(len(rows)))
+        self.judge = SpanJudge(judge.weights, judge.bias, THRESHOLDS[best])
+        return record | {"judge": self.judge.summary(), "micro_f1": scores[best]}
 
 
-# one value of an answer: its field, normalised value, the value as given, who gives it, its span and the
-# tagger's probability of that span (None: not a span of the request, or not a span field)
+def _micro_f1(answers: list[list[tuple[str, str, Any]]], truth: list[Counter[tuple[str, str]]]) -> float:
+    tp = fp = fn = 0
+    for answer, want in zip(answers, truth, strict=True):
+        got = Counter((f, n) for f, n, _ in answer)
+        tp += sum((got & want).values())
+        fp += sum((got - want).values())
+        fn += sum((want - got).values())
+    return 2 * tp / max(2 * tp + fp + fn, 1)
+
+
+# one value of an answer: its field, normalised value, the value as given, who gives it, its span, the
+# tagger's probability of that span (None: not a span of the request), whether the judge weighs it (the
+# fields the tagger tags) and what the judge knows of it
 _Cand = dict[str, Any]
 
 
@@ -151,7 +207,8 @@ def _candidates(text: str, answer: dict[str, Any] | None, reading: dict[str, Any
         for v in values:
             add(f, v, "tagger")
     for c in out.values():
-        span = find_span(toks, c["norm"], set()) if c["field"] in fields and isinstance(c["value"], str) else None
+        c["judged"] = c["field"] in fields
+        span = find_span(toks, c["norm"], set()) if c["judged"] and isinstance(c["value"], str) else None
         c["span"], c["p"] = span, None
         if span is not None:
             a, b = span
@@ -161,29 +218,67 @@ def _candidates(text: str, answer: dict[str, Any] | None, reading: dict[str, Any
             if b < len(marginals):  # and the value ends there
                 p *= 1.0 - marginals[b].get(f"I-{c['field']}", 0.0)
             c["p"] = p
-    return list(out.values())
+    cands = list(out.values())
+    for c in cands:
+        c["x"] = _features(c, cands)
+    return cands
 
 
-def _select(cands: list[_Cand], rule: SpanRule) -> list[tuple[str, str, Any]]:
-    """``(field, normalised value, value)`` of the fused answer, the model's values first."""
-    kept = [c for c in cands if c["model"] and (c["p"] is None or c["tagger"] or c["p"] >= rule.keep)]
-    offered = sorted(
-        (c for c in cands if not c["model"] and c["p"] is not None and c["p"] >= rule.add), key=lambda c: -c["p"]
-    )
-    for c in offered:
+def _features(c: _Cand, cands: list[_Cand]) -> list[float]:
+    """:data:`FEATURES` of candidate ``c`` among ``cands``."""
+    p = c["p"] or 0.0
+    rival = 0.0
+    if c["span"] is not None:
         a, b = c["span"]
-        rivals = [k for k in kept if k["span"] is not None and k["span"][0] < b and a < k["span"][1]]
-        if rivals and c["p"] <= max(k["p"] for k in rivals) + rule.prefer:
+        rival = max(
+            (
+                k["p"] or 0.0
+                for k in cands
+                if k is not c and k["span"] is not None and k["span"][0] < b and a < k["span"][1]
+            ),
+            default=0.0,
+        )
+    m, t = float(c["model"]), float(c["tagger"])
+    words = min(len(str(c["norm"]).split()), 5) / 5
+    return [m, t, m * t, p, math.log(p + 1e-4), float(c["span"] is not None), rival, m * p, t * p, m * rival, words]
+
+
+def _select(cands: list[_Cand], judge: SpanJudge) -> list[tuple[str, str, Any]]:
+    """``(field, normalised value, value)`` of the fused answer, in the order the candidates came (the
+    model's values first)."""
+    if not judge.active:
+        return [(c["field"], c["norm"], c["value"]) for c in cands if c["model"]]
+    judged = [c for c in cands if c["judged"]]
+    return _pick(cands, judge.probabilities(_matrix(judged)), judge.threshold)
+
+
+def _matrix(cands: list[_Cand]) -> np.ndarray:
+    return np.array([c["x"] for c in cands], dtype=float).reshape(len(cands), len(FEATURES))
+
+
+def _pick(cands: list[_Cand], probs: np.ndarray, threshold: float) -> list[tuple[str, str, Any]]:
+    """The judged candidates whose probability (``probs``, in their order) is at least ``threshold``, the
+    likeliest first, leaving out one that overlaps a value already taken; and the model's other values."""
+    judged = [c for c in cands if c["judged"]]
+    taken: list[_Cand] = []
+    for i in sorted(range(len(judged)), key=lambda i: -probs[i]):  # sorted is stable: ties keep their order
+        c = judged[i]
+        if probs[i] < threshold:
+            break
+        if c["span"] is not None and any(
+            k["span"] is not None and k["span"][0] < c["span"][1] and c["span"][0] < k["span"][1] for k in taken
+        ):
             continue
-        kept = [k for k in kept if all(k is not r for r in rivals)] + [c]
-    return [(c["field"], c["norm"], c["value"]) for c in kept]
+        taken.append(c)
+    kept = {id(c) for c in taken}
+    return [(c["field"], c["norm"], c["value"]) for c in cands if id(c) in kept or (c["model"] and not c["judged"])]
 
 
 def fuse_spans(text: str, answer: dict[str, Any] | None, reading: dict[str, Any]) -> dict[str, Any]:
     """The model's ``answer`` with the tagger's ``reading`` of ``text`` weighed in (see the module)."""
-    rule = SpanRule(*reading["rule"])
+    judge = SpanJudge.from_list(reading["judge"])
     out: dict[str, Any] = {}
-    for f, _, value in _select(_candidates(text, answer, reading), rule):
+    for f, _, value in _select(_candidates(text, answer, reading), judge):
         if f in out:
             out[f] = [*out[f], value] if isinstance(out[f], list) else [out[f], value]
         else:

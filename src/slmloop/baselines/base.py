@@ -42,7 +42,7 @@ def fit_baseline(
     name: str, task: TaskConfig, train: list[dict[str, Any]], embed: Embed, cache_dir: Path | None = None
 ) -> FittedBaseline:
     """Fit baseline ``name`` on ``train`` rows. ``embed`` maps texts to unit vectors (MiniLM); ``cache_dir``
-    keeps fitted CRF taggers (the span prior reuses the one fit on the same rows)."""
+    (a project's ``cache/``) keeps fitted CRF taggers (the span prior reuses the one fit on the same rows)."""
     if name not in BASELINES:
         raise ConfigError(f"no baseline named {name!r}", hint=f"Baselines: {', '.join(BASELINES)}.")
     if task.type not in BASELINES[name]:

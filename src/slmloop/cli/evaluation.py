@@ -70,9 +70,10 @@ def prior_lines(metrics: dict[str, Any]) -> list[str]:
             f"{metrics.get('accuracy', float('nan')):.4f}; the fine-tuned model alone: {rt['model_alone_accuracy']:.4f}"
         )
     if "span_prior" in rt:
-        rule = ", ".join(f"{k} {v:g}" for k, v in rt["span_prior"].items())
+        threshold = rt["span_prior"]["threshold"]
         lines.append(
-            f"answers weighed with the span prior (a CRF tagger; {rule}; chosen on validation): micro_f1 "
+            f"answers weighed with the span prior (a CRF tagger; judge threshold {threshold:g}, fit on validation): "
+            "micro_f1 "
             f"{metrics.get('micro_f1', float('nan')):.4f}; the fine-tuned model alone: {rt['model_alone_micro_f1']:.4f}"
         )
     return lines

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -152,7 +152,7 @@ def _answer_local(
             len(gold), 1
         )
     if spans is not None:  # the model on its own, beside the fused answers
-        runtime["span_prior"] = asdict(spans.rule)
+        runtime["span_prior"] = spans.judge.summary()
         alone = [a.scores.get("model_answer", a.raw) for a in answers]
         runtime["model_alone_micro_f1"] = score_answers(task, gold, alone, alone).metric("micro_f1")
     forgetting = None
@@ -181,7 +181,7 @@ def _answer_baseline(project: Project, name: str, gold: list[dict[str, Any]], cf
 
     task = project.task
     data = load_dataset(project)
-    fitted = fit_baseline(name, task, data.train, project_embedder(project), project.home / "cache" / "crf")
+    fitted = fit_baseline(name, task, data.train, project_embedder(project), project.home / "cache")
     started = time.perf_counter()
     answers = fitted.predict(gold)
     runtime = _timing(time.perf_counter() - started, len(gold), cfg, "baseline")

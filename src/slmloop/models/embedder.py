@@ -18,7 +18,7 @@ from slmloop.models.catalog import resolve_model
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["embed"]
+__all__ = ["embed", "word_vectors"]
 
 
 @lru_cache(maxsize=2)
@@ -71,3 +71,19 @@ def embed(texts: list[str], spec: str = "all-minilm-l6-v2", cache_dir: Path | No
             con.executemany("INSERT OR REPLACE INTO vec VALUES (?, ?)", rows)
             found.update(rows)
     return np.stack([np.frombuffer(found[k], dtype=np.float32) for k in keys])
+
+
+def word_vectors(words: list[str], spec: str = "all-minilm-l6-v2") -> np.ndarray:
+    """Unit-normalised static vectors of single words: the mean of the embedder's input embeddings of each
+    word's pieces (no forward pass; a word the tokenizer gives no piece gets a zero vector)."""
+    import numpy as np
+
+    model = _model(resolve_model(spec).path)
+    table = model[0].auto_model.get_input_embeddings().weight.detach().float().numpy()
+    pieces = model.tokenizer(words, add_special_tokens=False)["input_ids"] if words else []
+    out = np.zeros((len(words), table.shape[1]), dtype=np.float32)
+    for i, ids in enumerate(pieces):
+        if ids:
+            v = table[ids].mean(axis=0)
+            out[i] = v / (np.linalg.norm(v) or 1.0)
+    return out

@@ -70,9 +70,9 @@ def _shortlist_lines(prompt: dict[str, Any]) -> list[str]:
         lines = [
             *lines,
             f"Answers are weighed with a **span prior**: a CRF tagger over {len(spans['fields'])} span field(s)",
-            f"(`adapter/shortlist.npz`). A value of the model's that the tagger gives less than {spans['keep']:g} is",
-            f"dropped; one only the tagger gives, at {spans['add']:g} or more, is added (replacing overlapping values",
-            f"it beats by more than {spans['prefer']:g}); the rule was chosen on the validation split. `slmloop serve`",
+            "(`adapter/shortlist.npz`). Every value the model or the tagger gives is rated by a judge (a logistic",
+            "regression over who gives it and the tagger's probability of its span and of overlapping ones), fit on",
+            f"the validation split; the values it rates {spans['threshold']:g} or more are kept. `slmloop serve`",
             "and `slmloop eval` apply it (`raw` is the weighed answer, `model_raw` the model's own); a client that",
             "calls the GGUF file directly gets the model's own answers (`slmloop.spans.fuse_spans`).",
             "",

@@ -15,7 +15,6 @@ row and its audit event are written in one transaction after that.
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +82,7 @@ def _prompt_format(project: Project, run: Run) -> dict[str, Any]:
         "task": task.type,
         "shortlist": shortlist or None,
         "label_prior": weight or None,
-        "span_prior": {"fields": spans.tagger.fields, **asdict(spans.rule)} if spans is not None else None,
+        "span_prior": {"fields": spans.tagger.fields, **spans.judge.summary()} if spans is not None else None,
     }
 
 

@@ -277,7 +277,7 @@ def render_forecast(f: Forecast, title: str = "preflight") -> Table:
         t.add_row(
             "span prior",
             "a CRF tagger over the fields whose values are spans of the input (the crf baseline's), fit after "
-            "training; the rule that weighs it against the model's answers is chosen on the validation split",
+            "training; the judge that weighs it against the model's answers is fit on the validation split",
         )
     if f.shortlist and f.shortlist["k"]:
         sl = f.shortlist

@@ -235,7 +235,7 @@ class TrainSetup:
     shortlist: Shortlist | None = None
     #: the label prior's weight, chosen on the validation split after training (see choose_prior)
     prior_choice: dict[str, Any] | None = None
-    #: the span prior's rule, chosen on the validation split after training (see choose_spans)
+    #: the span prior's judge, fit on the validation split after training (see choose_spans)
     span_choice: dict[str, Any] | None = None
 
 
@@ -381,10 +381,11 @@ def choose_prior(st: TrainSetup, parts: Parts, console: Console) -> dict[str, An
 
 
 def choose_spans(st: TrainSetup, parts: Parts, console: Console) -> dict[str, Any] | None:
-    """Fit the span prior (an extractor's CRF tagger) and choose its rule on the validation split.
+    """Fit the span prior (an extractor's CRF tagger) and its judge on the validation split.
 
-    The model answers the validation rows once; every rule of :mod:`slmloop.spans`'s grid is scored on the
-    fused answers, the model alone first. When none beats the model alone the tagger is not shipped.
+    The model answers the validation rows once; the judge (:mod:`slmloop.spans`) is fit on the values the
+    model and the tagger give there. When its cross-validated micro-F1 does not beat the model alone the
+    tagger is not shipped.
     """
     from slmloop.evaluate.metrics import parse_json_object
     from slmloop.spans import SpanPrior
@@ -394,14 +395,14 @@ def choose_spans(st: TrainSetup, parts: Parts, console: Console) -> dict[str, An
         return None
     started = time.perf_counter()
     with console.status("fitting the span prior (a CRF tagger) on the training split …"):
-        prior = SpanPrior.fit(st.task, st.splits.train, cache_dir=st.project.home / "cache" / "crf")
+        prior = SpanPrior.fit(st.task, st.splits.train, cache_dir=st.project.home / "cache")
     if prior is None:
         return {"fields": 0, "note": "no field's values are spans of the input"}
     with console.status(f"weighing the span prior on {len(rows)} validation rows …"):
         answers = _answers(st, parts, rows, "generate")
-        choice = prior.choose_rule(st.task, rows, [parse_json_object(a.raw) for a in answers])
+        choice = prior.choose_judge(st.task, rows, [parse_json_object(a.raw) for a in answers])
     choice.update({"fields": len(prior.tagger.fields), "seconds": round(time.perf_counter() - started, 1)})
-    if prior.rule.active:
+    if prior.judge.active:
         if st.shortlist is None:
             st.shortlist = Shortlist.empty()
         st.shortlist.spans = prior

@@ -58,7 +58,7 @@ EXAMPLES_KEY = "_examples"
 #: in the prompt: label ranking adds it to the model's scores, see :mod:`slmloop.shortlist`)
 PRIOR_KEY = "_prior"
 #: the row key holding an extraction row's span reading: a CRF tagger's tags and marginals on the input's
-#: tokens, with the rule that weighs them against the model's answer (not shown in the prompt either, see
+#: tokens, with the judge that weighs them against the model's answer (not shown in the prompt either, see
 #: :mod:`slmloop.spans`)
 SPANS_KEY = "_spans"
 

@@ -7,8 +7,9 @@ a text), so it is scored with the same metrics, CIs and paired tests
 
     classification   tfidf-lr    TF-IDF (words + character n-grams) + logistic regression
                      minilm-lr   MiniLM sentence embeddings + logistic regression
-    extraction       crf         a CRF sequence tagger for fields whose values are spans of the
-                                 input, TF-IDF + logistic regression for the other fields
+    extraction       crf         a CRF sequence tagger (reading MiniLM clusters of the request and its
+                                 words) for fields whose values are spans of the input, TF-IDF +
+                                 logistic regression for the other fields
                      knn         the output of the most similar training input (MiniLM)
     generation/chat  knn
 """

@@ -2,9 +2,10 @@
 
 A field is a *span field* when most of its training values occur verbatim (as
 whole tokens, ignoring case) in the input: those values are tagged BIO on the
-input's tokens and a linear-chain CRF (sklearn-crfsuite) learns to tag them.
-Every other field (an intent, a normalised value) gets its own classifier that
-predicts its value, or its absence, from the whole input.
+input's tokens and a linear-chain CRF (crfsuite) learns to tag them, from each
+token's words, shapes and affixes and from MiniLM clusters of the request and of
+its words (:class:`Context`). Every other field (an intent, a normalised value)
+gets its own classifier that predicts its value, or its absence, from the whole input.
 """
 
 from __future__ import annotations
@@ -162,6 +163,10 @@ CRF_VERSION = 2
 REQUEST_CLUSTERS = (32, 128)
 #: k-means clusters of the training vocabulary's word vectors: words that mean alike share a feature
 WORD_CLUSTERS = 256
+
+
+#: a text's tokens, their most likely tags and each token's tag marginals
+Reading = tuple[list[tuple[str, int, int]], list[str], list[dict[str, float]]]
 
 
 class ContextIds(NamedTuple):
@@ -334,11 +339,9 @@ class SpanTagger:
             tagger = self._open()
             return [(toks, list(tagger.tag(feats)) if toks else []) for toks, feats in self._items(texts)]
 
-    def read(
-        self, texts: list[str], min_p: float
-    ) -> list[tuple[list[tuple[str, int, int]], list[str], list[dict[str, float]]]]:
+    def read(self, texts: list[str], min_p: float) -> list[Reading]:
         """Tokens, most likely tags and each token's tag marginals (those of at least ``min_p``), per text."""
-        out = []
+        out: list[Reading] = []
         with self._lock:
             tagger = self._open()
             labels = tagger.labels()

@@ -122,10 +122,11 @@ def _tokens_per_row(project: Any, rows: list[dict[str, Any]], shortlist: Any) ->
     """
     from slmloop.models.catalog import resolve_model
     from slmloop.models.loading import load_tokenizer
-    from slmloop.tasks import SHORTLIST_KEY, prompt_messages, target_text
+    from slmloop.tasks import SHORTLIST_KEY, answer_target, prompt_messages, resolve_answer
 
     tok = load_tokenizer(resolve_model(project.manifest.model.base))
-    task = project.task
+    style = project.manifest.train.prompt
+    task, _ = resolve_answer(project.task, rows, style)  # answered as training answers (inline or JSON)
     small = (
         task.model_copy(update={"labels": task.label_list[:2]})
         if task.type == "classification"
@@ -142,13 +143,12 @@ def _tokens_per_row(project: Any, rows: list[dict[str, Any]], shortlist: Any) ->
     def mean(t: Any, style: str, these: list[dict[str, Any]]) -> float:
         texts = [
             tok.apply_chat_template(
-                [*prompt_messages(t, r, style), {"role": "assistant", "content": target_text(t, r)}], tokenize=False
+                [*prompt_messages(t, r, style), {"role": "assistant", "content": answer_target(t, r)}], tokenize=False
             )
             for r in these
         ]
         return statistics.mean(len(x) for x in tok(texts, add_special_tokens=False)["input_ids"])
 
-    style = project.manifest.train.prompt
     out = {
         "style": style,
         "shortlist": shortlist.k if shortlist is not None else 0,  # a label prior alone is not in the prompt

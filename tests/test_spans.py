@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from slmloop.baselines.crf import SpanTagger
+from slmloop.inline import unmark
 from slmloop.shortlist import Shortlist, load_shortlist
 from slmloop.spans import FEATURES, SpanJudge, SpanPrior, fuse_spans
 from slmloop.tasks import SPANS_KEY
@@ -161,22 +162,29 @@ def test_a_trained_extractor_is_weighed_with_its_span_prior_in_eval_and_serve(tm
     run = train(p)
     splits = load_dataset(p)
     run_dir = p.locate(run.path)
-    choice = json.loads((run_dir / "run.json").read_text())["span_prior"]
+    recorded = json.loads((run_dir / "run.json").read_text())
+    assert recorded["task"]["answer"] == "inline"  # auto: every value is a span of its request
+    choice = recorded["span_prior"]
     assert choice["fields"] == 1 and choice["rows"] == len(splits.validation) and choice["judge"] is not None
     assert choice["micro_f1"] > choice["model_alone_micro_f1"]  # the tagger finds the places the model misses
     index = load_shortlist(run_dir / "adapter")
     assert index is not None and index.k == 0 and index.active_spans is not None
     ev = evaluate(p, run.name)
     runtime = ev.metrics["runtime"]
-    assert runtime["span_prior"] == choice["judge"]
+    assert runtime["span_prior"] == choice["judge"] and runtime["answer"] == "inline"
     assert ev.metrics["micro_f1"] > runtime["model_alone_micro_f1"]  # on gold too
     preds = p.store.predictions(ev.id)
     release = export_release(p, run.name)
-    assert "span prior" in (p.locate(release.path) / "README.md").read_text()
+    card = (p.locate(release.path) / "README.md").read_text()
+    assert "span prior" in card and "answer format: inline" in card
     served = load_predictor(p, release.version).predict_many([x.input for x in preds])
     # the server weighs the same tagger with the same judge: the answers evaluation stored
     assert [s["raw"] for s in served] == [x.prediction for x in preds]
-    assert all("model_raw" in s for s in served)
+    assert all("model_raw" in s and "model_text" in s for s in served)
+    # what the model wrote, marked inline, is what evaluation stored as its own answer once unmarked
+    assert [json.loads(s["model_raw"]) for s in served] == [
+        unmark(s["model_text"], x.input) for s, x in zip(served, preds, strict=True)
+    ]
     p.close()
 
 

@@ -87,6 +87,14 @@ class TaskConfig(Section):
     required: list[str] = Field(
         default_factory=list, description="extraction: fields every answer must hold (the rest are optional)."
     )
+    answer: Literal["auto", "json", "inline"] = Field(
+        "auto",
+        description="extraction: how a fine-tuned model writes its answer. json: the JSON object itself; inline: the "
+        "request copied with each value marked where it occurs, [field: value], which slmloop turns into the JSON "
+        "object (on HWU64 slots 0.757 micro-F1 against 0.711 as JSON). auto: inline when most training values are "
+        "spans of their request and all are strings, else json; training decides and records it. Evaluation, "
+        "serving and exports report the JSON object either way; a zero-shot model always answers JSON.",
+    )
 
     @property
     def unresolved(self) -> bool:
@@ -684,6 +692,8 @@ def _semantic_problems(m: Manifest) -> list[tuple[str, str]]:
         elif isinstance(t.fields, list) and not set(t.required) <= set(t.fields):
             missing = ", ".join(sorted(set(t.required) - set(t.fields)))
             problems.append(("task.required", f"{missing} not in task.fields"))
+    if t.type != "extraction" and t.answer != "auto":
+        problems.append(("task.answer", "json / inline answers are for extraction tasks; leave it auto"))
     if m.export.gguf and not m.export.merged:
         problems.append(("export.gguf", "GGUF files are made from the merged weights: set export.merged: true"))
     if m.eval.judge is not None and m.eval.judge.endpoint not in m.eval.endpoints:

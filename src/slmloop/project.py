@@ -112,6 +112,8 @@ task:
   type: extraction                # required
   instruction: "Extract the fields as a JSON object."
   fields: [name, date, amount]    # the JSON keys the model must produce
+  # answer: auto                  # how the fine-tuned model writes it: inline ([field: value] marked in the
+  #                               # request; better where values are spans of it) or json; auto picks
 """,
     "generation": """\
 task:

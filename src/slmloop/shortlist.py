@@ -52,7 +52,7 @@ from slmloop.errors import ModelError
 from slmloop.manifest import TaskConfig
 from slmloop.models.embedder import embed
 from slmloop.spans import SpanJudge, SpanPrior
-from slmloop.tasks import EXAMPLES_KEY, PRIOR_KEY, SHORTLIST_KEY, input_text, target_text
+from slmloop.tasks import EXAMPLES_KEY, PRIOR_KEY, SHORTLIST_KEY, answer_target, input_text
 
 __all__ = [
     "AUTO_EXAMPLES",
@@ -195,7 +195,7 @@ class Shortlist:
         texts = [input_text(task, r) for r in rows]
         vectors = embed(texts, cache_dir=cache_dir) if texts else np.zeros((0, 1), dtype=np.float32)
         examples = task.type == "extraction"
-        labels = [target_text(task, r) if examples else str(r["label"]) for r in rows]
+        labels = [answer_target(task, r) if examples else str(r["label"]) for r in rows]
         return cls(k, labels, vectors, texts=texts, examples=examples)
 
     def candidates(

@@ -47,6 +47,14 @@ class ModelTarget:
     def kind(self) -> str:
         return self.ref.split("-")[0]
 
+    def answering_task(self, project: Project) -> TaskConfig:
+        """The task as this model answers it: a trained model's own (its answer format included); a zero-shot
+        model answers the project's task with the JSON object."""
+        if self.task is not None:
+            return self.task
+        task = project.task
+        return task if task.answer == "json" else task.model_copy(update={"answer": "json"})
+
     def shortlist(self) -> Shortlist | None:
         """The shortlist index the model was trained to read (train.shortlist), or None."""
         return load_shortlist(self.adapter)

@@ -17,6 +17,11 @@ Prompt styles (the style is part of the model: a run records it, a release ships
 - ``compact``: the instruction only; a fine-tuned model learns the labels / keys
   from the answers, so a row costs the same with 2 or 150 labels.
 
+An extractor writes its answer as the JSON object, or *inline* (``task.answer``, see
+:mod:`slmloop.inline`): :func:`answer_target` is what the model is taught to write,
+:func:`target_text` the reference answer every stage compares with, and :func:`answer_json`
+turns what the model wrote into the JSON text evaluation and serving report.
+
 A classifier trained with a shortlist (``train.shortlist``, see :mod:`slmloop.shortlist`)
 also reads, after the request, the labels of its most similar training requests: the
 row carries them under :data:`SHORTLIST_KEY`, put there by whoever asks the model. An
@@ -31,6 +36,7 @@ import re
 from typing import Any
 
 from slmloop.errors import ConfigError
+from slmloop.inline import inline_fits, mark, unmark
 from slmloop.manifest import TaskConfig
 
 __all__ = [
@@ -40,9 +46,13 @@ __all__ = [
     "SHORTLIST_KEY",
     "SPANS_KEY",
     "TASK_FIELDS",
+    "answer_json",
+    "answer_target",
+    "answers_inline",
     "input_text",
     "parse_prediction",
     "prompt_messages",
+    "resolve_answer",
     "resolve_task",
     "system_message",
     "target_text",
@@ -130,6 +140,49 @@ def target_text(task: TaskConfig, row: dict[str, Any]) -> str:
     if task.type == "chat":
         return str(row["messages"][-1]["content"])
     return str(row["output"])
+
+
+def answers_inline(task: TaskConfig) -> bool:
+    """Whether a model of ``task`` writes its answers inline (an extractor trained with ``answer: inline``)."""
+    return task.type == "extraction" and task.answer == "inline"
+
+
+def answer_target(task: TaskConfig, row: dict[str, Any]) -> str:
+    """What the model is taught to write for ``row``: :func:`target_text`, or for an extractor that answers
+    inline, the request with its values marked where they occur."""
+    if answers_inline(task) and isinstance(row["output"], dict):
+        return mark(input_text(task, row), row["output"])
+    return target_text(task, row)
+
+
+def answer_json(task: TaskConfig, row: dict[str, Any], text: str) -> str:
+    """What the model wrote for ``row`` as the answer slmloop reports: an inline answer turned into its JSON
+    object; any other answer as written."""
+    if not answers_inline(task):
+        return text
+    return json.dumps(unmark(text, input_text(task, row)), ensure_ascii=False, separators=(", ", ": "))
+
+
+def resolve_answer(task: TaskConfig, rows: list[dict[str, Any]], style: str) -> tuple[TaskConfig, str]:
+    """``task`` with ``answer: auto`` decided for a model trained on ``rows`` in prompt ``style``, and why.
+
+    auto: inline for an extractor asked in the compact style whose training values are mostly spans of
+    their request and all strings (:func:`slmloop.inline.inline_fits`); else json. An explicit ``inline``
+    is checked for what inline cannot hold (a value that is not a string, a bracket or colon in a field
+    name or value).
+    """
+    if task.type != "extraction":
+        return task, ""
+    if task.answer == "json":
+        return task, "as set in task.answer"
+    fits, why = inline_fits([input_text(task, r) for r in rows], [r["output"] for r in rows])
+    if task.answer == "inline":
+        if not fits and "spans" not in why:
+            raise ConfigError(f"task.answer is inline, but {why}", hint="Set task.answer: json (or auto).")
+        return task, "as set in task.answer"
+    if style != "compact":
+        return task.model_copy(update={"answer": "json"}), f"the {style} prompt asks for the JSON object"
+    return task.model_copy(update={"answer": "inline" if fits else "json"}), why
 
 
 def parse_prediction(task: TaskConfig, text: str) -> str:

@@ -317,7 +317,7 @@ def _train_label_issues(project: Project, ev: Evaluation, console: Console) -> l
     lineage = target.run or target.release
     if lineage is None:
         return []
-    task = target.task or project.task
+    task = target.answering_task(project)
     train = load_dataset(project, lineage.dataset_id).train
     shortlist = target.shortlist()
     if shortlist is not None:  # as in training: each row's shortlist without the row itself

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from slmloop.evaluate.answers import ModelAnswer
+from slmloop.inline import find_span, tokens
 from slmloop.manifest import TaskConfig
 from slmloop.tasks import input_text
 
@@ -41,29 +42,13 @@ __all__ = [
 ]
 
 Predict = Callable[[list[dict[str, Any]]], list[ModelAnswer]]
-_TOKEN = re.compile(r"\w+|[^\w\s]")
 ABSENT = "\x00absent"
 #: share of a field's training values that must be spans of the input for the CRF to tag it
 SPAN_SHARE = 0.5
 
 
-def tokens(text: str) -> list[tuple[str, int, int]]:
-    return [(m.group(), m.start(), m.end()) for m in _TOKEN.finditer(text)]
-
-
 def _values(v: Any) -> list[Any]:
     return [x for x in (v if isinstance(v, list) else [v]) if x is not None and x != ""]
-
-
-def find_span(toks: list[tuple[str, int, int]], value: str, taken: set[int]) -> tuple[int, int] | None:
-    want = [t.lower() for t, _, _ in tokens(value)]
-    words = [t.lower() for t, _, _ in toks]
-    if not want:
-        return None
-    for i in range(len(words) - len(want) + 1):
-        if words[i : i + len(want)] == want and not taken & set(range(i, i + len(want))):
-            return i, i + len(want)
-    return None
 
 
 def bio_tags(text: str, output: dict[str, Any], fields: set[str]) -> tuple[list[tuple[str, int, int]], list[str], int]:

@@ -17,7 +17,16 @@ from slmloop.evaluate.metrics import parse_json_object, value_pairs
 from slmloop.manifest import TaskConfig
 from slmloop.models.inference import generate, rank_labels
 from slmloop.models.loading import render_prompt
-from slmloop.tasks import PRIOR_KEY, SPANS_KEY, input_text, parse_prediction, prompt_messages, target_text
+from slmloop.tasks import (
+    PRIOR_KEY,
+    SPANS_KEY,
+    answer_json,
+    answers_inline,
+    input_text,
+    parse_prediction,
+    prompt_messages,
+    target_text,
+)
 
 __all__ = [
     "MIN_PROB",
@@ -105,22 +114,28 @@ def answer_rows(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         progress=progress,
-        json_object=task.type == "extraction",
+        json_object=task.type == "extraction" and not answers_inline(task),
     )
     return [generated_answer(task, row, text, n) for row, (text, n) in zip(rows, gens, strict=True)]
 
 
 def generated_answer(task: TaskConfig, row: dict[str, Any], text: str, new_tokens: int) -> ModelAnswer:
-    """A generated ``text`` as the answer to ``row``: parsed to the task's shape, and an extraction's JSON
-    weighed against the row's span reading where it carries one (``scores["model_answer"]``: the model's own)."""
+    """A generated ``text`` as the answer to ``row``: parsed to the task's shape, an inline extraction
+    answer turned into its JSON object (``scores["model_text"]``: what the model wrote), and an extraction's
+    JSON weighed against the row's span reading where it carries one (``scores["model_answer"]``: the
+    model's own JSON)."""
+    scores: dict[str, Any] = {"new_tokens": new_tokens}
+    if answers_inline(task):
+        scores["model_text"] = text
+        text = answer_json(task, row, text)
     if task.type == "extraction" and row.get(SPANS_KEY):
         from slmloop.spans import fuse_spans
 
         fused = json.dumps(
             fuse_spans(input_text(task, row), parse_json_object(text), row[SPANS_KEY]), ensure_ascii=False
         )
-        return ModelAnswer(fused, fused, {"new_tokens": new_tokens, "model_answer": text})
-    return ModelAnswer(parse_prediction(task, text), text, {"new_tokens": new_tokens})
+        return ModelAnswer(fused, fused, {**scores, "model_answer": text})
+    return ModelAnswer(parse_prediction(task, text), text, scores)
 
 
 def is_correct(task: TaskConfig, row: dict[str, Any], answer: ModelAnswer) -> bool:

@@ -33,7 +33,7 @@ from slmloop.evaluate.stats import bootstrap_ci, wilson_ci
 from slmloop.manifest import EvalConfig, TaskConfig
 from slmloop.project import Project
 from slmloop.store import Evaluation, GoldVersion, Prediction
-from slmloop.tasks import input_text, parse_prediction, prompt_messages, target_text
+from slmloop.tasks import answers_inline, input_text, parse_prediction, prompt_messages, target_text
 
 __all__ = [
     "Answered",
@@ -95,7 +95,7 @@ def _answer_local(
     from slmloop.targets import load_target, resolve_target
 
     target = resolve_target(project, ref)
-    task = target.task or project.task
+    task = target.answering_task(project)
     lineage = target.run or target.release
     leakage: dict[str, Any] = {"checked": [], "leaks": 0, "overridden": False}
     train_rows, dataset_id = None, None
@@ -125,6 +125,8 @@ def _answer_local(
     if prior is not None:
         style += f" · label prior x{prior.weight:g}"
     spans = shortlist.active_spans if shortlist is not None and mode == "generate" else None
+    if answers_inline(task):
+        style += " · inline answers"
     if spans is not None:
         style += " · span prior"
     with progress_bar(console, f"{target.ref} ({mode}, {style} prompt)") as progress:
@@ -143,6 +145,8 @@ def _answer_local(
         )
     runtime = _timing(time.perf_counter() - started, len(gold), cfg, mode)
     runtime["prompt_tokens_per_row"] = _prompt_tokens(tok, task, target.prompt, asked)
+    if task.type == "extraction":
+        runtime["answer"] = "inline" if answers_inline(task) else "json"
     if shortlist is not None:
         runtime["shortlist"] = shortlist.k
     if prior is not None:  # how the model would have done on its own, beside the prior's product

@@ -98,6 +98,17 @@ def _shortlist_lines(prompt: dict[str, Any]) -> list[str]:
     ]
 
 
+def _answer_lines(prompt: dict[str, Any]) -> list[str]:
+    if prompt.get("answer") != "inline":
+        return []
+    return [
+        "- answer format: inline. The model copies the request and marks each value where it occurs,",
+        "  `[field: value]` (values that are not in the request are marked after it); `slmloop serve` and",
+        "  `slmloop eval` turn that into the JSON object (`slmloop.inline.unmark`), and so must a client that",
+        "  calls the merged weights or the GGUF file directly.",
+    ]
+
+
 def model_card(
     project: Project,
     run: Run,
@@ -120,6 +131,7 @@ def model_card(
         f"- type: {task.type}",
         f"- instruction: {task.instruction.strip() or '(none)'}",
         f"- prompt style: {prompt['style']} (the system message below is part of the model: send it as is)",
+        *_answer_lines(prompt),
         "",
         *_schema(task),
         "System message:",

@@ -80,6 +80,7 @@ def _prompt_format(project: Project, run: Run) -> dict[str, Any]:
         "style": style,
         "system": system_message(task, style) or None,
         "task": task.type,
+        "answer": task.answer if task.type == "extraction" else None,
         "shortlist": shortlist or None,
         "label_prior": weight or None,
         "span_prior": {"fields": spans.tagger.fields, **spans.judge.summary()} if spans is not None else None,

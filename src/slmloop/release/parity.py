@@ -20,7 +20,7 @@ from slmloop.errors import ModelError
 from slmloop.evaluate.metrics import HEADLINE, score_answers
 from slmloop.manifest import TaskConfig
 from slmloop.models import llamacpp
-from slmloop.tasks import parse_prediction, prompt_messages
+from slmloop.tasks import answer_json, parse_prediction, prompt_messages
 
 __all__ = ["gguf_parity"]
 
@@ -77,6 +77,9 @@ def gguf_parity(
             bar.advance(job, 1)
     llama.close()
     del model
+    # an inline extraction answer is compared as the JSON object it marks
+    hf = [answer_json(task, r, t) for r, t in zip(rows, hf, strict=True)]
+    gg = [answer_json(task, r, t) for r, t in zip(rows, gg, strict=True)]
     hf_pred = [parse_prediction(task, t) for t in hf]
     gg_pred = [parse_prediction(task, t) for t in gg]
     same = [a == b for a, b in zip(hf_pred, gg_pred, strict=True)]

@@ -29,7 +29,7 @@ from slmloop.manifest import TaskConfig
 from slmloop.models.inference import generate, token_texts
 from slmloop.models.loading import render_prompt
 from slmloop.shortlist import Shortlist
-from slmloop.tasks import prompt_messages
+from slmloop.tasks import answers_inline, prompt_messages
 
 __all__ = ["Batcher", "ChatAnswer", "Job", "LlamaCppPredictor", "ModelSlot", "Predictor", "UpstreamPredictor"]
 
@@ -70,6 +70,8 @@ class Predictor:
             shaped = {"output": obj, "raw": a.raw, "valid": obj is not None}
             if "model_answer" in a.scores:  # weighed with the span prior: what the model itself said
                 shaped["model_raw"] = a.scores["model_answer"]
+            if "model_text" in a.scores:  # an inline answer: the request as the model marked it
+                shaped["model_text"] = a.scores["model_text"]
             return shaped
         return {"output": a.raw}
 
@@ -94,7 +96,7 @@ class Predictor:
             said = self._complete_many(
                 [prompt_messages(self.task, r, self.prompt) for r in rows],
                 self.max_new_tokens,
-                json_object=self.task.type == "extraction",
+                json_object=self.task.type == "extraction" and not answers_inline(self.task),
             )
             answers = [generated_answer(self.task, r, t, n) for r, (t, n, _) in zip(rows, said, strict=True)]
         return [self._shape(a) for a in answers]

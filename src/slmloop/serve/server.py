@@ -26,7 +26,7 @@ def load_predictor(project: Project, release_ref: str | int | None) -> Predictor
     release = resolve_release(project, release_ref)
     target = resolve_target(project, f"release-{release.version}")
     m = project.manifest
-    task = target.task or project.task
+    task = target.answering_task(project)
     common: dict[str, Any] = {
         "task": task,
         "name": f"{m.project.name}-v{release.version}",

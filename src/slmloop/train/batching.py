@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from slmloop.manifest import TaskConfig
 from slmloop.models.loading import EncodedExample, encode_conversation, encode_example
-from slmloop.tasks import prompt_messages, target_text
+from slmloop.tasks import answer_target, prompt_messages
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +42,7 @@ def encode_rows(
     """Every row as training tokens, its prompt in ``style`` (see slmloop.tasks)."""
     if task.type == "chat":  # loss on every assistant turn
         return [encode_conversation(tok, r["messages"], max_length) for r in rows]
-    return [encode_example(tok, prompt_messages(task, r, style), target_text(task, r), max_length) for r in rows]
+    return [encode_example(tok, prompt_messages(task, r, style), answer_target(task, r), max_length) for r in rows]
 
 
 def rebalanced_rows(labels: Sequence[str], mode: str, seed: int, epoch: int) -> list[int] | None:

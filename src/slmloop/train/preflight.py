@@ -69,6 +69,8 @@ class Forecast:
     shortlist: dict[str, Any] | None = None
     #: train.span_prior: an extractor's CRF tagger is fit and weighed after training
     span_prior: bool = False
+    #: an extractor's answer format and why (task.answer)
+    answer: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -273,6 +275,8 @@ def render_forecast(f: Forecast, title: str = "preflight") -> Table:
             f"MiniLM + logistic regression over {f.shortlist['index_rows']:,} training rows "
             f"({f.shortlist['prior_classes']} labels); its weight is chosen on the validation split after training",
         )
+    if f.answer:
+        t.add_row("answer", f.answer)
     if f.span_prior:
         t.add_row(
             "span prior",

@@ -52,6 +52,7 @@ from slmloop.models.loading import (
 from slmloop.project import Project
 from slmloop.shortlist import LabelPrior, Shortlist, shortlist_size
 from slmloop.store import Run, atomic_dir, atomic_write_json, utcnow
+from slmloop.tasks import resolve_answer
 from slmloop.train.batching import (
     IGNORE,
     Batch,
@@ -237,6 +238,8 @@ class TrainSetup:
     prior_choice: dict[str, Any] | None = None
     #: the span prior's judge, fit on the validation split after training (see choose_spans)
     span_choice: dict[str, Any] | None = None
+    #: why an extractor answers inline or as JSON (task.answer: auto, see slmloop.tasks.resolve_answer)
+    answer_note: str = ""
 
 
 def _adapter_of(project: Project, ref: str) -> Path:
@@ -298,6 +301,9 @@ def setup(project: Project, overrides: dict[str, Any] | None = None, **options: 
     warm = _adapter_of(project, init_from) if init_from else None
     max_length = int(resumed.config["max_length"]) if resumed else project.manifest.model.max_length
     style = resumed.config.get("prompt", "full") if resumed else cfg.prompt
+    answer_note = ""
+    if resumed is None:  # a resumed run keeps the answer format it recorded
+        task, answer_note = resolve_answer(task, splits.train, style)
     k = shortlist_size(cfg.shortlist, task)
     cfg = cfg.model_copy(update={"shortlist": k})  # recorded resolved
     shortlist = _with_shortlists(project, task, splits, k, prior=cfg.label_prior != "off")
@@ -315,6 +321,7 @@ def setup(project: Project, overrides: dict[str, Any] | None = None, **options: 
         resume=resumed,
         origin=options.get("origin"),
         shortlist=shortlist,
+        answer_note=answer_note,
     )
 
 
@@ -734,6 +741,7 @@ def preflight(st: TrainSetup, parts: Parts) -> Forecast:
         cut_examples=[_cut_example(st, parts, i) for i in cut[:3]],
         shortlist=_shortlist_summary(st),
         span_prior=st.task.type == "extraction" and st.config.span_prior != "off" and bool(st.splits.validation),
+        answer=f"{st.task.answer} ({st.answer_note})" if st.task.type == "extraction" and st.answer_note else "",
     )
     _forecast_eval(st, parts, forecast)
     return forecast
@@ -746,7 +754,7 @@ def _shortlist_summary(st: TrainSetup) -> dict[str, Any] | None:
     often the nearest example's answer has the row's own fields (``*_same_fields``).
     """
     from slmloop.evaluate.metrics import parse_json_object
-    from slmloop.tasks import EXAMPLES_KEY, SHORTLIST_KEY
+    from slmloop.tasks import EXAMPLES_KEY, SHORTLIST_KEY, answer_json
 
     if st.shortlist is None or not st.shortlist.labels:  # no index (an empty one carries only a span prior)
         return None
@@ -758,10 +766,11 @@ def _shortlist_summary(st: TrainSetup) -> dict[str, Any] | None:
         def fields(obj: Any) -> set[str]:
             return set(obj) if isinstance(obj, dict) else set()
 
-        hits = [
-            bool(r[EXAMPLES_KEY]) and fields(parse_json_object(r[EXAMPLES_KEY][0][1])) == fields(r["output"])
-            for r in rows
-        ]
+        def example_fields(example: list[str]) -> set[str]:  # an inline example answer marks its fields
+            text, answer = example
+            return fields(parse_json_object(answer_json(st.task, {"text": text}, answer)))
+
+        hits = [bool(r[EXAMPLES_KEY]) and example_fields(r[EXAMPLES_KEY][0]) == fields(r["output"]) for r in rows]
         return sum(hits) / len(hits) if hits else None
 
     out: dict[str, Any] = {

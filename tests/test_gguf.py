@@ -117,3 +117,28 @@ def test_gguf_parity_through_llama_cpp(trained_copy) -> None:
         text, n = predictor.llama.complete(prompt, 8, json_texts=token_texts(predictor.tokenizer))
         assert not free.startswith("{") and text.startswith("{")
         assert n == 8 or text.endswith("}")
+
+
+def test_llama_cpp_scores_a_continuation_as_transformers_does(merged, tmp_path) -> None:
+    # the span prior's judge reads the model's log-probability of each mark: the llamacpp engine must give
+    # what evaluation (transformers) gives, up to the f16 rounding
+    from slmloop.models.inference import continuation_logprobs
+    from slmloop.models.llamacpp import LlamaCpp
+    from slmloop.models.loading import render_prompt
+
+    if not llama_cpp_available():
+        pytest.skip("llama-cpp-python is not installed (make setup installs it)")
+    path = write_gguf(merged, tmp_path / "m-f16.gguf", "f16", name="toy")
+    tok = load_tokenizer(ResolvedModel("m", str(merged), "local"))
+    model = load_causal_lm(ResolvedModel("m", str(merged), "local"), torch.float32)
+    prompt = render_prompt(tok, [{"role": "user", "content": "call mum at six"}])
+    heads = [prompt + "call mum at", prompt]
+    marks = [" [time: six]", "[person: mum] call"]
+    ref = [lp for lp, _ in continuation_logprobs(model, tok, heads, marks)]
+    llama = LlamaCpp(str(path))
+    try:
+        got = llama.continuation_logprobs(heads, marks)
+    finally:
+        llama.close()
+    assert all(x < 0 for x in ref) and ref[0] != ref[1]
+    assert got == pytest.approx(ref, abs=0.05 * max(abs(x) for x in ref))

@@ -11,7 +11,7 @@ import pytest
 from slmloop.baselines.crf import SpanTagger
 from slmloop.inline import unmark
 from slmloop.shortlist import Shortlist, load_shortlist
-from slmloop.spans import FEATURES, SpanJudge, SpanPrior, fuse_spans
+from slmloop.spans import FEATURES, SpanJudge, SpanPrior, fuse_spans, mark_scores
 from slmloop.tasks import SPANS_KEY
 from tests.test_real_size import EXT, TRAIN, _rows
 
@@ -62,6 +62,31 @@ def test_the_judge_keeps_likely_values_of_either_and_the_likelier_of_overlapping
     assert fuse_spans(TEXT, ANSWER, _reading(low)) == {**ANSWER, "date": ["please", "friday"]}
     # a broken answer gets the tagger's values the judge keeps
     assert fuse_spans(TEXT, None, _reading(_judge(0.5, -5.0, p=10.0))) == {"time": "six am", "date": "friday"}
+
+
+def test_the_model_is_asked_to_mark_every_value_where_it_occurs_and_the_judge_reads_it() -> None:
+    asked = []
+
+    def score(rows: list[int], prefixes: list[str], marks: list[str]) -> list[float]:
+        asked.extend(zip(rows, prefixes, marks, strict=True))
+        return [-0.1 if "six am" in m else -6.0 for m in marks]  # the model believes "six am", not "friday"
+
+    answer = {"time": "six am", "alarm_type": "wake up"}
+    (reading,) = mark_scores([TEXT], [answer], [_reading(SpanJudge())], score)
+    # its own value and the tagger's, each after the request's text up to it (the space moves into the mark);
+    # "alarm_type" is no span field and is not asked about
+    assert asked == [(0, "wake me at", " [time: six am]"), (0, "wake me at six am on", " [date: friday]")]
+    assert reading["marks"] == {"time\tsix am": -0.1, "date\tfriday": -6.0}
+    # a judge that reads only the mark's probability: sigmoid(10 P - 5) is 0.98 for "six am" (P = 0.90) and
+    # 0.007 for "friday" (P = 0.0025); without marks (a JSON answer) it reads 0 and keeps nothing it judges
+    judge = _judge(0.5, -5.0, mark_p=10.0)
+    assert judge.reads_marks and not _judge(0.5, -5.0, unmarked=1.0).reads_marks
+    assert fuse_spans(TEXT, answer, {**_reading(judge), "marks": reading["marks"]}) == answer
+    assert fuse_spans(TEXT, answer, _reading(judge)) == {"alarm_type": "wake up"}
+    # a judge saved before the mark features existed reads the features it knows
+    old = SpanJudge(_judge(0.5, -5.0, p=10.0).weights[: FEATURES.index("mark_p")], -5.0, 0.5)
+    assert fuse_spans(TEXT, answer, _reading(old)) == fuse_spans(TEXT, answer, _reading(_judge(0.5, -5.0, p=10.0)))
+    assert list(old.summary()["weights"]) == list(FEATURES[: FEATURES.index("mark_p")])
 
 
 def _val() -> list[dict]:

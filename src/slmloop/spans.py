@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,11 +35,11 @@ from typing import Any
 import numpy as np
 
 from slmloop.baselines.crf import SPAN_SHARE, SpanTagger, decode_spans, find_span, span_fields
-from slmloop.evaluate.metrics import norm_value, value_pairs
+from slmloop.evaluate.metrics import norm_value, parse_json_object, value_pairs
 from slmloop.manifest import TaskConfig
-from slmloop.tasks import SPANS_KEY, input_text
+from slmloop.tasks import SPANS_KEY, answer_json, answers_inline, input_text
 
-__all__ = ["FEATURES", "THRESHOLDS", "SpanJudge", "SpanPrior", "fuse_spans"]
+__all__ = ["FEATURES", "THRESHOLDS", "MarkScorer", "SpanJudge", "SpanPrior", "fuse_spans", "mark_rows", "mark_scores"]
 
 #: what the judge knows of a value (see :func:`_features`)
 FEATURES = (
@@ -53,6 +54,11 @@ FEATURES = (
     "tagger_p",
     "model_rival_p",
     "words",  # its length in words, up to 5, over 5
+    # an extractor that answers inline: the model's own probability of marking the value where it occurs
+    # ("[field: value]" written at that place of the request; see mark_scores)
+    "mark_p",
+    "mark_log_p",
+    "unmarked",  # 1 where the model's probability is not known (a JSON answer, a value that is no span)
 )
 #: the judge's thresholds tried (on cross-validated probabilities)
 THRESHOLDS = tuple(round(0.1 + 0.05 * i, 2) for i in range(13))
@@ -62,6 +68,12 @@ MIN_JUDGE_ROWS = 20
 CERTAIN = 10.0
 #: marginals below this are not kept in a reading (they count as 0)
 MIN_MARGINAL = 1e-3
+#: a mark's log-probability is read down to this (a value the model would never mark)
+MARK_FLOOR = -20.0
+
+#: the model's scorer of marks: (row indices, the request's text before each mark, the marks) -> summed
+#: log-probabilities of each mark after its row's prompt and text (see :func:`mark_scores`)
+MarkScorer = Callable[[list[int], list[str], list[str]], list[float]]
 
 
 @dataclass(frozen=True)
@@ -87,16 +99,24 @@ class SpanJudge:
     def from_list(cls, values: list[float]) -> SpanJudge:
         return cls(tuple(float(v) for v in values[2:]), float(values[0]), float(values[1]))
 
+    @property
+    def reads_marks(self) -> bool:
+        """Whether the judge weighs the model's probability of each value's mark (:func:`mark_scores`)."""
+        i = FEATURES.index("mark_p")
+        return any(w != 0.0 for w in self.weights[i : i + 2])
+
     def summary(self) -> dict[str, Any]:
         """For records: the threshold and each feature's weight."""
         return {
             "threshold": self.threshold,
             "bias": round(self.bias, 4),
-            "weights": {n: round(w, 4) for n, w in zip(FEATURES, self.weights, strict=True)},
+            "weights": {n: round(w, 4) for n, w in zip(FEATURES, self.weights, strict=False)},
         }
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-(features @ np.asarray(self.weights) + self.bias)))
+        # a judge saved before later features existed reads the ones it knows
+        weights = np.asarray(self.weights)
+        return 1.0 / (1.0 + np.exp(-(features[:, : len(weights)] @ weights + self.bias)))
 
 
 @dataclass
@@ -132,15 +152,24 @@ class SpanPrior:
         return [{**r, SPANS_KEY: reading} for r, reading in zip(rows, readings, strict=True)]
 
     def choose_judge(
-        self, task: TaskConfig, rows: list[dict[str, Any]], answers: list[dict[str, Any] | None]
+        self,
+        task: TaskConfig,
+        rows: list[dict[str, Any]],
+        answers: list[dict[str, Any] | None],
+        marks: MarkScorer | None = None,
     ) -> dict[str, Any]:
         """Fit the judge on ``rows`` (validation rows, the model's own ``answers``); keep it when its
-        cross-validated micro-F1 beats the model alone's. Sets :attr:`judge` and returns what was measured."""
+        cross-validated micro-F1 beats the model alone's. Sets :attr:`judge` and returns what was measured.
+
+        ``marks``: the model's scorer of marks (an extractor that answers inline), see :func:`mark_scores`."""
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import KFold
 
         texts = [input_text(task, r) for r in rows]
-        cands = [_candidates(t, a, reading) for t, a, reading in zip(texts, answers, self.readings(texts), strict=True)]
+        readings = self.readings(texts)
+        if marks is not None:
+            readings = mark_scores(texts, answers, readings, marks)
+        cands = [_candidates(t, a, reading) for t, a, reading in zip(texts, answers, readings, strict=True)]
         truth = [value_pairs(r["output"]) for r in rows]
         alone = _micro_f1([_select(c, SpanJudge()) for c in cands], truth)
         judged = [[c for c in cs if c["judged"]] for cs in cands]
@@ -192,6 +221,7 @@ def _candidates(text: str, answer: dict[str, Any] | None, reading: dict[str, Any
     toks = [(text[a:b], a, b) for a, b in reading["tokens"]]
     fields = set(reading["fields"])
     marginals = reading["marginals"]
+    marks = reading.get("marks") or {}
     out: dict[tuple[str, str], _Cand] = {}
 
     def add(f: str, value: Any, source: str) -> None:
@@ -218,10 +248,15 @@ def _candidates(text: str, answer: dict[str, Any] | None, reading: dict[str, Any
             if b < len(marginals):  # and the value ends there
                 p *= 1.0 - marginals[b].get(f"I-{c['field']}", 0.0)
             c["p"] = p
+        c["mark"] = marks.get(_mark_key(c)) if c["span"] is not None else None
     cands = list(out.values())
     for c in cands:
         c["x"] = _features(c, cands)
     return cands
+
+
+def _mark_key(c: _Cand) -> str:
+    return f"{c['field']}\t{c['norm']}"
 
 
 def _features(c: _Cand, cands: list[_Cand]) -> list[float]:
@@ -240,7 +275,11 @@ def _features(c: _Cand, cands: list[_Cand]) -> list[float]:
         )
     m, t = float(c["model"]), float(c["tagger"])
     words = min(len(str(c["norm"]).split()), 5) / 5
-    return [m, t, m * t, p, math.log(p + 1e-4), float(c["span"] is not None), rival, m * p, t * p, m * rival, words]
+    seen = [m, t, m * t, p, math.log(p + 1e-4), float(c["span"] is not None), rival, m * p, t * p, m * rival, words]
+    mark = c.get("mark")
+    if mark is None:
+        return [*seen, 0.0, 0.0, 1.0]
+    return [*seen, math.exp(mark), max(mark, MARK_FLOOR) / -MARK_FLOOR, 0.0]
 
 
 def _select(cands: list[_Cand], judge: SpanJudge) -> list[tuple[str, str, Any]]:
@@ -272,6 +311,66 @@ def _pick(cands: list[_Cand], probs: np.ndarray, threshold: float) -> list[tuple
         taken.append(c)
     kept = {id(c) for c in taken}
     return [(c["field"], c["norm"], c["value"]) for c in cands if id(c) in kept or (c["model"] and not c["judged"])]
+
+
+def mark_scores(
+    texts: list[str], answers: list[dict[str, Any] | None], readings: list[dict[str, Any]], score: MarkScorer
+) -> list[dict[str, Any]]:
+    """``readings`` with the model's log-probability of marking each value the model or the tagger gives
+    where it occurs (``reading["marks"]``), for an extractor that answers inline (:mod:`slmloop.inline`).
+
+    A value at characters ``[a, b)`` of the request is scored as the continuation ``" [field: value]"``
+    of the request's text up to ``a`` (its trailing space moved into the continuation, so the tokens are
+    those of the marked answer), one pass for every value of every row: ``score(index, prefix, mark)``
+    gets the row's index, the text before the mark and the mark, and returns the summed log-probabilities.
+    The model is asked about a value the tagger alone gives as much as about its own, which is what
+    tells the judge whether to believe the tagger.
+    """
+    where: list[tuple[int, str]] = []
+    rows: list[int] = []
+    prefixes: list[str] = []
+    continuations: list[str] = []
+    for i, (text, answer, reading) in enumerate(zip(texts, answers, readings, strict=True)):
+        for c in _candidates(text, answer, reading):
+            if not c["judged"] or c["span"] is None:
+                continue
+            a = reading["tokens"][c["span"][0]][0]
+            before = text[:a].rstrip()
+            rows.append(i)
+            prefixes.append(before)
+            continuations.append(f"{text[len(before) : a]}[{c['field']}: {c['value']}]")
+            where.append((i, _mark_key(c)))
+    scores = score(rows, prefixes, continuations) if rows else []
+    out = [{**reading, "marks": {}} for reading in readings]
+    for (i, key), logp in zip(where, scores, strict=True):
+        out[i]["marks"][key] = float(logp)
+    return out
+
+
+def mark_rows(
+    task: TaskConfig, rows: list[dict[str, Any]], said: list[str], score: MarkScorer | None
+) -> list[dict[str, Any]]:
+    """``rows`` whose span reading's judge weighs marks, with the model's marks scored (:func:`mark_scores`)
+    for what it ``said`` (its own text per row); the others as they are. ``score`` None: the engine cannot
+    score marks, and the judge reads them as unknown."""
+    todo = [
+        i
+        for i, r in enumerate(rows)
+        if answers_inline(task) and r.get(SPANS_KEY) and SpanJudge.from_list(r[SPANS_KEY]["judge"]).reads_marks
+    ]
+    if not todo or score is None:
+        return rows
+
+    def scored(index: list[int], prefixes: list[str], marks: list[str]) -> list[float]:
+        return score([todo[i] for i in index], prefixes, marks)
+
+    texts = [input_text(task, rows[i]) for i in todo]
+    answers = [parse_json_object(answer_json(task, rows[i], said[i])) for i in todo]
+    readings = mark_scores(texts, answers, [rows[i][SPANS_KEY] for i in todo], scored)
+    out = list(rows)
+    for i, reading in zip(todo, readings, strict=True):
+        out[i] = {**rows[i], SPANS_KEY: reading}
+    return out
 
 
 def fuse_spans(text: str, answer: dict[str, Any] | None, reading: dict[str, Any]) -> dict[str, Any]:

@@ -11,11 +11,14 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slmloop.evaluate.metrics import parse_json_object, value_pairs
+
+if TYPE_CHECKING:
+    from slmloop.spans import MarkScorer
 from slmloop.manifest import TaskConfig
-from slmloop.models.inference import generate, rank_labels
+from slmloop.models.inference import continuation_logprobs, generate, rank_labels
 from slmloop.models.loading import render_prompt
 from slmloop.tasks import (
     PRIOR_KEY,
@@ -36,6 +39,7 @@ __all__ = [
     "generated_answer",
     "is_correct",
     "label_probabilities",
+    "mark_scorer",
 ]
 
 #: label probabilities below this are not kept with an answer (a 150-label table per row says little)
@@ -116,7 +120,21 @@ def answer_rows(
         progress=progress,
         json_object=task.type == "extraction" and not answers_inline(task),
     )
+    if task.type == "extraction" and any(r.get(SPANS_KEY) for r in rows):
+        from slmloop.spans import mark_rows
+
+        rows = mark_rows(task, rows, [t for t, _ in gens], mark_scorer(model, tok, prompts, batch_size))
     return [generated_answer(task, row, text, n) for row, (text, n) in zip(rows, gens, strict=True)]
+
+
+def mark_scorer(model: Any, tok: Any, prompts: list[str], batch_size: int) -> MarkScorer:
+    """The model's scorer of marks (:func:`slmloop.spans.mark_scores`) for rows asked with ``prompts``."""
+
+    def score(rows: list[int], prefixes: list[str], marks: list[str]) -> list[float]:
+        heads = [prompts[i] + prefix for i, prefix in zip(rows, prefixes, strict=True)]
+        return [lp for lp, _ in continuation_logprobs(model, tok, heads, marks, batch_size=batch_size)]
+
+    return score
 
 
 def generated_answer(task: TaskConfig, row: dict[str, Any], text: str, new_tokens: int) -> ModelAnswer:

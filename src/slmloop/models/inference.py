@@ -627,9 +627,14 @@ def continuation_logprobs(
     batch_size: int = 16,
     progress: Progress | None = None,
 ) -> list[tuple[float, int]]:
-    """(summed log-probability, tokens) of each continuation after its prompt, in the caller's order."""
+    """(summed log-probability, tokens) of each continuation after its prompt, in the caller's order.
+
+    The LM head runs only at the positions that predict a continuation token (a full-vocabulary
+    matrix for every padded position of a batch would cost more memory and time than the decoder).
+    """
     import torch
 
+    lm = _Head(model)
     encoded = []
     for p, c in zip(prompts, continuations, strict=True):
         head = tok(p, add_special_tokens=False)["input_ids"]
@@ -646,14 +651,27 @@ def continuation_logprobs(
             seq = encoded[i][0]
             ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = 1
+        rows, cols, targets, owners = [], [], [], []
+        for row, i in enumerate(batch):  # the positions whose next token is a continuation token
+            seq, start = encoded[i]
+            for pos in range(max(start, 1) - 1, len(seq) - 1):
+                rows.append(row)
+                cols.append(pos)
+                targets.append(seq[pos + 1])
+                owners.append(i)
         with torch.inference_mode():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            for row, i in enumerate(batch):  # the softmax over the vocabulary only where a token is scored
-                seq, start = encoded[i]
-                first = max(start, 1)
-                logp = torch.log_softmax(logits[row, first - 1 : len(seq) - 1].float(), dim=-1)
-                target = torch.tensor(seq[first:], device=logp.device)
-                out[i] = (float(logp.gather(-1, target.unsqueeze(-1)).sum()), len(seq) - first)
+            if lm.split:
+                hidden = lm.decoder(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+            else:  # logits stand in for hidden states (see _Head)
+                hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            logp = lm.log_probs(hidden[rows, cols]) if rows else hidden.new_zeros((0, 1))
+            picked = logp[torch.arange(len(targets)), torch.tensor(targets, dtype=torch.long)].tolist()
+        sums: dict[int, float] = {}
+        for i, lp in zip(owners, picked, strict=True):
+            sums[i] = sums.get(i, 0.0) + lp
+        for i in batch:
+            seq, start = encoded[i]
+            out[i] = (sums.get(i, 0.0), len(seq) - max(start, 1))
         if progress is not None:
             progress(len(batch))
     return out

@@ -25,6 +25,8 @@ class LlamaCpp:
 
         self.llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, verbose=False)
         self.stop = {self.llm.token_eos(), *stop_ids}
+        self.path, self.threads = path, threads
+        self._scorer: Any = None  # a context keeping every position's logits (continuation_logprobs)
 
     def complete(
         self,
@@ -79,5 +81,41 @@ class LlamaCpp:
                 break
         return self.llm.detokenize(out).decode("utf-8", errors="replace").strip(), len(out)
 
+    def continuation_logprobs(self, prompts: list[str], continuations: list[str]) -> list[float]:
+        """Summed log-probability of each continuation's tokens after its prompt (tokenised apart, as
+        :func:`slmloop.models.inference.continuation_logprobs` does).
+
+        Runs on a second context that keeps every position's logits (the generating one keeps only the
+        last), made on the first call and sized for the longest sequence seen.
+        """
+        import numpy as np
+
+        seqs = []
+        for p, c in zip(prompts, continuations, strict=True):
+            head = self.llm.tokenize(p.encode("utf-8"), add_bos=False, special=True)
+            tail = self.llm.tokenize(c.encode("utf-8"), add_bos=False, special=False)
+            seqs.append((head, tail))
+        need = max((len(h) + len(t) for h, t in seqs), default=1)
+        if self._scorer is None or self._scorer.n_ctx() < need:
+            from llama_cpp import Llama
+
+            if self._scorer is not None:
+                self._scorer.close()
+            size = max(256, 1 << (need - 1).bit_length())
+            self._scorer = Llama(
+                model_path=self.path, n_ctx=size, n_batch=size, n_threads=self.threads, logits_all=True, verbose=False
+            )
+        out = []
+        for head, tail in seqs:
+            self._scorer.reset()
+            self._scorer.eval(head + tail)
+            logits = np.asarray(self._scorer.scores[len(head) - 1 : len(head) + len(tail) - 1], dtype=np.float64)
+            top = logits.max(axis=-1, keepdims=True)
+            logp = logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
+            out.append(float(logp[np.arange(len(tail)), tail].sum()))
+        return out
+
     def close(self) -> None:
         self.llm.close()
+        if self._scorer is not None:
+            self._scorer.close()

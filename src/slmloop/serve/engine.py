@@ -21,15 +21,18 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from slmloop.evaluate.answers import ModelAnswer, answer_rows, generated_answer
+from slmloop.evaluate.answers import ModelAnswer, answer_rows, generated_answer, mark_scorer
 from slmloop.evaluate.metrics import parse_json_object
 from slmloop.manifest import TaskConfig
 from slmloop.models.inference import generate, token_texts
 from slmloop.models.loading import render_prompt
 from slmloop.shortlist import Shortlist
-from slmloop.tasks import answers_inline, prompt_messages
+from slmloop.tasks import SPANS_KEY, answers_inline, prompt_messages
+
+if TYPE_CHECKING:
+    from slmloop.spans import MarkScorer
 
 __all__ = ["Batcher", "ChatAnswer", "Job", "LlamaCppPredictor", "ModelSlot", "Predictor", "UpstreamPredictor"]
 
@@ -98,8 +101,18 @@ class Predictor:
                 self.max_new_tokens,
                 json_object=self.task.type == "extraction" and not answers_inline(self.task),
             )
+            if self.task.type == "extraction" and any(r.get(SPANS_KEY) for r in rows):
+                from slmloop.spans import mark_rows
+
+                prompts = [render_prompt(self.tokenizer, prompt_messages(self.task, r, self.prompt)) for r in rows]
+                rows = mark_rows(self.task, rows, [t for t, _, _ in said], self.mark_scorer(prompts))
             answers = [generated_answer(self.task, r, t, n) for r, (t, n, _) in zip(rows, said, strict=True)]
         return [self._shape(a) for a in answers]
+
+    def mark_scorer(self, prompts: list[str]) -> MarkScorer | None:
+        """How this engine scores an inline extractor's marks for rows asked with ``prompts`` (the span prior's
+        judge reads them, see :func:`slmloop.spans.mark_scores`); None where it cannot."""
+        return mark_scorer(self.model, self.tokenizer, prompts, max(1, len(prompts)))
 
     def predict(self, text: str) -> dict[str, Any]:
         return self.predict_many([text])[0]
@@ -161,6 +174,13 @@ class LlamaCppPredictor(Predictor):
         eos = self.tokenizer.eos_token_id
         self.llama = LlamaCpp(gguf_path, stop_ids=[eos] if isinstance(eos, int) else [], threads=threads)
 
+    def mark_scorer(self, prompts: list[str]) -> MarkScorer | None:
+        def score(rows: list[int], prefixes: list[str], marks: list[str]) -> list[float]:
+            heads = [prompts[i] + prefix for i, prefix in zip(rows, prefixes, strict=True)]
+            return self.llama.continuation_logprobs(heads, marks)
+
+        return score
+
     def _complete_many(
         self,
         conversations: list[list[dict[str, str]]],
@@ -197,6 +217,9 @@ class UpstreamPredictor(Predictor):
         self.upstream_model = upstream_model
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=600)
+
+    def mark_scorer(self, prompts: list[str]) -> MarkScorer | None:
+        return None  # the upstream gives no prompt log-probabilities here: the judge reads marks as unknown
 
     def _ask(
         self,

@@ -394,8 +394,11 @@ def choose_spans(st: TrainSetup, parts: Parts, console: Console) -> dict[str, An
     model and the tagger give there. When its cross-validated micro-F1 does not beat the model alone the
     tagger is not shipped.
     """
+    from slmloop.evaluate.answers import mark_scorer
     from slmloop.evaluate.metrics import parse_json_object
+    from slmloop.models.loading import render_prompt
     from slmloop.spans import SpanPrior
+    from slmloop.tasks import answers_inline, prompt_messages
 
     rows = st.splits.validation[:PRIOR_VALIDATION_ROWS]
     if st.task.type != "extraction" or st.config.span_prior == "off" or not rows:
@@ -407,7 +410,15 @@ def choose_spans(st: TrainSetup, parts: Parts, console: Console) -> dict[str, An
         return {"fields": 0, "note": "no field's values are spans of the input"}
     with console.status(f"weighing the span prior on {len(rows)} validation rows …"):
         answers = _answers(st, parts, rows, "generate")
-        choice = prior.choose_judge(st.task, rows, [parse_json_object(a.raw) for a in answers])
+        marks = None
+        if answers_inline(st.task):  # the judge also reads the model's probability of marking each value
+            prompts = [render_prompt(parts.tokenizer, prompt_messages(st.task, r, st.prompt)) for r in rows]
+            marks = mark_scorer(parts.model, parts.tokenizer, prompts, st.project.manifest.eval.batch_size)
+        parts.model.eval()
+        try:
+            choice = prior.choose_judge(st.task, rows, [parse_json_object(a.raw) for a in answers], marks)
+        finally:
+            parts.model.train()
     choice.update({"fields": len(prior.tagger.fields), "seconds": round(time.perf_counter() - started, 1)})
     if prior.judge.active:
         if st.shortlist is None:
@@ -814,9 +825,10 @@ def _forecast_eval(st: TrainSetup, parts: Parts, forecast: Forecast) -> None:
     """
     import random
 
+    from slmloop.inline import span_values
     from slmloop.models.inference import ROUND_WIDTH, common_prefix
     from slmloop.models.loading import render_prompt
-    from slmloop.tasks import prompt_messages
+    from slmloop.tasks import answers_inline, prompt_messages
 
     m = st.project.manifest
     gold = st.splits.gold
@@ -854,7 +866,19 @@ def _forecast_eval(st: TrainSetup, parts: Parts, forecast: Forecast) -> None:
         decode = longest * cost.step_fixed_s + len(gold) * (sum(answers) / len(answers)) * cost.step_per_row_s
     forecast.eval_rows = len(gold)
     forecast.eval_mode = mode
-    forecast.eval_seconds = len(gold) * suffix / cost.prompt_tokens_per_s + decode
+    marks = 0.0
+    if mode == "generate" and answers_inline(st.task) and st.config.span_prior != "off":
+        # the span prior's judge reads the model's probability of each value's mark: one pass over the
+        # whole prompt and the answer up to the mark for every value the model or the tagger gives
+        values = sum(len(span_values(r["output"])) for r in st.splits.train) / max(len(st.splits.train), 1)
+        whole = sum(len(x) for x in encoded) / len(encoded) + sum(answers) / len(answers)
+        marks = len(gold) * values * MARKS_PER_VALUE * whole / cost.prompt_tokens_per_s
+    forecast.eval_seconds = len(gold) * suffix / cost.prompt_tokens_per_s + decode + marks
+
+
+#: values the span prior's judge asks an inline extractor about, per value of an answer (the model's and
+#: the tagger's, the ones both give once): HWU64 slots, 1,026 for 880 gold values
+MARKS_PER_VALUE = 1.2
 
 
 def _refuse(f: Forecast) -> None:

@@ -826,9 +826,9 @@ def _forecast_eval(st: TrainSetup, parts: Parts, forecast: Forecast) -> None:
     import random
 
     from slmloop.inline import span_values
-    from slmloop.models.inference import ROUND_WIDTH, common_prefix
+    from slmloop.models.inference import ROUND_WIDTH, common_prefix, continuation_logprobs
     from slmloop.models.loading import render_prompt
-    from slmloop.tasks import answers_inline, prompt_messages
+    from slmloop.tasks import answer_target, answers_inline, prompt_messages
 
     m = st.project.manifest
     gold = st.splits.gold
@@ -844,6 +844,16 @@ def _forecast_eval(st: TrainSetup, parts: Parts, forecast: Forecast) -> None:
     # SDPA attention); the training model, wrapped for LoRA, answers 2-3x slower on a CPU
     plain = load_causal_lm(st.model_ref, pick_dtype(m.eval.precision)).to(parts.device)
     cost = calibrate_inference(plain, parts.tokenizer, prompts, b, width)
+    # the span prior's judge reads an inline extractor's probability of each value's mark: one
+    # teacher-forced pass over the prompt and the answer up to the mark for every value it weighs
+    marks_rate = 0.0  # tokens/s of those passes, timed on the sample's prompts and whole answers
+    if mode == "generate" and answers_inline(st.task) and st.config.span_prior != "off":
+        t0 = time.perf_counter()
+        scored = continuation_logprobs(
+            plain, parts.tokenizer, prompts, [answer_target(st.task, r) for r in sample], batch_size=b
+        )
+        heads = sum(len(x) for x in parts.tokenizer(prompts, add_special_tokens=False)["input_ids"])
+        marks_rate = (heads + sum(n for _, n in scored)) / max(time.perf_counter() - t0, 1e-9)
     del plain
     release_free_memory()  # else training carries the deleted model's memory (0.2 GiB on SMS)
     torch.manual_seed(st.config.seed)
@@ -867,12 +877,10 @@ def _forecast_eval(st: TrainSetup, parts: Parts, forecast: Forecast) -> None:
     forecast.eval_rows = len(gold)
     forecast.eval_mode = mode
     marks = 0.0
-    if mode == "generate" and answers_inline(st.task) and st.config.span_prior != "off":
-        # the span prior's judge reads the model's probability of each value's mark: one pass over the
-        # whole prompt and the answer up to the mark for every value the model or the tagger gives
+    if marks_rate:
         values = sum(len(span_values(r["output"])) for r in st.splits.train) / max(len(st.splits.train), 1)
         whole = sum(len(x) for x in encoded) / len(encoded) + sum(answers) / len(answers)
-        marks = len(gold) * values * MARKS_PER_VALUE * whole / cost.prompt_tokens_per_s
+        marks = len(gold) * values * MARKS_PER_VALUE * whole / marks_rate
     forecast.eval_seconds = len(gold) * suffix / cost.prompt_tokens_per_s + decode + marks
 
 

@@ -89,6 +89,31 @@ def test_the_model_is_asked_to_mark_every_value_where_it_occurs_and_the_judge_re
     assert list(old.summary()["weights"]) == list(FEATURES[: FEATURES.index("mark_p")])
 
 
+def test_the_judge_weighs_the_taggers_other_likely_readings_where_it_was_fit_with_them() -> None:
+    # the tagger's best reading finds nothing; its marginals hold "six am" (0.81), "friday" (0.7), "six" (0.09)
+    # and "please" (0.05); a judge that trusts the span's probability keeps those it weighs
+    nothing = {**_reading(SpanJudge()), "tags": ["O"] * len(TAGS)}
+    judge = _judge(0.5, -5.0, p=10.0)
+    assert fuse_spans(TEXT, {}, {**nothing, "judge": judge.as_list()}) == {}  # a judge fit before: best reading only
+    assert fuse_spans(TEXT, {}, {**nothing, "judge": judge.as_list(), "alternative_p": 0.1}) == {
+        "time": "six am",
+        "date": "friday",
+    }
+    # at 0.05 "six" and "please" are weighed too: "six" (0.02) and "please" (0.01) fall under the threshold
+    assert fuse_spans(TEXT, {}, {**nothing, "judge": judge.as_list(), "alternative_p": 0.05}) == {
+        "time": "six am",
+        "date": "friday",
+    }
+    asked: list[str] = []
+
+    def score(rows: list[int], prefixes: list[str], marks: list[str]) -> list[float]:
+        asked.extend(marks)
+        return [-1.0] * len(marks)
+
+    mark_scores([TEXT], [{}], [nothing], score, alternative_p=0.05)
+    assert sorted(asked) == [" [date: friday]", " [date: please]", " [time: six am]", " [time: six]"]
+
+
 def _val() -> list[dict]:
     pairs = []
     for i, (c, d) in enumerate([(c, d) for c in ("paris", "rome", "oslo") for d in ("monday", "friday")] * 4):
@@ -141,10 +166,11 @@ def test_the_tagger_is_cached_by_its_rows_and_an_index_ships_it(tmp_path: Path) 
     index = Shortlist.empty()
     index.spans = SpanPrior(first)  # the model alone: not in use, not shipped
     assert not index.in_use and index.annotate(EXT, TRAIN[:1]) == TRAIN[:1]
-    index.spans.judge = _judge(0.5, -5.0, p=10.0)
+    index.spans.judge = SpanJudge(_judge(0.5, -5.0, p=10.0).weights, -5.0, 0.5, alternative_p=0.1)
     assert index.in_use
     (row,) = index.annotate(EXT, _rows([("fly to paris on friday", {})]))
     assert row[SPANS_KEY]["judge"] == index.spans.judge.as_list() and row[SPANS_KEY]["fields"] == ["city", "day"]
+    assert row[SPANS_KEY]["alternative_p"] == 0.1  # the tagger's other readings it was fit with
     assert row[SPANS_KEY]["tags"] == ["O", "O", "B-city", "O", "B-day"]
     index.save(tmp_path)
     loaded = load_shortlist(tmp_path)

@@ -41,7 +41,7 @@ rows, so an index that holds only a span prior has none.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -291,6 +291,7 @@ class Shortlist:
         if (spans := self.active_spans) is not None:
             arrays |= spans.tagger.arrays("spans_")
             arrays["spans_judge"] = np.array(spans.judge.as_list())
+            arrays["spans_alternative_p"] = np.array(spans.judge.alternative_p)
         np.savez(tmp, allow_pickle=False, **arrays)
         os.replace(tmp, path)
         return path
@@ -318,7 +319,10 @@ def load_shortlist(folder: Path | None) -> Shortlist | None:
                 prior = LabelPrior(classes, z["prior_coef"], z["prior_intercept"], float(z["prior_weight"]))
             spans = None
             if "spans_model" in z.files:
-                spans = SpanPrior(SpanTagger.from_arrays(z, "spans_"), SpanJudge.from_list(z["spans_judge"].tolist()))
+                judge = SpanJudge.from_list(z["spans_judge"].tolist())
+                if "spans_alternative_p" in z.files:  # saved before: the tagger's best reading only
+                    judge = replace(judge, alternative_p=float(z["spans_alternative_p"]))
+                spans = SpanPrior(SpanTagger.from_arrays(z, "spans_"), judge)
             vectors, embedder = z["vectors"], str(z["embedder"])
             return Shortlist(int(z["k"]), labels, vectors, embedder, texts, texts is not None, prior, spans)
     except (OSError, KeyError, ValueError) as exc:

@@ -7,14 +7,17 @@ of the gold values. After the model answers, every value either of them gives is
 **judge**, a logistic regression over what is known of the value (:data:`FEATURES`): who gives it
 (the model, the tagger, both), the tagger's probability that exactly those tokens form a value of
 that field (from its marginals: the first token begins it, the others continue it, the next one
-does not), the probability of the most likely value overlapping it, and its length in words. The
-answer is the values the judge rates at ``threshold`` or more, the likeliest first, leaving out
-any that overlaps one already taken.
+does not), the probability of the most likely value overlapping it, its length in words, and for
+an extractor that answers inline, the model's own probability of marking it there. The tagger's
+other likely readings (a span whose probability is at least :data:`ALTERNATIVE_P`, a field or
+boundaries its best reading did not choose) are weighed as well. The answer is the values the judge
+rates at ``threshold`` or more, the likeliest first, leaving out any that overlaps one already taken.
 
 A value of a field that is not a span field (an intent, a normalised value) is the model's alone.
 The judge is fit after training on the validation split, where the model answers once
 (:meth:`SpanPrior.choose_judge`): its threshold and its estimated micro-F1 come from 5-fold
-cross-validation over those rows, and it is used only when that estimate beats the model alone;
+cross-validation over those rows (repeated :data:`CV_REPEATS` times), and it is used only when that
+estimate beats the model alone;
 otherwise the tagger is not shipped.
 
 Whoever asks the model annotates the row with the tagger's reading (:data:`SPANS_KEY`, see
@@ -70,6 +73,10 @@ CERTAIN = 10.0
 MIN_MARGINAL = 1e-3
 #: a mark's log-probability is read down to this (a value the model would never mark)
 MARK_FLOOR = -20.0
+#: the tagger's other readings are weighed too where their span's probability is at least this
+ALTERNATIVE_P = 0.1
+#: repeats of the judge's 5-fold cross-validation (other folds each time), averaged to choose its threshold
+CV_REPEATS = 3
 
 #: the model's scorer of marks: (row indices, the request's text before each mark, the marks) -> summed
 #: log-probabilities of each mark after its row's prompt and text (see :func:`mark_scores`)
@@ -86,6 +93,9 @@ class SpanJudge:
     weights: tuple[float, ...] = ()
     bias: float = 0.0
     threshold: float = 0.5
+    #: the tagger's other readings it weighs: spans of at least this probability (0: none, a judge fit
+    #: before they were weighed)
+    alternative_p: float = 0.0
 
     @property
     def active(self) -> bool:
@@ -111,6 +121,7 @@ class SpanJudge:
             "threshold": self.threshold,
             "bias": round(self.bias, 4),
             "weights": {n: round(w, 4) for n, w in zip(FEATURES, self.weights, strict=False)},
+            "alternative_p": self.alternative_p,
         }
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
@@ -136,6 +147,7 @@ class SpanPrior:
         return [
             {
                 "judge": self.judge.as_list(),
+                "alternative_p": self.judge.alternative_p,
                 "fields": self.tagger.fields,
                 "tokens": [[a, b] for _, a, b in toks],
                 "tags": tags,
@@ -168,8 +180,10 @@ class SpanPrior:
         texts = [input_text(task, r) for r in rows]
         readings = self.readings(texts)
         if marks is not None:
-            readings = mark_scores(texts, answers, readings, marks)
-        cands = [_candidates(t, a, reading) for t, a, reading in zip(texts, answers, readings, strict=True)]
+            readings = mark_scores(texts, answers, readings, marks, ALTERNATIVE_P)
+        cands = [
+            _candidates(t, a, reading, ALTERNATIVE_P) for t, a, reading in zip(texts, answers, readings, strict=True)
+        ]
         truth = [value_pairs(r["output"]) for r in rows]
         alone = _micro_f1([_select(c, SpanJudge()) for c in cands], truth)
         judged = [[c for c in cs if c["judged"]] for cs in cands]
@@ -187,18 +201,27 @@ class SpanPrior:
             lr = LogisticRegression(C=1.0, max_iter=2000).fit(xs, ys)
             return SpanJudge(tuple(float(w) for w in lr.coef_[0]), float(lr.intercept_[0]))
 
-        held_out: list[np.ndarray] = [np.zeros(0)] * len(rows)
-        for inside, outside in KFold(5, shuffle=True, random_state=0).split(np.arange(len(rows))):
-            judge = fit(inside)
-            for i in outside:
-                held_out[i] = judge.probabilities(x[i])
-        scores = [_micro_f1([_pick(c, p, t) for c, p in zip(cands, held_out, strict=True)], truth) for t in THRESHOLDS]
-        best = int(np.argmax(scores))  # argmax keeps the first of equals
+        # micro-F1 at each threshold, each row judged by a judge fit without it; averaged over repeats with
+        # other folds, and the threshold chosen on that curve smoothed over its neighbours: one split's luck
+        # moves the chosen threshold (on HWU64 slots, from 0.3 to 0.15 or 0.5) more than the judge's quality
+        curves = []
+        for repeat in range(CV_REPEATS):
+            held_out: list[np.ndarray] = [np.zeros(0)] * len(rows)
+            for inside, outside in KFold(5, shuffle=True, random_state=repeat).split(np.arange(len(rows))):
+                judge = fit(inside)
+                for i in outside:
+                    held_out[i] = judge.probabilities(x[i])
+            curves.append(
+                [_micro_f1([_pick(c, p, t) for c, p in zip(cands, held_out, strict=True)], truth) for t in THRESHOLDS]
+            )
+        scores = np.mean(curves, axis=0)
+        smooth = np.convolve(np.pad(scores, 1, mode="edge"), np.full(3, 1 / 3), mode="valid")
+        best = int(np.argmax(smooth))  # argmax keeps the first of equals
         if scores[best] <= alone:
-            return record | {"judge": None, "micro_f1": alone, "cross_validated_micro_f1": scores[best]}
+            return record | {"judge": None, "micro_f1": alone, "cross_validated_micro_f1": float(scores[best])}
         judge = fit(np.arange(len(rows)))
-        self.judge = SpanJudge(judge.weights, judge.bias, THRESHOLDS[best])
-        return record | {"judge": self.judge.summary(), "micro_f1": scores[best]}
+        self.judge = SpanJudge(judge.weights, judge.bias, THRESHOLDS[best], ALTERNATIVE_P)
+        return record | {"judge": self.judge.summary(), "micro_f1": float(scores[best])}
 
 
 def _micro_f1(answers: list[list[tuple[str, str, Any]]], truth: list[Counter[tuple[str, str]]]) -> float:
@@ -217,17 +240,24 @@ def _micro_f1(answers: list[list[tuple[str, str, Any]]], truth: list[Counter[tup
 _Cand = dict[str, Any]
 
 
-def _candidates(text: str, answer: dict[str, Any] | None, reading: dict[str, Any]) -> list[_Cand]:
+def _candidates(
+    text: str, answer: dict[str, Any] | None, reading: dict[str, Any], alternative_p: float | None = None
+) -> list[_Cand]:
+    """Every value the model or the tagger gives, and the tagger's other readings of at least
+    ``alternative_p`` (None: the reading's), with what the judge knows of each."""
     toks = [(text[a:b], a, b) for a, b in reading["tokens"]]
     fields = set(reading["fields"])
     marginals = reading["marginals"]
     marks = reading.get("marks") or {}
+    if alternative_p is None:
+        alternative_p = reading.get("alternative_p", 0.0)
     out: dict[tuple[str, str], _Cand] = {}
 
-    def add(f: str, value: Any, source: str) -> None:
+    def add(f: str, value: Any, source: str | None) -> None:
         key = (f, norm_value(value))
         c = out.setdefault(key, {"field": f, "norm": key[1], "value": value, "model": False, "tagger": False})
-        c[source] = True
+        if source is not None:
+            c[source] = True
 
     for f, v in (answer or {}).items():
         for item in v if isinstance(v, list) else [v]:
@@ -236,6 +266,9 @@ def _candidates(text: str, answer: dict[str, Any] | None, reading: dict[str, Any
     for f, values in decode_spans(text, toks, list(reading["tags"])).items():
         for v in values:
             add(f, v, "tagger")
+    if alternative_p:
+        for f, v in _alternatives(text, reading, alternative_p):
+            add(f, v, None)
     for c in out.values():
         c["judged"] = c["field"] in fields
         span = find_span(toks, c["norm"], set()) if c["judged"] and isinstance(c["value"], str) else None
@@ -253,6 +286,25 @@ def _candidates(text: str, answer: dict[str, Any] | None, reading: dict[str, Any
     for c in cands:
         c["x"] = _features(c, cands)
     return cands
+
+
+def _alternatives(text: str, reading: dict[str, Any], p_min: float) -> list[tuple[str, str]]:
+    """``(field, value)`` of every span of ``text`` whose probability under the tagger's marginals (it
+    begins there, continues, and ends) is at least ``p_min``, most likely or not."""
+    spans, marginals = reading["tokens"], reading["marginals"]
+    out = []
+    for f in reading["fields"]:
+        begin, inside = f"B-{f}", f"I-{f}"
+        for a in range(len(spans)):
+            p = marginals[a].get(begin, 0.0)
+            for b in range(a + 1, len(spans) + 1):  # the span [a, b)
+                if p < p_min:
+                    break
+                goes_on = marginals[b].get(inside, 0.0) if b < len(spans) else 0.0
+                if p * (1.0 - goes_on) >= p_min:
+                    out.append((f, text[spans[a][0] : spans[b - 1][1]]))
+                p *= goes_on
+    return out
 
 
 def _mark_key(c: _Cand) -> str:
@@ -277,9 +329,8 @@ def _features(c: _Cand, cands: list[_Cand]) -> list[float]:
     words = min(len(str(c["norm"]).split()), 5) / 5
     seen = [m, t, m * t, p, math.log(p + 1e-4), float(c["span"] is not None), rival, m * p, t * p, m * rival, words]
     mark = c.get("mark")
-    if mark is None:
-        return [*seen, 0.0, 0.0, 1.0]
-    return [*seen, math.exp(mark), max(mark, MARK_FLOOR) / -MARK_FLOOR, 0.0]
+    marked = [0.0, 0.0, 1.0] if mark is None else [math.exp(mark), max(mark, MARK_FLOOR) / -MARK_FLOOR, 0.0]
+    return [*seen, *marked]
 
 
 def _select(cands: list[_Cand], judge: SpanJudge) -> list[tuple[str, str, Any]]:
@@ -314,7 +365,11 @@ def _pick(cands: list[_Cand], probs: np.ndarray, threshold: float) -> list[tuple
 
 
 def mark_scores(
-    texts: list[str], answers: list[dict[str, Any] | None], readings: list[dict[str, Any]], score: MarkScorer
+    texts: list[str],
+    answers: list[dict[str, Any] | None],
+    readings: list[dict[str, Any]],
+    score: MarkScorer,
+    alternative_p: float | None = None,
 ) -> list[dict[str, Any]]:
     """``readings`` with the model's log-probability of marking each value the model or the tagger gives
     where it occurs (``reading["marks"]``), for an extractor that answers inline (:mod:`slmloop.inline`).
@@ -324,14 +379,15 @@ def mark_scores(
     those of the marked answer), one pass for every value of every row: ``score(index, prefix, mark)``
     gets the row's index, the text before the mark and the mark, and returns the summed log-probabilities.
     The model is asked about a value the tagger alone gives as much as about its own, which is what
-    tells the judge whether to believe the tagger.
+    tells the judge whether to believe the tagger; and about the tagger's other likely readings where
+    they are weighed (``alternative_p``, see :func:`_candidates`).
     """
     where: list[tuple[int, str]] = []
     rows: list[int] = []
     prefixes: list[str] = []
     continuations: list[str] = []
     for i, (text, answer, reading) in enumerate(zip(texts, answers, readings, strict=True)):
-        for c in _candidates(text, answer, reading):
+        for c in _candidates(text, answer, reading, alternative_p):
             if not c["judged"] or c["span"] is None:
                 continue
             a = reading["tokens"][c["span"][0]][0]

@@ -102,7 +102,6 @@ def make_project(name: str, folder: Path, data_dir: Path, overrides: dict[str, A
             "data": {
                 "sources": [{"path": "data/train.jsonl"}],
                 "gold": {"path": "data/test.jsonl"},
-                "split": {"validation": 0.05},
             },
         }
     if max_rows:

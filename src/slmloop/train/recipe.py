@@ -884,9 +884,10 @@ def _forecast_eval(st: TrainSetup, parts: Parts, forecast: Forecast) -> None:
     forecast.eval_seconds = len(gold) * suffix / cost.prompt_tokens_per_s + decode + marks
 
 
-#: values the span prior's judge asks an inline extractor about, per value of an answer (the model's and
-#: the tagger's, the ones both give once): HWU64 slots, 1,026 for 880 gold values
-MARKS_PER_VALUE = 1.2
+#: values the span prior's judge asks an inline extractor about, per value of an answer (the model's, the
+#: tagger's, the ones both give once, and the tagger's other likely readings): HWU64 slots, 1,387 for 880
+#: gold values
+MARKS_PER_VALUE = 1.6
 
 
 def _refuse(f: Forecast) -> None:

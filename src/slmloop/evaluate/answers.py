@@ -14,9 +14,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from slmloop.evaluate.metrics import parse_json_object, value_pairs
-
-if TYPE_CHECKING:
-    from slmloop.spans import MarkScorer
 from slmloop.manifest import TaskConfig
 from slmloop.models.inference import continuation_logprobs, generate, rank_labels
 from slmloop.models.loading import render_prompt
@@ -30,6 +27,9 @@ from slmloop.tasks import (
     prompt_messages,
     target_text,
 )
+
+if TYPE_CHECKING:
+    from slmloop.spans import MarkScorer
 
 __all__ = [
     "MIN_PROB",

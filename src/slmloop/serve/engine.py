@@ -96,15 +96,16 @@ class Predictor:
                 margin=self.rank_margin,
             )
         else:
+            messages = [prompt_messages(self.task, r, self.prompt) for r in rows]
             said = self._complete_many(
-                [prompt_messages(self.task, r, self.prompt) for r in rows],
+                messages,
                 self.max_new_tokens,
                 json_object=self.task.type == "extraction" and not answers_inline(self.task),
             )
             if self.task.type == "extraction" and any(r.get(SPANS_KEY) for r in rows):
                 from slmloop.spans import mark_rows
 
-                prompts = [render_prompt(self.tokenizer, prompt_messages(self.task, r, self.prompt)) for r in rows]
+                prompts = [render_prompt(self.tokenizer, m) for m in messages]
                 rows = mark_rows(self.task, rows, [t for t, _, _ in said], self.mark_scorer(prompts))
             answers = [generated_answer(self.task, r, t, n) for r, (t, n, _) in zip(rows, said, strict=True)]
         return [self._shape(a) for a in answers]

@@ -125,7 +125,7 @@ def main() -> None:
         t0 = time.perf_counter()
         imp = import_source(project, project.manifest.data.sources[0]).record
         t_import = time.perf_counter() - t0
-        splits, _ = prepare_dataset(project)
+        splits = prepare_dataset(project).splits
         total_s = time.perf_counter() - t0
         peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
         rejects = project.objects.read_jsonl(splits.version.rejects_object)

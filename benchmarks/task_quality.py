@@ -13,6 +13,9 @@ Tasks:
     hwu64-cls   HWU64 fold 1: 64 intents (label = <scenario>_<intent>), 9,960 train rows, 1,076 gold
     hwu64-ext   the same rows: the inline slots (`[slot : value]`) as a JSON object, slots optional
     sms         the bundled SMS spam example (2 labels, 1,500 rows; gold split from the data)
+    viggo       ViGGO data-to-text: video-game meaning representation -> one or two sentences; the CSV files
+                as shipped (train.csv as the source, test.csv as the gold file: 359 inputs with ~3 references
+                each), scored against every reference (chrF headline, multi-reference BLEU beside it)
 
 ``--json FILE`` writes a list with one object per task: task, wall_s (whole loop), stages,
 metric, finetuned, finetuned_ci, base, baselines, best_baseline {name, value}, verdict,
@@ -81,6 +84,22 @@ def make_project(name: str, folder: Path, data_dir: Path, overrides: dict[str, A
     if name == "sms":
         init_project(folder, example="sms-spam")
         manifest = yaml.safe_load((folder / "slmloop.yaml").read_text())
+    elif name == "viggo":
+        (folder / "data").mkdir()
+        for f in ("train.csv", "test.csv"):
+            shutil.copyfile(data_dir / "viggo" / f, folder / "data" / f)
+        mapping = {"input": "mr", "output": "ref"}
+        manifest = {
+            "project": {"name": name},
+            "task": {
+                "type": "generation",
+                "instruction": "Say in one or two sentences what the meaning representation says about the game.",
+            },
+            "data": {
+                "sources": [{"path": "data/train.csv", "fields": mapping}],
+                "gold": {"path": "data/test.csv", "fields": mapping},
+            },
+        }
     else:
         kind = name.split("-")[1]
         train = hwu64_rows(data_dir / "hwu64" / "train", kind)
@@ -185,7 +204,7 @@ def run_task(name: str, args: argparse.Namespace, overrides: dict[str, Any]) -> 
     project = open_project(folder)
     for src in project.manifest.data.sources:
         import_source(project, src)
-    splits, _ = prepare_dataset(project, console=console)
+    splits = prepare_dataset(project, console=console).splits
     stage("import + prepare", t0)
     task = project.task
     metric = HEADLINE[task.type][0]
@@ -340,7 +359,7 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", action="append", choices=["hwu64-cls", "hwu64-ext", "sms"])
+    ap.add_argument("--task", action="append", choices=["hwu64-cls", "hwu64-ext", "sms", "viggo"])
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "datasets"))
     ap.add_argument("--work", default="/tmp/slmloop-task-quality")
     ap.add_argument("--json", type=Path)

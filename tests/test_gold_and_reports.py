@@ -73,18 +73,16 @@ def test_diff_reports_added_removed_changed_and_labels(tmp_path: Path) -> None:
     flipped.pop("_src", None)
     new_rows = [r for r in rows if r["text"] != train_row["text"]] + [flipped] + toy_rows(10, seed=77)
     (root / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in new_rows))
-    from slmloop.store import Import
-
-    with p.store.session() as s:  # retire the old import, as a user replacing the file would
-        for imp in s.query(Import).all():
-            imp.active = False
-    assert main(["data", "import", "-p", str(root)]) == 0
+    assert main(["data", "import", "-p", str(root)]) == 0  # the same path again: it supersedes the old import
     assert main(["data", "prepare", "-p", str(root)]) == 0
     v2 = load_dataset(p).version.id
     d = diff_datasets(p, v1, v2)
-    assert d.changed["train"] + d.changed["validation"] >= 1
-    assert sum(d.added.values()) >= 1 and d.removed["gold"] == 0
+    assert [(x["input"], x["old"], x["new"]) for x in d.relabelled] == [
+        (train_row["text"], train_row["label"], flipped["label"])
+    ]
+    assert len(d.added) == 10 and d.counts("gold")["removed"] == 0
     assert set(d.labels["train"]) == {"ham", "spam"}
+    assert diff_datasets(p).relabelled == d.relabelled  # by default: the current version against the one before
     p.close()
 
 

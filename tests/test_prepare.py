@@ -32,7 +32,8 @@ def test_prepare_accounts_for_every_row_and_stratifies(tmp_path: Path) -> None:
     rows = toy_rows(300)
     rows += [dict(rows[0]), {"text": rows[1]["text"].upper(), "label": rows[1]["label"]}]  # 2 exact dupes
     p = _project(tmp_path, rows)
-    splits, reused = prepare_dataset(p)
+    prepared = prepare_dataset(p)
+    splits, reused = prepared.splits, prepared.reused
     c = splits.version.counts
     assert not reused
     assert c["rejected"] == {"duplicate_exact": 2}
@@ -48,29 +49,36 @@ def test_prepare_accounts_for_every_row_and_stratifies(tmp_path: Path) -> None:
 
 def test_same_data_same_version_and_gold_stays_frozen(tmp_path: Path) -> None:
     p = _project(tmp_path, toy_rows(200))
-    first, _ = prepare_dataset(p)
-    again, reused = prepare_dataset(p)
+    first = prepare_dataset(p).splits
+    prepared = prepare_dataset(p)
+    again, reused = prepared.splits, prepared.reused
     assert reused and again.version.id == first.version.id
-    # new data arrives, including a copy of a gold row: gold must not move, the copy must not train
-    gold_text = first.gold[0]["text"]
+    assert prepared.counts["gold"] == len(first.gold) and prepared.counts["gold_new"] == 0  # its own rows, read again
+    # new data arrives, with another answer for a gold input: gold must not move, the row must not train
+    gold_row = next(r for r in first.gold if r["label"] == "spam")
     extra = tmp_path / "more.jsonl"
     extra.write_text(
-        "".join(json.dumps(r) + "\n" for r in [*toy_rows(50, seed=7), {"text": gold_text, "label": "ham"}])
+        "".join(json.dumps(r) + "\n" for r in [*toy_rows(50, seed=7), {"text": gold_row["text"], "label": "ham"}])
     )
     import_source(p, SourceConfig(path=str(extra)))
-    second, reused = prepare_dataset(p)
+    prepared = prepare_dataset(p)
+    second, reused = prepared.splits, prepared.reused
     assert not reused
     assert second.version.gold_id == first.version.gold_id
-    rejected = second.version.counts["rejected"]
-    assert rejected["leaks_gold"] == len(first.gold)  # the gold rows themselves never re-enter training
-    assert rejected["duplicate_exact"] >= 1  # the copy of a gold row
-    assert gold_text not in {r["text"] for r in second.train + second.validation}
+    c = prepared.counts
+    # the gold rows' own source rows are placed in gold, not counted as leaks; the new answer to a gold
+    # input corrects the old row (corrected) and is itself kept out of training (leaks_gold), with a warning
+    assert c["gold"] == len(first.gold) - 1 and c["rejected"]["corrected"] == 1
+    assert c["rejected"]["leaks_gold"] >= 1
+    assert any("another answer than the gold set" in w for w in c["warnings"])
+    assert gold_row["text"] not in {r["text"] for r in second.train + second.validation}
+    assert c["train"] + c["validation"] + c["gold"] + sum(c["rejected"].values()) == c["rows_in"]
     assert load_dataset(p).version.id == second.version.id
 
 
 def test_max_rows_samples_and_records_the_rest(tmp_path: Path) -> None:
     p = _project(tmp_path, toy_rows(200), max_rows=100)
-    splits, _ = prepare_dataset(p)
+    splits = prepare_dataset(p).splits
     c = splits.version.counts
     assert c["rejected"]["sampled_out"] == 100
     assert c["train"] + c["validation"] + c["gold"] == 100
@@ -90,7 +98,7 @@ def _imported(tmp_path: Path, rows: list[dict], **data) -> tuple:
 
 def _prepare_rows(tmp_path: Path, rows: list[dict], **data) -> tuple:
     p, imp = _imported(tmp_path, rows, **data)
-    splits, _ = prepare_dataset(p)
+    splits = prepare_dataset(p).splits
     return p, splits, p.objects.read_jsonl(splits.version.rejects_object), imp
 
 
@@ -161,7 +169,7 @@ def test_too_long_rows_are_rejected_in_model_tokens(tmp_path: Path, tiny_model: 
         )
     )
     import_source(p, p.manifest.data.sources[0])
-    splits, _ = prepare_dataset(p)
+    splits = prepare_dataset(p).splits
     rejects = p.objects.read_jsonl(splits.version.rejects_object)
     assert [r["reason"] for r in rejects] == ["too_long"] and "> data.max_tokens = 120" in rejects[0]["detail"]
 
@@ -180,7 +188,7 @@ def _prepare_with_gold_paraphrase(tmp_path: Path, semantic: str) -> tuple[Any, A
     extra = tmp_path / "more.jsonl"
     extra.write_text(json.dumps({"text": PARAPHRASE, "label": "ham"}) + "\n")
     import_source(p, SourceConfig(path=str(extra)))
-    second, _ = prepare_dataset(p)
+    second = prepare_dataset(p).splits
     return p, second
 
 

@@ -52,13 +52,13 @@ def test_a_gold_file_with_a_duplicate_and_a_broken_row_is_fully_accounted(tmp_pa
     (root / "data" / "gold.jsonl").write_text("\n".join(gold_lines) + "\n")
     p = open_project(root)
     import_source(p, p.manifest.data.sources[0])
-    splits, _ = prepare_dataset(p)
+    splits = prepare_dataset(p).splits
     g = splits.version.counts["gold_file"]
     assert g["rows_read"] == 6 and g["accepted"] == 3 == len(splits.gold)
     assert g["rejected"] == {"bad_json": 1, "duplicate_exact": 1, "label_not_in_schema": 1}
     rejects = {r["line"]: r for r in p.objects.read_jsonl(splits.version.rejects_object) if r.get("split")}
     assert set(rejects) == {3, 4, 5}
-    assert "same input as line 1" in rejects[4]["detail"]
+    assert "same input and answer as line 1" in rejects[4]["detail"]
     # no gold split is taken from the sources: every source row is train, validation or rejected
     c = splits.version.counts
     assert c["gold"] == 0 and c["train"] + c["validation"] + sum(c["rejected"].values()) == 120
@@ -79,7 +79,7 @@ def test_labels_auto_come_from_the_data_and_are_recorded(tmp_path: Path, tiny_mo
     with pytest.raises(Exception, match="auto"):
         _ = p.task  # nothing prepared yet: a clear error, not an empty label list
     import_source(p, p.manifest.data.sources[0])
-    splits, _ = prepare_dataset(p)
+    splits = prepare_dataset(p).splits
     assert p.task.labels == ["blue", "green", "red"] == splits.version.config["task"]["labels"]
     p.close()
 

@@ -128,7 +128,7 @@ def test_a_store_from_schema_1_is_migrated_in_place(tmp_path: Path) -> None:
         c.execute(text("INSERT INTO alias_history VALUES (1, '2026-01-01 00:00:00', 'production', 1, NULL, 'old')"))
     engine.dispose()
     store = Store(url)
-    assert store.get_meta("schema_version") == "2"
+    assert store.get_meta("schema_version") == "3"
     from slmloop.store import AliasHistory
 
     (row,) = store.list(AliasHistory)

@@ -127,7 +127,7 @@ def run_demo(directory: Path | None = None, console: Console | None = None) -> D
         init_project(root, example="sms-spam")
         project = open_project(root)
         imp = import_source(project, project.manifest.data.sources[0]).record
-        splits, _ = prepare_dataset(project)
+        splits = prepare_dataset(project).splits
         c = splits.version.counts
         console.print(
             f"imported {imp.rows_read} rows ({imp.accepted} accepted, {imp.rejected} rejected) → "

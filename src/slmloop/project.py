@@ -49,11 +49,16 @@ class Project:
 
     @property
     def task(self) -> TaskConfig:
-        """The manifest's task, with ``labels: auto`` / ``fields: auto`` as the newest dataset version resolved them."""
+        """The manifest's task, with ``labels: auto`` / ``fields: auto`` as the current dataset version read them."""
         task = self.manifest.task
         if not task.unresolved:
             return task
-        latest = self.store.latest(DatasetVersion, DatasetVersion.created_at)
+        head = self.store.get_meta("current_dataset")  # the version `data prepare` made current
+        latest = None
+        if head is not None:
+            with self.store.session() as s:
+                latest = s.get(DatasetVersion, head)
+        latest = latest or self.store.latest(DatasetVersion, DatasetVersion.created_at)
         if latest is None or "task" not in latest.config:
             what = "task.labels" if task.labels == "auto" else "task.fields"
             raise ConfigError(

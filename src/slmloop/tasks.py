@@ -7,6 +7,10 @@ A *row* is the task-shaped dict every stage passes around:
     generation      {"input": str, "output": str}
     chat            {"messages": [{"role": ..., "content": ...}, ...]}   (last = assistant)
 
+A gold row of a generation or chat task may hold several right answers: ``"references":
+[str, ...]`` (the output / last assistant turn is the first of them); it is scored against
+all of them (:func:`references`).
+
 Training, evaluation and serving all call :func:`prompt_messages` and
 :func:`target_text`, so the model sees exactly the same format everywhere.
 
@@ -52,6 +56,7 @@ __all__ = [
     "input_text",
     "parse_prediction",
     "prompt_messages",
+    "references",
     "resolve_answer",
     "resolve_task",
     "system_message",
@@ -140,6 +145,14 @@ def target_text(task: TaskConfig, row: dict[str, Any]) -> str:
     if task.type == "chat":
         return str(row["messages"][-1]["content"])
     return str(row["output"])
+
+
+def references(task: TaskConfig, row: dict[str, Any]) -> list[str]:
+    """Every right answer of a row: a multi-reference gold row's ``references``, else its one target."""
+    refs = row.get("references")
+    if isinstance(refs, list) and refs and task.type in ("generation", "chat"):
+        return [str(r) for r in refs]
+    return [target_text(task, row)]
 
 
 def answers_inline(task: TaskConfig) -> bool:

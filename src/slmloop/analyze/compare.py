@@ -38,18 +38,33 @@ class CompareReport:
 
 
 def _evaluation_for(
-    project: Project, ref: str, gold_id: str, cfg: EvalConfig, console: Console, fresh: bool
+    project: Project, ref: str, gold_id: str, cfg: EvalConfig, console: Console, fresh: bool, data: str | None
 ) -> Evaluation:
     from slmloop.targets import resolve_target
 
     canonical = ref if ref.startswith(("endpoint:", "baseline:")) else resolve_target(project, ref).ref
     if not fresh:
-        for e in latest_evaluations(project, gold_id):
+        for e in latest_evaluations(project, gold_id, data):
             if e.model_ref == canonical:
                 return e
-    return evaluate(
-        project, ref, pack=cfg.model_copy(update={"gates": [], "compare": type(cfg.compare)()}), console=console
-    )
+    plain = cfg.model_copy(update={"gates": [], "compare": type(cfg.compare)()})
+    return evaluate(project, ref, pack=plain, console=console, dataset_id=data)
+
+
+def _baseline_data(project: Project, refs: list[str]) -> str:
+    """The data baselines are fit on in a comparison: that of the first trained model compared (a run's or a
+    release's dataset version), else the current dataset version."""
+    from slmloop.data.versions import resolve_dataset
+    from slmloop.targets import resolve_target
+
+    for ref in refs:
+        if ref.startswith(("endpoint:", "baseline:", "live:")):
+            continue
+        target = resolve_target(project, ref)
+        lineage = target.run or target.release
+        if lineage is not None:
+            return lineage.dataset_id
+    return resolve_dataset(project).id
 
 
 def compare_models(
@@ -71,7 +86,8 @@ def compare_models(
     gold = current_gold(project)
     if gold is None:
         raise NotFoundError("there is no gold set yet", hint="Run `slmloop data prepare`.")
-    evals = [_evaluation_for(project, r, gold.id, cfg, console, fresh) for r in refs]
+    data = _baseline_data(project, refs) if any(r.startswith("baseline:") for r in refs) else None
+    evals = [_evaluation_for(project, r, gold.id, cfg, console, fresh, data) for r in refs]
     result = CompareReport(evals)
     for other in evals[1:]:
         result.comparisons.append(compare_pair(project, evals[0], other, metric, cfg))

@@ -6,14 +6,19 @@
   JSON, missing field, wrong value, extra field (extraction); MiniLM embedding
   clusters of the failing inputs, named by their most distinctive words
   (generation, chat) — each with exemplars.
-- **Likely mislabelled rows**, confident-learning style: a row whose given label
-  the model confidently disputes (its probability for another label reaches that
-  label's per-class threshold — the mean probability the model gives the label on
-  rows that carry it). Gold rows from the evaluation; training rows with ``--train``.
+- **The weakest labels / fields** (lowest F1 on gold) and, for generation, the worst
+  quarter of the rows by chrF as its failures.
+- **Likely mislabelled rows**, by confident learning (:mod:`slmloop.analyze.label_issues`):
+  gold rows the evaluated model disputes (it never trained on them), and with
+  ``--train`` the training and validation rows, each scored by models that did not
+  learn it (cross-validated cheap models; the fine-tuned run on validation rows).
 - **A remediation plan**, and ``--export FILE``: rows to label, in a form
-  ``slmloop data import`` accepts — live requests that resemble the failures, and
-  training rows whose labels look wrong. Gold rows are never exported for
-  training (the leakage gate would refuse them anyway).
+  ``slmloop data import`` accepts — suspected label errors (with the given and the
+  suggested label), live requests or inputs of an unlabelled pool (``--pool``) nearest
+  the failures, else the training rows nearest them. A person sets ``label`` and
+  ``reviewed: true``; importing the file applies the corrections (a later import
+  wins), and confirmed rows are not suggested again. Gold rows are never exported
+  for training (the leakage gate would refuse them anyway).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from slmloop.data.clean import dedupe_key
 from slmloop.data.versions import load_dataset, row_field
 from slmloop.errors import NotFoundError
 from slmloop.evaluate.metrics import field_diff, parse_json_object
-from slmloop.evaluate.results import evaluation_task, gold_rows
+from slmloop.evaluate.results import evaluation_task, gold_rows, learned_from
 from slmloop.project import Project
 from slmloop.store import Evaluation, Prediction, atomic_write_json, atomic_write_text
 from slmloop.tasks import input_text
@@ -45,7 +50,8 @@ __all__ = [
     "Slice",
     "analyze",
     "export_for_labelling",
-    "find_label_issues",
+    "failing_rows",
+    "read_pool",
 ]
 
 MIN_SLICE = 5
@@ -78,34 +84,19 @@ class Analysis:
     label_issues: list[dict[str, Any]] = field(default_factory=list)
     plan: list[str] = field(default_factory=list)
     path: Path | None = None
-
-
-def find_label_issues(labels: list[int], probs: np.ndarray) -> list[tuple[int, int, float]]:
-    """Rows whose given label the model confidently disputes: ``[(row, suggested, self_confidence)]``.
-
-    Confident learning: per-class threshold t_j = mean p(j) over rows labelled j; a row
-    labelled i counts as class j when p(j) >= t_j (the largest such j); off-diagonal
-    assignments are label issues, most suspicious (lowest p(i)) first.
-    """
-    y = np.asarray(labels)
-    k = probs.shape[1]
-    thresholds = np.array([probs[y == j, j].mean() if (y == j).any() else 1.0 for j in range(k)])
-    issues = []
-    for i, (given, p) in enumerate(zip(y, probs, strict=True)):
-        above = [j for j in range(k) if p[j] >= thresholds[j]]
-        if not above:
-            continue
-        j = max(above, key=lambda c: p[c])
-        if j != given:
-            issues.append((i, j, float(p[given])))
-    return sorted(issues, key=lambda x: x[2])
+    #: gold rows counted as failures (indices), and the weakest labels / fields: (name, F1, gold rows)
+    failing: list[int] = field(default_factory=list)
+    weakest: list[tuple[str, float, int]] = field(default_factory=list)
 
 
 def _disputed(task: Any, split: str, rows: list[dict], scores: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows of ``split`` whose label the model's probabilities dispute (see :func:`find_label_issues`)."""
+    """Rows of ``split`` whose label the model's probabilities dispute: counted as another label by confident
+    learning (a lone model's mistakes alone are not evidence). The model must not have trained on them (gold)."""
+    from slmloop.analyze.label_issues import confident_learning
+
     labels = task.label_list
     probs = np.array([[s["probs"].get(lab, 0.0) for lab in labels] for s in scores])
-    given = [labels.index(r["label"]) for r in rows]
+    given = np.array([labels.index(r["label"]) for r in rows])
     return [
         {
             "split": split,
@@ -113,11 +104,33 @@ def _disputed(task: Any, split: str, rows: list[dict], scores: list[dict[str, An
             "text": input_text(task, rows[i])[:200],
             "label": rows[i]["label"],
             "suggested": labels[j],
-            "p_given": conf,
+            "p_given": float(probs[i, given[i]]),
             "p_suggested": float(probs[i, j]),
         }
-        for i, j, conf in find_label_issues(given, probs)
+        for i, j, _ in confident_learning(given, probs, likelier=False)
     ]
+
+
+def failing_rows(project: Project, evaluation: Evaluation, preds: list[Prediction]) -> list[int]:
+    """The gold rows an evaluation counts as failures: wrong answers; for generation and chat, where several
+    wordings are right, the worst quarter of the rows by chrF (those not matched exactly)."""
+    task = evaluation_task(project, evaluation)
+    if task.type not in ("generation", "chat"):
+        return [i for i, p in enumerate(preds) if not p.correct]
+    from slmloop.evaluate.results import row_scores
+
+    chrf = row_scores(project, evaluation, task=task).arrays["chrf"]
+    if not len(chrf):
+        return []
+    bar = float(np.quantile(chrf, 0.25))
+    return [i for i, p in enumerate(preds) if chrf[i] <= bar and not p.correct]
+
+
+def _weakest(evaluation: Evaluation, limit: int = 10) -> list[tuple[str, float, int]]:
+    """The labels or fields with the lowest gold F1 (the most gold rows first among equals)."""
+    table = evaluation.metrics.get("per_class") or evaluation.metrics.get("per_field") or {}
+    ranked = sorted(table.items(), key=lambda kv: (kv[1]["f1"], -kv[1]["support"]))
+    return [(name, float(v["f1"]), int(v["support"])) for name, v in ranked if v["support"]][:limit]
 
 
 def _slices(task: Any, rows: list[dict], hits: np.ndarray) -> list[Slice]:
@@ -191,13 +204,12 @@ def _extraction_clusters(rows: list[dict], preds: list[Prediction]) -> list[Clus
     return clusters
 
 
-def _embedding_clusters(project: Project, preds: list[Prediction]) -> list[Cluster]:
+def _embedding_clusters(project: Project, preds: list[Prediction], failing: list[int]) -> list[Cluster]:
     from sklearn.cluster import KMeans
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     from slmloop.data.leakage import project_embedder
 
-    failing = [i for i, p in enumerate(preds) if not p.correct]
     if not failing:
         return []
     texts = [preds[i].input for i in failing]
@@ -256,14 +268,17 @@ def _plan(analysis: Analysis, task_type: str) -> list[str]:
         else:
             plan.append(f"failing inputs about '{c.title}' ({c.n}) — collect and label more inputs like the exemplars.")
     gold_issues = [x for x in analysis.label_issues if x["split"] == "gold"]
-    train_issues = [x for x in analysis.label_issues if x["split"] == "train"]
+    train_issues = [x for x in analysis.label_issues if x["split"] != "gold"]
     if gold_issues:
         plan.append(
             f"{len(gold_issues)} gold row(s) look mislabelled — review them; fix with `slmloop gold remove` "
             "and `slmloop gold add`."
         )
     if train_issues:
-        plan.append(f"{len(train_issues)} training row(s) look mislabelled — relabel them (`--export` writes them).")
+        plan.append(
+            f"{len(train_issues)} training row(s) look mislabelled to models that did not learn them — `--export FILE` "
+            "writes them with the suggested label: set `label` and `reviewed: true`, then `slmloop data import FILE`."
+        )
     if not plan:
         plan.append("no slice or cluster stands out at this gold size: more gold rows would show smaller effects.")
     return plan
@@ -283,23 +298,25 @@ def analyze(
         eid = int(str(evaluation_ref).removeprefix("eval-"))
     except ValueError:
         raise NotFoundError(f"{evaluation_ref!r} is not an evaluation id", hint="They look like eval-3.") from None
-    ev = project.store.get(Evaluation, eid, "evaluation", "`slmloop eval` prints evaluation ids.")
+    ev = project.store.get(Evaluation, eid, "evaluation", "`slmloop eval list` lists the evaluations.")
     task = evaluation_task(project, ev)
     rows = gold_rows(project, ev.gold_id)
     preds = list(project.store.predictions(ev.id))
-    hits = np.array([p.correct for p in preds], dtype=bool)
-    analysis = Analysis(ev, float(hits.mean()) if len(hits) else math.nan)
+    failing = failing_rows(project, ev, preds)
+    hits = np.ones(len(preds), dtype=bool)
+    hits[failing] = False
+    analysis = Analysis(ev, float(hits.mean()) if len(hits) else math.nan, failing=failing, weakest=_weakest(ev))
     analysis.slices = _slices(task, rows, hits)
     if task.type == "classification":
         analysis.clusters = _classification_clusters(preds)
     elif task.type == "extraction":
         analysis.clusters = _extraction_clusters(rows, preds)
     else:
-        analysis.clusters = _embedding_clusters(project, preds)
+        analysis.clusters = _embedding_clusters(project, preds, failing)
     if task.type == "classification" and task.label_list and preds and "probs" in preds[0].scores:
         analysis.label_issues = _disputed(task, "gold", rows, [p.scores for p in preds])
-        if train_rows and not ev.model_ref.startswith("endpoint:"):
-            analysis.label_issues += _train_label_issues(project, ev, console)
+    if train_rows and task.type == "classification":
+        analysis.label_issues += _train_label_issues(project, ev, console)
     analysis.plan = _plan(analysis, task.type)
     if report:
         analysis.path = _write_report(project, analysis)
@@ -307,91 +324,176 @@ def analyze(
 
 
 def _train_label_issues(project: Project, ev: Evaluation, console: Console) -> list[dict[str, Any]]:
-    """Score the training rows of the evaluated model's dataset with that model, flag disputed labels."""
-    from slmloop.evaluate.answers import answer_rows
-    from slmloop.models.loading import pick_dtype
-    from slmloop.shortlist import Shortlist
-    from slmloop.targets import load_target, resolve_target
+    """Suspected label errors in the training and validation rows the evaluated model learned from (the current
+    dataset version for the base model and endpoints), scored out of sample."""
+    from slmloop.analyze.label_issues import label_suspects
 
-    target = resolve_target(project, ev.model_ref)
-    lineage = target.run or target.release
-    if lineage is None:
-        return []
-    task = target.answering_task(project)
-    train = load_dataset(project, lineage.dataset_id).train
-    shortlist = target.shortlist()
-    if shortlist is not None:  # as in training: each row's shortlist without the row itself
-        cache = project.home / "cache" / "embeddings"
-        index = Shortlist.build(task, train, shortlist.k, cache_dir=cache)
-        train = index.annotate(task, train, leave_out_self=True, cache_dir=cache)
-    model, tok = load_target(target, pick_dtype(project.manifest.eval.precision))
-    cfg = project.manifest.eval
-    with console.status(f"scoring {len(train)} training rows with {target.ref} …"):
-        answers = answer_rows(
-            task,
-            target.prompt,
-            "rank",
-            model,
-            tok,
-            train,
-            batch_size=cfg.batch_size,
-            max_new_tokens=1,
-            margin=cfg.rank_margin,
-        )
-    return _disputed(task, "train", train, [a.scores for a in answers])
+    dataset_id = learned_from(ev)
+    run = ev.model_ref if ev.model_ref.startswith("run-") else None
+    if ev.model_ref.startswith("release-"):
+        from slmloop.targets import resolve_target
+
+        lineage = resolve_target(project, ev.model_ref).release
+        run = f"run-{lineage.run_id}" if lineage is not None else None
+    return [x.as_dict() for x in label_suspects(project, dataset_id, run=run, console=console)]
 
 
-def export_for_labelling(project: Project, analysis: Analysis, path: Path, limit: int = 200) -> dict[str, int]:
-    """Rows worth labelling, as JSONL ``slmloop data import`` accepts; gold rows are never included."""
+def read_pool(task: Any, path: Path) -> list[str]:
+    """Unlabelled inputs to choose from: a text file (one input a line) or any source file slmloop reads (the
+    task's input column — ``text`` / ``input`` — else each record's first text value)."""
+    from slmloop.data.sources import SourceStats, read_records
+    from slmloop.errors import DataError
+    from slmloop.manifest import SourceConfig
+
+    if not path.exists():
+        raise DataError(f"pool {path} does not exist", hint="Pass a file of unlabelled inputs (.txt, .jsonl, .csv).")
+    if path.suffix == ".txt":
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    key = "input" if task.type in ("generation", "chat") else "text"
+    texts = []
+    for rec in read_records(path, SourceConfig(path=str(path)), SourceStats()):
+        if rec.reason is not None or not isinstance(rec.fields, dict):
+            continue
+        value = rec.fields.get(key)
+        if not isinstance(value, str):
+            value = next((v for v in rec.fields.values() if isinstance(v, str) and v.strip()), None)
+        if value and value.strip():
+            texts.append(value.strip())
+    return texts
+
+
+def _refuse_active_source(project: Project, path: Path) -> None:
+    """Writing the export over the source of an active import would make its next import *replace* that one
+    (and drop the corrections it holds): refuse, naming the import."""
+    from slmloop.errors import DataError
+    from slmloop.store import Import
+
+    for imp in project.store.list(Import, Import.created_at):
+        if imp.active and Path(imp.source_path).resolve() == path.resolve():
+            raise DataError(
+                f"{path} is the source of the active import {imp.id}: importing a new file there would replace it "
+                "and the corrections it holds",
+                hint="Export to a new file name (e.g. one per round of fixes).",
+            )
+
+
+def _suggestions(project: Project, task: Any, texts: list[str]) -> list[Any]:
+    """A starting answer for unlabelled inputs, for a person to check: the label of a logistic regression over
+    the MiniLM embeddings of the training rows (classification), else the answer of the nearest training input."""
+    from slmloop.baselines import fit_baseline
+    from slmloop.data.leakage import project_embedder
+
+    data = load_dataset(project)
+    name = "minilm-lr" if task.type == "classification" else "knn"
+    fitted = fit_baseline(name, task, data.train, project_embedder(project), project.home / "cache")
+    key = "text" if task.type in ("classification", "extraction") else "input"
+    answers = fitted.predict([{key: t} for t in texts])
+    if task.type == "extraction":
+        return [parse_json_object(a.raw) or {} for a in answers]
+    return [a.prediction for a in answers]
+
+
+def export_for_labelling(
+    project: Project,
+    analysis: Analysis,
+    path: Path,
+    limit: int = 200,
+    pool: Path | None = None,
+    near: int | None = None,
+) -> dict[str, int]:
+    """Rows worth a person's look, as JSONL ``slmloop data import`` reads; gold rows are never included.
+
+    First up to ``limit`` suspected label errors of the training data, with the label they have (``label``,
+    to be corrected in place, and ``given_label``) and the suggested one; then up to ``near`` (default:
+    ``limit``) inputs nearest the failing gold rows — of ``pool`` (unlabelled inputs) if given, else of live
+    traffic, else the training rows themselves — each with a suggested answer. Every row carries
+    ``reviewed: false``: a person sets the answer and ``reviewed: true``; rows imported so are not suggested
+    again."""
+    _refuse_active_source(project, path)
     task = evaluation_task(project, analysis.evaluation)
     preds = list(project.store.predictions(analysis.evaluation.id))
+    key = "text" if task.type in ("classification", "extraction") else "input"
+    target = "label" if task.type == "classification" else "output"
     out: list[dict[str, Any]] = []
     counts: Counter[str] = Counter()
-    gold_keys = {dedupe_key(p.input) for p in preds}
-    failing = [p.input for p in preds if not p.correct]
-    requests = [r for r in project.store.requests() if r.status == 200 and r.input.strip()]
-    live = list({dedupe_key(r.input): r for r in requests if dedupe_key(r.input) not in gold_keys}.values())
-    if failing and live:
-        from slmloop.data.leakage import project_embedder
+    taken = {dedupe_key(p.input) for p in preds}  # gold inputs, then every input already exported
+    for issue in [x for x in analysis.label_issues if x["split"] != "gold"][:limit]:
+        out.append(
+            {
+                key: issue["text"],
+                "label": issue["label"],
+                "given_label": issue["label"],
+                "suggested_label": issue["suggested"],
+                "reviewed": False,
+                "source": issue.get("source", issue["split"]),
+                "why": f"likely mislabelled: models that did not learn this row give {issue['suggested']} "
+                f"p={issue['p_suggested']:.2f}, {issue['label']} p={issue['p_given']:.2f}",
+            }
+        )
+        taken.add(dedupe_key(issue["text"]))
+        counts["suspected label errors"] += 1
+    failing = [preds[i].input for i in analysis.failing]
+    near = limit if near is None else near
+    if failing and near and task.type != "chat":
+        nearest = _nearest_to_failures(project, task, analysis, failing, taken, near, pool)
+        for text, answer, where, why in nearest:
+            out.append({key: text, target: answer, "reviewed": False, "source": where, "why": why})
+            counts[where] += 1
+    return _write_export(path, out, counts)
 
-        embed = project_embedder(project)
-        e_fail, e_live = embed(failing), embed([r.input for r in live])
-        sim = (e_live @ e_fail.T).max(axis=1)
-        for j in np.argsort(-sim)[:limit]:
-            if sim[j] < 0.5:
-                break
-            r = live[j]
-            answer = r.output
-            with contextlib.suppress(json.JSONDecodeError, AttributeError):
-                answer = json.loads(r.output).get("label", answer)
-            key = "text" if task.type in ("classification", "extraction") else "input"
-            target = "label" if task.type == "classification" else "output"
-            out.append(
-                {
-                    key: r.input,
-                    target: answer,
-                    "needs_review": True,
-                    "source": "live traffic",
-                    "why": f"resembles failing gold rows (cosine {sim[j]:.2f}); label pre-filled with the "
-                    "model's answer",
-                }
-            )
-            counts["live traffic"] += 1
-    for issue in analysis.label_issues:
-        if issue["split"] == "train":
-            out.append(
-                {
-                    "text": issue["text"],
-                    "label": issue["label"],
-                    "suggested_label": issue["suggested"],
-                    "needs_review": True,
-                    "source": "train",
-                    "why": f"the model gives {issue['suggested']} p={issue['p_suggested']:.2f}",
-                }
-            )
-            counts["train"] += 1
+
+def _nearest_to_failures(
+    project: Project,
+    task: Any,
+    analysis: Analysis,
+    failing: list[str],
+    taken: set[str],
+    limit: int,
+    pool: Path | None,
+) -> list[tuple[str, Any, str, str]]:
+    """Up to ``limit`` (input, suggested answer, where from, why) nearest the failing gold inputs (MiniLM cosine
+    >= 0.5): of ``pool``, else of live traffic (the model's answer), else training rows (their answer now)."""
+    from slmloop.data.leakage import project_embedder
+
+    answers: list[Any] | None = None
+    if pool is not None:
+        found, where = read_pool(task, pool), f"pool {pool.name}"
+    else:
+        requests = {dedupe_key(r.input): r for r in project.store.requests() if r.status == 200 and r.input.strip()}
+        found, where = [r.input for r in requests.values()], "live traffic"
+        answers = [_live_answer(r.output) for r in requests.values()]
+        if not found:  # no unlabelled inputs: the training rows nearest the failures, to check their answers
+            train = load_dataset(project, learned_from(analysis.evaluation)).train
+            found, where = [input_text(task, r) for r in train], "training rows"
+            answers = [r["label"] if task.type == "classification" else r["output"] for r in train]
+    unique = list({dedupe_key(t): k for k, t in enumerate(found) if dedupe_key(t) not in taken}.values())
+    if not unique:
+        return []
+    embed = project_embedder(project)
+    sim = (embed([found[k] for k in unique]) @ embed(failing).T).max(axis=1)
+    order = [j for j in np.argsort(-sim)[:limit] if sim[j] >= 0.5]
+    chosen = [unique[j] for j in order]
+    if answers is None:
+        suggested, how = _suggestions(project, task, [found[k] for k in chosen]), "a cheap model's guess"
+    else:
+        suggested = [answers[k] for k in chosen]
+        how = "the model's answer" if where == "live traffic" else "its answer now (check it)"
+    return [
+        (found[k], answer, where, f"near failing gold rows (cosine {sim[j]:.2f}); pre-filled with {how}")
+        for j, k, answer in zip(order, chosen, suggested, strict=True)
+    ]
+
+
+def _live_answer(output: str) -> Any:
+    """What the server answered, as a row's answer: a classifier's label, else the output as logged."""
+    with contextlib.suppress(json.JSONDecodeError, AttributeError):
+        return json.loads(output).get("label", output)
+    return output
+
+
+def _write_export(path: Path, rows: list[dict[str, Any]], counts: Counter[str]) -> dict[str, int]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out))
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return dict(counts)
 
 

@@ -33,6 +33,8 @@ app = typer.Typer(
 # command table: name -> function (each calls one library function)
 app.command("init")(project.init)
 app.command("validate")(project.validate)
+app.command("status")(project.status)
+app.command("log")(project.log)
 app.add_typer(data.app, name="data")
 app.add_typer(data.gold_app, name="gold")
 app.command("train")(train.train)

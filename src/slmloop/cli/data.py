@@ -63,7 +63,9 @@ def import_(
     for src in sources:
         res = import_source(proj, src, force=force)
         rec = res.record
-        verb = "already imported" if res.reused else "imported"
+        verb = "imported"
+        if res.reused:
+            verb = "active again (these bytes were imported before)" if res.reactivated else "already imported"
         if res.inspection is not None and not res.reused:
             used = ", ".join(f"{p.task_field} ← {p.column} ({p.confidence:.2f})" for p in res.inspection.proposals)
             out.print(f"  mapping inferred ({res.inspection.layout}): {used}")
@@ -72,6 +74,11 @@ def import_(
             f"  rows read {rec.rows_read} = accepted {rec.accepted} + rejected {rec.rejected}"
             + (f"  ({res.blank_lines} blank lines skipped)" if res.blank_lines else "")
         )
+        if res.superseded:
+            out.print(
+                f"  replaces {', '.join(res.superseded)} (the same source imported before): rows no longer in the "
+                "file leave the data, changed rows carry their new answer at the next `slmloop data prepare`"
+            )
         if rec.rejected:
             _reject_table(res.rejects[:SHOW_REJECTS], f"rejected rows ({rec.rejected})")
             if rec.rejected > SHOW_REJECTS:
@@ -169,14 +176,21 @@ def inspect(
 
 @app.command("prepare")
 def prepare(project: ProjectOpt = Path(".")) -> None:
-    """Normalise, dedupe and split imported rows into a dataset version (gold frozen)."""
+    """Normalise, dedupe and split the active imports into a dataset version (gold frozen).
+
+    Where imports disagree on an input's answer, the newest import wins (a correction); the summary
+    says what changed against the previous version (`slmloop data diff` lists every row)."""
     from slmloop.data.prepare import prepare_dataset
 
     proj = load(project)
-    splits, reused = prepare_dataset(proj, console=err)
-    v = splits.version
-    c = v.counts
-    out.print(f"[bold]{v.id}[/bold] {'(unchanged)' if reused else 'created'} · gold {v.gold_id}")
+    done = prepare_dataset(proj, console=err)
+    v = done.splits.version
+    c = done.counts
+    if done.reused:
+        same = "the current version" if done.previous == v.id else "an earlier version, current again"
+        out.print(f"[bold]{v.id}[/bold] (unchanged: the rows come out as {same}) · gold {v.gold_id}")
+    else:
+        out.print(f"[bold]{v.id}[/bold] created · gold {v.gold_id}")
     t = Table(show_header=True)
     t.add_column("step")
     t.add_column("rows", justify="right")
@@ -186,19 +200,24 @@ def prepare(project: ProjectOpt = Path(".")) -> None:
         t.add_row(f"rejected: {reason}", str(n))
     t.add_row("train", str(c["train"]))
     t.add_row("validation", str(c["validation"]))
-    t.add_row("gold (new)" if c["gold"] else "gold (frozen, reused)", str(c["gold"] or c["gold_rows_total"]))
+    gold_note = "newly frozen" if c.get("gold_new") else "rows of the frozen gold set"
+    if "gold_file" in c:
+        gold_note = "the gold file's rows are read below"
+    t.add_row(f"gold ({gold_note}; {c['gold_rows_total']} gold rows)", str(c["gold"]))
     out.print(t)
+    _imports_table(done.imports, done.left_out)
     leak = {k: n for k, n in c.get("leakage", {}).items() if k != "checks"}
     checks = "/".join(c.get("leakage", {}).get("checks", []))
     out.print(
         f"leakage check ({checks}) against gold: "
-        + (", ".join(f"{n} {k}" for k, n in leak.items()) + " row(s) dropped" if leak else "clean")
+        + (", ".join(f"{n} {k}" for k, n in leak.items()) + " row(s) dropped (leaks_gold)" if leak else "clean")
         + (f" · PII {c['pii']}" if c.get("pii") else "")
     )
     if "gold_file" in c:
         g = c["gold_file"]
+        inputs = f" ({g['gold_rows']} inputs)" if g.get("gold_rows", g["accepted"]) != g["accepted"] else ""
         out.print(
-            f"gold file {g['path']}: rows read {g['rows_read']} = gold {g['accepted']} + rejected "
+            f"gold file {g['path']}: rows read {g['rows_read']} = gold {g['accepted']}{inputs} + rejected "
             f"{sum(g['rejected'].values())} {g['rejected'] or ''}"
         )
     if "contamination" in c:
@@ -208,10 +227,45 @@ def prepare(project: ProjectOpt = Path(".")) -> None:
             f"input with MiniLM cosine ≥ {k['threshold']} (reported, not dropped: every gold metric is also shown "
             "for rows with and without one)"
         )
+    if done.changes is not None:
+        n = done.changes.counts()
+        out.print(
+            f"against {done.previous}: {n['added']} row(s) added, {n['removed']} removed, {n['relabelled']} "
+            f"relabelled, {n['moved']} moved between splits · `slmloop data diff` lists them"
+        )
     if "labels" in c:
         _label_balance(c["labels"])
     for w in c.get("warnings", []):
         err.print(f"[bold yellow]warning:[/bold yellow] {w}")
+
+
+def _imports_table(imports: list[dict[str, Any]], left_out: list[dict[str, Any]]) -> None:
+    """Where each import's rows went, and the imports left out with why."""
+    t = table(
+        "import",
+        "source",
+        "rows",
+        "train",
+        "validation",
+        "gold",
+        "rejected",
+        title="imports read (newest last: where imports disagree, the newest wins)",
+        right=("rows", "train", "validation", "gold"),
+    )
+    for i in imports:
+        rejected = ", ".join(f"{k} {n}" for k, n in sorted(i["rejected"].items()))
+        t.add_row(
+            i["id"],
+            Path(i["path"]).name,
+            str(i["rows"]),
+            str(i["train"]),
+            str(i["validation"]),
+            str(i["gold"]),
+            rejected,
+        )
+    out.print(t)
+    for i in left_out:
+        out.print(f"left out: {i['id']} ({Path(i['path']).name}, {i['rows']} rows): {i['state']}", highlight=False)
 
 
 def _label_balance(labels: dict[str, dict[str, int]]) -> None:
@@ -276,20 +330,33 @@ def rejects(
 
 @app.command("list")
 def list_(project: ProjectOpt = Path(".")) -> None:
-    """Imports and dataset versions of the project."""
+    """Imports (active, superseded or dropped) and dataset versions of the project."""
+    from slmloop.data.importer import import_state
+    from slmloop.data.versions import current_dataset
     from slmloop.store import DatasetVersion, Import
 
     proj = load(project)
-    t = table("id", "source", "read", "accepted", "rejected", title="imports")
+    t = table("id", "source", "imported", "read", "accepted", "rejected", "state", title="imports (oldest first)")
     for i in proj.store.list(Import, Import.created_at):
-        t.add_row(i.id, i.source_path, str(i.rows_read), str(i.accepted), str(i.rejected))
+        state = import_state(i)
+        t.add_row(
+            i.id if i.active else f"[dim]{i.id}[/dim]",
+            i.source_path,
+            f"{i.created_at:%Y-%m-%d %H:%M}",
+            str(i.rows_read),
+            str(i.accepted),
+            str(i.rejected),
+            state if i.active else f"[yellow]{state}[/yellow]",
+        )
     out.print(t)
-    t = table("id", "created", "train", "validation", "gold", "rows from monitor runs", title="dataset versions")
+    head = current_dataset(proj)
+    t = table("", "id", "created", "train", "validation", "gold", "rows from monitor runs", title="dataset versions")
     for v in proj.store.list(DatasetVersion, DatasetVersion.created_at):
         runs = sorted(
             {r for src in v.config.get("sources", []) for r in src.get("mapping", {}).get("monitor_runs", [])}
         )
         t.add_row(
+            "→" if head is not None and v.id == head.id else "",
             v.id,
             f"{v.created_at:%Y-%m-%d %H:%M}",
             str(v.counts["train"]),
@@ -298,6 +365,37 @@ def list_(project: ProjectOpt = Path(".")) -> None:
             ", ".join(f"drift-{r}" for r in runs),
         )
     out.print(t)
+    out.print("[dim]→ the current version (training's default); `slmloop data prepare` makes it[/dim]")
+
+
+@app.command("drop")
+def drop(
+    import_id: Annotated[str, typer.Argument(help="Import id (imp-…), see `slmloop data list`.")],
+    note: NoteOpt = "",
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Take an import out of the data (its rows leave at the next prepare); `data restore` brings it back."""
+    from slmloop.data.importer import drop_import
+
+    rec = drop_import(load(project), import_id, note)
+    out.print(
+        f"[bold]{rec.id}[/bold] dropped ({rec.accepted} rows of {rec.source_path}); "
+        "next: `slmloop data prepare` makes a version without them"
+    )
+
+
+@app.command("restore")
+def restore(
+    import_id: Annotated[str, typer.Argument(help="A dropped or superseded import (imp-…).")],
+    note: NoteOpt = "",
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Bring a dropped or superseded import back (an active import of the same source steps aside)."""
+    from slmloop.data.importer import restore_import
+
+    rec, superseded = restore_import(load(project), import_id, note)
+    aside = f"; {', '.join(superseded)} of the same source steps aside" if superseded else ""
+    out.print(f"[bold]{rec.id}[/bold] active again ({rec.accepted} rows){aside}; next: `slmloop data prepare`")
 
 
 @gold_app.command("show")
@@ -328,38 +426,57 @@ def gold_show(
 
 @app.command("diff")
 def diff(
-    old: Annotated[str, typer.Argument(help="Older dataset version (ds-…).")],
-    new: Annotated[str, typer.Argument(help="Newer dataset version (ds-…).")],
+    old: Annotated[
+        str | None, typer.Argument(help="Older dataset version (default: the one before the current).")
+    ] = None,
+    new: Annotated[str | None, typer.Argument(help="Newer dataset version (default: the current one).")] = None,
+    limit: Annotated[int, typer.Option(help="Rows listed per kind of change.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Every change as JSON.")] = False,
     project: ProjectOpt = Path("."),
 ) -> None:
-    """Rows added / removed / changed per split, and the label balance before and after."""
+    """Rows added, removed, relabelled (same input, new answer) and moved between splits, listed."""
+    import json
+    from dataclasses import asdict
+
     from slmloop.data.report import diff_datasets
 
     d = diff_datasets(load(project), old, new)
+    if as_json:
+        out.print_json(json.dumps(asdict(d), ensure_ascii=False))
+        return
     t = table(
-        "split",
-        "added",
-        "removed",
-        "changed",
-        title=f"{d.old} → {d.new}",
-        right=("split", "added", "removed", "changed"),
+        "split", "added", "removed", "relabelled", title=f"{d.old} → {d.new}", right=("added", "removed", "relabelled")
     )
     for s in ("train", "validation", "gold"):
-        t.add_row(s, str(d.added[s]), str(d.removed[s]), str(d.changed[s]))
+        n = d.counts(s)
+        t.add_row(s, str(n["added"]), str(n["removed"]), str(n["relabelled"]))
     out.print(t)
-    out.print(f"rows that moved between splits: {d.moved}")
-    if d.labels:
-        lt = Table(title="labels (before → after)", title_justify="left")
-        lt.add_column("split")
-        names = sorted({lab for part in d.labels.values() for lab in part})
-        for n in names:
-            lt.add_column(n, justify="right")
-        for s, part in d.labels.items():
-            lt.add_row(s, *(f"{part.get(n, (0, 0))[0]} → {part.get(n, (0, 0))[1]}" for n in names))
+    out.print(f"rows that moved between splits: {len(d.moved)}")
+    for title, items, cols in (
+        ("relabelled", d.relabelled, ("split", "source", "input", "old", "new")),
+        ("added", d.added, ("split", "source", "input", "answer")),
+        ("removed", d.removed, ("split", "input", "answer")),
+        ("moved", d.moved, ("input", "answer", "from", "to")),
+    ):
+        if not items:
+            continue
+        lt = table(
+            *cols, title=f"{title} ({len(items)}{', first ' + str(limit) if len(items) > limit else ''})", fold=True
+        )
+        for x in items[:limit]:
+            lt.add_row(*(str(x[c])[:120] for c in cols))
         out.print(lt)
-    for k, ex in d.examples.items():
-        for x in ex:
-            out.print(f"  [dim]{k}[/dim] {x}", highlight=False)
+    if d.labels:
+        changed = {s: {k: v for k, v in part.items() if v[0] != v[1]} for s, part in d.labels.items()}
+        changed = {s: part for s, part in changed.items() if part}
+        if changed:
+            lt = table(
+                "split", "label", "before", "after", title="label counts that changed", right=("before", "after")
+            )
+            for s, part in changed.items():
+                for lab, (a, b) in sorted(part.items(), key=lambda kv: kv[1][0] - kv[1][1])[:limit]:
+                    lt.add_row(s, lab, str(a), str(b))
+            out.print(lt)
 
 
 @app.command("report")

@@ -28,9 +28,15 @@ def evaluate(
         Path | None, typer.Option(help="A standalone eval pack (YAML) instead of the manifest's eval:.")
     ] = None,
     allow_leakage: Annotated[bool, typer.Option("--allow-leakage", help="Evaluate despite leakage (audited).")] = False,
+    dataset: Annotated[
+        str | None, typer.Option(help="A baseline is fit on this dataset version (default: the current one).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the evaluation as JSON.")] = False,
     project: ProjectOpt = Path("."),
 ) -> int:
-    """Score a model on the gold set: metrics with CIs, gates, base and fine-tuned side by side."""
+    """Score a model on the gold set: metrics with CIs, gates, base and fine-tuned side by side.
+
+    `slmloop eval list` lists the stored evaluations, `slmloop eval show eval-N` one's predictions."""
     if ctx.invoked_subcommand is not None:
         return 0
     from slmloop.evaluate.evaluate import evaluate as run_eval
@@ -43,15 +49,22 @@ def evaluate(
     if model is None:
         completed = [r for r in proj.store.list(Run, Run.id) if r.status == "completed"]
         model = completed[-1].name if completed else "base"
-    ev = run_eval(proj, model, pack=cfg, allow_leakage=allow_leakage, console=err)
+    ev = run_eval(proj, model, pack=cfg, allow_leakage=allow_leakage, console=err, dataset_id=dataset)
+    failed = failed_gates(ev)
+    if as_json:
+        import json
+
+        out.print_json(json.dumps({**evaluation_summary(proj, ev), "gates_failed": failed}, default=str))
+        if failed:
+            raise GateError(f"{ev.model_ref} failed required gate(s): {'; '.join(failed)}", hint="")
+        return 0
     out.print(f"[bold]{ev.name}[/bold]: {ev.model_ref} on {ev.gold_id} ({ev.n_rows} rows, {ev.seconds:.0f} s)")
-    comparison_table(proj, ev.gold_id)
+    comparison_table(proj, ev.gold_id, ev.dataset_id)
     for line in prior_lines(ev.metrics):
         out.print(line)
     detail_tables(ev.metrics)
     gate_table(ev.metrics)
     out.print(f"report: {proj.reports_dir / ev.name / 'index.html'}")
-    failed = failed_gates(ev)
     if failed:
         raise GateError(
             f"{ev.model_ref} failed required gate(s): {'; '.join(failed)}",
@@ -85,11 +98,37 @@ def _fmt(value: Any, ci: list[float] | None) -> str:
     return f"{value:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
-def comparison_table(proj: Any, gold_id: str) -> None:
+def evaluation_summary(proj: Any, ev: Any) -> dict[str, Any]:
+    """An evaluation as JSON scripts read: which model on which data and gold, its metrics with CIs and verdicts."""
+    from slmloop.evaluate.metrics import HEADLINE
+    from slmloop.evaluate.results import learned_from
+
+    m = ev.metrics
+    task_type = m.get("task", {}).get("type", proj.manifest.task.type)
+    names = [k for k in dict.fromkeys([*HEADLINE[task_type], *m.get("ci", {})]) if isinstance(m.get(k), int | float)]
+    return {
+        "evaluation": ev.name,
+        "created": f"{ev.created_at:%Y-%m-%dT%H:%M:%S}",
+        "model": ev.model_ref,
+        "gold": ev.gold_id,
+        "dataset": learned_from(ev),
+        "rows": ev.n_rows,
+        "seconds": ev.seconds,
+        "headline": HEADLINE[task_type][0],
+        "metrics": {k: m[k] for k in names},
+        "ci": {k: m.get("ci", {}).get(k) for k in names if k in m.get("ci", {})},
+        "gates": m.get("gates", []),
+        "vs_baseline": m.get("vs_baseline"),
+        "must_beat": m.get("must_beat"),
+    }
+
+
+def comparison_table(proj: Any, gold_id: str, dataset_id: str | None = None) -> None:
+    """The newest evaluation of each model on ``gold_id``; baselines fit on ``dataset_id`` where given."""
     from slmloop.evaluate.metrics import HEADLINE
     from slmloop.evaluate.results import latest_evaluations
 
-    evals = latest_evaluations(proj, gold_id)
+    evals = latest_evaluations(proj, gold_id, dataset_id)
     keys = list(HEADLINE[proj.task.type])
     t = Table(title=f"gold set {gold_id} (95 % CI)", title_justify="left")
     t.add_column("model")
@@ -208,6 +247,49 @@ def gate_table(metrics: dict[str, Any]) -> None:
             out.print(rec["sentence"], highlight=False)
 
 
+@app.command("list")
+def list_(
+    model: Annotated[
+        str | None, typer.Option(help="Only evaluations of this model (base, run-3, baseline:knn …).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Newest evaluations to show.")] = 30,
+    as_json: Annotated[bool, typer.Option("--json", help="Print them as JSON.")] = False,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Stored evaluations, newest first: model, data, gold, headline metric with its CI, gates and baseline verdict."""
+    import json
+
+    from slmloop.evaluate.evaluate import failed_gates
+    from slmloop.store import Evaluation
+
+    proj = load(project)
+    evals = [e for e in reversed(proj.store.list(Evaluation, Evaluation.id)) if model is None or e.model_ref == model]
+    evals = evals[:limit]
+    if as_json:
+        rows = [{**evaluation_summary(proj, e), "gates_failed": failed_gates(e)} for e in evals]
+        out.print_json(json.dumps(rows, default=str))
+        return
+    t = table("evaluation", "created", "model", "data", "gold", "headline [95 % CI]", "gates", "vs baseline", fold=True)
+    for e in evals:
+        info = evaluation_summary(proj, e)
+        key = info["headline"]
+        failed = failed_gates(e)
+        vs = e.metrics.get("vs_baseline")
+        t.add_row(
+            e.name,
+            f"{e.created_at:%m-%d %H:%M}",
+            e.model_ref,
+            info["dataset"] or "",
+            e.gold_id,
+            f"{key} {_fmt(info['metrics'].get(key), info['ci'].get(key))}",
+            "[red]FAIL[/red] " + "; ".join(failed) if failed else "[green]pass[/green]",
+            f"{vs['verdict']} ({vs['against']})" if vs else "",
+        )
+    out.print(t)
+    if not evals:
+        out.print("no evaluations yet: `slmloop eval --model base` (or run-N, baseline:NAME)")
+
+
 @app.command("show")
 def show(
     evaluation: Annotated[str, typer.Argument(help="eval-N")],
@@ -224,7 +306,7 @@ def show(
         eid = int(evaluation.removeprefix("eval-"))
     except ValueError:
         raise NotFoundError(f"{evaluation!r} is not an evaluation id", hint="They look like eval-3.") from None
-    ev = proj.store.get(Evaluation, eid, "evaluation", "`slmloop eval` prints their ids.")
+    ev = proj.store.get(Evaluation, eid, "evaluation", "`slmloop eval list` lists them.")
     preds = [p for p in proj.store.predictions(ev.id) if not (failures and p.correct)]
     task_type = ev.metrics.get("task", {}).get("type", proj.manifest.task.type)
     t = Table(title=f"{ev.name} · {ev.model_ref} · {len(preds)} row(s)", title_justify="left", show_lines=True)
@@ -273,13 +355,38 @@ def compare(
     models: Annotated[list[str], typer.Argument(help="Two or more: base, run-N, vN, alias, endpoint:NAME.")],
     metric: Annotated[str | None, typer.Option(help="Metric to decide on (default: the task's headline).")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Re-evaluate instead of reusing stored evaluations.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the evaluations and the paired tests as JSON.")
+    ] = False,
     project: ProjectOpt = Path("."),
 ) -> None:
-    """Decide between models on the same gold rows: metrics with CIs, paired tests, latency, cost."""
+    """Decide between models on the same gold rows: metrics with CIs, paired tests, latency, cost.
+
+    Baselines among them are fit on the data of the first trained model compared."""
     from slmloop.analyze.compare import compare_models
 
     proj = load(project)
     report = compare_models(proj, models, metric=metric, fresh=fresh, console=err)
+    if as_json:
+        import json
+
+        comparisons = [
+            {
+                "against": c.a.model_ref,
+                "model": c.b.model_ref,
+                "metric": c.metric,
+                "diff": c.test.diff,
+                "ci": list(c.test.ci),
+                "test": c.test.test,
+                "p_value": c.test.p_value,
+                "verdict": c.verdict,
+                "sentence": c.sentence,
+            }
+            for c in report.comparisons
+        ]
+        evaluations = [evaluation_summary(proj, e) for e in report.evaluations]
+        out.print_json(json.dumps({"evaluations": evaluations, "comparisons": comparisons}, default=str))
+        return
     comparison_table(proj, report.evaluations[0].gold_id)
     t = table(
         "model",
@@ -311,18 +418,37 @@ def compare(
 
 def analyze(
     evaluation: Annotated[str, typer.Argument(help="eval-N")],
-    train: Annotated[bool, typer.Option("--train", help="Also check training rows for disputed labels.")] = False,
-    export: Annotated[Path | None, typer.Option(help="Write rows to label (JSONL for `slmloop data import`).")] = None,
+    train: Annotated[
+        bool, typer.Option("--train", help="Also look for mislabelled training rows (scored out of sample).")
+    ] = False,
+    export: Annotated[
+        Path | None, typer.Option(help="Write rows to label (JSONL for `slmloop data import`): suspects, weak cases.")
+    ] = None,
+    pool: Annotated[
+        Path | None, typer.Option(help="Unlabelled inputs (.txt, .jsonl, .csv) to pick the ones nearest failures from.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Most suspected label errors to export.")] = 200,
+    near: Annotated[int, typer.Option(help="Most inputs near the failing gold rows to export (0: none).")] = 200,
     project: ProjectOpt = Path("."),
 ) -> None:
-    """Slices, failure clusters, likely mislabelled rows and a remediation plan for an evaluation."""
+    """Where a model fails and which data would fix it: weakest labels / fields, failure clusters, likely
+    mislabelled rows with the suggested label, a plan; --export writes the rows to label.
+
+    Label the export (set `label`, and `reviewed: true`), then `slmloop data import FILE` and
+    `slmloop data prepare`: a later import's answer wins, and reviewed rows are not suggested again."""
     from slmloop.analyze.failures import analyze as run_analysis
     from slmloop.analyze.failures import export_for_labelling
 
     proj = load(project)
     a = run_analysis(proj, evaluation, train_rows=train, console=err)
     out.print(f"[bold]{a.evaluation.name}[/bold] ({a.evaluation.model_ref}): {a.overall:.4f} overall")
-    weak = [s for s in a.slices if s.n >= 5]
+    if a.weakest:
+        kind = "label" if a.evaluation.metrics.get("per_class") else "field"
+        t = table(kind, "F1", "gold rows", title=f"weakest {kind}s", right=("F1", "gold rows"))
+        for name, f1, n in a.weakest:
+            t.add_row(name, f"{f1:.3f}", str(n))
+        out.print(t)
+    weak = [s for s in a.slices if s.n >= 5 and s.by != "label"]
     if weak:
         t = table("slice", "value", "rows", "score", "failures", title="slices (weakest first within each)")
         for s in weak:
@@ -355,24 +481,30 @@ def analyze(
             "row",
             "text",
             "label",
-            "model says",
-            title=f"likely mislabelled rows ({len(a.label_issues)})",
+            "suggested",
+            "source",
+            title=f"likely mislabelled rows ({len(a.label_issues)}, most suspicious first)",
             fold=True,
         )
         for x in a.label_issues[:15]:
             t.add_row(
-                x["split"], str(x["row"]), x["text"][:90], x["label"], f"{x['suggested']} ({x['p_suggested']:.2f})"
+                x["split"],
+                str(x["row"]),
+                x["text"][:90],
+                f"{x['label']} ({x['p_given']:.2f})",
+                f"{x['suggested']} ({x['p_suggested']:.2f})",
+                x.get("source", ""),
             )
         out.print(t)
     out.print("[bold]plan[/bold]")
     for i, step in enumerate(a.plan, 1):
         out.print(f"  {i}. {step}", highlight=False)
     if export is not None:
-        counts = export_for_labelling(proj, a, export)
-        where = ", ".join(f"{n} from {k}" for k, n in counts.items())
-        where = where or "no unlabelled candidates: no live traffic resembles the failures"
+        counts = export_for_labelling(proj, a, export, limit=limit, pool=pool, near=near)
+        where = ", ".join(f"{n} {k}" for k, n in counts.items()) or "nothing to label"
         out.print(
-            f"wrote {sum(counts.values())} row(s) to label to {export} ({where}); then `slmloop data import {export}`"
+            f"wrote {sum(counts.values())} row(s) to label to {export} ({where}). Set each `label` (or `output`) "
+            f"and `reviewed: true`, then `slmloop data import {export}` and `slmloop data prepare`"
         )
     if a.path is not None:
         out.print(f"report: {a.path / 'index.html'}")

@@ -1,4 +1,4 @@
-"""``slmloop init`` and ``slmloop validate``."""
+"""``slmloop init``, ``slmloop validate``, ``slmloop status`` and ``slmloop log``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from slmloop.cli.common import ProjectOpt, err, out
+from slmloop.cli.common import ProjectOpt, err, load, out, table
 from slmloop.errors import ConfigError
 from slmloop.manifest import MANIFEST_NAME, load_manifest
 from slmloop.project import EXAMPLES, init_project
@@ -44,3 +44,73 @@ def validate(project: ProjectOpt = Path(".")) -> int:
         f"{len(manifest.data.sources)} source(s), base model {manifest.model.base}"
     )
     return 0
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables (for scripts).")]
+
+_COLOURS = {"ok": "green", "warn": "yellow", "fail": "red", "todo": "dim"}
+
+
+def status(as_json: JsonOpt = False, project: ProjectOpt = Path(".")) -> None:
+    """The loop at a glance: data, run, evaluation (CI, gates), releases and aliases, drift, and the next step."""
+    import json
+
+    from slmloop.status import loop_status
+
+    now = loop_status(load(project))
+    if as_json:
+        out.print_json(json.dumps(now.as_dict(), default=str))
+        return
+    out.print(
+        f"[bold]{now.project}[/bold] · {now.task}"
+        + (f" · gold {now.gold['id']} ({now.gold['rows']} rows)" if now.gold else "")
+    )
+    t = table("stage", "state", "newest", fold=True)
+    for s in now.stages:
+        colour = _COLOURS.get(s.status, "")
+        t.add_row(s.name, f"[{colour}]{s.status}[/{colour}]", s.detail)
+    out.print(t)
+    for text, stage in now.warnings:
+        out.print(f"[yellow]warning[/yellow] ({stage}): {text}", highlight=False)
+    out.print(f"[bold]next:[/bold] {now.next_step}  [dim]({now.why})[/dim]", highlight=False)
+
+
+def log(
+    kind: Annotated[
+        str | None,
+        typer.Option(help="Only events of this kind: data.import, eval, alias.promote … (data: every data.*)."),
+    ] = None,
+    subject: Annotated[
+        str | None, typer.Option(help="Only events about this object (imp-…, ds-…, run-3, v2 …).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Newest events to show.")] = 30,
+    as_json: JsonOpt = False,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """The audit log, newest first: every import, prepare, drop, gold change, run, evaluation, promotion, override."""
+    import json
+
+    events = load(project).store.events(kind, limit, subject)
+    if as_json:
+        rows = [
+            {"id": e.id, "ts": e.ts.isoformat(), "kind": e.kind, "subject": e.subject, "payload": e.payload}
+            for e in events
+        ]
+        out.print_json(json.dumps(rows, default=str))
+        return
+    t = table("#", "when", "kind", "subject", "what", title=f"audit log ({len(events)} newest)", fold=True)
+    for e in events:
+        t.add_row(str(e.id), f"{e.ts:%Y-%m-%d %H:%M:%S}", e.kind, e.subject, _summary(e.payload))
+    out.print(t)
+
+
+def _summary(payload: dict) -> str:
+    """An event's payload in one short line: scalars as key=value, nested values by their size."""
+    parts = []
+    for k, v in payload.items():
+        if isinstance(v, dict):
+            v = f"{{{len(v)} keys}}"
+        elif isinstance(v, list):
+            v = f"[{len(v)}]" if len(v) > 3 or any(isinstance(x, dict | list) for x in v) else ", ".join(map(str, v))
+        parts.append(f"{k}={v}")
+    return " ".join(parts)[:200]

@@ -27,8 +27,10 @@ def export(
     proj = load(project)
     proj.manifest.export = with_overrides(ExportConfig, proj.manifest.export.model_dump(), overrides)
     rel = export_release(proj, run, console=err)
+    from slmloop.evaluate.metrics import HEADLINE
+
     m = rel.metrics
-    score = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k in ("accuracy", "macro_f1", "exact_match", "micro_f1"))
+    score = ", ".join(f"{k} {m[k]:.4f}" for k in HEADLINE[proj.task.type] if isinstance(m.get(k), int | float))
     out.print(
         f"[bold green]release v{rel.version}[/bold green] from run-{rel.run_id}: {proj.locate(rel.path)}"
         + (f"\n  gold metrics: {score}" if score else "")
@@ -97,9 +99,12 @@ def releases(
     pointing: dict[int, list[str]] = {}
     for a in aliases(proj):
         pointing.setdefault(a.version, []).append(a.alias)
+    from slmloop.evaluate.metrics import HEADLINE
+
+    keys = HEADLINE[proj.manifest.task.type]
     t = table("version", "aliases", "created", "run", "gold", "headline", title="Releases")
     for r in proj.store.list(Release, Release.version):
-        head = next((f"{k} {r.metrics[k]:.4f}" for k in ("accuracy", "micro_f1", "exact_match") if k in r.metrics), "")
+        head = next((f"{k} {r.metrics[k]:.4f}" for k in keys if isinstance(r.metrics.get(k), int | float)), "")
         t.add_row(
             f"v{r.version}",
             ", ".join(pointing.get(r.version, [])),

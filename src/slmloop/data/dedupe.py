@@ -10,11 +10,15 @@ of the two sets, so LSH false positives never merge rows.
 Clusters are stars around a *representative*: the first row (in input order) of
 its cluster, which is the row we keep — deterministic, and free of the chaining
 that merges A~B~C into one cluster when A≁C.
+
+Rows are compared whole: a pair whose inputs are near copies is a duplicate only
+when their answers agree too (``same_answer``). Inputs that differ in one value
+and answers that differ with them are the rows a model learns most from.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,8 +125,11 @@ def _lsh(threshold: float, num_perm: int) -> Any:
     return MinHashLSH(threshold=max(threshold - 0.1, 0.05), num_perm=num_perm)
 
 
-def find_near_duplicates(sig: Signatures, threshold: float) -> NearDuplicates:
-    """Cluster rows whose shingle Jaccard similarity to a representative is ≥ ``threshold``."""
+def find_near_duplicates(
+    sig: Signatures, threshold: float, same_answer: Callable[[int, int], bool] | None = None
+) -> NearDuplicates:
+    """Cluster rows whose shingle Jaccard similarity to a representative is ≥ ``threshold`` (and, with
+    ``same_answer``, whose answers agree with the representative's)."""
     lsh = _lsh(threshold, sig.num_perm)
     representative = list(range(len(sig)))
     similarity: dict[int, float] = {}
@@ -130,7 +137,7 @@ def find_near_duplicates(sig: Signatures, threshold: float) -> NearDuplicates:
         best: tuple[int, float] | None = None
         for j in lsh.query(mh):
             s = jaccard(sig.sets[i], sig.sets[j])
-            if s >= threshold and (best is None or j < best[0]):
+            if s >= threshold and (best is None or j < best[0]) and (same_answer is None or same_answer(i, j)):
                 best = (j, s)
         if best is None:
             lsh.insert(i, mh, check_duplication=False)

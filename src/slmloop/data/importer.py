@@ -3,6 +3,14 @@
 Every row read ends up accepted (a task-shaped row) or rejected with a stable
 reason code, its file and line number; ``accepted + rejected == rows_read``
 always holds and is checked before anything is written.
+
+An import is what a source file holds *now*: importing a path that was imported
+before supersedes the earlier import (rows removed from the file leave the
+dataset, changed rows carry their new answer), and importing bytes seen before
+makes that earlier import the active one again. ``data drop`` / ``data restore``
+take an import out of the data or bring it back; every change is audited.
+Which answer wins where imports disagree is decided by ``data prepare`` from the
+imports' order (``Import.seq``).
 """
 
 from __future__ import annotations
@@ -10,9 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from slmloop.data.inspect import Inspection, inspect_source
 from slmloop.data.sources import Record, SourceStats, read_records
@@ -26,10 +37,13 @@ __all__ = [
     "REASONS",
     "ImportResult",
     "ReadResult",
+    "drop_import",
     "import_source",
+    "import_state",
     "map_record",
     "read_rows",
     "resolve_mapping",
+    "restore_import",
     "source_for",
     "source_path",
 ]
@@ -57,6 +71,10 @@ class ImportResult:
     rejects: list[dict[str, Any]]
     blank_lines: int
     inspection: Inspection | None = None
+    #: earlier imports of the same source path this import replaced
+    superseded: list[str] = field(default_factory=list)
+    #: an earlier import of the same bytes, inactive until now, that is the active one again
+    reactivated: bool = False
 
 
 def _lookup(fields: dict[str, Any], column: str) -> Any:
@@ -260,9 +278,20 @@ def import_source(project: Project, src: SourceConfig, *, force: bool = False) -
     import_id = "imp-" + hashlib.sha256((digest + mapping_key).encode()).hexdigest()[:12]
     with project.store.session() as s:
         existing = s.get(Import, import_id)
+        if existing is not None:
+            reactivated = not existing.active
+            superseded = _activate(project, s, existing, "data.reimport") if reactivated else []
     if existing is not None:
         rejects = project.objects.read_jsonl(existing.rejects_object)
-        return ImportResult(existing, reused=True, rejects=rejects, blank_lines=0, inspection=inspection)
+        return ImportResult(
+            existing,
+            reused=True,
+            rejects=rejects,
+            blank_lines=0,
+            inspection=inspection,
+            superseded=superseded,
+            reactivated=reactivated,
+        )
 
     res = read_rows(task, path, src, import_id)
     if res.rows_read == 0:
@@ -289,17 +318,97 @@ def import_source(project: Project, src: SourceConfig, *, force: bool = False) -
         reasons=reasons,
         mapping=config,
     )
-    project.store.add(
+    with project.store.session() as s:
+        s.add(record)
+        s.flush()
+        superseded = _activate(project, s, record, "data.import")
+        project.store.log_event(
+            s,
+            "data.import",
+            import_id,
+            path=config["path"],
+            rows_read=res.rows_read,
+            accepted=len(res.accepted),
+            rejected=len(res.rejects),
+            reasons=reasons,
+            superseded=superseded,
+            forced_mapping=bool(
+                force and inspection is not None and inspection.confidence < project.manifest.data.mapping_confidence
+            ),
+        )
+    return ImportResult(
         record,
-        "data.import",
-        import_id,
-        path=config["path"],
-        rows_read=res.rows_read,
-        accepted=len(res.accepted),
-        rejected=len(res.rejects),
-        reasons=reasons,
-        forced_mapping=bool(
-            force and inspection is not None and inspection.confidence < project.manifest.data.mapping_confidence
-        ),
+        reused=False,
+        rejects=res.rejects,
+        blank_lines=res.blank_lines,
+        inspection=inspection,
+        superseded=superseded,
     )
-    return ImportResult(record, reused=False, rejects=res.rejects, blank_lines=res.blank_lines, inspection=inspection)
+
+
+def _same_source(a: str, b: str) -> bool:
+    """Two imports read the same source: the same file or folder (a hub id: the same id)."""
+    return a == b or (Path(a).is_absolute() and Path(b).is_absolute() and Path(a).resolve() == Path(b).resolve())
+
+
+def _activate(project: Project, s: Session, record: Import, event: str) -> list[str]:
+    """Make ``record`` the active import of its source path, newest in the order; returns what it superseded.
+
+    Every other active import of the same path stops counting (``superseded by …``)."""
+    record.active = True
+    record.state_note = ""
+    record.seq = (s.scalar(select(func.max(Import.seq))) or 0) + 1
+    superseded = []
+    for other in s.scalars(select(Import).where(Import.active.is_(True), Import.id != record.id)).all():
+        if _same_source(other.source_path, record.source_path):
+            other.active = False
+            other.state_note = f"superseded by {record.id}"
+            superseded.append(other.id)
+            project.store.log_event(s, "data.supersede", other.id, by=record.id, path=record.source_path)
+    if event == "data.reimport":
+        project.store.log_event(s, event, record.id, path=record.source_path, superseded=superseded)
+    return superseded
+
+
+def import_state(record: Import) -> str:
+    """``active``, or why the import does not count (``superseded by imp-…``, ``dropped: …``)."""
+    return "active" if record.active else (record.state_note or "inactive")
+
+
+def _find_import(s: Session, import_id: str) -> Import:
+    from slmloop.errors import NotFoundError
+
+    record = s.get(Import, import_id)
+    if record is None:
+        raise NotFoundError(f"import {import_id!r} does not exist", hint="`slmloop data list` lists the imports.")
+    return record
+
+
+def drop_import(project: Project, import_id: str, note: str = "") -> Import:
+    """Take an import out of the data: ``data prepare`` leaves its rows out until it is restored (audited)."""
+    with project.store.session() as s:
+        record = _find_import(s, import_id)
+        if not record.active:
+            raise DataError(
+                f"{import_id} is not active ({import_state(record)})",
+                hint=f"`slmloop data restore {import_id}` brings it back.",
+            )
+        record.active = False
+        record.state_note = "dropped" + (f": {note}" if note else "")
+        project.store.log_event(s, "data.drop", import_id, path=record.source_path, note=note)
+    return record
+
+
+def restore_import(project: Project, import_id: str, note: str = "") -> tuple[Import, list[str]]:
+    """Bring a dropped or superseded import back; an active import of the same path is superseded by it.
+
+    It keeps its place in the order of imports (a correction made after it still wins)."""
+    with project.store.session() as s:
+        record = _find_import(s, import_id)
+        if record.active:
+            raise DataError(f"{import_id} is already active", hint="`slmloop data list` shows every import's state.")
+        seq = record.seq
+        superseded = _activate(project, s, record, "data.restore")
+        record.seq = seq
+        project.store.log_event(s, "data.restore", import_id, path=record.source_path, note=note, superseded=superseded)
+    return record, superseded

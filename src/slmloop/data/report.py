@@ -4,65 +4,33 @@ from __future__ import annotations
 
 import html
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slmloop.data.clean import dedupe_key
+from slmloop.data.diff import SPLITS, DatasetChanges, dataset_changes
 from slmloop.data.prepare import example_token_lengths
-from slmloop.data.versions import DatasetSplits, load_dataset
-from slmloop.errors import ModelError
+from slmloop.data.versions import DatasetSplits, current_dataset, load_dataset, previous_dataset
+from slmloop.errors import ModelError, NotFoundError
 from slmloop.project import Project
 from slmloop.store import atomic_write_text
 from slmloop.tasks import input_text, target_text
 
-__all__ = ["DatasetDiff", "diff_datasets", "write_data_report"]
-
-SPLITS = ("train", "validation", "gold")
+__all__ = ["diff_datasets", "write_data_report"]
 
 
-@dataclass
-class DatasetDiff:
-    old: str
-    new: str
-    added: dict[str, int] = field(default_factory=dict)
-    removed: dict[str, int] = field(default_factory=dict)
-    changed: dict[str, int] = field(default_factory=dict)
-    moved: int = 0
-    labels: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
-    examples: dict[str, list[str]] = field(default_factory=dict)
-
-
-def _keyed(project: Project, splits: DatasetSplits) -> dict[str, dict[str, tuple[str, str]]]:
-    task = project.manifest.task
-    return {
-        name: {dedupe_key(input_text(task, r)): (input_text(task, r), target_text(task, r)) for r in rows}
-        for name, rows in (("train", splits.train), ("validation", splits.validation), ("gold", splits.gold))
-    }
-
-
-def diff_datasets(project: Project, old_id: str, new_id: str) -> DatasetDiff:
-    """Rows added, removed and changed (same input, new answer) per split; label balance before/after."""
-    old, new = load_dataset(project, old_id), load_dataset(project, new_id)
-    a, b = _keyed(project, old), _keyed(project, new)
-    d = DatasetDiff(old.version.id, new.version.id)
-    where_old = {k: s for s in SPLITS for k in a[s]}
-    where_new = {k: s for s in SPLITS for k in b[s]}
-    d.moved = sum(1 for k, s in where_new.items() if k in where_old and where_old[k] != s)
-    for s in SPLITS:
-        added = [k for k in b[s] if k not in where_old]
-        removed = [k for k in a[s] if k not in where_new]
-        changed = [k for k in b[s] if k in a[s] and a[s][k][1] != b[s][k][1]]
-        d.added[s], d.removed[s], d.changed[s] = len(added), len(removed), len(changed)
-        d.examples[f"{s}: added"] = [b[s][k][0][:100] for k in added[:3]]
-        d.examples[f"{s}: removed"] = [a[s][k][0][:100] for k in removed[:3]]
-        d.examples[f"{s}: changed"] = [f"{b[s][k][0][:70]!r}: {a[s][k][1]!r} → {b[s][k][1]!r}" for k in changed[:3]]
-    if project.manifest.task.type == "classification":
-        for s in SPLITS:
-            before = Counter(v[1] for v in a[s].values())
-            after = Counter(v[1] for v in b[s].values())
-            d.labels[s] = {lab: (before.get(lab, 0), after.get(lab, 0)) for lab in sorted(set(before) | set(after))}
-    return d
+def diff_datasets(project: Project, old_id: str | None = None, new_id: str | None = None) -> DatasetChanges:
+    """Every row added, removed, relabelled (same input, new answer) or moved, between two dataset versions:
+    by default the current version and the one it replaced."""
+    new = load_dataset(project, new_id)
+    if old_id is None:
+        current = current_dataset(project)
+        old_id = previous_dataset(project) if current is not None and current.id == new.version.id else None
+        if old_id is None:
+            raise NotFoundError(
+                f"no earlier version to compare {new.version.id} with",
+                hint="Name two versions: `slmloop data diff OLD NEW` (`slmloop data list` lists them).",
+            )
+    return dataset_changes(project.task, load_dataset(project, old_id), new)
 
 
 def _token_lengths(project: Project, splits: DatasetSplits) -> tuple[dict[str, list[int]], str]:

@@ -7,19 +7,26 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from slmloop.errors import NotFoundError
+from slmloop.manifest import TaskConfig
 from slmloop.project import Project
 from slmloop.store import DatasetVersion, GoldVersion
 
 __all__ = [
     "DatasetSplits",
+    "current_dataset",
     "current_gold",
     "current_gold_rows",
+    "dataset_task",
     "freeze_gold",
     "load_dataset",
+    "previous_dataset",
     "resolve_dataset",
     "row_field",
     "rows_digest",
+    "set_current_dataset",
 ]
 
 
@@ -81,15 +88,49 @@ def freeze_gold(project: Project, rows: list[dict[str, Any]], parent: str | None
     return gold
 
 
+def current_dataset(project: Project) -> DatasetVersion | None:
+    """The dataset version training uses by default: the one the newest ``data prepare`` (or distillation)
+    made or found again — not always the newest row, since an edit can bring back an earlier version."""
+    head = project.store.get_meta("current_dataset")
+    if head is not None:
+        with project.store.session() as s:
+            found = s.get(DatasetVersion, head)
+        if found is not None:
+            return found
+    return project.store.latest(DatasetVersion, DatasetVersion.created_at)
+
+
+def dataset_task(project: Project, version: DatasetVersion) -> TaskConfig:
+    """The project's task with the labels / fields ``version`` resolved (``labels: auto``, ``fields: auto``)."""
+    task = project.task
+    if "task" not in version.config or not project.manifest.task.unresolved:
+        return task
+    resolved = TaskConfig.model_validate(version.config["task"])
+    return task.model_copy(update={"labels": resolved.labels, "fields": resolved.fields})
+
+
+def set_current_dataset(project: Project, s: Session, version_id: str) -> None:
+    """Make ``version_id`` the current dataset version (inside session ``s``); the one it replaces is kept
+    as the previous version (what ``data diff`` compares with by default)."""
+    before = project.store.set_meta(s, "current_dataset", version_id)
+    if before is not None and before != version_id:
+        project.store.set_meta(s, "previous_dataset", before)
+
+
+def previous_dataset(project: Project) -> str | None:
+    """The dataset version that was current before the current one (None: there was none)."""
+    return project.store.get_meta("previous_dataset")
+
+
 def resolve_dataset(project: Project, version_id: str | None = None) -> DatasetVersion:
     if version_id:
         return project.store.get(DatasetVersion, version_id, "dataset version", "`slmloop data list` lists them.")
-    latest = project.store.latest(DatasetVersion, DatasetVersion.created_at)
-    if latest is None:
+    current = current_dataset(project)
+    if current is None:
         raise NotFoundError(
             "no dataset version yet", hint="Run `slmloop data import FILE` then `slmloop data prepare`."
         )
-    return latest
+    return current
 
 
 def load_dataset(project: Project, version_id: str | None = None) -> DatasetSplits:

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 from slmloop.data.leakage import leakage_gate, nearest_neighbours
-from slmloop.data.versions import current_gold_rows, load_dataset
+from slmloop.data.versions import current_gold_rows, dataset_task, load_dataset, resolve_dataset
 from slmloop.errors import ConfigError
 from slmloop.evaluate.answers import ModelAnswer, answer_rows, is_correct
 from slmloop.evaluate.metrics import HEADLINE, METRICS, RowScores, parse_json_object, score_answers, summarize
@@ -31,6 +31,7 @@ from slmloop.evaluate.paired import compare_pair
 from slmloop.evaluate.results import latest_evaluations
 from slmloop.evaluate.stats import bootstrap_ci, wilson_ci
 from slmloop.manifest import EvalConfig, TaskConfig
+from slmloop.progress import LineProgress, progress, status
 from slmloop.project import Project
 from slmloop.store import Evaluation, GoldVersion, Prediction
 from slmloop.tasks import answers_inline, input_text, parse_prediction, prompt_messages, target_text
@@ -63,15 +64,9 @@ class Answered:
     forgetting: dict[str, Any] | None = None
 
 
-def progress_bar(console: Console, label: str) -> Progress:
-    return Progress(
-        TextColumn(f"[bold]eval[/bold] {label}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-    )
+def progress_bar(console: Console, label: str) -> Progress | LineProgress:
+    """Progress of answering gold rows: a bar on a terminal, a line every interval in a log."""
+    return progress(console, f"eval {label}")
 
 
 def _timing(seconds: float, n: int, cfg: EvalConfig, mode: str) -> dict[str, Any]:
@@ -179,12 +174,15 @@ def _prompt_tokens(tok: Any, task: TaskConfig, style: str, rows: list[dict[str, 
     return float(np.mean([len(x) for x in lengths["input_ids"]]))
 
 
-def _answer_baseline(project: Project, name: str, gold: list[dict[str, Any]], cfg: EvalConfig) -> Answered:
+def _answer_baseline(
+    project: Project, name: str, gold: list[dict[str, Any]], cfg: EvalConfig, dataset_id: str | None
+) -> Answered:
+    """A cheap baseline fit on the training split of ``dataset_id`` (default: the current dataset version)."""
     from slmloop.baselines import fit_baseline
     from slmloop.data.leakage import project_embedder
 
-    task = project.task
-    data = load_dataset(project)
+    data = load_dataset(project, dataset_id)
+    task = dataset_task(project, data.version)
     fitted = fit_baseline(name, task, data.train, project_embedder(project), project.home / "cache")
     started = time.perf_counter()
     answers = fitted.predict(gold)
@@ -297,15 +295,17 @@ def answer_gold(
     allow_leakage: bool = False,
     console: Console | None = None,
     transport: Any = None,
+    dataset_id: str | None = None,
 ) -> Answered:
+    """``ref``'s answers to the gold rows; a baseline is fit on ``dataset_id`` (default: the current version)."""
     console = console or Console(stderr=True)
     if ref.startswith("endpoint:"):
         return _answer_endpoint(project, ref.split(":", 1)[1], gold, cfg, console, transport)
     if ref.startswith("live:"):
         return _answer_live(project, ref.split(":", 1)[1], gold, console)
     if ref.startswith("baseline:"):
-        with console.status(f"fitting {ref} on the training split …"):
-            return _answer_baseline(project, ref.split(":", 1)[1], gold, cfg)
+        with status(console, f"fitting {ref} on the training split …"):
+            return _answer_baseline(project, ref.split(":", 1)[1], gold, cfg, dataset_id)
     return _answer_local(project, ref, gold, cfg, allow_leakage, console)
 
 
@@ -500,13 +500,19 @@ def _comparison_record(c: Any, against: str, required: bool, **extra: Any) -> di
     }
 
 
-def stored_or_new(project: Project, ref: str, gold_id: str, cfg: EvalConfig, console: Console) -> Evaluation:
-    found = next((e for e in latest_evaluations(project, gold_id) if e.model_ref == ref), None)
+def stored_or_new(
+    project: Project, ref: str, gold_id: str, cfg: EvalConfig, console: Console, dataset_id: str | None = None
+) -> Evaluation:
+    """The newest stored evaluation of ``ref`` on ``gold_id``, or a new one. A baseline's counts only when it was
+    fit on ``dataset_id`` (default: the current dataset version): the data of the model it is compared with."""
+    if ref.startswith("baseline:"):
+        dataset_id = dataset_id or resolve_dataset(project).id
+    found = next((e for e in latest_evaluations(project, gold_id, dataset_id) if e.model_ref == ref), None)
     if found is not None:
         return found
     console.print(f"[dim]evaluating {ref} on the same gold rows …[/dim]")
     plain = cfg.model_copy(update={"gates": [], "judge": None, "compare": type(cfg.compare)(baseline="none")})
-    return evaluate(project, ref, pack=plain, console=console)
+    return evaluate(project, ref, pack=plain, console=console, dataset_id=dataset_id)
 
 
 def _must_beat(project: Project, evaluation: Evaluation, cfg: EvalConfig, console: Console) -> dict[str, Any] | None:
@@ -539,7 +545,8 @@ def _vs_baseline(project: Project, evaluation: Evaluation, cfg: EvalConfig, cons
     if not names:
         return None
     headline = HEADLINE[task.type][0]
-    candidates = [stored_or_new(project, f"baseline:{n}", evaluation.gold_id, cfg, console) for n in names]
+    data = evaluation.dataset_id  # the baselines learn from the data the model learned from
+    candidates = [stored_or_new(project, f"baseline:{n}", evaluation.gold_id, cfg, console, data) for n in names]
     best = max(candidates, key=lambda e: e.metrics.get(headline, -math.inf))
     c = compare_pair(project, best, evaluation, headline, cfg)
     # the gate: not *significantly worse*; beating the baseline is reported, not required
@@ -565,6 +572,7 @@ def _store(
         n_rows=len(gold),
         metrics=metrics,
         seconds=answered.runtime["seconds"],
+        dataset_id=answered.dataset_id,
     )
     with project.store.session() as s:
         s.add(evaluation)
@@ -623,12 +631,23 @@ def evaluate(
     allow_leakage: bool = False,
     console: Console | None = None,
     transport: Any = None,
+    dataset_id: str | None = None,
 ) -> Evaluation:
-    """Score ``ref`` on the current gold version, store every prediction, judge the gates."""
+    """Score ``ref`` on the current gold version, store every prediction, judge the gates. A baseline is fit on
+    ``dataset_id`` (default: the current dataset version)."""
     console = console or Console(stderr=True)
     cfg = pack or project.manifest.eval
     gold_version, gold = current_gold_rows(project)
-    answered = answer_gold(project, ref, gold, cfg, allow_leakage=allow_leakage, console=console, transport=transport)
+    answered = answer_gold(
+        project,
+        ref,
+        gold,
+        cfg,
+        allow_leakage=allow_leakage,
+        console=console,
+        transport=transport,
+        dataset_id=dataset_id,
+    )
     task = answered.task
     scores = score_answers(
         task,

@@ -18,6 +18,12 @@ Extraction answers are compared as multisets of ``(field, value)`` pairs: a
 field whose value is ``null`` (or an empty list) is absent, a list value counts
 each element, strings are compared with surrounding whitespace trimmed and
 inner whitespace collapsed.
+
+Generation and chat answers are compared with every reference of their gold row
+(a data-to-text input has several right sentences): chrF and ROUGE-L take the
+best-matching reference, BLEU clips n-gram counts by all of them (sacrebleu's
+multi-reference BLEU), exact match accepts any. The headline is chrF, a
+similarity: exact match says little where several wordings are right.
 """
 
 from __future__ import annotations
@@ -154,10 +160,21 @@ METRICS: dict[str, Metric] = {
             per_row="schema_pass",
             needs=("schema_pass",),
         ),
-        Metric("exact_match", _EXT | _GEN, "share of answers equal to the reference", _rate("exact"), per_row="exact"),
-        Metric("rouge_l", _GEN, "ROUGE-L F1 (longest common subsequence of words), averaged", _rate("rouge_l")),
-        Metric("chrf", _GEN, "chrF (character n-gram F-score), averaged over rows", _rate("chrf")),
-        Metric("bleu", _GEN, "corpus BLEU (sacrebleu), 0-1", _bleu, needs=("bleu_stats",)),
+        Metric(
+            "exact_match",
+            _EXT | _GEN,
+            "share of answers equal to the reference (any one)",
+            _rate("exact"),
+            per_row="exact",
+        ),
+        Metric(
+            "rouge_l",
+            _GEN,
+            "ROUGE-L F1 (longest common subsequence of words) with the best reference, averaged",
+            _rate("rouge_l"),
+        ),
+        Metric("chrf", _GEN, "chrF (character n-gram F-score) with the best reference, averaged", _rate("chrf")),
+        Metric("bleu", _GEN, "corpus BLEU (sacrebleu) against all references, 0-1", _bleu, needs=("bleu_stats",)),
         Metric(
             "regex_pass_rate",
             _GEN,
@@ -174,8 +191,8 @@ METRICS: dict[str, Metric] = {
 HEADLINE: dict[str, tuple[str, ...]] = {
     "classification": ("accuracy", "macro_f1"),
     "extraction": ("micro_f1", "exact_match", "json_valid_rate"),
-    "generation": ("exact_match", "rouge_l"),
-    "chat": ("rouge_l", "exact_match"),
+    "generation": ("chrf", "bleu", "rouge_l", "exact_match"),
+    "chat": ("chrf", "rouge_l", "bleu"),
 }
 
 
@@ -333,7 +350,7 @@ def score_answers(
 
     ``raws`` are the models' full answers (extraction parses its JSON from them).
     """
-    from slmloop.tasks import target_text
+    from slmloop.tasks import references
 
     n = len(rows)
     raws = list(raws) if raws is not None else list(predictions)
@@ -372,16 +389,15 @@ def score_answers(
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     chrf, bleu = CHRF(), BLEU()
-    refs = [target_text(task, r) for r in rows]
-    pairs = list(zip(refs, predictions, strict=True))
+    pairs = list(zip([references(task, r) for r in rows], predictions, strict=True))
     stats = []
-    for r, p in pairs:
-        b = bleu.corpus_score([p], [[r]])
+    for refs, p in pairs:  # summed over rows, these are sacrebleu's corpus statistics
+        b = bleu.corpus_score([p], [[r] for r in refs])
         stats.append([b.sys_len, b.ref_len, *b.counts, *b.totals])
     arrays = {
-        "exact": np.array([r.strip() == p.strip() for r, p in pairs], bool),
-        "rouge_l": np.array([scorer.score(r, p)["rougeL"].fmeasure for r, p in pairs], float),
-        "chrf": np.array([chrf.sentence_score(p, [r]).score / 100 for r, p in pairs], float),
+        "exact": np.array([any(r.strip() == p.strip() for r in refs) for refs, p in pairs], bool),
+        "rouge_l": np.array([scorer.score_multi(refs, p)["rougeL"].fmeasure for refs, p in pairs], float),
+        "chrf": np.array([chrf.sentence_score(p, refs).score / 100 for refs, p in pairs], float),
         "bleu_stats": np.array(stats, float).reshape(n, 10),
     }
     if regex:

@@ -12,7 +12,7 @@ from slmloop.manifest import EvalConfig, TaskConfig
 from slmloop.project import Project
 from slmloop.store import Evaluation, GoldVersion
 
-__all__ = ["evaluation_task", "gold_rows", "latest_evaluations", "newest_evaluation", "row_scores"]
+__all__ = ["evaluation_task", "gold_rows", "latest_evaluations", "learned_from", "newest_evaluation", "row_scores"]
 
 
 def gold_rows(project: Project, gold_id: str) -> list[dict[str, Any]]:
@@ -33,12 +33,26 @@ def newest_evaluation(project: Project, refs: Sequence[str], gold_id: str | None
     return None
 
 
-def latest_evaluations(project: Project, gold_id: str) -> list[Evaluation]:
-    """The newest evaluation of each model on ``gold_id``: base first, baselines next, then by time."""
+def learned_from(evaluation: Evaluation) -> str | None:
+    """The dataset version the evaluated model learned from (a baseline: the one it was fit on); None for the
+    base model and endpoints. Evaluations stored before the column existed: read from their metrics."""
+    if evaluation.dataset_id:
+        return evaluation.dataset_id
+    m = evaluation.metrics or {}
+    return m.get("runtime", {}).get("fitted_on") or (m.get("subsets") or {}).get("dataset")
+
+
+def latest_evaluations(project: Project, gold_id: str, dataset_id: str | None = None) -> list[Evaluation]:
+    """The newest evaluation of each model on ``gold_id``: base first, baselines next, then by time.
+
+    With ``dataset_id``, only baselines fit on that dataset version count (the bar a model trained on it is
+    held to)."""
     with project.store.session() as s:
         rows = s.scalars(select(Evaluation).where(Evaluation.gold_id == gold_id).order_by(Evaluation.id)).all()
     newest: dict[str, Evaluation] = {}
     for e in rows:
+        if dataset_id is not None and e.model_ref.startswith("baseline:") and learned_from(e) != dataset_id:
+            continue
         newest[e.model_ref] = e
     rank = {"base": 0, "baseline": 1}
     return sorted(newest.values(), key=lambda e: (rank.get(e.model_ref.split(":")[0], 2), e.id))

@@ -27,6 +27,7 @@ from rich.console import Console
 
 from slmloop.errors import ConfigError
 from slmloop.manifest import ForgettingConfig
+from slmloop.progress import status
 from slmloop.project import Project
 from slmloop.store import atomic_write_json
 
@@ -98,7 +99,7 @@ def _base_scores(
     if cache.exists():
         data = json.loads(cache.read_text())
         return {"correct": np.array(data["correct"], dtype=bool), "nll": np.array(data["nll"], dtype=float)}
-    with console.status(f"forgetting pack: scoring the base model on {len(pack)} rows …"):
+    with status(console, f"forgetting pack: scoring the base model on {len(pack)} rows …"):
         model, tok = load_target(ModelTarget("base", base), dtype)
         scores = score_pack(model, tok, pack)
     atomic_write_json(cache, {"correct": scores["correct"].tolist(), "nll": scores["nll"].tolist()})
@@ -114,7 +115,7 @@ def forgetting_check(
     console = console or Console(stderr=True)
     pack = load_pack(cfg.pack, cfg.rows, project.root)
     base = _base_scores(project, cfg, pack, dtype, console)
-    with console.status(f"forgetting pack: scoring the fine-tuned model on {len(pack)} rows …"):
+    with status(console, f"forgetting pack: scoring the fine-tuned model on {len(pack)} rows …"):
         mine = score_pack(model, tok, pack)
     acc = mcnemar(base["correct"], mine["correct"])
     rise = mine["nll"] - base["nll"]

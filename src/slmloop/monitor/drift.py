@@ -37,6 +37,7 @@ from slmloop.monitor.signals import (
     words,
     worst,
 )
+from slmloop.progress import status
 from slmloop.project import Project
 from slmloop.store import DriftReport, RequestLog
 from slmloop.targets import resolve_release
@@ -155,7 +156,7 @@ def monitor(
     console = console or Console(stderr=True)
     cfg = project.manifest.monitor
     release = resolve_release(project, release_ref)
-    with console.status("reference profile …"):
+    with status(console, "reference profile …"):
         profile = load_profile(project, release)
     rows = live_requests(project, release.version, since, last)
     size = window or cfg.window or max(1, len(rows))
@@ -166,7 +167,7 @@ def monitor(
     result = DriftResult("insufficient", release.version, size, len(rows), len(profile.texts))
     if chunks:
         texts = [r.input for c in chunks for r in c]
-        with console.status(f"embedding {len(texts)} live inputs …"):
+        with status(console, f"embedding {len(texts)} live inputs …"):
             emb = embed(texts, cfg.embedding_model, project.home / "cache" / "embeddings")
         at = 0
         for i, chunk in enumerate(chunks):

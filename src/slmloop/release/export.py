@@ -26,6 +26,7 @@ from slmloop.evaluate.results import newest_evaluation
 from slmloop.manifest import TaskConfig
 from slmloop.models.catalog import ResolvedModel, resolve_model
 from slmloop.monitor.profile import build_profile, write_profile
+from slmloop.progress import status
 from slmloop.project import Project
 from slmloop.release.card import model_card
 from slmloop.store import Evaluation, Release, Run, atomic_dir, atomic_write_json, sha256_file, utcnow
@@ -104,7 +105,7 @@ def _gguf(project: Project, run: Run, folder: Path, prompt: dict[str, Any], cons
     name = f"{project.manifest.project.name}-{run.name}"
     report: dict[str, Any] = {}
     for qtype in cfg.gguf:
-        with console.status(f"writing GGUF {qtype} …"):
+        with status(console, f"writing GGUF {qtype} …"):
             path = write_gguf(merged, out / gguf_file_name(qtype), qtype, name=name, pre=pre)
         entry: dict[str, Any] = {"file": f"gguf/{path.name}", "bytes": path.stat().st_size}
         if llama_cpp_available():
@@ -160,10 +161,10 @@ def export_release(project: Project, run_ref: str | None = None, *, console: Con
     with atomic_dir(target) as tmp:
         shutil.copytree(adapter, tmp / "adapter")
         if cfg.merged:
-            with console.status(f"merging {run.name} into {run.base_model} ({cfg.dtype}) …"):
+            with status(console, f"merging {run.name} into {run.base_model} ({cfg.dtype}) …"):
                 _merge(run, adapter, tmp / "merged", cfg.dtype)
         gguf = _gguf(project, run, tmp, prompt, console) if cfg.gguf else {}
-        with console.status("reference profile for monitoring …"):
+        with status(console, "reference profile for monitoring …"):
             write_profile(build_profile(project, version, run.dataset_id, run.id), tmp / "reference")
         card = model_card(project, run, version, _task(project, run), prompt, evaluation, gguf)
         (tmp / "README.md").write_text(card, encoding="utf-8")

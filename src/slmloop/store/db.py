@@ -24,6 +24,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    or_,
     select,
     text,
 )
@@ -49,14 +50,20 @@ __all__ = [
     "utcnow",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
-#: what each schema version adds to a store made by the one before (columns only; new tables come from create_all)
-_MIGRATIONS: dict[int, list[str]] = {
+#: what each schema version adds to a store made by the one before: (table, column, its DDL). New tables come
+#: from create_all, which also gives a table it creates every column, so a column already there is skipped.
+_MIGRATIONS: dict[int, list[tuple[str, str, str]]] = {
     2: [
-        "ALTER TABLE alias_history ADD COLUMN who VARCHAR(128) DEFAULT '' NOT NULL",
-        "ALTER TABLE alias_history ADD COLUMN action VARCHAR(16) DEFAULT 'promote' NOT NULL",
-        "ALTER TABLE alias_history ADD COLUMN forced BOOLEAN DEFAULT FALSE NOT NULL",
+        ("alias_history", "who", "VARCHAR(128) DEFAULT '' NOT NULL"),
+        ("alias_history", "action", "VARCHAR(16) DEFAULT 'promote' NOT NULL"),
+        ("alias_history", "forced", "BOOLEAN DEFAULT FALSE NOT NULL"),
+    ],
+    3: [
+        ("imports", "seq", "INTEGER DEFAULT 0 NOT NULL"),
+        ("imports", "state_note", "TEXT DEFAULT '' NOT NULL"),
+        ("evaluations", "dataset_id", "VARCHAR(32)"),
     ],
 }
 
@@ -84,7 +91,14 @@ class Event(Base):
 
 
 class Import(Base):
-    """One source file read into the project, with per-row accounting."""
+    """One source file read into the project, with per-row accounting.
+
+    Only active imports feed ``data prepare``. An import stops being active when the same source
+    path is imported again with other contents (superseded) or when a user drops it; ``state_note``
+    says which. ``seq`` orders the imports as the user made them: where two imports answer the same
+    input differently, the one with the higher ``seq`` is the correction that wins. Importing a file
+    again gives its import a new ``seq``.
+    """
 
     __tablename__ = "imports"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -100,6 +114,8 @@ class Import(Base):
     reasons: Mapped[dict[str, Any]] = mapped_column(default=dict)
     mapping: Mapped[dict[str, Any]] = mapped_column(default=dict)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+    state_note: Mapped[str] = mapped_column(Text, default="")
 
 
 class GoldVersion(Base):
@@ -153,6 +169,8 @@ class Evaluation(Base):
     n_rows: Mapped[int] = mapped_column(Integer)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    #: the dataset version the model learned from (a run's, a release's, a baseline's fit); None: base, endpoints
+    dataset_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
     @property
     def name(self) -> str:
@@ -286,9 +304,13 @@ class Store:
                 f"the metadata store has schema version {found}; this slmloop knows up to {SCHEMA_VERSION}",
                 hint="Upgrade slmloop (pip install -U slmloop) to open this project.",
             )
+        from sqlalchemy import inspect
+
+        inspector = inspect(s.connection())
         for version in range(found + 1, SCHEMA_VERSION + 1):
-            for statement in _MIGRATIONS.get(version, []):
-                s.execute(text(statement))
+            for table, column, ddl in _MIGRATIONS.get(version, []):
+                if column not in {c["name"] for c in inspector.get_columns(table)}:
+                    s.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
         row.value = str(SCHEMA_VERSION)
 
     @contextmanager
@@ -304,20 +326,26 @@ class Store:
     def log_event(self, s: Session, kind: str, subject: str = "", **payload: Any) -> None:
         s.add(Event(kind=kind, subject=subject, payload=payload))
 
-    def events(self, kind: str | None = None, limit: int = 100) -> Sequence[Event]:
+    def events(self, kind: str | None = None, limit: int = 100, subject: str | None = None) -> Sequence[Event]:
+        """The newest ``limit`` events, newest first; where given, of one ``kind`` (``data`` also reads
+        ``data.import``, ``data.prepare`` …) and about one ``subject``."""
         with self.session() as s:
             q = select(Event).order_by(Event.id.desc()).limit(limit)
             if kind:
-                q = q.where(Event.kind == kind)
+                q = q.where(or_(Event.kind == kind, Event.kind.startswith(kind + ".")))
+            if subject:
+                q = q.where(Event.subject == subject)
             return s.scalars(q).all()
 
     # -- small named pointers (e.g. the current gold version) -------------
-    def set_meta(self, s: Session, key: str, value: str) -> None:
+    def set_meta(self, s: Session, key: str, value: str) -> str | None:
+        """Set the pointer ``key`` inside session ``s``; returns the value it had (None: unset)."""
         row = s.get(Meta, key)
         if row is None:
             s.add(Meta(key=key, value=value))
-        else:
-            row.value = value
+            return None
+        before, row.value = row.value, value
+        return before
 
     def get_meta(self, key: str) -> str | None:
         with self.session() as s:

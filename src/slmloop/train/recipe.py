@@ -49,6 +49,7 @@ from slmloop.models.loading import (
     pick_dtype,
     quiet_transformers,
 )
+from slmloop.progress import progress, status
 from slmloop.project import Project
 from slmloop.shortlist import LabelPrior, Shortlist, shortlist_size
 from slmloop.store import Run, atomic_dir, atomic_write_json, utcnow
@@ -378,7 +379,7 @@ def choose_prior(st: TrainSetup, parts: Parts, console: Console) -> dict[str, An
     rows = st.splits.validation[:PRIOR_VALIDATION_ROWS]
     if prior is None or not rows:
         return None
-    with console.status(f"weighing the label prior on {len(rows)} validation rows …"):
+    with status(console, f"weighing the label prior on {len(rows)} validation rows …"):
         answers = _answers(st, parts, rows, "rank")
         vectors = embed([input_text(st.task, r) for r in rows], cache_dir=st.project.home / "cache" / "embeddings")
         choice = prior.choose_weight([a.scores["probs"] for a in answers], vectors, [str(r["label"]) for r in rows])
@@ -404,11 +405,11 @@ def choose_spans(st: TrainSetup, parts: Parts, console: Console) -> dict[str, An
     if st.task.type != "extraction" or st.config.span_prior == "off" or not rows:
         return None
     started = time.perf_counter()
-    with console.status("fitting the span prior (a CRF tagger) on the training split …"):
+    with status(console, "fitting the span prior (a CRF tagger) on the training split …"):
         prior = SpanPrior.fit(st.task, st.splits.train, cache_dir=st.project.home / "cache")
     if prior is None:
         return {"fields": 0, "note": "no field's values are spans of the input"}
-    with console.status(f"weighing the span prior on {len(rows)} validation rows …"):
+    with status(console, f"weighing the span prior on {len(rows)} validation rows …"):
         answers = _answers(st, parts, rows, "generate")
         marks = None
         if answers_inline(st.task):  # the judge also reads the model's probability of marking each value
@@ -911,27 +912,16 @@ def _refuse(f: Forecast) -> None:
 # fit
 # ---------------------------------------------------------------------------------------------
 def _progress(console: Console, disable: bool) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    return Progress(
-        TextColumn("[bold]train[/bold]"),
-        BarColumn(),
+    columns = [
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"),
         TextColumn("{task.fields[tps]} tok/s"),
         TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=disable,
-    )
+    ]
+    fields = [("loss", "loss {}"), ("tps", "{} tok/s")]
+    return progress(console, "train", fields, disable=disable, columns=columns)
 
 
 def _evaluate(st: TrainSetup, parts: Parts, metric: str) -> dict[str, float]:

@@ -16,11 +16,11 @@ from typing import Any
 
 from slmloop.data.versions import current_gold
 from slmloop.errors import NotFoundError
-from slmloop.evaluate.evaluate import failed_gates
 from slmloop.evaluate.metrics import HEADLINE, field_diff, parse_json_object, reference_object
 from slmloop.evaluate.results import evaluation_task, latest_evaluations, newest_evaluation
 from slmloop.project import Project
 from slmloop.release.registry import alias_history, aliases, promotion_problems
+from slmloop.status import StageState, loop_status
 from slmloop.store import DatasetVersion, DriftReport, Evaluation, Import, Release, Run
 from slmloop.train.tracking import read_trace
 
@@ -68,87 +68,33 @@ def _evaluation(project: Project, evaluation_id: int) -> Evaluation:
     return project.store.get(Evaluation, evaluation_id, "evaluation", "The evaluations page lists them.")
 
 
-def _newest_tuned_evaluation(project: Project, gold_id: str) -> Evaluation | None:
-    tuned = [e for e in latest_evaluations(project, gold_id) if e.model_ref.startswith(("run-", "release-"))]
-    return max(tuned, key=lambda e: e.id) if tuned else None
+_LINKS = {"data": "/data", "train": "/runs", "evaluate": "/evals", "release": "/releases", "monitor": "/monitor"}
+
+
+def _link(project: Project, stage: StageState) -> str:
+    """Where the overview's stage points: the object it is about, or the stage's page."""
+    if stage.name == "train" and stage.ref:
+        return f"/runs/{stage.ref.removeprefix('run-')}"
+    if stage.name == "evaluate" and stage.ref:
+        return f"/evals/{stage.ref.removeprefix('eval-')}"
+    return _LINKS[stage.name]
 
 
 def overview(project: Project) -> dict[str, Any]:
-    """Each stage's newest state, the live release and the open warnings."""
-    stages: list[Stage] = []
-    warnings: list[tuple[str, str]] = []  # (text, link)
-    store = project.store
-    version = store.latest(DatasetVersion, DatasetVersion.created_at)
-    if version is None:
-        stages.append(Stage("data", "todo", "no dataset version yet: slmloop data import + prepare", "/data"))
-    else:
-        c = version.counts
-        rejected = sum(c.get("rejected", {}).values())
-        stages.append(
-            Stage(
-                "data",
-                "ok",
-                f"{version.id}: train {c['train']}, validation {c['validation']}, gold {c['gold']} "
-                f"({rejected} row(s) rejected)",
-                "/data",
-            )
-        )
-        rate = c.get("contamination", {}).get("rate")
-        if rate is not None and rate > 0.05:
-            warnings.append((f"{rate:.0%} of gold rows have a close training paraphrase", "/data"))
-    gold = current_gold(project)
-    runs = store.list(Run, Run.id)
-    if not runs:
-        stages.append(Stage("train", "todo", "no run yet: slmloop train", "/runs"))
-    else:
-        run = runs[-1]
-        status = {"completed": "ok", "running": "warn"}.get(run.status, "fail")
-        loss = run.metrics.get("val_loss")
-        detail = f"{run.name} {run.status}" + (f", val loss {loss:.4f}" if isinstance(loss, float) else "")
-        stages.append(Stage("train", status, detail, f"/runs/{run.id}"))
-        if run.status == "failed":
-            warnings.append((f"{run.name} failed", f"/runs/{run.id}"))
-    ev = _newest_tuned_evaluation(project, gold.id) if gold else None
-    if ev is None:
-        stages.append(Stage("evaluate", "todo", "no fine-tuned model evaluated on the current gold set", "/evals"))
-    else:
-        name, value, ci = headline(project, ev.metrics)
-        failed = failed_gates(ev, project.manifest.eval)  # today's gates, as a promotion judges them
-        shown = f"{value:.4f}" if value is not None else "–"
-        ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
-        detail = f"{ev.name} ({ev.model_ref}): {name} {shown}{ci_text}"
-        stages.append(Stage("evaluate", "fail" if failed else "ok", detail, f"/evals/{ev.id}"))
-        for f in failed:
-            warnings.append((f"{ev.model_ref} fails the gate: {f}", f"/evals/{ev.id}"))
-    releases = store.list(Release, Release.version)
+    """Each stage's newest state, the live release, the open warnings and the next step (:func:`loop_status`)."""
+    now = loop_status(project)
+    stages = [Stage(s.name, s.status, s.detail, _link(project, s)) for s in now.stages]
+    warnings = [(text, _LINKS[stage]) for text, stage in now.warnings]
     live = aliases(project)
-    if not releases:
-        stages.append(Stage("release", "todo", "nothing exported yet: slmloop export", "/releases"))
-    else:
-        where = ", ".join(f"{a.alias} → v{a.version}" for a in live) or "no alias points at a release yet"
-        newest = f"v{releases[-1].version} newest; {where}"
-        stages.append(Stage("release", "ok" if live else "warn", newest, "/releases"))
-    forced = [m for m in alias_history(project)[:20] if m.forced]
-    for m in forced[:3]:
-        when = f"{m.ts:%Y-%m-%d %H:%M}"
-        warnings.append((f"{m.alias} was forced to v{m.version} past failed gates ({when})", "/releases"))
-    report = store.latest(DriftReport, DriftReport.id)
-    if report is None:
-        stages.append(Stage("monitor", "todo", "no monitor run yet: slmloop monitor", "/monitor"))
-    else:
-        status = {"ok": "ok", "warn": "warn", "drift": "fail"}.get(report.verdict, "warn")
-        stages.append(
-            Stage(
-                "monitor",
-                status,
-                f"drift-{report.id} on v{report.release_version}: {report.verdict} over {report.n_requests} request(s)",
-                "/monitor",
-            )
-        )
-        if report.verdict in ("warn", "drift"):
-            warnings.append((f"monitor run drift-{report.id}: {report.verdict}", "/monitor"))
     production = next((a for a in live if a.alias == "production"), live[0] if live else None)
-    return {"stages": stages, "warnings": warnings, "live": production, "gold": gold}
+    return {
+        "stages": stages,
+        "warnings": warnings,
+        "live": production,
+        "gold": current_gold(project),
+        "next_step": now.next_step,
+        "why": now.why,
+    }
 
 
 def data_view(project: Project) -> dict[str, Any]:

@@ -227,6 +227,9 @@ def run_task(name: str, args: argparse.Namespace, overrides: dict[str, Any]) -> 
     best_name, best = max(baselines.items(), key=lambda kv: kv[1].metrics[metric]) if baselines else (None, None)
     vs_base = compare_pair(project, base, tuned, metric)
     vs_best = compare_pair(project, best, tuned, metric) if best is not None else None
+    # generation: the other similarity metrics too, each paired on the same gold rows
+    more = [m for m in HEADLINE[task.type][1:] if m != "exact_match"] if task.type in ("generation", "chat") else []
+    also = {m: compare_pair(project, best, tuned, m) for m in more} if best is not None else {}
     from slmloop.shortlist import load_shortlist
 
     tokens = _tokens_per_row(project, splits.train, load_shortlist(project.locate(run.path) / "adapter"))
@@ -250,6 +253,17 @@ def run_task(name: str, args: argparse.Namespace, overrides: dict[str, Any]) -> 
         "verdict_vs_base": vs_base.sentence,
         "verdict_vs_best_baseline": vs_best.verdict if vs_best else None,
         "sentence_vs_best_baseline": vs_best.sentence if vs_best else None,
+        "vs_best_baseline_also": {
+            m: {
+                "finetuned": c.b_value,
+                "baseline": c.a_value,
+                "diff": c.test.diff,
+                "ci": list(c.test.ci),
+                "p_value": c.test.p_value,
+                "verdict": c.verdict,
+            }
+            for m, c in also.items()
+        },
         "eval_s": tuned.seconds,
         "train_s": stages["train"],
         "train_compute_s": forecast["train_seconds"],
@@ -333,6 +347,12 @@ def _table(results: list[dict[str, Any]]) -> None:
             )
         if r["sentence_vs_best_baseline"]:
             print(f"  {r['sentence_vs_best_baseline']}")
+        for m, c in r.get("vs_best_baseline_also", {}).items():
+            print(
+                f"  {m}: fine-tuned {c['finetuned']:.3f} vs {r['best_baseline']['name']} {c['baseline']:.3f} "
+                f"({c['diff']:+.3f}, 95 % CI {c['ci'][0]:+.3f} to {c['ci'][1]:+.3f}, p = {c['p_value']:.2g}): "
+                f"{c['verdict']}"
+            )
         f = r["forecast"]
         print(
             f"  forecast vs measured: train {f['train_s']:.0f} s vs {r['train_compute_s']:.0f} s compute "

@@ -36,6 +36,7 @@ import numpy as np
 from rich.console import Console
 
 from slmloop.data.clean import dedupe_key
+from slmloop.data.importer import refuse_active_source
 from slmloop.data.versions import load_dataset, row_field
 from slmloop.errors import NotFoundError
 from slmloop.evaluate.metrics import field_diff, parse_json_object
@@ -362,21 +363,6 @@ def read_pool(task: Any, path: Path) -> list[str]:
     return texts
 
 
-def _refuse_active_source(project: Project, path: Path) -> None:
-    """Writing the export over the source of an active import would make its next import *replace* that one
-    (and drop the corrections it holds): refuse, naming the import."""
-    from slmloop.errors import DataError
-    from slmloop.store import Import
-
-    for imp in project.store.list(Import, Import.created_at):
-        if imp.active and Path(imp.source_path).resolve() == path.resolve():
-            raise DataError(
-                f"{path} is the source of the active import {imp.id}: importing a new file there would replace it "
-                "and the corrections it holds",
-                hint="Export to a new file name (e.g. one per round of fixes).",
-            )
-
-
 def _suggestions(project: Project, task: Any, texts: list[str]) -> list[Any]:
     """A starting answer for unlabelled inputs, for a person to check: the label of a logistic regression over
     the MiniLM embeddings of the training rows (classification), else the answer of the nearest training input."""
@@ -409,7 +395,7 @@ def export_for_labelling(
     traffic, else the training rows themselves — each with a suggested answer. Every row carries
     ``reviewed: false``: a person sets the answer and ``reviewed: true``; rows imported so are not suggested
     again."""
-    _refuse_active_source(project, path)
+    refuse_active_source(project, path)
     task = evaluation_task(project, analysis.evaluation)
     preds = list(project.store.predictions(analysis.evaluation.id))
     key = "text" if task.type in ("classification", "extraction") else "input"

@@ -202,8 +202,8 @@ def prepare(project: ProjectOpt = Path(".")) -> None:
     t.add_row("validation", str(c["validation"]))
     gold_note = "newly frozen" if c.get("gold_new") else "rows of the frozen gold set"
     if "gold_file" in c:
-        gold_note = "the gold file's rows are read below"
-    t.add_row(f"gold ({gold_note}; {c['gold_rows_total']} gold rows)", str(c["gold"]))
+        gold_note = "data.gold is the gold set"
+    t.add_row(f"gold ({gold_note}: {c['gold_rows_total']} gold rows)", str(c["gold"]))
     out.print(t)
     _imports_table(done.imports, done.left_out)
     leak = {k: n for k, n in c.get("leakage", {}).items() if k != "checks"}

@@ -108,6 +108,8 @@ def _summary(payload: dict) -> str:
     """An event's payload in one short line: scalars as key=value, nested values by their size."""
     parts = []
     for k, v in payload.items():
+        if v in (None, "", [], {}):
+            continue
         if isinstance(v, dict):
             v = f"{{{len(v)} keys}}"
         elif isinstance(v, list):

@@ -42,6 +42,7 @@ __all__ = [
     "import_state",
     "map_record",
     "read_rows",
+    "refuse_active_source",
     "resolve_mapping",
     "restore_import",
     "source_for",
@@ -368,6 +369,20 @@ def _activate(project: Project, s: Session, record: Import, event: str) -> list[
     if event == "data.reimport":
         project.store.log_event(s, event, record.id, path=record.source_path, superseded=superseded)
     return superseded
+
+
+def refuse_active_source(project: Project, path: Path) -> None:
+    """Refuse to write a file for labelling over the source of an active import: importing it again would
+    *replace* that import, and the rows it holds (earlier corrections, labelled batches) would leave the data."""
+    with project.store.session() as s:
+        imports = s.scalars(select(Import).where(Import.active.is_(True))).all()
+    for imp in imports:
+        if _same_source(imp.source_path, str(path.resolve())):
+            raise DataError(
+                f"{path} is the source of the active import {imp.id}: importing a new file there would replace "
+                "that import and the rows it holds",
+                hint="Write to a new file name (one per round of fixes or batch of labels).",
+            )
 
 
 def import_state(record: Import) -> str:

@@ -204,7 +204,7 @@ def _answer_shown(task: TaskConfig, row: dict[str, Any]) -> str:
 
 def _one_answer(
     task: TaskConfig, rows: list[dict[str, Any]], order: dict[str, int], drop_copies: bool, ledger: _Ledger
-):
+) -> list[dict[str, Any]]:
     """One answer per input (classification, extraction): the newest import that holds the input decides;
     older rows with another answer are ``corrected``, copies ``duplicate_exact``, and an import that gives
     two answers makes every row of that input a ``conflict``. Generation and chat keep each distinct
@@ -238,13 +238,10 @@ def _one_answer(
                     f"{rows[deciding[0]]['_src']['import']} answers this input {len(answers)} ways: {listing}",
                 )
             continue
-        winner = next(iter(answers))
-        same = by_answer[winner]
+        same = by_answer[next(iter(answers))]
         kept = _copies(rows, same, order, drop_copies, ledger)
         keep.extend(kept)
-        for i in members:
-            if i in same:
-                continue
+        for i in sorted(set(members) - set(same)):
             corrected += 1
             ledger.reject(
                 rows[i],

@@ -83,8 +83,9 @@ def freeze_gold(project: Project, rows: list[dict[str, Any]], parent: str | None
                 id=gold_id, parent_id=parent, object=project.objects.put_jsonl(rows), rows=len(rows), note=note
             )
             s.add(gold)
-        project.store.set_meta(s, "current_gold", gold_id)
-        project.store.log_event(s, "gold.freeze", gold_id, rows=len(rows), parent=parent, note=note)
+        before = project.store.set_meta(s, "current_gold", gold_id)
+        if before != gold_id:  # a new version, or an earlier one made current again
+            project.store.log_event(s, "gold.freeze", gold_id, rows=len(rows), parent=parent, note=note)
     return gold
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 
 from slmloop.data.sources import read_records
-from slmloop.data.versions import DatasetSplits, load_dataset
+from slmloop.data.versions import DatasetSplits, load_dataset, set_current_dataset
 from slmloop.errors import DataError
 from slmloop.evaluate.metrics import parse_json_object
 from slmloop.manifest import SourceConfig, TaskConfig
@@ -130,6 +130,7 @@ def _store_version(
     with project.store.session() as s:
         existing = s.get(DatasetVersion, version_id)
         if existing is not None:
+            set_current_dataset(project, s, version_id)
             s.expunge(existing)
             return existing
     counts = {
@@ -148,9 +149,11 @@ def _store_version(
         counts=counts,
         config={**parent.version.config, "parent": parent.version.id, "distill": provenance},
     )
-    return project.store.add(
-        version, "data.distill", version_id, parent=parent.version.id, teacher=provenance["teacher"]
-    )
+    with project.store.session() as s:  # the teacher's data is the current dataset version from now on
+        s.add(version)
+        set_current_dataset(project, s, version_id)
+        project.store.log_event(s, "data.distill", version_id, parent=parent.version.id, teacher=provenance["teacher"])
+    return version
 
 
 def _agreement(task: TaskConfig, human: list[dict[str, Any]], taught: list[dict[str, Any]]) -> float | None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from slmloop.data.importer import refuse_active_source
 from slmloop.errors import NotFoundError
 from slmloop.models.embedder import embed
 from slmloop.monitor.drift import confidence_of, live_requests, logged_answer
@@ -100,7 +101,9 @@ def export_for_labelling(
     most_drifted: int = 50,
     least_confident: int = 50,
 ) -> tuple[int, int]:
-    """Write the chosen rows to ``file`` (JSONL); returns (rows written, monitor run id)."""
+    """Write the chosen rows to ``file`` (JSONL; never over the source of an active import, which the next import
+    would replace); returns (rows written, monitor run id)."""
+    refuse_active_source(project, file)
     rows, run_id = labelling_candidates(
         project, release_ref, most_drifted=most_drifted, least_confident=least_confident
     )

@@ -94,7 +94,7 @@ def _banking_model(
 def _answers(
     project: Any, release: Any, pools: list[str]
 ) -> tuple[dict[str, tuple[str, float]], dict[str, int], list[float]]:
-    from slmloop.monitor.profile import load_profile
+    from slmloop.release.profile import load_profile
     from slmloop.serve.server import load_predictor
 
     predictor = load_predictor(project, release.version)

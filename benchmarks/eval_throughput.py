@@ -35,7 +35,7 @@ def main() -> None:
     from slmloop.models.catalog import resolve_model
     from slmloop.models.inference import generate
     from slmloop.models.loading import load_causal_lm, load_tokenizer, pick_dtype, render_prompt
-    from slmloop.tasks import prompt_messages
+    from slmloop.predict.tasks import prompt_messages
 
     task = TaskConfig(
         type="classification",

@@ -61,11 +61,11 @@ def main() -> None:
 
     from slmloop.data.versions import current_gold_rows
     from slmloop.monitor.signals import invalid_signal, judge
+    from slmloop.predict.tasks import input_text
     from slmloop.project import open_project
     from slmloop.release.export import export_release
     from slmloop.serve.server import load_predictor
     from slmloop.store import Release, Run
-    from slmloop.tasks import input_text
 
     project = open_project(args.project)
     release = None if args.run else project.store.latest(Release, Release.version)

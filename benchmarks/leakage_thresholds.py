@@ -29,8 +29,8 @@ def main() -> None:
     from slmloop.data.leakage import project_embedder
     from slmloop.data.versions import load_dataset
     from slmloop.evaluate.results import latest_evaluations
+    from slmloop.predict.tasks import input_text
     from slmloop.project import open_project
-    from slmloop.tasks import input_text
 
     p = open_project(args.project)
     d = load_dataset(p)

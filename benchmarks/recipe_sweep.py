@@ -41,9 +41,9 @@ def main() -> None:
     from rich.console import Console
 
     from slmloop.evaluate.evaluate import evaluate
-    from slmloop.evaluate.metrics import HEADLINE
     from slmloop.evaluate.results import latest_evaluations
     from slmloop.manifest import EvalConfig
+    from slmloop.metrics import HEADLINE
     from slmloop.project import open_project
     from slmloop.train.recipe import train
 

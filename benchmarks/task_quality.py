@@ -138,9 +138,11 @@ def _tokens_per_row(project: Any, rows: list[dict[str, Any]], shortlist: Any) ->
     With a shortlist (train.shortlist), rows carry it as in training; a 2-label schema's shortlist
     names at most those 2 labels.
     """
+    from dataclasses import replace
+
     from slmloop.models.catalog import resolve_model
     from slmloop.models.loading import load_tokenizer
-    from slmloop.tasks import SHORTLIST_KEY, answer_target, prompt_messages, resolve_answer
+    from slmloop.predict.tasks import Hints, answer_target, prompt_messages, resolve_answer
 
     tok = load_tokenizer(resolve_model(project.manifest.model.base))
     style = project.manifest.train.prompt
@@ -151,31 +153,33 @@ def _tokens_per_row(project: Any, rows: list[dict[str, Any]], shortlist: Any) ->
         else task.model_copy(update={"fields": task.field_list[:3]})
     )
     sample = rows[:500]
-    small_sample = sample
+    hints = [Hints() for _ in sample]
+    small_hints = hints
     if shortlist is not None and shortlist.k:
-        sample = shortlist.annotate(task, sample)
-        small_sample = sample  # an extractor's examples do not depend on the schema
+        hints = shortlist.hints(task, sample)
+        small_hints = hints  # an extractor's examples do not depend on the schema
         if not shortlist.examples:
-            small_sample = [{**r, SHORTLIST_KEY: r[SHORTLIST_KEY][:2]} for r in sample]
+            small_hints = [replace(h, shortlist=h.shortlist[:2]) for h in hints]
 
-    def mean(t: Any, style: str, these: list[dict[str, Any]]) -> float:
+    def mean(t: Any, style: str, shown: list[Any]) -> float:
         texts = [
             tok.apply_chat_template(
-                [*prompt_messages(t, r, style), {"role": "assistant", "content": answer_target(t, r)}], tokenize=False
+                [*prompt_messages(t, r, style, h), {"role": "assistant", "content": answer_target(t, r)}],
+                tokenize=False,
             )
-            for r in these
+            for r, h in zip(sample, shown, strict=True)
         ]
         return statistics.mean(len(x) for x in tok(texts, add_special_tokens=False)["input_ids"])
 
     out = {
         "style": style,
         "shortlist": shortlist.k if shortlist is not None else 0,  # a label prior alone is not in the prompt
-        "schema": mean(task, style, sample),
-        "small_schema": mean(small, style, small_sample),
+        "schema": mean(task, style, hints),
+        "small_schema": mean(small, style, small_hints),
     }
     out["ratio"] = out["schema"] / out["small_schema"]
     if style != "full":
-        out["full_style_ratio"] = mean(task, "full", sample) / mean(small, "full", small_sample)
+        out["full_style_ratio"] = mean(task, "full", hints) / mean(small, "full", small_hints)
     return out
 
 
@@ -186,8 +190,8 @@ def run_task(name: str, args: argparse.Namespace, overrides: dict[str, Any]) -> 
     from slmloop.data.importer import import_source
     from slmloop.data.prepare import prepare_dataset
     from slmloop.evaluate.evaluate import evaluate
-    from slmloop.evaluate.metrics import HEADLINE
     from slmloop.evaluate.paired import compare_pair
+    from slmloop.metrics import HEADLINE
     from slmloop.project import open_project
     from slmloop.train.recipe import train
 
@@ -230,9 +234,9 @@ def run_task(name: str, args: argparse.Namespace, overrides: dict[str, Any]) -> 
     # generation: the other similarity metrics too, each paired on the same gold rows
     more = [m for m in HEADLINE[task.type][1:] if m != "exact_match"] if task.type in ("generation", "chat") else []
     also = {m: compare_pair(project, best, tuned, m) for m in more} if best is not None else {}
-    from slmloop.shortlist import load_shortlist
+    from slmloop.predict.companion import load_companion
 
-    tokens = _tokens_per_row(project, splits.train, load_shortlist(project.locate(run.path) / "adapter"))
+    tokens = _tokens_per_row(project, splits.train, load_companion(project.locate(run.path) / "adapter"))
 
     def cell(e: Any) -> dict[str, Any]:
         lo, hi = e.metrics["ci"].get(metric, [None, None])

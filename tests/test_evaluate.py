@@ -48,7 +48,7 @@ def test_generate_mode_parses_answers(project) -> None:
     assert ev.mode == "generate"
     preds = project.store.predictions(ev.id)
     # each prediction is the label its raw answer names ("" when it names none), and the rates add up
-    from slmloop.tasks import parse_prediction
+    from slmloop.predict.tasks import parse_prediction
 
     assert all(p.prediction == parse_prediction(project.task, p.raw) for p in preds)
     assert ev.metrics["invalid_rate"] == pytest.approx(sum(p.prediction == "" for p in preds) / len(preds))

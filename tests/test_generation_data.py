@@ -10,8 +10,9 @@ import numpy as np
 
 from slmloop.data.importer import import_source
 from slmloop.data.prepare import prepare_dataset
-from slmloop.evaluate.metrics import HEADLINE, score_answers
+from slmloop.evaluate.scoring import score_answers
 from slmloop.manifest import TaskConfig
+from slmloop.metrics import HEADLINE
 from slmloop.project import open_project
 from tests.conftest import write_project
 

@@ -116,8 +116,8 @@ def test_gguf_parity_through_llama_cpp(trained_copy) -> None:
         from slmloop.models.loading import render_prompt
 
         prompt = render_prompt(predictor.tokenizer, [{"role": "user", "content": "WINNER claim your prize"}])
-        free, _ = predictor.llama.complete(prompt, 8)
-        text, n = predictor.llama.complete(prompt, 8, json_texts=token_texts(predictor.tokenizer))
+        free, _ = predictor.engine.llama.complete(prompt, 8)
+        text, n = predictor.engine.llama.complete(prompt, 8, json_texts=token_texts(predictor.tokenizer))
         assert not free.startswith("{") and text.startswith("{")
         assert n == 8 or text.endswith("}")
 

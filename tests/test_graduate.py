@@ -307,7 +307,7 @@ def test_distill_from_the_projects_own_server_over_http(trained_copy, trained_pr
 # the forgetting guard
 # ---------------------------------------------------------------------------------------------
 def test_the_builtin_pack_is_well_formed() -> None:
-    from slmloop.graduate.forgetting import load_pack
+    from slmloop.evaluate.forgetting import load_pack
 
     pack = load_pack("gsm8k-numeric")
     assert len(pack) == 250 and len(load_pack("gsm8k-numeric", rows=20)) == 20
@@ -317,7 +317,7 @@ def test_the_builtin_pack_is_well_formed() -> None:
 
 
 def test_a_bad_pack_is_named(tmp_path: Path) -> None:
-    from slmloop.graduate.forgetting import load_pack
+    from slmloop.evaluate.forgetting import load_pack
 
     bad = tmp_path / "pack.jsonl"
     bad.write_text('{"question": "1+1?", "answer": "2", "solution": "2", "choices": ["3", "4"]}\n')
@@ -332,7 +332,7 @@ def test_a_bad_pack_is_named(tmp_path: Path) -> None:
 def test_continuation_logprobs_match_a_plain_forward_pass(tiny_model: Path) -> None:
     from slmloop.models.catalog import resolve_model
     from slmloop.models.inference import continuation_logprobs
-    from slmloop.targets import ModelTarget, load_target
+    from slmloop.predict.targets import ModelTarget, load_target
 
     model, tok = load_target(ModelTarget("base", resolve_model(str(tiny_model))), torch.float32)
     prompts, conts = ["see you at the", "bring the book", "call me"], [" station", " to class tomorrow", " when"]

@@ -7,11 +7,11 @@ import json
 import pytest
 
 from slmloop.errors import ConfigError
-from slmloop.evaluate.answers import generated_answer
-from slmloop.evaluate.metrics import value_pairs
-from slmloop.inline import inline_fits, mark, unmark
 from slmloop.manifest import TaskConfig
-from slmloop.tasks import answer_json, answer_target, resolve_answer, target_text
+from slmloop.predict.answers import generated_answer
+from slmloop.predict.inline import inline_fits, mark, unmark
+from slmloop.predict.parsing import value_pairs
+from slmloop.predict.tasks import answer_json, answer_target, resolve_answer, target_text
 
 TEXT = "Wake me at six am tomorrow and six  pm in Camden"
 OUT = {"date": "tomorrow", "place": "camden", "time": ["six am", "six pm"], "zone": "gmt"}

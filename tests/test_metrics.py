@@ -5,17 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slmloop.evaluate.metrics import (
-    HEADLINE,
-    METRICS,
-    field_diff,
-    metric_names,
-    parse_json_object,
-    score_answers,
-    summarize,
-    value_pairs,
-)
+from slmloop.evaluate.scoring import score_answers
 from slmloop.manifest import TaskConfig
+from slmloop.metrics import HEADLINE, METRICS, metric_names, summarize
+from slmloop.predict.parsing import field_diff, parse_json_object, value_pairs
 
 CLS = TaskConfig(type="classification", labels=["a", "b", "c"])
 

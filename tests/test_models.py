@@ -12,7 +12,7 @@ from slmloop.manifest import TaskConfig
 from slmloop.models.catalog import ResolvedModel, resolve_model
 from slmloop.models.inference import generate, rank_labels
 from slmloop.models.loading import encode_example, load_causal_lm, load_tokenizer, render_prompt
-from slmloop.tasks import prompt_messages
+from slmloop.predict.tasks import prompt_messages
 from slmloop.train.batching import (
     ANSWER_MULTIPLE,
     IGNORE,

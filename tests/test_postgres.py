@@ -76,11 +76,11 @@ def test_the_whole_registry_runs_on_postgresql(postgres_url: str, tmp_path: Path
     from slmloop.data.importer import import_source
     from slmloop.data.prepare import prepare_dataset
     from slmloop.evaluate.evaluate import evaluate
+    from slmloop.predict.targets import resolve_release
     from slmloop.project import open_project
     from slmloop.release.export import export_release
     from slmloop.release.registry import alias_history, promote, rollback
     from slmloop.store import Release
-    from slmloop.targets import resolve_release
     from slmloop.train.recipe import train
     from tests.conftest import write_project
     from tests.tiny import toy_rows

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import yaml
 
-from slmloop.baselines.crf import bio_tags, decode_spans, fit_crf, span_fields, tokens
+from slmloop.baselines.crf import fit_crf
 from slmloop.evaluate.evaluate import neighbour_subsets
-from slmloop.evaluate.metrics import score_answers
+from slmloop.evaluate.scoring import score_answers
 from slmloop.manifest import EvalConfig, TaskConfig
+from slmloop.predict.inline import tokens
+from slmloop.predict.tagger import bio_tags, decode_spans, span_fields
 from tests.conftest import write_project
 from tests.tiny import toy_rows
 

@@ -12,10 +12,10 @@ from slmloop.cli import main
 from slmloop.errors import ConfigError, GateError, NotFoundError
 from slmloop.evaluate.evaluate import evaluate
 from slmloop.manifest import GateConfig
+from slmloop.predict.targets import resolve_release
 from slmloop.release.export import export_release
 from slmloop.release.registry import alias_history, aliases, promote, rollback
 from slmloop.store import Release, Store
-from slmloop.targets import resolve_release
 
 pytestmark = pytest.mark.integration  # trains the tiny model
 

@@ -176,7 +176,7 @@ def test_batched_answers_equal_one_at_a_time_answers(trained_copy) -> None:
     assert sum(sizes) == 5 and max(sizes) > 1  # requests shared a forward pass
     # padding changes the kernels' summation order: within float32 rounding, or bf16's (2^-8) where it runs so
     # (a CPU with AMX gave 0.0017); a masking bug moves a probability by far more
-    tol = 1e-3 if str(predictor.model.dtype) == "torch.float32" else 2**-8
+    tol = 1e-3 if str(predictor.engine.model.dtype) == "torch.float32" else 2**-8
     for text, got in zip(texts, batched, strict=True):
         alone = predictor.predict(text)
         assert got["label"] == alone["label"]

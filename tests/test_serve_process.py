@@ -87,17 +87,15 @@ def test_malformed_bodies_get_a_json_4xx_from_the_real_server(
 
 def test_the_upstream_engine_answers_like_the_server_it_forwards_to(server: str, trained_project: Path) -> None:
     """The vLLM engine's client side, against a real OpenAI-compatible server (slmloop's own)."""
+    from slmloop.predict.engines import UpstreamEngine
     from slmloop.project import open_project
-    from slmloop.serve.engine import UpstreamPredictor
+    from slmloop.serve.engine import Predictor
     from slmloop.serve.server import load_predictor
 
     project = open_project(trained_project)
     local = load_predictor(project, None)
-    remote = UpstreamPredictor(
-        server + "/v1",
-        "toy-v1",
-        api_key="other-key",
-        tokenizer=local.tokenizer,
+    remote = Predictor(
+        UpstreamEngine(server + "/v1", "toy-v1", local.tokenizer, api_key="other-key"),
         task=local.task,
         name="toy-v1",
         release=1,

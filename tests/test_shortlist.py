@@ -10,8 +10,8 @@ import pytest
 
 from slmloop.errors import ModelError
 from slmloop.manifest import TaskConfig
-from slmloop.shortlist import PRIOR_WEIGHTS, SHORTLIST_FILE, Shortlist, load_shortlist, shortlist_size
-from slmloop.tasks import EXAMPLES_KEY, SHORTLIST_KEY, prompt_messages
+from slmloop.predict.companion import PRIOR_WEIGHTS, SHORTLIST_FILE, Companion, load_companion, shortlist_size
+from slmloop.predict.tasks import Hints, prompt_messages
 
 TASK = TaskConfig(type="classification", instruction="Classify.", labels=["x", "y", "z"])
 
@@ -32,12 +32,12 @@ def fake_embed(monkeypatch: pytest.MonkeyPatch) -> None:
     def embed(texts: list[str], spec: str = "", cache_dir: Path | None = None) -> np.ndarray:
         return np.array([VECTORS[t] for t in texts], dtype=np.float32)
 
-    monkeypatch.setattr("slmloop.shortlist.embed", embed)
+    monkeypatch.setattr("slmloop.predict.companion.embed", embed)
 
 
-def _index(k: int) -> Shortlist:
+def _index(k: int) -> Companion:
     rows = [{"text": t, "label": lab} for t, lab in LABELS.items()]
-    return Shortlist.build(TASK, rows, k)
+    return Companion.build(TASK, rows, k)
 
 
 def test_the_vote_weighs_each_neighbour_by_its_similarity_to_the_fourth(fake_embed: None) -> None:
@@ -56,16 +56,15 @@ def test_a_training_row_does_not_vote_for_itself(fake_embed: None) -> None:
     # without a1 itself: y 0.5392 > z 0; x has no other row, so it drops off the shortlist
     assert index.candidates(["a1"], leave_out_self=True) == [["y", "z"]]
     assert index.candidates(["a1"]) == [["x", "y"]]
-    rows = index.annotate(TASK, [{"text": "a1", "label": "x"}], leave_out_self=True)
-    assert rows == [{"text": "a1", "label": "x", SHORTLIST_KEY: ["y", "z"]}]
+    (hints,) = index.hints(TASK, [{"text": "a1", "label": "x"}], leave_out_self=True)
+    assert hints == Hints(shortlist=("y", "z"))
 
 
 def test_the_prompt_shows_the_shortlist_after_the_request() -> None:
     task = TASK.model_copy(update={"labels": ["alarm_set", "alarm_query"]})
     plain = prompt_messages(task, {"text": "wake me at 7", "label": "alarm_set"}, "compact")
-    listed = prompt_messages(
-        task, {"text": "wake me at 7", "label": "alarm_set", SHORTLIST_KEY: ["alarm_set", "alarm_query"]}, "compact"
-    )
+    row = {"text": "wake me at 7", "label": "alarm_set"}
+    listed = prompt_messages(task, row, "compact", Hints(shortlist=("alarm_set", "alarm_query")))
     assert plain[-1] == {"role": "user", "content": "wake me at 7"}
     assert listed[-1] == {"role": "user", "content": "wake me at 7\n(similar requests: alarm_set, alarm_query)"}
     assert listed[:-1] == plain[:-1]
@@ -85,8 +84,8 @@ EXTRACT = TaskConfig(type="extraction", instruction="Extract.", fields=["time", 
 OUTPUTS = {"a1": {"time": "six"}, "a2": {"date": "today"}, "a3": {}, "a4": {"time": "noon", "date": "monday"}}
 
 
-def _examples(k: int) -> Shortlist:
-    return Shortlist.build(EXTRACT, [{"text": t, "output": o} for t, o in OUTPUTS.items()], k)
+def _examples(k: int) -> Companion:
+    return Companion.build(EXTRACT, [{"text": t, "output": o} for t, o in OUTPUTS.items()], k)
 
 
 def test_an_extractor_reads_its_nearest_training_rows_with_their_answers(fake_embed: None) -> None:
@@ -95,9 +94,11 @@ def test_an_extractor_reads_its_nearest_training_rows_with_their_answers(fake_em
     assert index.candidates(["a2"]) == [[["a2", '{"date": "today"}'], ["a3", "{}"]]]
     # without itself: a3 0.96, then a1 0.8
     assert index.candidates(["a2"], leave_out_self=True) == [[["a3", "{}"], ["a1", '{"time": "six"}']]]
-    rows = _examples(1).annotate(EXTRACT, [{"text": "a4", "output": {}}], leave_out_self=True)
-    assert rows == [{"text": "a4", "output": {}, EXAMPLES_KEY: [["a3", "{}"]]}]
-    shown = prompt_messages(EXTRACT, {"text": "wake me at 7", EXAMPLES_KEY: [["wake me at six", '{"time": "six"}']]})
+    (hints,) = _examples(1).hints(EXTRACT, [{"text": "a4", "output": {}}], leave_out_self=True)
+    assert hints == Hints(examples=(("a3", "{}"),))
+    shown = prompt_messages(
+        EXTRACT, {"text": "wake me at 7"}, hints=Hints(examples=(("wake me at six", '{"time": "six"}'),))
+    )
     plain = prompt_messages(EXTRACT, {"text": "wake me at 7"})
     assert shown[-1]["content"] == 'wake me at 7\n(similar request: wake me at six -> {"time": "six"})'
     assert shown[:-1] == plain[:-1]
@@ -106,7 +107,7 @@ def test_an_extractor_reads_its_nearest_training_rows_with_their_answers(fake_em
 def test_an_extractors_index_keeps_its_texts_when_saved(fake_embed: None, tmp_path: Path) -> None:
     index = _examples(1)
     index.save(tmp_path)
-    loaded = load_shortlist(tmp_path)
+    loaded = load_companion(tmp_path)
     assert loaded is not None and loaded.examples and loaded.texts == list(OUTPUTS)
     assert (
         loaded.candidates(["a1", "a4"])
@@ -122,16 +123,16 @@ def test_the_index_round_trips_without_its_texts(fake_embed: None, tmp_path: Pat
     index = _index(2)
     index.save(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == [SHORTLIST_FILE]  # no temporary file left
-    loaded = load_shortlist(tmp_path)
+    loaded = load_companion(tmp_path)
     assert loaded is not None and loaded.k == 2 and loaded.labels == index.labels
     np.testing.assert_array_equal(loaded.vectors, index.vectors)
     assert loaded.candidates(["a3"]) == index.candidates(["a3"])
     with pytest.raises(ModelError, match="without its texts"):
         loaded.candidates(["a1"], leave_out_self=True)
-    assert load_shortlist(tmp_path / "elsewhere") is None
+    assert load_companion(tmp_path / "elsewhere") is None
     (tmp_path / SHORTLIST_FILE).write_bytes(b"not an npz")
     with pytest.raises(ModelError, match="cannot be read"):
-        load_shortlist(tmp_path)
+        load_companion(tmp_path)
 
 
 def _trained(root: Path, k: int) -> tuple:
@@ -148,7 +149,7 @@ def _trained(root: Path, k: int) -> tuple:
     run = train(p)
     assert run.config["train"]["shortlist"] == k
     adapter = p.locate(run.path) / "adapter"
-    index = load_shortlist(adapter)
+    index = load_companion(adapter)
     assert index is not None
     return p, run, adapter, index, load_dataset(p)
 
@@ -160,9 +161,9 @@ def test_a_run_with_a_shortlist_is_asked_the_same_way_by_eval_export_and_serve(
     from slmloop.evaluate.evaluate import _prompt_tokens, evaluate
     from slmloop.models.catalog import ResolvedModel
     from slmloop.models.loading import load_tokenizer
+    from slmloop.predict.targets import resolve_target
     from slmloop.release.export import export_release
     from slmloop.serve.server import load_predictor
-    from slmloop.targets import resolve_target
     from tests.conftest import write_project
     from tests.tiny import toy_rows
 
@@ -192,10 +193,10 @@ def test_a_run_with_a_shortlist_is_asked_the_same_way_by_eval_export_and_serve(
     assert (folder / "adapter" / SHORTLIST_FILE).exists()
     assert "similar requests" in (folder / "README.md").read_text()
     target = resolve_target(p, f"release-{release.version}")
-    assert target.shortlist() is not None
+    assert target.companion() is not None
 
     predictor = load_predictor(p, release.version)
-    assert predictor.shortlist is not None
+    assert predictor.companion is not None
     preds = p.store.predictions(ev.id)
     served = predictor.predict_many([x.input for x in preds])
     # the served release (merged weights, shortlist added by the server) answers as evaluation did
@@ -212,8 +213,8 @@ def test_an_extractor_with_examples_is_asked_the_same_way_by_eval_export_and_ser
     from slmloop.evaluate.evaluate import _prompt_tokens, evaluate
     from slmloop.models.catalog import ResolvedModel
     from slmloop.models.loading import load_tokenizer, render_prompt
+    from slmloop.predict import engines
     from slmloop.release.export import export_release
-    from slmloop.serve import engine
     from slmloop.serve.server import load_predictor
     from tests.conftest import write_extraction_project
     from tests.tiny import HAM_WORDS
@@ -243,17 +244,18 @@ def test_an_extractor_with_examples_is_asked_the_same_way_by_eval_export_and_ser
     preds = p.store.predictions(ev.id)
     served = predictor.predict_many([x.input for x in preds])
     # the server builds the very prompts evaluation asked with: request, then the nearest example
-    asked = index.annotate(p.task, splits.gold)
-    evaluated = [render_prompt(tok, prompt_messages(p.task, r, "compact")) for r in asked]
+    hints = index.hints(p.task, splits.gold)
+    asked = zip(splits.gold, hints, strict=True)
+    evaluated = [render_prompt(tok, prompt_messages(p.task, r, "compact", h)) for r, h in asked]
     assert all("\n(similar request: " in x for x in evaluated)
     seen: list[str] = []
-    real = engine.generate
+    real = engines.generate
 
     def spy(model: object, tokenizer: object, prompts: list[str], **kw: object) -> object:
         seen.extend(prompts)
         return real(model, tokenizer, prompts, **kw)
 
-    monkeypatch.setattr(engine, "generate", spy)
+    monkeypatch.setattr(engines, "generate", spy)
     served = predictor.predict_many([r["text"] for r in splits.gold])
     assert seen == evaluated and len(served) == len(splits.gold)
     assert {x.input for x in preds} == {r["text"] for r in splits.gold}
@@ -263,7 +265,7 @@ def test_an_extractor_with_examples_is_asked_the_same_way_by_eval_export_and_ser
 def test_the_label_prior_gives_what_scikit_learn_gives() -> None:
     from sklearn.linear_model import LogisticRegression
 
-    from slmloop.shortlist import LabelPrior
+    from slmloop.predict.companion import LabelPrior
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 4)).astype(np.float32)
@@ -280,7 +282,7 @@ def test_the_label_prior_gives_what_scikit_learn_gives() -> None:
 def test_fusing_a_prior_multiplies_the_probabilities_and_renormalises() -> None:
     from math import log
 
-    from slmloop.evaluate.answers import fuse_prior
+    from slmloop.predict.answers import fuse_prior
 
     # 0.6 x 0.2 = 0.12 and 0.4 x 0.8 = 0.32: b now leads, 0.32 / 0.44
     fused = fuse_prior({"a": 0.6, "b": 0.4}, {"a": log(0.2), "b": log(0.8)})
@@ -293,7 +295,7 @@ def test_fusing_a_prior_multiplies_the_probabilities_and_renormalises() -> None:
 
 
 def test_the_prior_weight_is_the_smallest_that_is_right_most_often() -> None:
-    from slmloop.shortlist import LabelPrior
+    from slmloop.predict.companion import LabelPrior
 
     # one dimension: x > 0 means label b to the regression
     prior = LabelPrior(["a", "b"], np.array([[4.0]], np.float32), np.array([0.0], np.float32))
@@ -313,23 +315,24 @@ def test_the_prior_weight_is_the_smallest_that_is_right_most_often() -> None:
 def test_ranking_adds_the_rows_prior_and_keeps_the_models_own_choice(tiny_model: Path) -> None:
     import torch
 
-    from slmloop.evaluate.answers import answer_rows
     from slmloop.models.catalog import ResolvedModel
     from slmloop.models.loading import load_causal_lm, load_tokenizer
-    from slmloop.tasks import PRIOR_KEY
+    from slmloop.predict.answers import answer_rows
+    from slmloop.predict.engines import LocalEngine
 
     ref = ResolvedModel("t", str(tiny_model), "local")
     model, tok = load_causal_lm(ref, torch.float32), load_tokenizer(ref)
     task = TaskConfig(type="classification", instruction="Classify.", labels=["ham", "spam"])
     rows = [{"text": "see you at the station"}, {"text": "free prize claim"}]
 
-    def ask(these: list[dict]) -> list:
-        return answer_rows(task, "compact", "rank", model, tok, these, batch_size=4, max_new_tokens=4, margin=None)
+    def ask(hints: list[Hints] | None = None) -> list:
+        engine = LocalEngine(model, tok)
+        return answer_rows(task, "compact", "rank", engine, rows, hints, batch_size=4, max_new_tokens=4, margin=None)
 
-    own = ask(rows)
+    own = ask()
     for favour in ("ham", "spam"):
         prior = {"ham": 0.0 if favour == "ham" else -200.0, "spam": 0.0 if favour == "spam" else -200.0}
-        fused = ask([{**r, PRIOR_KEY: prior} for r in rows])
+        fused = ask([Hints(prior=prior) for _ in rows])
         assert [a.prediction for a in fused] == [favour, favour]
         assert [a.scores["model_label"] for a in fused] == [a.prediction for a in own]
         assert fused[0].scores["probs"][favour] == pytest.approx(1.0)
@@ -337,16 +340,15 @@ def test_ranking_adds_the_rows_prior_and_keeps_the_models_own_choice(tiny_model:
 
 
 def test_an_index_with_a_prior_in_use_annotates_and_round_trips_it(fake_embed: None, tmp_path: Path) -> None:
-    from slmloop.shortlist import LabelPrior
-    from slmloop.tasks import PRIOR_KEY
+    from slmloop.predict.companion import LabelPrior
 
     index = _index(0)  # no shortlist: the prior alone (a task with few labels)
     index.prior = LabelPrior(["x", "y"], np.array([[2.0, -2.0]], np.float32), np.array([0.0], np.float32))
-    assert index.annotate(TASK, [{"text": "a1"}]) == [{"text": "a1"}]  # weight 0: not in use
+    assert index.hints(TASK, [{"text": "a1"}]) == [Hints()]  # weight 0: not in use
     index.prior.weight = 0.5
-    (row,) = index.annotate(TASK, [{"text": "a1"}])
-    assert SHORTLIST_KEY not in row and row[PRIOR_KEY]["y"] == pytest.approx(0.5 * -np.log1p(np.exp(-2.0)))
+    (hints,) = index.hints(TASK, [{"text": "a1"}])
+    assert not hints.shortlist and hints.prior["y"] == pytest.approx(0.5 * -np.log1p(np.exp(-2.0)))
     index.save(tmp_path)
-    loaded = load_shortlist(tmp_path)
+    loaded = load_companion(tmp_path)
     assert loaded is not None and loaded.prior is not None and loaded.prior.weight == 0.5
-    assert loaded.annotate(TASK, [{"text": "a1"}]) == [row]
+    assert loaded.hints(TASK, [{"text": "a1"}]) == [hints]

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slmloop.baselines.crf import SpanTagger
-from slmloop.inline import unmark
-from slmloop.shortlist import Shortlist, load_shortlist
-from slmloop.spans import FEATURES, SpanJudge, SpanPrior, fuse_spans, mark_scores
-from slmloop.tasks import SPANS_KEY
+from slmloop.predict.companion import Companion, load_companion
+from slmloop.predict.inline import unmark
+from slmloop.predict.spans import FEATURES, SpanJudge, SpanPrior, fuse_spans, mark_scores
+from slmloop.predict.tagger import SpanTagger
+from slmloop.predict.tasks import Hints
 from tests.test_real_size import EXT, TRAIN, _rows
 
 TEXT = "wake me at six am on friday please"
@@ -163,23 +163,25 @@ def test_the_tagger_is_cached_by_its_rows_and_an_index_ships_it(tmp_path: Path) 
     SpanTagger.fit(EXT, TRAIN[:-1], fields, tmp_path)
     assert len(list((tmp_path / "crf").iterdir())) == 2
 
-    index = Shortlist.empty()
+    index = Companion.empty()
     index.spans = SpanPrior(first)  # the model alone: not in use, not shipped
-    assert not index.in_use and index.annotate(EXT, TRAIN[:1]) == TRAIN[:1]
+    assert not index.in_use and index.hints(EXT, TRAIN[:1]) == [Hints()]
     index.spans.judge = SpanJudge(_judge(0.5, -5.0, p=10.0).weights, -5.0, 0.5, alternative_p=0.1)
     assert index.in_use
-    (row,) = index.annotate(EXT, _rows([("fly to paris on friday", {})]))
-    assert row[SPANS_KEY]["judge"] == index.spans.judge.as_list() and row[SPANS_KEY]["fields"] == ["city", "day"]
-    assert row[SPANS_KEY]["alternative_p"] == 0.1  # the tagger's other readings it was fit with
-    assert row[SPANS_KEY]["tags"] == ["O", "O", "B-city", "O", "B-day"]
+    (hints,) = index.hints(EXT, _rows([("fly to paris on friday", {})]))
+    reading = hints.spans
+    assert reading is not None and not hints.examples
+    assert reading["judge"] == index.spans.judge.as_list() and reading["fields"] == ["city", "day"]
+    assert reading["alternative_p"] == 0.1  # the tagger's other readings it was fit with
+    assert reading["tags"] == ["O", "O", "B-city", "O", "B-day"]
     index.save(tmp_path)
-    loaded = load_shortlist(tmp_path)
+    loaded = load_companion(tmp_path)
     assert loaded is not None and loaded.spans is not None and loaded.spans.judge == index.spans.judge
     assert loaded.spans.tagger.model == first.model and loaded.k == 0 and loaded.prior is None
     assert loaded.spans.tagger.context is not None
     assert np.array_equal(loaded.spans.tagger.context.words, first.context.words)
-    assert loaded.annotate(EXT, _rows([("fly to paris on friday", {})])) == [row]
-    assert json.loads(json.dumps(row[SPANS_KEY])) == row[SPANS_KEY]  # a reading travels as JSON
+    assert loaded.hints(EXT, _rows([("fly to paris on friday", {})])) == [hints]
+    assert json.loads(json.dumps(reading)) == reading  # a reading travels as JSON
 
 
 @pytest.mark.integration
@@ -218,7 +220,7 @@ def test_a_trained_extractor_is_weighed_with_its_span_prior_in_eval_and_serve(tm
     choice = recorded["span_prior"]
     assert choice["fields"] == 1 and choice["rows"] == len(splits.validation) and choice["judge"] is not None
     assert choice["micro_f1"] > choice["model_alone_micro_f1"]  # the tagger finds the places the model misses
-    index = load_shortlist(run_dir / "adapter")
+    index = load_companion(run_dir / "adapter")
     assert index is not None and index.k == 0 and index.active_spans is not None
     ev = evaluate(p, run.name)
     runtime = ev.metrics["runtime"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from slmloop.manifest import TaskConfig
-from slmloop.tasks import input_text, parse_prediction, prompt_messages, target_text
+from slmloop.predict.tasks import input_text, parse_prediction, prompt_messages, target_text
 
 CLS = TaskConfig(type="classification", instruction="Classify.", labels=["spam", "not spam", "ham"])
 

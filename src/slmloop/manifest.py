@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slmloop.errors import ConfigError
+from slmloop.metrics import metric_names
 
 __all__ = [
     "MANIFEST_NAME",
@@ -646,8 +647,6 @@ def _key_path(loc: tuple[Any, ...]) -> str:
 
 
 def _bakeoff_problems(m: Manifest) -> list[tuple[str, str]]:
-    from slmloop.evaluate.metrics import metric_names
-
     problems: list[tuple[str, str]] = []
     b = m.bakeoff
     if b.metric is not None and b.metric not in metric_names(m.task.type, configured=False):
@@ -675,8 +674,6 @@ def _bakeoff_problems(m: Manifest) -> list[tuple[str, str]]:
 
 
 def _semantic_problems(m: Manifest) -> list[tuple[str, str]]:
-    from slmloop.evaluate.metrics import metric_names
-
     problems: list[tuple[str, str]] = []
     t = m.task
     if t.type == "classification":

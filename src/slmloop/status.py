@@ -18,8 +18,8 @@ from typing import Any
 from slmloop.data.importer import import_state
 from slmloop.data.versions import current_dataset, current_gold
 from slmloop.evaluate.evaluate import failed_gates
-from slmloop.evaluate.metrics import HEADLINE
 from slmloop.evaluate.results import latest_evaluations
+from slmloop.metrics import HEADLINE
 from slmloop.project import Project
 from slmloop.release.registry import alias_history, aliases
 from slmloop.store import DriftReport, Evaluation, Import, Release, Run

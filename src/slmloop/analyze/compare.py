@@ -20,10 +20,10 @@ from rich.console import Console
 from slmloop.data.versions import current_gold
 from slmloop.errors import ConfigError, NotFoundError
 from slmloop.evaluate.evaluate import evaluate
-from slmloop.evaluate.metrics import HEADLINE
 from slmloop.evaluate.paired import Comparison, compare_pair
 from slmloop.evaluate.results import latest_evaluations
 from slmloop.manifest import EvalConfig
+from slmloop.metrics import HEADLINE
 from slmloop.project import Project
 from slmloop.store import Evaluation, atomic_write_json, atomic_write_text
 
@@ -40,7 +40,7 @@ class CompareReport:
 def _evaluation_for(
     project: Project, ref: str, gold_id: str, cfg: EvalConfig, console: Console, fresh: bool, data: str | None
 ) -> Evaluation:
-    from slmloop.targets import resolve_target
+    from slmloop.predict.targets import resolve_target
 
     canonical = ref if ref.startswith(("endpoint:", "baseline:")) else resolve_target(project, ref).ref
     if not fresh:
@@ -55,7 +55,7 @@ def _baseline_data(project: Project, refs: list[str]) -> str:
     """The data baselines are fit on in a comparison: that of the first trained model compared (a run's or a
     release's dataset version), else the current dataset version."""
     from slmloop.data.versions import resolve_dataset
-    from slmloop.targets import resolve_target
+    from slmloop.predict.targets import resolve_target
 
     for ref in refs:
         if ref.startswith(("endpoint:", "baseline:", "live:")):

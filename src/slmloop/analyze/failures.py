@@ -39,11 +39,11 @@ from slmloop.data.clean import dedupe_key
 from slmloop.data.importer import refuse_active_source
 from slmloop.data.versions import load_dataset, row_field
 from slmloop.errors import NotFoundError
-from slmloop.evaluate.metrics import field_diff, parse_json_object
 from slmloop.evaluate.results import evaluation_task, gold_rows, learned_from
+from slmloop.predict.parsing import field_diff, parse_json_object
+from slmloop.predict.tasks import input_text
 from slmloop.project import Project
 from slmloop.store import Evaluation, Prediction, atomic_write_json, atomic_write_text
-from slmloop.tasks import input_text
 
 __all__ = [
     "Analysis",
@@ -332,7 +332,7 @@ def _train_label_issues(project: Project, ev: Evaluation, console: Console) -> l
     dataset_id = learned_from(ev)
     run = ev.model_ref if ev.model_ref.startswith("run-") else None
     if ev.model_ref.startswith("release-"):
-        from slmloop.targets import resolve_target
+        from slmloop.predict.targets import resolve_target
 
         lineage = resolve_target(project, ev.model_ref).release
         run = f"run-{lineage.run_id}" if lineage is not None else None

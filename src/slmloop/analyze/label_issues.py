@@ -36,9 +36,9 @@ from slmloop.data.diff import where_from
 from slmloop.data.versions import dataset_task, load_dataset, row_field
 from slmloop.errors import ConfigError
 from slmloop.manifest import TaskConfig
+from slmloop.predict.tasks import input_text
 from slmloop.progress import status
 from slmloop.project import Project
-from slmloop.tasks import input_text
 
 __all__ = ["FOLDS", "Suspect", "confident_learning", "cross_validated_probabilities", "label_suspects", "reviewed"]
 
@@ -139,26 +139,27 @@ def cross_validated_probabilities(
 
 def _run_probabilities(project: Project, run_name: str, rows: list[dict[str, Any]], console: Console) -> np.ndarray:
     """A fine-tuned run's label probabilities on ``rows`` (as it answers: its shortlist and label prior)."""
-    from slmloop.evaluate.answers import answer_rows
     from slmloop.models.loading import pick_dtype
-    from slmloop.targets import load_target, resolve_target
+    from slmloop.predict.answers import answer_rows
+    from slmloop.predict.engines import LocalEngine
+    from slmloop.predict.targets import load_target, resolve_target
 
     target = resolve_target(project, run_name)
     task = target.answering_task(project)
     cfg = project.manifest.eval
-    shortlist = target.shortlist()
-    asked = rows
-    if shortlist is not None:
-        asked = shortlist.annotate(task, rows, cache_dir=project.home / "cache" / "embeddings")
+    companion = target.companion()
+    hints = None
+    if companion is not None:
+        hints = companion.hints(task, rows, cache_dir=project.home / "cache" / "embeddings")
     model, tok = load_target(target, pick_dtype(cfg.precision))
     with status(console, f"scoring {len(rows)} validation rows with {run_name} (it did not train on them) …"):
         answers = answer_rows(
             task,
             target.prompt,
             "rank",
-            model,
-            tok,
-            asked,
+            LocalEngine(model, tok),
+            rows,
+            hints,
             batch_size=cfg.batch_size,
             max_new_tokens=1,
             margin=cfg.rank_margin,

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from slmloop.errors import ConfigError, DataError
-from slmloop.evaluate.answers import ModelAnswer
 from slmloop.manifest import TaskConfig
+from slmloop.predict.answers import ModelAnswer
 
 __all__ = ["BASELINES", "FittedBaseline", "baselines_for", "fit_baseline"]
 
@@ -52,15 +52,16 @@ def fit_baseline(
         )
     if not train:
         raise DataError("the dataset version has no training rows", hint="Run `slmloop data prepare`.")
-    from slmloop.baselines import crf, text
+    from slmloop.baselines.crf import fit_crf  # scikit-learn and crfsuite load when a baseline is fit
+    from slmloop.baselines.text import fit_embedding_lr, fit_nearest, fit_tfidf_lr
 
     started = time.perf_counter()
     if name == "tfidf-lr":
-        predict, info = text.fit_tfidf_lr(task, train)
+        predict, info = fit_tfidf_lr(task, train)
     elif name == "minilm-lr":
-        predict, info = text.fit_embedding_lr(task, train, embed)
+        predict, info = fit_embedding_lr(task, train, embed)
     elif name == "crf":
-        predict, info = crf.fit_crf(task, train, cache_dir)
+        predict, info = fit_crf(task, train, cache_dir)
     else:
-        predict, info = text.fit_nearest(task, train, embed)
+        predict, info = fit_nearest(task, train, embed)
     return FittedBaseline(name, time.perf_counter() - started, predict, info)

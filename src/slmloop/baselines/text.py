@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from slmloop.evaluate.answers import MIN_PROB, ModelAnswer
 from slmloop.manifest import TaskConfig
-from slmloop.tasks import input_text, target_text
+from slmloop.predict.answers import MIN_PROB, ModelAnswer
+from slmloop.predict.tasks import input_text, target_text
 
 __all__ = ["fit_embedding_lr", "fit_nearest", "fit_tfidf_lr", "logistic_regression", "tfidf_features"]
 

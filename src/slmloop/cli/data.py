@@ -406,7 +406,7 @@ def gold_show(
     """The current gold version: its hash, size and first rows."""
     from slmloop.data.versions import current_gold
     from slmloop.errors import NotFoundError
-    from slmloop.tasks import input_text, target_text
+    from slmloop.predict.tasks import input_text, target_text
 
     proj = load(project)
     gold = current_gold(proj)

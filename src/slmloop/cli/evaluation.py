@@ -100,8 +100,8 @@ def _fmt(value: Any, ci: list[float] | None) -> str:
 
 def evaluation_summary(proj: Any, ev: Any) -> dict[str, Any]:
     """An evaluation as JSON scripts read: which model on which data and gold, its metrics with CIs and verdicts."""
-    from slmloop.evaluate.metrics import HEADLINE
     from slmloop.evaluate.results import learned_from
+    from slmloop.metrics import HEADLINE
 
     m = ev.metrics
     task_type = m.get("task", {}).get("type", proj.manifest.task.type)
@@ -125,8 +125,8 @@ def evaluation_summary(proj: Any, ev: Any) -> dict[str, Any]:
 
 def comparison_table(proj: Any, gold_id: str, dataset_id: str | None = None) -> None:
     """The newest evaluation of each model on ``gold_id``; baselines fit on ``dataset_id`` where given."""
-    from slmloop.evaluate.metrics import HEADLINE
     from slmloop.evaluate.results import latest_evaluations
+    from slmloop.metrics import HEADLINE
 
     evals = latest_evaluations(proj, gold_id, dataset_id)
     keys = list(HEADLINE[proj.task.type])
@@ -191,7 +191,7 @@ def detail_tables(metrics: dict[str, Any]) -> None:
         _worst(per_field, "field", ("tp", "fp", "fn"), ("right", "wrong or extra", "missed"))
     sub = metrics.get("subsets")
     if sub and sub.get("close_neighbour", {}).get("n") and sub.get("no_close_neighbour", {}).get("n"):
-        from slmloop.evaluate.metrics import HEADLINE
+        from slmloop.metrics import HEADLINE
 
         key = next((k for k in sub["close_neighbour"] if k not in ("n", "ci")), None)
         if key is not None and key in HEADLINE.get(metrics.get("task", {}).get("type", ""), (key,)):
@@ -333,7 +333,7 @@ def _diff_cell(reference: str, raw: str) -> str:
     """An extraction answer against its reference: only the fields that differ, each with what kind of error."""
     from rich.markup import escape
 
-    from slmloop.evaluate.metrics import field_diff, parse_json_object, reference_object
+    from slmloop.predict.parsing import field_diff, parse_json_object, reference_object
 
     ref = reference_object(reference)
     got = parse_json_object(raw)

@@ -27,7 +27,7 @@ def export(
     proj = load(project)
     proj.manifest.export = with_overrides(ExportConfig, proj.manifest.export.model_dump(), overrides)
     rel = export_release(proj, run, console=err)
-    from slmloop.evaluate.metrics import HEADLINE
+    from slmloop.metrics import HEADLINE
 
     m = rel.metrics
     score = ", ".join(f"{k} {m[k]:.4f}" for k in HEADLINE[proj.task.type] if isinstance(m.get(k), int | float))
@@ -43,8 +43,8 @@ def verify(
 ) -> None:
     """Re-check every file of a release against its checksums; names each file that changed (exit 1)."""
     from slmloop.errors import StoreError
+    from slmloop.predict.targets import resolve_release
     from slmloop.release.export import verify_release
-    from slmloop.targets import resolve_release
 
     proj = load(project)
     rel = resolve_release(proj, release)
@@ -99,7 +99,7 @@ def releases(
     pointing: dict[int, list[str]] = {}
     for a in aliases(proj):
         pointing.setdefault(a.version, []).append(a.alias)
-    from slmloop.evaluate.metrics import HEADLINE
+    from slmloop.metrics import HEADLINE
 
     keys = HEADLINE[proj.manifest.task.type]
     t = table("version", "aliases", "created", "run", "gold", "headline", title="Releases")

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from slmloop.manifest import TaskConfig
-from slmloop.tasks import input_text, target_text
+from slmloop.predict.tasks import input_text, target_text
 
 __all__ = ["answer_key", "dedupe_key", "input_key", "many_answers", "normalize_row", "normalize_text"]
 

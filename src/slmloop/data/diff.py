@@ -17,7 +17,7 @@ from typing import Any
 from slmloop.data.clean import answer_key, dedupe_key, input_key, many_answers
 from slmloop.data.versions import DatasetSplits
 from slmloop.manifest import TaskConfig
-from slmloop.tasks import input_text, references
+from slmloop.predict.tasks import input_text, references
 
 __all__ = ["SPLITS", "DatasetChanges", "dataset_changes", "where_from"]
 

@@ -26,9 +26,9 @@ from slmloop.data.importer import read_rows, resolve_mapping, source_path
 from slmloop.data.versions import current_gold, current_gold_rows, freeze_gold
 from slmloop.errors import DataError, StoreError
 from slmloop.manifest import SourceConfig, TaskConfig
+from slmloop.predict.tasks import input_text, references, target_text
 from slmloop.project import Project
 from slmloop.store import GoldVersion
-from slmloop.tasks import input_text, references, target_text
 
 __all__ = [
     "GoldFile",

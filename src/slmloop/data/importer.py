@@ -29,9 +29,9 @@ from slmloop.data.inspect import Inspection, inspect_source
 from slmloop.data.sources import Record, SourceStats, read_records
 from slmloop.errors import DataError, StoreError
 from slmloop.manifest import SourceConfig, TaskConfig
+from slmloop.predict.tasks import TASK_FIELDS
 from slmloop.project import Project
 from slmloop.store import Import, sha256_file
-from slmloop.tasks import TASK_FIELDS
 
 __all__ = [
     "REASONS",

@@ -19,7 +19,7 @@ from typing import Any
 
 from slmloop.data.sources import read_records
 from slmloop.manifest import SourceConfig, TaskConfig
-from slmloop.tasks import TASK_FIELDS
+from slmloop.predict.tasks import TASK_FIELDS
 
 __all__ = ["ColumnProfile", "Inspection", "Proposal", "inspect_records", "inspect_source"]
 

@@ -28,8 +28,8 @@ from slmloop.data.clean import dedupe_key
 from slmloop.data.dedupe import Signatures, nearest_matches
 from slmloop.errors import LeakageError
 from slmloop.manifest import LeakageConfig, TaskConfig
+from slmloop.predict.tasks import input_text
 from slmloop.project import Project
-from slmloop.tasks import input_text
 
 if TYPE_CHECKING:
     import numpy as np

@@ -56,10 +56,10 @@ from slmloop.data.versions import (
 )
 from slmloop.errors import DataError, StoreError
 from slmloop.manifest import DataConfig, SplitConfig, TaskConfig
+from slmloop.predict.tasks import input_text, prompt_messages, references, resolve_task, target_text
 from slmloop.progress import status
 from slmloop.project import Project
 from slmloop.store import DatasetVersion, GoldVersion, Import
-from slmloop.tasks import input_text, prompt_messages, references, resolve_task, target_text
 
 __all__ = [
     "LEAK_WARNING_SHARE",

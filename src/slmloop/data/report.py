@@ -11,9 +11,9 @@ from slmloop.data.diff import SPLITS, DatasetChanges, dataset_changes
 from slmloop.data.prepare import example_token_lengths
 from slmloop.data.versions import DatasetSplits, current_dataset, load_dataset, previous_dataset
 from slmloop.errors import ModelError, NotFoundError
+from slmloop.predict.tasks import input_text, target_text
 from slmloop.project import Project
 from slmloop.store import atomic_write_text
-from slmloop.tasks import input_text, target_text
 
 __all__ = ["diff_datasets", "write_data_report"]
 

@@ -7,10 +7,9 @@ __all__, __getattr__ = lazy_api(
     {
         "evaluate": "evaluate",
         "failed_gates": "evaluate",
-        "answer_rows": "answers",
-        "METRICS": "metrics",
-        "HEADLINE": "metrics",
-        "score_answers": "metrics",
+        "forgetting_check": "forgetting",
+        "load_pack": "forgetting",
+        "score_answers": "scoring",
         "compare_pair": "paired",
         "latest_evaluations": "results",
         "row_scores": "results",

@@ -25,16 +25,19 @@ from rich.progress import Progress
 from slmloop.data.leakage import leakage_gate, nearest_neighbours
 from slmloop.data.versions import current_gold_rows, dataset_task, load_dataset, resolve_dataset
 from slmloop.errors import ConfigError
-from slmloop.evaluate.answers import ModelAnswer, answer_rows, is_correct
-from slmloop.evaluate.metrics import HEADLINE, METRICS, RowScores, parse_json_object, score_answers, summarize
 from slmloop.evaluate.paired import compare_pair
 from slmloop.evaluate.results import latest_evaluations
+from slmloop.evaluate.scoring import score_answers
 from slmloop.evaluate.stats import bootstrap_ci, wilson_ci
 from slmloop.manifest import EvalConfig, TaskConfig
+from slmloop.metrics import HEADLINE, METRICS, RowScores, summarize
+from slmloop.predict.answers import ModelAnswer, answer_rows, is_correct, resolve_mode
+from slmloop.predict.engines import LocalEngine
+from slmloop.predict.parsing import parse_json_object
+from slmloop.predict.tasks import Hints, answers_inline, input_text, parse_prediction, prompt_messages, target_text
 from slmloop.progress import LineProgress, progress, status
 from slmloop.project import Project
 from slmloop.store import Evaluation, GoldVersion, Prediction
-from slmloop.tasks import answers_inline, input_text, parse_prediction, prompt_messages, target_text
 
 __all__ = [
     "Answered",
@@ -87,7 +90,7 @@ def _answer_local(
     project: Project, ref: str, gold: list[dict[str, Any]], cfg: EvalConfig, allow_leakage: bool, console: Console
 ) -> Answered:
     from slmloop.models.loading import pick_dtype
-    from slmloop.targets import load_target, resolve_target
+    from slmloop.predict.targets import load_target, resolve_target
 
     target = resolve_target(project, ref)
     task = target.answering_task(project)
@@ -106,20 +109,20 @@ def _answer_local(
             validation=trained_on.validation,
         )
         train_rows, dataset_id = trained_on.train + trained_on.validation, trained_on.version.id
-    mode = cfg.mode if cfg.mode != "auto" else ("rank" if task.type == "classification" else "generate")
+    mode = resolve_mode(task, cfg.mode)
     model, tok = load_target(target, pick_dtype(cfg.precision))
     started = time.perf_counter()
-    shortlist = target.shortlist()
-    asked = gold
-    if shortlist is not None:  # the model reads its shortlist after the request: part of the timed work
-        asked = shortlist.annotate(task, gold, cache_dir=project.home / "cache" / "embeddings")
+    companion = target.companion()
+    hints = None
+    if companion is not None:  # the model reads its shortlist after the request: part of the timed work
+        hints = companion.hints(task, gold, cache_dir=project.home / "cache" / "embeddings")
     style = target.prompt
-    if shortlist is not None and shortlist.k:
-        style += f" + {shortlist.k} example(s)" if shortlist.examples else f" + shortlist of {shortlist.k}"
-    prior = shortlist.prior if shortlist is not None and mode == "rank" else None
+    if companion is not None and companion.k:
+        style += f" + {companion.k} example(s)" if companion.examples else f" + shortlist of {companion.k}"
+    prior = companion.prior if companion is not None and mode == "rank" else None
     if prior is not None:
         style += f" · label prior x{prior.weight:g}"
-    spans = shortlist.active_spans if shortlist is not None and mode == "generate" else None
+    spans = companion.active_spans if companion is not None and mode == "generate" else None
     if answers_inline(task):
         style += " · inline answers"
     if spans is not None:
@@ -130,20 +133,20 @@ def _answer_local(
             task,
             target.prompt,
             mode,
-            model,
-            tok,
-            asked,
+            LocalEngine(model, tok),
+            gold,
+            hints,
             batch_size=cfg.batch_size,
             max_new_tokens=cfg.max_new_tokens,
             margin=cfg.rank_margin,
             progress=lambda n: progress.update(bar, advance=n),
         )
     runtime = _timing(time.perf_counter() - started, len(gold), cfg, mode)
-    runtime["prompt_tokens_per_row"] = _prompt_tokens(tok, task, target.prompt, asked)
+    runtime["prompt_tokens_per_row"] = _prompt_tokens(tok, task, target.prompt, gold, hints)
     if task.type == "extraction":
         runtime["answer"] = "inline" if answers_inline(task) else "json"
-    if shortlist is not None:
-        runtime["shortlist"] = shortlist.k
+    if companion is not None:
+        runtime["shortlist"] = companion.k
     if prior is not None:  # how the model would have done on its own, beside the prior's product
         runtime["label_prior"] = prior.weight
         alone = [a.scores.get("model_label", a.prediction) for a in answers]
@@ -156,7 +159,7 @@ def _answer_local(
         runtime["model_alone_micro_f1"] = score_answers(task, gold, alone, alone).metric("micro_f1")
     forgetting = None
     if cfg.forgetting is not None and target.adapter is not None:
-        from slmloop.graduate.forgetting import forgetting_check
+        from slmloop.evaluate.forgetting import forgetting_check
 
         forgetting = forgetting_check(project, model, tok, cfg.forgetting, pick_dtype(cfg.precision), console)
     answered = Answered(target.ref, task, target.prompt, answers, runtime, leakage, train_rows, dataset_id)
@@ -164,13 +167,19 @@ def _answer_local(
     return answered
 
 
-def _prompt_tokens(tok: Any, task: TaskConfig, style: str, rows: list[dict[str, Any]]) -> float:
+def _prompt_tokens(
+    tok: Any, task: TaskConfig, style: str, rows: list[dict[str, Any]], hints: list[Hints] | None = None
+) -> float:
     from slmloop.models.loading import render_prompt
 
     sample = rows[:200]
     if not sample:
         return 0.0
-    lengths = tok([render_prompt(tok, prompt_messages(task, r, style)) for r in sample], add_special_tokens=False)
+    shown = hints[:200] if hints is not None else [None] * len(sample)
+    lengths = tok(
+        [render_prompt(tok, prompt_messages(task, r, style, h)) for r, h in zip(sample, shown, strict=True)],
+        add_special_tokens=False,
+    )
     return float(np.mean([len(x) for x in lengths["input_ids"]]))
 
 

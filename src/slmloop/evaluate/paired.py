@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from slmloop.errors import ConfigError
-from slmloop.evaluate.metrics import HEADLINE, METRICS, RowScores
 from slmloop.evaluate.results import evaluation_task, row_scores
 from slmloop.evaluate.stats import PairedTest, mcnemar, min_detectable_effect, paired_bootstrap_diff, paired_permutation
 from slmloop.manifest import EvalConfig, TaskConfig
+from slmloop.metrics import HEADLINE, METRICS, RowScores
 from slmloop.project import Project
 from slmloop.store import Evaluation
 

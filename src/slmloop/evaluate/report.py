@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from slmloop.evaluate.metrics import field_diff, parse_json_object, reference_object
+from slmloop.predict.parsing import field_diff, parse_json_object, reference_object
 from slmloop.project import Project
 from slmloop.store import Evaluation, atomic_write_json, atomic_write_text
 

@@ -7,8 +7,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from slmloop.evaluate.metrics import RowScores, score_answers
+from slmloop.evaluate.scoring import score_answers
 from slmloop.manifest import EvalConfig, TaskConfig
+from slmloop.metrics import RowScores
 from slmloop.project import Project
 from slmloop.store import Evaluation, GoldVersion
 

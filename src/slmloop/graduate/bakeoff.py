@@ -30,6 +30,7 @@ from rich.console import Console
 from sqlalchemy import select
 
 from slmloop.errors import ConfigError, SlmloopError
+from slmloop.graduate.report import describe_params, write_bakeoff_report
 from slmloop.manifest import BakeoffConfig, RangeSpec, TrainConfig
 from slmloop.project import Project
 from slmloop.store import Evaluation, Run, atomic_write_json, utcnow
@@ -37,7 +38,6 @@ from slmloop.store import Evaluation, Run, atomic_write_json, utcnow
 __all__ = [
     "Bakeoff",
     "Trial",
-    "describe_params",
     "draw_trials",
     "list_bakeoffs",
     "load_bakeoff",
@@ -193,7 +193,7 @@ def _inputs(project: Project, init_from: str | None) -> dict[str, Any]:
 
 
 def _new(project: Project, cfg: BakeoffConfig, metric: str, backend: str, init_from: str | None = None) -> Bakeoff:
-    from slmloop.evaluate.metrics import METRICS
+    from slmloop.metrics import METRICS
 
     train = project.manifest.train
     trials = []
@@ -429,10 +429,6 @@ def mark_run(project: Project, run_name: str | None, status: str) -> None:
             row.status = status
 
 
-def describe_params(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sorted(params.items())) or "the manifest's settings"
-
-
 # ---------------------------------------------------------------------------------------------
 # the winner on gold
 # ---------------------------------------------------------------------------------------------
@@ -440,7 +436,7 @@ def _incumbent(project: Project, bo: Bakeoff, against: str | None) -> str:
     if against:
         if against.startswith(("endpoint:", "live:", "baseline:")):
             return against
-        from slmloop.targets import resolve_target
+        from slmloop.predict.targets import resolve_target
 
         return resolve_target(project, against).ref  # v2 → release-2, latest → run-N: stored evaluations match
     if project.store.alias_target("production") is not None:
@@ -498,7 +494,7 @@ def _newest_eval(project: Project, ref: str) -> Evaluation | None:
 
 
 def _headline(e: Evaluation) -> dict[str, Any]:
-    from slmloop.evaluate.metrics import HEADLINE
+    from slmloop.metrics import HEADLINE
 
     m = e.metrics
     key = HEADLINE.get(m.get("task", {}).get("type", ""), ["accuracy"])[0]
@@ -520,7 +516,7 @@ def run_bakeoff(
 ) -> Bakeoff:
     """Run (or continue) a bake-off: trials on validation, the winner against the incumbent on gold."""
     from slmloop.data.versions import load_dataset
-    from slmloop.evaluate.metrics import HEADLINE
+    from slmloop.metrics import HEADLINE
 
     console = console or Console(stderr=True)
     cfg = cfg or project.manifest.bakeoff
@@ -546,7 +542,5 @@ def run_bakeoff(
     _judge_on_gold(project, bo, against, console)
     bo.finished = True
     save_state(project, bo)
-    from slmloop.graduate.report import write_bakeoff_report
-
     write_bakeoff_report(project, bo)
     return bo

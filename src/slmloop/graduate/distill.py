@@ -23,11 +23,11 @@ from rich.console import Console
 from slmloop.data.sources import read_records
 from slmloop.data.versions import DatasetSplits, load_dataset, set_current_dataset
 from slmloop.errors import DataError
-from slmloop.evaluate.metrics import parse_json_object
 from slmloop.manifest import SourceConfig, TaskConfig
+from slmloop.predict.parsing import parse_json_object
+from slmloop.predict.tasks import input_text
 from slmloop.project import Project
 from slmloop.store import DatasetVersion, Evaluation, Run
-from slmloop.tasks import input_text
 
 __all__ = ["Distilled", "distill", "teacher_rows", "unlabelled_inputs"]
 
@@ -170,7 +170,7 @@ def _same_tokenizer(project: Project, teacher: str) -> bool:
         return False
     from slmloop.models.catalog import resolve_model
     from slmloop.models.loading import load_tokenizer
-    from slmloop.targets import resolve_target
+    from slmloop.predict.targets import resolve_target
 
     target = resolve_target(project, teacher)
     mine = load_tokenizer(resolve_model(project.manifest.model.base))
@@ -180,14 +180,14 @@ def _same_tokenizer(project: Project, teacher: str) -> bool:
 def _gold_table(project: Project, refs: dict[str, str], console: Console) -> list[dict[str, Any]]:
     from slmloop.data.versions import current_gold
     from slmloop.evaluate.evaluate import stored_or_new
-    from slmloop.evaluate.metrics import HEADLINE
+    from slmloop.metrics import HEADLINE
 
     gold = current_gold(project)
     assert gold is not None
     table = []
     for role, ref in refs.items():
         if not ref.startswith(("endpoint:", "live:", "baseline:")):
-            from slmloop.targets import resolve_target
+            from slmloop.predict.targets import resolve_target
 
             ref = resolve_target(project, ref).ref  # v2 and release-2 are the same stored evaluations
         e: Evaluation = stored_or_new(project, ref, gold.id, project.manifest.eval, console)

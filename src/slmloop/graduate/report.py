@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from slmloop.graduate.bakeoff import Bakeoff, Trial, describe_params
 from slmloop.project import Project
 from slmloop.store import atomic_write_text
 
-__all__ = ["bakeoff_rows", "plot_trials", "write_bakeoff_report"]
+if TYPE_CHECKING:
+    from slmloop.graduate.bakeoff import Bakeoff, Trial
+
+__all__ = ["bakeoff_rows", "describe_params", "plot_trials", "write_bakeoff_report"]
+
+
+def describe_params(params: dict[str, Any]) -> str:
+    """A trial's settings as one line (``lr=0.0002, r=16``)."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(params.items())) or "the manifest's settings"
 
 
 def _epochs(x: float) -> str:

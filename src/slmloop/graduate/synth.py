@@ -63,7 +63,7 @@ def weakest_labels(project: Project, k: int, model: str | None = None) -> list[s
     """The ``k`` labels with the lowest gold F1 in the newest evaluation of ``model`` (default: the newest run)."""
     from slmloop.data.versions import current_gold
     from slmloop.evaluate.results import newest_evaluation
-    from slmloop.targets import resolve_target
+    from slmloop.predict.targets import resolve_target
 
     ref = resolve_target(project, model or "latest").ref
     gold = current_gold(project)
@@ -99,7 +99,7 @@ class _Teacher:
             self.endpoint: Any = Endpoint.declared(project.manifest.eval.endpoints, ref.split(":", 1)[1])
             return
         from slmloop.models.loading import pick_dtype
-        from slmloop.targets import load_target, resolve_target
+        from slmloop.predict.targets import load_target, resolve_target
 
         self.endpoint = None
         self.model, self.tok = load_target(resolve_target(project, ref), pick_dtype(project.manifest.eval.precision))

@@ -18,14 +18,15 @@ __all__ = ["main"]
 
 
 def main(argv: list[str]) -> int:
-    from slmloop.cli.common import err
+    from rich.console import Console
+
     from slmloop.graduate.bakeoff import train_trial
     from slmloop.project import open_project
 
     spec = json.loads(Path(argv[0]).read_text())
     project = open_project(spec["project"])
     try:
-        result = train_trial(project, spec, console=err)
+        result = train_trial(project, spec, console=Console(stderr=True))
     except SlmloopError as exc:
         result = {"status": "failed", "error": exc.message + (f" ({exc.hint})" if exc.hint else "")}
     except KeyboardInterrupt:

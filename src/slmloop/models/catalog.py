@@ -88,7 +88,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     """Dequantize a GGUF checkpoint into a plain transformers folder (once)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slmloop.models.loading import quiet_transformers
+    from slmloop.models.quiet import quiet_transformers
 
     with quiet_transformers(), atomic_dir(target) as tmp:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

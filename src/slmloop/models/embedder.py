@@ -25,7 +25,7 @@ __all__ = ["embed", "word_vectors"]
 def _model(path: str) -> Any:
     from sentence_transformers import SentenceTransformer
 
-    from slmloop.models.loading import quiet_transformers
+    from slmloop.models.quiet import quiet_transformers
 
     with quiet_transformers():
         return SentenceTransformer(path, device="cpu")
@@ -34,7 +34,7 @@ def _model(path: str) -> Any:
 def _encode(path: str, texts: list[str]) -> np.ndarray:
     import numpy as np
 
-    from slmloop.models.loading import quiet_transformers
+    from slmloop.models.quiet import quiet_transformers
 
     with quiet_transformers():
         out = _model(path).encode(

@@ -6,11 +6,6 @@ Heavy imports (torch, transformers, peft) happen inside functions so that
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -18,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from slmloop.errors import ModelError
 from slmloop.models.catalog import ResolvedModel
+from slmloop.models.quiet import quiet_transformers
 
 if TYPE_CHECKING:
     import torch
@@ -33,7 +29,6 @@ __all__ = [
     "load_causal_lm",
     "load_tokenizer",
     "pick_dtype",
-    "quiet_transformers",
     "render_prompt",
 ]
 
@@ -43,31 +38,6 @@ CHATML_TEMPLATE = (
     " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
     "{% endif %}"
 )
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence library chatter (load reports, progress bars, deprecation warnings)."""
-    import transformers
-
-    tlog = transformers.utils.logging
-    old = tlog.get_verbosity()
-    tlog.set_verbosity_error()
-    tlog.disable_progress_bar()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    loggers = [logging.getLogger(n) for n in ("peft", "accelerate", "sentence_transformers")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        tlog.set_verbosity(old)
-        tlog.enable_progress_bar()
-        for lg, lvl in zip(loggers, levels, strict=True):
-            lg.setLevel(lvl)
 
 
 @lru_cache(maxsize=1)

@@ -2,7 +2,7 @@
 
 The requests a release answered (from the server's request log) are cut into
 consecutive windows of ``monitor.window`` requests. Each window is compared with
-the release's :mod:`reference profile <slmloop.monitor.profile>` on the signals
+the release's :mod:`reference profile <slmloop.release.profile>` on the signals
 of :mod:`slmloop.monitor.signals`: embedding, length, out-of-vocabulary rate and,
 from the logged answers, label mix, confidence and invalid-output rate. Every
 signal has an effect size, a p-value, warn/drift thresholds from
@@ -23,7 +23,6 @@ import numpy as np
 from rich.console import Console
 
 from slmloop.manifest import MonitorConfig
-from slmloop.monitor.profile import ReferenceProfile, load_profile
 from slmloop.monitor.signals import (
     Signal,
     confidence_signal,
@@ -37,10 +36,11 @@ from slmloop.monitor.signals import (
     words,
     worst,
 )
+from slmloop.predict.targets import resolve_release
 from slmloop.progress import status
 from slmloop.project import Project
+from slmloop.release.profile import ReferenceProfile, load_profile
 from slmloop.store import DriftReport, RequestLog
-from slmloop.targets import resolve_release
 
 __all__ = ["DriftResult", "Window", "confidence_of", "live_requests", "logged_answer", "monitor", "score_window"]
 

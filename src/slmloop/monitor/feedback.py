@@ -20,10 +20,10 @@ from slmloop.data.importer import refuse_active_source
 from slmloop.errors import NotFoundError
 from slmloop.models.embedder import embed
 from slmloop.monitor.drift import confidence_of, live_requests, logged_answer
-from slmloop.monitor.profile import load_profile
+from slmloop.predict.targets import resolve_release
 from slmloop.project import Project
+from slmloop.release.profile import load_profile
 from slmloop.store import DriftReport, atomic_write_text
-from slmloop.targets import resolve_release
 
 __all__ = ["export_for_labelling", "labelling_candidates"]
 

@@ -19,13 +19,14 @@ from rich.console import Console
 
 from slmloop.errors import NotFoundError
 from slmloop.evaluate.evaluate import answer_gold, evaluate
-from slmloop.evaluate.metrics import HEADLINE, RowScores, score_answers
 from slmloop.evaluate.paired import compare_pair, paired_test, verdict
 from slmloop.evaluate.results import evaluation_task, gold_rows, row_scores
+from slmloop.evaluate.scoring import score_answers
 from slmloop.manifest import CompareConfig
+from slmloop.metrics import HEADLINE, RowScores
+from slmloop.predict.targets import resolve_release
 from slmloop.project import Project
 from slmloop.release.registry import release_evaluation
-from slmloop.targets import resolve_release
 
 __all__ = ["LiveCheck", "live_quality"]
 

@@ -23,13 +23,14 @@ invalid        rise of the invalid-output rate               one-sided Fisher ex
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+from slmloop.release.profile import words
 
 __all__ = [
     "LEVELS",
@@ -48,11 +49,6 @@ __all__ = [
 ]
 
 LEVELS = ("ok", "warn", "drift")
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
-
-
-def words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
 
 
 @dataclass

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from slmloop.evaluate.metrics import HEADLINE
 from slmloop.evaluate.results import latest_evaluations
 from slmloop.manifest import TaskConfig
+from slmloop.metrics import HEADLINE
 from slmloop.project import Project
 from slmloop.store import Evaluation, Run
 
@@ -62,7 +62,7 @@ def _shortlist_lines(prompt: dict[str, Any]) -> list[str]:
             f"Labels are ranked with a **label prior**: log P(model) + {w:g} x log P(prior), the prior a logistic",
             "regression over the request's all-MiniLM-L6-v2 embedding (`adapter/shortlist.npz`; the weight was",
             "chosen on the validation split). `slmloop serve` and `slmloop eval` apply it; a client that ranks the",
-            "labels itself must too (`slmloop.shortlist.load_shortlist`).",
+            "labels itself must too (`slmloop.predict.companion.load_companion`).",
             "",
         ]
     spans = prompt.get("span_prior")
@@ -74,7 +74,7 @@ def _shortlist_lines(prompt: dict[str, Any]) -> list[str]:
             "regression over who gives it and the tagger's probability of its span and of overlapping ones), fit on",
             f"the validation split; the values it rates {spans['threshold']:g} or more are kept. `slmloop serve`",
             "and `slmloop eval` apply it (`raw` is the weighed answer, `model_raw` the model's own); a client that",
-            "calls the GGUF file directly gets the model's own answers (`slmloop.spans.fuse_spans`).",
+            "calls the GGUF file directly gets the model's own answers (`slmloop.predict.spans.fuse_spans`).",
             "",
         ]
     if not k:
@@ -85,7 +85,8 @@ def _shortlist_lines(prompt: dict[str, Any]) -> list[str]:
             f"The model reads **examples** after each request: its {k} most similar training request(s)",
             "with their answers (all-MiniLM-L6-v2 neighbours, index in `adapter/shortlist.npz`), appended to",
             "the user message as `\\n(similar request: INPUT -> ANSWER)`. `slmloop serve` and `slmloop eval` add",
-            "them; a client that calls the GGUF file directly must add them too (`slmloop.shortlist.load_shortlist`).",
+            "them; a client that calls the GGUF file directly must add them too",
+            "(`slmloop.predict.companion.load_companion`).",
             "",
         ]
     return [
@@ -93,7 +94,7 @@ def _shortlist_lines(prompt: dict[str, Any]) -> list[str]:
         f"The model reads a **shortlist** after each request: the {k} labels of its most similar training",
         "requests (all-MiniLM-L6-v2 neighbours, index in `adapter/shortlist.npz`), appended to the user",
         "message as `\\n(similar requests: a, b, c)`. `slmloop serve` and `slmloop eval` add it; a client",
-        "that calls the GGUF file directly must add it too (`slmloop.shortlist.load_shortlist`).",
+        "that calls the GGUF file directly must add it too (`slmloop.predict.companion.load_companion`).",
         "",
     ]
 
@@ -104,7 +105,7 @@ def _answer_lines(prompt: dict[str, Any]) -> list[str]:
     return [
         "- answer format: inline. The model copies the request and marks each value where it occurs,",
         "  `[field: value]` (values that are not in the request are marked after it); `slmloop serve` and",
-        "  `slmloop eval` turn that into the JSON object (`slmloop.inline.unmark`), and so must a client that",
+        "  `slmloop eval` turn that into the JSON object (`slmloop.predict.inline.unmark`), and so must a client that",
         "  calls the merged weights or the GGUF file directly.",
     ]
 

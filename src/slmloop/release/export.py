@@ -25,12 +25,12 @@ from slmloop.errors import StoreError
 from slmloop.evaluate.results import newest_evaluation
 from slmloop.manifest import TaskConfig
 from slmloop.models.catalog import ResolvedModel, resolve_model
-from slmloop.monitor.profile import build_profile, write_profile
+from slmloop.predict.targets import resolve_run
 from slmloop.progress import status
 from slmloop.project import Project
 from slmloop.release.card import model_card
+from slmloop.release.profile import build_profile, write_profile
 from slmloop.store import Evaluation, Release, Run, atomic_dir, atomic_write_json, sha256_file, utcnow
-from slmloop.targets import resolve_run
 
 __all__ = ["export_release", "verify_release"]
 
@@ -47,7 +47,8 @@ def _headline(ev: Evaluation | None) -> dict[str, Any]:
 def _merge(run: Run, adapter: Path, out: Path, dtype_name: str) -> None:
     import torch
 
-    from slmloop.models.loading import load_causal_lm, load_tokenizer, quiet_transformers
+    from slmloop.models.loading import load_causal_lm, load_tokenizer
+    from slmloop.models.quiet import quiet_transformers
 
     base = resolve_model(run.base_model)
     # the same merge evaluation uses: fp32 add of the low-rank update, one cast
@@ -68,13 +69,13 @@ def _task(project: Project, run: Run) -> TaskConfig:
 
 def _prompt_format(project: Project, run: Run) -> dict[str, Any]:
     """How the model must be asked: the style it was trained with and the exact system message."""
-    from slmloop.shortlist import SHORTLIST_TASKS, load_shortlist
-    from slmloop.tasks import system_message
+    from slmloop.predict.companion import SHORTLIST_TASKS, load_companion
+    from slmloop.predict.tasks import system_message
 
     task = _task(project, run)
     style = run.config.get("prompt", "full")
     shortlist = (run.config.get("train") or {}).get("shortlist") if task.type in SHORTLIST_TASKS else None
-    index = load_shortlist(project.locate(run.path) / "adapter")
+    index = load_companion(project.locate(run.path) / "adapter")
     weight = index.prior.weight if index is not None and index.prior is not None else None
     spans = index.active_spans if index is not None else None
     return {
@@ -93,9 +94,9 @@ def _gguf(project: Project, run: Run, folder: Path, prompt: dict[str, Any], cons
     from slmloop.evaluate.results import gold_rows
     from slmloop.models.llamacpp import llama_cpp_available
     from slmloop.models.loading import load_tokenizer
+    from slmloop.predict.companion import load_companion
     from slmloop.release.gguf import gguf_file_name, source_pre_tokenizer, write_gguf, write_modelfile
     from slmloop.release.parity import gguf_parity
-    from slmloop.shortlist import load_shortlist
 
     cfg = project.manifest.export
     merged, out = folder / "merged", folder / "gguf"
@@ -110,15 +111,17 @@ def _gguf(project: Project, run: Run, folder: Path, prompt: dict[str, Any], cons
         entry: dict[str, Any] = {"file": f"gguf/{path.name}", "bytes": path.stat().st_size}
         if llama_cpp_available():
             rows = gold_rows(project, run.gold_id)[: cfg.parity_rows]
-            shortlist = load_shortlist(folder / "adapter")
-            if shortlist is not None:  # both models read the prompt the release is asked with
-                rows = shortlist.annotate(_task(project, run), rows)
+            companion = load_companion(folder / "adapter")
+            hints = None
+            if companion is not None:  # both models read the prompt the release is asked with
+                hints = companion.hints(_task(project, run), rows)
             parity = gguf_parity(
                 merged,
                 path,
                 _task(project, run),
                 prompt["style"],
                 rows,
+                hints,
                 max_new_tokens=project.manifest.eval.max_new_tokens,
                 console=console,
             )

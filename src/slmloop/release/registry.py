@@ -24,10 +24,10 @@ from slmloop.data.versions import current_gold
 from slmloop.errors import ConfigError, GateError, NotFoundError
 from slmloop.evaluate.evaluate import failed_gates
 from slmloop.evaluate.results import newest_evaluation
+from slmloop.predict.targets import resolve_release
 from slmloop.project import Project
 from slmloop.release.export import verify_release
 from slmloop.store import AliasHistory, Evaluation, Release
-from slmloop.targets import resolve_release
 
 __all__ = [
     "AliasState",

@@ -1,7 +1,9 @@
 """What answers requests: a loaded release, a batcher that groups concurrent requests, and hot swap.
 
 - :class:`Predictor`: one loaded release. ``predict_many`` and ``chat_many``
-  answer a whole group in one batched pass, with the same code evaluation uses.
+  answer a whole group in one batched pass, through the answering path evaluation uses
+  (:func:`slmloop.predict.answers.answer_rows`), with the engine (:mod:`slmloop.predict.engines`)
+  as a parameter: a local transformers model, llama.cpp, or an upstream server.
 - :class:`Batcher`: one worker thread owns the model. Requests queue up; the
   first of a group waits ``wait_ms`` for others with the same shape (endpoint,
   max_tokens, temperature) and the group runs as one batch of at most
@@ -23,18 +25,16 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from slmloop.evaluate.answers import ModelAnswer, answer_rows, generated_answer, mark_scorer
-from slmloop.evaluate.metrics import parse_json_object
 from slmloop.manifest import TaskConfig
-from slmloop.models.inference import generate, token_texts
 from slmloop.models.loading import render_prompt
-from slmloop.shortlist import Shortlist
-from slmloop.tasks import SPANS_KEY, answers_inline, prompt_messages
+from slmloop.predict.answers import Engine, ModelAnswer, answer_rows
+from slmloop.predict.companion import Companion
+from slmloop.predict.parsing import parse_json_object
 
 if TYPE_CHECKING:
-    from slmloop.spans import MarkScorer
+    pass
 
-__all__ = ["Batcher", "ChatAnswer", "Job", "LlamaCppPredictor", "ModelSlot", "Predictor", "UpstreamPredictor"]
+__all__ = ["Batcher", "ChatAnswer", "Job", "ModelSlot", "Predictor"]
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,9 @@ class ChatAnswer:
 
 @dataclass
 class Predictor:
-    """A loaded release plus the task and prompt style it was trained with."""
+    """A loaded release: the engine that answers, plus the task and prompt style it was trained with."""
 
-    model: Any
-    tokenizer: Any
+    engine: Engine
     task: TaskConfig
     name: str
     release: int | None = None
@@ -58,7 +57,11 @@ class Predictor:
     max_new_tokens: int = 128
     prompt: str = "full"  # the prompt style the model was trained with
     rank_margin: float | None = 6.0
-    shortlist: Shortlist | None = None  # the index of the shortlist the model reads (train.shortlist)
+    companion: Companion | None = None  # the index saved with the model (shortlist, label prior, span prior)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -79,41 +82,21 @@ class Predictor:
         return {"output": a.raw}
 
     def predict_many(self, texts: list[str]) -> list[dict[str, Any]]:
-        """Typed answers for ``texts``, one batched pass (the same answering code as evaluation)."""
+        """Typed answers for ``texts``, one batched pass through the answering path evaluation uses."""
         rows = [{"text": t, "input": t} for t in texts]
-        if self.shortlist is not None:
-            rows = self.shortlist.annotate(self.task, rows)
-        if self.mode == "rank":
-            answers = answer_rows(
-                self.task,
-                self.prompt,
-                self.mode,
-                self.model,
-                self.tokenizer,
-                rows,
-                batch_size=max(1, len(texts)),
-                max_new_tokens=self.max_new_tokens,
-                margin=self.rank_margin,
-            )
-        else:
-            messages = [prompt_messages(self.task, r, self.prompt) for r in rows]
-            said = self._complete_many(
-                messages,
-                self.max_new_tokens,
-                json_object=self.task.type == "extraction" and not answers_inline(self.task),
-            )
-            if self.task.type == "extraction" and any(r.get(SPANS_KEY) for r in rows):
-                from slmloop.spans import mark_rows
-
-                prompts = [render_prompt(self.tokenizer, m) for m in messages]
-                rows = mark_rows(self.task, rows, [t for t, _, _ in said], self.mark_scorer(prompts))
-            answers = [generated_answer(self.task, r, t, n) for r, (t, n, _) in zip(rows, said, strict=True)]
+        hints = self.companion.hints(self.task, rows) if self.companion is not None else None
+        answers = answer_rows(
+            self.task,
+            self.prompt,
+            self.mode,
+            self.engine,
+            rows,
+            hints,
+            batch_size=max(1, len(texts)),
+            max_new_tokens=self.max_new_tokens,
+            margin=self.rank_margin,
+        )
         return [self._shape(a) for a in answers]
-
-    def mark_scorer(self, prompts: list[str]) -> MarkScorer | None:
-        """How this engine scores an inline extractor's marks for rows asked with ``prompts`` (the span prior's
-        judge reads them, see :func:`slmloop.spans.mark_scores`); None where it cannot."""
-        return mark_scorer(self.model, self.tokenizer, prompts, max(1, len(prompts)))
 
     def predict(self, text: str) -> dict[str, Any]:
         return self.predict_many([text])[0]
@@ -126,166 +109,17 @@ class Predictor:
         on_token: Callable[[int, int], None] | None = None,
     ) -> list[ChatAnswer]:
         """Greedy by default (task models should answer deterministically); samples if temperature > 0."""
-        said = self._complete_many(conversations, max_tokens, temperature, on_token)
+        said = self.engine.complete(
+            conversations,
+            max_tokens,
+            batch_size=max(1, len(conversations)),
+            temperature=temperature,
+            on_token=on_token,
+        )
         return [
             ChatAnswer(text, self.count_tokens(render_prompt(self.tokenizer, m)), n, finish)
             for m, (text, n, finish) in zip(conversations, said, strict=True)
         ]
-
-    def _complete_many(
-        self,
-        conversations: list[list[dict[str, str]]],
-        max_tokens: int,
-        temperature: float = 0.0,
-        on_token: Callable[[int, int], None] | None = None,
-        json_object: bool = False,
-    ) -> list[tuple[str, int, str]]:
-        """(answer, new tokens, finish reason) per conversation: what each engine does its own way.
-
-        ``json_object``: the answer is an extraction's JSON object (see
-        :func:`~slmloop.models.inference.generate`); this engine opens it and stops when it closes.
-        """
-        prompts = [render_prompt(self.tokenizer, m) for m in conversations]
-        gens = generate(
-            self.model,
-            self.tokenizer,
-            prompts,
-            max_new_tokens=max_tokens,
-            batch_size=max(1, len(prompts)),
-            temperature=temperature,
-            on_token=on_token,
-            json_object=json_object,
-        )
-        return [(text, n, "length" if n >= max_tokens else "stop") for text, n in gens]
-
-
-class LlamaCppPredictor(Predictor):
-    """A GGUF release answered by llama.cpp (CPU hosts without torch speed-ups, or Ollama-like footprints).
-
-    Prompts are rendered with the release's own tokenizer and chat template, so
-    llama.cpp sees exactly what the transformers engine sees; answers are greedy
-    generations parsed to the task's shape (labels are parsed, not ranked).
-    """
-
-    def __init__(self, gguf_path: str, threads: int | None = None, **kw: Any) -> None:
-        from slmloop.models.llamacpp import LlamaCpp
-
-        super().__init__(model=None, **kw)
-        self.mode = "generate"
-        eos = self.tokenizer.eos_token_id
-        self.llama = LlamaCpp(gguf_path, stop_ids=[eos] if isinstance(eos, int) else [], threads=threads)
-
-    def mark_scorer(self, prompts: list[str]) -> MarkScorer | None:
-        def score(rows: list[int], prefixes: list[str], marks: list[str]) -> list[float]:
-            heads = [prompts[i] + prefix for i, prefix in zip(rows, prefixes, strict=True)]
-            return self.llama.continuation_logprobs(heads, marks)
-
-        return score
-
-    def _complete_many(
-        self,
-        conversations: list[list[dict[str, str]]],
-        max_tokens: int,
-        temperature: float = 0.0,
-        on_token: Callable[[int, int], None] | None = None,
-        json_object: bool = False,
-    ) -> list[tuple[str, int, str]]:
-        texts = token_texts(self.tokenizer) if json_object else None
-        out = []
-        for i, messages in enumerate(conversations):
-            emit = (lambda t, i=i: on_token(i, t)) if on_token is not None else None
-            prompt = render_prompt(self.tokenizer, messages)
-            text, n = self.llama.complete(prompt, max_tokens, temperature, emit, json_texts=texts)
-            out.append((text, n, "length" if n >= max_tokens else "stop"))
-        return out
-
-
-class UpstreamPredictor(Predictor):
-    """Answers through another OpenAI-compatible server (vLLM on a GPU host), with slmloop's front in place.
-
-    The upstream does the batching (vLLM batches continuously); this side keeps the
-    API keys, limits, metrics and the request log, renders the same prompts as the
-    other engines (the release's tokenizer and prompt style) and parses answers the
-    same way. Streaming passes the upstream's text deltas on as token ids of the
-    release's tokenizer.
-    """
-
-    def __init__(self, base_url: str, upstream_model: str, api_key: str | None = None, **kw: Any) -> None:
-        import httpx
-
-        super().__init__(model=None, **kw)
-        self.mode = "generate"
-        self.upstream_model = upstream_model
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=600)
-
-    def mark_scorer(self, prompts: list[str]) -> MarkScorer | None:
-        return None  # the upstream gives no prompt log-probabilities here: the judge reads marks as unknown
-
-    def _ask(
-        self,
-        messages: list[dict[str, str]],
-        max_tokens: int,
-        temperature: float,
-        emit: Callable[[int], None] | None,
-        json_object: bool = False,
-    ) -> tuple[str, int, str]:
-        import json
-
-        body: dict[str, Any] = {
-            "model": self.upstream_model,
-            "messages": messages,
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-            "stream": emit is not None,
-        }
-        if json_object:
-            body["response_format"] = {"type": "json_object"}
-        if emit is None:
-            r = self.http.post("/chat/completions", json=body)
-            r.raise_for_status()
-            data = r.json()
-            choice = data["choices"][0]
-            n = int((data.get("usage") or {}).get("completion_tokens") or 0)
-            return str(choice["message"]["content"] or "").strip(), n, str(choice.get("finish_reason") or "stop")
-        parts: list[str] = []
-        finish, n = "stop", 0
-        with self.http.stream("POST", "/chat/completions", json=body) as r:
-            r.raise_for_status()
-            for line in r.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                choice = json.loads(line[6:])["choices"][0]
-                delta = (choice.get("delta") or {}).get("content") or ""
-                if delta:
-                    parts.append(delta)
-                    for t in self.tokenizer(delta, add_special_tokens=False)["input_ids"]:
-                        n += 1
-                        emit(t)
-                finish = choice.get("finish_reason") or finish
-        return "".join(parts).strip(), n, finish
-
-    def _complete_many(
-        self,
-        conversations: list[list[dict[str, str]]],
-        max_tokens: int,
-        temperature: float = 0.0,
-        on_token: Callable[[int, int], None] | None = None,
-        json_object: bool = False,
-    ) -> list[tuple[str, int, str]]:
-        """All requests in flight at once: the upstream batches them.
-
-        ``json_object`` asks the upstream for ``response_format: {"type": "json_object"}`` (OpenAI's
-        JSON mode, which vLLM and llama.cpp's server implement).
-        """
-        from concurrent.futures import ThreadPoolExecutor
-
-        def one(i: int) -> tuple[str, int, str]:
-            emit = (lambda t: on_token(i, t)) if on_token is not None else None
-            return self._ask(conversations[i], max_tokens, temperature, emit, json_object)
-
-        with ThreadPoolExecutor(max_workers=max(1, min(32, len(conversations)))) as pool:
-            return list(pool.map(one, range(len(conversations))))
 
 
 class ModelSlot:

@@ -12,11 +12,13 @@ from typing import Any
 
 from slmloop.errors import ServeError
 from slmloop.models.loading import pick_dtype
+from slmloop.predict.answers import resolve_mode
+from slmloop.predict.engines import LocalEngine
+from slmloop.predict.targets import load_target, resolve_release, resolve_target
 from slmloop.project import STORE_DIR, Project
 from slmloop.serve.app import api_keys, create_app
 from slmloop.serve.engine import ModelSlot, Predictor
 from slmloop.store import Release
-from slmloop.targets import load_target, resolve_release, resolve_target
 
 __all__ = ["ServerProcess", "build_app", "free_port", "load_predictor", "serve"]
 
@@ -33,25 +35,26 @@ def load_predictor(project: Project, release_ref: str | int | None) -> Predictor
         "release": release.version,
         "max_new_tokens": m.serve.max_new_tokens,
         "prompt": target.prompt,
-        "shortlist": target.shortlist(),
+        "companion": target.companion(),
+        "mode": resolve_mode(task, m.eval.mode),
+        "rank_margin": m.eval.rank_margin,
     }
-    if common["shortlist"] is not None:  # load the embedding model now, not on the first request
-        common["shortlist"].annotate(task, [{"text": "warm-up", "input": "warm-up"}])
+    if common["companion"] is not None:  # load the embedding model now, not on the first request
+        common["companion"].hints(task, [{"text": "warm-up", "input": "warm-up"}])
     if m.serve.engine == "llamacpp":
         return _llama_cpp_predictor(project, release, common)
     if m.serve.engine == "vllm":
         return _vllm_predictor(project, release, common)
     model, tok = load_target(target, pick_dtype(m.serve.precision))
-    mode = m.eval.mode if m.eval.mode != "auto" else ("rank" if task.type == "classification" else "generate")
-    return Predictor(model=model, tokenizer=tok, mode=mode, rank_margin=m.eval.rank_margin, **common)
+    return Predictor(LocalEngine(model, tok), **common)
 
 
 def _llama_cpp_predictor(project: Project, release: Release, common: dict[str, Any]) -> Predictor:
     from slmloop.models.catalog import ResolvedModel
     from slmloop.models.llamacpp import llama_cpp_available
     from slmloop.models.loading import load_tokenizer
+    from slmloop.predict.engines import LlamaCppEngine
     from slmloop.release.gguf import gguf_file_name
-    from slmloop.serve.engine import LlamaCppPredictor
 
     folder = project.locate(release.path)
     found = [
@@ -69,7 +72,7 @@ def _llama_cpp_predictor(project: Project, release: Release, common: dict[str, A
         )
     merged = folder / "merged"
     tok = load_tokenizer(ResolvedModel(str(merged), str(merged), "local"))
-    return LlamaCppPredictor(str(found[0]), tokenizer=tok, **common)
+    return Predictor(LlamaCppEngine(str(found[0]), tok), **common)
 
 
 def _vllm_predictor(project: Project, release: Release, common: dict[str, Any]) -> Predictor:
@@ -81,7 +84,7 @@ def _vllm_predictor(project: Project, release: Release, common: dict[str, Any]) 
 
     from slmloop.models.catalog import ResolvedModel
     from slmloop.models.loading import load_tokenizer
-    from slmloop.serve.engine import UpstreamPredictor
+    from slmloop.predict.engines import UpstreamEngine
 
     if importlib.util.find_spec("vllm") is None:
         raise ServeError(
@@ -117,7 +120,7 @@ def _vllm_predictor(project: Project, release: Release, common: dict[str, Any]) 
             raise ServeError("vLLM did not become healthy within 15 min", hint=f"See {log_path}.")
         time.sleep(1)
     tok = load_tokenizer(ResolvedModel(str(merged), str(merged), "local"))
-    return UpstreamPredictor(f"http://127.0.0.1:{port}/v1", name, tokenizer=tok, **common)
+    return Predictor(UpstreamEngine(f"http://127.0.0.1:{port}/v1", name, tok), **common)
 
 
 def build_app(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from slmloop.manifest import TaskConfig
 from slmloop.models.loading import EncodedExample, encode_conversation, encode_example
-from slmloop.tasks import answer_target, prompt_messages
+from slmloop.predict.tasks import Hints, answer_target, prompt_messages
 
 if TYPE_CHECKING:
     import torch
@@ -37,12 +37,21 @@ POOL = 32  # batches per sorting pool
 
 
 def encode_rows(
-    tok: PreTrainedTokenizerBase, task: TaskConfig, rows: Sequence[dict[str, Any]], max_length: int, style: str
+    tok: PreTrainedTokenizerBase,
+    task: TaskConfig,
+    rows: Sequence[dict[str, Any]],
+    max_length: int,
+    style: str,
+    hints: Sequence[Hints] | None = None,
 ) -> list[EncodedExample]:
-    """Every row as training tokens, its prompt in ``style`` (see slmloop.tasks)."""
+    """Every row as training tokens, its prompt in ``style`` with its ``hints`` (see slmloop.predict.tasks)."""
     if task.type == "chat":  # loss on every assistant turn
         return [encode_conversation(tok, r["messages"], max_length) for r in rows]
-    return [encode_example(tok, prompt_messages(task, r, style), answer_target(task, r), max_length) for r in rows]
+    shown = hints if hints is not None else [None] * len(rows)
+    return [
+        encode_example(tok, prompt_messages(task, r, style, h), answer_target(task, r), max_length)
+        for r, h in zip(rows, shown, strict=True)
+    ]
 
 
 def rebalanced_rows(labels: Sequence[str], mode: str, seed: int, epoch: int) -> list[int] | None:

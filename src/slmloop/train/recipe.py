@@ -47,13 +47,14 @@ from slmloop.models.loading import (
     load_causal_lm,
     load_tokenizer,
     pick_dtype,
-    quiet_transformers,
 )
+from slmloop.models.quiet import quiet_transformers
+from slmloop.predict.answers import resolve_mode
+from slmloop.predict.companion import Companion, LabelPrior, shortlist_size
+from slmloop.predict.tasks import Hints, resolve_answer
 from slmloop.progress import progress, status
 from slmloop.project import Project
-from slmloop.shortlist import LabelPrior, Shortlist, shortlist_size
 from slmloop.store import Run, atomic_dir, atomic_write_json, utcnow
-from slmloop.tasks import resolve_answer
 from slmloop.train.batching import (
     IGNORE,
     Batch,
@@ -233,18 +234,20 @@ class TrainSetup:
     init_from: Path | None = None
     resume: Run | None = None
     origin: dict[str, Any] | None = None
-    #: the index of the training split the rows' shortlists come from (train.shortlist), or None
-    shortlist: Shortlist | None = None
+    #: the companion index of the training split (the shortlist's neighbours, the label prior, the span prior)
+    companion: Companion | None = None
+    #: what each split's rows are asked with (their shortlists, once the index is built), by split name
+    hints: dict[str, list[Hints]] = field(default_factory=dict)
     #: the label prior's weight, chosen on the validation split after training (see choose_prior)
     prior_choice: dict[str, Any] | None = None
     #: the span prior's judge, fit on the validation split after training (see choose_spans)
     span_choice: dict[str, Any] | None = None
-    #: why an extractor answers inline or as JSON (task.answer: auto, see slmloop.tasks.resolve_answer)
+    #: why an extractor answers inline or as JSON (task.answer: auto, see slmloop.predict.tasks.resolve_answer)
     answer_note: str = ""
 
 
 def _adapter_of(project: Project, ref: str) -> Path:
-    from slmloop.targets import resolve_target
+    from slmloop.predict.targets import resolve_target
 
     target = resolve_target(project, ref)
     if target.adapter is None:
@@ -307,7 +310,7 @@ def setup(project: Project, overrides: dict[str, Any] | None = None, **options: 
         task, answer_note = resolve_answer(task, splits.train, style)
     k = shortlist_size(cfg.shortlist, task)
     cfg = cfg.model_copy(update={"shortlist": k})  # recorded resolved
-    shortlist = _with_shortlists(project, task, splits, k, prior=cfg.label_prior != "off")
+    companion, hints = _with_companion(project, task, splits, k, prior=cfg.label_prior != "off")
     return TrainSetup(
         project=project,
         config=cfg,
@@ -321,14 +324,15 @@ def setup(project: Project, overrides: dict[str, Any] | None = None, **options: 
         init_from=warm,
         resume=resumed,
         origin=options.get("origin"),
-        shortlist=shortlist,
+        companion=companion,
+        hints=hints,
         answer_note=answer_note,
     )
 
 
-def _with_shortlists(
+def _with_companion(
     project: Project, task: TaskConfig, splits: DatasetSplits, k: int, *, prior: bool
-) -> Shortlist | None:
+) -> tuple[Companion | None, dict[str, list[Hints]]]:
     """Index the training split and give every row its shortlist (training rows: without themselves).
 
     ``prior``: a classifier's index also fits the label prior (its weight, 0 until training has ended,
@@ -336,31 +340,37 @@ def _with_shortlists(
     """
     prior = prior and task.type == "classification" and len({r["label"] for r in splits.train}) > 1
     if not k and not prior:
-        return None
+        return None, {}
     cache = project.home / "cache" / "embeddings"
-    shortlist = Shortlist.build(task, splits.train, k, cache_dir=cache)
+    companion = Companion.build(task, splits.train, k, cache_dir=cache)
     if prior:
-        shortlist.prior = LabelPrior.fit(shortlist.vectors, shortlist.labels)
-    splits.train = shortlist.annotate(task, splits.train, leave_out_self=True, cache_dir=cache)
-    splits.validation = shortlist.annotate(task, splits.validation, cache_dir=cache)
-    splits.gold = shortlist.annotate(task, splits.gold, cache_dir=cache)
-    return shortlist
+        companion.prior = LabelPrior.fit(companion.vectors, companion.labels)
+    hints = {
+        "train": companion.hints(task, splits.train, leave_out_self=True, cache_dir=cache),
+        "validation": companion.hints(task, splits.validation, cache_dir=cache),
+        "gold": companion.hints(task, splits.gold, cache_dir=cache),
+    }
+    return companion, hints
 
 
-def _answers(st: TrainSetup, parts: Parts, rows: list[dict[str, Any]], mode: str) -> list[Any]:
-    """The trained model's own answers to ``rows`` (no prior), as evaluation will ask them."""
-    from slmloop.evaluate.answers import answer_rows
+def _answers(st: TrainSetup, parts: Parts, split: str, n: int, mode: str) -> list[Any]:
+    """The trained model's own answers to the first ``n`` rows of ``split`` (no prior), as evaluation will
+    ask them."""
+    from slmloop.predict.answers import answer_rows
+    from slmloop.predict.engines import LocalEngine
 
     m = st.project.manifest
+    rows = getattr(st.splits, split)[:n]
+    hints = st.hints[split][:n] if split in st.hints else None
     parts.model.eval()
     try:
         return answer_rows(
             st.task,
             st.prompt,
             mode,
-            parts.model,
-            parts.tokenizer,
+            LocalEngine(parts.model, parts.tokenizer),
             rows,
+            hints,
             batch_size=m.eval.batch_size,
             max_new_tokens=m.eval.max_new_tokens,
             margin=m.eval.rank_margin,
@@ -373,33 +383,33 @@ def choose_prior(st: TrainSetup, parts: Parts, console: Console) -> dict[str, An
     """Weigh the label prior on the validation split: the model's own label scores, times the prior's to the
     power of each of PRIOR_WEIGHTS; the weight right most often wins (0: the prior is dropped)."""
     from slmloop.models.embedder import embed
-    from slmloop.tasks import input_text
+    from slmloop.predict.tasks import input_text
 
-    prior = st.shortlist.prior if st.shortlist is not None else None
+    prior = st.companion.prior if st.companion is not None else None
     rows = st.splits.validation[:PRIOR_VALIDATION_ROWS]
     if prior is None or not rows:
         return None
     with status(console, f"weighing the label prior on {len(rows)} validation rows …"):
-        answers = _answers(st, parts, rows, "rank")
+        answers = _answers(st, parts, "validation", len(rows), "rank")
         vectors = embed([input_text(st.task, r) for r in rows], cache_dir=st.project.home / "cache" / "embeddings")
         choice = prior.choose_weight([a.scores["probs"] for a in answers], vectors, [str(r["label"]) for r in rows])
     if not prior.weight:
-        st.shortlist.prior = None  # type: ignore[union-attr]
+        st.companion.prior = None  # type: ignore[union-attr]
     return choice
 
 
 def choose_spans(st: TrainSetup, parts: Parts, console: Console) -> dict[str, Any] | None:
     """Fit the span prior (an extractor's CRF tagger) and its judge on the validation split.
 
-    The model answers the validation rows once; the judge (:mod:`slmloop.spans`) is fit on the values the
+    The model answers the validation rows once; the judge (:mod:`slmloop.predict.spans`) is fit on the values the
     model and the tagger give there. When its cross-validated micro-F1 does not beat the model alone the
     tagger is not shipped.
     """
-    from slmloop.evaluate.answers import mark_scorer
-    from slmloop.evaluate.metrics import parse_json_object
     from slmloop.models.loading import render_prompt
-    from slmloop.spans import SpanPrior
-    from slmloop.tasks import answers_inline, prompt_messages
+    from slmloop.predict.engines import LocalEngine
+    from slmloop.predict.parsing import parse_json_object
+    from slmloop.predict.spans import SpanPrior
+    from slmloop.predict.tasks import answers_inline, prompt_messages
 
     rows = st.splits.validation[:PRIOR_VALIDATION_ROWS]
     if st.task.type != "extraction" or st.config.span_prior == "off" or not rows:
@@ -410,11 +420,15 @@ def choose_spans(st: TrainSetup, parts: Parts, console: Console) -> dict[str, An
     if prior is None:
         return {"fields": 0, "note": "no field's values are spans of the input"}
     with status(console, f"weighing the span prior on {len(rows)} validation rows …"):
-        answers = _answers(st, parts, rows, "generate")
+        answers = _answers(st, parts, "validation", len(rows), "generate")
         marks = None
         if answers_inline(st.task):  # the judge also reads the model's probability of marking each value
-            prompts = [render_prompt(parts.tokenizer, prompt_messages(st.task, r, st.prompt)) for r in rows]
-            marks = mark_scorer(parts.model, parts.tokenizer, prompts, st.project.manifest.eval.batch_size)
+            hints = st.hints.get("validation", [None] * len(rows))[: len(rows)]
+            prompts = [
+                render_prompt(parts.tokenizer, prompt_messages(st.task, r, st.prompt, h))
+                for r, h in zip(rows, hints, strict=True)
+            ]
+            marks = LocalEngine(parts.model, parts.tokenizer).mark_scorer(prompts, st.project.manifest.eval.batch_size)
         parts.model.eval()
         try:
             choice = prior.choose_judge(st.task, rows, [parse_json_object(a.raw) for a in answers], marks)
@@ -422,9 +436,9 @@ def choose_spans(st: TrainSetup, parts: Parts, console: Console) -> dict[str, An
             parts.model.train()
     choice.update({"fields": len(prior.tagger.fields), "seconds": round(time.perf_counter() - started, 1)})
     if prior.judge.active:
-        if st.shortlist is None:
-            st.shortlist = Shortlist.empty()
-        st.shortlist.spans = prior
+        if st.companion is None:
+            st.companion = Companion.empty()
+        st.companion.spans = prior
     return choice
 
 
@@ -571,9 +585,10 @@ def build(st: TrainSetup) -> Parts:
     torch.manual_seed(cfg.seed)
     dtype = pick_dtype(cfg.precision)
     tok = load_tokenizer(st.model_ref)
-    train_ex = encode_rows(tok, st.task, st.splits.train, st.max_length, st.prompt)
+    train_ex = encode_rows(tok, st.task, st.splits.train, st.max_length, st.prompt, st.hints.get("train"))
     val_rows = st.splits.validation[: cfg.validation_rows]
-    val_ex = encode_rows(tok, st.task, val_rows, st.max_length, st.prompt)
+    val_hints = st.hints["validation"][: cfg.validation_rows] if "validation" in st.hints else None
+    val_ex = encode_rows(tok, st.task, val_rows, st.max_length, st.prompt, val_hints)
 
     # eager attention: on CPU its backward beats SDPA's for short sequences
     attn = "sdpa" if accelerator.device.type == "cuda" else "eager"
@@ -654,7 +669,7 @@ def _kd_teacher(st: TrainSetup, tok: Any, dtype: torch.dtype) -> AnswerLoss | No
     ref = st.config.distill_from
     if ref is None:
         return None
-    from slmloop.targets import load_target, resolve_target
+    from slmloop.predict.targets import load_target, resolve_target
 
     model, teacher_tok = load_target(resolve_target(st.project, ref), dtype)
     if teacher_tok.get_vocab() != tok.get_vocab():
@@ -765,46 +780,51 @@ def _shortlist_summary(st: TrainSetup) -> dict[str, Any] | None:
     Classification: how often the true label is on the shortlist (``*_recall``). Extraction: how
     often the nearest example's answer has the row's own fields (``*_same_fields``).
     """
-    from slmloop.evaluate.metrics import parse_json_object
-    from slmloop.tasks import EXAMPLES_KEY, SHORTLIST_KEY, answer_json
+    from slmloop.predict.parsing import parse_json_object
+    from slmloop.predict.tasks import answer_json
 
-    if st.shortlist is None or not st.shortlist.labels:  # no index (an empty one carries only a span prior)
+    companion = st.companion
+    if companion is None or not companion.labels:  # no index (an empty one carries only a span prior)
         return None
 
-    def recall(rows: list[dict[str, Any]]) -> float | None:
-        return sum(str(r["label"]) in r[SHORTLIST_KEY] for r in rows) / len(rows) if rows else None
+    def recall(rows: list[dict[str, Any]], hints: list[Hints]) -> float | None:
+        hits = [str(r["label"]) in h.shortlist for r, h in zip(rows, hints, strict=True)]
+        return sum(hits) / len(hits) if hits else None
 
-    def same_fields(rows: list[dict[str, Any]]) -> float | None:
+    def same_fields(rows: list[dict[str, Any]], hints: list[Hints]) -> float | None:
         def fields(obj: Any) -> set[str]:
             return set(obj) if isinstance(obj, dict) else set()
 
-        def example_fields(example: list[str]) -> set[str]:  # an inline example answer marks its fields
+        def example_fields(example: tuple[str, str]) -> set[str]:  # an inline example answer marks its fields
             text, answer = example
             return fields(parse_json_object(answer_json(st.task, {"text": text}, answer)))
 
-        hits = [bool(r[EXAMPLES_KEY]) and example_fields(r[EXAMPLES_KEY][0]) == fields(r["output"]) for r in rows]
+        hits = [
+            bool(h.examples) and example_fields(h.examples[0]) == fields(r["output"])
+            for r, h in zip(rows, hints, strict=True)
+        ]
         return sum(hits) / len(hits) if hits else None
 
     out: dict[str, Any] = {
-        "k": st.shortlist.k,
+        "k": companion.k,
         "prior": st.prior_choice,
-        "prior_classes": len(st.shortlist.prior.classes) if st.shortlist.prior is not None else 0,
-        "kind": "examples" if st.shortlist.examples else "labels",
-        "index_rows": len(st.shortlist.labels),
-        "embedder": st.shortlist.embedder,
+        "prior_classes": len(companion.prior.classes) if companion.prior is not None else 0,
+        "kind": "examples" if companion.examples else "labels",
+        "index_rows": len(companion.labels),
+        "embedder": companion.embedder,
     }
     for split, rows in (("train", st.splits.train), ("validation", st.splits.validation)):
-        if not st.shortlist.k:
+        if not companion.k:
             continue
-        if st.shortlist.examples:
-            out[f"{split}_same_fields"] = same_fields(rows)
+        if companion.examples:
+            out[f"{split}_same_fields"] = same_fields(rows, st.hints[split])
         else:
-            out[f"{split}_recall"] = recall(rows)
+            out[f"{split}_recall"] = recall(rows, st.hints[split])
     return out
 
 
 def _cut_example(st: TrainSetup, parts: Parts, i: int) -> str:
-    from slmloop.tasks import input_text
+    from slmloop.predict.tasks import input_text
 
     n = len(parts.train_ex)
     if i < n:
@@ -826,19 +846,23 @@ def _forecast_eval(st: TrainSetup, parts: Parts, forecast: Forecast) -> None:
     """
     import random
 
-    from slmloop.inline import span_values
     from slmloop.models.inference import ROUND_WIDTH, common_prefix, continuation_logprobs
     from slmloop.models.loading import render_prompt
-    from slmloop.tasks import answer_target, answers_inline, prompt_messages
+    from slmloop.predict.inline import span_values
+    from slmloop.predict.tasks import answer_target, answers_inline, prompt_messages
 
     m = st.project.manifest
     gold = st.splits.gold
     if not gold or st.task.type == "chat":
         return
-    mode = m.eval.mode if m.eval.mode != "auto" else ("rank" if st.task.type == "classification" else "generate")
+    mode = resolve_mode(st.task, m.eval.mode)
     b = m.eval.batch_size
     sample = gold[: max(b, 8)]
-    prompts = [render_prompt(parts.tokenizer, prompt_messages(st.task, r, st.prompt)) for r in sample]
+    shown = st.hints.get("gold", [None] * len(gold))[: len(sample)]
+    prompts = [
+        render_prompt(parts.tokenizer, prompt_messages(st.task, r, st.prompt, h))
+        for r, h in zip(sample, shown, strict=True)
+    ]
     labels = st.task.label_list or []
     width = min(ROUND_WIDTH, len(labels) or 1) if mode == "rank" else 1
     # evaluation runs the merged model, which costs what the base costs as eval loads it (its dtype,
@@ -938,19 +962,19 @@ def _evaluate(st: TrainSetup, parts: Parts, metric: str) -> dict[str, float]:
     if val is not None:
         out["val_loss"] = val
     if metric != "val_loss" and parts.val_rows:
-        from slmloop.evaluate.answers import answer_rows
-        from slmloop.evaluate.metrics import score_answers
+        from slmloop.evaluate.scoring import score_answers
+        from slmloop.predict.answers import answer_rows
+        from slmloop.predict.engines import LocalEngine
 
         m = st.project.manifest
         parts.model.eval()
-        mode = m.eval.mode if m.eval.mode != "auto" else ("rank" if st.task.type == "classification" else "generate")
         answers = answer_rows(
             st.task,
             st.prompt,
-            mode,
-            parts.model,
-            parts.tokenizer,
+            resolve_mode(st.task, m.eval.mode),
+            LocalEngine(parts.model, parts.tokenizer),
             parts.val_rows,
+            st.hints["validation"][: len(parts.val_rows)] if "validation" in st.hints else None,
             batch_size=m.eval.batch_size,
             max_new_tokens=m.eval.max_new_tokens,
             margin=m.eval.rank_margin,
@@ -1125,7 +1149,7 @@ def _track_best(st: TrainSetup, parts: Parts, state: LoopState, value: float | N
     es = st.config.early_stopping
     if value is None:
         return
-    from slmloop.evaluate.metrics import METRICS
+    from slmloop.metrics import METRICS
 
     metric = es.metric if es else "val_loss"
     lower = metric in LOWER_IS_BETTER or (metric in METRICS and not METRICS[metric].higher_is_better)
@@ -1243,8 +1267,8 @@ def save(st: TrainSetup, parts: Parts, run: Run, state: LoopState, forecast: For
     with atomic_dir(run_dir / "adapter") as tmp:
         parts.model.save_pretrained(tmp)
         parts.tokenizer.save_pretrained(tmp)
-        if st.shortlist is not None and st.shortlist.in_use:
-            st.shortlist.save(tmp)
+        if st.companion is not None and st.companion.in_use:
+            st.companion.save(tmp)
     atomic_write_json(run_dir / "run.json", meta)
     plot_loss_curve(steps, run_dir / "loss_curve.png", title=f"{run.name} · {st.model_ref.spec}")
     return _finish(project, run, "completed", metrics)

@@ -16,8 +16,9 @@ from typing import Any
 
 from slmloop.data.versions import current_gold
 from slmloop.errors import NotFoundError
-from slmloop.evaluate.metrics import HEADLINE, field_diff, parse_json_object, reference_object
 from slmloop.evaluate.results import evaluation_task, latest_evaluations, newest_evaluation
+from slmloop.metrics import HEADLINE
+from slmloop.predict.parsing import field_diff, parse_json_object, reference_object
 from slmloop.project import Project
 from slmloop.release.registry import alias_history, aliases, promotion_problems
 from slmloop.status import StageState, loop_status

@@ -1,6 +1,6 @@
 """The span prior: a CRF tagger's reading of a request, weighed against a fine-tuned extractor's answer.
 
-The extraction analogue of the label prior (:class:`slmloop.shortlist.LabelPrior`). A fine-tuned
+The extraction analogue of the label prior (:class:`slmloop.predict.companion.LabelPrior`). A fine-tuned
 extractor and a CRF tagger (the ``crf`` baseline's, fit on the same training split) make different
 mistakes: on HWU64 slots, 94 % of the values both give are right, and one or the other gives 82 %
 of the gold values. After the model answers, every value either of them gives is weighed by a
@@ -20,10 +20,11 @@ cross-validation over those rows (repeated :data:`CV_REPEATS` times), and it is 
 estimate beats the model alone;
 otherwise the tagger is not shipped.
 
-Whoever asks the model annotates the row with the tagger's reading (:data:`SPANS_KEY`, see
-:meth:`SpanPrior.annotate`); the answering code (:func:`slmloop.evaluate.answers.answer_rows`)
-fuses it with the generated answer. Evaluation, serving and the export parity check do the same,
-and every answer keeps the model's own (``scores["model_answer"]``).
+Whoever asks the model gives each row the tagger's reading (``Hints.spans``, see
+:meth:`slmloop.predict.companion.Companion.hints`); the answering code
+(:func:`slmloop.predict.answers.answer_rows`) fuses it with the generated answer. Evaluation,
+serving and the export parity check all answer through it, and every answer keeps the model's
+own (``scores["model_answer"]``).
 """
 
 from __future__ import annotations
@@ -31,16 +32,17 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from slmloop.baselines.crf import SPAN_SHARE, SpanTagger, decode_spans, find_span, span_fields
-from slmloop.evaluate.metrics import norm_value, parse_json_object, value_pairs
 from slmloop.manifest import TaskConfig
-from slmloop.tasks import SPANS_KEY, answer_json, answers_inline, input_text
+from slmloop.predict.inline import find_span
+from slmloop.predict.parsing import norm_value, parse_json_object, value_pairs
+from slmloop.predict.tagger import SPAN_SHARE, SpanTagger, decode_spans, span_fields
+from slmloop.predict.tasks import Hints, answer_json, answers_inline, input_text
 
 __all__ = ["FEATURES", "THRESHOLDS", "MarkScorer", "SpanJudge", "SpanPrior", "fuse_spans", "mark_rows", "mark_scores"]
 
@@ -155,13 +157,6 @@ class SpanPrior:
             }
             for toks, tags, marginals in self.tagger.read(texts, MIN_MARGINAL)
         ]
-
-    def annotate(self, task: TaskConfig, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """``rows`` (copied where needed) carrying their reading, when the judge is in use."""
-        if not self.judge.active or not rows:
-            return rows
-        readings = self.readings([input_text(task, r) for r in rows])
-        return [{**r, SPANS_KEY: reading} for r, reading in zip(rows, readings, strict=True)]
 
     def choose_judge(
         self,
@@ -372,7 +367,7 @@ def mark_scores(
     alternative_p: float | None = None,
 ) -> list[dict[str, Any]]:
     """``readings`` with the model's log-probability of marking each value the model or the tagger gives
-    where it occurs (``reading["marks"]``), for an extractor that answers inline (:mod:`slmloop.inline`).
+    where it occurs (``reading["marks"]``), for an extractor that answers inline (:mod:`slmloop.predict.inline`).
 
     A value at characters ``[a, b)`` of the request is scored as the continuation ``" [field: value]"``
     of the request's text up to ``a`` (its trailing space moved into the continuation, so the tokens are
@@ -404,28 +399,28 @@ def mark_scores(
 
 
 def mark_rows(
-    task: TaskConfig, rows: list[dict[str, Any]], said: list[str], score: MarkScorer | None
-) -> list[dict[str, Any]]:
-    """``rows`` whose span reading's judge weighs marks, with the model's marks scored (:func:`mark_scores`)
+    task: TaskConfig, rows: list[dict[str, Any]], hints: list[Hints], said: list[str], score: MarkScorer | None
+) -> list[Hints]:
+    """``hints`` whose span reading's judge weighs marks, with the model's marks scored (:func:`mark_scores`)
     for what it ``said`` (its own text per row); the others as they are. ``score`` None: the engine cannot
     score marks, and the judge reads them as unknown."""
     todo = [
         i
-        for i, r in enumerate(rows)
-        if answers_inline(task) and r.get(SPANS_KEY) and SpanJudge.from_list(r[SPANS_KEY]["judge"]).reads_marks
+        for i, h in enumerate(hints)
+        if answers_inline(task) and h.spans and SpanJudge.from_list(h.spans["judge"]).reads_marks
     ]
     if not todo or score is None:
-        return rows
+        return hints
 
     def scored(index: list[int], prefixes: list[str], marks: list[str]) -> list[float]:
         return score([todo[i] for i in index], prefixes, marks)
 
     texts = [input_text(task, rows[i]) for i in todo]
     answers = [parse_json_object(answer_json(task, rows[i], said[i])) for i in todo]
-    readings = mark_scores(texts, answers, [rows[i][SPANS_KEY] for i in todo], scored)
-    out = list(rows)
+    readings = mark_scores(texts, answers, [hints[i].spans or {} for i in todo], scored)
+    out = list(hints)
     for i, reading in zip(todo, readings, strict=True):
-        out[i] = {**rows[i], SPANS_KEY: reading}
+        out[i] = replace(hints[i], spans=reading)
     return out
 
 

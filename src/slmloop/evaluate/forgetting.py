@@ -1,7 +1,7 @@
 """The forgetting guard: did task tuning cost the model its general abilities?
 
 A small general-capability pack (by default 250 GSM8K questions with whole-number answers, shipped
-in ``slmloop/graduate/packs``) is put to the base model and to the fine-tuned one, without the
+in ``slmloop/evaluate/packs``) is put to the base model and to the fine-tuned one, without the
 task's prompt, and scored two ways that work even for models too small to solve the questions:
 
 * ``choice_accuracy``: the number the model finds most likely among four (the answer and three
@@ -40,7 +40,7 @@ QUESTION_SUFFIX = "\nAnswer with the number only."
 def load_pack(name: str, rows: int | None = None, root: Path | None = None) -> list[dict[str, Any]]:
     """A built-in pack by name, or a JSONL file with question, answer, solution and choices per row."""
     if name in PACKS:
-        text = resources.files("slmloop.graduate").joinpath("packs", PACKS[name]).read_text(encoding="utf-8")
+        text = resources.files("slmloop.evaluate").joinpath("packs", PACKS[name]).read_text(encoding="utf-8")
         where = f"built-in pack {name}"
     else:
         path = Path(name) if root is None or Path(name).is_absolute() else root / name
@@ -61,7 +61,7 @@ def load_pack(name: str, rows: int | None = None, root: Path | None = None) -> l
         if missing or str(row.get("answer")) not in [str(c) for c in row.get("choices", [])]:
             raise ConfigError(
                 f"{where} line {n} needs question, answer, solution and choices (with the answer among them)",
-                hint="See slmloop/graduate/packs/README.md for the format.",
+                hint="See slmloop/evaluate/packs/README.md for the format.",
             )
         out.append(row)
     return out[:rows] if rows else out
@@ -90,7 +90,7 @@ def _base_scores(
     project: Project, cfg: ForgettingConfig, pack: list[dict[str, Any]], dtype: Any, console: Console
 ) -> dict[str, np.ndarray]:
     from slmloop.models.catalog import resolve_model
-    from slmloop.targets import ModelTarget, load_target
+    from slmloop.predict.targets import ModelTarget, load_target
 
     base = resolve_model(project.manifest.model.base)
     digest = hashlib.sha256(json.dumps(pack, sort_keys=True).encode()).hexdigest()[:12]

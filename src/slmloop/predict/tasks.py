@@ -22,34 +22,33 @@ Prompt styles (the style is part of the model: a run records it, a release ships
   from the answers, so a row costs the same with 2 or 150 labels.
 
 An extractor writes its answer as the JSON object, or *inline* (``task.answer``, see
-:mod:`slmloop.inline`): :func:`answer_target` is what the model is taught to write,
+:mod:`slmloop.predict.inline`): :func:`answer_target` is what the model is taught to write,
 :func:`target_text` the reference answer every stage compares with, and :func:`answer_json`
 turns what the model wrote into the JSON text evaluation and serving report.
 
-A classifier trained with a shortlist (``train.shortlist``, see :mod:`slmloop.shortlist`)
-also reads, after the request, the labels of its most similar training requests: the
-row carries them under :data:`SHORTLIST_KEY`, put there by whoever asks the model. An
-extractor reads its most similar training requests with their answers instead, carried
-under :data:`EXAMPLES_KEY` as ``[input, answer]`` pairs.
+What the companion index (:mod:`slmloop.predict.companion`) adds to a row travels beside it
+as :class:`Hints`: a classifier trained with a shortlist (``train.shortlist``) also reads,
+after the request, the labels of its most similar training requests (``hints.shortlist``);
+an extractor reads its most similar training requests with their answers instead
+(``hints.examples``). The label prior and the span reading are not shown in the prompt: the
+answering code (:mod:`slmloop.predict.answers`) weighs the model's answer with them.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from slmloop.errors import ConfigError
-from slmloop.inline import inline_fits, mark, unmark
 from slmloop.manifest import TaskConfig
+from slmloop.predict.inline import inline_fits, mark, unmark
 
 __all__ = [
-    "EXAMPLES_KEY",
-    "PRIOR_KEY",
     "PROMPT_STYLES",
-    "SHORTLIST_KEY",
-    "SPANS_KEY",
     "TASK_FIELDS",
+    "Hints",
     "answer_json",
     "answer_target",
     "answers_inline",
@@ -65,17 +64,25 @@ __all__ = [
 
 PROMPT_STYLES = ("full", "compact")
 
-#: the row key holding a classification row's shortlist (labels of its nearest training rows)
-SHORTLIST_KEY = "_shortlist"
-#: the row key holding an extraction row's examples: ``[input, answer]`` of its nearest training rows
-EXAMPLES_KEY = "_examples"
-#: the row key holding a classification row's label prior: ``{label: weight x log P(label)}`` (not shown
-#: in the prompt: label ranking adds it to the model's scores, see :mod:`slmloop.shortlist`)
-PRIOR_KEY = "_prior"
-#: the row key holding an extraction row's span reading: a CRF tagger's tags and marginals on the input's
-#: tokens, with the judge that weighs them against the model's answer (not shown in the prompt either, see
-#: :mod:`slmloop.spans`)
-SPANS_KEY = "_spans"
+
+@dataclass(frozen=True)
+class Hints:
+    """What the companion index adds to one row when a model is asked it.
+
+    ``shortlist`` and ``examples`` are shown in the prompt after the request; ``prior`` and
+    ``spans`` are not: the answering code weighs the model's answer with them.
+    """
+
+    #: a classifier's shortlist: the labels of the row's nearest training rows, most likely first
+    shortlist: tuple[str, ...] = ()
+    #: an extractor's examples: ``(input, answer)`` of the row's nearest training rows
+    examples: tuple[tuple[str, str], ...] = ()
+    #: a classifier's label prior: ``{label: weight x log P(label)}``, added to the model's label scores
+    prior: dict[str, float] = field(default_factory=dict)
+    #: an extractor's span reading: a CRF tagger's tags and marginals on the input's tokens, with the judge
+    #: that weighs them against the model's answer (see :mod:`slmloop.predict.spans`)
+    spans: dict[str, Any] | None = None
+
 
 #: the fields a source must provide, per task
 TASK_FIELDS: dict[str, tuple[str, ...]] = {
@@ -107,16 +114,18 @@ def system_message(task: TaskConfig, style: str = "full") -> str:
     return text
 
 
-def prompt_messages(task: TaskConfig, row: dict[str, Any], style: str = "full") -> list[dict[str, str]]:
-    """The conversation up to (not including) the answer."""
+def prompt_messages(
+    task: TaskConfig, row: dict[str, Any], style: str = "full", hints: Hints | None = None
+) -> list[dict[str, str]]:
+    """The conversation up to (not including) the answer; ``hints`` shows a shortlist or examples."""
     if task.type == "chat":
         return [dict(m) for m in row["messages"][:-1]]
     system = system_message(task, style)
     messages = [{"role": "system", "content": system}] if system else []
     content = input_text(task, row)
-    if row.get(SHORTLIST_KEY):
-        content += "\n(similar requests: " + ", ".join(row[SHORTLIST_KEY]) + ")"
-    for text, answer in row.get(EXAMPLES_KEY) or []:
+    if hints is not None and hints.shortlist:
+        content += "\n(similar requests: " + ", ".join(hints.shortlist) + ")"
+    for text, answer in hints.examples if hints is not None else ():
         content += f"\n(similar request: {text} -> {answer})"
     messages.append({"role": "user", "content": content})
     return messages
@@ -180,7 +189,7 @@ def resolve_answer(task: TaskConfig, rows: list[dict[str, Any]], style: str) -> 
     """``task`` with ``answer: auto`` decided for a model trained on ``rows`` in prompt ``style``, and why.
 
     auto: inline for an extractor asked in the compact style whose training values are mostly spans of
-    their request and all strings (:func:`slmloop.inline.inline_fits`); else json. An explicit ``inline``
+    their request and all strings (:func:`slmloop.predict.inline.inline_fits`); else json. An explicit ``inline``
     is checked for what inline cannot hold (a value that is not a string, a bracket or colon in a field
     name or value).
     """

@@ -20,8 +20,8 @@ from slmloop.errors import ModelError, NotFoundError
 from slmloop.manifest import TaskConfig
 from slmloop.models.catalog import ResolvedModel, resolve_model
 from slmloop.models.loading import load_causal_lm, load_tokenizer
+from slmloop.predict.companion import Companion, load_companion
 from slmloop.project import Project
-from slmloop.shortlist import Shortlist, load_shortlist
 from slmloop.store import Release, Run
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ class ModelTarget:
     merged: Path | None = None
     run: Run | None = None
     release: Release | None = None
-    #: the prompt style the model answers in (see slmloop.tasks)
+    #: the prompt style the model answers in (see slmloop.predict.tasks)
     prompt: str = "full"
     #: the task the model was trained for (labels, fields); None: the project's current task
     task: TaskConfig | None = None
@@ -55,9 +55,9 @@ class ModelTarget:
         task = project.task
         return task if task.answer == "json" else task.model_copy(update={"answer": "json"})
 
-    def shortlist(self) -> Shortlist | None:
-        """The shortlist index the model was trained to read (train.shortlist), or None."""
-        return load_shortlist(self.adapter)
+    def companion(self) -> Companion | None:
+        """The companion index saved with the model (its shortlist, label prior, span prior), or None."""
+        return load_companion(self.adapter)
 
 
 def trained_task(run: Run) -> TaskConfig | None:

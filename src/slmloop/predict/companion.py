@@ -31,9 +31,9 @@ same embeddings, fit on the training split beside the adapter. Label ranking sco
 log P_model(label) + w * log P_prior(label), a product of experts: the fine-tuned model and the
 embeddings make different mistakes. w is chosen on the validation split after training, among
 :data:`PRIOR_WEIGHTS` (0: the prior is not used, and not shipped). The prior is not part of the
-prompt: whoever ranks the labels adds it (:func:`slmloop.evaluate.answers.answer_rows`).
+prompt: whoever ranks the labels adds it (:func:`slmloop.predict.answers.answer_rows`).
 
-An extractor's index may carry a **span prior** instead (``train.span_prior``, :mod:`slmloop.spans`):
+An extractor's index may carry a **span prior** instead (``train.span_prior``, :mod:`slmloop.predict.spans`):
 a CRF tagger whose reading of the request is weighed against the model's answer. It indexes no
 rows, so an index that holds only a span prior has none.
 """
@@ -47,12 +47,12 @@ from typing import Any
 
 import numpy as np
 
-from slmloop.baselines.crf import SpanTagger
 from slmloop.errors import ModelError
 from slmloop.manifest import TaskConfig
 from slmloop.models.embedder import embed
-from slmloop.spans import SpanJudge, SpanPrior
-from slmloop.tasks import EXAMPLES_KEY, PRIOR_KEY, SHORTLIST_KEY, answer_target, input_text
+from slmloop.predict.spans import SpanJudge, SpanPrior
+from slmloop.predict.tagger import SpanTagger
+from slmloop.predict.tasks import Hints, answer_target, input_text
 
 __all__ = [
     "AUTO_EXAMPLES",
@@ -61,9 +61,9 @@ __all__ = [
     "PRIOR_WEIGHTS",
     "SHORTLIST_FILE",
     "SHORTLIST_TASKS",
+    "Companion",
     "LabelPrior",
-    "Shortlist",
-    "load_shortlist",
+    "load_companion",
     "shortlist_size",
 ]
 
@@ -85,6 +85,8 @@ AUTO_SIZE, AUTO_MIN_LABELS = 5, 10
 AUTO_EXAMPLES = 0
 #: task types that read a shortlist: labels (classification) or examples (extraction)
 SHORTLIST_TASKS = ("classification", "extraction")
+#: the label prior's inverse regularisation strength (the text baselines' logistic regression)
+PRIOR_C = 20.0
 #: the label prior's weights tried on the validation split (the first best wins: the smallest)
 PRIOR_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
@@ -117,9 +119,9 @@ class LabelPrior:
 
     @classmethod
     def fit(cls, vectors: np.ndarray, labels: list[str]) -> LabelPrior:
-        from slmloop.baselines.text import logistic_regression
+        from sklearn.linear_model import LogisticRegression
 
-        clf = logistic_regression()
+        clf = LogisticRegression(C=PRIOR_C, max_iter=2000)  # the text baselines' classifier
         clf.fit(vectors, labels)
         return cls([str(c) for c in clf.classes_], clf.coef_.astype(np.float32), clf.intercept_.astype(np.float32))
 
@@ -144,7 +146,7 @@ class LabelPrior:
         ``model_probs``: the model's own label probabilities on those rows (no prior). Sets
         :attr:`weight` and returns the accuracy of every weight tried.
         """
-        from slmloop.evaluate.answers import fuse_prior
+        from slmloop.predict.answers import fuse_prior
 
         priors = self.row_priors(vectors, 1.0)
         tried = {}
@@ -159,7 +161,7 @@ class LabelPrior:
 
 
 @dataclass
-class Shortlist:
+class Companion:
     k: int  # labels (classification) or examples (extraction) per shortlist
     labels: list[str]  # the label of every indexed training row (extraction: its answer)
     vectors: np.ndarray  # (rows, dim) unit-normalised float32 embeddings of their inputs
@@ -170,7 +172,7 @@ class Shortlist:
     spans: SpanPrior | None = None  # extraction: the span prior (a CRF tagger fit on the training split)
 
     @classmethod
-    def empty(cls) -> Shortlist:
+    def empty(cls) -> Companion:
         """An index of no rows (it carries only a prior)."""
         return cls(0, [], np.zeros((0, 1), dtype=np.float32))
 
@@ -190,7 +192,7 @@ class Shortlist:
         return self.spans if self.spans is not None and self.spans.judge.active else None
 
     @classmethod
-    def build(cls, task: TaskConfig, rows: list[dict[str, Any]], k: int, cache_dir: Path | None = None) -> Shortlist:
+    def build(cls, task: TaskConfig, rows: list[dict[str, Any]], k: int, cache_dir: Path | None = None) -> Companion:
         """The index of ``rows`` (a training split)."""
         texts = [input_text(task, r) for r in rows]
         vectors = embed(texts, cache_dir=cache_dir) if texts else np.zeros((0, 1), dtype=np.float32)
@@ -240,33 +242,35 @@ class Shortlist:
         # most votes first; a tie goes to the label of the nearer row (dicts keep first-seen order)
         return sorted(score, key=lambda lab: -score[lab])[: self.k]
 
-    def annotate(
+    def hints(
         self,
         task: TaskConfig,
         rows: list[dict[str, Any]],
         *,
         leave_out_self: bool = False,
         cache_dir: Path | None = None,
-    ) -> list[dict[str, Any]]:
-        """Copies of ``rows`` carrying their shortlist (the prompt shows it after the request) and, when the
-        index has a prior in use, what the answering code weighs the model's answer with: a classifier's
-        label prior (label ranking adds it), an extractor's span reading."""
+    ) -> list[Hints]:
+        """What each of ``rows`` is asked with: its shortlist or examples (the prompt shows them after the
+        request) and, when the index has a prior in use, what the answering code weighs the model's answer
+        with: a classifier's label prior (label ranking adds it), an extractor's span reading."""
         texts = [input_text(task, r) for r in rows]
         prior = self.active_prior
-        out = [dict(r) for r in rows]
+        found: list[Any] = [() for _ in rows]
+        priors: list[dict[str, float]] = [{} for _ in rows]
         if rows and (self.k or prior is not None):
             query = embed(texts, self.embedder, cache_dir)
-            found = self._candidates(texts, query, leave_out_self)
-            key = EXAMPLES_KEY if self.examples else SHORTLIST_KEY
             if self.k:
-                for r, c in zip(out, found, strict=True):
-                    r[key] = c
+                found = self._candidates(texts, query, leave_out_self)
             if prior is not None:
-                for r, p in zip(out, prior.row_priors(query), strict=True):
-                    r[PRIOR_KEY] = p
-        if rows and (spans := self.active_spans) is not None:
-            out = spans.annotate(task, out)
-        return out
+                priors = prior.row_priors(query)
+        spans = self.active_spans
+        readings = spans.readings(texts) if rows and spans is not None else [None] * len(rows)
+        if self.examples:
+            return [
+                Hints(examples=tuple((a, b) for a, b in c), prior=p, spans=s)
+                for c, p, s in zip(found, priors, readings, strict=True)
+            ]
+        return [Hints(shortlist=tuple(c), prior=p, spans=s) for c, p, s in zip(found, priors, readings, strict=True)]
 
     def save(self, folder: Path) -> Path:
         """Write ``folder/shortlist.npz`` atomically.
@@ -304,7 +308,7 @@ def _nearest(sims: np.ndarray, n: int) -> np.ndarray:
     return near[np.argsort(-sims[near], kind="stable")]
 
 
-def load_shortlist(folder: Path | None) -> Shortlist | None:
+def load_companion(folder: Path | None) -> Companion | None:
     """The shortlist saved in ``folder`` (an adapter folder), or None when the model reads none."""
     if folder is None or not (folder / SHORTLIST_FILE).exists():
         return None
@@ -324,7 +328,7 @@ def load_shortlist(folder: Path | None) -> Shortlist | None:
                     judge = replace(judge, alternative_p=float(z["spans_alternative_p"]))
                 spans = SpanPrior(SpanTagger.from_arrays(z, "spans_"), judge)
             vectors, embedder = z["vectors"], str(z["embedder"])
-            return Shortlist(int(z["k"]), labels, vectors, embedder, texts, texts is not None, prior, spans)
+            return Companion(int(z["k"]), labels, vectors, embedder, texts, texts is not None, prior, spans)
     except (OSError, KeyError, ValueError) as exc:
         raise ModelError(
             f"the shortlist index {path} cannot be read ({exc})",

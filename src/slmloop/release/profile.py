@@ -16,17 +16,24 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from slmloop.monitor.signals import words
 from slmloop.project import Project
 from slmloop.store import Release, atomic_write_bytes, atomic_write_json
 
-__all__ = ["ReferenceProfile", "build_profile", "load_profile", "write_profile"]
+__all__ = ["ReferenceProfile", "build_profile", "load_profile", "words", "write_profile"]
+
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+
+def words(text: str) -> list[str]:
+    """The lower-cased words of ``text`` (the vocabulary drift and out-of-vocabulary signals count)."""
+    return _WORD.findall(text.lower())
 
 
 @dataclass
@@ -73,7 +80,7 @@ def build_profile(project: Project, version: int, dataset_id: str, run_id: int) 
     """The profile of release ``version`` (trained by run ``run_id`` on ``dataset_id``)."""
     from slmloop.data.versions import load_dataset
     from slmloop.models.embedder import embed
-    from slmloop.tasks import input_text
+    from slmloop.predict.tasks import input_text
 
     cfg = project.manifest.monitor
     task = project.task

@@ -28,30 +28,14 @@ similarity: exact match says little where several wordings are right.
 
 from __future__ import annotations
 
-import json
 import math
-import re
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "HEADLINE",
-    "METRICS",
-    "Metric",
-    "RowScores",
-    "field_diff",
-    "metric_names",
-    "norm_value",
-    "parse_json_object",
-    "reference_object",
-    "score_answers",
-    "summarize",
-    "value_pairs",
-]
+__all__ = ["HEADLINE", "METRICS", "Metric", "RowScores", "metric_names", "summarize"]
 
 Arrays = dict[str, np.ndarray]
 
@@ -256,157 +240,6 @@ class RowScores:
 
     def with_judge(self, scores: Sequence[float]) -> RowScores:
         return RowScores(self.task, self.n, {**self.arrays, "judge": np.asarray(scores, float)}, self.labels)
-
-
-def parse_json_object(text: str) -> dict[str, Any] | None:
-    """The first JSON object in ``text`` (models sometimes wrap it in prose or fences)."""
-    text = text.strip()
-    try:
-        obj = json.loads(text)
-        return obj if isinstance(obj, dict) else None
-    except json.JSONDecodeError:
-        pass
-    start = text.find("{")
-    while start != -1:
-        try:
-            obj, _ = json.JSONDecoder().raw_decode(text[start:])
-            if isinstance(obj, dict):
-                return obj
-        except json.JSONDecodeError:
-            pass
-        start = text.find("{", start + 1)
-    return None
-
-
-def norm_value(v: Any) -> str:
-    """A value as extraction metrics compare it: a string with its whitespace collapsed, else its JSON."""
-    if isinstance(v, str):
-        return " ".join(v.split())
-    return json.dumps(v, sort_keys=True, ensure_ascii=False)
-
-
-def value_pairs(obj: dict[str, Any] | None) -> Counter[tuple[str, str]]:
-    """The multiset of ``(field, normalised value)`` pairs of an extraction answer."""
-    out: Counter[tuple[str, str]] = Counter()
-    for k, v in (obj or {}).items():
-        for item in v if isinstance(v, list) else [v]:
-            if item is not None and item != "":
-                out[(k, norm_value(item))] += 1
-    return out
-
-
-def reference_object(stored: str) -> dict[str, Any]:
-    """The JSON object a stored prediction's ``reference`` holds (``{}`` when it holds none)."""
-    try:
-        obj = json.loads(stored)
-    except json.JSONDecodeError:
-        return {}
-    return obj if isinstance(obj, dict) else {}
-
-
-def field_diff(reference: dict[str, Any], answer: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Field-by-field difference: ``missing`` (expected, not given), ``wrong`` (both, different), ``extra``."""
-    ref, got = value_pairs(reference), value_pairs(answer)
-    out = []
-    for f in dict.fromkeys([k for k, _ in ref] + [k for k, _ in got]):
-        want = sorted(v for (k, v), n in ref.items() if k == f for _ in range(n))
-        have = sorted(v for (k, v), n in got.items() if k == f for _ in range(n))
-        if want == have:
-            continue
-        kind = "missing" if not have else ("extra" if not want else "wrong")
-        out.append({"field": f, "kind": kind, "expected": want, "got": have})
-    return out
-
-
-def _schema_ok(obj: dict[str, Any] | None, fields: list[str], required: list[str], validator: Any) -> bool:
-    if obj is None:
-        return False
-    keys = {k for k, v in obj.items() if v is not None}
-    if fields and not keys <= set(fields):
-        return False
-    if not set(required) <= keys:
-        return False
-    return validator is None or bool(validator.is_valid(obj))
-
-
-def _validator(json_schema: dict[str, Any] | None) -> Any:
-    if not json_schema:
-        return None
-    import jsonschema
-
-    return jsonschema.Draft202012Validator(json_schema)
-
-
-def score_answers(
-    task: Any,
-    rows: Sequence[dict[str, Any]],
-    predictions: Sequence[str],
-    raws: Sequence[str] | None = None,
-    *,
-    regex: str | None = None,
-    json_schema: dict[str, Any] | None = None,
-) -> RowScores:
-    """Per-row scores of ``predictions`` (the task-shaped answers) against gold ``rows``.
-
-    ``raws`` are the models' full answers (extraction parses its JSON from them).
-    """
-    from slmloop.tasks import references
-
-    n = len(rows)
-    raws = list(raws) if raws is not None else list(predictions)
-    if task.type == "classification":
-        labels = list(task.labels or [])
-        index = {lab: i for i, lab in enumerate(labels)}
-        true = np.array([index[r["label"]] for r in rows], dtype=np.int64)
-        pred = np.array([index.get(p, len(labels)) for p in predictions], dtype=np.int64)  # K = invalid
-        arrays = {"true": true, "pred": pred, "correct": true == pred, "invalid": pred == len(labels)}
-        arrays["k"] = np.array([len(labels)])
-        return RowScores("classification", n, arrays, labels)
-    if task.type == "extraction":
-        fields = list(task.fields or [])
-        required = list(getattr(task, "required", None) or [])
-        col = {f: i for i, f in enumerate(fields)}
-        other = len(fields)  # keys outside the schema
-        tp, fp, fn = (np.zeros((n, other + 1)) for _ in range(3))
-        valid, exact, schema = (np.zeros(n, bool) for _ in range(3))
-        validator = _validator(json_schema)
-        for i, (row, raw) in enumerate(zip(rows, raws, strict=True)):
-            obj = parse_json_object(raw)
-            valid[i] = obj is not None
-            schema[i] = _schema_ok(obj, fields, required, validator)
-            ref, got = value_pairs(row["output"]), value_pairs(obj)
-            exact[i] = obj is not None and ref == got  # "nothing to extract" still needs an answer: {}
-            for k, v in ref | got:
-                j = col.get(k, other)
-                hit = min(ref[(k, v)], got[(k, v)])
-                tp[i, j] += hit
-                fp[i, j] += got[(k, v)] - hit
-                fn[i, j] += ref[(k, v)] - hit
-        arrays = {"tp": tp, "fp": fp, "fn": fn, "valid": valid, "exact": exact, "schema_pass": schema}
-        return RowScores("extraction", n, arrays, fields)
-    from rouge_score import rouge_scorer
-    from sacrebleu.metrics import BLEU, CHRF
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    chrf, bleu = CHRF(), BLEU()
-    pairs = list(zip([references(task, r) for r in rows], predictions, strict=True))
-    stats = []
-    for refs, p in pairs:  # summed over rows, these are sacrebleu's corpus statistics
-        b = bleu.corpus_score([p], [[r] for r in refs])
-        stats.append([b.sys_len, b.ref_len, *b.counts, *b.totals])
-    arrays = {
-        "exact": np.array([any(r.strip() == p.strip() for r in refs) for refs, p in pairs], bool),
-        "rouge_l": np.array([scorer.score_multi(refs, p)["rougeL"].fmeasure for refs, p in pairs], float),
-        "chrf": np.array([chrf.sentence_score(p, refs).score / 100 for refs, p in pairs], float),
-        "bleu_stats": np.array(stats, float).reshape(n, 10),
-    }
-    if regex:
-        pattern = re.compile(regex)
-        arrays["regex_pass"] = np.array([bool(pattern.fullmatch(p.strip())) for p in predictions], bool)
-    if json_schema:
-        validator = _validator(json_schema)
-        arrays["schema_pass"] = np.array([_schema_ok(parse_json_object(p), [], [], validator) for p in predictions])
-    return RowScores(task.type, n, arrays)
 
 
 # ---------------------------------------------------------------------------------------------

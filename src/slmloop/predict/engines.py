@@ -1,0 +1,234 @@
+"""The engines that turn prompts into answers, for :func:`slmloop.predict.answers.answer_rows`.
+
+- :class:`LocalEngine`: a transformers model in this process (a base model, a run's adapter, a
+  merged release); it ranks labels and generates.
+- :class:`LlamaCppEngine`: a GGUF file answered by llama.cpp; it generates.
+- :class:`UpstreamEngine`: another OpenAI-compatible server (vLLM on a GPU host); it generates.
+
+Every engine renders prompts with the model's own tokenizer and chat template, so each sees
+exactly the prompt the others see.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from slmloop.models.inference import continuation_logprobs, generate, rank_labels, token_texts
+from slmloop.models.loading import render_prompt
+
+if TYPE_CHECKING:
+    from slmloop.predict.spans import MarkScorer
+
+__all__ = ["LlamaCppEngine", "LocalEngine", "UpstreamEngine"]
+
+Progress = Callable[[int], None]
+#: one generated answer: (text, new tokens, finish reason: "stop" or "length")
+Completion = tuple[str, int, str]
+
+
+@dataclass
+class LocalEngine:
+    """A transformers model in this process (a base model, a run's adapter, a merged release)."""
+
+    model: Any
+    tokenizer: Any
+
+    @property
+    def can_rank(self) -> bool:
+        return True
+
+    def rank(
+        self, prompts: list[str], labels: list[str], *, batch_size: int, margin: float | None, progress: Progress | None
+    ) -> list[list[float | None]]:
+        return rank_labels(
+            self.model, self.tokenizer, prompts, labels, batch_size=batch_size, margin=margin, progress=progress
+        )
+
+    def complete(
+        self,
+        conversations: list[list[dict[str, str]]],
+        max_new_tokens: int,
+        *,
+        batch_size: int,
+        json_object: bool = False,
+        temperature: float = 0.0,
+        on_token: Callable[[int, int], None] | None = None,
+        progress: Progress | None = None,
+    ) -> list[Completion]:
+        prompts = [render_prompt(self.tokenizer, m) for m in conversations]
+        gens = generate(
+            self.model,
+            self.tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            temperature=temperature,
+            progress=progress,
+            on_token=on_token,
+            json_object=json_object,
+        )
+        return [(text, n, "length" if n >= max_new_tokens else "stop") for text, n in gens]
+
+    def mark_scorer(self, prompts: list[str], batch_size: int) -> MarkScorer:
+        def score(rows: list[int], prefixes: list[str], marks: list[str]) -> list[float]:
+            heads = [prompts[i] + prefix for i, prefix in zip(rows, prefixes, strict=True)]
+            return [
+                lp for lp, _ in continuation_logprobs(self.model, self.tokenizer, heads, marks, batch_size=batch_size)
+            ]
+
+        return score
+
+
+class LlamaCppEngine:
+    """A GGUF file answered by llama.cpp (CPU hosts without torch speed-ups, or Ollama-like footprints).
+
+    Prompts are rendered with the release's own tokenizer and chat template, so llama.cpp
+    sees exactly what the transformers engine sees. It generates (a classifier's label is
+    generated and parsed, not ranked).
+    """
+
+    can_rank = False
+
+    def __init__(
+        self, gguf_path: str, tokenizer: Any, threads: int | None = None, stop_ids: set[int] | None = None
+    ) -> None:
+        from slmloop.models.llamacpp import LlamaCpp
+
+        self.tokenizer = tokenizer
+        eos = tokenizer.eos_token_id
+        stops = stop_ids if stop_ids is not None else ({eos} if isinstance(eos, int) else set())
+        self.llama = LlamaCpp(gguf_path, stop_ids=stops, threads=threads)
+
+    def close(self) -> None:
+        self.llama.close()
+
+    def rank(
+        self, prompts: list[str], labels: list[str], *, batch_size: int, margin: float | None, progress: Any
+    ) -> list[list[float | None]]:
+        raise NotImplementedError("llama.cpp generates labels; answer_rows does not ask it to rank")
+
+    def mark_scorer(self, prompts: list[str], batch_size: int) -> MarkScorer | None:
+        def score(rows: list[int], prefixes: list[str], marks: list[str]) -> list[float]:
+            heads = [prompts[i] + prefix for i, prefix in zip(rows, prefixes, strict=True)]
+            return self.llama.continuation_logprobs(heads, marks)
+
+        return score
+
+    def complete(
+        self,
+        conversations: list[list[dict[str, str]]],
+        max_new_tokens: int,
+        *,
+        batch_size: int,
+        json_object: bool = False,
+        temperature: float = 0.0,
+        on_token: Callable[[int, int], None] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[tuple[str, int, str]]:
+        texts = token_texts(self.tokenizer) if json_object else None
+        out = []
+        for i, messages in enumerate(conversations):
+            emit = (lambda t, i=i: on_token(i, t)) if on_token is not None else None
+            prompt = render_prompt(self.tokenizer, messages)
+            text, n = self.llama.complete(prompt, max_new_tokens, temperature, emit, json_texts=texts)
+            out.append((text, n, "length" if n >= max_new_tokens else "stop"))
+            if progress is not None:
+                progress(1)
+        return out
+
+
+class UpstreamEngine:
+    """Answers through another OpenAI-compatible server (vLLM on a GPU host), with slmloop's front in place.
+
+    The upstream does the batching (vLLM batches continuously); this side keeps the
+    API keys, limits, metrics and the request log, sends the same conversations as the
+    other engines (the release's prompt style) and parses answers the same way.
+    Streaming passes the upstream's text deltas on as token ids of the release's tokenizer.
+    """
+
+    can_rank = False
+
+    def __init__(self, base_url: str, upstream_model: str, tokenizer: Any, api_key: str | None = None) -> None:
+        import httpx
+
+        self.tokenizer = tokenizer
+        self.upstream_model = upstream_model
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=600)
+
+    def rank(
+        self, prompts: list[str], labels: list[str], *, batch_size: int, margin: float | None, progress: Any
+    ) -> list[list[float | None]]:
+        raise NotImplementedError("an upstream server generates labels; answer_rows does not ask it to rank")
+
+    def mark_scorer(self, prompts: list[str], batch_size: int) -> MarkScorer | None:
+        return None  # the upstream gives no prompt log-probabilities here: the judge reads marks as unknown
+
+    def _ask(
+        self,
+        messages: list[dict[str, str]],
+        max_tokens: int,
+        temperature: float,
+        emit: Callable[[int], None] | None,
+        json_object: bool = False,
+    ) -> tuple[str, int, str]:
+        body: dict[str, Any] = {
+            "model": self.upstream_model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "stream": emit is not None,
+        }
+        if json_object:
+            body["response_format"] = {"type": "json_object"}
+        if emit is None:
+            r = self.http.post("/chat/completions", json=body)
+            r.raise_for_status()
+            data = r.json()
+            choice = data["choices"][0]
+            n = int((data.get("usage") or {}).get("completion_tokens") or 0)
+            return str(choice["message"]["content"] or "").strip(), n, str(choice.get("finish_reason") or "stop")
+        parts: list[str] = []
+        finish, n = "stop", 0
+        with self.http.stream("POST", "/chat/completions", json=body) as r:
+            r.raise_for_status()
+            for line in r.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                choice = json.loads(line[6:])["choices"][0]
+                delta = (choice.get("delta") or {}).get("content") or ""
+                if delta:
+                    parts.append(delta)
+                    for t in self.tokenizer(delta, add_special_tokens=False)["input_ids"]:
+                        n += 1
+                        emit(t)
+                finish = choice.get("finish_reason") or finish
+        return "".join(parts).strip(), n, finish
+
+    def complete(
+        self,
+        conversations: list[list[dict[str, str]]],
+        max_new_tokens: int,
+        *,
+        batch_size: int,
+        json_object: bool = False,
+        temperature: float = 0.0,
+        on_token: Callable[[int, int], None] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[tuple[str, int, str]]:
+        """All requests in flight at once: the upstream batches them.
+
+        ``json_object`` asks the upstream for ``response_format: {"type": "json_object"}`` (OpenAI's
+        JSON mode, which vLLM and llama.cpp's server implement).
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(i: int) -> tuple[str, int, str]:
+            emit = (lambda t: on_token(i, t)) if on_token is not None else None
+            return self._ask(conversations[i], max_new_tokens, temperature, emit, json_object)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(32, len(conversations)))) as pool:
+            return list(pool.map(one, range(len(conversations))))

@@ -38,8 +38,7 @@ from rich.console import Console
 from slmloop.data.clean import dedupe_key
 from slmloop.data.importer import refuse_active_source
 from slmloop.data.versions import load_dataset, row_field
-from slmloop.errors import NotFoundError
-from slmloop.evaluate.results import evaluation_task, gold_rows, learned_from
+from slmloop.evaluate.results import evaluation_task, find_evaluation, gold_rows, learned_from
 from slmloop.predict.parsing import field_diff, parse_json_object
 from slmloop.predict.tasks import input_text
 from slmloop.project import Project
@@ -295,11 +294,7 @@ def analyze(
 ) -> Analysis:
     """Slices, failure clusters, disputed labels and a plan; ``report=False`` writes no HTML report."""
     console = console or Console(stderr=True)
-    try:
-        eid = int(str(evaluation_ref).removeprefix("eval-"))
-    except ValueError:
-        raise NotFoundError(f"{evaluation_ref!r} is not an evaluation id", hint="They look like eval-3.") from None
-    ev = project.store.get(Evaluation, eid, "evaluation", "`slmloop eval list` lists the evaluations.")
+    ev = find_evaluation(project, str(evaluation_ref))
     task = evaluation_task(project, ev)
     rows = gold_rows(project, ev.gold_id)
     preds = list(project.store.predictions(ev.id))

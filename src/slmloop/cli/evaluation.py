@@ -292,21 +292,16 @@ def list_(
 
 @app.command("show")
 def show(
-    evaluation: Annotated[str, typer.Argument(help="eval-N")],
+    evaluation: Annotated[str, typer.Argument(help="eval-N, or latest: the newest evaluation of a fine-tuned model")],
     failures: Annotated[bool, typer.Option("--failures", help="Only rows the model got wrong.")] = False,
     limit: Annotated[int, typer.Option(help="Rows to print.")] = 50,
     project: ProjectOpt = Path("."),
 ) -> None:
     """Every stored prediction of an evaluation."""
-    from slmloop.errors import NotFoundError
-    from slmloop.store import Evaluation
+    from slmloop.evaluate.results import find_evaluation
 
     proj = load(project)
-    try:
-        eid = int(evaluation.removeprefix("eval-"))
-    except ValueError:
-        raise NotFoundError(f"{evaluation!r} is not an evaluation id", hint="They look like eval-3.") from None
-    ev = proj.store.get(Evaluation, eid, "evaluation", "`slmloop eval list` lists them.")
+    ev = find_evaluation(proj, evaluation)
     preds = [p for p in proj.store.predictions(ev.id) if not (failures and p.correct)]
     task_type = ev.metrics.get("task", {}).get("type", proj.manifest.task.type)
     t = Table(title=f"{ev.name} · {ev.model_ref} · {len(preds)} row(s)", title_justify="left", show_lines=True)
@@ -417,7 +412,7 @@ def compare(
 
 
 def analyze(
-    evaluation: Annotated[str, typer.Argument(help="eval-N")],
+    evaluation: Annotated[str, typer.Argument(help="eval-N, or latest: the newest evaluation of a fine-tuned model")],
     train: Annotated[
         bool, typer.Option("--train", help="Also look for mislabelled training rows (scored out of sample).")
     ] = False,

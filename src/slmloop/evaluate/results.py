@@ -7,18 +7,48 @@ from typing import Any
 
 from sqlalchemy import select
 
+from slmloop.errors import NotFoundError
 from slmloop.evaluate.scoring import score_answers
 from slmloop.manifest import EvalConfig, TaskConfig
 from slmloop.metrics import RowScores
 from slmloop.project import Project
 from slmloop.store import Evaluation, GoldVersion
 
-__all__ = ["evaluation_task", "gold_rows", "latest_evaluations", "learned_from", "newest_evaluation", "row_scores"]
+__all__ = [
+    "evaluation_task",
+    "find_evaluation",
+    "gold_rows",
+    "latest_evaluations",
+    "learned_from",
+    "newest_evaluation",
+    "row_scores",
+]
 
 
 def gold_rows(project: Project, gold_id: str) -> list[dict[str, Any]]:
     gold = project.store.get(GoldVersion, gold_id, "gold version", "`slmloop gold list`.")
     return project.objects.read_jsonl(gold.object)
+
+
+def find_evaluation(project: Project, ref: str) -> Evaluation:
+    """A stored evaluation: ``eval-N`` (or ``N``), or ``latest``: the newest evaluation of a fine-tuned model
+    (a run or a release)."""
+    if ref == "latest":
+        with project.store.session() as s:
+            trained = Evaluation.model_ref.like("run-%") | Evaluation.model_ref.like("release-%")
+            ev = s.scalars(select(Evaluation).where(trained).order_by(Evaluation.id.desc()).limit(1)).first()
+        if ev is None:
+            raise NotFoundError(
+                "no fine-tuned model has been evaluated yet", hint="Run `slmloop train`, then `slmloop eval`."
+            )
+        return ev
+    try:
+        eid = int(ref.removeprefix("eval-"))
+    except ValueError:
+        raise NotFoundError(
+            f"{ref!r} is not an evaluation", hint="Name one as eval-3, or latest; `slmloop eval list` lists them."
+        ) from None
+    return project.store.get(Evaluation, eid, "evaluation", "`slmloop eval list` lists the evaluations.")
 
 
 def newest_evaluation(project: Project, refs: Sequence[str], gold_id: str | None = None) -> Evaluation | None:

@@ -25,6 +25,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
@@ -41,7 +42,7 @@ from slmloop.serve.engine import Batcher, ChatAnswer, Job, ModelSlot, Predictor
 from slmloop.serve.metrics import ServerMetrics
 from slmloop.store import RequestLog, Store
 
-__all__ = ["ChatRequest", "PredictRequest", "api_keys", "create_app"]
+__all__ = ["ChatRequest", "PredictRequest", "ServerState", "api_keys", "create_app"]
 
 
 def _utf8(value: str) -> str:
@@ -130,6 +131,28 @@ def _presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
+@dataclass
+class ServerState:
+    """What every route reads: the model slot, the batcher, the metrics, the request log and the limits."""
+
+    slot: ModelSlot
+    batcher: Batcher
+    metrics: ServerMetrics
+    store: Store | None
+    cfg: ServeConfig
+    keys: frozenset[str]
+
+    @property
+    def max_chars(self) -> int:
+        """No tokenizer packs more characters than this into a token: longer inputs are refused untokenized."""
+        return self.cfg.max_input_tokens * 16
+
+
+def _server(request: Request) -> ServerState:
+    state: ServerState = request.app.state.server
+    return state
+
+
 def create_app(
     slot: ModelSlot | Predictor,
     store: Store | None,
@@ -137,6 +160,7 @@ def create_app(
     *,
     keys: set[str] | frozenset[str] = frozenset(),
 ) -> FastAPI:
+    """The server's app over ``slot`` (the release answering), logging requests to ``store``."""
     cfg = cfg or ServeConfig()
     slot = slot if isinstance(slot, ModelSlot) else ModelSlot(slot)
     metrics = ServerMetrics()
@@ -147,248 +171,279 @@ def create_app(
         wait_ms=cfg.batch_wait_ms if cfg.batching else 0.0,
         observe=metrics.batch_size.observe,
     )
-    max_chars = cfg.max_input_tokens * 16  # no tokenizer packs more than this into a token: refuse before tokenizing
+    server = ServerState(slot, batcher, metrics, store, cfg, frozenset(keys))
+    app = FastAPI(title="slmloop", version="1", docs_url="/docs", redoc_url=None, lifespan=_lifespan)
+    app.state.server = server
+    app.middleware("http")(_guard_and_log)
+    app.add_exception_handler(RequestValidationError, _bad_request)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(ClientError, _client_error)  # type: ignore[arg-type]
+    app.add_exception_handler(SlmloopError, _known_error)  # type: ignore[arg-type]
+    app.add_api_route("/health", _health, methods=["GET"])
+    app.add_api_route("/metrics", _prometheus, methods=["GET"])
+    app.add_api_route("/v1/models", _models, methods=["GET"])
+    app.add_api_route("/v1/predict", _predict, methods=["POST"])
+    app.add_api_route("/v1/chat/completions", _chat, methods=["POST"], response_model=None)
+    return app
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        slot.stop()
-        batcher.close()
 
-    app = FastAPI(title="slmloop", version="1", docs_url="/docs", redoc_url=None, lifespan=lifespan)
-    app.state.slot, app.state.batcher, app.state.metrics, app.state.keys = slot, batcher, metrics, bool(keys)
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    server: ServerState = app.state.server
+    server.slot.stop()
+    server.batcher.close()
 
-    def write_log(request: Request, path: str, status: int, started: float) -> None:
-        if store is None:
-            return
-        text_in = getattr(request.state, "log_input", "")[:20000]
-        text_out = getattr(request.state, "log_output", "")[:20000]
-        if cfg.redact_pii:
-            text_in, text_out = redact(text_in)[0], redact(text_out)[0]
-        entry = RequestLog(
-            release_version=getattr(request.state, "release", slot.current.release),
-            endpoint=path,
-            status=status,
-            input=text_in,
-            output=text_out,
-            latency_ms=(time.perf_counter() - started) * 1000,
-        )
-        with contextlib.suppress(Exception):  # logging must never take the server down
-            store.add(entry)
 
-    @app.middleware("http")
-    async def guard_and_log(request: Request, call_next: Any) -> Any:
-        started = request.state.started = time.perf_counter()
-        path = request.url.path
-        response: Response
-        if keys and path.startswith("/v1/"):
-            presented = _presented_key(request)
-            if presented is None or not any(hmac.compare_digest(presented, k) for k in keys):
-                response = _error(
-                    401,
-                    "missing or wrong API key: send 'Authorization: Bearer KEY'",
-                    "authentication_error",
-                    "invalid_api_key",
-                    {"WWW-Authenticate": "Bearer"},
-                )
-                metrics.errors.labels("invalid_api_key").inc()
-                metrics.requests.labels(path, "401").inc()
-                return response
-        length = request.headers.get("content-length")
-        if request.method == "POST" and length is not None and length.isdigit() and int(length) > cfg.max_request_bytes:
+# ---------------------------------------------------------------------------------------------
+# every request: keys, size, the request log, metrics
+# ---------------------------------------------------------------------------------------------
+def _write_log(server: ServerState, request: Request, path: str, status: int, started: float) -> None:
+    if server.store is None:
+        return
+    text_in = getattr(request.state, "log_input", "")[:20000]
+    text_out = getattr(request.state, "log_output", "")[:20000]
+    if server.cfg.redact_pii:
+        text_in, text_out = redact(text_in)[0], redact(text_out)[0]
+    entry = RequestLog(
+        release_version=getattr(request.state, "release", server.slot.current.release),
+        endpoint=path,
+        status=status,
+        input=text_in,
+        output=text_out,
+        latency_ms=(time.perf_counter() - started) * 1000,
+    )
+    with contextlib.suppress(Exception):  # logging must never take the server down
+        server.store.add(entry)
+
+
+async def _guard_and_log(request: Request, call_next: Any) -> Any:
+    server = _server(request)
+    metrics, cfg = server.metrics, server.cfg
+    started = request.state.started = time.perf_counter()
+    path = request.url.path
+    response: Response
+    if server.keys and path.startswith("/v1/"):
+        presented = _presented_key(request)
+        if presented is None or not any(hmac.compare_digest(presented, k) for k in server.keys):
             response = _error(
-                413,
-                f"request body is {int(length):,} bytes; this server accepts up to {cfg.max_request_bytes:,} "
-                "(serve.max_request_bytes)",
-                "invalid_request_error",
-                "request_too_large",
+                401,
+                "missing or wrong API key: send 'Authorization: Bearer KEY'",
+                "authentication_error",
+                "invalid_api_key",
+                {"WWW-Authenticate": "Bearer"},
             )
-            metrics.errors.labels("request_too_large").inc()
-        else:
-            response = await call_next(request)
-        if path.startswith("/v1/") and request.method == "POST" and not getattr(request.state, "streaming", False):
-            await run_in_threadpool(write_log, request, path, response.status_code, started)
-        if path != "/metrics":
-            metrics.requests.labels(path, str(response.status_code)).inc()
-            metrics.latency.labels(path).observe(time.perf_counter() - started)
-        return response
-
-    @app.exception_handler(RequestValidationError)
-    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc'] if x != 'body') or 'body'}: {e['msg']}" for e in exc.errors()
+            metrics.errors.labels("invalid_api_key").inc()
+            metrics.requests.labels(path, "401").inc()
+            return response
+    length = request.headers.get("content-length")
+    if request.method == "POST" and length is not None and length.isdigit() and int(length) > cfg.max_request_bytes:
+        response = _error(
+            413,
+            f"request body is {int(length):,} bytes; this server accepts up to {cfg.max_request_bytes:,} "
+            "(serve.max_request_bytes)",
+            "invalid_request_error",
+            "request_too_large",
         )
-        body = await request.body()
-        request.state.log_input = body[:20000].decode("utf-8", errors="replace")
-        metrics.errors.labels("invalid_request").inc()
-        return _error(422, f"invalid request: {problems}", "invalid_request_error", "invalid_request")
+        metrics.errors.labels("request_too_large").inc()
+    else:
+        response = await call_next(request)
+    if path.startswith("/v1/") and request.method == "POST" and not getattr(request.state, "streaming", False):
+        await run_in_threadpool(_write_log, server, request, path, response.status_code, started)
+    if path != "/metrics":
+        metrics.requests.labels(path, str(response.status_code)).inc()
+        metrics.latency.labels(path).observe(time.perf_counter() - started)
+    return response
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = str(exc.detail)
-        if exc.status_code == 400 and "parsing the body" in message:
-            message = "the request body is not valid UTF-8 JSON; send UTF-8 encoded JSON"
-        code = "invalid_body" if exc.status_code == 400 else f"http_{exc.status_code}"
-        metrics.errors.labels(code).inc()
-        return _error(exc.status_code, message, "invalid_request_error", code)
 
-    @app.exception_handler(ClientError)
-    async def client_error(request: Request, exc: ClientError) -> JSONResponse:
-        metrics.errors.labels(exc.code).inc()
-        return _error(exc.status, exc.message, "invalid_request_error", exc.code)
+# ---------------------------------------------------------------------------------------------
+# errors: JSON in the OpenAI shape
+# ---------------------------------------------------------------------------------------------
+async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = "; ".join(
+        f"{'.'.join(str(x) for x in e['loc'] if x != 'body') or 'body'}: {e['msg']}" for e in exc.errors()
+    )
+    body = await request.body()
+    request.state.log_input = body[:20000].decode("utf-8", errors="replace")
+    _server(request).metrics.errors.labels("invalid_request").inc()
+    return _error(422, f"invalid request: {problems}", "invalid_request_error", "invalid_request")
 
-    @app.exception_handler(SlmloopError)
-    async def known_error(request: Request, exc: SlmloopError) -> JSONResponse:
-        metrics.errors.labels(exc.code).inc()
-        msg = exc.message + (f" ({exc.hint})" if exc.hint else "")
-        return _error(exc.http_status, msg, "slmloop_error", exc.code)
 
-    def check_input(text: str) -> int:
-        """The input's token count; too long is refused (413) before it reaches the model."""
-        limit = cfg.max_input_tokens
-        if len(text) > max_chars:
-            raise ClientError(
-                413,
-                f"input is {len(text):,} characters; this server accepts up to {limit:,} tokens "
-                "(serve.max_input_tokens). Shorten the input.",
-                "input_too_long",
-            )
-        n = slot.current.count_tokens(text)
-        if n > limit:
-            raise ClientError(
-                413,
-                f"input is {n:,} tokens; this server accepts up to {limit:,} (serve.max_input_tokens). "
-                "Shorten the input.",
-                "input_too_long",
-            )
-        return n
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    message = str(exc.detail)
+    if exc.status_code == 400 and "parsing the body" in message:
+        message = "the request body is not valid UTF-8 JSON; send UTF-8 encoded JSON"
+    code = "invalid_body" if exc.status_code == 400 else f"http_{exc.status_code}"
+    _server(request).metrics.errors.labels(code).inc()
+    return _error(exc.status_code, message, "invalid_request_error", code)
 
-    @app.get("/health")
-    def health() -> dict[str, Any]:
-        p = slot.current
-        return {"status": "ok", "model": p.name, "release": p.release, "task": p.task.type}
 
-    @app.get("/metrics")
-    def prometheus() -> Response:
-        metrics.release.set(slot.current.release or 0)
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+async def _client_error(request: Request, exc: ClientError) -> JSONResponse:
+    _server(request).metrics.errors.labels(exc.code).inc()
+    return _error(exc.status, exc.message, "invalid_request_error", exc.code)
 
-    @app.get("/v1/models")
-    def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": slot.current.name, "object": "model", "owned_by": "slmloop"}]}
 
-    @app.post("/v1/predict")
-    async def predict(body: PredictRequest, request: Request) -> dict[str, Any]:
-        request.state.log_input = body.value
-        n_in = check_input(body.value)
-        predictor, result = await asyncio.wrap_future(batcher.submit(Job("predict", ("predict",), body.value)))
-        request.state.release = predictor.release
-        metrics.tokens.labels("prompt").inc(n_in)
-        request.state.log_output = json.dumps(result, ensure_ascii=False)
-        return {"model": predictor.name, **result}
+async def _known_error(request: Request, exc: SlmloopError) -> JSONResponse:
+    _server(request).metrics.errors.labels(exc.code).inc()
+    msg = exc.message + (f" ({exc.hint})" if exc.hint else "")
+    return _error(exc.http_status, msg, "slmloop_error", exc.code)
 
-    @app.post("/v1/chat/completions", response_model=None)
-    async def chat(body: ChatRequest, request: Request) -> dict[str, Any] | StreamingResponse:
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        request.state.log_input = "\n".join(m["content"] for m in messages if m["role"] == "user")
-        check_input("\n".join(m["content"] for m in messages))
-        max_tokens = body.max_completion_tokens or body.max_tokens or slot.current.max_new_tokens
-        if max_tokens > cfg.max_tokens_limit:
-            raise ClientError(
-                422,
-                f"max_tokens {max_tokens:,} is over this server's limit of {cfg.max_tokens_limit:,} "
-                "(serve.max_tokens_limit)",
-                "max_tokens_too_large",
-            )
-        key = ("chat", max_tokens, float(body.temperature or 0.0))
-        if body.stream:
-            request.state.streaming = True  # logged when the stream ends
-            return _stream(request, messages, key)
-        predictor, answer = await asyncio.wrap_future(batcher.submit(Job("chat", key, messages)))
+
+def _check_input(server: ServerState, text: str) -> int:
+    """The input's token count; too long is refused (413) before it reaches the model."""
+    limit = server.cfg.max_input_tokens
+    if len(text) > server.max_chars:
+        raise ClientError(
+            413,
+            f"input is {len(text):,} characters; this server accepts up to {limit:,} tokens "
+            "(serve.max_input_tokens). Shorten the input.",
+            "input_too_long",
+        )
+    n = server.slot.current.count_tokens(text)
+    if n > limit:
+        raise ClientError(
+            413,
+            f"input is {n:,} tokens; this server accepts up to {limit:,} (serve.max_input_tokens). Shorten the input.",
+            "input_too_long",
+        )
+    return n
+
+
+# ---------------------------------------------------------------------------------------------
+# routes
+# ---------------------------------------------------------------------------------------------
+def _health(request: Request) -> dict[str, Any]:
+    p = _server(request).slot.current
+    return {"status": "ok", "model": p.name, "release": p.release, "task": p.task.type}
+
+
+def _prometheus(request: Request) -> Response:
+    server = _server(request)
+    server.metrics.release.set(server.slot.current.release or 0)
+    return Response(server.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _models(request: Request) -> dict[str, Any]:
+    name = _server(request).slot.current.name
+    return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "slmloop"}]}
+
+
+async def _predict(body: PredictRequest, request: Request) -> dict[str, Any]:
+    server = _server(request)
+    request.state.log_input = body.value
+    n_in = _check_input(server, body.value)
+    predictor, result = await asyncio.wrap_future(server.batcher.submit(Job("predict", ("predict",), body.value)))
+    request.state.release = predictor.release
+    server.metrics.tokens.labels("prompt").inc(n_in)
+    request.state.log_output = json.dumps(result, ensure_ascii=False)
+    return {"model": predictor.name, **result}
+
+
+async def _chat(body: ChatRequest, request: Request) -> dict[str, Any] | StreamingResponse:
+    server = _server(request)
+    cfg = server.cfg
+    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    request.state.log_input = "\n".join(m["content"] for m in messages if m["role"] == "user")
+    _check_input(server, "\n".join(m["content"] for m in messages))
+    max_tokens = body.max_completion_tokens or body.max_tokens or server.slot.current.max_new_tokens
+    if max_tokens > cfg.max_tokens_limit:
+        raise ClientError(
+            422,
+            f"max_tokens {max_tokens:,} is over this server's limit of {cfg.max_tokens_limit:,} "
+            "(serve.max_tokens_limit)",
+            "max_tokens_too_large",
+        )
+    key = ("chat", max_tokens, float(body.temperature or 0.0))
+    if body.stream:
+        request.state.streaming = True  # logged when the stream ends
+        return _stream(server, request, messages, key)
+    predictor, answer = await asyncio.wrap_future(server.batcher.submit(Job("chat", key, messages)))
+    request.state.release = predictor.release
+    request.state.log_output = answer.text
+    _count(server, answer)
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": predictor.name,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.text},
+                "finish_reason": answer.finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": answer.prompt_tokens,
+            "completion_tokens": answer.completion_tokens,
+            "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+        },
+    }
+
+
+def _count(server: ServerState, answer: ChatAnswer) -> None:
+    server.metrics.tokens.labels("prompt").inc(answer.prompt_tokens)
+    server.metrics.tokens.labels("completion").inc(answer.completion_tokens)
+
+
+def _stream(
+    server: ServerState, request: Request, messages: list[dict[str, str]], key: tuple[Any, ...]
+) -> StreamingResponse:
+    """OpenAI-style server-sent events: a role chunk, content deltas as tokens come, a finish chunk, [DONE]."""
+    loop = asyncio.get_running_loop()
+    tokens: asyncio.Queue[int] = asyncio.Queue()
+
+    def on_token(token: int) -> None:  # called in the batcher's thread
+        loop.call_soon_threadsafe(tokens.put_nowait, token)
+
+    job = Job("chat", key, messages, on_token=on_token)
+    future = asyncio.wrap_future(server.batcher.submit(job))
+    chunk_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    created = int(time.time())
+    name = server.slot.current.name
+    tok = server.slot.current.tokenizer
+
+    def event(delta: dict[str, str], finish: str | None = None) -> str:
+        chunk = {
+            "id": chunk_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": name,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+    async def events() -> AsyncIterator[str]:
+        yield event({"role": "assistant"})
+        ids: list[int] = []
+        sent = ""
+        finished = False
+        while not finished:
+            getter = asyncio.ensure_future(tokens.get())
+            done, _ = await asyncio.wait({getter, future}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                ids.append(getter.result())
+            else:  # every token was queued before the answer was set: drain them
+                getter.cancel()
+                while not tokens.empty():
+                    ids.append(tokens.get_nowait())
+                finished = True
+            text = str(tok.decode(ids, skip_special_tokens=True)).lstrip()
+            # hold back half of a multi-byte character until its other half comes (or the answer ends)
+            if (finished or not text.endswith("\ufffd")) and len(text) > len(sent):
+                yield event({"content": text[len(sent) :]})
+                sent = text
+        try:
+            predictor, answer = await future
+        except Exception as exc:  # the stream has started: report in-band, as OpenAI does
+            yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error'}})}\n\n"
+            await run_in_threadpool(_write_log, server, request, request.url.path, 500, request.state.started)
+            return
         request.state.release = predictor.release
         request.state.log_output = answer.text
-        _count(answer)
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": predictor.name,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": answer.text},
-                    "finish_reason": answer.finish_reason,
-                }
-            ],
-            "usage": {
-                "prompt_tokens": answer.prompt_tokens,
-                "completion_tokens": answer.completion_tokens,
-                "total_tokens": answer.prompt_tokens + answer.completion_tokens,
-            },
-        }
+        _count(server, answer)
+        yield event({}, answer.finish_reason)
+        yield "data: [DONE]\n\n"
+        await run_in_threadpool(_write_log, server, request, request.url.path, 200, request.state.started)
 
-    def _count(answer: ChatAnswer) -> None:
-        metrics.tokens.labels("prompt").inc(answer.prompt_tokens)
-        metrics.tokens.labels("completion").inc(answer.completion_tokens)
-
-    def _stream(request: Request, messages: list[dict[str, str]], key: tuple[Any, ...]) -> StreamingResponse:
-        """OpenAI-style server-sent events: a role chunk, content deltas as tokens come, a finish chunk, [DONE]."""
-        loop = asyncio.get_running_loop()
-        tokens: asyncio.Queue[int] = asyncio.Queue()
-
-        def on_token(token: int) -> None:  # called in the batcher's thread
-            loop.call_soon_threadsafe(tokens.put_nowait, token)
-
-        job = Job("chat", key, messages, on_token=on_token)
-        future = asyncio.wrap_future(batcher.submit(job))
-        chunk_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        created = int(time.time())
-        name = slot.current.name
-        tok = slot.current.tokenizer
-
-        def event(delta: dict[str, str], finish: str | None = None) -> str:
-            chunk = {
-                "id": chunk_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": name,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }
-            return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
-
-        async def events() -> AsyncIterator[str]:
-            yield event({"role": "assistant"})
-            ids: list[int] = []
-            sent = ""
-            finished = False
-            while not finished:
-                getter = asyncio.ensure_future(tokens.get())
-                done, _ = await asyncio.wait({getter, future}, return_when=asyncio.FIRST_COMPLETED)
-                if getter in done:
-                    ids.append(getter.result())
-                else:  # every token was queued before the answer was set: drain them
-                    getter.cancel()
-                    while not tokens.empty():
-                        ids.append(tokens.get_nowait())
-                    finished = True
-                text = str(tok.decode(ids, skip_special_tokens=True)).lstrip()
-                # hold back half of a multi-byte character until its other half comes (or the answer ends)
-                if (finished or not text.endswith("\ufffd")) and len(text) > len(sent):
-                    yield event({"content": text[len(sent) :]})
-                    sent = text
-            try:
-                predictor, answer = await future
-            except Exception as exc:  # the stream has started: report in-band, as OpenAI does
-                yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error'}})}\n\n"
-                await run_in_threadpool(write_log, request, request.url.path, 500, request.state.started)
-                return
-            request.state.release = predictor.release
-            request.state.log_output = answer.text
-            _count(answer)
-            yield event({}, answer.finish_reason)
-            yield "data: [DONE]\n\n"
-            await run_in_threadpool(write_log, request, request.url.path, 200, request.state.started)
-
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-    return app
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

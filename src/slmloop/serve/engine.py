@@ -180,8 +180,8 @@ class Batcher:
 
     Under load (the last group had company, or requests are queued) a forming group waits up to
     ``wait_ms`` for each next request: the clients a group answered come back a few ms apart, and
-    waiting for them keeps groups full (32 clients on the demo: mean group 26 instead of 15, 21.9
-    instead of 17.3 req/s). An idle server answers a lone request at once.
+    waiting for them keeps groups full (``benchmarks/serve_load.py``; measured: docs/results.md).
+    An idle server answers a lone request at once.
     """
 
     def __init__(
@@ -191,8 +191,11 @@ class Batcher:
         max_batch: int = 32,
         wait_ms: float = 25.0,
         observe: Callable[[int], None] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        """``clock``: seconds, for the waiting policy (the tests drive it by hand)."""
         self.slot = slot
+        self.clock = clock
         self.max_batch = max_batch
         self.wait = wait_ms / 1000.0
         self.observe = observe
@@ -215,7 +218,7 @@ class Batcher:
         if first is None:
             return None
         group = [first]
-        start = time.perf_counter()
+        start = self.clock()
         wait = self.wait if self._busy else 0.0
         deadline = start + wait
         others: list[Job] = []
@@ -223,14 +226,17 @@ class Batcher:
             if self._held:
                 job: Job | None = self._held.popleft()
             else:
-                left = deadline - time.perf_counter()
+                left = deadline - self.clock()
                 try:
                     job = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
+                if job is not None and self.clock() > deadline:  # it came after the group closed: the next one's
+                    self._held.append(job)
+                    break
                 # while requests keep coming the group keeps growing (up to WAIT_CAP waits in all): under a
                 # steady load the clients answered by the last group come back a few ms apart
-                deadline = min(start + WAIT_CAP * wait, time.perf_counter() + wait)
+                deadline = min(start + WAIT_CAP * wait, self.clock() + wait)
             if job is None:
                 self._queue.put(None)  # stop after this group
                 break

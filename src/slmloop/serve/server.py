@@ -150,7 +150,7 @@ def serve(project: Project, release_ref: str | int | None, host: str, port: int,
     import uvicorn
 
     app, predictor = build_app(project, release_ref, alias=alias)
-    keys = "with API keys" if app.state.keys else "without API keys (anyone who can reach it may call it)"
+    keys = "with API keys" if app.state.server.keys else "without API keys (anyone who can reach it may call it)"
     print(f"slmloop serve: {predictor.name} on http://{host}:{port} {keys}", flush=True)
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

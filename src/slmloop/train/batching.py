@@ -156,11 +156,11 @@ class Batch:
 MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth a second forward call
 
 # Tensor shapes are rounded up. Each new (rows x width) or answer-token count makes the CPU kernels
-# (oneDNN) build and cache primitives for it, and the memory that holds stays held: over one epoch
-# of HWU64 slots the process grew from 2.2 to 3.9 GiB (capping the primitive cache kept it at 2.0 GiB
-# but cost 20 % of the speed). Widths rounded to 4 and answer counts to 64: peak 3.07 GiB, the same
-# speed (805 vs 799 tokens/s) and validation loss (0.197); rounding widths to 8 held memory flat too
-# but cost 11 % (more padding on rows of ~40 tokens). Measured with `slmloop train --epochs 1`.
+# (oneDNN) build and cache primitives for it, and the memory that holds stays held, so with exact shapes
+# the process keeps growing through an epoch (capping the primitive cache instead costs speed). Widths
+# rounded to WIDTH_MULTIPLE and answer counts to ANSWER_MULTIPLE keep memory down at the same speed and
+# validation loss; a coarser width multiple pads short rows more and is slower. Chosen with
+# `slmloop train --epochs 1` on HWU64 slots (docs/training.md, "Few tensor shapes").
 WIDTH_MULTIPLE = 4
 ANSWER_MULTIPLE = 64
 IGNORE = -100  # target of a padding answer position (F.cross_entropy's ignore_index)

@@ -66,8 +66,9 @@ def frozen_layers_for(
 class FrozenLayers:
     """Per training example, the hidden states entering layer ``start`` (in the dtype the model runs).
 
-    They live in one buffer, allocated at the first capture, each example at a fixed offset: 9,000
-    separately allocated rows fragmented the heap (HWU64 intents: 6.4 GiB resident instead of ~3.4).
+    They live in one buffer, allocated at the first capture, each example at a fixed offset: thousands
+    of separately allocated rows fragment the heap, and the process holds far more memory than the
+    states themselves take.
     """
 
     def __init__(self, decoder: Any, start: int, lengths: Sequence[int]) -> None:

@@ -8,7 +8,9 @@ the largest micro-batch of the run, which bounds the activation memory.
 
 from __future__ import annotations
 
+import math
 import os
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ __all__ = [
     "calibrate",
     "calibrate_inference",
     "current_rss_bytes",
+    "forecast_eval",
     "peak_rss_bytes",
     "release_free_memory",
     "render_forecast",
@@ -144,8 +147,8 @@ def calibrate(
     head's logits), the longest rows (attention) — they set a memory peak and warm the kernels up.
     Speed is measured on ``chunks``, a sample of the run's batch sizes. Then the heaviest run once
     more: a run meets its heaviest batch on a heap that other shapes have already cut up, and glibc
-    keeps what it cannot reuse (SMS, rows of 30-249 tokens: forecast 2.81 → 2.97 GiB against 3.60
-    measured). The peak is the highest over all these passes.
+    keeps what it cannot reuse, so the peak can still be forecast low (docs/training.md, "Preflight").
+    The peak is the highest over all these passes.
     """
     import torch
 
@@ -225,7 +228,7 @@ def calibrate_inference(model: Any, tok: Any, prompts: list[str], batch_size: in
         start_batch(model, suffixes, prefix, shared)
         return time.perf_counter() - t0
 
-    # the first pass at a new shape also builds the CPU kernels for it (3x slower): never time a first pass,
+    # the first pass at a new shape also builds the CPU kernels for it (much slower): never time a first pass,
     # and keep the fastest of two timed ones (a one-off stall on a busy machine is not the model's cost)
     prompt_pass()
     prompt_s = min(prompt_pass(), prompt_pass())
@@ -297,3 +300,96 @@ def render_forecast(f: Forecast, title: str = "preflight") -> Table:
         t.add_row("shortlist", line)
     t.add_row("leakage gate", f.leakage)
     return t
+
+
+#: values the span prior's judge asks an inline extractor about, per value of an answer (the model's, the
+#: tagger's, the ones both give once, and the tagger's other likely readings), counted on HWU64 slots' gold
+#: answers
+MARKS_PER_VALUE = 1.6
+
+
+def forecast_eval(
+    forecast: Forecast,
+    *,
+    model_ref: Any,
+    tokenizer: Any,
+    device: Any,
+    task: Any,
+    prompt: str,
+    gold: list[dict[str, Any]],
+    hints: list[Any] | None,
+    eval_cfg: Any,
+    span_prior: str,
+    answer_lengths: list[int],
+    train: list[dict[str, Any]],
+    seed: int,
+) -> None:
+    """Seconds the gold evaluation of the trained model will take, from passes of this model on this machine
+    (written into ``forecast``). ``answer_lengths``: the answer tokens of the encoded training (or
+    validation) rows; ``hints``: what the gold rows are asked with.
+
+    Cost model, per batch of gold rows: the prompts after their shared prefix, then decoding steps
+    that each cost a fixed part plus a part per token they add. A fine-tuned model's answer is
+    about as long as the training answers: generation runs a batch until its longest answer (rows
+    that finished leave it), one token per row a step; label ranking runs rounds that each score up
+    to ROUND_WIDTH tree nodes per row (the best label and the near ties; fewer with fewer labels).
+    """
+    import torch
+
+    from slmloop.models.inference import ROUND_WIDTH, common_prefix, continuation_logprobs
+    from slmloop.models.loading import load_causal_lm, pick_dtype, render_prompt
+    from slmloop.predict.answers import resolve_mode
+    from slmloop.predict.inline import span_values
+    from slmloop.predict.tasks import answer_target, answers_inline, prompt_messages
+
+    if not gold or task.type == "chat":
+        return
+    mode = resolve_mode(task, eval_cfg.mode)
+    b = eval_cfg.batch_size
+    sample = gold[: max(b, 8)]
+    shown = hints[: len(sample)] if hints is not None else [None] * len(sample)
+    prompts = [
+        render_prompt(tokenizer, prompt_messages(task, r, prompt, h)) for r, h in zip(sample, shown, strict=True)
+    ]
+    labels = task.label_list or []
+    width = min(ROUND_WIDTH, len(labels) or 1) if mode == "rank" else 1
+    # evaluation runs the merged model, which costs what the base costs as eval loads it (its dtype,
+    # SDPA attention); the training model, wrapped for LoRA, answers markedly slower on a CPU
+    plain = load_causal_lm(model_ref, pick_dtype(eval_cfg.precision)).to(device)
+    cost = calibrate_inference(plain, tokenizer, prompts, b, width)
+    # the span prior's judge reads an inline extractor's probability of each value's mark: one
+    # teacher-forced pass over the prompt and the answer up to the mark for every value it weighs
+    marks_rate = 0.0  # tokens/s of those passes, timed on the sample's prompts and whole answers
+    if mode == "generate" and answers_inline(task) and span_prior != "off":
+        t0 = time.perf_counter()
+        scored = continuation_logprobs(
+            plain, tokenizer, prompts, [answer_target(task, r) for r in sample], batch_size=b
+        )
+        heads = sum(len(x) for x in tokenizer(prompts, add_special_tokens=False)["input_ids"])
+        marks_rate = (heads + sum(n for _, n in scored)) / max(time.perf_counter() - t0, 1e-9)
+    del plain
+    release_free_memory()  # else training carries the deleted model's memory
+    torch.manual_seed(seed)
+    encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    suffix = sum(len(x) for x in encoded) / len(encoded) - common_prefix(encoded)
+    answers = answer_lengths
+    rng = random.Random(0)
+    batches = math.ceil(len(gold) / b)
+    if mode == "rank":
+        depth = sorted(answers)[len(answers) // 2]
+        # a batch runs until its last near tie is scored: midway between the typical answer and the
+        # longest label (checked against the rounds label ranking runs on HWU64 intents and SMS)
+        deepest = max((len(tokenizer(x, add_special_tokens=False)["input_ids"]) + 1 for x in labels), default=depth)
+        rounds = (depth + max(depth, deepest)) / 2
+        decode = batches * rounds * cost.step_fixed_s + len(gold) * width * depth * cost.step_per_row_s
+    else:
+        longest = sum(max(rng.choices(answers, k=b)) for _ in range(batches))
+        decode = longest * cost.step_fixed_s + len(gold) * (sum(answers) / len(answers)) * cost.step_per_row_s
+    forecast.eval_rows = len(gold)
+    forecast.eval_mode = mode
+    marks = 0.0
+    if marks_rate:
+        values = sum(len(span_values(r["output"])) for r in train) / max(len(train), 1)
+        whole = sum(len(x) for x in encoded) / len(encoded) + sum(answers) / len(answers)
+        marks = len(gold) * values * MARKS_PER_VALUE * whole / marks_rate
+    forecast.eval_seconds = len(gold) * suffix / cost.prompt_tokens_per_s + decode + marks

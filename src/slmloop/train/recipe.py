@@ -1,10 +1,12 @@
-"""The LoRA SFT recipe, readable top to bottom: setup → build → preflight → fit → save.
+"""The LoRA SFT recipe, readable top to bottom: setup → build → preflight → fit → fit_priors → save.
 
-    setup()      resolve the config, load the dataset version, run the leakage gate
-    build()      tokenizer, encoded examples, model (bf16 where fast) + LoRA, optimizer, schedule
-    preflight()  parameters, truncation, calibrated time and memory; refuse what will not fit
-    fit()        length-grouped batches, loss on answer tokens, checkpoints, validation, early stop
-    save()       adapter (best or last), metadata, trace, loss curve; the run row
+    setup()       resolve the config, load the dataset version, run the leakage gate, index the
+                  training split for the companion (shortlists, label prior)
+    build()       tokenizer, encoded examples, model (bf16 where fast) + LoRA, optimizer, schedule
+    preflight()   parameters, truncation, calibrated time and memory; refuse what will not fit
+    fit()         length-grouped batches, loss on answer tokens, checkpoints, validation, early stop
+    fit_priors()  on the validation split: the label prior's weight, the span prior's judge
+    save()        adapter (best or last) with its companion, metadata, trace, loss curve; the run row
 
 Loss is computed on the answer tokens only, the LM head runs only at those
 positions, and a prompt prefix the whole batch shares (system prompt,
@@ -30,7 +32,6 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 import torch
-import torch.nn.functional as F
 from pydantic import ValidationError
 from rich.console import Console
 from typing_extensions import Unpack
@@ -50,13 +51,12 @@ from slmloop.models.loading import (
 )
 from slmloop.models.quiet import quiet_transformers
 from slmloop.predict.answers import resolve_mode
-from slmloop.predict.companion import Companion, LabelPrior, shortlist_size
+from slmloop.predict.companion import Companion, shortlist_size
 from slmloop.predict.tasks import Hints, resolve_answer
-from slmloop.progress import progress, status
+from slmloop.progress import progress
 from slmloop.project import Project
 from slmloop.store import Run, atomic_dir, atomic_write_json, utcnow
 from slmloop.train.batching import (
-    IGNORE,
     Batch,
     collate,
     encode_rows,
@@ -65,15 +65,22 @@ from slmloop.train.batching import (
     split_by_tokens,
 )
 from slmloop.train.checkpoint import LoopState, latest_checkpoint, restore_checkpoint, save_checkpoint
-from slmloop.train.frozen import MEMORY_SHARE, FrozenLayers, frozen_layers_for
+from slmloop.train.companion import (
+    PRIOR_VALIDATION_ROWS,
+    build_companion,
+    choose_prior,
+    choose_spans,
+    companion_summary,
+)
+from slmloop.train.frozen import MEMORY_SHARE, frozen_layers_for
+from slmloop.train.loss import AnswerLoss, validation_loss
 from slmloop.train.preflight import (
     Forecast,
     available_memory_bytes,
     calibrate,
-    calibrate_inference,
     current_rss_bytes,
+    forecast_eval,
     peak_rss_bytes,
-    release_free_memory,
     render_forecast,
     reset_peak_rss,
 )
@@ -81,13 +88,13 @@ from slmloop.train.report import plot_loss_curve
 from slmloop.train.tracking import open_trackers, read_trace
 
 __all__ = [
-    "AnswerLoss",
     "SetupOptions",
     "StepResult",
     "TrainSetup",
     "adapted_layers",
     "build",
     "fit",
+    "fit_priors",
     "plan",
     "preflight",
     "resolve_train_config",
@@ -95,12 +102,9 @@ __all__ = [
     "setup",
     "train",
     "train_step",
-    "validation_loss",
 ]
 
 LOWER_IS_BETTER = {"val_loss"}
-#: validation rows the label prior's weight is chosen on (HWU64: 760 rows, about 30 s of label ranking)
-PRIOR_VALIDATION_ROWS = 1000
 
 
 def resolve_train_config(base: TrainConfig, overrides: dict[str, Any] | None) -> TrainConfig:
@@ -112,109 +116,6 @@ def resolve_train_config(base: TrainConfig, overrides: dict[str, Any] | None) ->
     except ValidationError as exc:
         problems = "; ".join(f"train.{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"bad training option: {problems}", hint="See `slmloop train --help`.") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# the loss
-# ---------------------------------------------------------------------------------------------
-class AnswerLoss(torch.nn.Module):
-    """Cross-entropy summed over answer tokens; the LM head runs only where needed.
-
-    A module (not a function) so that DDP/FSDP can wrap it: every forward of
-    the model goes through this ``forward``.
-    """
-
-    teacher: AnswerLoss | None
-
-    def __init__(
-        self, peft_model: Any, teacher: AnswerLoss | None = None, kd_alpha: float = 0.5, kd_temperature: float = 2.0
-    ) -> None:
-        super().__init__()
-        self.model = peft_model
-        # the teacher of token-level distillation (train.distill_from): frozen, not a submodule of this one
-        self.__dict__["teacher"] = teacher
-        self.kd_alpha, self.kd_temperature = kd_alpha, kd_temperature
-        base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
-        cfg = base.config
-        self.decoder: Any = base.get_decoder() if hasattr(base, "get_decoder") else None
-        self.head: Any = base.get_output_embeddings()
-        special = getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None)
-        self.fast = self.decoder is not None and self.head is not None and not special
-        #: hidden states entering the lowest adapted layer, per training example (set by build())
-        self.frozen: FrozenLayers | None = None
-
-    def answer_logits(self, batch: Batch) -> torch.Tensor:
-        """Logits (float32) at the positions that predict the answer tokens: one row per answer token."""
-        frozen, ids = self.frozen, batch.example_ids
-        if frozen is None or ids is None or not self.fast:
-            return self._full_logits(batch)
-        if frozen.covers(ids):  # every row's frozen layers ran in an earlier pass: start above them
-            hidden = frozen.last_hidden(ids, batch.attention_mask, batch.prefix_len)
-            return self.head(hidden[batch.rows, batch.positions]).float()
-        with frozen.capture(ids, batch.prefix_len):
-            return self._full_logits(batch)
-
-    def _full_logits(self, batch: Batch) -> torch.Tensor:
-        if batch.prefix_ids is not None and self.fast:
-            # the shared prefix runs once; every row's suffix attends to its repeated cache, and
-            # gradients flow back through the repeat into the prefix pass
-            p = batch.prefix_len
-            b, t = batch.input_ids.shape
-            prefix = self.decoder(input_ids=batch.prefix_ids, use_cache=True)
-            cache = prefix.cache if hasattr(prefix, "cache") else prefix.past_key_values
-            cache.batch_repeat_interleave(b)
-            ones = torch.ones((b, p), dtype=batch.attention_mask.dtype, device=batch.input_ids.device)
-            pos = torch.arange(p, p + t, device=batch.input_ids.device).unsqueeze(0).expand(b, t)
-            hidden = self.decoder(
-                input_ids=batch.input_ids,
-                attention_mask=torch.cat([ones, batch.attention_mask], dim=1),
-                position_ids=pos,
-                cache=cache,
-                use_cache=True,
-            ).last_hidden_state
-            return self.head(hidden[batch.rows, batch.positions]).float()
-        if self.fast:
-            hidden = self.decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-            return self.head(hidden[batch.rows, batch.positions]).float()
-        out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-        return out.logits[batch.rows, batch.positions].float()
-
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, int]:
-        logits = self.answer_logits(batch)
-        loss = F.cross_entropy(logits, batch.targets, reduction="sum")
-        if self.teacher is not None and self.training:  # validation loss stays the plain cross-entropy
-            loss = (1.0 - self.kd_alpha) * loss + self.kd_alpha * self._kd(logits, batch)
-        return loss, batch.answer_tokens
-
-    def _kd(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Token-level distillation: T² · KL(teacher ‖ student) at temperature T, summed over answer tokens."""
-        assert self.teacher is not None
-        t = self.kd_temperature
-        real = batch.targets != IGNORE  # answer counts are rounded up with ignored positions
-        with torch.no_grad():
-            target = F.log_softmax(self.teacher.answer_logits(batch)[real] / t, dim=-1)
-        mine = F.log_softmax(logits[real] / t, dim=-1)
-        return F.kl_div(mine, target, log_target=True, reduction="sum") * t * t
-
-
-def validation_loss(
-    loss_fn: Any, examples: list[EncodedExample], pad_id: int, max_tokens: int, device: Any, share_prefix: bool = True
-) -> float | None:
-    """Mean cross-entropy per answer token over ``examples`` (no gradients)."""
-
-    if not examples:
-        return None
-    lengths = [len(e.input_ids) for e in examples]
-    total, tokens = 0.0, 0
-    was_training = loss_fn.training
-    loss_fn.eval()
-    with torch.no_grad():
-        for chunk in split_by_tokens(list(range(len(examples))), lengths, max_tokens):
-            loss, n = loss_fn(collate([examples[j] for j in chunk], pad_id, share_prefix=share_prefix).to(device))
-            total += float(loss)
-            tokens += n
-    loss_fn.train(was_training)
-    return total / max(tokens, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,9 +139,9 @@ class TrainSetup:
     companion: Companion | None = None
     #: what each split's rows are asked with (their shortlists, once the index is built), by split name
     hints: dict[str, list[Hints]] = field(default_factory=dict)
-    #: the label prior's weight, chosen on the validation split after training (see choose_prior)
+    #: the label prior's weight, chosen on the validation split after training (see fit_priors)
     prior_choice: dict[str, Any] | None = None
-    #: the span prior's judge, fit on the validation split after training (see choose_spans)
+    #: the span prior's judge, fit on the validation split after training (see fit_priors)
     span_choice: dict[str, Any] | None = None
     #: why an extractor answers inline or as JSON (task.answer: auto, see slmloop.predict.tasks.resolve_answer)
     answer_note: str = ""
@@ -310,7 +211,9 @@ def setup(project: Project, overrides: dict[str, Any] | None = None, **options: 
         task, answer_note = resolve_answer(task, splits.train, style)
     k = shortlist_size(cfg.shortlist, task)
     cfg = cfg.model_copy(update={"shortlist": k})  # recorded resolved
-    companion, hints = _with_companion(project, task, splits, k, prior=cfg.label_prior != "off")
+    companion, hints = build_companion(
+        task, splits, k, prior=cfg.label_prior != "off", cache_dir=project.home / "cache" / "embeddings"
+    )
     return TrainSetup(
         project=project,
         config=cfg,
@@ -330,116 +233,19 @@ def setup(project: Project, overrides: dict[str, Any] | None = None, **options: 
     )
 
 
-def _with_companion(
-    project: Project, task: TaskConfig, splits: DatasetSplits, k: int, *, prior: bool
-) -> tuple[Companion | None, dict[str, list[Hints]]]:
-    """Index the training split and give every row its shortlist (training rows: without themselves).
-
-    ``prior``: a classifier's index also fits the label prior (its weight, 0 until training has ended,
-    is chosen on the validation split by :func:`choose_prior`).
-    """
-    prior = prior and task.type == "classification" and len({r["label"] for r in splits.train}) > 1
-    if not k and not prior:
-        return None, {}
-    cache = project.home / "cache" / "embeddings"
-    companion = Companion.build(task, splits.train, k, cache_dir=cache)
-    if prior:
-        companion.prior = LabelPrior.fit(companion.vectors, companion.labels)
-    hints = {
-        "train": companion.hints(task, splits.train, leave_out_self=True, cache_dir=cache),
-        "validation": companion.hints(task, splits.validation, cache_dir=cache),
-        "gold": companion.hints(task, splits.gold, cache_dir=cache),
-    }
-    return companion, hints
-
-
-def _answers(st: TrainSetup, parts: Parts, split: str, n: int, mode: str) -> list[Any]:
-    """The trained model's own answers to the first ``n`` rows of ``split`` (no prior), as evaluation will
-    ask them."""
-    from slmloop.predict.answers import answer_rows
-    from slmloop.predict.engines import LocalEngine
-
-    m = st.project.manifest
-    rows = getattr(st.splits, split)[:n]
-    hints = st.hints[split][:n] if split in st.hints else None
-    parts.model.eval()
-    try:
-        return answer_rows(
-            st.task,
-            st.prompt,
-            mode,
-            LocalEngine(parts.model, parts.tokenizer),
-            rows,
-            hints,
-            batch_size=m.eval.batch_size,
-            max_new_tokens=m.eval.max_new_tokens,
-            margin=m.eval.rank_margin,
+def fit_priors(st: TrainSetup, parts: Parts, console: Console) -> None:
+    """After training, on the validation split: weigh the label prior, fit the span prior and its judge."""
+    rows = st.splits.validation[:PRIOR_VALIDATION_ROWS]
+    hints = st.hints["validation"][: len(rows)] if "validation" in st.hints else None
+    ask = (parts.model, parts.tokenizer, st.task, st.prompt)
+    cfg, cache = st.project.manifest.eval, st.project.home / "cache"
+    st.prior_choice = choose_prior(
+        st.companion, *ask, rows, hints, cfg, cache_dir=cache / "embeddings", console=console
+    )
+    if st.task.type == "extraction" and st.config.span_prior != "off" and rows:
+        st.companion, st.span_choice = choose_spans(
+            st.companion, *ask, st.splits.train, rows, hints, cfg, cache_dir=cache, console=console
         )
-    finally:
-        parts.model.train()
-
-
-def choose_prior(st: TrainSetup, parts: Parts, console: Console) -> dict[str, Any] | None:
-    """Weigh the label prior on the validation split: the model's own label scores, times the prior's to the
-    power of each of PRIOR_WEIGHTS; the weight right most often wins (0: the prior is dropped)."""
-    from slmloop.models.embedder import embed
-    from slmloop.predict.tasks import input_text
-
-    prior = st.companion.prior if st.companion is not None else None
-    rows = st.splits.validation[:PRIOR_VALIDATION_ROWS]
-    if prior is None or not rows:
-        return None
-    with status(console, f"weighing the label prior on {len(rows)} validation rows …"):
-        answers = _answers(st, parts, "validation", len(rows), "rank")
-        vectors = embed([input_text(st.task, r) for r in rows], cache_dir=st.project.home / "cache" / "embeddings")
-        choice = prior.choose_weight([a.scores["probs"] for a in answers], vectors, [str(r["label"]) for r in rows])
-    if not prior.weight:
-        st.companion.prior = None  # type: ignore[union-attr]
-    return choice
-
-
-def choose_spans(st: TrainSetup, parts: Parts, console: Console) -> dict[str, Any] | None:
-    """Fit the span prior (an extractor's CRF tagger) and its judge on the validation split.
-
-    The model answers the validation rows once; the judge (:mod:`slmloop.predict.spans`) is fit on the values the
-    model and the tagger give there. When its cross-validated micro-F1 does not beat the model alone the
-    tagger is not shipped.
-    """
-    from slmloop.models.loading import render_prompt
-    from slmloop.predict.engines import LocalEngine
-    from slmloop.predict.parsing import parse_json_object
-    from slmloop.predict.spans import SpanPrior
-    from slmloop.predict.tasks import answers_inline, prompt_messages
-
-    rows = st.splits.validation[:PRIOR_VALIDATION_ROWS]
-    if st.task.type != "extraction" or st.config.span_prior == "off" or not rows:
-        return None
-    started = time.perf_counter()
-    with status(console, "fitting the span prior (a CRF tagger) on the training split …"):
-        prior = SpanPrior.fit(st.task, st.splits.train, cache_dir=st.project.home / "cache")
-    if prior is None:
-        return {"fields": 0, "note": "no field's values are spans of the input"}
-    with status(console, f"weighing the span prior on {len(rows)} validation rows …"):
-        answers = _answers(st, parts, "validation", len(rows), "generate")
-        marks = None
-        if answers_inline(st.task):  # the judge also reads the model's probability of marking each value
-            hints = st.hints.get("validation", [None] * len(rows))[: len(rows)]
-            prompts = [
-                render_prompt(parts.tokenizer, prompt_messages(st.task, r, st.prompt, h))
-                for r, h in zip(rows, hints, strict=True)
-            ]
-            marks = LocalEngine(parts.model, parts.tokenizer).mark_scorer(prompts, st.project.manifest.eval.batch_size)
-        parts.model.eval()
-        try:
-            choice = prior.choose_judge(st.task, rows, [parse_json_object(a.raw) for a in answers], marks)
-        finally:
-            parts.model.train()
-    choice.update({"fields": len(prior.tagger.fields), "seconds": round(time.perf_counter() - started, 1)})
-    if prior.judge.active:
-        if st.companion is None:
-            st.companion = Companion.empty()
-        st.companion.spans = prior
-    return choice
 
 
 def _resumable_run(project: Project, ref: str) -> Run:
@@ -766,61 +572,26 @@ def preflight(st: TrainSetup, parts: Parts) -> Forecast:
         answer_cut=len(cut),
         needed_length=max(e.full_length for e in every),
         cut_examples=[_cut_example(st, parts, i) for i in cut[:3]],
-        shortlist=_shortlist_summary(st),
+        shortlist=companion_summary(st.companion, st.task, st.splits, st.hints, st.prior_choice),
         span_prior=st.task.type == "extraction" and st.config.span_prior != "off" and bool(st.splits.validation),
         answer=f"{st.task.answer} ({st.answer_note})" if st.task.type == "extraction" and st.answer_note else "",
     )
-    _forecast_eval(st, parts, forecast)
+    forecast_eval(
+        forecast,
+        model_ref=st.model_ref,
+        tokenizer=parts.tokenizer,
+        device=parts.device,
+        task=st.task,
+        prompt=st.prompt,
+        gold=st.splits.gold,
+        hints=st.hints.get("gold"),
+        eval_cfg=st.project.manifest.eval,
+        span_prior=st.config.span_prior,
+        answer_lengths=[e.spans[-1][1] - e.spans[-1][0] for e in parts.val_ex or parts.train_ex],
+        train=st.splits.train,
+        seed=st.config.seed,
+    )
     return forecast
-
-
-def _shortlist_summary(st: TrainSetup) -> dict[str, Any] | None:
-    """What the rows' shortlists hold: size, index rows, and how often they point the right way.
-
-    Classification: how often the true label is on the shortlist (``*_recall``). Extraction: how
-    often the nearest example's answer has the row's own fields (``*_same_fields``).
-    """
-    from slmloop.predict.parsing import parse_json_object
-    from slmloop.predict.tasks import answer_json
-
-    companion = st.companion
-    if companion is None or not companion.labels:  # no index (an empty one carries only a span prior)
-        return None
-
-    def recall(rows: list[dict[str, Any]], hints: list[Hints]) -> float | None:
-        hits = [str(r["label"]) in h.shortlist for r, h in zip(rows, hints, strict=True)]
-        return sum(hits) / len(hits) if hits else None
-
-    def same_fields(rows: list[dict[str, Any]], hints: list[Hints]) -> float | None:
-        def fields(obj: Any) -> set[str]:
-            return set(obj) if isinstance(obj, dict) else set()
-
-        def example_fields(example: tuple[str, str]) -> set[str]:  # an inline example answer marks its fields
-            text, answer = example
-            return fields(parse_json_object(answer_json(st.task, {"text": text}, answer)))
-
-        hits = [
-            bool(h.examples) and example_fields(h.examples[0]) == fields(r["output"])
-            for r, h in zip(rows, hints, strict=True)
-        ]
-        return sum(hits) / len(hits) if hits else None
-
-    out: dict[str, Any] = {
-        "k": companion.k,
-        "prior": st.prior_choice,
-        "prior_classes": len(companion.prior.classes) if companion.prior is not None else 0,
-        "kind": "examples" if companion.examples else "labels",
-        "index_rows": len(companion.labels),
-        "embedder": companion.embedder,
-    }
-    for split, rows in (("train", st.splits.train), ("validation", st.splits.validation)):
-        if not companion.k:
-            continue
-        if companion.examples:
-            out[f"{split}_same_fields"] = same_fields(rows, st.hints[split])
-        else:
-            out[f"{split}_recall"] = recall(rows, st.hints[split])
-    return out
 
 
 def _cut_example(st: TrainSetup, parts: Parts, i: int) -> str:
@@ -833,86 +604,6 @@ def _cut_example(st: TrainSetup, parts: Parts, i: int) -> str:
         split, k, row, ex = "validation", i - n, parts.val_rows[i - n], parts.val_ex[i - n]
     text = input_text(st.task, row)[:60]
     return f"{split} row {k}: {ex.full_length} tokens, its answer loses {ex.answer_cut}: {text!r}"
-
-
-def _forecast_eval(st: TrainSetup, parts: Parts, forecast: Forecast) -> None:
-    """Seconds the gold evaluation of the trained model will take, from passes of this model on this machine.
-
-    Cost model, per batch of gold rows: the prompts after their shared prefix, then decoding steps
-    that each cost a fixed part plus a part per token they add. A fine-tuned model's answer is
-    about as long as the training answers: generation runs a batch until its longest answer (rows
-    that finished leave it), one token per row a step; label ranking runs rounds that each score up
-    to ROUND_WIDTH tree nodes per row (the best label and the near ties; fewer with fewer labels).
-    """
-    import random
-
-    from slmloop.models.inference import ROUND_WIDTH, common_prefix, continuation_logprobs
-    from slmloop.models.loading import render_prompt
-    from slmloop.predict.inline import span_values
-    from slmloop.predict.tasks import answer_target, answers_inline, prompt_messages
-
-    m = st.project.manifest
-    gold = st.splits.gold
-    if not gold or st.task.type == "chat":
-        return
-    mode = resolve_mode(st.task, m.eval.mode)
-    b = m.eval.batch_size
-    sample = gold[: max(b, 8)]
-    shown = st.hints.get("gold", [None] * len(gold))[: len(sample)]
-    prompts = [
-        render_prompt(parts.tokenizer, prompt_messages(st.task, r, st.prompt, h))
-        for r, h in zip(sample, shown, strict=True)
-    ]
-    labels = st.task.label_list or []
-    width = min(ROUND_WIDTH, len(labels) or 1) if mode == "rank" else 1
-    # evaluation runs the merged model, which costs what the base costs as eval loads it (its dtype,
-    # SDPA attention); the training model, wrapped for LoRA, answers 2-3x slower on a CPU
-    plain = load_causal_lm(st.model_ref, pick_dtype(m.eval.precision)).to(parts.device)
-    cost = calibrate_inference(plain, parts.tokenizer, prompts, b, width)
-    # the span prior's judge reads an inline extractor's probability of each value's mark: one
-    # teacher-forced pass over the prompt and the answer up to the mark for every value it weighs
-    marks_rate = 0.0  # tokens/s of those passes, timed on the sample's prompts and whole answers
-    if mode == "generate" and answers_inline(st.task) and st.config.span_prior != "off":
-        t0 = time.perf_counter()
-        scored = continuation_logprobs(
-            plain, parts.tokenizer, prompts, [answer_target(st.task, r) for r in sample], batch_size=b
-        )
-        heads = sum(len(x) for x in parts.tokenizer(prompts, add_special_tokens=False)["input_ids"])
-        marks_rate = (heads + sum(n for _, n in scored)) / max(time.perf_counter() - t0, 1e-9)
-    del plain
-    release_free_memory()  # else training carries the deleted model's memory (0.2 GiB on SMS)
-    torch.manual_seed(st.config.seed)
-    encoded = parts.tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    suffix = sum(len(x) for x in encoded) / len(encoded) - common_prefix(encoded)
-    answers = [e.spans[-1][1] - e.spans[-1][0] for e in parts.val_ex or parts.train_ex]
-    rng = random.Random(0)
-    batches = math.ceil(len(gold) / b)
-    if mode == "rank":
-        depth = sorted(answers)[len(answers) // 2]
-        # a batch runs until its last near tie is scored: midway between the typical answer and the
-        # longest label (measured on HWU64 intents: 6.6-7.8 rounds a batch for 5 and 8 tokens; SMS: 2.0-2.4 for 2, 3)
-        deepest = max(
-            (len(parts.tokenizer(x, add_special_tokens=False)["input_ids"]) + 1 for x in labels), default=depth
-        )
-        rounds = (depth + max(depth, deepest)) / 2
-        decode = batches * rounds * cost.step_fixed_s + len(gold) * width * depth * cost.step_per_row_s
-    else:
-        longest = sum(max(rng.choices(answers, k=b)) for _ in range(batches))
-        decode = longest * cost.step_fixed_s + len(gold) * (sum(answers) / len(answers)) * cost.step_per_row_s
-    forecast.eval_rows = len(gold)
-    forecast.eval_mode = mode
-    marks = 0.0
-    if marks_rate:
-        values = sum(len(span_values(r["output"])) for r in st.splits.train) / max(len(st.splits.train), 1)
-        whole = sum(len(x) for x in encoded) / len(encoded) + sum(answers) / len(answers)
-        marks = len(gold) * values * MARKS_PER_VALUE * whole / marks_rate
-    forecast.eval_seconds = len(gold) * suffix / cost.prompt_tokens_per_s + decode + marks
-
-
-#: values the span prior's judge asks an inline extractor about, per value of an answer (the model's, the
-#: tagger's, the ones both give once, and the tagger's other likely readings): HWU64 slots, 1,387 for 880
-#: gold values
-MARKS_PER_VALUE = 1.6
 
 
 def _refuse(f: Forecast) -> None:
@@ -1250,7 +941,7 @@ def save(st: TrainSetup, parts: Parts, run: Run, state: LoopState, forecast: For
         "gold": st.gold_id,
         "task": st.task.model_dump(),
         "prompt": st.prompt,
-        "shortlist": _shortlist_summary(st),
+        "shortlist": companion_summary(st.companion, st.task, st.splits, st.hints, st.prior_choice),
         "span_prior": st.span_choice,
         "train": st.config.model_dump(),
         "lora": parts.lora,
@@ -1337,8 +1028,7 @@ def train(
         parts.accelerator.wait_for_everyone()
         return run
     chosen = restore_best(st, parts, run, state)
-    st.prior_choice = choose_prior(st, parts, console)
-    st.span_choice = choose_spans(st, parts, console)
+    fit_priors(st, parts, console)
     result = save(st, parts, run, state, forecast, chosen)
     parts.accelerator.wait_for_everyone()
     return result

@@ -128,7 +128,10 @@ def test_line_progress_prints_the_state_with_an_eta_and_a_last_line() -> None:
         bar.update(task, advance=4, loss="0.52")
         import time
 
-        time.sleep(0.1)
+        for _ in range(2000):  # until the printer thread has written its line (every 0.01 s)
+            if "ETA" in buffer.getvalue():
+                break
+            time.sleep(0.005)
     lines = buffer.getvalue().splitlines()
     assert any(re.fullmatch(r"train: 4/10 \(40 %\) · loss 0\.52 · 0:00 elapsed · ETA 0:00", x) for x in lines)
     assert lines[-1].startswith("train: 4/10 (40 %) · loss 0.52") and lines[-1].endswith("done")

@@ -92,7 +92,8 @@ class TaskConfig(Section):
         "auto",
         description="extraction: how a fine-tuned model writes its answer. json: the JSON object itself; inline: the "
         "request copied with each value marked where it occurs, [field: value], which slmloop turns into the JSON "
-        "object (on HWU64 slots 0.757 micro-F1 against 0.711 as JSON). auto: inline when most training values are "
+        "object (the model reads the request as a sequence tagger does; measured: docs/training.md). auto: inline "
+        "when most training values are "
         "spans of their request and all are strings, else json; training decides and records it. Evaluation, "
         "serving and exports report the JSON object either way; a zero-shot model always answers JSON.",
     )
@@ -242,7 +243,7 @@ class EarlyStoppingConfig(Section):
 class TrainConfig(Section):
     lora_r: int = Field(16, gt=0, description="LoRA rank: capacity of the adapter.")
     lora_alpha: int = Field(32, gt=0, description="LoRA scale numerator (scale = alpha / r).")
-    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input (costs ~25% speed on CPU).")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input (slower steps on CPU).")
     target_modules: Literal["auto", "all-linear"] | list[str] = Field(
         "all-linear",
         description="auto: attention projections of the architecture; all-linear: every "
@@ -331,7 +332,7 @@ class TrainConfig(Section):
         None, description="Stop when the validation metric stops improving; the best checkpoint is the result."
     )
     gradient_checkpointing: bool = Field(
-        False, description="Recompute activations in the backward pass: much less memory, ~30% slower."
+        False, description="Recompute activations in the backward pass: much less memory, an extra forward pass."
     )
     report_to: list[Literal["tensorboard", "mlflow"]] = Field(
         default_factory=list, description="Also log metrics to TensorBoard and/or MLflow."
@@ -405,7 +406,7 @@ class ForgettingConfig(Section):
         "gsm8k-numeric", description="A built-in general-capability pack, or a JSONL file of your own (see docs)."
     )
     rows: int | None = Field(
-        100, gt=0, description="Rows of the pack used (null: all; ~0.6 s a row per model on 2 CPU cores)."
+        100, gt=0, description="Rows of the pack used (null: all; both models score each; timing: docs/graduating.md)."
     )
     max_drop: float | None = Field(
         0.05, ge=0.0, description="Largest allowed fall of the pack's choice accuracy against the base model."
@@ -426,8 +427,8 @@ class EvalConfig(Section):
     batch_size: int = Field(
         64,
         gt=0,
-        description="Gold rows per forward pass. 64 generates 1.3x faster than 32 on a 2-core CPU "
-        "(HWU64 slots, base and fine-tuned); label ranking runs alike at 32 and 64.",
+        description="Gold rows per forward pass. Larger batches generate faster on a CPU, for more memory; "
+        "the default was chosen by timing generation and label ranking (docs/training.md#speed).",
     )
     max_new_tokens: int = Field(64, gt=0, description="Generation budget per gold row.")
     rank_margin: float | None = Field(
@@ -598,7 +599,7 @@ SPACE_KEYS_EXCLUDED = ("early_stopping", "report_to", "validation_rows", "eval_e
 #: training defaults that differ by task type, where the recipe sweep found another value best
 #: (docs/training.md#the-default-recipe); a value written in the manifest always wins
 TRAIN_DEFAULTS_BY_TASK: dict[str, dict[str, Any]] = {
-    # slot extraction keeps gaining from a third epoch (HWU64 slots: micro-F1 0.671 -> 0.713)
+    # slot extraction keeps gaining from a third epoch (docs/training.md#the-default-recipe)
     "extraction": {"epochs": 3.0},
 }
 

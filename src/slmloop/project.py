@@ -146,10 +146,10 @@ model:
 
 train:                            # defaults chosen by a measured sweep (docs/training.md#the-default-recipe)
   target_modules: all-linear      # every linear layer (auto: attention only — faster per step, weaker)
-  lora_layers: 0.5                # adapt the top half of the layers: 1.5x faster steps (null: all layers)
+  lora_layers: 0.5                # adapt the top half of the layers: faster steps (null: all layers)
   lora_r: 16                      # adapter capacity; 8-64 is typical, larger = slower
   lora_alpha: 32                  # scale = alpha / r
-  lora_dropout: 0.0               # 0.05-0.1 regularises small data sets; costs ~25% speed on CPU
+  lora_dropout: 0.0               # 0.05-0.1 regularises small data sets; slower steps on CPU
   prompt: compact                 # instruction only (full: + the label list / JSON keys in every row)
   learning_rate: 2.0e-3           # small models + LoRA + short runs like 1e-3..2e-3; use ~2e-4 for >=1B models
   scheduler: cosine               # cosine | linear | constant
@@ -162,7 +162,7 @@ train:                            # defaults chosen by a measured sweep (docs/tr
 
 eval:
   mode: auto                      # classification: rank (label likelihood) or generate (parse)
-  batch_size: 64                  # gold rows per pass: generation 1.3x faster than at 32 on 2 CPU cores
+  batch_size: 64                  # gold rows per pass: larger = faster generation, more memory
   max_new_tokens: 64
 
 export:

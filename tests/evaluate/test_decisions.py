@@ -17,7 +17,7 @@ from slmloop.evaluate.evaluate import evaluate, failed_gates
 from slmloop.manifest import EvalConfig
 from slmloop.project import open_project
 from slmloop.store import GoldVersion, RequestLog
-from tests.test_endpoint import fake_api
+from tests.models.test_endpoint import fake_api
 
 pytestmark = pytest.mark.integration  # trains the tiny model
 

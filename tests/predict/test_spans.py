@@ -13,7 +13,7 @@ from slmloop.predict.inline import unmark
 from slmloop.predict.spans import FEATURES, SpanJudge, SpanPrior, fuse_spans, mark_scores
 from slmloop.predict.tagger import SpanTagger
 from slmloop.predict.tasks import Hints
-from tests.test_real_size import EXT, TRAIN, _rows
+from tests.baselines.test_crf import EXT, TRAIN, _rows
 
 TEXT = "wake me at six am on friday please"
 OUT = {"O": 1.0}

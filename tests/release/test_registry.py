@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -169,16 +170,24 @@ def test_promote_and_rollback_under_load_swap_the_served_model_without_a_failed_
             assert time.monotonic() < deadline, f"the server never switched to v{release}"
             time.sleep(0.2)
 
+    def keep_going(done: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 90
+        while not done():
+            assert time.monotonic() < deadline, "the clients stopped getting answers"
+            time.sleep(0.05)
+
     with ServerProcess(project.root, alias="production") as server:
         clients = [threading.Thread(target=traffic, args=(server.url,)) for _ in range(4)]
         for c in clients:
             c.start()
         promote(project, "v2", "production", reason="newer", force=True)
         wait_for(server.url, 2)
-        time.sleep(1)
+        answered = len(statuses)
+        keep_going(lambda: len(statuses) > answered + 8)  # the clients go on through the new release
         rollback(project, "production", reason="back")
         wait_for(server.url, 1)
-        time.sleep(1)
+        answered = len(statuses)
+        keep_going(lambda: len(statuses) > answered + 8)
         stop.set()
         for c in clients:
             c.join()

@@ -197,41 +197,83 @@ def test_the_request_log_can_redact_pii(trained_copy) -> None:
 
 
 def test_a_forming_group_waits_for_each_next_request_under_load_and_not_when_idle() -> None:
-    """Idle: a lone request is answered without waiting. Under load: requests 50 ms apart join one group while each
-    comes within wait_ms (100 ms) of the last; a stream that never pauses is cut at WAIT_CAP x wait_ms."""
+    """Idle: a lone request is answered without waiting. Under load: each next request that comes within
+    wait_ms of the last joins the forming group; a stream that never pauses is cut at WAIT_CAP x wait_ms.
+    The batcher's clock is driven by hand (and wait_ms is 10 minutes of it): no assertion depends on how fast
+    this machine is."""
+    import threading
+    from concurrent.futures import Future
+    from typing import Any
+
     from slmloop.serve.engine import WAIT_CAP, Batcher, Job, ModelSlot
 
+    wait = 600.0  # seconds, on the batcher's clock
+
     class Echo:  # the grouping policy is under test here, not a model
+        def __init__(self) -> None:
+            self.gate = threading.Event()
+            self.gate.set()
+
         def predict_many(self, payloads: list[str]) -> list[str]:
+            self.gate.wait(30)
             return list(payloads)
 
+    def settle(batcher: Batcher) -> None:
+        """Until the worker has taken every queued request (it is then forming a group, or answering)."""
+        for _ in range(10_000):
+            if batcher._queue.empty():
+                return
+            time.sleep(0.001)
+        raise AssertionError("the batcher never took the queued requests")
+
+    def loaded(sizes: list[int], now: list[float]) -> Batcher:
+        """A batcher under load: it answered one request while two more queued up, and grouped those two."""
+        echo = Echo()
+        batcher = Batcher(
+            ModelSlot(echo), max_batch=64, wait_ms=wait * 1000, observe=sizes.append, clock=lambda: now[0]
+        )
+        echo.gate.clear()
+        first = batcher.submit(Job("predict", ("predict",), "a"))
+        settle(batcher)
+        queued = [batcher.submit(Job("predict", ("predict",), x)) for x in "bc"]
+        echo.gate.set()
+        assert [f.result(timeout=10)[1] for f in [first, *queued]] == ["a", "b", "c"]
+        assert sizes == [1, 2]
+        sizes.clear()
+        return batcher
+
+    def stream(batcher: Batcher, now: list[float], n: int, gap: float) -> list[Future[Any]]:
+        futures = []
+        for i in range(n):
+            futures.append(batcher.submit(Job("predict", ("predict",), str(i))))
+            settle(batcher)
+            now[0] += gap
+        return futures
+
     sizes: list[int] = []
-    batcher = Batcher(ModelSlot(Echo()), max_batch=64, wait_ms=600_000, observe=sizes.append)
+    batcher = Batcher(ModelSlot(Echo()), max_batch=64, wait_ms=wait * 1000, observe=sizes.append)
     # an idle server does not wait its 10-minute wait_ms for company (the result would time out)
     assert batcher.submit(Job("predict", ("predict",), "alone")).result(timeout=30)[1] == "alone"
     batcher.close()
 
+    # requests half a wait apart join one group; a pause longer than a wait closes it
     sizes.clear()
-    batcher = Batcher(ModelSlot(Echo()), max_batch=64, wait_ms=100, observe=sizes.append)
-    burst = [batcher.submit(Job("predict", ("predict",), "b")) for _ in range(4)]  # load: a group with company
-    for f in burst:
-        f.result(timeout=10)
-    assert max(sizes) > 1
-    sizes.clear()
-    futures = []
-    for i in range(6):
-        futures.append(batcher.submit(Job("predict", ("predict",), str(i))))
-        time.sleep(0.05)
+    now = [0.0]
+    batcher = loaded(sizes, now)
+    futures = stream(batcher, now, 6, wait / 2)
+    now[0] += 2 * wait
+    late = batcher.submit(Job("predict", ("predict",), "late"))
     assert [f.result(timeout=10)[1] for f in futures] == [str(i) for i in range(6)]
-    assert sizes == [6]  # one group: a fixed 100 ms from the first request would have taken 2-3
-    sizes.clear()
-    futures = []
-    started = time.perf_counter()
-    while time.perf_counter() - started < 2 * WAIT_CAP * 0.1:  # a stream that never pauses
-        futures.append(batcher.submit(Job("predict", ("predict",), "x")))
-        time.sleep(0.05)
-    for f in futures:
-        f.result(timeout=10)
+    assert sizes == [6]  # one group: a fixed wait from the first request would have cut it after 2-3
     batcher.close()
-    assert len(sizes) >= 2 and sum(sizes) == len(futures)
-    assert sizes[0] < len(futures) - 4  # cut at the cap (~16 requests), not when the stream ended (~32)
+    assert late.result(timeout=10)[1] == "late" and sizes == [6, 1]
+
+    # a stream that never pauses is cut WAIT_CAP waits after the group's first request: 2 x WAIT_CAP requests
+    # half a wait apart, one more when the cap falls between taking a request and reading the clock
+    sizes.clear()
+    now = [0.0]
+    batcher = loaded(sizes, now)
+    futures = stream(batcher, now, 3 * WAIT_CAP, wait / 2)
+    batcher.close()
+    assert all(f.result(timeout=10)[1] for f in futures)
+    assert sum(sizes) == len(futures) and 2 * WAIT_CAP <= sizes[0] <= 2 * WAIT_CAP + 1

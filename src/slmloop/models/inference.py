@@ -128,7 +128,7 @@ _TOKEN_TEXTS: weakref.WeakKeyDictionary[Any, list[str]] = weakref.WeakKeyDiction
 
 
 def token_texts(tok: PreTrainedTokenizerBase) -> list[str]:
-    """The text of every token id on its own (computed once per tokenizer: ~0.4 s for 49k tokens)."""
+    """The text of every token id on its own (decoded once per tokenizer and kept)."""
     texts = _TOKEN_TEXTS.get(tok)
     if texts is None:
         texts = [str(t) for t in tok.batch_decode([[i] for i in range(len(tok))])]
@@ -184,9 +184,9 @@ def prefix_cache(model: PreTrainedModel, prefix: list[int]) -> list[tuple[torch.
     return [(k, v) for k, v, *_ in _cache_of(out)]
 
 
-#: shortest shared prefix that is kept apart from the rows' cache. Measured on 2 CPU cores (bf16):
-#: with a 235-token prefix (a zero-shot prompt with 54 JSON keys) decoding is 25 % faster apart;
-#: with a ~20-token one (a compact prompt) the extra products make it 3-5 % slower.
+#: shortest shared prefix that is kept apart from the rows' cache: a long prefix (a zero-shot prompt with
+#: many JSON keys) decodes faster apart, while for a short one (a compact prompt) the extra matrix products
+#: cost more than they save
 APART_MIN_PREFIX = 128
 
 #: most prompt tokens one packed forward pass carries (attention over a packed pass grows with its square)
@@ -410,9 +410,9 @@ class _Trie:
         return out[::-1]
 
 
-#: label-tree nodes a prompt expands per forward pass at most (more wait a round: less padding);
-#: HWU64 intents, 1,076 rows: 51 s at 4 and at 2, 59 s at 8, 67 s at 16 (fine-tuned);
-#: the base model on 256 of them: 47 s at 4, 50 s at 8
+#: label-tree nodes a prompt expands per forward pass at most (more wait a round: less padding); chosen by
+#: timing gold evaluations of HWU64 intents, fine-tuned and base: wider rounds pad more than they save,
+#: narrower ones save nothing
 ROUND_WIDTH = 4
 
 

@@ -131,7 +131,7 @@ def load_causal_lm(
                 # cast the weights only: buffers such as rotary frequencies stay fp32, as a direct load
                 # in ``dtype`` keeps them; tied weights stay tied. requires_grad is restored as a plain
                 # load has it: PyTorch multiplies a sliced 3-D input by a frozen weight through a slow
-                # batched copy (the LM head got ~100x slower at generation time without this)
+                # batched copy (without this the LM head is far slower at generation time)
                 for p in lm.parameters():
                     p.data = p.data.to(dtype)
                     p.requires_grad_(True)

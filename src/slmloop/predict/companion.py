@@ -9,8 +9,7 @@ that its nearest training requests carry, most likely first::
 Nearness is the cosine of MiniLM sentence embeddings; the labels are ranked by a vote of the
 NEIGHBOURS nearest rows, each weighted by its similarity to the power POWER (so one very close
 row outweighs several loose ones). The model learns when to follow the shortlist and when to
-overrule it: on HWU64 intents (64 labels) accuracy went from 0.899 to 0.903-0.914 in three
-runs, for ~16 more tokens a row (docs/training.md, "Shortlists").
+overrule it, for the few tokens the shortlist adds to a row (measured: docs/training.md, "Shortlists").
 
 Training rows get their shortlist *without themselves* (nor exact copies of their text), as
 a new request would get it. The index — the embeddings and labels of the training split —
@@ -69,19 +68,20 @@ __all__ = [
 
 #: the file beside an adapter (and in a release's adapter folder) that holds the index
 SHORTLIST_FILE = "shortlist.npz"
-#: nearest training rows that vote; HWU64 gold: recall of the true label in the top 5 0.954 with
-#: 5 voters, 0.970 with 10, 0.980 with 20 and 0.982 with 40
+#: nearest training rows that vote (more voters raise the chance the true label is on the shortlist, with
+#: less gained for each doubling; chosen on HWU64, see docs/training.md, "Shortlists")
 NEIGHBOURS = 20
-#: a voter's weight is its cosine similarity to this power (top-1 0.881 with 4, 0.872 with 1)
+#: a voter's weight is its cosine similarity to this power (a very close row outweighs several loose ones,
+#: which puts the true label first more often; see docs/training.md, "Shortlists")
 POWER = 4.0
 #: rows embedded per similarity block (bounds the block at BLOCK x training rows floats)
 BLOCK = 1024
-#: train.shortlist: auto gives AUTO_SIZE labels to tasks with AUTO_MIN_LABELS labels or more (measured on
-#: HWU64's 64); with a handful of labels a shortlist would name most of them
+#: train.shortlist: auto gives AUTO_SIZE labels to tasks with AUTO_MIN_LABELS labels or more (chosen on
+#: HWU64 intents, see docs/training.md); with a handful of labels a shortlist would name most of them
 AUTO_SIZE, AUTO_MIN_LABELS = 5, 10
-#: train.shortlist: auto gives extraction tasks this many examples: none, since on HWU64 slots one example
-#: lifted 2 epochs from 0.671 to 0.681 micro-F1 for 1.5x the tokens a row, below the 0.711 that 3 epochs
-#: without it reach in less time (docs/training.md); ``shortlist: 1`` turns it on
+#: train.shortlist: auto gives extraction tasks this many examples: none, since on HWU64 slots an example
+#: gained less than a third epoch without it, for more tokens a row (docs/training.md, "Examples for
+#: extraction"); ``shortlist: 1`` turns it on
 AUTO_EXAMPLES = 0
 #: task types that read a shortlist: labels (classification) or examples (extraction)
 SHORTLIST_TASKS = ("classification", "extraction")

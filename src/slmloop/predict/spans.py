@@ -2,16 +2,17 @@
 
 The extraction analogue of the label prior (:class:`slmloop.predict.companion.LabelPrior`). A fine-tuned
 extractor and a CRF tagger (the ``crf`` baseline's, fit on the same training split) make different
-mistakes: on HWU64 slots, 94 % of the values both give are right, and one or the other gives 82 %
-of the gold values. After the model answers, every value either of them gives is weighed by a
-**judge**, a logistic regression over what is known of the value (:data:`FEATURES`): who gives it
-(the model, the tagger, both), the tagger's probability that exactly those tokens form a value of
-that field (from its marginals: the first token begins it, the others continue it, the next one
-does not), the probability of the most likely value overlapping it, its length in words, and for
-an extractor that answers inline, the model's own probability of marking it there. The tagger's
-other likely readings (a span whose probability is at least :data:`ALTERNATIVE_P`, a field or
-boundaries its best reading did not choose) are weighed as well. The answer is the values the judge
-rates at ``threshold`` or more, the likeliest first, leaving out any that overlaps one already taken.
+mistakes: the values both give are mostly right, and together they give more of the gold values than
+either alone (measured on HWU64 slots: docs/training.md, "The span prior"). After the model answers,
+every value either of them gives is weighed by a **judge**, a logistic regression over what is known of
+the value (:data:`FEATURES`): who gives it (the model, the tagger, both), the tagger's probability that
+exactly those tokens form a value of that field (from its marginals: the first token begins it, the
+others continue it, the next one does not), the probability of the most likely value overlapping it, its
+length in words, and for an extractor that answers inline, the model's own probability of marking it
+there. The tagger's other likely readings (a span whose probability is at least :data:`ALTERNATIVE_P`, a
+field or boundaries its best reading did not choose) are weighed as well. The answer is the values the
+judge rates at ``threshold`` or more, the likeliest first, leaving out any that overlaps one already
+taken.
 
 A value of a field that is not a span field (an intent, a normalised value) is the model's alone.
 The judge is fit after training on the validation split, where the model answers once
@@ -198,7 +199,7 @@ class SpanPrior:
 
         # micro-F1 at each threshold, each row judged by a judge fit without it; averaged over repeats with
         # other folds, and the threshold chosen on that curve smoothed over its neighbours: one split's luck
-        # moves the chosen threshold (on HWU64 slots, from 0.3 to 0.15 or 0.5) more than the judge's quality
+        # moves the chosen threshold more than the judge's quality (docs/training.md, "The span prior")
         curves = []
         for repeat in range(CV_REPEATS):
             held_out: list[np.ndarray] = [np.zeros(0)] * len(rows)

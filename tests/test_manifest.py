@@ -16,7 +16,7 @@ def test_minimal_manifest_fills_documented_defaults() -> None:
     m = parse_manifest(MINIMAL)
     assert m.model.base == "smollm2-135m-instruct"
     assert m.train.precision == "auto"
-    assert m.eval_mode == "rank"
+    assert m.eval.mode == "auto"
     assert m.data.split.gold == 0.2
 
 

@@ -630,12 +630,6 @@ class Manifest(Section):
         p = Path(path).expanduser()
         return p if p.is_absolute() else (self.root / p)
 
-    @property
-    def eval_mode(self) -> Literal["rank", "generate"]:
-        if self.eval.mode != "auto":
-            return self.eval.mode
-        return "rank" if self.task.type == "classification" else "generate"
-
 
 def _key_path(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []

@@ -48,7 +48,7 @@ def test_missing_files_and_unknown_references(project: Path, tmp_path: Path) -> 
     assert_clean_error(slmloop("data", "import", str(tmp_path / "nope.csv"), "-p", str(project)), 1, "does not exist")
     assert_clean_error(slmloop("data", "prepare", "-p", str(project)), 1, "no imported data yet")
     assert_clean_error(slmloop("eval", "show", "eval-7", "-p", str(project)), 1, "does not exist")
-    assert_clean_error(slmloop("eval", "show", "seven", "-p", str(project)), 1, "not an evaluation id")
+    assert_clean_error(slmloop("eval", "show", "seven", "-p", str(project)), 1, "is not an evaluation")
     assert_clean_error(slmloop("export", "-p", str(project)), 1, "no completed training run")
 
 

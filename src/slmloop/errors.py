@@ -14,6 +14,7 @@ hint with a non-zero exit; the server maps ``http_status`` to a JSON body.
     ├── LeakageError         train/validation rows overlap the gold set
     ├── PreflightError       a training run that will not fit or cannot start
     ├── GateError            a required evaluation gate failed                 (exit 3)
+    ├── ConflictError        what an action expected changed meanwhile (another operator moved it)
     └── ServeError           the server cannot start or answer
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "ConflictError",
     "DataError",
     "GateError",
     "LeakageError",
@@ -101,6 +103,12 @@ class PreflightError(SlmloopError):
 class GateError(SlmloopError):
     code = "gate_failed"
     exit_code = 3
+
+
+class ConflictError(SlmloopError):
+    code = "conflict"
+    exit_code = 4
+    http_status = 409
 
 
 class ServeError(SlmloopError):

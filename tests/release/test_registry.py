@@ -193,3 +193,67 @@ def test_promote_and_rollback_under_load_swap_the_served_model_without_a_failed_
             c.join()
     assert len(statuses) > 20 and set(statuses) == {200}
     assert models == {"toy-v1", "toy-v2"}
+
+
+def test_rollback_walks_the_promotions_back_and_never_forward(trained_copy) -> None:
+    project = trained_copy
+    for _ in range(2):
+        export_release(project, "run-1")  # v2, v3
+    for v in (1, 2, 3):
+        promote(project, f"v{v}", "production", reason=f"v{v}", force=True)
+    assert rollback(project, "production").version == 2
+    assert rollback(project, "production").version == 1  # not back to v3
+    with pytest.raises(ConfigError, match="no earlier version"):
+        rollback(project, "production")  # every promotion rolled back: nothing earlier, and never forward
+    assert resolve_release(project, "production").version == 1
+    promote(project, "v3", "production", reason="again", force=True)
+    assert rollback(project, "production").version == 1  # a new promotion goes back where it came from
+
+
+def test_a_move_that_expects_another_version_is_refused(trained_copy) -> None:
+    from slmloop.errors import ConflictError
+
+    project = trained_copy
+    export_release(project, "run-1")  # v2
+    promote(project, "v1", "production", reason="first", force=True)
+    promote(project, "v2", "production", reason="second", force=True, expect=1)
+    # a second operator, who saw production at v1, clicks again: refused, not applied on top of the first's move
+    with pytest.raises(ConflictError, match="points at v2 now, not at v1"):
+        promote(project, "v2", "production", reason="double submit", force=True, expect=1)
+    with pytest.raises(ConflictError, match="points at v2 now, not at v1"):
+        rollback(project, "production", expect=1)
+    assert rollback(project, "production", expect=2).version == 1
+    assert main(["rollback", "production", "--from", "v2", "-p", str(project.root)]) == 4  # exit 4: a conflict
+    assert len(alias_history(project, "production")) == 3
+
+
+def test_rollback_refuses_a_release_whose_files_changed(trained_copy) -> None:
+    project = trained_copy
+    export_release(project, "run-1")  # v2
+    promote(project, "v1", "production", reason="first", force=True)
+    promote(project, "v2", "production", reason="second", force=True)
+    card = project.locate(project.store.get(Release, 1, "release", "").path) / "README.md"
+    card.write_text(card.read_text() + "tampered\n")
+    with pytest.raises(GateError, match="changed since export"):
+        rollback(project, "production")
+    assert resolve_release(project, "production").version == 2
+
+
+def test_concurrent_promotions_are_serialised_and_each_records_what_it_replaced(trained_copy) -> None:
+    """Two processes promote at the same moment: each move's 'previous' is the one before it, none repeated."""
+    import subprocess
+    import sys
+
+    project = trained_copy
+    for _ in range(3):
+        export_release(project, "run-1")  # v2, v3, v4
+    promote(project, "v1", "production", reason="first", force=True)
+    code = (
+        "import sys; from slmloop.project import open_project; from slmloop.release.registry import promote; "
+        "p = open_project(sys.argv[1]); promote(p, sys.argv[2], 'production', reason='race', force=True)"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(project.root), f"v{v}"]) for v in (2, 3, 4)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    history = list(reversed(alias_history(project, "production")))
+    assert [h.previous for h in history[1:]] == [h.version for h in history[:-1]]  # a chain, no fork
+    assert sorted(h.version for h in history[1:]) == [2, 3, 4]

@@ -9,6 +9,7 @@ import typer
 
 from slmloop.cli.common import ProjectOpt, err, load, out, table
 from slmloop.cli.options import config_options, with_overrides
+from slmloop.errors import ConfigError
 from slmloop.manifest import ExportConfig
 
 
@@ -57,18 +58,31 @@ def verify(
     out.print(f"[green]v{rel.version} intact[/green]: every file matches manifest.json ({proj.locate(rel.path)})")
 
 
+FROM_HELP = "Move only if the alias points at this version now (N or vN); refused if it moved meanwhile."
+
+
+def _version(ref: str | None) -> int | None:
+    if ref is None:
+        return None
+    try:
+        return int(ref.removeprefix("v"))
+    except ValueError:
+        raise ConfigError(f"--from {ref!r} is not a version", hint="Use N or vN, e.g. --from v2.") from None
+
+
 def promote(
     release: Annotated[str, typer.Argument(help="N or vN.")],
     to: Annotated[str, typer.Option("--to", help="Alias to move (production, staging, any name).")],
     reason: Annotated[str, typer.Option("--reason", help="Why; kept in the alias history.")],
     force: Annotated[bool, typer.Option(help="Promote despite failed gates (recorded in the audit log).")] = False,
+    expect: Annotated[str | None, typer.Option("--from", help=FROM_HELP)] = None,
     project: ProjectOpt = Path("."),
 ) -> None:
     """Point an alias at a release, if its gold evaluation passes every required gate."""
     from slmloop.release.registry import promote as do_promote
 
     proj = load(project)
-    row = do_promote(proj, release, to, reason=reason, force=force)
+    row = do_promote(proj, release, to, reason=reason, force=force, expect=_version(expect))
     before = f"v{row.previous}" if row.previous is not None else "nothing"
     note = " [bold red](forced past failed gates)[/bold red]" if row.forced else ""
     out.print(f"[bold green]{row.alias}[/bold green] → v{row.version} (was {before}){note}")
@@ -77,13 +91,14 @@ def promote(
 def rollback(
     alias: Annotated[str, typer.Argument(help="The alias to move back.")],
     reason: Annotated[str, typer.Option("--reason", help="Why; kept in the alias history.")] = "",
+    expect: Annotated[str | None, typer.Option("--from", help=FROM_HELP)] = None,
     project: ProjectOpt = Path("."),
 ) -> None:
-    """Point an alias back at the version it pointed at before its last move."""
+    """Point an alias back at the version it was promoted from (rollbacks walk back: v3 → v2 → v1)."""
     from slmloop.release.registry import rollback as do_rollback
 
     proj = load(project)
-    row = do_rollback(proj, alias, reason=reason)
+    row = do_rollback(proj, alias, reason=reason, expect=_version(expect))
     out.print(f"[bold yellow]{row.alias}[/bold yellow] → v{row.version} (rolled back from v{row.previous})")
 
 

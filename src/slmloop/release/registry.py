@@ -8,7 +8,11 @@ or not), so "what answered last Tuesday?" always has an answer.
 - :func:`promote` moves an alias to a release after its gold evaluation passed
   every required gate (thresholds, must-beat, not worse than the best baseline);
   ``force`` overrides a refusal and says so in the history and the audit log.
-- :func:`rollback` moves an alias back to the version it pointed at before.
+- :func:`rollback` moves an alias back to the version it was promoted from, walking the promotions
+  backwards (v3 → v2 → v1), never forward.
+
+Moves of one alias are serialised (one at a time, across processes), and a move may carry the
+version it expects the alias to point at: a second operator's stale click is refused, not applied.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ from __future__ import annotations
 import getpass
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select
 
 from slmloop.data.versions import current_gold
-from slmloop.errors import ConfigError, GateError, NotFoundError
+from slmloop.errors import ConfigError, ConflictError, GateError, NotFoundError
 from slmloop.evaluate.evaluate import failed_gates
 from slmloop.evaluate.results import newest_evaluation
 from slmloop.predict.targets import resolve_release
@@ -34,6 +39,7 @@ __all__ = [
     "alias_history",
     "aliases",
     "promote",
+    "promoted_stack",
     "promotion_problems",
     "release_evaluation",
     "rollback",
@@ -90,20 +96,37 @@ def _current(project: Project, alias: str) -> AliasHistory | None:
 def _move(
     project: Project,
     alias: str,
-    version: int,
+    target: int | Callable[[list[AliasHistory]], int],
     *,
     action: str,
     reason: str,
     forced: bool,
     gates: list[str],
     who: str | None = None,
+    expect: int | None = None,
 ) -> AliasHistory:
+    """Append a move of ``alias`` to ``target`` (a version, or a function of the alias's history, oldest
+    first). Moves of one alias are serialised; ``expect``: the version the alias must point at now, else
+    the move is refused (:class:`ConflictError`) — someone else moved it meanwhile."""
     with project.store.session() as s:
-        previous = project.store.alias_head(s, alias)
+        project.store.lock(s, f"alias:{alias}")
+        history = list(
+            s.scalars(select(AliasHistory).where(AliasHistory.alias == alias).order_by(AliasHistory.id)).all()
+        )
+        head = history[-1] if history else None
+        if expect is not None and (head is None or head.version != expect):
+            now = f"v{head.version}" if head else "nothing"
+            raise ConflictError(
+                f"{alias} points at {now} now, not at v{expect}: it moved since you looked",
+                hint="`slmloop releases` shows the latest moves; run the command again if it still applies.",
+            )
+        version = target(history) if callable(target) else target
+        if head is not None and head.version == version:
+            raise ConfigError(f"{alias} already points at v{version}", hint="Nothing to do.")
         row = AliasHistory(
             alias=alias,
             version=version,
-            previous=previous.version if previous else None,
+            previous=head.version if head else None,
             reason=reason,
             who=who or _who(),
             action=action,
@@ -123,6 +146,22 @@ def _move(
             failed_gates=gates,
         )
     return row
+
+
+def promoted_stack(history: list[AliasHistory]) -> list[int]:
+    """The versions an alias was promoted through that a rollback can still go back to, oldest first; the
+    last is where it points now. A promotion pushes, a rollback pops: v1 → v2 → v3, rollback, rollback
+    reaches v1 and no further."""
+    stack: list[int] = []
+    for move in history:
+        if move.action == "rollback":
+            if stack:
+                stack.pop()
+            if not stack or stack[-1] != move.version:  # a move the stack does not explain starts it afresh
+                stack = [move.version]
+        else:
+            stack.append(move.version)
+    return stack
 
 
 def _release_problems(project: Project, release: Release) -> list[str]:
@@ -168,20 +207,28 @@ def promotion_problems(
 
 
 def promote(
-    project: Project, ref: str | int, alias: str, *, reason: str, force: bool = False, who: str | None = None
+    project: Project,
+    ref: str | int,
+    alias: str,
+    *,
+    reason: str,
+    force: bool = False,
+    who: str | None = None,
+    expect: int | None = None,
 ) -> AliasHistory:
     """Point ``alias`` at release ``ref`` if its gold evaluation passes every required gate.
 
     Refused (:class:`GateError`) when the release was never evaluated on the
     current gold set or failed a required gate; ``force`` moves it anyway and
-    records the failed gates next to the move. ``who`` defaults to $SLMLOOP_USER or the login name.
+    records the failed gates next to the move. ``who`` defaults to $SLMLOOP_USER or the login name;
+    ``expect``: the version the alias must point at now (else :class:`ConflictError`).
     """
     _check_alias(alias)
     if not reason.strip():
         raise ConfigError("a promotion needs a reason", hint='Add --reason "why this version".')
     release = resolve_release(project, ref)
     current = _current(project, alias)
-    if current is not None and current.version == release.version:
+    if current is not None and current.version == release.version and expect in (None, current.version):
         raise ConfigError(f"{alias} already points at v{release.version}", hint="Nothing to do.")
     ev, problems = promotion_problems(project, release)
     if problems and not force:
@@ -204,28 +251,47 @@ def promote(
         forced=bool(problems),
         gates=problems,
         who=who,
+        expect=expect,
     )
 
 
-def rollback(project: Project, alias: str, *, reason: str = "", who: str | None = None) -> AliasHistory:
-    """Point ``alias`` back at the version it pointed at before its last move."""
+def rollback(
+    project: Project, alias: str, *, reason: str = "", who: str | None = None, expect: int | None = None
+) -> AliasHistory:
+    """Point ``alias`` back at the version it was promoted from: rollbacks walk the promotions backwards
+    (v3 → v2 → v1), never forward. Refused when there is nothing earlier, when the release to go back to
+    changed since export, and (``expect``) when the alias no longer points where the caller saw it."""
     current = _current(project, alias)
     if current is None:
         raise NotFoundError(f"alias {alias!r} does not exist", hint="`slmloop releases` lists the aliases.")
-    if current.previous is None:
-        raise ConfigError(
-            f"{alias} has no earlier version to roll back to (it has pointed at v{current.version} since it was made)",
-            hint=f"Promote another version instead: slmloop promote vN --to {alias} --reason ….",
-        )
+
+    def back(history: list[AliasHistory]) -> int:
+        stack = promoted_stack(history)
+        if len(stack) < 2:
+            raise ConfigError(
+                f"{alias} has no earlier version to roll back to: v{history[-1].version} is the first it was "
+                "promoted to, or every earlier promotion was rolled back already",
+                hint=f"Promote another version instead: slmloop promote vN --to {alias} --reason ….",
+            )
+        target = resolve_release(project, stack[-2])
+        changed = verify_release(project, target)
+        if changed:
+            raise GateError(
+                f"v{target.version} cannot be rolled back to: its folder changed since export ({'; '.join(changed)})",
+                hint="Export the run again and promote the new release.",
+            )
+        return target.version
+
     return _move(
         project,
         alias,
-        current.previous,
+        back,
         action="rollback",
         reason=reason or f"rollback from v{current.version}",
         forced=False,
         gates=[],
         who=who,
+        expect=expect,
     )
 
 

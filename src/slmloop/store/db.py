@@ -8,6 +8,7 @@ every change a user would want to audit also appends an :class:`Event`.
 from __future__ import annotations
 
 import datetime as dt
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar, TypeVar
@@ -346,6 +347,16 @@ class Store:
             return None
         before, row.value = row.value, value
         return before
+
+    def lock(self, s: Session, name: str) -> None:
+        """Serialise every transaction that locks ``name`` until ``s``'s transaction ends (another process
+        waits here). PostgreSQL: a transaction-level advisory lock; SQLite: the database's write lock,
+        which the transaction's first write takes."""
+        if self.engine.dialect.name == "postgresql":
+            s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": zlib.crc32(name.encode())})
+            return
+        self.set_meta(s, f"lock:{name}", utcnow().isoformat())
+        s.flush()
 
     def get_meta(self, key: str) -> str | None:
         with self.session() as s:

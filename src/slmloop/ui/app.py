@@ -31,14 +31,14 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from slmloop.errors import ConfigError, GateError, NotFoundError, SlmloopError
+from slmloop.errors import ConfigError, ConflictError, GateError, NotFoundError, SlmloopError
 from slmloop.project import Project
 from slmloop.ui import views
 
 __all__ = ["UIState", "create_ui_app"]
 
 COOKIE = "slmloop_key"
-_STATUS = {NotFoundError: 404, GateError: 409, ConfigError: 400}
+_STATUS = {NotFoundError: 404, GateError: 409, ConflictError: 409, ConfigError: 400}
 
 
 def _num(value: Any, digits: int = 4) -> str:
@@ -286,7 +286,10 @@ async def _rollback(request: Request) -> Response:
 
     ui = _ui(request)
     data = await ui.form(request)
-    row = do_rollback(ui.project, data.get("alias", "").strip(), reason=data.get("reason", ""), who=ui.who(request))
+    expect = int(data["expect"]) if data.get("expect", "").isdigit() else None
+    row = do_rollback(
+        ui.project, data.get("alias", "").strip(), reason=data.get("reason", ""), who=ui.who(request), expect=expect
+    )
     done = f"{row.alias} rolled back to v{row.version} (from v{row.previous})"
     return RedirectResponse(f"/releases?done={quote(done)}", status_code=303)
 

@@ -131,3 +131,27 @@ def test_unknown_suffix_and_missing_file_are_clear_errors(project, tmp_path: Pat
         import_source(project, SourceConfig(path=str(tmp_path / "data.xyz")))
     with pytest.raises(DataError, match="does not exist"):
         import_source(project, SourceConfig(path=str(tmp_path / "nope.csv")))
+
+
+def test_json_nested_too_deep_is_a_rejected_row_not_an_aborted_import(project, tmp_path: Path) -> None:
+    f = tmp_path / "rows.jsonl"
+    deep = '{"text": "x", "label": "ham", "meta": ' + "[" * 100_000 + "]" * 100_000 + "}"  # past the parser's limit
+    nested = {"text": "y", "label": "ham", "meta": 0}
+    for _ in range(100):  # the parser reads it; every later json.dumps would recurse 100 levels
+        nested["meta"] = [nested["meta"]]
+    f.write_text(
+        json.dumps({"text": "a", "label": "ham"})
+        + "\n"
+        + deep
+        + "\n"
+        + json.dumps(nested)
+        + "\n"
+        + json.dumps({"text": "b", "label": "spam"})
+        + "\n",
+        encoding="utf-8",
+    )
+    res = import_source(project, SourceConfig(path=str(f)))
+    _accounting(res)
+    assert {r["line"]: r["reason"] for r in res.rejects} == {2: "bad_json", 3: "bad_json"}
+    assert all("levels deep" in r["detail"] for r in res.rejects)
+    assert [r["text"] for r in project.objects.read_jsonl(res.record.accepted_object)] == ["a", "b"]

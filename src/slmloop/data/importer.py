@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from slmloop.data.inspect import Inspection, inspect_source
-from slmloop.data.sources import Record, SourceStats, read_records
+from slmloop.data.sources import MAX_JSON_DEPTH, Record, SourceStats, json_depth, read_records
 from slmloop.errors import DataError, StoreError
 from slmloop.manifest import SourceConfig, TaskConfig
 from slmloop.predict.tasks import TASK_FIELDS
@@ -140,8 +140,12 @@ def map_record(task: TaskConfig, mapping: dict[str, str], rec: Record) -> tuple[
                 out = json.loads(out)
             except json.JSONDecodeError:
                 return None, "bad_output", "output is text but not JSON"
+            except RecursionError:
+                return None, "bad_output", "output is JSON nested too deeply"
         if not isinstance(out, dict):
             return None, "bad_output", f"output must be a JSON object, found {type(out).__name__}"
+        if json_depth(out) > MAX_JSON_DEPTH:
+            return None, "bad_output", f"output nests more than {MAX_JSON_DEPTH} levels deep"
         row["output"] = out
     elif task.type == "generation":
         if not isinstance(row["output"], str) or not row["output"].strip():

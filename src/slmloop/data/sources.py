@@ -19,7 +19,16 @@ from typing import Any
 from slmloop.errors import DataError
 from slmloop.manifest import SourceConfig
 
-__all__ = ["FORMATS", "Record", "SourceStats", "detect_format", "iter_source_files", "read_records"]
+__all__ = [
+    "FORMATS",
+    "MAX_JSON_DEPTH",
+    "Record",
+    "SourceStats",
+    "detect_format",
+    "iter_source_files",
+    "json_depth",
+    "read_records",
+]
 
 FORMATS = {
     ".jsonl": "jsonl",
@@ -140,6 +149,32 @@ def _decoded_lines(data: bytes, encoding: str, file: str) -> Iterator[tuple[int,
             )
 
 
+#: JSON nested deeper than this is refused as a row (no task row needs it; the parser and every later
+#: json.dumps would recurse once per level)
+MAX_JSON_DEPTH = 64
+
+
+def json_depth(obj: Any) -> int:
+    """How deep ``obj``'s lists and dicts nest (a scalar: 0), counted without recursion."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_JSON_DEPTH:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _too_deep(file: str, n: int, text: str) -> Record:
+    return Record(
+        file, n, reason="bad_json", detail=f"nested more than {MAX_JSON_DEPTH} levels deep", raw=_excerpt(text)
+    )
+
+
 def _read_jsonl(data: bytes, src: SourceConfig, file: str, stats: SourceStats) -> Iterator[Record]:
     for n, text, reject in _decoded_lines(data, src.encoding, file):
         if reject is not None:
@@ -153,6 +188,12 @@ def _read_jsonl(data: bytes, src: SourceConfig, file: str, stats: SourceStats) -
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
             yield Record(file, n, reason="bad_json", detail=exc.msg, raw=_excerpt(text))
+            continue
+        except RecursionError:
+            yield _too_deep(file, n, text)
+            continue
+        if json_depth(obj) > MAX_JSON_DEPTH:
+            yield _too_deep(file, n, text)
             continue
         if not isinstance(obj, dict):
             yield Record(
@@ -174,12 +215,20 @@ def _read_json(data: bytes, src: SourceConfig, file: str) -> Iterator[Record]:
             f"{file} is not a valid JSON document: {exc}",
             hint="A .json source must hold one list of objects; use .jsonl for one object per line.",
         ) from None
+    except RecursionError:
+        raise DataError(
+            f"{file} nests its JSON too deeply to read",
+            hint=f"Rows nest at most {MAX_JSON_DEPTH} levels; write one object per line (.jsonl) so that a "
+            "broken row is rejected alone.",
+        ) from None
     if isinstance(obj, dict):
         obj = [obj]
     if not isinstance(obj, list):
         raise DataError(f"{file} must hold a list of objects", hint="Use JSONL for other layouts.")
     for i, item in enumerate(obj, start=1):
-        if isinstance(item, dict):
+        if isinstance(item, dict) and json_depth(item) > MAX_JSON_DEPTH:
+            yield Record(file, i, reason="bad_json", detail=f"nested more than {MAX_JSON_DEPTH} levels deep")
+        elif isinstance(item, dict):
             yield Record(file, i, fields=item)
         else:
             yield Record(

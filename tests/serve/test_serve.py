@@ -277,3 +277,64 @@ def test_a_forming_group_waits_for_each_next_request_under_load_and_not_when_idl
     batcher.close()
     assert all(f.result(timeout=10)[1] for f in futures)
     assert sum(sizes) == len(futures) and 2 * WAIT_CAP <= sizes[0] <= 2 * WAIT_CAP + 1
+
+
+def test_a_request_that_fails_its_batch_fails_alone() -> None:
+    """A group fails (a request the model cannot take): each of its requests is answered alone, so only the
+    bad one hears of it; a stream that already sent tokens cannot start again and hears the group's error."""
+    import threading
+
+    from slmloop.serve.engine import Batcher, Job, ModelSlot
+
+    class Picky:
+        def __init__(self) -> None:
+            self.gate, self.calls = threading.Event(), []
+
+        def predict_many(self, payloads: list[str]) -> list[str]:
+            self.gate.wait(30)
+            self.calls.append(list(payloads))
+            if "boom" in payloads:
+                raise RuntimeError("the chat template refused it")
+            return [p.upper() for p in payloads]
+
+    picky = Picky()
+    sizes: list[int] = []
+    batcher = Batcher(ModelSlot(picky), max_batch=8, wait_ms=0, observe=sizes.append)
+    first = batcher.submit(Job("predict", ("predict",), "first"))  # holds the worker while the group queues up
+    for _ in range(3000):
+        if batcher._queue.empty():
+            break
+        time.sleep(0.001)
+    group = [batcher.submit(Job("predict", ("predict",), x)) for x in ("a", "boom", "b")]
+    picky.gate.set()
+    assert first.result(timeout=10)[1] == "FIRST"
+    assert group[0].result(timeout=10)[1] == "A" and group[2].result(timeout=10)[1] == "B"
+    with pytest.raises(RuntimeError, match="refused"):
+        group[1].result(timeout=10)
+    batcher.close()
+    assert sizes == [1, 3] and picky.calls[1:] == [["a", "boom", "b"], ["a"], ["boom"], ["b"]]
+
+
+def test_an_unexpected_failure_is_a_json_500_that_is_logged_and_counted(trained_copy, monkeypatch) -> None:
+    from slmloop.serve.app import create_app
+    from slmloop.serve.server import load_predictor
+
+    predictor = load_predictor(trained_copy, None)
+
+    def broken(texts: list[str]) -> list[dict]:
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(predictor, "predict_many", broken)
+    with TestClient(create_app(predictor, trained_copy.store), raise_server_exceptions=False) as client:
+        r = client.post("/v1/predict", json={"text": "hello"})
+        assert r.status_code == 500
+        assert r.json()["error"] == {
+            "message": "the server failed to answer: RuntimeError: out of memory",
+            "type": "server_error",
+            "code": "internal_error",
+        }
+        metrics = client.get("/metrics").text
+    assert 'slmloop_errors_total{code="internal_error"} 1.0' in metrics
+    assert 'slmloop_requests_total{endpoint="/v1/predict",status="500"} 1.0' in metrics
+    (row,) = trained_copy.store.requests()
+    assert row.status == 500 and row.input == "hello"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -136,3 +137,45 @@ def test_live_quality_scores_the_running_server_on_gold(trained_copy, monkeypatc
     assert sampled.rows == 10 and sampled.live == "sample of 10" and sampled.verdict != "worse"
     live = project.store.latest(Evaluation, Evaluation.id)
     assert live.model_ref == "live:toy-v1"  # the full check is stored; the sampled ones are not
+
+
+def _raw(url: str, request: bytes) -> tuple[int, bytes]:
+    """Send ``request`` as raw bytes over a socket (no client library tidies it up): the status and body."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    with socket.create_connection((where.hostname, where.port), timeout=30) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def test_an_authorization_header_with_any_bytes_is_refused_with_a_json_401(server: str) -> None:
+    body = b'{"text": "hi"}'
+    for raw in (b"Bearer t\xe9st-key", b"Bearer \xff\xfe\x80key", b"\xc3\xa9", b"Bearer test-key\x7f"):
+        request = (
+            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            b"Authorization: " + raw + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        status, answer = _raw(server, request)
+        assert 400 <= status < 500, (raw, status, answer)  # never a 500
+        if status == 401:
+            assert json.loads(answer)["error"]["code"] == "invalid_api_key"
+    ok = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    ok += b"Authorization: Bearer test-key\r\nContent-Length: 14\r\n\r\n" + body
+    assert _raw(server, ok)[0] == 200  # the same path with the key answers
+
+
+def test_requests_to_random_paths_do_not_grow_the_metrics(server: str) -> None:
+    before = httpx.get(server + "/metrics").text.splitlines()
+    for i in range(150):
+        httpx.get(f"{server}/probe-{i}", headers=KEY)
+        httpx.post(f"{server}/v1/probe-{i}", json={}, headers=KEY)
+    after = httpx.get(server + "/metrics").text.splitlines()
+    assert not any("probe-" in line for line in after)
+    assert len(after) - len(before) < 40  # the "other" path's few series, not 300 paths' worth
+    assert any('endpoint="other"' in line and 'status="404"' in line for line in after)

@@ -148,6 +148,12 @@ class ServerState:
         return self.cfg.max_input_tokens * 16
 
 
+#: the paths the server answers: metrics are labelled by these (any other path counts as "other")
+ROUTES = frozenset(
+    {"/health", "/metrics", "/v1/models", "/v1/predict", "/v1/chat/completions", "/docs", "/openapi.json"}
+)
+
+
 def _server(request: Request) -> ServerState:
     state: ServerState = request.app.state.server
     return state
@@ -225,7 +231,8 @@ async def _guard_and_log(request: Request, call_next: Any) -> Any:
     response: Response
     if server.keys and path.startswith("/v1/"):
         presented = _presented_key(request)
-        if presented is None or not any(hmac.compare_digest(presented, k) for k in server.keys):
+        # as bytes: a header may hold any byte, and compare_digest refuses non-ASCII text
+        if presented is None or not any(hmac.compare_digest(presented.encode(), k.encode()) for k in server.keys):
             response = _error(
                 401,
                 "missing or wrong API key: send 'Authorization: Bearer KEY'",
@@ -234,7 +241,7 @@ async def _guard_and_log(request: Request, call_next: Any) -> Any:
                 {"WWW-Authenticate": "Bearer"},
             )
             metrics.errors.labels("invalid_api_key").inc()
-            metrics.requests.labels(path, "401").inc()
+            metrics.requests.labels(path if path in ROUTES else "other", "401").inc()
             return response
     length = request.headers.get("content-length")
     if request.method == "POST" and length is not None and length.isdigit() and int(length) > cfg.max_request_bytes:
@@ -247,12 +254,19 @@ async def _guard_and_log(request: Request, call_next: Any) -> Any:
         )
         metrics.errors.labels("request_too_large").inc()
     else:
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception as exc:  # a failure of ours: JSON like every other error, logged and counted
+            response = _error(
+                500, f"the server failed to answer: {type(exc).__name__}: {exc}", "server_error", "internal_error"
+            )
+            metrics.errors.labels("internal_error").inc()
+    label = path if path in ROUTES else "other"  # metrics labels stay bounded whatever paths clients send
     if path.startswith("/v1/") and request.method == "POST" and not getattr(request.state, "streaming", False):
         await run_in_threadpool(_write_log, server, request, path, response.status_code, started)
     if path != "/metrics":
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        metrics.latency.labels(path).observe(time.perf_counter() - started)
+        metrics.requests.labels(label, str(response.status_code)).inc()
+        metrics.latency.labels(label).observe(time.perf_counter() - started)
     return response
 
 

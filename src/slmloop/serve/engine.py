@@ -169,6 +169,7 @@ class Job:
     on_token: Callable[[int], None] | None = None  # streaming: each new token id
     future: Future[Any] = field(default_factory=Future)
     queued_at: float = field(default_factory=time.perf_counter)
+    streamed: bool = False  # a token has gone to the client: the answer cannot be started again
 
 
 #: a forming group waits ``wait_ms`` for each next request, and at most this many times ``wait_ms`` in all
@@ -231,7 +232,7 @@ class Batcher:
                     job = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if job is not None and self.clock() > deadline:  # it came after the group closed: the next one's
+                if left > 0 and job is not None and self.clock() > deadline:  # it came after the group closed
                     self._held.append(job)
                     break
                 # while requests keep coming the group keeps growing (up to WAIT_CAP waits in all): under a
@@ -258,12 +259,25 @@ class Batcher:
             predictor = self.slot.current  # one model for the whole group, even if a swap lands meanwhile
             try:
                 results = self._run(predictor, live)
-            except BaseException as exc:  # every waiting request hears about it; the worker lives on
-                for j in live:
-                    j.future.set_exception(exc)
+            except BaseException as exc:  # the worker lives on; a request that fails, fails alone
+                self._one_by_one(predictor, live, exc)
                 continue
             for j, r in zip(live, results, strict=True):
                 j.future.set_result((predictor, r))
+
+    def _one_by_one(self, predictor: Predictor, jobs: list[Job], exc: BaseException) -> None:
+        """After a group failed: answer each of its requests alone, so only the one that fails hears of it
+        (a stream that already sent tokens cannot start again: it hears the group's error)."""
+        for j in jobs:
+            if len(jobs) == 1 or j.streamed:
+                j.future.set_exception(exc)
+                continue
+            try:
+                (result,) = self._run(predictor, [j])
+            except BaseException as own:
+                j.future.set_exception(own)
+            else:
+                j.future.set_result((predictor, result))
 
     @staticmethod
     def _run(predictor: Predictor, jobs: list[Job]) -> list[Any]:
@@ -275,6 +289,7 @@ class Batcher:
         def on_token(i: int, token: int) -> None:
             cb = streams[i]
             if cb is not None:
+                jobs[i].streamed = True
                 cb(token)
 
         return predictor.chat_many(

@@ -46,3 +46,21 @@ def test_versions_increase(project) -> None:
     rel = export_release(project, "run-1")
     assert rel.version == 2 and project.locate(rel.path) == project.releases_dir / "v2"
     assert [e.kind for e in project.store.events(kind="release.export")] == ["release.export"] * 2
+
+
+def test_an_export_recovers_from_the_folder_of_one_that_was_killed(project, capsys) -> None:
+    """Killed between writing releases/v2 and recording it: the next export moves the orphan aside and
+    makes a whole v2, and the CLI says so."""
+    from slmloop.cli import main
+
+    orphan = project.releases_dir / "v2"
+    (orphan / "adapter").mkdir(parents=True)
+    (orphan / "adapter" / "half-written.bin").write_bytes(b"\0" * 10)
+    assert main(["export", "run-1", "-p", str(project.root)]) == 0
+    assert "left by an export that did not finish" in capsys.readouterr().err
+    rel = project.store.get(Release, 2, "release", "")
+    assert (
+        verify_release(project, rel) == [] and not (project.locate(rel.path) / "adapter" / "half-written.bin").exists()
+    )
+    (kept,) = project.releases_dir.glob(".orphan-v2-*")
+    assert (kept / "adapter" / "half-written.bin").exists()  # nothing deleted that a person might want

@@ -148,19 +148,19 @@ def _gguf(project: Project, run: Run, folder: Path, prompt: dict[str, Any], cons
     return report
 
 
-def export_release(project: Project, run_ref: str | None = None, *, console: Console | None = None) -> Release:
-    console = console or Console(stderr=True)
+def _write_release(
+    project: Project,
+    run: Run,
+    version: int,
+    target: Path,
+    adapter: Path,
+    prompt: dict[str, Any],
+    evaluation: Any,
+    metrics: dict[str, Any],
+    console: Console,
+) -> str:
+    """Write the release folder ``target`` atomically; returns its manifest's sha256."""
     cfg = project.manifest.export
-    run = resolve_run(project, run_ref)
-    adapter = project.locate(run.path) / "adapter"
-    if not (adapter / "adapter_config.json").exists():
-        raise StoreError(f"{run.name} has no adapter at {adapter}", hint="Retrain with `slmloop train`.")
-    with project.store.session() as s:
-        version = project.store.next_release_version(s)
-    target = project.releases_dir / f"v{version}"
-    evaluation = newest_evaluation(project, [run.name], run.gold_id)
-    metrics = _headline(evaluation)
-    prompt = _prompt_format(project, run)
     with atomic_dir(target) as tmp:
         shutil.copytree(adapter, tmp / "adapter")
         if cfg.merged:
@@ -197,6 +197,34 @@ def export_release(project: Project, run_ref: str | None = None, *, console: Con
         }
         atomic_write_json(tmp / "manifest.json", manifest)
         manifest_sha = sha256_file(tmp / "manifest.json")
+    return manifest_sha
+
+
+def export_release(project: Project, run_ref: str | None = None, *, console: Console | None = None) -> Release:
+    console = console or Console(stderr=True)
+    run = resolve_run(project, run_ref)
+    adapter = project.locate(run.path) / "adapter"
+    if not (adapter / "adapter_config.json").exists():
+        raise StoreError(f"{run.name} has no adapter at {adapter}", hint="Retrain with `slmloop train`.")
+    with project.store.session() as s:
+        version = project.store.next_release_version(s)
+    target = project.releases_dir / f"v{version}"
+    if target.exists():  # an export killed after its folder was written and before its row: no release owns it
+        orphan = target.with_name(f".orphan-v{version}-{utcnow():%Y%m%d-%H%M%S}")
+        target.rename(orphan)
+        console.print(
+            f"[yellow]{project.relative(target)} was left by an export that did not finish (no release v{version} "
+            f"in the store); moved it to {project.relative(orphan)}[/yellow]"
+        )
+    evaluation = newest_evaluation(project, [run.name], run.gold_id)
+    metrics = _headline(evaluation)
+    prompt = _prompt_format(project, run)
+    try:
+        manifest_sha = _write_release(project, run, version, target, adapter, prompt, evaluation, metrics, console)
+    except FileExistsError:
+        raise StoreError(
+            f"another export wrote v{version} while this one ran", hint="Run `slmloop export` again."
+        ) from None
     release = Release(
         version=version,
         run_id=run.id,

@@ -101,6 +101,8 @@ def test_killed_run_resumes_to_the_same_adapter(tmp_path: Path, tiny_model: Path
     p = open_project(killed)
     assert p.store.get(Run, 1, "run", "").status == "running"  # killed: nobody marked it
     assert not (killed / ".slmloop" / "runs" / "run-1" / "adapter").exists()
+    with (killed / ".slmloop/runs/run-1/trace.jsonl").open("a") as torn:  # the kill cut a line in half
+        torn.write('{"step": 7, "lo')
     assert main(["train", "--resume", "run-1", "-p", str(killed)]) == 0
     resumed = p.store.get(Run, 1, "run", "")
     assert resumed.status == "completed" and resumed.metrics["steps"] == 120

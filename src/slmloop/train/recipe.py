@@ -55,7 +55,7 @@ from slmloop.predict.companion import Companion, shortlist_size
 from slmloop.predict.tasks import Hints, resolve_answer
 from slmloop.progress import progress
 from slmloop.project import Project
-from slmloop.store import Run, atomic_dir, atomic_write_json, utcnow
+from slmloop.store import Run, atomic_dir, atomic_write_json, atomic_write_text, utcnow
 from slmloop.train.batching import (
     Batch,
     collate,
@@ -1043,13 +1043,8 @@ def _start_or_resume(st: TrainSetup, parts: Parts, forecast: Forecast) -> tuple[
         assert ckpt is not None
         state = restore_checkpoint(ckpt, parts.model, parts.optimizer, parts.scheduler)
         if parts.main:  # the trace keeps what happened up to the checkpoint
-            trace = run_dir / "trace.jsonl"
-            kept = (
-                [x for x in trace.read_text().splitlines() if x.strip() and json.loads(x)["step"] <= state.step]
-                if trace.exists()
-                else []
-            )
-            trace.write_text("".join(x + "\n" for x in kept))
+            kept = [e for e in read_trace(run_dir) if e.get("step", 0) <= state.step]  # a torn last line is dropped
+            atomic_write_text(run_dir / "trace.jsonl", "".join(json.dumps(e) + "\n" for e in kept))
             with project.store.session() as s:
                 row = project.store.one(s, Run, run.id)
                 row.status = "running"

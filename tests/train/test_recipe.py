@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -326,3 +327,33 @@ def test_calibration_meets_the_heaviest_batches_again_after_the_others() -> None
     assert seen == [(0, 1, 2, 3), (4, 5, 6), (7,), (8, 9), (0, 1, 2, 3), (4, 5, 6)]
     assert tps > 0 and peak >= max(rss_in_passes)  # the high-water mark of every pass, not of the first few
     assert loss_fn.layer.weight.grad is None  # nothing accumulates between passes
+
+
+class _Planted:
+    """A pickled object that runs code when unpickled (what a tampered checkpoint could hold)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (Path.touch, (str(self.marker),))
+
+
+def test_a_checkpoint_runs_no_code_when_it_is_loaded(tmp_path: Path) -> None:
+    import torch
+
+    from slmloop.errors import StoreError
+    from slmloop.train.checkpoint import LoopState, restore_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    model(torch.ones(1, 4)).sum().backward()
+    optimizer.step()
+    ckpt = save_checkpoint(tmp_path, model, optimizer, scheduler, LoopState(step=3))
+    assert restore_checkpoint(ckpt, model, optimizer, scheduler).step == 3  # a checkpoint of ours loads
+    marker = tmp_path / "code-ran"
+    torch.save({"optimizer": _Planted(marker)}, ckpt / "state.pt")
+    with pytest.raises(StoreError, match="damaged"):
+        restore_checkpoint(ckpt, model, optimizer, scheduler)
+    assert not marker.exists()

@@ -80,7 +80,7 @@ def restore_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -
 
     try:
         weights = load_file(path / "trainable.safetensors")
-        blob = torch.load(path / "state.pt", weights_only=False)
+        blob = torch.load(path / "state.pt", weights_only=True)  # tensors and plain values only: no code runs
         state = LoopState(**json.loads((path / "loop.json").read_text()))
     except Exception as exc:  # a torn, truncated or edited file: name it, never a traceback
         raise StoreError(

@@ -257,3 +257,46 @@ def test_concurrent_promotions_are_serialised_and_each_records_what_it_replaced(
     history = list(reversed(alias_history(project, "production")))
     assert [h.previous for h in history[1:]] == [h.version for h in history[:-1]]  # a chain, no fork
     assert sorted(h.version for h in history[1:]) == [2, 3, 4]
+
+
+def test_a_changed_release_is_never_served(trained_copy) -> None:
+    """Checked against its export checksums before it loads: at start, and at a hot swap (where the old
+    release keeps answering, the failure shows in /health and /metrics, and the watcher backs off)."""
+    import time
+
+    import httpx
+    import yaml
+
+    from slmloop.errors import ServeError
+    from slmloop.serve.server import ServerProcess, load_predictor
+
+    project = trained_copy
+    manifest = yaml.safe_load((project.root / "slmloop.yaml").read_text())
+    manifest["serve"] = {"reload_interval": 0.2}
+    (project.root / "slmloop.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    promote(project, "v1", "production", reason="first", force=True)
+    v2 = export_release(project, "run-1")
+    config = project.locate(v2.path) / "merged" / "config.json"
+    config.write_text(config.read_text().replace("}", ', "planted": 1}', 1))
+    with pytest.raises(ServeError, match=r"v2 changed since it was exported.*merged/config.json"):
+        load_predictor(project, 2)
+    assert main(["serve", "--release", "2", "-p", str(project.root)]) == 1
+
+    with ServerProcess(project.root, alias="production") as server:
+        promote(project, "v2", "production", reason="tampered", force=True)
+        deadline = time.monotonic() + 60
+        while "reload_error" not in (health := httpx.get(server.url + "/health").json()):
+            assert time.monotonic() < deadline, "the failed reload never showed in /health"
+            time.sleep(0.1)
+        assert health["release"] == 1 and health["reload_error"]["release"] == 2
+        assert "changed since it was exported" in health["reload_error"]["error"]
+        assert httpx.post(server.url + "/v1/predict", json={"text": "hi"}).json()["model"] == "toy-v1"
+        metrics = httpx.get(server.url + "/metrics").text
+        assert any(x.startswith("slmloop_reload_failures ") and float(x.split()[1]) >= 1 for x in metrics.splitlines())
+        tries = health["reload_error"]["tries"]
+        time.sleep(1.0)  # 5 polls at the configured interval; backing off, it tries at most twice more
+        assert httpx.get(server.url + "/health").json()["reload_error"]["tries"] <= tries + 2
+        rollback(project, "production", reason="back")
+        while "reload_error" in httpx.get(server.url + "/health").json():
+            assert time.monotonic() < deadline + 30, "the error stayed after the alias came back"
+            time.sleep(0.1)

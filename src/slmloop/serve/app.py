@@ -327,13 +327,18 @@ def _check_input(server: ServerState, text: str) -> int:
 # routes
 # ---------------------------------------------------------------------------------------------
 def _health(request: Request) -> dict[str, Any]:
-    p = _server(request).slot.current
-    return {"status": "ok", "model": p.name, "release": p.release, "task": p.task.type}
+    slot = _server(request).slot
+    p = slot.current
+    out: dict[str, Any] = {"status": "ok", "model": p.name, "release": p.release, "task": p.task.type}
+    if slot.reload_error is not None:  # still answering with the old release
+        out["reload_error"] = slot.reload_error
+    return out
 
 
 def _prometheus(request: Request) -> Response:
     server = _server(request)
     server.metrics.release.set(server.slot.current.release or 0)
+    server.metrics.reload_failures.set(server.slot.reload_failures)
     return Response(server.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

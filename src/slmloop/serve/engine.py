@@ -123,10 +123,17 @@ class Predictor:
 
 
 class ModelSlot:
-    """The predictor in use now; swapped whole, never changed in place."""
+    """The predictor in use now; swapped whole, never changed in place.
+
+    A release that fails to load (a tampered folder, a missing file, no memory) leaves the old one
+    answering; the watcher tries it again after a back-off that doubles up to :data:`RELOAD_BACKOFF_MAX`
+    seconds, and ``reload_error`` says what failed (``/health`` and ``/metrics`` report it).
+    """
 
     def __init__(self, predictor: Predictor) -> None:
         self.current = predictor
+        self.reload_error: dict[str, Any] | None = None
+        self.reload_failures = 0
         self._stop = threading.Event()
 
     def watch(
@@ -138,17 +145,26 @@ class ModelSlot:
         """Poll ``target()`` (the version an alias points at) every ``interval`` s; load and swap on a move."""
 
         def loop() -> None:
-            while not self._stop.wait(interval):
+            delay = interval
+            while not self._stop.wait(delay):
+                delay = interval
+                version = None
                 try:
                     version = target()
                     if version is None or version == self.current.release:
+                        self.reload_error = None  # the alias came back to what answers
                         continue
                     fresh = load(version)
-                except Exception as exc:  # a failed reload keeps the old model answering
+                except Exception as exc:  # a failed reload keeps the old model answering, and backs off
+                    self.reload_failures += 1
+                    tries = self.reload_error["tries"] + 1 if self.reload_error else 1
+                    delay = min(interval * 2**tries, RELOAD_BACKOFF_MAX)
+                    self.reload_error = {"release": version, "error": str(exc), "tries": tries, "retry_in_s": delay}
                     print(f"slmloop serve: reload failed, still serving {self.current.name}: {exc}", flush=True)
                     continue
                 old = self.current
                 self.current = fresh
+                self.reload_error = None
                 print(f"slmloop serve: now serving {fresh.name} (was {old.name})", flush=True)
 
         thread = threading.Thread(target=loop, name="slmloop-reload", daemon=True)
@@ -157,6 +173,10 @@ class ModelSlot:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+#: the longest wait before a release that failed to load is tried again (seconds)
+RELOAD_BACKOFF_MAX = 60.0
 
 
 @dataclass

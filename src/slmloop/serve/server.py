@@ -16,6 +16,7 @@ from slmloop.predict.answers import resolve_mode
 from slmloop.predict.engines import LocalEngine
 from slmloop.predict.targets import load_target, resolve_release, resolve_target
 from slmloop.project import STORE_DIR, Project
+from slmloop.release.export import verify_release
 from slmloop.serve.app import api_keys, create_app
 from slmloop.serve.engine import ModelSlot, Predictor
 from slmloop.store import Release
@@ -24,8 +25,15 @@ __all__ = ["ServerProcess", "build_app", "free_port", "load_predictor", "serve"]
 
 
 def load_predictor(project: Project, release_ref: str | int | None) -> Predictor:
-    """The release ``release_ref`` (a version, an alias, or None: production, else newest) loaded to answer."""
+    """The release ``release_ref`` (a version, an alias, or None: production, else newest) loaded to answer,
+    after its files were checked against the checksums written at export (a changed release is refused)."""
     release = resolve_release(project, release_ref)
+    changed = verify_release(project, release)
+    if changed:
+        raise ServeError(
+            f"v{release.version} changed since it was exported and will not be served: {'; '.join(changed)}",
+            hint="Export the run again (a new release), or restore the folder; `slmloop verify` checks it.",
+        )
     target = resolve_target(project, f"release-{release.version}")
     m = project.manifest
     task = target.answering_task(project)

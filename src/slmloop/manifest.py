@@ -512,6 +512,21 @@ class ServeConfig(Section):
         description="Under load, how long a forming batch waits for the next request to join (ms); 8x this at "
         "most in all. An idle server answers a lone request at once.",
     )
+    max_queue: int = Field(
+        64,
+        gt=0,
+        description="Requests waiting for the model at most; more get 429 with Retry-After (a bounded queue "
+        "keeps the wait of those admitted short under overload).",
+    )
+    request_timeout_s: float = Field(
+        60.0,
+        gt=0.0,
+        description="A request not answered within this many seconds gets 503; its work is dropped if it has "
+        "not started.",
+    )
+    drain_s: float = Field(
+        30.0, ge=0.0, description="On shutdown, seconds to answer the requests already queued; the rest get 503."
+    )
     api_keys: list[str] = Field(
         default_factory=list,
         description="Accepted API keys (Authorization: Bearer KEY). Prefer api_keys_env: keys in the manifest "

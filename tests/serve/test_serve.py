@@ -5,10 +5,12 @@ import re
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from slmloop.manifest import ServeConfig
 from slmloop.project import open_project
 from slmloop.serve.server import build_app
 
@@ -203,7 +205,6 @@ def test_a_forming_group_waits_for_each_next_request_under_load_and_not_when_idl
     this machine is."""
     import threading
     from concurrent.futures import Future
-    from typing import Any
 
     from slmloop.serve.engine import WAIT_CAP, Batcher, Job, ModelSlot
 
@@ -338,3 +339,87 @@ def test_an_unexpected_failure_is_a_json_500_that_is_logged_and_counted(trained_
     assert 'slmloop_requests_total{endpoint="/v1/predict",status="500"} 1.0' in metrics
     (row,) = trained_copy.store.requests()
     assert row.status == 500 and row.input == "hello"
+
+
+class _Gated:
+    """A stand-in predictor that answers only when its gate opens (a model busy on a long batch)."""
+
+    def __init__(self, task: Any) -> None:
+        import threading
+
+        self.gate, self.seen = threading.Event(), []
+        self.task, self.name, self.release, self.max_new_tokens = task, "gated-v1", 1, 8
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def predict_many(self, texts: list[str]) -> list[dict]:
+        self.gate.wait(60)
+        self.seen.extend(texts)
+        return [{"label": "ham", "scores": {"ham": 1.0}} for _ in texts]
+
+
+def _until(check: Any, what: str) -> Any:
+    for _ in range(2000):
+        if value := check():
+            return value
+        time.sleep(0.005)
+    raise AssertionError(f"never: {what}")
+
+
+def test_a_full_queue_answers_429_with_retry_after_and_a_late_request_503(trained_copy) -> None:
+    import threading
+
+    from slmloop.serve.app import create_app
+
+    gated = _Gated(trained_copy.task)
+    cfg = ServeConfig(max_queue=2, request_timeout_s=0.5, batching=False)
+    app = create_app(gated, trained_copy.store, cfg)
+    with TestClient(app) as client:
+        answers: dict[str, Any] = {}
+
+        def ask(text: str) -> None:
+            answers[text] = client.post("/v1/predict", json={"text": text})
+
+        first = threading.Thread(target=ask, args=("first",))
+        first.start()  # the worker takes it and waits at the gate
+        _until(lambda: client.get("/health").json()["queued"] == 0 and "first" not in answers, "first taken")
+        waiting = [threading.Thread(target=ask, args=(t,)) for t in ("second", "third")]
+        for w in waiting:
+            w.start()
+        _until(lambda: client.get("/health").json()["queued"] == 2, "two queued")
+        full = client.post("/v1/predict", json={"text": "fourth"})
+        assert full.status_code == 429 and full.json()["error"]["code"] == "overloaded"
+        assert int(full.headers["retry-after"]) >= 1
+        for t in (first, *waiting):
+            t.join(30)
+        # the three waited past serve.request_timeout_s: 503, and the two never started are dropped
+        assert {t: r.status_code for t, r in answers.items()} == {"first": 503, "second": 503, "third": 503}
+        assert all(r.json()["error"]["code"] == "timeout" for r in answers.values())
+        gated.gate.set()
+        assert client.post("/v1/predict", json={"text": "after"}).status_code == 200
+        assert gated.seen == ["first", "after"]  # "second" and "third" were cancelled before they ran
+        metrics = client.get("/metrics").text
+        assert 'slmloop_errors_total{code="overloaded"} 1.0' in metrics
+        assert 'slmloop_errors_total{code="timeout"} 3.0' in metrics
+
+
+def test_health_says_when_the_worker_is_stuck_or_dead(trained_copy) -> None:
+    import threading
+
+    from slmloop.serve.app import create_app
+
+    gated = _Gated(trained_copy.task)
+    app = create_app(gated, trained_copy.store, ServeConfig(request_timeout_s=0.1))
+    with TestClient(app) as client:
+        assert client.get("/health").status_code == 200
+        asking = threading.Thread(target=lambda: client.post("/v1/predict", json={"text": "slow"}))
+        asking.start()
+        stuck = _until(lambda: (r := client.get("/health")).status_code == 503 and r.json(), "stuck reported")
+        assert stuck["status"] == "stuck" and stuck["busy_s"] > 0.2
+        gated.gate.set()
+        asking.join(30)
+        _until(lambda: client.get("/health").status_code == 200, "healthy again")
+        app.state.server.batcher.close()  # the worker ends (as if it had crashed)
+        dead = client.get("/health")
+        assert dead.status_code == 503 and dead.json()["status"] == "dead"

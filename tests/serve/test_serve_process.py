@@ -179,3 +179,28 @@ def test_requests_to_random_paths_do_not_grow_the_metrics(server: str) -> None:
     assert not any("probe-" in line for line in after)
     assert len(after) - len(before) < 40  # the "other" path's few series, not 300 paths' worth
     assert any('endpoint="other"' in line and 'status="404"' in line for line in after)
+
+
+def test_under_overload_the_server_refuses_with_429_and_answers_the_rest(trained_project: Path, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import yaml
+
+    root = tmp_path / "proj"
+    shutil.copytree(trained_project, root)
+    manifest = yaml.safe_load((root / "slmloop.yaml").read_text())
+    manifest["serve"] = {"max_queue": 1, "batching": False}
+    (root / "slmloop.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    with ServerProcess(root) as s:
+
+        def ask(i: int) -> httpx.Response:
+            return httpx.post(s.url + "/v1/predict", json={"text": f"free prize {i} call now"}, timeout=60)
+
+        with ThreadPoolExecutor(48) as pool:
+            answers = list(pool.map(ask, range(192)))
+        statuses = {r.status_code for r in answers}
+        assert statuses == {200, 429}, statuses
+        refused = [r for r in answers if r.status_code == 429]
+        assert all(r.json()["error"]["code"] == "overloaded" and int(r.headers["retry-after"]) >= 1 for r in refused)
+        assert ask(999).status_code == 200  # and it answers normally right after
+        assert httpx.get(s.url + "/health").json()["status"] == "ok"

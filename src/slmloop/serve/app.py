@@ -25,6 +25,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -38,7 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from slmloop.data.pii import redact
 from slmloop.errors import SlmloopError
 from slmloop.manifest import ServeConfig
-from slmloop.serve.engine import Batcher, ChatAnswer, Job, ModelSlot, Predictor
+from slmloop.serve.engine import Batcher, ChatAnswer, Job, ModelSlot, Overloaded, Predictor
 from slmloop.serve.metrics import ServerMetrics
 from slmloop.store import RequestLog, Store
 
@@ -106,9 +107,9 @@ class PredictRequest(BaseModel):
 class ClientError(Exception):
     """A request the client must change; becomes a 4xx JSON error."""
 
-    def __init__(self, status: int, message: str, code: str) -> None:
+    def __init__(self, status: int, message: str, code: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.message, self.code = status, message, code
+        self.status, self.message, self.code, self.headers = status, message, code, headers
 
 
 def _error(status: int, message: str, kind: str, code: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -176,6 +177,7 @@ def create_app(
         max_batch=cfg.max_batch if cfg.batching else 1,
         wait_ms=cfg.batch_wait_ms if cfg.batching else 0.0,
         observe=metrics.batch_size.observe,
+        max_queue=cfg.max_queue,
     )
     server = ServerState(slot, batcher, metrics, store, cfg, frozenset(keys))
     app = FastAPI(title="slmloop", version="1", docs_url="/docs", redoc_url=None, lifespan=_lifespan)
@@ -198,7 +200,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
     server: ServerState = app.state.server
     server.slot.stop()
-    server.batcher.close()
+    server.batcher.close(server.cfg.drain_s)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,7 +296,8 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 async def _client_error(request: Request, exc: ClientError) -> JSONResponse:
     _server(request).metrics.errors.labels(exc.code).inc()
-    return _error(exc.status, exc.message, "invalid_request_error", exc.code)
+    kind = "invalid_request_error" if exc.status < 500 and exc.status != 429 else "server_error"
+    return _error(exc.status, exc.message, kind, exc.code, exc.headers)
 
 
 async def _known_error(request: Request, exc: SlmloopError) -> JSONResponse:
@@ -323,16 +326,52 @@ def _check_input(server: ServerState, text: str) -> int:
     return n
 
 
+def _submit(server: ServerState, job: Job) -> Future[Any]:
+    """Queue ``job``, or refuse it (429 with Retry-After) when the queue is full."""
+    try:
+        return server.batcher.submit(job)
+    except Overloaded as exc:
+        raise ClientError(
+            429,
+            f"the server is at capacity ({exc.waiting} requests waiting, serve.max_queue); "
+            f"try again in {exc.retry_after} s",
+            "overloaded",
+            {"Retry-After": str(exc.retry_after)},
+        ) from None
+
+
+async def _answer(server: ServerState, job: Job) -> Any:
+    """``job``'s answer, within serve.request_timeout_s (else 503, and its work is dropped if not started)."""
+    future = _submit(server, job)
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout=server.cfg.request_timeout_s)
+    except TimeoutError:
+        future.cancel()
+        raise ClientError(
+            503,
+            f"not answered within {server.cfg.request_timeout_s:g} s (serve.request_timeout_s); try again later",
+            "timeout",
+        ) from None
+
+
 # ---------------------------------------------------------------------------------------------
 # routes
 # ---------------------------------------------------------------------------------------------
-def _health(request: Request) -> dict[str, Any]:
-    slot = _server(request).slot
+def _health(request: Request) -> JSONResponse:
+    """200 while the worker answers; 503 when it died or has been stuck on one group for too long."""
+    server = _server(request)
+    slot, worker = server.slot, server.batcher.health()
     p = slot.current
     out: dict[str, Any] = {"status": "ok", "model": p.name, "release": p.release, "task": p.task.type}
+    out["queued"] = worker["queued"]
     if slot.reload_error is not None:  # still answering with the old release
         out["reload_error"] = slot.reload_error
-    return out
+    if not worker["alive"]:
+        out["status"] = "dead"
+    elif worker["busy_s"] > 2 * server.cfg.request_timeout_s:
+        out["status"] = "stuck"
+        out["busy_s"] = worker["busy_s"]
+    return JSONResponse(out, status_code=200 if out["status"] == "ok" else 503)
 
 
 def _prometheus(request: Request) -> Response:
@@ -351,7 +390,7 @@ async def _predict(body: PredictRequest, request: Request) -> dict[str, Any]:
     server = _server(request)
     request.state.log_input = body.value
     n_in = _check_input(server, body.value)
-    predictor, result = await asyncio.wrap_future(server.batcher.submit(Job("predict", ("predict",), body.value)))
+    predictor, result = await _answer(server, Job("predict", ("predict",), body.value))
     request.state.release = predictor.release
     server.metrics.tokens.labels("prompt").inc(n_in)
     request.state.log_output = json.dumps(result, ensure_ascii=False)
@@ -376,7 +415,7 @@ async def _chat(body: ChatRequest, request: Request) -> dict[str, Any] | Streami
     if body.stream:
         request.state.streaming = True  # logged when the stream ends
         return _stream(server, request, messages, key)
-    predictor, answer = await asyncio.wrap_future(server.batcher.submit(Job("chat", key, messages)))
+    predictor, answer = await _answer(server, Job("chat", key, messages))
     request.state.release = predictor.release
     request.state.log_output = answer.text
     _count(server, answer)
@@ -416,7 +455,7 @@ def _stream(
         loop.call_soon_threadsafe(tokens.put_nowait, token)
 
     job = Job("chat", key, messages, on_token=on_token)
-    future = asyncio.wrap_future(server.batcher.submit(job))
+    future = asyncio.wrap_future(_submit(server, job))
     chunk_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     name = server.slot.current.name

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -25,6 +26,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from slmloop.errors import ServeError
 from slmloop.manifest import TaskConfig
 from slmloop.models.loading import render_prompt
 from slmloop.predict.answers import Engine, ModelAnswer, answer_rows
@@ -34,7 +36,7 @@ from slmloop.predict.parsing import parse_json_object
 if TYPE_CHECKING:
     pass
 
-__all__ = ["Batcher", "ChatAnswer", "Job", "ModelSlot", "Predictor"]
+__all__ = ["Batcher", "ChatAnswer", "Job", "ModelSlot", "Overloaded", "Predictor"]
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,14 @@ class ModelSlot:
 RELOAD_BACKOFF_MAX = 60.0
 
 
+class Overloaded(Exception):
+    """The queue is full: the request is refused before it waits (HTTP 429 with Retry-After)."""
+
+    def __init__(self, waiting: int, retry_after: int) -> None:
+        super().__init__(f"{waiting} requests are waiting for the model")
+        self.waiting, self.retry_after = waiting, retry_after
+
+
 @dataclass
 class Job:
     """One request waiting for the model. ``key`` decides which requests may share a batch."""
@@ -213,10 +223,15 @@ class Batcher:
         wait_ms: float = 25.0,
         observe: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        max_queue: int | None = None,
     ) -> None:
-        """``clock``: seconds, for the waiting policy (the tests drive it by hand)."""
+        """``clock``: seconds, for the waiting policy (the tests drive it by hand); ``max_queue``: requests
+        waiting at most (more are refused with :class:`Overloaded`)."""
         self.slot = slot
         self.clock = clock
+        self.max_queue = max_queue
+        self.busy_since: float | None = None  # when the group being answered started (time.monotonic)
+        self._answered: deque[tuple[float, int]] = deque(maxlen=64)  # (when, requests) of recent groups
         self.max_batch = max_batch
         self.wait = wait_ms / 1000.0
         self.observe = observe
@@ -227,12 +242,41 @@ class Batcher:
         self._thread.start()
 
     def submit(self, job: Job) -> Future[Any]:
+        """Queue ``job``; refused with :class:`Overloaded` when ``max_queue`` requests already wait."""
+        waiting = self._queue.qsize()
+        if self.max_queue is not None and waiting >= self.max_queue:
+            raise Overloaded(waiting, self.retry_after(waiting))
         self._queue.put(job)
         return job.future
 
-    def close(self) -> None:
+    def rate(self) -> float:
+        """Requests answered per second over the recent groups (0 before any)."""
+        if len(self._answered) < 2:
+            return 0.0
+        span = self._answered[-1][0] - self._answered[0][0]
+        return sum(n for _, n in list(self._answered)[1:]) / span if span > 0 else 0.0
+
+    def retry_after(self, waiting: int) -> int:
+        """Seconds until ``waiting`` requests are likely answered: when to try again (at least 1)."""
+        rate = self.rate()
+        return max(1, math.ceil(waiting / rate)) if rate > 0 else 1
+
+    def health(self) -> dict[str, Any]:
+        """Whether the worker lives, and for how long it has been answering its current group."""
+        busy = time.monotonic() - self.busy_since if self.busy_since is not None else 0.0
+        return {"alive": self._thread.is_alive(), "busy_s": round(busy, 3), "queued": self._queue.qsize()}
+
+    def close(self, drain_s: float = 30.0) -> None:
+        """Stop: answer what is queued for up to ``drain_s`` seconds; what is still waiting then is refused."""
         self._queue.put(None)
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=drain_s)
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None and job.future.set_running_or_notify_cancel():
+                job.future.set_exception(ServeError("the server is shutting down", hint="Send the request again."))
 
     def _next_group(self) -> list[Job] | None:
         first = self._held.popleft() if self._held else self._queue.get()
@@ -277,11 +321,15 @@ class Batcher:
             if self.observe is not None:
                 self.observe(len(live))
             predictor = self.slot.current  # one model for the whole group, even if a swap lands meanwhile
+            self.busy_since = time.monotonic()
             try:
                 results = self._run(predictor, live)
             except BaseException as exc:  # the worker lives on; a request that fails, fails alone
                 self._one_by_one(predictor, live, exc)
                 continue
+            finally:
+                self.busy_since = None
+                self._answered.append((time.monotonic(), len(live)))
             for j, r in zip(live, results, strict=True):
                 j.future.set_result((predictor, r))
 

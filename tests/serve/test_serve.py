@@ -30,7 +30,8 @@ def served(trained_project: Path, tmp_path_factory: pytest.TempPathFactory):
 
 def test_health_and_models(served) -> None:
     client, _ = served
-    assert client.get("/health").json() == {"status": "ok", "model": "toy-v1", "release": 1, "task": "classification"}
+    health = {"status": "ok", "model": "toy-v1", "release": 1, "task": "classification", "queued": 0}
+    assert client.get("/health").json() == health
     assert client.get("/v1/models").json()["data"][0]["id"] == "toy-v1"
 
 

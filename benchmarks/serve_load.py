@@ -6,6 +6,12 @@ send ``/v1/predict`` requests (texts from the demo's traffic file) back to back 
 D seconds. Prints req/s, p50/p95/p99 latency and errors of each, and the
 throughput ratio batched / unbatched measured in this run (target: >= 3x, 0 errors).
 
+Then the overload phase: requests arrive on a fixed schedule (open loop, whatever the
+server answers) at 3x the batched capacity just measured, for D seconds, a quarter of
+them chat completions with mixed max_tokens. Targets: the admitted requests' p99 within
+2x the batched phase's p99 at capacity, the refused ones (429/503) answered within 100 ms,
+no other errors, and the server answering normally right after.
+
     python benchmarks/serve_load.py [--project DIR] [--clients 32] [--seconds 60] [--json FILE]
 
 Without --project it runs `slmloop demo` into a temporary folder first (~4 min)
@@ -75,6 +81,65 @@ async def _load(url: str, texts: list[str], clients: int, seconds: float) -> dic
     }
 
 
+async def _overload(url: str, texts: list[str], rate: float, seconds: float) -> dict[str, Any]:
+    """Open-loop arrivals at ``rate`` requests/s for ``seconds``; every fourth a chat with mixed max_tokens."""
+    import httpx
+
+    admitted: list[float] = []
+    refused: list[float] = []
+    other: list[str] = []
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as http:
+
+        async def one(i: int) -> None:
+            text = texts[i % len(texts)]
+            t0 = time.perf_counter()
+            try:
+                if i % 4 == 3:
+                    body = {"messages": [{"role": "user", "content": text}], "max_tokens": (4, 8, 16)[i % 3]}
+                    r = await http.post("/v1/chat/completions", json=body)
+                else:
+                    r = await http.post("/v1/predict", json={"text": text})
+            except httpx.HTTPError as exc:
+                other.append(repr(exc))
+                return
+            took = time.perf_counter() - t0
+            if r.status_code == 200:
+                admitted.append(took)
+            elif r.status_code in (429, 503):
+                refused.append(took)
+            else:
+                other.append(f"{r.status_code}: {r.text[:200]}")
+
+        tasks = []
+        started = time.perf_counter()
+        i = 0
+        while (now := time.perf_counter() - started) < seconds:
+            if now < i / rate:
+                await asyncio.sleep(i / rate - now)
+            tasks.append(asyncio.create_task(one(i)))
+            i += 1
+        await asyncio.gather(*tasks)
+        after = []
+        for k in range(20):  # right after: one client, one request at a time
+            t0 = time.perf_counter()
+            r = await http.post("/v1/predict", json={"text": texts[k]})
+            after.append((r.status_code, time.perf_counter() - t0))
+    return {
+        "offered_per_s": rate,
+        "sent": i,
+        "admitted": len(admitted),
+        "refused": len(refused),
+        "other_errors": len(other),
+        "error_examples": other[:3],
+        "admitted_p50_ms": _percentile(admitted, 0.50) * 1000,
+        "admitted_p99_ms": _percentile(admitted, 0.99) * 1000,
+        "refused_p99_ms": _percentile(refused, 0.99) * 1000,
+        "after_ok": sum(code == 200 for code, _ in after),
+        "after_p50_ms": _percentile([s for _, s in after], 0.50) * 1000,
+    }
+
+
 def _batch_sizes(url: str) -> float:
     import httpx
 
@@ -124,6 +189,21 @@ def main() -> None:
     results["throughput_ratio"] = ratio
     errors = results["batched"]["errors"] + results["unbatched"]["errors"]
     print(f"throughput batched / unbatched: {ratio:.2f}x (target >= 3x); errors: {errors} (target 0)")
+
+    rate = 3 * results["batched"]["req_per_s"]
+    log = project / ".slmloop" / "serve-load-overload.log"
+    with ServerProcess(project, log_path=log) as server:
+        asyncio.run(_load(server.url, texts[:64], 4, 3.0))
+        o = asyncio.run(_overload(server.url, texts, rate, args.seconds))
+    o["p99_vs_capacity"] = o["admitted_p99_ms"] / results["batched"]["p99_ms"]
+    results["overload"] = o
+    print(
+        f" overload: offered {rate:.1f} req/s (3x capacity) for {args.seconds:.0f} s: {o['sent']} sent, "
+        f"{o['admitted']} answered (p50 {o['admitted_p50_ms']:.0f} ms, p99 {o['admitted_p99_ms']:.0f} ms = "
+        f"{o['p99_vs_capacity']:.2f}x the p99 at capacity; target <= 2x), {o['refused']} refused "
+        f"(p99 {o['refused_p99_ms']:.0f} ms; target <= 100 ms), {o['other_errors']} other errors (target 0); "
+        f"right after: {o['after_ok']}/20 answered, p50 {o['after_p50_ms']:.0f} ms"
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

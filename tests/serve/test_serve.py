@@ -424,3 +424,45 @@ def test_health_says_when_the_worker_is_stuck_or_dead(trained_copy) -> None:
         app.state.server.batcher.close()  # the worker ends (as if it had crashed)
         dead = client.get("/health")
         assert dead.status_code == 503 and dead.json()["status"] == "dead"
+
+
+def test_the_request_log_is_written_off_the_response_path_and_counts_what_it_drops(trained_copy) -> None:
+    """A slow database delays no answer: rows queue for the writer thread; past the bound they are dropped
+    and counted, and a failing database loses its rows (counted) without stopping the writer."""
+    import threading
+    from contextlib import contextmanager
+
+    from slmloop.serve.requestlog import RequestLogWriter
+    from slmloop.store import RequestLog
+
+    store = trained_copy.store
+    real, slow = store.session, threading.Event()
+    fail = {"on": False}
+
+    @contextmanager
+    def stalled():  # a database that takes its time, then maybe fails
+        slow.wait(30)
+        if fail["on"]:
+            raise RuntimeError("database is locked")
+        with real() as s:
+            yield s
+
+    store.session = stalled  # type: ignore[method-assign]
+    writer = RequestLogWriter(store, max_queued=3)
+    rows = [RequestLog(endpoint="/v1/predict", status=200, input=f"r{i}", output="") for i in range(8)]
+    writer.write(rows[0])
+    _until(lambda: writer._queue.empty(), "the writer took the first row")
+    for row in rows[1:]:
+        writer.write(row)  # returns at once: the writer is stuck on the first
+    assert writer.dropped == 4  # 3 queued behind the first, 4 over the bound
+    slow.set()
+    writer.close()
+    store.session = real  # type: ignore[method-assign]
+    assert sorted(r.input for r in store.requests()) == ["r0", "r1", "r2", "r3"]
+    fail["on"] = True
+    store.session = stalled  # type: ignore[method-assign]
+    broken = RequestLogWriter(store)
+    broken.write(RequestLog(endpoint="/v1/predict", status=200, input="lost", output=""))
+    broken.close()
+    store.session = real  # type: ignore[method-assign]
+    assert broken.failed == 1 and all(r.input != "lost" for r in store.requests())

@@ -33,7 +33,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from slmloop.data.pii import redact
@@ -41,6 +40,7 @@ from slmloop.errors import SlmloopError
 from slmloop.manifest import ServeConfig
 from slmloop.serve.engine import Batcher, ChatAnswer, Job, ModelSlot, Overloaded, Predictor
 from slmloop.serve.metrics import ServerMetrics
+from slmloop.serve.requestlog import RequestLogWriter
 from slmloop.store import RequestLog, Store
 
 __all__ = ["ChatRequest", "PredictRequest", "ServerState", "api_keys", "create_app"]
@@ -142,6 +142,7 @@ class ServerState:
     store: Store | None
     cfg: ServeConfig
     keys: frozenset[str]
+    log: RequestLogWriter | None = None
 
     @property
     def max_chars(self) -> int:
@@ -179,7 +180,8 @@ def create_app(
         observe=metrics.batch_size.observe,
         max_queue=cfg.max_queue,
     )
-    server = ServerState(slot, batcher, metrics, store, cfg, frozenset(keys))
+    log = RequestLogWriter(store) if store is not None else None
+    server = ServerState(slot, batcher, metrics, store, cfg, frozenset(keys), log)
     app = FastAPI(title="slmloop", version="1", docs_url="/docs", redoc_url=None, lifespan=_lifespan)
     app.state.server = server
     app.middleware("http")(_guard_and_log)
@@ -201,28 +203,31 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     server: ServerState = app.state.server
     server.slot.stop()
     server.batcher.close(server.cfg.drain_s)
+    if server.log is not None:
+        server.log.close()
 
 
 # ---------------------------------------------------------------------------------------------
 # every request: keys, size, the request log, metrics
 # ---------------------------------------------------------------------------------------------
 def _write_log(server: ServerState, request: Request, path: str, status: int, started: float) -> None:
-    if server.store is None:
+    """Queue the request's log row (the writer thread stores it; a response never waits for the database)."""
+    if server.log is None:
         return
     text_in = getattr(request.state, "log_input", "")[:20000]
     text_out = getattr(request.state, "log_output", "")[:20000]
     if server.cfg.redact_pii:
         text_in, text_out = redact(text_in)[0], redact(text_out)[0]
-    entry = RequestLog(
-        release_version=getattr(request.state, "release", server.slot.current.release),
-        endpoint=path,
-        status=status,
-        input=text_in,
-        output=text_out,
-        latency_ms=(time.perf_counter() - started) * 1000,
+    server.log.write(
+        RequestLog(
+            release_version=getattr(request.state, "release", server.slot.current.release),
+            endpoint=path,
+            status=status,
+            input=text_in,
+            output=text_out,
+            latency_ms=(time.perf_counter() - started) * 1000,
+        )
     )
-    with contextlib.suppress(Exception):  # logging must never take the server down
-        server.store.add(entry)
 
 
 async def _guard_and_log(request: Request, call_next: Any) -> Any:
@@ -265,7 +270,7 @@ async def _guard_and_log(request: Request, call_next: Any) -> Any:
             metrics.errors.labels("internal_error").inc()
     label = path if path in ROUTES else "other"  # metrics labels stay bounded whatever paths clients send
     if path.startswith("/v1/") and request.method == "POST" and not getattr(request.state, "streaming", False):
-        await run_in_threadpool(_write_log, server, request, path, response.status_code, started)
+        _write_log(server, request, path, response.status_code, started)
     if path != "/metrics":
         metrics.requests.labels(label, str(response.status_code)).inc()
         metrics.latency.labels(label).observe(time.perf_counter() - started)
@@ -326,9 +331,12 @@ def _check_input(server: ServerState, text: str) -> int:
     return n
 
 
-def _submit(server: ServerState, job: Job) -> Future[Any]:
-    """Queue ``job``, or refuse it (429 with Retry-After) when the queue is full."""
+def _submit(server: ServerState, job: Job | None) -> Future[Any]:
+    """Queue ``job``, or refuse it (429 with Retry-After) when the queue is full; ``None``: only check."""
     try:
+        if job is None:
+            server.batcher.admit()
+            return Future()
         return server.batcher.submit(job)
     except Overloaded as exc:
         raise ClientError(
@@ -378,6 +386,8 @@ def _prometheus(request: Request) -> Response:
     server = _server(request)
     server.metrics.release.set(server.slot.current.release or 0)
     server.metrics.reload_failures.set(server.slot.reload_failures)
+    if server.log is not None:
+        server.metrics.log_dropped.set(server.log.dropped + server.log.failed)
     return Response(server.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
@@ -389,6 +399,7 @@ def _models(request: Request) -> dict[str, Any]:
 async def _predict(body: PredictRequest, request: Request) -> dict[str, Any]:
     server = _server(request)
     request.state.log_input = body.value
+    _submit(server, None)  # a full queue refuses before the input is tokenized
     n_in = _check_input(server, body.value)
     predictor, result = await _answer(server, Job("predict", ("predict",), body.value))
     request.state.release = predictor.release
@@ -402,6 +413,7 @@ async def _chat(body: ChatRequest, request: Request) -> dict[str, Any] | Streami
     cfg = server.cfg
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     request.state.log_input = "\n".join(m["content"] for m in messages if m["role"] == "user")
+    _submit(server, None)  # a full queue refuses before the input is tokenized
     _check_input(server, "\n".join(m["content"] for m in messages))
     max_tokens = body.max_completion_tokens or body.max_tokens or server.slot.current.max_new_tokens
     if max_tokens > cfg.max_tokens_limit:
@@ -495,13 +507,13 @@ def _stream(
             predictor, answer = await future
         except Exception as exc:  # the stream has started: report in-band, as OpenAI does
             yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error'}})}\n\n"
-            await run_in_threadpool(_write_log, server, request, request.url.path, 500, request.state.started)
+            _write_log(server, request, request.url.path, 500, request.state.started)
             return
         request.state.release = predictor.release
         request.state.log_output = answer.text
         _count(server, answer)
         yield event({}, answer.finish_reason)
         yield "data: [DONE]\n\n"
-        await run_in_threadpool(_write_log, server, request, request.url.path, 200, request.state.started)
+        _write_log(server, request, request.url.path, 200, request.state.started)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

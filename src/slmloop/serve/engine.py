@@ -241,11 +241,16 @@ class Batcher:
         self._thread = threading.Thread(target=self._loop, name="slmloop-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, job: Job) -> Future[Any]:
-        """Queue ``job``; refused with :class:`Overloaded` when ``max_queue`` requests already wait."""
+    def admit(self) -> None:
+        """Refuse (:class:`Overloaded`) when ``max_queue`` requests already wait: callers ask before they spend
+        work on a request (reading, tokenizing) that would be refused anyway."""
         waiting = self._queue.qsize()
         if self.max_queue is not None and waiting >= self.max_queue:
             raise Overloaded(waiting, self.retry_after(waiting))
+
+    def submit(self, job: Job) -> Future[Any]:
+        """Queue ``job``; refused with :class:`Overloaded` when ``max_queue`` requests already wait."""
+        self.admit()
         self._queue.put(job)
         return job.future
 

@@ -30,6 +30,11 @@ class ServerMetrics:
             "slmloop_batch_size", "Requests answered by one forward pass.", buckets=_BATCH_BUCKETS, registry=r
         )
         self.release = Gauge("slmloop_release_version", "The release version answering now.", registry=r)
+        self.log_dropped = Gauge(
+            "slmloop_request_log_dropped",
+            "Request log rows lost (the writer fell behind, or the database failed).",
+            registry=r,
+        )
         self.reload_failures = Gauge(
             "slmloop_reload_failures", "Releases that failed to load since the server started.", registry=r
         )

@@ -513,10 +513,10 @@ class ServeConfig(Section):
         "most in all. An idle server answers a lone request at once.",
     )
     max_queue: int = Field(
-        64,
+        32,
         gt=0,
-        description="Requests waiting for the model at most; more get 429 with Retry-After (a bounded queue "
-        "keeps the wait of those admitted short under overload).",
+        description="Requests waiting for the model at most (the default: one batch behind the one being "
+        "answered); more get 429 with Retry-After, so those admitted wait little under overload.",
     )
     request_timeout_s: float = Field(
         60.0,

@@ -43,7 +43,7 @@ from slmloop.serve.metrics import ServerMetrics
 from slmloop.serve.requestlog import RequestLogWriter
 from slmloop.store import RequestLog, Store
 
-__all__ = ["ChatRequest", "PredictRequest", "ServerState", "api_keys", "create_app"]
+__all__ = ["Admission", "ChatRequest", "PredictRequest", "ServerState", "api_keys", "create_app"]
 
 
 def _utf8(value: str) -> str:
@@ -185,6 +185,8 @@ def create_app(
     app = FastAPI(title="slmloop", version="1", docs_url="/docs", redoc_url=None, lifespan=_lifespan)
     app.state.server = server
     app.middleware("http")(_guard_and_log)
+    # outermost: past the requests the queue and a batch hold, refuse before anything else runs
+    app.add_middleware(Admission, server=server, limit=cfg.max_queue + cfg.max_batch)
     app.add_exception_handler(RequestValidationError, _bad_request)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(ClientError, _client_error)  # type: ignore[arg-type]
@@ -195,6 +197,51 @@ def create_app(
     app.add_api_route("/v1/predict", _predict, methods=["POST"])
     app.add_api_route("/v1/chat/completions", _chat, methods=["POST"], response_model=None)
     return app
+
+
+class Admission:
+    """Requests to the model past ``limit`` in flight get a JSON 429 at once, before their body is read.
+
+    Pure ASGI, in front of every other layer: under overload the refusal costs the server almost
+    nothing, so it stays quick, and the requests admitted wait at most for the queue and one batch.
+    """
+
+    MODEL_PATHS = frozenset({"/v1/predict", "/v1/chat/completions"})
+
+    def __init__(self, app: Any, *, server: ServerState, limit: int) -> None:
+        self.app, self.server, self.limit, self.in_flight = app, server, limit, 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.MODEL_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            retry = self.server.batcher.retry_after(self.in_flight)
+            body = json.dumps(
+                {
+                    "error": {
+                        "message": f"the server is at capacity ({self.in_flight} requests in flight); "
+                        f"try again in {retry} s",
+                        "type": "server_error",
+                        "code": "overloaded",
+                    }
+                }
+            ).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(retry).encode()),
+            ]
+            await send({"type": "http.response.start", "status": 429, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            self.server.metrics.errors.labels("overloaded").inc()
+            self.server.metrics.requests.labels(scope["path"], "429").inc()
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 @contextlib.asynccontextmanager

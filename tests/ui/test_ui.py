@@ -20,6 +20,8 @@ from slmloop.ui.app import create_ui_app
 
 pytestmark = pytest.mark.integration  # trains the tiny model
 
+LOCAL = "http://127.0.0.1"  # the dashboard answers only to local names unless told others
+
 
 @pytest.fixture
 def evaluated(trained_copy):
@@ -46,7 +48,7 @@ def _cell(html: str, element_id: str) -> str:
 
 def test_every_page_shows_the_numbers_in_the_store(evaluated) -> None:
     project = evaluated
-    client = TestClient(create_ui_app(project))
+    client = TestClient(create_ui_app(project), base_url=LOCAL)
     tuned = project.store.latest(Evaluation, Evaluation.id)
     run = project.store.get(Run, 1, "run", "")
     overview = client.get("/").text
@@ -79,7 +81,7 @@ def test_every_page_shows_the_numbers_in_the_store(evaluated) -> None:
 
 def test_rows_browser_filters_by_outcome_text_and_label(evaluated) -> None:
     project = evaluated
-    client = TestClient(create_ui_app(project))
+    client = TestClient(create_ui_app(project), base_url=LOCAL)
     ev = project.store.latest(Evaluation, Evaluation.id)
     preds = project.store.predictions(ev.id)
     wrong = sum(not p.correct for p in preds)
@@ -96,7 +98,7 @@ def test_compare_page_runs_the_paired_test_on_stored_evaluations(evaluated) -> N
     from slmloop.analyze.compare import compare_models
 
     project = evaluated
-    client = TestClient(create_ui_app(project))
+    client = TestClient(create_ui_app(project), base_url=LOCAL)
     page = client.get("/compare?a=base&b=run-1").text
     assert not list(project.reports_dir.glob("compare-*"))  # looking writes no report
     expected = compare_models(project, ["base", "run-1"]).comparisons[0]
@@ -108,7 +110,7 @@ def test_compare_page_runs_the_paired_test_on_stored_evaluations(evaluated) -> N
 def test_promote_and_rollback_from_the_dashboard_move_the_alias_in_the_store(evaluated) -> None:
     project = evaluated
     export_release(project, "run-1")  # v2
-    client = TestClient(create_ui_app(project))
+    client = TestClient(create_ui_app(project), base_url=LOCAL)
     token = _token(client.get("/releases").text)
     r = client.post(
         "/releases/promote",
@@ -133,7 +135,7 @@ def test_promote_and_rollback_from_the_dashboard_move_the_alias_in_the_store(eva
 def test_a_failing_gate_refuses_the_promotion_until_it_is_forced(evaluated) -> None:
     project = evaluated
     project.manifest.eval.gates = [GateConfig(metric="accuracy", threshold=1.01)]  # today's gate: nobody passes
-    client = TestClient(create_ui_app(project))
+    client = TestClient(create_ui_app(project), base_url=LOCAL)
     token = _token(client.get("/releases").text)
     form = {"csrf": token, "version": "1", "alias": "production", "reason": "try"}
     r = client.post("/releases/promote", data=form)
@@ -147,7 +149,7 @@ def test_a_failing_gate_refuses_the_promotion_until_it_is_forced(evaluated) -> N
 
 def test_read_only_dashboard_offers_and_accepts_no_action(evaluated) -> None:
     project = evaluated
-    client = TestClient(create_ui_app(project, read_only=True))
+    client = TestClient(create_ui_app(project, read_only=True), base_url=LOCAL)
     page = client.get("/releases").text
     assert 'method="post"' not in page and "read-only" in page
     r = client.post("/releases/promote", data={"version": "1", "alias": "production", "reason": "x"})
@@ -156,13 +158,13 @@ def test_read_only_dashboard_offers_and_accepts_no_action(evaluated) -> None:
 
 def test_forms_without_the_page_token_are_refused(evaluated) -> None:
     project = evaluated
-    client = TestClient(create_ui_app(project))
+    client = TestClient(create_ui_app(project), base_url=LOCAL)
     r = client.post("/releases/promote", data={"csrf": "forged", "version": "1", "alias": "production", "reason": "x"})
     assert r.status_code == 403 and project.store.alias_target("production") is None
 
 
 def test_api_keys_guard_every_page_and_the_login_sets_a_cookie(evaluated) -> None:
-    client = TestClient(create_ui_app(evaluated, keys={"s3cret-key"}))
+    client = TestClient(create_ui_app(evaluated, keys={"s3cret-key"}), base_url=LOCAL)
     assert client.get("/health").status_code == 200
     r = client.get("/releases", headers={"accept": "text/html"}, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"].startswith("/login")
@@ -180,7 +182,7 @@ def test_api_keys_guard_every_page_and_the_login_sets_a_cookie(evaluated) -> Non
 
 
 def test_report_files_stay_inside_the_reports_and_runs_folders(evaluated) -> None:
-    client = TestClient(create_ui_app(evaluated))
+    client = TestClient(create_ui_app(evaluated), base_url=LOCAL)
     assert client.get("/files/runs/run-1/loss_curve.png").headers["content-type"] == "image/png"
     for path in ("/files/../slmloop.yaml", "/files/slmloop.db", "/files/runs/run-1/../../slmloop.db"):
         assert client.get(path).status_code == 404, path
@@ -194,7 +196,7 @@ def test_bakeoffs_page_shows_the_trials_and_the_winner(trained_copy) -> None:
 
     project = trained_copy
     project.manifest.eval.compare.baseline = "none"
-    client = TestClient(create_ui_app(project))
+    client = TestClient(create_ui_app(project), base_url=LOCAL)
     assert "No bake-off yet" in client.get("/bakeoffs").text
     cfg = BakeoffConfig(trials=2, space={"learning_rate": [5e-3, 1e-7]}, halving=None, include_default=False)
     bo = run_bakeoff(project, cfg=cfg, against="run-1")
@@ -206,3 +208,14 @@ def test_bakeoffs_page_shows_the_trials_and_the_winner(trained_copy) -> None:
     assert plot.status_code == 200 and plot.headers["content-type"] == "image/png"
     assert client.get(f"/files/bakeoffs/{bo.id}/state.json").status_code == 200
     assert client.get("/files/bakeoffs/../slmloop.db").status_code == 404
+
+
+def test_a_request_naming_another_host_is_refused_so_a_rebound_page_cannot_promote(evaluated) -> None:
+    """DNS rebinding: a page on evil.example re-points its name to 127.0.0.1 and posts to the dashboard; the
+    browser still sends Host: evil.example, and the dashboard (with no keys) refuses it."""
+    page = TestClient(create_ui_app(evaluated), base_url="http://evil.example:8080")
+    assert page.get("/").status_code == 400
+    r = page.post("/releases/promote", data={"version": "1", "alias": "production", "reason": "x", "force": "on"})
+    assert r.status_code == 400 and alias_history(evaluated, "production") == []
+    shared = TestClient(create_ui_app(evaluated, hosts=["dash.internal"]), base_url="http://dash.internal:8080")
+    assert shared.get("/").status_code == 200  # a name the operator allowed (slmloop ui --allow-host)

@@ -17,6 +17,14 @@ def ui(
     read_only: Annotated[
         bool, typer.Option("--read-only", help="Look, never change: no promote, rollback or export.")
     ] = False,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-host",
+            help="A name the dashboard may be reached by (repeatable), besides localhost and --host; "
+            "requests naming any other host get 400.",
+        ),
+    ] = None,
     project: ProjectOpt = Path("."),
 ) -> None:
     """The whole loop in a browser: data, runs, evaluations, compare, releases (promote/rollback), monitor.
@@ -27,7 +35,7 @@ def ui(
     import uvicorn
 
     from slmloop.serve.app import api_keys
-    from slmloop.ui.app import create_ui_app
+    from slmloop.ui.app import LOCAL_HOSTS, create_ui_app
 
     proj = load(project)
     keys = api_keys(proj.manifest.serve, dict(os.environ))
@@ -36,7 +44,8 @@ def ui(
             f"[yellow]warning:[/yellow] no API key is set and the dashboard listens on {host}: anyone who can "
             "reach it can promote and roll back. Set serve.api_keys_env or pass --read-only."
         )
-    app = create_ui_app(proj, keys=keys, read_only=read_only)
+    hosts = [*LOCAL_HOSTS, *([] if host in ("0.0.0.0", "::") else [host]), *(allow_host or [])]
+    app = create_ui_app(proj, keys=keys, read_only=read_only, hosts=hosts)
     mode = " (read-only)" if read_only else ""
     err.print(f"dashboard for {proj.manifest.project.name} on http://{host}:{port}{mode} (Ctrl-C stops)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -20,7 +20,7 @@ import hashlib
 import hmac
 import io
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,12 +30,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from slmloop.errors import ConfigError, ConflictError, GateError, NotFoundError, SlmloopError
 from slmloop.project import Project
 from slmloop.ui import views
 
-__all__ = ["UIState", "create_ui_app"]
+__all__ = ["LOCAL_HOSTS", "UIState", "create_ui_app"]
 
 COOKIE = "slmloop_key"
 _STATUS = {NotFoundError: 404, GateError: 409, ConflictError: 409, ConfigError: 400}
@@ -116,15 +117,26 @@ def _ui(request: Request) -> UIState:
     return state
 
 
+#: the names a dashboard answers to by default: a page on another site that rebinds its own name to
+#: 127.0.0.1 sends that name as its Host, and is refused
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
 def create_ui_app(
-    project: Project, *, keys: set[str] | frozenset[str] = frozenset(), read_only: bool = False
+    project: Project,
+    *,
+    keys: set[str] | frozenset[str] = frozenset(),
+    read_only: bool = False,
+    hosts: Sequence[str] = LOCAL_HOSTS,
 ) -> FastAPI:
-    """The dashboard of ``project``; ``keys`` (when any) are required, ``read_only`` refuses every action."""
+    """The dashboard of ``project``; ``keys`` (when any) are required, ``read_only`` refuses every action, and
+    a request whose Host header is none of ``hosts`` gets 400 (DNS rebinding)."""
     env = _templates()
     env.filters["project_relative"] = lambda stored: str(project.locate(stored).relative_to(project.home))
     app = FastAPI(title="slmloop dashboard", docs_url=None, redoc_url=None)
     app.state.ui = UIState(project, env, frozenset(keys), read_only, secrets.token_urlsafe(24))
     app.middleware("http")(_authenticate)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))
     app.add_exception_handler(SlmloopError, _slmloop_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     pages: dict[str, Callable[..., Any]] = {

@@ -535,6 +535,11 @@ class ServeConfig(Section):
     api_keys_env: str = Field(
         "SLMLOOP_API_KEYS", description="Environment variable with comma-separated API keys (read at start)."
     )
+    ui_keys_env: str = Field(
+        "SLMLOOP_UI_KEYS",
+        description="Environment variable with the dashboard's (admin) keys, comma-separated; the model "
+        "server's API keys do not open the dashboard.",
+    )
     reload_interval: float = Field(
         2.0, ge=0.0, description="Seconds between checks whether the served alias moved (0: never; hot swap)."
     )

@@ -173,7 +173,9 @@ def test_api_keys_guard_every_page_and_the_login_sets_a_cookie(evaluated) -> Non
     assert client.post("/login", data={"key": "wrong", "next": "/runs"}).status_code == 401
     r = client.post("/login", data={"key": "s3cret-key", "next": "/runs"}, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/runs"
-    assert "httponly" in r.headers["set-cookie"].lower() and "samesite=strict" in r.headers["set-cookie"].lower()
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "max-age=28800" in cookie
+    assert "s3cret-key" not in cookie  # a session token, never the key itself
     assert client.get("/releases").status_code == 200  # the cookie now
     token = _token(client.get("/releases").text)
     client.post("/releases/promote", data={"csrf": token, "version": "1", "alias": "staging", "reason": "by key"})
@@ -219,3 +221,49 @@ def test_a_request_naming_another_host_is_refused_so_a_rebound_page_cannot_promo
     assert r.status_code == 400 and alias_history(evaluated, "production") == []
     shared = TestClient(create_ui_app(evaluated, hosts=["dash.internal"]), base_url="http://dash.internal:8080")
     assert shared.get("/").status_code == 200  # a name the operator allowed (slmloop ui --allow-host)
+
+
+def test_a_session_ends_at_sign_out_and_a_forged_cookie_opens_nothing(evaluated) -> None:
+    client = TestClient(create_ui_app(evaluated, keys={"s3cret-key"}), base_url=LOCAL)
+    client.post("/login", data={"key": "s3cret-key", "next": "/"}, follow_redirects=False)
+    session = client.cookies.get("slmloop_session")
+    page = client.get("/releases").text
+    assert "Sign out" in page
+    other = TestClient(create_ui_app(evaluated, keys={"s3cret-key"}), base_url=LOCAL)
+    other.cookies.set("slmloop_session", "s3cret-key")  # the old cookie held the key: it opens nothing now
+    assert other.get("/releases").status_code == 401
+    assert client.post("/logout", data={"csrf": _token(page)}, follow_redirects=False).status_code == 303
+    again = TestClient(create_ui_app(evaluated, keys={"s3cret-key"}), base_url=LOCAL)
+    again.cookies.set("slmloop_session", session)  # the ended session, replayed
+    assert again.get("/releases").status_code == 401
+    assert client.get("/releases").status_code == 401
+
+
+def test_the_model_servers_api_keys_do_not_open_the_dashboard(evaluated, tmp_path, monkeypatch) -> None:
+    """`slmloop ui` reads the dashboard's own keys; a key that calls the model does not promote."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**__import__("os").environ, "SLMLOOP_API_KEYS": "model-key", "SLMLOOP_UI_KEYS": "admin-key"}
+    cmd = [sys.executable, "-m", "slmloop", "ui", "--port", str(port), "-p", str(evaluated.root)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert httpx.get(url + "/releases", headers={"authorization": "Bearer model-key"}).status_code == 401
+        assert httpx.get(url + "/releases", headers={"authorization": "Bearer admin-key"}).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(30)

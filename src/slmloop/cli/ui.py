@@ -29,20 +29,19 @@ def ui(
 ) -> None:
     """The whole loop in a browser: data, runs, evaluations, compare, releases (promote/rollback), monitor.
 
-    Uses the same API keys as `slmloop serve` (serve.api_keys, or the serve.api_keys_env variable);
-    without any key, bind it to localhost only.
+    Asks for one of the dashboard's own keys (the serve.ui_keys_env variable, SLMLOOP_UI_KEYS by default;
+    the server's API keys do not open it); without any, bind it to localhost only.
     """
     import uvicorn
 
-    from slmloop.serve.app import api_keys
     from slmloop.ui.app import LOCAL_HOSTS, create_ui_app
 
     proj = load(project)
-    keys = api_keys(proj.manifest.serve, dict(os.environ))
+    keys = {k.strip() for k in os.environ.get(proj.manifest.serve.ui_keys_env, "").split(",") if k.strip()}
     if not keys and host not in ("127.0.0.1", "localhost", "::1"):
         err.print(
-            f"[yellow]warning:[/yellow] no API key is set and the dashboard listens on {host}: anyone who can "
-            "reach it can promote and roll back. Set serve.api_keys_env or pass --read-only."
+            f"[yellow]warning:[/yellow] no dashboard key is set and the dashboard listens on {host}: anyone who "
+            f"can reach it can promote and roll back. Set ${proj.manifest.serve.ui_keys_env} or pass --read-only."
         )
     hosts = [*LOCAL_HOSTS, *([] if host in ("0.0.0.0", "::") else [host]), *(allow_host or [])]
     app = create_ui_app(proj, keys=keys, read_only=read_only, hosts=hosts)

@@ -6,11 +6,13 @@ makes (:mod:`slmloop.ui.views`); promote and rollback go through
 :func:`slmloop.release.registry.promote` / ``rollback``, so the gates are
 enforced exactly as on the command line and every move lands in the alias history.
 
-Auth: when the project's serve config has API keys (``serve.api_keys`` or the
-``serve.api_keys_env`` variable), every page needs one — as ``Authorization:
-Bearer``/``X-API-Key`` or once through ``/login``, which sets an HttpOnly cookie.
-``read_only`` hides and refuses every action. Forms carry a per-process token
-(and the cookie is SameSite=Strict), so another site cannot post to them.
+Auth: with dashboard keys (the ``serve.ui_keys_env`` variable; the model server's API keys
+do not open it) every page needs one — as ``Authorization: Bearer``/``X-API-Key``, or once
+through ``/login``, which starts a session: the cookie holds a random token (HttpOnly,
+SameSite=Strict, Secure over HTTPS, expiring after :data:`SESSION_S`), never the key, and
+``/logout`` ends it. ``read_only`` hides and refuses every action. Forms carry a per-process
+token, so another site cannot post to them, and a request naming a host the dashboard does not
+answer to is refused (DNS rebinding).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import hashlib
 import hmac
 import io
 import secrets
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -38,7 +41,7 @@ from slmloop.ui import views
 
 __all__ = ["LOCAL_HOSTS", "UIState", "create_ui_app"]
 
-COOKIE = "slmloop_key"
+COOKIE = "slmloop_session"
 _STATUS = {NotFoundError: 404, GateError: 409, ConflictError: 409, ConfigError: 400}
 
 
@@ -69,22 +72,39 @@ def _status(exc: SlmloopError) -> int:
 
 @dataclass
 class UIState:
-    """What every page reads: the project, the templates, the keys, the anti-forgery token."""
+    """What every page reads: the project, the templates, the keys, the anti-forgery token, the sessions."""
 
     project: Project
     env: Environment
     keys: frozenset[str]
     read_only: bool
     csrf: str
+    #: signed-in browsers: session token → (the key's fingerprint, expiry on time.monotonic)
+    sessions: dict[str, tuple[str, float]] = field(default_factory=dict)
 
-    def key_of(self, request: Request) -> str | None:
+    def identity(self, request: Request) -> str | None:
+        """Who makes this request: ``key <fingerprint>`` for a valid key (a header, or the session a login
+        made), else None."""
         auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            return auth[7:].strip()
-        return request.headers.get("x-api-key") or request.cookies.get(COOKIE)
+        key = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key")
+        if key is not None:
+            return f"key {_fingerprint(key)}" if self.valid(key) else None
+        session = self.sessions.get(request.cookies.get(COOKIE, ""))
+        if session is None or session[1] < time.monotonic():
+            return None
+        return session[0]
 
     def valid(self, key: str | None) -> bool:
         return key is not None and any(hmac.compare_digest(key.encode(), k.encode()) for k in self.keys)
+
+    def sign_in(self, key: str) -> str:
+        """A new session for a valid ``key``: a random token for the cookie (the key never leaves the form)."""
+        now = time.monotonic()
+        for token in [t for t, (_, until) in self.sessions.items() if until < now]:
+            del self.sessions[token]
+        token = secrets.token_urlsafe(32)
+        self.sessions[token] = (f"key {_fingerprint(key)}", now + SESSION_S)
+        return token
 
     def render(self, request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         page = self.env.get_template(template).render(
@@ -108,8 +128,16 @@ class UIState:
 
     def who(self, request: Request) -> str | None:
         """Who moved an alias from here: the key's fingerprint (never the key), else the dashboard's user."""
-        key = self.key_of(request)
-        return f"ui (key {hashlib.sha256(key.encode()).hexdigest()[:8]})" if self.keys and key else None
+        identity = self.identity(request) if self.keys else None
+        return f"ui ({identity})" if identity else None
+
+
+def _fingerprint(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+#: how long a signed-in browser stays signed in (seconds)
+SESSION_S = 8 * 3600
 
 
 def _ui(request: Request) -> UIState:
@@ -158,6 +186,7 @@ def create_ui_app(
     for path, page in pages.items():
         app.add_api_route(path, page, methods=["GET"], response_class=HTMLResponse)
     app.add_api_route("/login", _login, methods=["POST"])
+    app.add_api_route("/logout", _logout, methods=["POST"])
     app.add_api_route("/releases/promote", _promote, methods=["POST"])
     app.add_api_route("/releases/rollback", _rollback, methods=["POST"])
     app.add_api_route("/monitor/history.png", _monitor_history, methods=["GET"])
@@ -168,7 +197,7 @@ def create_ui_app(
 
 async def _authenticate(request: Request, call_next: Any) -> Response:
     ui = _ui(request)
-    if ui.keys and request.url.path not in ("/login", "/health") and not ui.valid(ui.key_of(request)):
+    if ui.keys and request.url.path not in ("/login", "/health") and ui.identity(request) is None:
         if "text/html" in request.headers.get("accept", ""):
             return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
         return Response("an API key is required (Authorization: Bearer KEY)", status_code=401)
@@ -203,7 +232,21 @@ async def _login(request: Request) -> Response:
     if not ui.valid(data.get("key")):
         return ui.render(request, "login.html", 401, next=target, failed=True)
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(COOKIE, data["key"], httponly=True, samesite="strict")
+    secure = request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
+    response.set_cookie(
+        COOKIE, ui.sign_in(data["key"]), max_age=int(SESSION_S), httponly=True, samesite="strict", secure=secure
+    )
+    return response
+
+
+async def _logout(request: Request) -> Response:
+    ui = _ui(request)
+    data = {k: str(v) for k, v in (await request.form()).items()}
+    if not hmac.compare_digest(data.get("csrf", "").encode(), ui.csrf.encode()):
+        raise StarletteHTTPException(403, "the form is stale or came from another site; reload the page")
+    ui.sessions.pop(request.cookies.get(COOKIE, ""), None)
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE)
     return response
 
 

@@ -104,7 +104,14 @@ def test_killed_run_resumes_to_the_same_adapter(tmp_path: Path, tiny_model: Path
     assert not (killed / ".slmloop" / "runs" / "run-1" / "adapter").exists()
     with (killed / ".slmloop/runs/run-1/trace.jsonl").open("a") as torn:  # the kill cut a line in half
         torn.write('{"step": 7, "lo')
+    holder = killed / ".slmloop/runs/run-1/holder.json"
+    assert json.loads(holder.read_text())["pid"] == proc.pid  # the killed process: dead, so the run is free
+    alive = holder.read_text().replace(str(proc.pid), str(os.getpid()))
+    holder.write_text(alive)  # as if another process were training it now
+    assert main(["train", "--resume", "run-1", "-p", str(killed)]) == 4
+    holder.write_text(alive.replace(str(os.getpid()), str(proc.pid)))
     assert main(["train", "--resume", "run-1", "-p", str(killed)]) == 0
+    assert not holder.exists()  # released when the run ended
     resumed = p.store.get(Run, 1, "run", "")
     assert resumed.status == "completed" and resumed.metrics["steps"] == 120
     assert any(e.kind == "train.resume" for e in p.store.events())

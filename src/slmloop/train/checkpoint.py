@@ -19,7 +19,15 @@ from typing import Any
 from slmloop.errors import StoreError
 from slmloop.store.files import atomic_dir
 
-__all__ = ["LoopState", "latest_checkpoint", "restore_checkpoint", "save_checkpoint"]
+__all__ = [
+    "LoopState",
+    "claim_run",
+    "latest_checkpoint",
+    "release_run",
+    "restore_checkpoint",
+    "run_holder",
+    "save_checkpoint",
+]
 
 KEEP = 2  # newest checkpoints kept on disk
 
@@ -105,3 +113,41 @@ def restore_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -
         torch.cuda.set_rng_state_all(blob["cuda_rng"])
     random.setstate(blob["python_rng"])
     return state
+
+
+#: the file in a run folder that names the process training it
+HOLDER = "holder.json"
+
+
+def run_holder(run_dir: Path) -> dict[str, Any] | None:
+    """The process training the run in ``run_dir`` now, if it is alive on this host (else None)."""
+    import os
+    import socket
+
+    try:
+        holder = json.loads((run_dir / HOLDER).read_text())
+    except (OSError, ValueError):
+        return None
+    if holder.get("host") != socket.gethostname():
+        return holder  # another machine's process: it cannot be checked from here, so it holds the run
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except (ProcessLookupError, ValueError, KeyError, TypeError):
+        return None  # it died (a crash, a kill): the run is free to resume
+    except PermissionError:
+        return holder  # alive, another user's
+    return holder
+
+
+def claim_run(run_dir: Path) -> None:
+    """Record this process as the one training the run (released by :func:`release_run`)."""
+    import os
+    import socket
+
+    from slmloop.store.files import atomic_write_text
+
+    atomic_write_text(run_dir / HOLDER, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+
+
+def release_run(run_dir: Path) -> None:
+    (run_dir / HOLDER).unlink(missing_ok=True)

@@ -39,7 +39,7 @@ from typing_extensions import Unpack
 from slmloop import versions
 from slmloop.data.leakage import leakage_gate
 from slmloop.data.versions import DatasetSplits, current_gold, load_dataset
-from slmloop.errors import ConfigError, ModelError, NotFoundError, PreflightError
+from slmloop.errors import ConfigError, ConflictError, ModelError, NotFoundError, PreflightError
 from slmloop.manifest import TaskConfig, TrainConfig
 from slmloop.models.catalog import ResolvedModel, resolve_model
 from slmloop.models.loading import (
@@ -64,7 +64,16 @@ from slmloop.train.batching import (
     rebalanced_rows,
     split_by_tokens,
 )
-from slmloop.train.checkpoint import LoopState, latest_checkpoint, restore_checkpoint, save_checkpoint
+from slmloop.train.checkpoint import (
+    HOLDER,
+    LoopState,
+    claim_run,
+    latest_checkpoint,
+    release_run,
+    restore_checkpoint,
+    run_holder,
+    save_checkpoint,
+)
 from slmloop.train.companion import (
     PRIOR_VALIDATION_ROWS,
     build_companion,
@@ -260,6 +269,12 @@ def _resumable_run(project: Project, ref: str) -> Run:
         raise NotFoundError(
             f"{run.name} has no checkpoint to resume from (it stopped before its first one)",
             hint="Start it again with `slmloop train` (checkpoints every train.checkpoint_every steps).",
+        )
+    holder = run_holder(project.locate(run.path))
+    if holder is not None:
+        raise ConflictError(
+            f"{run.name} is being trained by process {holder.get('pid')} on {holder.get('host')}",
+            hint=f"Wait for it, or stop that process; if it is gone, delete {project.locate(run.path) / HOLDER}.",
         )
     return run
 
@@ -867,6 +882,8 @@ def _track_best(st: TrainSetup, parts: Parts, state: LoopState, value: float | N
 # save
 # ---------------------------------------------------------------------------------------------
 def _finish(project: Project, run: Run, status: str, metrics: dict[str, Any]) -> Run:
+    if run.path:
+        release_run(project.locate(run.path))
     with project.store.session() as s:
         row = project.store.one(s, Run, run.id)
         row.status = status
@@ -1042,6 +1059,8 @@ def _start_or_resume(st: TrainSetup, parts: Parts, forecast: Forecast) -> tuple[
         ckpt = latest_checkpoint(run_dir)
         assert ckpt is not None
         state = restore_checkpoint(ckpt, parts.model, parts.optimizer, parts.scheduler)
+        if parts.main:
+            claim_run(run_dir)
         if parts.main:  # the trace keeps what happened up to the checkpoint
             kept = [e for e in read_trace(run_dir) if e.get("step", 0) <= state.step]  # a torn last line is dropped
             atomic_write_text(run_dir / "trace.jsonl", "".join(json.dumps(e) + "\n" for e in kept))
@@ -1081,6 +1100,7 @@ def _start_or_resume(st: TrainSetup, parts: Parts, forecast: Forecast) -> tuple[
         if run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
+        claim_run(run_dir)
         atomic_write_json(run_dir / "forecast.json", forecast.to_dict())
         run.path = project.relative(run_dir)
         with project.store.session() as s:

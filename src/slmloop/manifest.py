@@ -544,6 +544,12 @@ class ServeConfig(Section):
         2.0, ge=0.0, description="Seconds between checks whether the served alias moved (0: never; hot swap)."
     )
     redact_pii: bool = Field(False, description="Redact PII (emails, phones, cards …) before logging a request.")
+    log_retention_days: float | None = Field(
+        90.0,
+        gt=0.0,
+        description="Logged requests older than this many days are deleted (at start, then hourly); null: kept. "
+        "`slmloop monitor` reads the log, so keep at least the windows it compares.",
+    )
 
 
 class DriftThresholds(Section):

@@ -466,3 +466,22 @@ def test_the_request_log_is_written_off_the_response_path_and_counts_what_it_dro
     broken.close()
     store.session = real  # type: ignore[method-assign]
     assert broken.failed == 1 and all(r.input != "lost" for r in store.requests())
+
+
+def test_the_request_log_keeps_its_retention(trained_copy) -> None:
+    import datetime as dt
+
+    from slmloop.serve.requestlog import RequestLogWriter
+    from slmloop.store import RequestLog, utcnow
+
+    store = trained_copy.store
+    old = utcnow() - dt.timedelta(days=100)
+    for i, ts in enumerate([old, old, utcnow()]):
+        store.add(RequestLog(endpoint="/v1/predict", status=200, input=f"r{i}", output="", ts=ts))
+    keep_all = RequestLogWriter(store, retention_days=None)
+    keep_all.close()
+    assert len(store.requests()) == 3 and keep_all.pruned == 0
+    writer = RequestLogWriter(store, retention_days=90)  # prunes as it starts
+    writer.write(RequestLog(endpoint="/v1/predict", status=200, input="new", output=""))
+    writer.close()
+    assert [r.input for r in store.requests()] == ["r2", "new"] and writer.pruned == 2

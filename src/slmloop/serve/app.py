@@ -180,7 +180,7 @@ def create_app(
         observe=metrics.batch_size.observe,
         max_queue=cfg.max_queue,
     )
-    log = RequestLogWriter(store) if store is not None else None
+    log = RequestLogWriter(store, retention_days=cfg.log_retention_days) if store is not None else None
     server = ServerState(slot, batcher, metrics, store, cfg, frozenset(keys), log)
     app = FastAPI(title="slmloop", version="1", docs_url="/docs", redoc_url=None, lifespan=_lifespan)
     app.state.server = server

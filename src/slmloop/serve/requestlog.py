@@ -4,26 +4,34 @@ Every answered request becomes a :class:`~slmloop.store.RequestLog` row (what ``
 reads). A response never waits for the database: rows go into a bounded queue that one thread
 writes in batches, one transaction each. When the database falls behind and the queue is full, a
 row is dropped and counted (``/metrics``: ``slmloop_request_log_dropped``) instead of slowing the
-answers down; at shutdown what is queued is written, for up to a few seconds.
+answers down; at shutdown what is queued is written, for up to a few seconds. With a retention
+(``serve.log_retention_days``) the writer deletes older rows at start and then every hour.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import queue
 import threading
+import time
 
-from slmloop.store import RequestLog, Store
+from slmloop.store import RequestLog, Store, utcnow
 
 __all__ = ["RequestLogWriter"]
 
 #: rows written in one transaction at most
 BATCH = 256
+#: seconds between deletions of rows past the retention
+PRUNE_EVERY = 3600.0
 
 
 class RequestLogWriter:
-    def __init__(self, store: Store, max_queued: int = 10_000) -> None:
+    def __init__(self, store: Store, max_queued: int = 10_000, retention_days: float | None = None) -> None:
         self.store = store
+        self.retention_days = retention_days
+        self.pruned = 0  # rows deleted past the retention
+        self._pruned_at = float("-inf")
         self.dropped = 0
         self.failed = 0  # rows lost to a database error (the writer lives on)
         self._queue: queue.Queue[RequestLog | None] = queue.Queue(maxsize=max_queued)
@@ -43,9 +51,22 @@ class RequestLogWriter:
             self._queue.put(None, timeout=timeout)
         self._thread.join(timeout=timeout)
 
+    def prune(self) -> None:
+        """Delete the rows past the retention (none without one); a database error waits for the next time."""
+        self._pruned_at = time.monotonic()
+        if self.retention_days is None:
+            return
+        with contextlib.suppress(Exception):
+            self.pruned += self.store.prune_requests(utcnow() - dt.timedelta(days=self.retention_days))
+
     def _loop(self) -> None:
         while True:
-            first = self._queue.get()
+            if time.monotonic() - self._pruned_at >= PRUNE_EVERY:
+                self.prune()
+            try:
+                first = self._queue.get(timeout=PRUNE_EVERY)
+            except queue.Empty:
+                continue
             rows = [first] if first is not None else []
             while first is not None and len(rows) < BATCH:
                 try:

@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     create_engine,
+    delete,
     event,
     func,
     or_,
@@ -422,6 +423,12 @@ class Store:
             return s.scalars(
                 select(Prediction).where(Prediction.evaluation_id == evaluation_id).order_by(Prediction.idx)
             ).all()
+
+    def prune_requests(self, older_than: dt.datetime) -> int:
+        """Delete logged requests from before ``older_than``; returns how many went."""
+        with self.session() as s:
+            gone: Any = s.execute(delete(RequestLog).where(RequestLog.ts < older_than))
+            return int(gone.rowcount or 0)
 
     def requests(self, since_id: int = 0, release: int | None = None) -> Sequence[RequestLog]:
         with self.session() as s:

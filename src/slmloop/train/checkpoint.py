@@ -20,6 +20,7 @@ from slmloop.errors import StoreError
 from slmloop.store.files import atomic_dir
 
 __all__ = [
+    "HOLDER",
     "LoopState",
     "claim_run",
     "latest_checkpoint",

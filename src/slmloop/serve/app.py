@@ -24,7 +24,7 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -378,13 +378,11 @@ def _check_input(server: ServerState, text: str) -> int:
     return n
 
 
-def _submit(server: ServerState, job: Job | None) -> Future[Any]:
-    """Queue ``job``, or refuse it (429 with Retry-After) when the queue is full; ``None``: only check."""
+@contextlib.contextmanager
+def _admitted() -> Iterator[None]:
+    """A full queue (:class:`Overloaded`) becomes a 429 with Retry-After."""
     try:
-        if job is None:
-            server.batcher.admit()
-            return Future()
-        return server.batcher.submit(job)
+        yield
     except Overloaded as exc:
         raise ClientError(
             429,
@@ -393,6 +391,18 @@ def _submit(server: ServerState, job: Job | None) -> Future[Any]:
             "overloaded",
             {"Retry-After": str(exc.retry_after)},
         ) from None
+
+
+def _admit(server: ServerState) -> None:
+    """Refuse (429) before any work is spent on a request the full queue would refuse anyway."""
+    with _admitted():
+        server.batcher.admit()
+
+
+def _submit(server: ServerState, job: Job) -> Future[Any]:
+    """Queue ``job``, or refuse it (429 with Retry-After) when the queue is full."""
+    with _admitted():
+        return server.batcher.submit(job)
 
 
 async def _answer(server: ServerState, job: Job) -> Any:
@@ -446,7 +456,7 @@ def _models(request: Request) -> dict[str, Any]:
 async def _predict(body: PredictRequest, request: Request) -> dict[str, Any]:
     server = _server(request)
     request.state.log_input = body.value
-    _submit(server, None)  # a full queue refuses before the input is tokenized
+    _admit(server)  # a full queue refuses before the input is tokenized
     n_in = _check_input(server, body.value)
     predictor, result = await _answer(server, Job("predict", ("predict",), body.value))
     request.state.release = predictor.release
@@ -460,7 +470,7 @@ async def _chat(body: ChatRequest, request: Request) -> dict[str, Any] | Streami
     cfg = server.cfg
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     request.state.log_input = "\n".join(m["content"] for m in messages if m["role"] == "user")
-    _submit(server, None)  # a full queue refuses before the input is tokenized
+    _admit(server)  # a full queue refuses before the input is tokenized
     _check_input(server, "\n".join(m["content"] for m in messages))
     max_tokens = body.max_completion_tokens or body.max_tokens or server.slot.current.max_new_tokens
     if max_tokens > cfg.max_tokens_limit:

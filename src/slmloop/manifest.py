@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slmloop.errors import ConfigError
 from slmloop.metrics import metric_names
@@ -473,13 +473,16 @@ class ExportConfig(Section):
         description="Also write GGUF files of these types (Llama-architecture models) plus an Ollama Modelfile, "
         "each checked against the merged model on the gold rows through llama.cpp.",
     )
-    parity_rows: int = Field(500, gt=0, description="Gold rows the GGUF parity check answers (the first N).")
-    gguf_min_agreement: float | None = Field(
+    parity_rows: int = Field(
+        500, gt=0, description="Gold rows each shipped file answers at export to check it against the evaluation."
+    )
+    parity_min_agreement: float | None = Field(
         0.98,
         ge=0.0,
         le=1.0,
-        description="Promotion gate: each GGUF of a release must give the merged model's answer on at least this "
-        "share of the parity rows (null: no gate).",
+        validation_alias=AliasChoices("parity_min_agreement", "gguf_min_agreement"),
+        description="Promotion gate: each shipped file (merged weights, GGUF) must give the evaluated answer on at "
+        "least this share of the parity rows (null: no gate).",
     )
 
 

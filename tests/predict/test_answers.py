@@ -7,12 +7,14 @@ import ast
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import slmloop
-from slmloop.errors import ConfigError
+from slmloop.errors import ConfigError, ModelError
 from slmloop.manifest import TaskConfig
-from slmloop.predict.answers import answer_rows, resolve_mode
+from slmloop.predict.answers import answer_rows, resolve_mode, unsupported, within_margin
+from slmloop.predict.companion import Companion, LabelPrior
 from slmloop.predict.tasks import Hints
 
 CLS = TaskConfig(type="classification", instruction="Classify.", labels=["ham", "spam"])
@@ -50,11 +52,30 @@ class Scripted:
         return None
 
 
-def test_an_engine_that_cannot_rank_generates_the_label_and_every_engine_sees_the_same_prompt() -> None:
+def test_an_engine_that_cannot_rank_is_refused_where_answers_are_ranked_labels() -> None:
+    # a generated label is not what evaluation measured (no probabilities, no label prior): refused, never swapped
+    rows = [{"text": "free prize"}]
+    with pytest.raises(ModelError, match="cannot rank labels"):
+        answer_rows(CLS, "compact", "rank", Scripted(["spam"]), rows, batch_size=1, max_new_tokens=4)
+    prior = Companion.empty()
+    prior.prior = LabelPrior(["ham", "spam"], np.zeros((1, 1)), np.zeros(2), weight=1.0)
+    said = unsupported(CLS, "rank", prior, ranks=False, scores_marks=False)
+    assert len(said) == 1 and "rank the labels" in said[0] and "label prior" in said[0]
+    assert unsupported(CLS, "rank", prior, ranks=True, scores_marks=False) == []
+    assert unsupported(CLS, "generate", None, ranks=False, scores_marks=False) == []
+
+
+def test_every_engine_ranks_the_same_labels_whatever_it_happened_to_score() -> None:
+    # transformers prunes a label best-first (it may or may not have scored a hopeless one); llama.cpp scores all
+    assert within_margin([-1.0, -6.5, -8.0, None], 6.0) == [-1.0, -6.5, None, None]
+    assert within_margin([-1.0, -9.0], None) == [-1.0, -9.0]
+
+
+def test_a_generated_label_is_parsed_and_every_engine_sees_the_same_prompt() -> None:
     rows = [{"text": "free prize"}, {"text": "see you at lunch"}]
     hints = [Hints(shortlist=("spam", "ham")), Hints()]
     engine = Scripted(["spam", "Label: ham"])
-    answers = answer_rows(CLS, "compact", "rank", engine, rows, hints, batch_size=2, max_new_tokens=4)
+    answers = answer_rows(CLS, "compact", "generate", engine, rows, hints, batch_size=2, max_new_tokens=4)
     assert [a.prediction for a in answers] == ["spam", "ham"]  # parsed, as evaluation parses generated labels
     assert engine.asked[0][-1] == {"role": "user", "content": "free prize\n(similar requests: spam, ham)"}
     assert engine.asked[1][-1] == {"role": "user", "content": "see you at lunch"}

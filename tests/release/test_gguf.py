@@ -73,12 +73,12 @@ def test_a_gguf_without_a_parity_check_cannot_be_promoted(trained_copy, monkeypa
     monkeypatch.setattr("slmloop.models.llamacpp.llama_cpp_available", lambda: False)
     rel = export_release(project, "run-1")
     manifest = json.loads((project.locate(rel.path) / "manifest.json").read_text())
-    assert manifest["gguf"]["q8_0"]["parity"] is None and "gguf/Modelfile" in manifest["files"]
+    assert manifest["parity"] is None and "gguf/Modelfile" in manifest["files"]
     project.manifest.eval.compare.baseline = "none"
     evaluate(project, f"v{rel.version}")
-    with pytest.raises(GateError, match="parity was not checked"):
+    with pytest.raises(GateError, match="not checked against the evaluated answers"):
         promote(project, f"v{rel.version}", "production", reason="gguf")
-    project.manifest.export.gguf_min_agreement = None
+    project.manifest.export.parity_min_agreement = None
     assert promote(project, f"v{rel.version}", "production", reason="gguf").version == rel.version
 
 
@@ -86,28 +86,48 @@ def test_a_gguf_without_a_parity_check_cannot_be_promoted(trained_copy, monkeypa
 def test_gguf_parity_through_llama_cpp(trained_copy) -> None:
     project = trained_copy
     project.manifest.export.gguf = ["f16", "q8_0"]
+    project.manifest.eval.compare.baseline = "none"
+    evaluated = evaluate(project, "run-1")
     rel = export_release(project, "run-1")
     folder = project.locate(rel.path)
     manifest = json.loads((folder / "manifest.json").read_text())
-    f16, q8 = manifest["gguf"]["f16"]["parity"], manifest["gguf"]["q8_0"]["parity"]
-    assert f16["rows"] == q8["rows"] > 0
-    # the same weights at half precision answer the same: a broken conversion (rotary layout, special tokens, EOS)
-    # agrees on next to no row. The toy model does not always stop after its label, and the near-tied tokens it
-    # writes then can flip at half precision: a few of the 40 rows may differ there
-    assert f16["agreement"] >= 0.9
-    assert 0.0 <= q8["agreement"] <= 1.0 and q8["metric"] == "accuracy"
+    parity = manifest["parity"]
+    # every shipped file answered the gold rows as the server asks them (ranked labels, with the label prior)
+    # and was compared with the run's evaluation, row by row
+    assert parity["reference"] == evaluated.name and parity["mode"] == "rank"
+    assert set(parity["artifacts"]) == {"merged", "gguf/model-f16.gguf", "gguf/model-q8_0.gguf"}
+    merged, f16 = parity["artifacts"]["merged"], parity["artifacts"]["gguf/model-f16.gguf"]
+    assert merged["engine"] == "transformers" and f16["engine"] == "llamacpp"
+    assert merged["rows"] == f16["rows"] == min(evaluated.n_rows, project.manifest.export.parity_rows) > 0
+    # the same weights answer alike: the merged fp32 model exactly, f16 through llama.cpp within its rounding
+    assert merged["agreement"] == 1.0 and merged["diff"] == 0.0
+    assert f16["agreement"] >= 0.95 and f16["agreement_ci"][0] <= f16["agreement"] <= f16["agreement_ci"][1]
+    assert f16["metric"] == "accuracy" and abs(f16["diff"]) <= 0.05
+    assert f16["diff_ci"][0] <= f16["diff"] <= f16["diff_ci"][1]
+    assert "## Served as evaluated" in (folder / "README.md").read_text()
     assert "GGUF (llama.cpp, Ollama)" in (folder / "README.md").read_text()
+    # scored as it is served: eval --engine llamacpp answers through the GGUF file
+    served = evaluate(project, f"v{rel.version}", engine="llamacpp")
+    assert served.model_ref == f"release-{rel.version}@llamacpp" and served.metrics["runtime"]["engine"] == "llamacpp"
+    assert abs(served.metrics["accuracy"] - evaluated.metrics["accuracy"]) <= 0.05
     # the same release served by llama.cpp answers like the evaluation did
     from fastapi.testclient import TestClient
 
     from slmloop.serve.app import create_app
     from slmloop.serve.server import load_predictor
 
+    texts = ["WINNER claim your free prize now", "see you at six for dinner", "URGENT call now to win cash"]
+    local = load_predictor(project, rel.version)
     project.manifest.serve.engine = "llamacpp"
     predictor = load_predictor(project, rel.version)
     with TestClient(create_app(predictor, project.store)) as client:
-        r = client.post("/v1/predict", json={"text": "WINNER claim your free prize now"})
+        r = client.post("/v1/predict", json={"text": texts[0]})
         assert r.status_code == 200 and r.json()["model"] == f"toy-v{rel.version}"
+        # a ranked label with its probabilities (the monitor's confidence), the label transformers gives
+        for text, want in zip(texts, local.predict_many(texts), strict=True):
+            body = client.post("/v1/predict", json={"text": text}).json()
+            assert body["label"] == want["label"] and set(body["scores"]) == set(want["scores"])
+            assert body["scores"] == pytest.approx(want["scores"], abs=0.05)
         ask = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, "stream": True}
         with client.stream("POST", "/v1/chat/completions", json=ask) as s:
             assert [line for line in s.iter_lines() if line.startswith("data: ")][-1] == "data: [DONE]"
@@ -145,3 +165,32 @@ def test_llama_cpp_scores_a_continuation_as_transformers_does(merged, tmp_path) 
         llama.close()
     assert all(x < 0 for x in ref) and ref[0] != ref[1]
     assert got == pytest.approx(ref, abs=0.05 * max(abs(x) for x in ref))
+
+
+def test_llama_cpp_ranks_labels_as_transformers_does(merged, tmp_path) -> None:
+    # label ranking (and the label prior on top of it) is what evaluation measured for a classifier: the
+    # llamacpp engine must score every label as the transformers engine does, up to the f16 rounding
+    from slmloop.models.inference import rank_labels
+    from slmloop.models.loading import render_prompt
+    from slmloop.predict.engines import LlamaCppEngine
+
+    if not llama_cpp_available():
+        pytest.skip("llama-cpp-python is not installed (make setup installs it)")
+    path = write_gguf(merged, tmp_path / "m-f16.gguf", "f16", name="toy")
+    tok = load_tokenizer(ResolvedModel("m", str(merged), "local"))
+    model = load_causal_lm(ResolvedModel("m", str(merged), "local"), torch.float32)
+    prompts = [render_prompt(tok, [{"role": "user", "content": t}]) for t in ("WINNER free prize", "see you at six")]
+    labels = ["spam", "ham", "spam_offer", "hamper"]  # shared prefixes are scored once, and alike
+    ref = rank_labels(model, tok, prompts, labels, margin=None)
+    engine = LlamaCppEngine(str(path), tok)
+    try:
+        got = engine.rank(prompts, labels, batch_size=4, margin=None, progress=None)
+        again = engine.rank(prompts[::-1], labels, batch_size=4, margin=None, progress=None)  # the cache is reused
+    finally:
+        engine.close()
+    for want, have in zip(ref, got, strict=True):
+        assert all(x is not None for x in have)
+        assert have == pytest.approx(want, abs=0.02 * max(abs(x) for x in want if x is not None))
+        assert max(range(4), key=lambda j: have[j]) == max(range(4), key=lambda j: want[j])
+    for a, b in zip(again[::-1], got, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)

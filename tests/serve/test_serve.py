@@ -165,6 +165,18 @@ def test_api_keys_are_required_when_set(trained_copy) -> None:
         assert client.get("/v1/models", headers={"X-API-Key": "k-123"}).status_code == 200
 
 
+def test_an_engine_that_cannot_give_the_evaluated_answers_refuses_the_release(trained_copy) -> None:
+    # the toy classifier answers with ranked labels and a label prior: vLLM here only generates text, so the
+    # release is refused before a GPU server is started for it, naming what it cannot do
+    from slmloop.errors import ServeError
+    from slmloop.serve.server import load_predictor
+
+    trained_copy.manifest.serve.engine = "vllm"
+    with pytest.raises(ServeError, match="cannot be served with vLLM.*rank the labels") as caught:
+        load_predictor(trained_copy, None)
+    assert "--engine transformers" in (caught.value.hint or "")
+
+
 def test_batched_answers_equal_one_at_a_time_answers(trained_copy) -> None:
     from slmloop.serve.engine import Batcher, Job, ModelSlot
     from slmloop.serve.server import load_predictor

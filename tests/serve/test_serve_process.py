@@ -113,6 +113,12 @@ def test_the_upstream_engine_answers_like_the_server_it_forwards_to(server: str,
     ]
     assert [a.text for a in there] == [a.text for a in here]
     assert [local.tokenizer.decode(streamed[i]).strip() for i in (0, 1)] == [a.text for a in here]
+    # a classifier's answer is a ranked label: an engine that only generates is refused, not answered otherwise
+    from slmloop.errors import ModelError
+
+    with pytest.raises(ModelError, match="cannot rank labels"):
+        remote.predict_many(texts)
+    remote.mode = "generate"  # a release evaluated with eval.mode: generate is answered by generation alike
     labels = remote.predict_many(texts)
     assert all(r["label"] in (None, "ham", "spam") and "raw" in r for r in labels)
     project.close()

@@ -31,6 +31,13 @@ def evaluate(
     dataset: Annotated[
         str | None, typer.Option(help="A baseline is fit on this dataset version (default: the current one).")
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="What answers for a run or release: transformers, or llamacpp (a release's GGUF file, as "
+            "`slmloop serve --engine llamacpp` answers; stored as release-N@llamacpp)."
+        ),
+    ] = "transformers",
     as_json: Annotated[bool, typer.Option("--json", help="Print the evaluation as JSON.")] = False,
     project: ProjectOpt = Path("."),
 ) -> int:
@@ -49,7 +56,7 @@ def evaluate(
     if model is None:
         completed = [r for r in proj.store.list(Run, Run.id) if r.status == "completed"]
         model = completed[-1].name if completed else "base"
-    ev = run_eval(proj, model, pack=cfg, allow_leakage=allow_leakage, console=err, dataset_id=dataset)
+    ev = run_eval(proj, model, pack=cfg, allow_leakage=allow_leakage, console=err, dataset_id=dataset, engine=engine)
     failed = failed_gates(ev)
     if as_json:
         import json

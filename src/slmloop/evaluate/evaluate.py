@@ -87,10 +87,16 @@ def _timing(seconds: float, n: int, cfg: EvalConfig, mode: str) -> dict[str, Any
 # answer: a local model, a baseline, or an endpoint
 # ---------------------------------------------------------------------------------------------
 def _answer_local(
-    project: Project, ref: str, gold: list[dict[str, Any]], cfg: EvalConfig, allow_leakage: bool, console: Console
+    project: Project,
+    ref: str,
+    gold: list[dict[str, Any]],
+    cfg: EvalConfig,
+    allow_leakage: bool,
+    console: Console,
+    engine: str = "transformers",
 ) -> Answered:
     from slmloop.models.loading import pick_dtype
-    from slmloop.predict.targets import load_target, resolve_target
+    from slmloop.predict.targets import load_engine, resolve_target
 
     target = resolve_target(project, ref)
     task = target.answering_task(project)
@@ -110,7 +116,8 @@ def _answer_local(
         )
         train_rows, dataset_id = trained_on.train + trained_on.validation, trained_on.version.id
     mode = resolve_mode(task, cfg.mode)
-    model, tok = load_target(target, pick_dtype(cfg.precision))
+    answering = load_engine(target, engine, pick_dtype(cfg.precision))
+    tok = answering.tokenizer
     started = time.perf_counter()
     companion = target.companion()
     hints = None
@@ -127,21 +134,28 @@ def _answer_local(
         style += " · inline answers"
     if spans is not None:
         style += " · span prior"
-    with progress_bar(console, f"{target.ref} ({mode}, {style} prompt)") as progress:
-        bar = progress.add_task("eval", total=len(gold))
-        answers = answer_rows(
-            task,
-            target.prompt,
-            mode,
-            LocalEngine(model, tok),
-            gold,
-            hints,
-            batch_size=cfg.batch_size,
-            max_new_tokens=cfg.max_new_tokens,
-            margin=cfg.rank_margin,
-            progress=lambda n: progress.update(bar, advance=n),
-        )
+    model_ref = target.ref if engine == "transformers" else f"{target.ref}@{engine}"
+    try:
+        with progress_bar(console, f"{model_ref} ({mode}, {style} prompt)") as progress:
+            bar = progress.add_task("eval", total=len(gold))
+            answers = answer_rows(
+                task,
+                target.prompt,
+                mode,
+                answering,
+                gold,
+                hints,
+                batch_size=cfg.batch_size,
+                max_new_tokens=cfg.max_new_tokens,
+                margin=cfg.rank_margin,
+                progress=lambda n: progress.update(bar, advance=n),
+            )
+    finally:
+        close = getattr(answering, "close", None)
+        if close is not None:
+            close()
     runtime = _timing(time.perf_counter() - started, len(gold), cfg, mode)
+    runtime["engine"] = engine
     runtime["prompt_tokens_per_row"] = _prompt_tokens(tok, task, target.prompt, gold, hints)
     if task.type == "extraction":
         runtime["answer"] = "inline" if answers_inline(task) else "json"
@@ -158,11 +172,11 @@ def _answer_local(
         alone = [a.scores.get("model_answer", a.raw) for a in answers]
         runtime["model_alone_micro_f1"] = score_answers(task, gold, alone, alone).metric("micro_f1")
     forgetting = None
-    if cfg.forgetting is not None and target.adapter is not None:
+    if cfg.forgetting is not None and target.adapter is not None and isinstance(answering, LocalEngine):
         from slmloop.evaluate.forgetting import forgetting_check
 
-        forgetting = forgetting_check(project, model, tok, cfg.forgetting, pick_dtype(cfg.precision), console)
-    answered = Answered(target.ref, task, target.prompt, answers, runtime, leakage, train_rows, dataset_id)
+        forgetting = forgetting_check(project, answering.model, tok, cfg.forgetting, pick_dtype(cfg.precision), console)
+    answered = Answered(model_ref, task, target.prompt, answers, runtime, leakage, train_rows, dataset_id)
     answered.forgetting = forgetting
     return answered
 
@@ -305,8 +319,12 @@ def answer_gold(
     console: Console | None = None,
     transport: Any = None,
     dataset_id: str | None = None,
+    engine: str = "transformers",
 ) -> Answered:
-    """``ref``'s answers to the gold rows; a baseline is fit on ``dataset_id`` (default: the current version)."""
+    """``ref``'s answers to the gold rows; a baseline is fit on ``dataset_id`` (default: the current version).
+    ``engine``: what answers for a run or release (``llamacpp``: a release's GGUF file, as it is served)."""
+    if engine != "transformers" and ref.split(":", 1)[0] in ("endpoint", "live", "baseline"):
+        raise ConfigError(f"--engine {engine} answers for a release, not {ref}", hint="Name a release: --model vN.")
     console = console or Console(stderr=True)
     if ref.startswith("endpoint:"):
         return _answer_endpoint(project, ref.split(":", 1)[1], gold, cfg, console, transport)
@@ -315,7 +333,7 @@ def answer_gold(
     if ref.startswith("baseline:"):
         with status(console, f"fitting {ref} on the training split …"):
             return _answer_baseline(project, ref.split(":", 1)[1], gold, cfg, dataset_id)
-    return _answer_local(project, ref, gold, cfg, allow_leakage, console)
+    return _answer_local(project, ref, gold, cfg, allow_leakage, console, engine)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -641,9 +659,11 @@ def evaluate(
     console: Console | None = None,
     transport: Any = None,
     dataset_id: str | None = None,
+    engine: str = "transformers",
 ) -> Evaluation:
     """Score ``ref`` on the current gold version, store every prediction, judge the gates. A baseline is fit on
-    ``dataset_id`` (default: the current dataset version)."""
+    ``dataset_id`` (default: the current dataset version). ``engine`` ``llamacpp`` scores a release as
+    ``slmloop serve --engine llamacpp`` answers (stored as ``release-N@llamacpp``)."""
     console = console or Console(stderr=True)
     cfg = pack or project.manifest.eval
     gold_version, gold = current_gold_rows(project)
@@ -656,6 +676,7 @@ def evaluate(
         console=console,
         transport=transport,
         dataset_id=dataset_id,
+        engine=engine,
     )
     task = answered.task
     scores = score_answers(

@@ -88,14 +88,41 @@ class LlamaCpp:
         Runs on a second context that keeps every position's logits (the generating one keeps only the
         last), made on the first call and sized for the longest sequence seen.
         """
-        import numpy as np
-
         seqs = []
         for p, c in zip(prompts, continuations, strict=True):
             head = self.llm.tokenize(p.encode("utf-8"), add_bos=False, special=True)
             tail = self.llm.tokenize(c.encode("utf-8"), add_bos=False, special=False)
             seqs.append((head, tail))
-        need = max((len(h) + len(t) for h, t in seqs), default=1)
+        scorer = self._scorer_for(max((len(h) + len(t) for h, t in seqs), default=1))
+        out = []
+        for head, tail in seqs:
+            self._continue(scorer, head, tail)
+            out.append(_summed_logprob(scorer, len(head), tail))
+        return out
+
+    def rank(self, prompts: list[list[int]], labels: list[list[int]]) -> list[list[float]]:
+        """log P(label | prompt) of every label (token ids, each ending with its stop token) after every
+        prompt (token ids), with the full-vocabulary softmax, as
+        :func:`slmloop.models.inference.rank_labels` scores them (every label, no pruning).
+
+        Labels are visited in token order, so a prefix two labels share ("alarm_" in alarm_set /
+        alarm_query) is evaluated once per prompt, and the prompt's prefix shared with the one before
+        (system message, label list) stays in the cache.
+        """
+        longest = max((len(x) for x in labels), default=1)
+        scorer = self._scorer_for(max((len(p) for p in prompts), default=1) + longest)
+        order = sorted(range(len(labels)), key=lambda j: labels[j])
+        out = []
+        for prompt in prompts:
+            row = [0.0] * len(labels)
+            for j in order:
+                self._continue(scorer, prompt, labels[j][:-1])
+                row[j] = _summed_logprob(scorer, len(prompt), labels[j])
+            out.append(row)
+        return out
+
+    def _scorer_for(self, need: int) -> Any:
+        """The scoring context (every position's logits kept), grown to hold ``need`` tokens."""
         if self._scorer is None or self._scorer.n_ctx() < need:
             from llama_cpp import Llama
 
@@ -105,17 +132,34 @@ class LlamaCpp:
             self._scorer = Llama(
                 model_path=self.path, n_ctx=size, n_batch=size, n_threads=self.threads, logits_all=True, verbose=False
             )
-        out = []
-        for head, tail in seqs:
-            self._scorer.reset()
-            self._scorer.eval(head + tail)
-            logits = np.asarray(self._scorer.scores[len(head) - 1 : len(head) + len(tail) - 1], dtype=np.float64)
-            top = logits.max(axis=-1, keepdims=True)
-            logp = logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
-            out.append(float(logp[np.arange(len(tail)), tail].sum()))
-        return out
+        return self._scorer
+
+    @staticmethod
+    def _continue(scorer: Any, head: list[int], tail: list[int]) -> None:
+        """Make the scoring context hold ``head + tail``, evaluating only what differs from what it holds."""
+        tokens = [*head, *tail]
+        held = scorer.input_ids[: scorer.n_tokens].tolist()
+        same = 0
+        for a, b in zip(held, tokens, strict=False):
+            if a != b:
+                break
+            same += 1
+        scorer.n_tokens = min(same, len(tokens))
+        if scorer.n_tokens == len(tokens) and tokens:  # all held: the last position's logits are still there
+            return
+        scorer.eval(tokens[scorer.n_tokens :])
 
     def close(self) -> None:
         self.llm.close()
         if self._scorer is not None:
             self._scorer.close()
+
+
+def _summed_logprob(scorer: Any, start: int, tail: list[int]) -> float:
+    """Summed log-probability of ``tail`` placed at ``start`` (the logits before each of its tokens)."""
+    import numpy as np
+
+    logits = np.asarray(scorer.scores[start - 1 : start + len(tail) - 1], dtype=np.float64)
+    top = logits.max(axis=-1, keepdims=True)
+    logp = logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
+    return float(logp[np.arange(len(tail)), tail].sum())

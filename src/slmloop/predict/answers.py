@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from slmloop.errors import ConfigError
+from slmloop.errors import ConfigError, ModelError
 from slmloop.manifest import TaskConfig
 from slmloop.models.loading import render_prompt
 from slmloop.predict.parsing import parse_json_object, value_pairs
@@ -33,6 +33,7 @@ from slmloop.predict.tasks import (
 )
 
 if TYPE_CHECKING:
+    from slmloop.predict.companion import Companion
     from slmloop.predict.spans import MarkScorer
 
 __all__ = [
@@ -45,6 +46,8 @@ __all__ = [
     "is_correct",
     "label_probabilities",
     "resolve_mode",
+    "unsupported",
+    "within_margin",
 ]
 
 Progress = Callable[[int], None]
@@ -101,6 +104,22 @@ class Engine(Protocol):
         ...
 
 
+def unsupported(
+    task: TaskConfig, mode: str, companion: Companion | None, *, ranks: bool, scores_marks: bool
+) -> list[str]:
+    """What answering ``task`` in ``mode`` with ``companion`` asks of an engine that it cannot do, in words
+    (empty: it gives the answers evaluation measured). ``ranks``: it scores labels; ``scores_marks``: it
+    scores the tokens of a prompt (the span prior's judge reads an inline answer's marks by them)."""
+    out = []
+    if mode == "rank" and not ranks:
+        prior = " times the label prior" if companion is not None and companion.active_prior is not None else ""
+        out.append(f"rank the labels (this model answers with the most likely label{prior}, not generated text)")
+    spans = companion.active_spans if companion is not None and task.type == "extraction" else None
+    if spans is not None and answers_inline(task) and spans.judge.reads_marks and not scores_marks:
+        out.append("score the model's marks for the span prior (it needs the log-probability of given text)")
+    return out
+
+
 #: label probabilities below this are not kept with an answer (a 150-label table per row says little)
 MIN_PROB = 1e-4
 
@@ -119,6 +138,16 @@ def label_probabilities(labels: list[str], logp: list[float | None]) -> dict[str
     z = sum(math.exp(x - top) for _, x in scored)
     probs = {lab: math.exp(x - top) / z for lab, x in scored}
     return {lab: p for lab, p in sorted(probs.items(), key=lambda kv: -kv[1]) if p >= MIN_PROB}
+
+
+def within_margin(logp: list[float | None], margin: float | None) -> list[float | None]:
+    """``logp`` with every label more than ``margin`` nats below the best left unscored (None), whichever
+    labels the engine happened to score that far down: every engine then ranks the same labels."""
+    scored = [x for x in logp if x is not None]
+    if margin is None or not scored:
+        return logp
+    bar = max(scored) - margin
+    return [x if x is not None and x >= bar else None for x in logp]
 
 
 def fuse_prior(probs: dict[str, float], prior: dict[str, float]) -> dict[str, float]:
@@ -156,17 +185,24 @@ def answer_rows(
     parsed to the task's shape. An extraction answer is generated as a JSON object
     (it opens with ``{`` and ends when the object closes), whatever the model; where the row carries a
     span reading (:mod:`slmloop.predict.spans`) it is weighed in (``scores["model_answer"]`` keeps the model's own).
-    An engine that cannot rank generates a classifier's label and parses it.
+    Labels more than ``margin`` nats below the best are left out on every engine (:func:`within_margin`).
+    An engine that cannot give the answer evaluation measured (rank labels, score the span prior's marks) is
+    refused (:class:`~slmloop.errors.ModelError`), never answered another way.
     """
     hints = hints if hints is not None else [Hints() for _ in rows]
     conversations = [prompt_messages(task, r, style, h) for r, h in zip(rows, hints, strict=True)]
-    if mode == "rank" and engine.can_rank:
+    if mode == "rank":
+        if not engine.can_rank:
+            raise ModelError(
+                f"this engine cannot rank labels, and {task.type} answers here are ranked labels",
+                hint="Answer with the transformers or llamacpp engine, or set eval.mode: generate and evaluate again.",
+            )
         labels = task.label_list
         prompts = [render_prompt(engine.tokenizer, m) for m in conversations]
         out = []
         ranked = engine.rank(prompts, labels, batch_size=batch_size, margin=margin, progress=progress)
         for h, logp in zip(hints, ranked, strict=True):
-            probs = label_probabilities(labels, logp)
+            probs = label_probabilities(labels, within_margin(logp, margin))
             scores: dict[str, Any] = {"probs": probs}
             if h.prior:
                 scores = {"probs": fuse_prior(probs, h.prior), "model_label": next(iter(probs))}
@@ -181,10 +217,18 @@ def answer_rows(
         json_object=task.type == "extraction" and not answers_inline(task),
     )
     if task.type == "extraction" and any(h.spans for h in hints):
-        from slmloop.predict.spans import mark_rows
+        from slmloop.predict.spans import SpanJudge, mark_rows
 
         prompts = [render_prompt(engine.tokenizer, m) for m in conversations]
-        hints = mark_rows(task, rows, hints, [t for t, _, _ in said], engine.mark_scorer(prompts, batch_size))
+        scorer = engine.mark_scorer(prompts, batch_size)
+        if scorer is None and any(
+            answers_inline(task) and h.spans and SpanJudge.from_list(h.spans["judge"]).reads_marks for h in hints
+        ):
+            raise ModelError(
+                "this engine cannot score the model's marks, and the span prior weighs them here",
+                hint="Answer with the transformers or llamacpp engine.",
+            )
+        hints = mark_rows(task, rows, hints, [t for t, _, _ in said], scorer)
     return [generated_answer(task, r, t, n, h) for r, h, (t, n, _) in zip(rows, hints, said, strict=True)]
 
 

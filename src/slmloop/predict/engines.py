@@ -2,8 +2,10 @@
 
 - :class:`LocalEngine`: a transformers model in this process (a base model, a run's adapter, a
   merged release); it ranks labels and generates.
-- :class:`LlamaCppEngine`: a GGUF file answered by llama.cpp; it generates.
-- :class:`UpstreamEngine`: another OpenAI-compatible server (vLLM on a GPU host); it generates.
+- :class:`LlamaCppEngine`: a GGUF file answered by llama.cpp; it ranks labels and generates.
+- :class:`UpstreamEngine`: another OpenAI-compatible server (vLLM on a GPU host); it generates only
+  (a release that ranks labels or weighs a span prior is refused for it, see
+  :func:`slmloop.predict.answers.engine_problems`).
 
 Every engine renders prompts with the model's own tokenizer and chat template, so each sees
 exactly the prompt the others see.
@@ -86,11 +88,12 @@ class LlamaCppEngine:
     """A GGUF file answered by llama.cpp (CPU hosts without torch speed-ups, or Ollama-like footprints).
 
     Prompts are rendered with the release's own tokenizer and chat template, so llama.cpp
-    sees exactly what the transformers engine sees. It generates (a classifier's label is
-    generated and parsed, not ranked).
+    sees exactly what the transformers engine sees. It ranks a classifier's labels (the same
+    scores as the transformers engine, so the label prior applies alike), generates, keeps an
+    extraction's answer a JSON object and scores the span prior's marks.
     """
 
-    can_rank = False
+    can_rank = True
 
     def __init__(
         self, gguf_path: str, tokenizer: Any, threads: int | None = None, stop_ids: set[int] | None = None
@@ -108,7 +111,17 @@ class LlamaCppEngine:
     def rank(
         self, prompts: list[str], labels: list[str], *, batch_size: int, margin: float | None, progress: Any
     ) -> list[list[float | None]]:
-        raise NotImplementedError("llama.cpp generates labels; answer_rows does not ask it to rank")
+        """Every label scored as the transformers engine scores it: the label's tokens and the stop token
+        after the prompt, tokenised by the release's tokenizer (``margin`` is applied by the caller)."""
+        tok = self.tokenizer
+        label_ids = [tok(lab, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for lab in labels]
+        out: list[list[float | None]] = []
+        for p in prompts:
+            (scores,) = self.llama.rank([tok(p, add_special_tokens=False)["input_ids"]], label_ids)
+            out.append(list[float | None](scores))
+            if progress is not None:
+                progress(1)
+        return out
 
     def mark_scorer(self, prompts: list[str], batch_size: int) -> MarkScorer | None:
         def score(rows: list[int], prefixes: list[str], marks: list[str]) -> list[float]:

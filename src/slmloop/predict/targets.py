@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from slmloop.errors import ModelError, NotFoundError
+from slmloop.errors import ConfigError, ModelError, NotFoundError
 from slmloop.manifest import TaskConfig
 from slmloop.models.catalog import ResolvedModel, resolve_model
 from slmloop.models.loading import load_causal_lm, load_tokenizer
@@ -27,7 +27,23 @@ from slmloop.store import Release, Run
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ModelTarget", "load_target", "resolve_release", "resolve_run", "resolve_target", "trained_task"]
+    from slmloop.predict.answers import Engine
+
+__all__ = [
+    "ENGINES",
+    "ModelTarget",
+    "gguf_engine",
+    "load_engine",
+    "load_target",
+    "release_gguf",
+    "resolve_release",
+    "resolve_run",
+    "resolve_target",
+    "trained_task",
+]
+
+#: the engines a release can be answered with here (vLLM is started by ``slmloop serve --engine vllm``)
+ENGINES = ("transformers", "llamacpp")
 
 
 @dataclass
@@ -167,3 +183,59 @@ def load_target(target: ModelTarget, dtype: torch.dtype) -> tuple[Any, Any]:
             tok_source = ResolvedModel(target.ref, str(target.adapter), "local")
     model = load_causal_lm(target.base, dtype, adapter=target.adapter, merge=True)
     return model, load_tokenizer(tok_source)
+
+
+def release_gguf(target: ModelTarget, qtype: str | None = None) -> Path:
+    """The GGUF file of a release that llama.cpp answers with: ``qtype``'s, else q8_0, else f16."""
+    if target.release is None or target.adapter is None:
+        raise ConfigError(
+            f"{target.ref} is not a release: only an exported release has a GGUF file for llama.cpp",
+            hint="Export it (`slmloop export`, with export.gguf: [q8_0]) and name it as vN.",
+        )
+    folder = target.adapter.parent / "gguf"
+    for q in [qtype] if qtype else ["q8_0", "f16"]:
+        path = folder / f"model-{q}.gguf"
+        if path.exists():
+            return path
+    raise ModelError(
+        f"{target.ref} has no {qtype or 'q8_0 or f16'} GGUF file to answer with llama.cpp",
+        hint="Export with export.gguf: [q8_0] in slmloop.yaml, or use the transformers engine.",
+    )
+
+
+def load_engine(target: ModelTarget, engine: str, dtype: torch.dtype) -> Engine:
+    """The engine that answers for ``target``: ``transformers`` (its weights in this process) or ``llamacpp``
+    (a release's GGUF file, prompts rendered by the release's own tokenizer, stopped where the merged model's
+    generation config stops)."""
+    from slmloop.predict.engines import LocalEngine
+
+    if engine == "transformers":
+        model, tok = load_target(target, dtype)
+        return LocalEngine(model, tok)
+    if engine != "llamacpp":
+        raise ConfigError(f"unknown engine {engine!r}", hint=f"Use one of: {', '.join(ENGINES)}.")
+    return gguf_engine(target, release_gguf(target))
+
+
+def gguf_engine(target: ModelTarget, gguf: Path, *, threads: int | None = None) -> Engine:
+    """llama.cpp answering with ``gguf``, a file of ``target``'s release: prompts rendered by the release's own
+    tokenizer, stopped where the merged model's generation config stops."""
+    import importlib.util
+    import json
+
+    from slmloop.predict.engines import LlamaCppEngine
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise ModelError(
+            "the llamacpp engine needs llama.cpp's Python binding, which is not installed",
+            hint="pip install llama-cpp-python (the README set-up installs it).",
+        )
+    source = target.merged if target.merged is not None else target.adapter
+    assert source is not None
+    tok = load_tokenizer(ResolvedModel(target.ref, str(source), "local"))
+    stops = {tok.eos_token_id} if isinstance(tok.eos_token_id, int) else set()
+    config = source / "generation_config.json"
+    if config.exists():
+        said = json.loads(config.read_text()).get("eos_token_id")
+        stops |= {i for i in (said if isinstance(said, list) else [said]) if isinstance(i, int)}
+    return LlamaCppEngine(str(gguf), tok, threads=threads, stop_ids=stops)

@@ -16,7 +16,7 @@ from slmloop.metrics import HEADLINE
 from slmloop.project import Project
 from slmloop.store import Evaluation, Run
 
-__all__ = ["model_card"]
+__all__ = ["model_card", "parity_lines"]
 
 _USE = {
     "classification": "assigns one of the labels below to a text",
@@ -118,6 +118,7 @@ def model_card(
     prompt: dict[str, Any],
     evaluation: Evaluation | None,
     gguf: dict[str, Any] | None = None,
+    parity: dict[str, Any] | None = None,
 ) -> str:
     """The release's README.md, in Markdown."""
     name = project.manifest.project.name
@@ -186,18 +187,10 @@ def model_card(
                 ),
                 "",
             ]
+    lines += parity_lines(parity)
     if gguf:
         lines += ["## GGUF (llama.cpp, Ollama)", ""]
-        for qtype, entry in gguf.items():
-            parity = entry.get("parity")
-            if parity:
-                lines.append(
-                    f"- `{entry['file']}`: gives the merged model's answer on {parity['agreement']:.1%} of "
-                    f"{parity['rows']} gold rows; {parity['metric']} {parity['gguf']:.3f} through llama.cpp vs "
-                    f"{parity['transformers']:.3f} through transformers"
-                )
-            else:
-                lines.append(f"- `{entry['file']}` ({qtype}): parity with the merged model NOT checked")
+        lines += [f"- `{entry['file']}` ({qtype})" for qtype, entry in gguf.items()]
         lines += ["", "`ollama create NAME -f gguf/Modelfile` makes an Ollama model of it.", ""]
     train = run.config.get("train", {})
     lines += [
@@ -225,3 +218,25 @@ def model_card(
         )
     lines += ["", "Files and their sha256 are listed in `manifest.json`; `slmloop verify` re-checks them.", ""]
     return "\n".join(lines)
+
+
+def parity_lines(parity: dict[str, Any] | None) -> list[str]:
+    """The card's section on what each shipped file answers, against the evaluated answers."""
+    lines = ["## Served as evaluated", ""]
+    if parity is None:
+        return [*lines, "Parity of the shipped files with the evaluated answers was NOT checked.", ""]
+    lines += [
+        f"Each file answered the first {parity['rows']} gold rows as a server asks them ({parity['mode']}), "
+        f"compared with the answers of {parity['reference']}:",
+        "",
+        "| file | engine | same answer | metric | diff [95 % CI] |",
+        "|---|---|---|---|---|",
+    ]
+    for name, e in parity["artifacts"].items():
+        lo, hi = e["agreement_ci"]
+        dlo, dhi = e["diff_ci"]
+        lines.append(
+            f"| `{name}` | {e['engine']} | {e['agreement']:.1%} [{lo:.1%}, {hi:.1%}] | {e['metric']} {e['value']:.3f} "
+            f"(evaluated {e['reference_value']:.3f}) | {e['diff']:+.3f} [{dlo:+.3f}, {dhi:+.3f}] |"
+        )
+    return [*lines, ""]

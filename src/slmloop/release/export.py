@@ -90,13 +90,9 @@ def _prompt_format(project: Project, run: Run) -> dict[str, Any]:
 
 
 def _gguf(project: Project, run: Run, folder: Path, prompt: dict[str, Any], console: Console) -> dict[str, Any]:
-    """GGUF files of the merged weights, a Modelfile, and each file's parity with the merged model."""
-    from slmloop.evaluate.results import gold_rows
-    from slmloop.models.llamacpp import llama_cpp_available
+    """GGUF files of the merged weights and an Ollama Modelfile (their parity is checked with the other artifacts)."""
     from slmloop.models.loading import load_tokenizer
-    from slmloop.predict.companion import load_companion
     from slmloop.release.gguf import gguf_file_name, source_pre_tokenizer, write_gguf, write_modelfile
-    from slmloop.release.parity import gguf_parity
 
     cfg = project.manifest.export
     merged, out = folder / "merged", folder / "gguf"
@@ -108,36 +104,7 @@ def _gguf(project: Project, run: Run, folder: Path, prompt: dict[str, Any], cons
     for qtype in cfg.gguf:
         with status(console, f"writing GGUF {qtype} …"):
             path = write_gguf(merged, out / gguf_file_name(qtype), qtype, name=name, pre=pre)
-        entry: dict[str, Any] = {"file": f"gguf/{path.name}", "bytes": path.stat().st_size}
-        if llama_cpp_available():
-            rows = gold_rows(project, run.gold_id)[: cfg.parity_rows]
-            companion = load_companion(folder / "adapter")
-            hints = None
-            if companion is not None:  # both models read the prompt the release is asked with
-                hints = companion.hints(_task(project, run), rows)
-            parity = gguf_parity(
-                merged,
-                path,
-                _task(project, run),
-                prompt["style"],
-                rows,
-                hints,
-                max_new_tokens=project.manifest.eval.max_new_tokens,
-                console=console,
-            )
-            entry["parity"] = parity
-            console.print(
-                f"GGUF {qtype}: agrees with the merged model on {parity['agreement']:.1%} of {parity['rows']} gold "
-                f"rows; {parity['metric']} {parity['gguf']:.4f} (llama.cpp) vs {parity['transformers']:.4f} "
-                "(transformers)"
-            )
-        else:
-            entry["parity"] = None
-            console.print(
-                f"[yellow]GGUF {qtype}: parity not checked: llama-cpp-python is not installed "
-                "(promotion gates on export.gguf_min_agreement will refuse this release)[/yellow]"
-            )
-        report[qtype] = entry
+        report[qtype] = {"file": f"gguf/{path.name}", "bytes": path.stat().st_size}
     first = "q8_0" if "q8_0" in cfg.gguf else cfg.gguf[0]
     write_modelfile(
         out,
@@ -146,6 +113,24 @@ def _gguf(project: Project, run: Run, folder: Path, prompt: dict[str, Any], cons
         prompt.get("system"),
     )
     return report
+
+
+def _parity(
+    project: Project, run: Run, folder: Path, evaluation: Evaluation | None, prompt: dict[str, Any], console: Console
+) -> dict[str, Any] | None:
+    """Each artifact's answers against the run's evaluation (:mod:`slmloop.release.parity`); None: llama.cpp is
+    missing to run the GGUF files."""
+    from slmloop.models.llamacpp import llama_cpp_available
+    from slmloop.release.parity import release_parity
+
+    cfg = project.manifest.export
+    if cfg.gguf and not llama_cpp_available():
+        console.print(
+            "[yellow]parity not checked: llama-cpp-python is not installed to run the GGUF files "
+            "(promotion gates on export.parity_min_agreement will refuse this release)[/yellow]"
+        )
+        return None
+    return release_parity(project, run, folder, evaluation, _task(project, run), prompt["style"], console=console)
 
 
 def _write_release(
@@ -167,9 +152,10 @@ def _write_release(
             with status(console, f"merging {run.name} into {run.base_model} ({cfg.dtype}) …"):
                 _merge(run, adapter, tmp / "merged", cfg.dtype)
         gguf = _gguf(project, run, tmp, prompt, console) if cfg.gguf else {}
+        parity = _parity(project, run, tmp, evaluation, prompt, console)
         with status(console, "reference profile for monitoring …"):
             write_profile(build_profile(project, version, run.dataset_id, run.id), tmp / "reference")
-        card = model_card(project, run, version, _task(project, run), prompt, evaluation, gguf)
+        card = model_card(project, run, version, _task(project, run), prompt, evaluation, gguf, parity)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         files = {
             str(p.relative_to(tmp)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
@@ -191,6 +177,7 @@ def _write_release(
             "merged_dtype": cfg.dtype if cfg.merged else None,
             "metrics": metrics,
             "gguf": gguf,
+            "parity": parity,
             "train_metrics": run.metrics,
             "files": files,
             "versions": versions(),

@@ -1,11 +1,23 @@
-"""Does the GGUF answer like the model it was made from? Both score the same gold rows.
+"""Do the shipped files give the answers evaluation measured? Each one answers the gold rows.
 
-The Hugging Face model (merged, fp32) and the GGUF run through llama.cpp (the
-``llama-cpp-python`` package) each answer every gold row greedily through the one
-answering path serving uses, from the same rendered prompt. The report: the share of rows where the two parsed answers
-agree, each one's headline metric, and the first rows where they differ. A
-broken conversion (wrong rotary layout, special tokens spelled out, a missing
-EOS that never stops) shows up here as low agreement, before a user meets it.
+At export every artifact a server can load — the merged weights (or the adapter where none are
+written; transformers, at ``serve.precision``) and each GGUF file (llama.cpp) — answers the first ``export.parity_rows``
+gold rows through the one answering path (:func:`slmloop.predict.answers.answer_rows`): the
+run's answering mode (ranked labels or generated text), its companion index (shortlist, label
+prior, span prior), its rank margin and its JSON constraint. Each artifact's final answers are
+compared with the answers of the run's evaluation on the same rows (the stored predictions;
+without an evaluation, the run is answered the way evaluation answers it):
+
+- ``agreement``: the share of rows with the same final answer, with its Wilson interval;
+- ``diff``: the headline metric of the artifact minus the evaluation's on those rows, with the
+  paired interval and p-value of :func:`slmloop.evaluate.paired.paired_test`;
+- the first rows where they differ.
+
+Promotion refuses a release whose artifact agrees on fewer than
+``export.parity_min_agreement`` of the rows (:mod:`slmloop.release.registry`). A broken
+conversion (rotary layout, special tokens spelled out, an EOS that never stops), a label
+ranking that an engine cannot do, or a precision that moves answers shows up here, before a
+user meets it.
 """
 
 from __future__ import annotations
@@ -16,88 +28,161 @@ from typing import Any
 
 from rich.console import Console
 
-from slmloop.errors import ModelError
+from slmloop.evaluate.paired import paired_test
+from slmloop.evaluate.results import gold_rows
 from slmloop.evaluate.scoring import score_answers
+from slmloop.evaluate.stats import wilson_ci
 from slmloop.manifest import TaskConfig
 from slmloop.metrics import HEADLINE
-from slmloop.models import llamacpp
-from slmloop.predict.answers import ModelAnswer, answer_rows
-from slmloop.predict.engines import LlamaCppEngine, LocalEngine
+from slmloop.models.loading import pick_dtype
+from slmloop.predict.answers import Engine, ModelAnswer, answer_rows, resolve_mode
+from slmloop.predict.companion import load_companion
+from slmloop.predict.parsing import parse_json_object, value_pairs
+from slmloop.predict.targets import ModelTarget, gguf_engine, load_engine, resolve_target
 from slmloop.predict.tasks import Hints
+from slmloop.project import Project
+from slmloop.store import Evaluation, Run
 
-__all__ = ["gguf_parity"]
+__all__ = ["ParityInputs", "answers_alike", "compare_answers", "release_parity"]
 
 
-def gguf_parity(
-    merged: Path,
-    gguf_path: Path,
-    task: TaskConfig,
-    style: str,
-    rows: list[dict[str, Any]],
-    hints: list[Hints] | None = None,
-    *,
-    max_new_tokens: int,
-    console: Console | None = None,
-) -> dict[str, Any]:
-    """Agreement of the GGUF (llama.cpp) with the merged model (transformers) on ``rows``.
+class ParityInputs:
+    """What every artifact is asked with: the rows, their hints, and how the run answers."""
 
-    Both answer through the one answering path (:func:`slmloop.predict.answers.answer_rows`), each
-    row asked with its ``hints`` (the release's companion index), and generate their answers.
-    """
-    import torch
+    def __init__(self, project: Project, run: Run, task: TaskConfig, style: str, adapter: Path) -> None:
+        cfg = project.manifest
+        self.task, self.style = task, style
+        self.rows = gold_rows(project, run.gold_id)[: cfg.export.parity_rows]
+        self.mode = resolve_mode(task, cfg.eval.mode)
+        self.margin = cfg.eval.rank_margin
+        self.max_new_tokens = cfg.eval.max_new_tokens
+        self.batch_size = cfg.eval.batch_size
+        companion = load_companion(adapter)
+        self.hints: list[Hints] | None = None
+        if companion is not None:
+            self.hints = companion.hints(task, self.rows, cache_dir=project.home / "cache" / "embeddings")
 
-    from slmloop.evaluate.evaluate import progress_bar
-    from slmloop.models.catalog import ResolvedModel
-    from slmloop.models.loading import load_causal_lm, load_tokenizer
+    def answer(self, engine: Engine, name: str, console: Console) -> list[ModelAnswer]:
+        from slmloop.evaluate.evaluate import progress_bar
 
-    if not llamacpp.llama_cpp_available():
-        raise ModelError(
-            "the GGUF parity check needs llama.cpp's Python binding, which is not installed",
-            hint="pip install llama-cpp-python (the README set-up installs it), then export again.",
-        )
-    console = console or Console(stderr=True)
-    ref = ResolvedModel(str(merged), str(merged), "local")
-    tok = load_tokenizer(ref)
-    model = load_causal_lm(ref, torch.float32)
-    eos = {i for i in (tok.eos_token_id, getattr(model.generation_config, "eos_token_id", None)) if isinstance(i, int)}
-    started = time.perf_counter()
-
-    def answer(engine: Any, name: str) -> list[ModelAnswer]:
-        with progress_bar(console, f"parity: {name} on {len(rows)} gold rows") as bar:
-            job = bar.add_task(name, total=len(rows))
+        with progress_bar(console, f"parity: {name} on {len(self.rows)} gold rows") as bar:
+            job = bar.add_task(name, total=len(self.rows))
             return answer_rows(
-                task,
-                style,
-                "generate",
+                self.task,
+                self.style,
+                self.mode,
                 engine,
-                rows,
-                hints,
-                batch_size=16,
-                max_new_tokens=max_new_tokens,
+                self.rows,
+                self.hints,
+                batch_size=self.batch_size,
+                max_new_tokens=self.max_new_tokens,
+                margin=self.margin,
                 progress=lambda n: bar.advance(job, n),
             )
 
-    hf_answers = answer(LocalEngine(model, tok), "transformers")
-    del model
-    llama = LlamaCppEngine(str(gguf_path), tok, stop_ids=eos)
-    try:
-        gg_answers = answer(llama, f"llama.cpp {gguf_path.name}")
-    finally:
-        llama.close()
-    # an inline extraction answer is compared as the JSON object it marks
-    hf, gg = [a.raw for a in hf_answers], [a.raw for a in gg_answers]
-    hf_pred, gg_pred = [a.prediction for a in hf_answers], [a.prediction for a in gg_answers]
-    same = [a == b for a, b in zip(hf_pred, gg_pred, strict=True)]
+
+def answers_alike(task: TaskConfig, a: ModelAnswer, b: ModelAnswer) -> bool:
+    """The same final answer: the label, the extracted values (in any key order), the text."""
+    if task.type == "extraction":
+        oa, ob = parse_json_object(a.raw), parse_json_object(b.raw)
+        if oa is None or ob is None:
+            return a.raw.strip() == b.raw.strip()
+        return value_pairs(oa) == value_pairs(ob)
+    return a.prediction.strip() == b.prediction.strip()
+
+
+def compare_answers(
+    task: TaskConfig, rows: list[dict[str, Any]], reference: list[ModelAnswer], answers: list[ModelAnswer]
+) -> dict[str, Any]:
+    """Agreement of ``answers`` with ``reference`` and the headline metric's difference, each with its interval."""
+    same = [answers_alike(task, r, a) for r, a in zip(reference, answers, strict=True)]
     head = HEADLINE[task.type][0]
-    hf_score = score_answers(task, rows, hf_pred, hf).metric(head)
-    gg_score = score_answers(task, rows, gg_pred, gg).metric(head)
+    ref = score_answers(task, rows, [a.prediction for a in reference], [a.raw for a in reference])
+    got = score_answers(task, rows, [a.prediction for a in answers], [a.raw for a in answers])
+    test = paired_test(ref, got, head)
+    lo, hi = wilson_ci(sum(same), len(same))
     return {
-        "file": gguf_path.name,
         "rows": len(rows),
         "agreement": sum(same) / max(1, len(rows)),
+        "agreement_ci": [lo, hi],
         "metric": head,
-        "transformers": hf_score,
-        "gguf": gg_score,
-        "seconds": time.perf_counter() - started,
-        "disagreements": [{"row": i, "transformers": hf[i], "gguf": gg[i]} for i, ok in enumerate(same) if not ok][:20],
+        "reference_value": ref.metric(head),
+        "value": got.metric(head),
+        "diff": got.metric(head) - ref.metric(head),
+        "diff_ci": list(test.ci),
+        "p_value": test.p_value,
+        "disagreements": [
+            {"row": i, "evaluated": reference[i].raw, "served": answers[i].raw} for i, ok in enumerate(same) if not ok
+        ][:20],
     }
+
+
+def _reference(
+    project: Project, run: Run, evaluation: Evaluation | None, inputs: ParityInputs, console: Console
+) -> tuple[str, list[ModelAnswer]]:
+    """The evaluation's answers on the parity rows; without one, the run answered as evaluation answers it."""
+    n = len(inputs.rows)
+    if evaluation is not None:
+        preds = [p for p in project.store.predictions(evaluation.id) if p.idx < n]
+        if len(preds) == n:
+            return evaluation.name, [ModelAnswer(p.prediction, p.raw, dict(p.scores)) for p in preds]
+    target = resolve_target(project, run.name)
+    engine = load_engine(target, "transformers", pick_dtype(project.manifest.eval.precision))
+    return f"{run.name} (answered at export)", inputs.answer(engine, run.name, console)
+
+
+def release_parity(
+    project: Project,
+    run: Run,
+    folder: Path,
+    evaluation: Evaluation | None,
+    task: TaskConfig,
+    style: str,
+    *,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Every loadable artifact in the release folder ``folder`` against the run's evaluation (see the module)."""
+    console = console or Console(stderr=True)
+    inputs = ParityInputs(project, run, task, style, folder / "adapter")
+    reference, ref_answers = _reference(project, run, evaluation, inputs, console)
+    merged = folder / "merged"
+    target = ModelTarget(
+        "export",
+        resolve_target(project, run.name).base,
+        adapter=folder / "adapter",
+        merged=merged if (merged / "config.json").exists() else None,
+        release=None,
+        prompt=style,
+        task=task,
+    )
+    artifacts: dict[str, Any] = {}
+    todo: list[tuple[str, str, Path | None]] = []
+    todo.append(("merged" if target.merged is not None else "adapter", "transformers", None))
+    todo += [(f"gguf/{p.name}", "llamacpp", p) for p in sorted((folder / "gguf").glob("*.gguf"))]
+    for name, engine_name, gguf in todo:
+        started = time.perf_counter()
+        engine = _engine(project, target, engine_name, gguf)
+        try:
+            answers = inputs.answer(engine, f"{name} ({engine_name})", console)
+        finally:
+            close = getattr(engine, "close", None)
+            if close is not None:
+                close()
+        entry = {"engine": engine_name, **compare_answers(task, inputs.rows, ref_answers, answers)}
+        if engine_name == "transformers":
+            entry["precision"] = project.manifest.serve.precision
+        entry["seconds"] = time.perf_counter() - started
+        artifacts[name] = entry
+        lo, hi = entry["diff_ci"]
+        console.print(
+            f"parity {name} ({engine_name}): the evaluated answer on {entry['agreement']:.1%} of {entry['rows']} "
+            f"gold rows; {entry['metric']} {entry['value']:.4f} vs {entry['reference_value']:.4f} evaluated "
+            f"(diff {entry['diff']:+.4f}, CI [{lo:+.4f}, {hi:+.4f}])"
+        )
+    return {"reference": reference, "mode": inputs.mode, "rows": len(inputs.rows), "artifacts": artifacts}
+
+
+def _engine(project: Project, target: ModelTarget, engine_name: str, gguf: Path | None) -> Engine:
+    if gguf is not None:
+        return gguf_engine(target, gguf)
+    return load_engine(target, engine_name, pick_dtype(project.manifest.serve.precision))

@@ -165,27 +165,28 @@ def promoted_stack(history: list[AliasHistory]) -> list[int]:
 
 
 def _release_problems(project: Project, release: Release) -> list[str]:
-    """Files that changed since export, and GGUF files short of the parity gate."""
+    """Files that changed since export, and shipped files short of the parity gate."""
     import json
 
     changed = verify_release(project, release)
     if changed:
         return [f"the release folder changed since export ({'; '.join(changed)})"]
-    minimum = project.manifest.export.gguf_min_agreement
+    minimum = project.manifest.export.parity_min_agreement
+    if minimum is None:
+        return []
     manifest = json.loads((project.locate(release.path) / "manifest.json").read_text())
-    problems = []
-    for qtype, entry in (manifest.get("gguf") or {}).items():
-        parity = entry.get("parity")
-        if minimum is None:
-            continue
-        if parity is None:
-            problems.append(f"GGUF {qtype} parity was not checked (llama-cpp-python missing at export)")
-        elif parity["agreement"] < minimum:
-            problems.append(
-                f"GGUF {qtype} agrees with the merged model on {parity['agreement']:.1%} of gold rows "
-                f"(export.gguf_min_agreement {minimum:.0%})"
-            )
-    return problems
+    parity = manifest.get("parity")
+    if parity is None:
+        return [
+            "its shipped files were not checked against the evaluated answers at export "
+            "(llama-cpp-python missing, or exported by an older slmloop)"
+        ]
+    return [
+        f"{name} ({e['engine']}) gives the evaluated answer on {e['agreement']:.1%} of {e['rows']} gold rows "
+        f"(export.parity_min_agreement {minimum:.0%})"
+        for name, e in parity["artifacts"].items()
+        if e["agreement"] < minimum
+    ]
 
 
 def promotion_problems(

@@ -10,11 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slmloop.errors import ServeError
+from slmloop.errors import ModelError, ServeError
 from slmloop.models.loading import pick_dtype
-from slmloop.predict.answers import resolve_mode
-from slmloop.predict.engines import LocalEngine
-from slmloop.predict.targets import load_target, resolve_release, resolve_target
+from slmloop.predict.answers import resolve_mode, unsupported
+from slmloop.predict.targets import load_engine, resolve_release, resolve_target
 from slmloop.project import STORE_DIR, Project
 from slmloop.release.export import verify_release
 from slmloop.serve.app import api_keys, create_app
@@ -49,38 +48,13 @@ def load_predictor(project: Project, release_ref: str | int | None) -> Predictor
     }
     if common["companion"] is not None:  # load the embedding model now, not on the first request
         common["companion"].hints(task, [{"text": "warm-up", "input": "warm-up"}])
-    if m.serve.engine == "llamacpp":
-        return _llama_cpp_predictor(project, release, common)
     if m.serve.engine == "vllm":
         return _vllm_predictor(project, release, common)
-    model, tok = load_target(target, pick_dtype(m.serve.precision))
-    return Predictor(LocalEngine(model, tok), **common)
-
-
-def _llama_cpp_predictor(project: Project, release: Release, common: dict[str, Any]) -> Predictor:
-    from slmloop.models.catalog import ResolvedModel
-    from slmloop.models.llamacpp import llama_cpp_available
-    from slmloop.models.loading import load_tokenizer
-    from slmloop.predict.engines import LlamaCppEngine
-    from slmloop.release.gguf import gguf_file_name
-
-    folder = project.locate(release.path)
-    found = [
-        folder / "gguf" / gguf_file_name(q) for q in ("q8_0", "f16") if (folder / "gguf" / gguf_file_name(q)).exists()
-    ]
-    if not found:
-        raise ServeError(
-            f"v{release.version} has no GGUF file to serve with llama.cpp",
-            hint="Export with export.gguf: [q8_0] (slmloop.yaml), or serve with --engine transformers.",
-        )
-    if not llama_cpp_available():
-        raise ServeError(
-            "--engine llamacpp needs llama.cpp's Python binding, which is not installed",
-            hint="pip install llama-cpp-python (the README set-up installs it).",
-        )
-    merged = folder / "merged"
-    tok = load_tokenizer(ResolvedModel(str(merged), str(merged), "local"))
-    return Predictor(LlamaCppEngine(str(found[0]), tok), **common)
+    try:
+        engine = load_engine(target, m.serve.engine, pick_dtype(m.serve.precision))
+    except ModelError as exc:
+        raise ServeError(f"v{release.version} cannot be served with {m.serve.engine}: {exc}", hint=exc.hint) from None
+    return Predictor(engine, **common)
 
 
 def _vllm_predictor(project: Project, release: Release, common: dict[str, Any]) -> Predictor:
@@ -94,6 +68,13 @@ def _vllm_predictor(project: Project, release: Release, common: dict[str, Any]) 
     from slmloop.models.loading import load_tokenizer
     from slmloop.predict.engines import UpstreamEngine
 
+    missing = unsupported(common["task"], common["mode"], common["companion"], ranks=False, scores_marks=False)
+    if missing:
+        raise ServeError(
+            f"v{release.version} cannot be served with vLLM: its answers need an engine that can "
+            f"{' and '.join(missing)}; vLLM here only generates text",
+            hint="Serve it with --engine transformers or --engine llamacpp (both give the evaluated answers).",
+        )
     if importlib.util.find_spec("vllm") is None:
         raise ServeError(
             "--engine vllm needs vLLM, which is not installed here",

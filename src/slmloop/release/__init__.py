@@ -12,6 +12,6 @@ __all__, __getattr__ = lazy_api(
         "aliases": "registry",
         "alias_history": "registry",
         "write_gguf": "gguf",
-        "gguf_parity": "parity",
+        "release_parity": "parity",
     },
 )

@@ -497,3 +497,48 @@ def test_the_request_log_keeps_its_retention(trained_copy) -> None:
     writer.write(RequestLog(endpoint="/v1/predict", status=200, input="new", output=""))
     writer.close()
     assert [r.input for r in store.requests()] == ["r2", "new"] and writer.pruned == 2
+
+
+def test_chats_of_different_budgets_share_a_batch_and_a_request_nobody_waits_for_stops(trained_copy) -> None:
+    # a client varying max_tokens / temperature no longer forces batches of one; each row leaves the batch at
+    # its own budget, and a row whose client left stops at its next token while its batch mates go on
+    import threading
+
+    from slmloop.serve.engine import Batcher, Job, ModelSlot
+    from slmloop.serve.server import load_predictor
+
+    predictor = load_predictor(trained_copy, None)
+    texts = ["free prize call now", "see you at lunch", "WINNER claim cash"]
+    asks = [([{"role": "user", "content": t}], n, temp) for t, n, temp in zip(texts, (3, 12, 7), (0.0, 0.0, 2.0))]
+    alone = [predictor.chat_many([m], n, temp)[0] for m, n, temp in asks]
+    sizes: list[int] = []
+    gate = threading.Event()
+
+    class Held:  # the first group waits at the gate so that the others queue up behind it
+        def __getattr__(self, name: str) -> Any:
+            return getattr(predictor, name)
+
+        def chat_many(self, *args: Any, **kw: Any) -> Any:
+            gate.wait(30)
+            return predictor.chat_many(*args, **kw)
+
+    batcher = Batcher(ModelSlot(Held()), max_batch=8, wait_ms=0.0, observe=sizes.append)  # type: ignore[arg-type]
+    first = batcher.submit(Job("chat", ("chat",), asks[0][0], max_tokens=2))
+    for _ in range(1000):
+        if batcher._queue.empty():
+            break
+        time.sleep(0.001)
+    jobs = [Job("chat", ("chat",), m, max_tokens=n, temperature=temp) for m, n, temp in asks]
+    left = Job("chat", ("chat",), asks[1][0], max_tokens=50)
+    left.on_token = lambda _t: left.abandon()  # its client leaves once the first token is out
+    futures = [batcher.submit(j) for j in [*jobs, left]]
+    gate.set()
+    answers = [f.result(timeout=60)[1] for f in futures]
+    first.result(timeout=60)
+    batcher.close()
+    assert sizes == [1, 4]  # the three budgets and temperatures, and the leaving one, in one batch
+    for (_, n, temp), got, want in zip(asks, answers[:3], alone, strict=True):
+        assert got.completion_tokens <= n
+        if temp == 0:
+            assert got.text == want.text and got.completion_tokens == want.completion_tokens
+    assert answers[3].completion_tokens == 1 and left.abandoned  # stopped at its first token, not its 50

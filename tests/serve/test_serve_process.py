@@ -6,6 +6,7 @@ import json
 import shutil
 import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -210,3 +211,60 @@ def test_under_overload_the_server_refuses_with_429_and_answers_the_rest(trained
         assert all(r.json()["error"]["code"] == "overloaded" and int(r.headers["retry-after"]) >= 1 for r in refused)
         assert ask(999).status_code == 200  # and it answers normally right after
         assert httpx.get(s.url + "/health").json()["status"] == "ok"
+
+
+def test_a_body_over_the_limit_is_refused_whatever_its_framing(server: str) -> None:
+    # no Content-Length (chunked): the limit still holds, and the body is not read past it
+    def chunks(total: int) -> Any:
+        yield b'{"text": "'
+        for _ in range(total // 65536):
+            yield b"a" * 65536
+        yield b'"}'
+
+    r = httpx.post(
+        server + "/v1/predict",
+        content=chunks(2_000_000),
+        headers={"content-type": "application/json", **KEY},
+        timeout=60,
+    )
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    assert "max_request_bytes" in r.json()["error"]["message"]
+    ok = httpx.post(
+        server + "/v1/predict",
+        content=iter([b'{"text": ', b'"lunch at noon"}']),
+        headers={"content-type": "application/json", **KEY},
+        timeout=60,
+    )
+    assert ok.status_code == 200 and ok.json()["label"] in ("ham", "spam")
+
+
+def _metric(url: str, prefix: str) -> float:
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith(prefix):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_a_client_that_leaves_mid_stream_stops_its_generation(server: str) -> None:
+    import socket
+    import time
+
+    before = _metric(server, 'slmloop_abandoned_total{when="running"}')
+    body = json.dumps(
+        {"messages": [{"role": "user", "content": "tell me more"}], "max_tokens": 1024, "temperature": 2.0,
+         "stream": True}
+    ).encode()  # fmt: skip
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer test-key\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        assert b"200 OK" in sock.recv(4096)  # the stream has started; the client leaves
+    for _ in range(100):
+        if _metric(server, 'slmloop_abandoned_total{when="running"}') > before:
+            break
+        time.sleep(0.1)
+    assert _metric(server, 'slmloop_abandoned_total{when="running"}') == before + 1
+    assert _metric(server, 'slmloop_requests_total{endpoint="/v1/chat/completions",status="499"}') >= 1
+    assert httpx.post(server + "/v1/predict", json={"text": "hi"}, headers=KEY).status_code == 200

@@ -66,18 +66,22 @@ def generate(
     tok: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     *,
-    max_new_tokens: int,
+    max_new_tokens: int | Sequence[int],
     batch_size: int = 16,
-    temperature: float = 0.0,
+    temperature: float | Sequence[float] = 0.0,
     seed: int = 0,
     progress: Progress | None = None,
     on_token: Callable[[int, int], None] | None = None,
     json_object: bool = False,
+    stop: Callable[[int], bool] | None = None,
 ) -> list[tuple[str, int]]:
     """Continuation of each rendered prompt: ``[(text, new_token_count), …]``.
 
+    ``max_new_tokens`` and ``temperature`` are one for all prompts or one per prompt: rows that
+    ask for different budgets or temperatures share a batch, and each leaves it at its own budget.
     ``on_token(i, token_id)`` is called for every new token of prompt ``i`` as it is
-    chosen (streaming); the end-of-sequence token is not passed.
+    chosen (streaming); the end-of-sequence token is not passed. ``stop(i)`` True: nobody waits
+    for prompt ``i`` any more (its client left); it leaves the batch at the next step.
 
     ``json_object``: the answer is a JSON object (extraction). Its first token must open
     one (``{``, ``{"``, ``{}``), and a row is done when that object closes. A fine-tuned
@@ -85,7 +89,7 @@ def generate(
     zero-shot model answers in the shape the task asks instead of prose, and stops
     there instead of running to ``max_new_tokens``.
 
-    Greedy unless ``temperature`` > 0, then sampled at that temperature. The prompt
+    A row is greedy unless its ``temperature`` > 0, then sampled at that temperature. The prompt
     prefix all prompts share runs once; a row that has produced its end-of-sequence
     token leaves the batch, so a batch costs what its rows need, not its longest row
     times its size.
@@ -102,20 +106,24 @@ def generate(
     opens = JsonObjectEnd.opens(texts) if texts is not None else None
     if opens is not None and not any(opens):
         opens = None  # a vocabulary without "{": the first token stays free
+    limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    temps = [float(temperature)] * len(prompts) if isinstance(temperature, int | float) else list(temperature)
     for batch in _batches([len(e) for e in encoded], batch_size):
         emit = (lambda r, t, batch=batch: on_token(batch[r], t)) if on_token is not None else None
+        left = (lambda r, batch=batch: stop(batch[r])) if stop is not None else None
         tokens = _decode_batch(
             model,
             [encoded[i][shared:] for i in batch],
             prefix_kv,
             shared,
-            max_new_tokens,
-            temperature,
+            [limits[i] for i in batch],
+            [temps[i] for i in batch],
             eos,
             rng,
             emit,
             [JsonObjectEnd(texts) for _ in batch] if texts is not None else None,
             opens,
+            left,
         )
         for i, new in zip(batch, tokens, strict=True):
             out[i] = (str(tok.decode(new, skip_special_tokens=True)).strip(), len(new))
@@ -311,16 +319,18 @@ def _decode_batch(
     suffixes: list[list[int]],
     prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None,
     shared: int,
-    max_new_tokens: int,
-    temperature: float,
+    limits: list[int],
+    temperatures: list[float],
     eos: set[int],
     rng: torch.Generator,
     emit: Callable[[int, int], None] | None = None,
     ends: list[JsonObjectEnd] | None = None,
     opens: list[bool] | None = None,
+    stop: Callable[[int], bool] | None = None,
 ) -> list[list[int]]:
-    """New tokens per row. ``ends``: a JSON tracker per row (a row is done when its object closes);
-    ``opens``: per token id, whether a first token may be it."""
+    """New tokens per row, each row at most its ``limits`` tokens, greedy or sampled at its temperature.
+    ``ends``: a JSON tracker per row (a row is done when its object closes); ``opens``: per token id,
+    whether a first token may be it; ``stop(row)``: the row is no longer wanted."""
     import torch
 
     head = _Head(model)
@@ -330,8 +340,11 @@ def _decode_batch(
     extra: dict[str, Any] = {"shared_prefix": prefix_kv} if apart else {}
     offset = shared if apart else 0
     new: list[list[int]] = [[] for _ in suffixes]
-    active = list(range(len(suffixes)))
-    for step in range(max_new_tokens):
+    active = [r for r in range(len(suffixes)) if limits[r] > 0 and not (stop is not None and stop(r))]
+    longest = max((limits[r] for r in active), default=0)
+    for step in range(longest):
+        if not active:
+            break
         with torch.inference_mode():
             logp = head.log_probs(last)
             if step == 0 and opens is not None:
@@ -339,20 +352,23 @@ def _decode_batch(
                 allowed = torch.zeros(logp.shape[-1], dtype=torch.bool, device=logp.device)
                 allowed[:n] = torch.tensor(opens[:n], device=logp.device)
                 logp = logp.masked_fill(~allowed, -math.inf)
-            if temperature > 0:
-                probs = torch.softmax(logp / temperature, dim=-1).cpu()
-                picked = torch.multinomial(probs, 1, generator=rng).squeeze(-1).tolist()
-            else:
-                picked = logp.argmax(dim=-1).tolist()
+            picked = logp.argmax(dim=-1).tolist()
+            hot = [i for i, r in enumerate(active) if temperatures[r] > 0]
+            if hot:
+                temps = torch.tensor([temperatures[active[i]] for i in hot], device=logp.device)[:, None]
+                probs = torch.softmax(logp[hot] / temps, dim=-1).float().cpu()
+                for i, t in zip(hot, torch.multinomial(probs, 1, generator=rng).squeeze(-1).tolist(), strict=True):
+                    picked[i] = t
         keep = []
         for i, (r, t) in enumerate(zip(active, picked, strict=True)):
             new[r].append(t)
             if t not in eos:
                 if emit is not None:
                     emit(r, t)
-                if ends is None or not ends[r].feed(t):
+                done = ends is not None and ends[r].feed(t)
+                if not done and len(new[r]) < limits[r] and not (stop is not None and stop(r)):
                     keep.append(i)
-        if not keep or step == max_new_tokens - 1:
+        if not keep:
             break
         if len(keep) < len(active):  # finished rows leave the batch
             index = torch.tensor(keep, device=model.device)

@@ -35,8 +35,10 @@ class LlamaCpp:
         temperature: float = 0.0,
         emit: Callable[[int], None] | None = None,
         json_texts: list[str] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> tuple[str, int]:
-        """(answer text, new tokens); ``emit`` sees each new token id (the stop token excluded).
+        """(answer text, new tokens); ``emit`` sees each new token id (the stop token excluded); ``stop()``
+        True ends the answer where it is (nobody waits for it any more).
 
         ``json_texts`` (the text of every token id): the answer is a JSON object, opened by its
         first token and done when it closes, as :func:`slmloop.models.inference.generate` does.
@@ -72,7 +74,7 @@ class LlamaCpp:
             reset=True,
             logits_processor=processors,
         ):
-            if t in self.stop or len(out) >= max_tokens:
+            if t in self.stop or len(out) >= max_tokens or (stop is not None and stop()):
                 break
             out.append(t)
             if emit is not None:

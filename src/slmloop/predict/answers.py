@@ -86,16 +86,19 @@ class Engine(Protocol):
     def complete(
         self,
         conversations: list[list[dict[str, str]]],
-        max_new_tokens: int,
+        max_new_tokens: int | list[int],
         *,
         batch_size: int,
         json_object: bool = False,
-        temperature: float = 0.0,
+        temperature: float | list[float] = 0.0,
         on_token: Callable[[int, int], None] | None = None,
+        stop: Callable[[int], bool] | None = None,
         progress: Progress | None = None,
     ) -> list[Completion]:
-        """The answer to every conversation. ``json_object``: an extraction's JSON object (opened and
-        stopped when it closes, where the engine can)."""
+        """The answer to every conversation. ``max_new_tokens`` and ``temperature``: one for all, or one per
+        conversation. ``json_object``: an extraction's JSON object (opened and stopped when it closes, where
+        the engine can). ``stop(i)`` True: conversation ``i`` is no longer wanted (its client left); its work
+        ends as soon as the engine can end it."""
         ...
 
     def mark_scorer(self, prompts: list[str], batch_size: int) -> MarkScorer | None:

@@ -52,12 +52,13 @@ class LocalEngine:
     def complete(
         self,
         conversations: list[list[dict[str, str]]],
-        max_new_tokens: int,
+        max_new_tokens: int | list[int],
         *,
         batch_size: int,
         json_object: bool = False,
-        temperature: float = 0.0,
+        temperature: float | list[float] = 0.0,
         on_token: Callable[[int, int], None] | None = None,
+        stop: Callable[[int], bool] | None = None,
         progress: Progress | None = None,
     ) -> list[Completion]:
         prompts = [render_prompt(self.tokenizer, m) for m in conversations]
@@ -71,8 +72,10 @@ class LocalEngine:
             progress=progress,
             on_token=on_token,
             json_object=json_object,
+            stop=stop,
         )
-        return [(text, n, "length" if n >= max_new_tokens else "stop") for text, n in gens]
+        limits = _per_row(max_new_tokens, len(conversations))
+        return [(text, n, "length" if n >= limit else "stop") for (text, n), limit in zip(gens, limits, strict=True)]
 
     def mark_scorer(self, prompts: list[str], batch_size: int) -> MarkScorer:
         def score(rows: list[int], prefixes: list[str], marks: list[str]) -> list[float]:
@@ -133,21 +136,28 @@ class LlamaCppEngine:
     def complete(
         self,
         conversations: list[list[dict[str, str]]],
-        max_new_tokens: int,
+        max_new_tokens: int | list[int],
         *,
         batch_size: int,
         json_object: bool = False,
-        temperature: float = 0.0,
+        temperature: float | list[float] = 0.0,
         on_token: Callable[[int, int], None] | None = None,
+        stop: Callable[[int], bool] | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> list[tuple[str, int, str]]:
         texts = token_texts(self.tokenizer) if json_object else None
+        limits = _per_row(max_new_tokens, len(conversations))
+        temps = _per_row(temperature, len(conversations))
         out = []
         for i, messages in enumerate(conversations):
+            if stop is not None and stop(i):  # its client left before its turn
+                out.append(("", 0, "stop"))
+                continue
             emit = (lambda t, i=i: on_token(i, t)) if on_token is not None else None
+            left = (lambda i=i: stop(i)) if stop is not None else None
             prompt = render_prompt(self.tokenizer, messages)
-            text, n = self.llama.complete(prompt, max_new_tokens, temperature, emit, json_texts=texts)
-            out.append((text, n, "length" if n >= max_new_tokens else "stop"))
+            text, n = self.llama.complete(prompt, limits[i], temps[i], emit, json_texts=texts, stop=left)
+            out.append((text, n, "length" if n >= limits[i] else "stop"))
             if progress is not None:
                 progress(1)
         return out
@@ -224,12 +234,13 @@ class UpstreamEngine:
     def complete(
         self,
         conversations: list[list[dict[str, str]]],
-        max_new_tokens: int,
+        max_new_tokens: int | list[int],
         *,
         batch_size: int,
         json_object: bool = False,
-        temperature: float = 0.0,
+        temperature: float | list[float] = 0.0,
         on_token: Callable[[int, int], None] | None = None,
+        stop: Callable[[int], bool] | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> list[tuple[str, int, str]]:
         """All requests in flight at once: the upstream batches them.
@@ -239,9 +250,19 @@ class UpstreamEngine:
         """
         from concurrent.futures import ThreadPoolExecutor
 
+        limits = _per_row(max_new_tokens, len(conversations))
+        temps = _per_row(temperature, len(conversations))
+
         def one(i: int) -> tuple[str, int, str]:
+            if stop is not None and stop(i):
+                return ("", 0, "stop")
             emit = (lambda t: on_token(i, t)) if on_token is not None else None
-            return self._ask(conversations[i], max_new_tokens, temperature, emit, json_object)
+            return self._ask(conversations[i], limits[i], temps[i], emit, json_object)
 
         with ThreadPoolExecutor(max_workers=max(1, min(32, len(conversations)))) as pool:
             return list(pool.map(one, range(len(conversations))))
+
+
+def _per_row(value: Any, n: int) -> list[Any]:
+    """A setting given once for all rows, or one per row, as one per row."""
+    return list(value) if isinstance(value, list | tuple) else [value] * n

@@ -185,6 +185,7 @@ def create_app(
     app = FastAPI(title="slmloop", version="1", docs_url="/docs", redoc_url=None, lifespan=_lifespan)
     app.state.server = server
     app.middleware("http")(_guard_and_log)
+    app.add_middleware(BodyLimit, server=server)
     # outermost: past the requests the queue and a batch hold, refuse before anything else runs
     app.add_middleware(Admission, server=server, limit=cfg.max_queue + cfg.max_batch)
     app.add_exception_handler(RequestValidationError, _bad_request)  # type: ignore[arg-type]
@@ -197,6 +198,91 @@ def create_app(
     app.add_api_route("/v1/predict", _predict, methods=["POST"])
     app.add_api_route("/v1/chat/completions", _chat, methods=["POST"], response_model=None)
     return app
+
+
+async def _refuse(
+    send: Any,
+    server: ServerState,
+    path: str,
+    status: int,
+    message: str,
+    code: str,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """A JSON error sent straight from an ASGI layer (before the app runs), counted like every other."""
+    kind = "server_error" if status in (429, 503) else "invalid_request_error"
+    body = json.dumps({"error": {"message": message, "type": kind, "code": code}}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+    server.metrics.errors.labels(code).inc()
+    server.metrics.requests.labels(path if path in ROUTES else "other", str(status)).inc()
+
+
+class BodyLimit:
+    """Every request body is read here, whatever its framing (Content-Length or chunked), up to
+    ``serve.max_request_bytes``: one over it gets a 413 without the rest being read, and a body that has not
+    arrived within ``serve.request_timeout_s`` a 408. The app then reads the body from memory."""
+
+    def __init__(self, app: Any, *, server: ServerState) -> None:
+        self.app, self.server = app, server
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        cfg, path, started = self.server.cfg, scope["path"], time.perf_counter()
+        limit = cfg.max_request_bytes
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await self._too_large(send, path, int(declared), started)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        deadline = started + cfg.request_timeout_s
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(0.001, deadline - time.perf_counter()))
+            except TimeoutError:
+                await _refuse(
+                    send,
+                    self.server,
+                    path,
+                    408,
+                    f"the request body did not arrive within {cfg.request_timeout_s:g} s (serve.request_timeout_s)",
+                    "request_timeout",
+                )
+                _log_row(self.server, path, 408, started)
+                return
+            if message["type"] == "http.disconnect":
+                return
+            size += len(message.get("body", b""))
+            if size > limit:
+                await self._too_large(send, path, size, started, partial=True)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        whole = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay() -> Any:
+            return whole.pop() if whole else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, send: Any, path: str, size: int, started: float, *, partial: bool = False) -> None:
+        limit = self.server.cfg.max_request_bytes
+        said = f"more than {limit:,}" if partial else f"{size:,}"
+        await _refuse(
+            send,
+            self.server,
+            path,
+            413,
+            f"request body is {said} bytes; this server accepts up to {limit:,} (serve.max_request_bytes)",
+            "request_too_large",
+        )
+        _log_row(self.server, path, 413, started)
 
 
 class Admission:
@@ -217,25 +303,15 @@ class Admission:
             return
         if self.in_flight >= self.limit:
             retry = self.server.batcher.retry_after(self.in_flight)
-            body = json.dumps(
-                {
-                    "error": {
-                        "message": f"the server is at capacity ({self.in_flight} requests in flight); "
-                        f"try again in {retry} s",
-                        "type": "server_error",
-                        "code": "overloaded",
-                    }
-                }
-            ).encode()
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", str(retry).encode()),
-            ]
-            await send({"type": "http.response.start", "status": 429, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-            self.server.metrics.errors.labels("overloaded").inc()
-            self.server.metrics.requests.labels(scope["path"], "429").inc()
+            await _refuse(
+                send,
+                self.server,
+                scope["path"],
+                429,
+                f"the server is at capacity ({self.in_flight} requests in flight); try again in {retry} s",
+                "overloaded",
+                {"Retry-After": str(retry)},
+            )
             return
         self.in_flight += 1
         try:
@@ -259,15 +335,34 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 # ---------------------------------------------------------------------------------------------
 def _write_log(server: ServerState, request: Request, path: str, status: int, started: float) -> None:
     """Queue the request's log row (the writer thread stores it; a response never waits for the database)."""
-    if server.log is None:
+    _log_row(
+        server,
+        path,
+        status,
+        started,
+        getattr(request.state, "release", None),
+        getattr(request.state, "log_input", ""),
+        getattr(request.state, "log_output", ""),
+    )
+
+
+def _log_row(
+    server: ServerState,
+    path: str,
+    status: int,
+    started: float,
+    release: int | None = None,
+    text_in: str = "",
+    text_out: str = "",
+) -> None:
+    if server.log is None or not path.startswith("/v1/"):
         return
-    text_in = getattr(request.state, "log_input", "")[:20000]
-    text_out = getattr(request.state, "log_output", "")[:20000]
+    text_in, text_out = text_in[:20000], text_out[:20000]
     if server.cfg.redact_pii:
         text_in, text_out = redact(text_in)[0], redact(text_out)[0]
     server.log.write(
         RequestLog(
-            release_version=getattr(request.state, "release", server.slot.current.release),
+            release_version=release if release is not None else server.slot.current.release,
             endpoint=path,
             status=status,
             input=text_in,
@@ -279,7 +374,7 @@ def _write_log(server: ServerState, request: Request, path: str, status: int, st
 
 async def _guard_and_log(request: Request, call_next: Any) -> Any:
     server = _server(request)
-    metrics, cfg = server.metrics, server.cfg
+    metrics = server.metrics
     started = request.state.started = time.perf_counter()
     path = request.url.path
     response: Response
@@ -297,24 +392,13 @@ async def _guard_and_log(request: Request, call_next: Any) -> Any:
             metrics.errors.labels("invalid_api_key").inc()
             metrics.requests.labels(path if path in ROUTES else "other", "401").inc()
             return response
-    length = request.headers.get("content-length")
-    if request.method == "POST" and length is not None and length.isdigit() and int(length) > cfg.max_request_bytes:
+    try:  # the body is read and bounded before (BodyLimit)
+        response = await call_next(request)
+    except Exception as exc:  # a failure of ours: JSON like every other error, logged and counted
         response = _error(
-            413,
-            f"request body is {int(length):,} bytes; this server accepts up to {cfg.max_request_bytes:,} "
-            "(serve.max_request_bytes)",
-            "invalid_request_error",
-            "request_too_large",
+            500, f"the server failed to answer: {type(exc).__name__}: {exc}", "server_error", "internal_error"
         )
-        metrics.errors.labels("request_too_large").inc()
-    else:
-        try:
-            response = await call_next(request)
-        except Exception as exc:  # a failure of ours: JSON like every other error, logged and counted
-            response = _error(
-                500, f"the server failed to answer: {type(exc).__name__}: {exc}", "server_error", "internal_error"
-            )
-            metrics.errors.labels("internal_error").inc()
+        metrics.errors.labels("internal_error").inc()
     label = path if path in ROUTES else "other"  # metrics labels stay bounded whatever paths clients send
     if path.startswith("/v1/") and request.method == "POST" and not getattr(request.state, "streaming", False):
         _write_log(server, request, path, response.status_code, started)
@@ -405,18 +489,41 @@ def _submit(server: ServerState, job: Job) -> Future[Any]:
         return server.batcher.submit(job)
 
 
-async def _answer(server: ServerState, job: Job) -> Any:
-    """``job``'s answer, within serve.request_timeout_s (else 503, and its work is dropped if not started)."""
-    future = _submit(server, job)
+#: the status a request gets in the log and metrics when its client left before the answer (nginx's)
+CLIENT_GONE = 499
+
+
+def _abandon(server: ServerState, job: Job) -> None:
+    server.metrics.abandoned.labels(job.abandon()).inc()
+
+
+async def _client_left(request: Request) -> None:
+    """Returns once the client has closed its connection (the body is read: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        await asyncio.sleep(0.05)
+
+
+async def _answer(server: ServerState, job: Job, request: Request) -> Any:
+    """``job``'s answer, within serve.request_timeout_s (else 503). Work nobody waits for any more — its client
+    left, or its deadline passed — is dropped while queued and stopped at its next token while generating."""
+    answer = asyncio.wrap_future(_submit(server, job))
+    gone = asyncio.ensure_future(_client_left(request))
     try:
-        return await asyncio.wait_for(asyncio.wrap_future(future), timeout=server.cfg.request_timeout_s)
-    except TimeoutError:
-        future.cancel()
-        raise ClientError(
-            503,
-            f"not answered within {server.cfg.request_timeout_s:g} s (serve.request_timeout_s); try again later",
-            "timeout",
-        ) from None
+        done, _ = await asyncio.wait(
+            {answer, gone}, timeout=server.cfg.request_timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        gone.cancel()
+    if answer in done:
+        return answer.result()
+    _abandon(server, job)
+    if gone in done:
+        raise ClientError(CLIENT_GONE, "the client closed the connection before the answer", "client_gone")
+    raise ClientError(
+        503,
+        f"not answered within {server.cfg.request_timeout_s:g} s (serve.request_timeout_s); try again later",
+        "timeout",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,7 +565,7 @@ async def _predict(body: PredictRequest, request: Request) -> dict[str, Any]:
     request.state.log_input = body.value
     _admit(server)  # a full queue refuses before the input is tokenized
     n_in = _check_input(server, body.value)
-    predictor, result = await _answer(server, Job("predict", ("predict",), body.value))
+    predictor, result = await _answer(server, Job("predict", ("predict",), body.value), request)
     request.state.release = predictor.release
     server.metrics.tokens.labels("prompt").inc(n_in)
     request.state.log_output = json.dumps(result, ensure_ascii=False)
@@ -480,11 +587,11 @@ async def _chat(body: ChatRequest, request: Request) -> dict[str, Any] | Streami
             "(serve.max_tokens_limit)",
             "max_tokens_too_large",
         )
-    key = ("chat", max_tokens, float(body.temperature or 0.0))
+    job = Job("chat", ("chat",), messages, max_tokens=max_tokens, temperature=float(body.temperature or 0.0))
     if body.stream:
         request.state.streaming = True  # logged when the stream ends
-        return _stream(server, request, messages, key)
-    predictor, answer = await _answer(server, Job("chat", key, messages))
+        return _stream(server, request, job)
+    predictor, answer = await _answer(server, job, request)
     request.state.release = predictor.release
     request.state.log_output = answer.text
     _count(server, answer)
@@ -513,17 +620,16 @@ def _count(server: ServerState, answer: ChatAnswer) -> None:
     server.metrics.tokens.labels("completion").inc(answer.completion_tokens)
 
 
-def _stream(
-    server: ServerState, request: Request, messages: list[dict[str, str]], key: tuple[Any, ...]
-) -> StreamingResponse:
-    """OpenAI-style server-sent events: a role chunk, content deltas as tokens come, a finish chunk, [DONE]."""
+def _stream(server: ServerState, request: Request, job: Job) -> StreamingResponse:
+    """OpenAI-style server-sent events: a role chunk, content deltas as tokens come, a finish chunk, [DONE].
+    A client that leaves mid-stream stops its generation (logged as 499)."""
     loop = asyncio.get_running_loop()
     tokens: asyncio.Queue[int] = asyncio.Queue()
 
     def on_token(token: int) -> None:  # called in the batcher's thread
         loop.call_soon_threadsafe(tokens.put_nowait, token)
 
-    job = Job("chat", key, messages, on_token=on_token)
+    job.on_token = on_token
     future = asyncio.wrap_future(_submit(server, job))
     chunk_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
@@ -541,6 +647,16 @@ def _stream(
         return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
     async def events() -> AsyncIterator[str]:
+        try:
+            async for chunk in _events():
+                yield chunk
+        finally:
+            if not future.done():  # the client left (the response was cancelled) before the answer
+                _abandon(server, job)
+                server.metrics.requests.labels(request.url.path, str(CLIENT_GONE)).inc()
+                _write_log(server, request, request.url.path, CLIENT_GONE, request.state.started)
+
+    async def _events() -> AsyncIterator[str]:
         yield event({"role": "assistant"})
         ids: list[int] = []
         sent = ""

@@ -5,9 +5,11 @@
   (:func:`slmloop.predict.answers.answer_rows`), with the engine (:mod:`slmloop.predict.engines`)
   as a parameter: a local transformers model, llama.cpp, or an upstream server.
 - :class:`Batcher`: one worker thread owns the model. Requests queue up; the
-  first of a group waits ``wait_ms`` for others with the same shape (endpoint,
-  max_tokens, temperature) and the group runs as one batch of at most
-  ``max_batch``. With ``max_batch=1`` it answers one request at a time.
+  first of a group waits ``wait_ms`` for others of the same endpoint (chats of any
+  ``max_tokens`` and temperature share a batch) and the group runs as one batch of at
+  most ``max_batch``. With ``max_batch=1`` it answers one request at a time. A request
+  nobody waits for any more (:meth:`Job.abandon`) is dropped from the queue, or leaves
+  its batch at its next token.
 - :class:`ModelSlot`: the predictor now in use. A watcher thread loads the
   release an alias moved to (promote / rollback) beside the old one and swaps
   the reference; the batch in flight finishes on the old model, the next batch
@@ -106,17 +108,21 @@ class Predictor:
     def chat_many(
         self,
         conversations: list[list[dict[str, str]]],
-        max_tokens: int,
-        temperature: float = 0.0,
+        max_tokens: int | list[int],
+        temperature: float | list[float] = 0.0,
         on_token: Callable[[int, int], None] | None = None,
+        stop: Callable[[int], bool] | None = None,
     ) -> list[ChatAnswer]:
-        """Greedy by default (task models should answer deterministically); samples if temperature > 0."""
+        """Greedy by default (task models should answer deterministically); samples if temperature > 0.
+        ``max_tokens`` and ``temperature``: one for all, or one per conversation (they share one batch);
+        ``stop(i)``: conversation ``i`` is no longer wanted."""
         said = self.engine.complete(
             conversations,
             max_tokens,
             batch_size=max(1, len(conversations)),
             temperature=temperature,
             on_token=on_token,
+            stop=stop,
         )
         return [
             ChatAnswer(text, self.count_tokens(render_prompt(self.tokenizer, m)), n, finish)
@@ -191,7 +197,8 @@ class Overloaded(Exception):
 
 @dataclass
 class Job:
-    """One request waiting for the model. ``key`` decides which requests may share a batch."""
+    """One request waiting for the model. ``key`` decides which requests may share a batch: every chat shares
+    one, whatever its ``max_tokens`` and ``temperature`` (each row leaves the batch at its own budget)."""
 
     kind: str  # predict | chat
     key: tuple[Any, ...]
@@ -200,6 +207,15 @@ class Job:
     future: Future[Any] = field(default_factory=Future)
     queued_at: float = field(default_factory=time.perf_counter)
     streamed: bool = False  # a token has gone to the client: the answer cannot be started again
+    max_tokens: int = 0  # chat: this request's generation budget
+    temperature: float = 0.0  # chat: 0 greedy, else sampled
+    abandoned: bool = False  # nobody waits for the answer any more (the client left, or its deadline passed)
+
+    def abandon(self) -> str:
+        """Nobody waits for this job any more: dropped if it is still queued ("queued"), else its generation
+        ends at the next token ("running"; a ranking or a batch of predictions finishes)."""
+        self.abandoned = True
+        return "queued" if self.future.cancel() else "running"
 
 
 #: a forming group waits ``wait_ms`` for each next request, and at most this many times ``wait_ms`` in all
@@ -342,7 +358,7 @@ class Batcher:
         """After a group failed: answer each of its requests alone, so only the one that fails hears of it
         (a stream that already sent tokens cannot start again: it hears the group's error)."""
         for j in jobs:
-            if len(jobs) == 1 or j.streamed:
+            if len(jobs) == 1 or j.streamed or j.abandoned:
                 j.future.set_exception(exc)
                 continue
             try:
@@ -356,7 +372,6 @@ class Batcher:
     def _run(predictor: Predictor, jobs: list[Job]) -> list[Any]:
         if jobs[0].kind == "predict":
             return predictor.predict_many([j.payload for j in jobs])
-        _, max_tokens, temperature = jobs[0].key
         streams = [j.on_token for j in jobs]
 
         def on_token(i: int, token: int) -> None:
@@ -367,7 +382,8 @@ class Batcher:
 
         return predictor.chat_many(
             [j.payload for j in jobs],
-            max_tokens,
-            temperature,
+            [j.max_tokens for j in jobs],
+            [j.temperature for j in jobs],
             on_token=on_token if any(streams) else None,
+            stop=lambda i: jobs[i].abandoned,
         )

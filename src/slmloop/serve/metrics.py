@@ -35,6 +35,13 @@ class ServerMetrics:
             "Request log rows lost (the writer fell behind, or the database failed).",
             registry=r,
         )
+        self.abandoned = Counter(
+            "slmloop_abandoned",
+            "Requests nobody waited for any more (client gone, deadline passed): dropped while queued, or "
+            "stopped while running.",
+            ["when"],
+            registry=r,
+        )
         self.reload_failures = Gauge(
             "slmloop_reload_failures", "Releases that failed to load since the server started.", registry=r
         )

@@ -172,7 +172,7 @@ def test_an_engine_that_cannot_give_the_evaluated_answers_refuses_the_release(tr
     from slmloop.serve.server import load_predictor
 
     trained_copy.manifest.serve.engine = "vllm"
-    with pytest.raises(ServeError, match="cannot be served with vLLM.*rank the labels") as caught:
+    with pytest.raises(ServeError, match=r"cannot be served with vLLM.*rank the labels") as caught:
         load_predictor(trained_copy, None)
     assert "--engine transformers" in (caught.value.hint or "")
 
@@ -509,7 +509,10 @@ def test_chats_of_different_budgets_share_a_batch_and_a_request_nobody_waits_for
 
     predictor = load_predictor(trained_copy, None)
     texts = ["free prize call now", "see you at lunch", "WINNER claim cash"]
-    asks = [([{"role": "user", "content": t}], n, temp) for t, n, temp in zip(texts, (3, 12, 7), (0.0, 0.0, 2.0))]
+    asks = [
+        ([{"role": "user", "content": t}], n, temp)
+        for t, n, temp in zip(texts, (3, 12, 7), (0.0, 0.0, 2.0), strict=True)
+    ]
     alone = [predictor.chat_many([m], n, temp)[0] for m, n, temp in asks]
     sizes: list[int] = []
     gate = threading.Event()

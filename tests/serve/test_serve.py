@@ -545,3 +545,76 @@ def test_chats_of_different_budgets_share_a_batch_and_a_request_nobody_waits_for
         if temp == 0:
             assert got.text == want.text and got.completion_tokens == want.completion_tokens
     assert answers[3].completion_tokens == 1 and left.abandoned  # stopped at its first token, not its 50
+
+
+def test_an_exclusive_swap_closes_the_old_release_before_the_new_one_loads() -> None:
+    """vLLM holds the GPU's memory: the old server stops before the new one starts, no group runs meanwhile, and a
+    new release that fails to load brings the old one back (reported, then tried again after a back-off)."""
+    from slmloop.serve.engine import ModelSlot
+
+    events: list[str] = []
+
+    class Loaded:  # the swap order is under test here, not a model
+        def __init__(self, release: int) -> None:
+            self.release, self.name = release, f"v{release}"
+            events.append(f"load v{release}")
+
+        def close(self) -> None:
+            events.append(f"close v{self.release}")
+
+    def load(version: int) -> Loaded:
+        if version == 3:
+            events.append("load v3 failed")
+            raise RuntimeError("CUDA out of memory")
+        return Loaded(version)
+
+    slot = ModelSlot(Loaded(1))  # type: ignore[arg-type]
+    alias = [2]
+    slot.watch(lambda: alias[0], load, 0.01, exclusive=True)  # type: ignore[arg-type]
+    for _ in range(500):
+        if slot.current.release == 2:
+            break
+        time.sleep(0.01)
+    assert events == ["load v1", "close v1", "load v2"]
+    alias[0] = 3
+    for _ in range(500):
+        if slot.reload_error is not None:
+            break
+        time.sleep(0.01)
+    slot.stop()
+    assert events[3:6] == ["close v2", "load v3 failed", "load v2"]  # the old one back, never both at once
+    assert slot.current.release == 2 and "out of memory" in slot.reload_error["error"]
+
+
+def test_a_child_server_dies_with_the_slmloop_that_started_it(tmp_path) -> None:
+    """However slmloop dies (kill -9 here), the vLLM server it started does not hold the GPU on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            "from slmloop.serve.server import start_child\n"
+            "child = start_child([sys.executable, '-c', 'import time; time.sleep(300)'], subprocess.DEVNULL)\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(300)\n",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    for _ in range(200):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the child outlived its parent")

@@ -174,11 +174,15 @@ class UpstreamEngine:
 
     can_rank = False
 
-    def __init__(self, base_url: str, upstream_model: str, tokenizer: Any, api_key: str | None = None) -> None:
+    def __init__(
+        self, base_url: str, upstream_model: str, tokenizer: Any, api_key: str | None = None, process: Any = None
+    ) -> None:
+        """``process``: the upstream server's process where this side started it (stopped by :meth:`close`)."""
         import httpx
 
         self.tokenizer = tokenizer
         self.upstream_model = upstream_model
+        self.process = process
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=600)
 
@@ -187,8 +191,19 @@ class UpstreamEngine:
     ) -> list[list[float | None]]:
         raise NotImplementedError("an upstream server generates labels; answer_rows does not ask it to rank")
 
+    def close(self) -> None:
+        """Stop talking to the upstream, and stop its server where this side started it."""
+        self.http.close()
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except Exception:  # it ignored SIGTERM
+                self.process.kill()
+                self.process.wait()
+
     def mark_scorer(self, prompts: list[str], batch_size: int) -> MarkScorer | None:
-        return None  # the upstream gives no prompt log-probabilities here: the judge reads marks as unknown
+        return None  # the upstream gives no prompt log-probabilities here (a release that needs them is refused)
 
     def _ask(
         self,

@@ -105,6 +105,12 @@ class Predictor:
     def predict(self, text: str) -> dict[str, Any]:
         return self.predict_many([text])[0]
 
+    def close(self) -> None:
+        """Free what the engine holds (a llama.cpp context, an upstream server this side started)."""
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
+
     def chat_many(
         self,
         conversations: list[list[dict[str, str]]],
@@ -143,26 +149,35 @@ class ModelSlot:
         self.reload_error: dict[str, Any] | None = None
         self.reload_failures = 0
         self._stop = threading.Event()
+        #: held by the batcher while a group is answered, and by an exclusive swap while it replaces the model
+        self.lock = threading.Lock()
 
     def watch(
         self,
         target: Callable[[], int | None],
         load: Callable[[int], Predictor],
         interval: float,
+        *,
+        exclusive: bool = False,
     ) -> threading.Thread:
-        """Poll ``target()`` (the version an alias points at) every ``interval`` s; load and swap on a move."""
+        """Poll ``target()`` (the version an alias points at) every ``interval`` s; load and swap on a move.
+
+        ``exclusive``: the two releases cannot be loaded side by side (a vLLM server holds the GPU's memory):
+        the batch in flight finishes, the old one is closed, the new one loads while requests wait in the
+        queue, and a new one that fails to load is replaced by the old one loaded again."""
 
         def loop() -> None:
             delay = interval
             while not self._stop.wait(delay):
                 delay = interval
                 version = None
+                previous = self.current
                 try:
                     version = target()
                     if version is None or version == self.current.release:
                         self.reload_error = None  # the alias came back to what answers
                         continue
-                    fresh = load(version)
+                    fresh = self._swap_exclusive(version, load) if exclusive else load(version)
                 except Exception as exc:  # a failed reload keeps the old model answering, and backs off
                     self.reload_failures += 1
                     tries = self.reload_error["tries"] + 1 if self.reload_error else 1
@@ -170,17 +185,40 @@ class ModelSlot:
                     self.reload_error = {"release": version, "error": str(exc), "tries": tries, "retry_in_s": delay}
                     print(f"slmloop serve: reload failed, still serving {self.current.name}: {exc}", flush=True)
                     continue
-                old = self.current
-                self.current = fresh
+                old, self.current = previous, fresh
                 self.reload_error = None
+                if not exclusive:
+                    with self.lock:  # the group that may still answer with the old one is done: free it
+                        _close(old)
                 print(f"slmloop serve: now serving {fresh.name} (was {old.name})", flush=True)
 
         thread = threading.Thread(target=loop, name="slmloop-reload", daemon=True)
         thread.start()
         return thread
 
+    def _swap_exclusive(self, version: int, load: Callable[[int], Predictor]) -> Predictor:
+        """Close the model in use, then load ``version`` (see :meth:`watch`); on failure the old release is
+        loaded again and the failure raised."""
+        with self.lock:
+            old = self.current
+            _close(old)
+            try:
+                fresh = load(version)
+            except Exception:
+                if old.release is not None:
+                    self.current = load(old.release)
+                raise
+            self.current = fresh
+            return fresh
+
     def stop(self) -> None:
         self._stop.set()
+
+
+def _close(predictor: Any) -> None:
+    close = getattr(predictor, "close", None)
+    if close is not None:
+        close()
 
 
 #: the longest wait before a release that failed to load is tried again (seconds)
@@ -341,16 +379,17 @@ class Batcher:
                 continue
             if self.observe is not None:
                 self.observe(len(live))
-            predictor = self.slot.current  # one model for the whole group, even if a swap lands meanwhile
-            self.busy_since = time.monotonic()
-            try:
-                results = self._run(predictor, live)
-            except BaseException as exc:  # the worker lives on; a request that fails, fails alone
-                self._one_by_one(predictor, live, exc)
-                continue
-            finally:
-                self.busy_since = None
-                self._answered.append((time.monotonic(), len(live)))
+            with self.slot.lock:  # an exclusive swap waits for this group, and this group for it
+                predictor = self.slot.current  # one model for the whole group, even if a swap lands meanwhile
+                self.busy_since = time.monotonic()
+                try:
+                    results = self._run(predictor, live)
+                except BaseException as exc:  # the worker lives on; a request that fails, fails alone
+                    self._one_by_one(predictor, live, exc)
+                    continue
+                finally:
+                    self.busy_since = None
+                    self._answered.append((time.monotonic(), len(live)))
             for j, r in zip(live, results, strict=True):
                 j.future.set_result((predictor, r))
 

@@ -20,7 +20,7 @@ from slmloop.serve.app import api_keys, create_app
 from slmloop.serve.engine import ModelSlot, Predictor
 from slmloop.store import Release
 
-__all__ = ["ServerProcess", "build_app", "free_port", "load_predictor", "serve"]
+__all__ = ["ServerProcess", "build_app", "free_port", "load_predictor", "serve", "start_child", "stop_child"]
 
 
 def load_predictor(project: Project, release_ref: str | int | None) -> Predictor:
@@ -92,8 +92,8 @@ def _vllm_predictor(project: Project, release: Release, common: dict[str, Any]) 
         *project.manifest.serve.vllm_args,
     ]  # fmt: skip
     log = open(log_path, "wb")  # noqa: SIM115 - the child writes to it as long as it lives
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    atexit.register(proc.terminate)
+    proc = start_child(cmd, log)
+    atexit.register(stop_child, proc)
     deadline = time.monotonic() + 900
     while True:
         if proc.poll() is not None:
@@ -105,11 +105,39 @@ def _vllm_predictor(project: Project, release: Release, common: dict[str, Any]) 
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
-            proc.terminate()
+            stop_child(proc)
             raise ServeError("vLLM did not become healthy within 15 min", hint=f"See {log_path}.")
         time.sleep(1)
     tok = load_tokenizer(ResolvedModel(str(merged), str(merged), "local"))
-    return Predictor(UpstreamEngine(f"http://127.0.0.1:{port}/v1", name, tok), **common)
+    return Predictor(UpstreamEngine(f"http://127.0.0.1:{port}/v1", name, tok, process=proc), **common)
+
+
+def start_child(cmd: list[str], log: Any) -> subprocess.Popen[bytes]:
+    """A child process that dies with this one: on Linux the kernel sends it SIGTERM when its parent dies,
+    however the parent dies (a kill -9 included), so no GPU server outlives the slmloop that started it."""
+    preexec = None
+    if sys.platform.startswith("linux"):
+
+        def preexec() -> None:
+            import ctypes
+            import signal
+
+            pr_set_pdeathsig = 1
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec)
+
+
+def stop_child(proc: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s`` seconds; returns once the child is gone."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def build_app(
@@ -130,6 +158,8 @@ def build_app(
             lambda: project.store.alias_target(followed),
             lambda version: load_predictor(project, version),
             cfg.reload_interval,
+            # a vLLM server holds the GPU's memory: the old one stops before the new one starts
+            exclusive=cfg.engine == "vllm",
         )
     app = create_app(slot, project.store, cfg, keys=api_keys(cfg, dict(os.environ)))
     return app, predictor

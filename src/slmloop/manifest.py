@@ -516,10 +516,10 @@ class ServeConfig(Section):
         "most in all. An idle server answers a lone request at once.",
     )
     max_queue: int = Field(
-        32,
+        16,
         gt=0,
-        description="Requests waiting for the model at most (the default: one batch behind the one being "
-        "answered); more get 429 with Retry-After, so those admitted wait little under overload.",
+        description="Requests in flight at most beyond one full batch (max_batch): more get 429 with Retry-After at "
+        "once, so under overload those admitted wait about as long as at full capacity (the default: half a batch).",
     )
     request_timeout_s: float = Field(
         60.0,

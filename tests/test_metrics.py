@@ -145,3 +145,23 @@ def test_parse_json_object() -> None:
     assert parse_json_object('```json\n{"a": 1}\n```') == {"a": 1}
     assert parse_json_object("no json here") is None
     assert parse_json_object("[1, 2]") is None
+
+
+def test_an_out_of_scope_label_adds_in_scope_accuracy_recall_precision_and_auroc() -> None:
+    from slmloop.evaluate.scoring import score_answers
+    from slmloop.manifest import TaskConfig
+
+    task = TaskConfig(type="classification", labels=["a", "b"], out_of_scope="oos")
+    rows = [{"label": x} for x in ["a", "a", "b", "b", "oos", "oos", "oos", "oos"]]
+    preds = ["a", "oos", "b", "a", "oos", "oos", "a", "oos"]
+    conf = [0.9, 0.3, 0.8, 0.7, 0.2, 0.1, 0.6, 0.4]
+    scores = score_answers(task, rows, preds, confidence=conf)
+    assert scores.metric("in_scope_accuracy") == pytest.approx(2 / 4)  # the abstention on an "a" row is wrong
+    assert scores.metric("oos_recall") == pytest.approx(3 / 4)
+    assert scores.metric("oos_precision") == pytest.approx(3 / 4)  # one abstention was on an in-scope row
+    # low confidence finds out-of-scope rows: 14 of the 16 (oos, in-scope) pairs are ordered right
+    assert scores.metric("oos_auroc") == pytest.approx(14 / 16)
+    assert (
+        "oos_recall"
+        not in score_answers(TaskConfig(type="classification", labels=["a", "b"]), rows[:4], preds[:4]).names
+    )

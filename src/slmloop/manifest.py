@@ -69,6 +69,23 @@ class ProjectConfig(Section):
     )
 
 
+class AbstainConfig(Section):
+    max_in_scope_drop: float = Field(
+        0.02,
+        ge=0.0,
+        le=1.0,
+        description="The threshold is the highest that costs at most this share of in-scope accuracy on the "
+        "validation split (rows the model gets right and abstains on).",
+    )
+    min_oos_recall: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Instead: the lowest threshold that catches this share of the validation split's "
+        "out-of-scope rows (needs rows labelled task.out_of_scope there).",
+    )
+
+
 class TaskConfig(Section):
     type: TaskType = Field(description="classification | extraction | generation | chat")
     instruction: str = Field(
@@ -98,6 +115,25 @@ class TaskConfig(Section):
         "serving and exports report the JSON object either way; a zero-shot model always answers JSON.",
     )
 
+    out_of_scope: str | None = Field(
+        None,
+        description="classification: the label of requests that belong to none of the others (rows with it train "
+        "the model like any label, and choose the abstention threshold), and the answer when the model abstains.",
+    )
+    abstain: AbstainConfig | None = Field(
+        None,
+        description="classification: answer out_of_scope when the model is unsure (its calibrated confidence, "
+        "label prior included, is below a threshold chosen on validation after training). Off unless set.",
+    )
+
+    @model_validator(mode="after")
+    def _abstention(self) -> TaskConfig:
+        if self.abstain is not None and self.type != "classification":
+            raise ValueError("abstain applies to classification tasks only")
+        if self.abstain is not None and self.out_of_scope is None:
+            object.__setattr__(self, "out_of_scope", "out_of_scope")
+        return self
+
     @property
     def unresolved(self) -> bool:
         """True while labels or fields still say ``auto`` (resolved from the data by ``data prepare``)."""
@@ -105,7 +141,11 @@ class TaskConfig(Section):
 
     @property
     def label_list(self) -> list[str]:
-        return self.labels if isinstance(self.labels, list) else []
+        """The labels; the out-of-scope label is one of them wherever it is named."""
+        labels = self.labels if isinstance(self.labels, list) else []
+        if self.out_of_scope is not None and labels and self.out_of_scope not in labels:
+            return [*labels, self.out_of_scope]
+        return labels
 
     @property
     def field_list(self) -> list[str]:

@@ -109,6 +109,26 @@ def _bleu(a: Arrays) -> float:
     return BLEU.compute_bleu(s[2:6].tolist(), s[6:10].tolist(), int(s[0]), int(s[1])).score / 100
 
 
+def _within(key: str, where: str, negate: bool = False) -> Callable[[Arrays], float]:
+    """The mean of ``a[key]`` over the rows where ``a[where]`` is True (False with ``negate``)."""
+
+    def compute(a: Arrays) -> float:
+        rows = ~a[where] if negate else a[where].astype(bool)
+        return float(a[key][rows].mean()) if rows.any() else math.nan
+
+    return compute
+
+
+def _oos_auroc(a: Arrays) -> float:
+    """How well low confidence finds the out-of-scope rows: the area under the ROC curve (0.5: chance)."""
+    oos = a["oos"].astype(bool)
+    if oos.all() or not oos.any():
+        return math.nan
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(oos, -a["confidence"]))
+
+
 def _judge(a: Arrays) -> float:
     valid = a["judge"][~np.isnan(a["judge"])]
     return float(valid.mean()) if len(valid) else math.nan
@@ -168,6 +188,34 @@ METRICS: dict[str, Metric] = {
             needs=("regex_pass",),
         ),
         Metric("judge_score", _ALL, "mean LLM-judge score, 1-5", _judge, needs=("judge",), points=1),
+        Metric(
+            "in_scope_accuracy",
+            _CLS,
+            "share of in-scope rows with the right label (an abstention there is wrong)",
+            _within("correct", "oos", negate=True),
+            needs=("oos",),
+        ),
+        Metric(
+            "oos_recall",
+            _CLS,
+            "share of out-of-scope rows answered out of scope (abstained)",
+            _within("said_oos", "oos"),
+            needs=("oos",),
+        ),
+        Metric(
+            "oos_precision",
+            _CLS,
+            "share of out-of-scope answers (abstentions) on out-of-scope rows",
+            _within("oos", "said_oos"),
+            needs=("oos",),
+        ),
+        Metric(
+            "oos_auroc",
+            _CLS,
+            "how well low confidence separates out-of-scope from in-scope rows (AUROC; 0.5 is chance)",
+            _oos_auroc,
+            needs=("oos", "confidence"),
+        ),
     ]
 }
 

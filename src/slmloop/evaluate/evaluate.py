@@ -339,8 +339,19 @@ def answer_gold(
 # ---------------------------------------------------------------------------------------------
 # score: metrics with CIs, and the neighbour subsets
 # ---------------------------------------------------------------------------------------------
-def _wanted(task: TaskConfig, cfg: EvalConfig) -> list[str]:
-    return list(dict.fromkeys([*HEADLINE[task.type], *cfg.metrics, *(g.metric for g in cfg.gates)]))
+#: a classifier with an out-of-scope label is also reported on these (with their CIs)
+OUT_OF_SCOPE_METRICS = ("in_scope_accuracy", "oos_recall", "oos_precision", "oos_auroc")
+
+
+def _confidences(answers: list[ModelAnswer]) -> list[float] | None:
+    """The calibrated confidence of every answer of an abstaining classifier (None: not one)."""
+    said = [a.scores.get("confidence") for a in answers]
+    return [float(c) for c in said if c is not None] if said and all(c is not None for c in said) else None
+
+
+def _wanted(task: TaskConfig, cfg: EvalConfig, scored: list[str] | None = None) -> list[str]:
+    extra = [m for m in OUT_OF_SCOPE_METRICS if scored is not None and m in scored]
+    return list(dict.fromkeys([*HEADLINE[task.type], *extra, *cfg.metrics, *(g.metric for g in cfg.gates)]))
 
 
 def _intervals(scores: RowScores, names: list[str], cfg: EvalConfig, idx: np.ndarray | None = None) -> dict[str, Any]:
@@ -686,13 +697,14 @@ def evaluate(
         [a.raw for a in answered.answers],
         regex=cfg.checks.regex,
         json_schema=cfg.checks.json_schema,
+        confidence=_confidences(answered.answers),
     )
     judge = None
     if cfg.judge is not None:
         judge = _judge(project, task, gold, answered.answers, cfg, console, transport)
         scores = scores.with_judge(judge.pop("scores"))
     metrics = summarize(scores)
-    metrics["ci"] = _intervals(scores, _wanted(task, cfg), cfg)
+    metrics["ci"] = _intervals(scores, _wanted(task, cfg, scores.names), cfg)
     subsets, sims = _neighbour_subsets(project, answered, gold, scores, cfg)
     if subsets is not None:
         metrics["subsets"] = subsets

@@ -48,20 +48,28 @@ def score_answers(
     *,
     regex: str | None = None,
     json_schema: dict[str, Any] | None = None,
+    confidence: Sequence[float] | None = None,
 ) -> RowScores:
     """Per-row scores of ``predictions`` (the task-shaped answers) against gold ``rows``.
 
-    ``raws`` are the models' full answers (extraction parses its JSON from them).
+    ``raws`` are the models' full answers (extraction parses its JSON from them). A classifier with
+    ``task.out_of_scope`` is also scored on its out-of-scope rows (``oos``) and answers (``said_oos``);
+    ``confidence`` (the calibrated score an abstaining classifier thresholds) adds the detection AUROC.
     """
     n = len(rows)
     raws = list(raws) if raws is not None else list(predictions)
     if task.type == "classification":
-        labels = list(task.labels or [])
+        labels = list(task.label_list)
         index = {lab: i for i, lab in enumerate(labels)}
         true = np.array([index[r["label"]] for r in rows], dtype=np.int64)
         pred = np.array([index.get(p, len(labels)) for p in predictions], dtype=np.int64)  # K = invalid
         arrays = {"true": true, "pred": pred, "correct": true == pred, "invalid": pred == len(labels)}
         arrays["k"] = np.array([len(labels)])
+        oos = getattr(task, "out_of_scope", None)
+        if oos is not None and oos in index:
+            arrays["oos"], arrays["said_oos"] = true == index[oos], pred == index[oos]
+            if confidence is not None and len(confidence) == n:
+                arrays["confidence"] = np.asarray(confidence, dtype=float)
         return RowScores("classification", n, arrays, labels)
     if task.type == "extraction":
         fields = list(task.fields or [])

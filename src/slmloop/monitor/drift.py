@@ -112,8 +112,15 @@ def score_window(
     if profile.confidence and confidence:
         signals.append(confidence_signal(profile.confidence, confidence, warn=t.confidence[0], drift=t.confidence[1]))
     if profile.invalid[1] and answers:
-        bad = sum(a.get("valid") is False or ("label" in a and a["label"] is None) for a in answers)
+        bad = sum(
+            a.get("valid") is False or ("label" in a and a["label"] is None and not a.get("abstained")) for a in answers
+        )
         signals.append(invalid_signal(profile.invalid, bad, len(answers), warn=t.invalid[0], drift=t.invalid[1]))
+    if profile.abstained[1] and answers:  # a classifier that abstains: more "none of these" = traffic it was not for
+        said = sum(bool(a.get("abstained")) for a in answers)
+        signals.append(
+            invalid_signal(profile.abstained, said, len(answers), warn=t.invalid[0], drift=t.invalid[1], name="abstain")
+        )
     return [judge(s, cfg.alpha) for s in signals]
 
 

@@ -271,7 +271,10 @@ def confidence_signal(ref_conf: list[float], live_conf: list[float], *, warn: fl
     )
 
 
-def invalid_signal(ref: tuple[int, int], live_invalid: int, live_n: int, *, warn: float, drift: float) -> Signal:
+def invalid_signal(
+    ref: tuple[int, int], live_invalid: int, live_n: int, *, warn: float, drift: float, name: str = "invalid"
+) -> Signal:
+    """A rise of a rate (invalid answers; ``name`` abstain: abstentions) over its reference, by Fisher's exact test."""
     from scipy.stats import fisher_exact
 
     k_ref, n_ref = ref
@@ -281,7 +284,7 @@ def invalid_signal(ref: tuple[int, int], live_invalid: int, live_n: int, *, warn
         table = [[live_invalid, live_n - live_invalid], [k_ref, n_ref - k_ref]]
         p = float(fisher_exact(table, alternative="greater").pvalue)
     return Signal(
-        "invalid",
+        name,
         rise,
         p,
         warn,

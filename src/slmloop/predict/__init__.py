@@ -9,6 +9,7 @@ distillation, the training recipe's validation metric — asks through this room
   training rows a model reads after a request, the label prior and the span prior;
 - :mod:`~slmloop.predict.tagger`: the CRF tagger the span prior (and the ``crf`` baseline) reads with;
 - :mod:`~slmloop.predict.spans`: the span prior, weighing the tagger's reading against the model's;
+- :mod:`~slmloop.predict.abstain`: a classifier's abstention ("none of these" when it is unsure);
 - :mod:`~slmloop.predict.parsing`: reading an answer (the JSON object, the (field, value) pairs);
 - :mod:`~slmloop.predict.targets`: what a model reference (``base``, ``run-3``, ``v2``) means;
 - :mod:`~slmloop.predict.answers`: the one answering path, with the engine as a parameter.
@@ -22,6 +23,7 @@ __all__, __getattr__ = lazy_api(
         "ModelAnswer": "answers",
         "answer_rows": "answers",
         "resolve_mode": "answers",
+        "Abstention": "abstain",
         "Companion": "companion",
         "load_companion": "companion",
         "prompt_messages": "tasks",

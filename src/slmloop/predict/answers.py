@@ -184,7 +184,9 @@ def answer_rows(
 
     ``mode`` rank: the most likely label (with probabilities, see
     :func:`~slmloop.models.inference.rank_labels` for ``margin``), times the row's label prior
-    where it carries one (``scores["model_label"]`` keeps the model's own choice); generate: greedy text,
+    where it carries one (``scores["model_label"]`` keeps the model's own choice), or the out-of-scope
+    label where the row carries an abstention and the model is unsure (``scores["abstained"]``,
+    ``scores["confidence"]``, ``scores["answered_label"]``: :mod:`slmloop.predict.abstain`); generate: greedy text,
     parsed to the task's shape. An extraction answer is generated as a JSON object
     (it opens with ``{`` and ends when the object closes), whatever the model; where the row carries a
     span reading (:mod:`slmloop.predict.spans`) it is weighed in (``scores["model_answer"]`` keeps the model's own).
@@ -210,6 +212,11 @@ def answer_rows(
             if h.prior:
                 scores = {"probs": fuse_prior(probs, h.prior), "model_label": next(iter(probs))}
             pred = next(iter(scores["probs"]))
+            if h.abstain is not None:  # "none of these" when the answered score is too low
+                abstained, scores["confidence"] = h.abstain.decide(scores["probs"])
+                if abstained:
+                    scores["abstained"], scores["answered_label"] = True, pred
+                    pred = h.abstain.label
             out.append(ModelAnswer(pred, pred, scores))
         return out
     said = engine.complete(

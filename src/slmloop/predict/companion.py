@@ -49,6 +49,7 @@ import numpy as np
 from slmloop.errors import ModelError
 from slmloop.manifest import TaskConfig
 from slmloop.models.embedder import embed
+from slmloop.predict.abstain import Abstention
 from slmloop.predict.spans import SpanJudge, SpanPrior
 from slmloop.predict.tagger import SpanTagger
 from slmloop.predict.tasks import Hints, answer_target, input_text
@@ -170,6 +171,7 @@ class Companion:
     examples: bool = False  # extraction: the shortlist is the nearest rows' inputs with their answers
     prior: LabelPrior | None = None  # classification: the label prior fit on the indexed rows
     spans: SpanPrior | None = None  # extraction: the span prior (a CRF tagger fit on the training split)
+    abstain: Abstention | None = None  # classification: when to answer the out-of-scope label instead
 
     @classmethod
     def empty(cls) -> Companion:
@@ -179,7 +181,7 @@ class Companion:
     @property
     def in_use(self) -> bool:
         """Whether a model answering with this index reads or is weighed by any of it."""
-        return bool(self.k) or self.active_prior is not None or self.active_spans is not None
+        return bool(self.k) or self.active_prior is not None or self.active_spans is not None or bool(self.abstain)
 
     @property
     def active_prior(self) -> LabelPrior | None:
@@ -270,7 +272,10 @@ class Companion:
                 Hints(examples=tuple((a, b) for a, b in c), prior=p, spans=s)
                 for c, p, s in zip(found, priors, readings, strict=True)
             ]
-        return [Hints(shortlist=tuple(c), prior=p, spans=s) for c, p, s in zip(found, priors, readings, strict=True)]
+        return [
+            Hints(shortlist=tuple(c), prior=p, spans=s, abstain=self.abstain)
+            for c, p, s in zip(found, priors, readings, strict=True)
+        ]
 
     def save(self, folder: Path) -> Path:
         """Write ``folder/shortlist.npz`` atomically.
@@ -296,6 +301,9 @@ class Companion:
             arrays |= spans.tagger.arrays("spans_")
             arrays["spans_judge"] = np.array(spans.judge.as_list())
             arrays["spans_alternative_p"] = np.array(spans.judge.alternative_p)
+        if self.abstain is not None:
+            arrays["abstain_label"] = np.array(self.abstain.label)
+            arrays["abstain"] = self.abstain.as_array()
         np.savez(tmp, allow_pickle=False, **arrays)
         os.replace(tmp, path)
         return path
@@ -328,7 +336,8 @@ def load_companion(folder: Path | None) -> Companion | None:
                     judge = replace(judge, alternative_p=float(z["spans_alternative_p"]))
                 spans = SpanPrior(SpanTagger.from_arrays(z, "spans_"), judge)
             vectors, embedder = z["vectors"], str(z["embedder"])
-            return Companion(int(z["k"]), labels, vectors, embedder, texts, texts is not None, prior, spans)
+            abstain = Abstention.from_array(str(z["abstain_label"]), z["abstain"]) if "abstain" in z.files else None
+            return Companion(int(z["k"]), labels, vectors, embedder, texts, texts is not None, prior, spans, abstain)
     except (OSError, KeyError, ValueError) as exc:
         raise ModelError(
             f"the shortlist index {path} cannot be read ({exc})",

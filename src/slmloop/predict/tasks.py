@@ -43,6 +43,7 @@ from typing import Any
 
 from slmloop.errors import ConfigError
 from slmloop.manifest import TaskConfig
+from slmloop.predict.abstain import Abstention
 from slmloop.predict.inline import inline_fits, mark, unmark
 
 __all__ = [
@@ -82,6 +83,8 @@ class Hints:
     #: an extractor's span reading: a CRF tagger's tags and marginals on the input's tokens, with the judge
     #: that weighs them against the model's answer (see :mod:`slmloop.predict.spans`)
     spans: dict[str, Any] | None = None
+    #: a classifier's abstention: when its calibrated confidence is too low it answers the out-of-scope label
+    abstain: Abstention | None = None
 
 
 #: the fields a source must provide, per task

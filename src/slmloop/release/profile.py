@@ -49,6 +49,7 @@ class ReferenceProfile:
     invalid: tuple[int, int]  # (invalid answers, answers) on held-out rows
     embedding_model: str
     embeddings: np.ndarray
+    abstained: tuple[int, int] = (0, 0)  # (abstentions, answers) on held-out rows: a classifier with task.abstain
 
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
@@ -56,24 +57,28 @@ class ReferenceProfile:
         return d
 
 
-def _answer_stats(project: Project, version: int, run_id: int) -> tuple[list[float], tuple[int, int], dict[str, int]]:
-    """Confidence, invalid-output counts and answered labels of the run's newest gold evaluation."""
+def _answer_stats(
+    project: Project, version: int, run_id: int
+) -> tuple[list[float], tuple[int, int], dict[str, int], tuple[int, int]]:
+    """Confidence, invalid-output counts, answered labels and abstentions of the run's newest gold evaluation."""
     from slmloop.evaluate.results import newest_evaluation
 
     ev = newest_evaluation(project, [f"release-{version}", f"run-{run_id}"])
     if ev is None:
-        return [], (0, 0), {}
-    confidence, invalid, n = [], 0, 0
+        return [], (0, 0), {}, (0, 0)
+    confidence, invalid, abstained, n = [], 0, 0, 0
     labels: dict[str, int] = {}
     for p in project.store.predictions(ev.id):
         n += 1
         probs = (p.scores or {}).get("probs")
-        if probs:
+        if (p.scores or {}).get("abstained"):
+            abstained += 1
+        elif probs:
             confidence.append(float(max(probs.values())))
             labels[p.prediction] = labels.get(p.prediction, 0) + 1
         if not p.prediction:
             invalid += 1
-    return confidence, (invalid, n), labels
+    return confidence, (invalid, n), labels, (abstained, n)
 
 
 def build_profile(project: Project, version: int, dataset_id: str, run_id: int) -> ReferenceProfile:
@@ -96,7 +101,7 @@ def build_profile(project: Project, version: int, dataset_id: str, run_id: int) 
         for r in splits.train:
             counts[str(r["label"])] = counts.get(str(r["label"]), 0) + 1
         label_share = {k: v / len(splits.train) for k, v in sorted(counts.items())}
-    confidence, invalid, answered = _answer_stats(project, version, run_id)
+    confidence, invalid, answered, abstained = _answer_stats(project, version, run_id)
     emb = embed(sample, cfg.embedding_model, project.home / "cache" / "embeddings")
     return ReferenceProfile(
         release=version,
@@ -110,6 +115,7 @@ def build_profile(project: Project, version: int, dataset_id: str, run_id: int) 
         invalid=invalid,
         embedding_model=cfg.embedding_model,
         embeddings=np.asarray(emb, dtype=np.float32),
+        abstained=abstained,
     )
 
 
@@ -126,6 +132,7 @@ def write_profile(profile: ReferenceProfile, folder: Path) -> None:
 def _read(folder: Path) -> ReferenceProfile:
     d = json.loads((folder / "profile.json").read_text())
     d["oov"], d["invalid"] = tuple(d["oov"]), tuple(d["invalid"])
+    d["abstained"] = tuple(d.get("abstained", (0, 0)))
     d.setdefault("label_counts", {})
     return ReferenceProfile(**d, embeddings=np.load(folder / "embeddings.npy"))
 
@@ -142,7 +149,7 @@ def load_profile(project: Project, release: Release) -> ReferenceProfile:
         profile = build_profile(project, release.version, release.dataset_id, release.run_id)
         write_profile(profile, cached)
     if not profile.invalid[1] or not profile.label_counts:  # exported before its evaluation, or an older profile
-        confidence, invalid, answered = _answer_stats(project, release.version, release.run_id)
-        profile.confidence, profile.invalid = confidence, invalid
+        confidence, invalid, answered, abstained = _answer_stats(project, release.version, release.run_id)
+        profile.confidence, profile.invalid, profile.abstained = confidence, invalid, abstained
         profile.label_counts = answered or profile.label_counts
     return profile

@@ -173,14 +173,14 @@ def create_app(
     slot = slot if isinstance(slot, ModelSlot) else ModelSlot(slot)
     metrics = ServerMetrics()
     metrics.release.set(slot.current.release or 0)
-    max_batch = cfg.max_batch if cfg.batching else 1
+    # in flight at most: one full batch (serve.max_batch, batching or not) and serve.max_queue beyond it
+    in_flight = cfg.max_queue + cfg.max_batch
     batcher = Batcher(
         slot,
-        max_batch=max_batch,
+        max_batch=cfg.max_batch if cfg.batching else 1,
         wait_ms=cfg.batch_wait_ms if cfg.batching else 0.0,
         observe=metrics.batch_size.observe,
-        # the queue holds the next batch and serve.max_queue beyond it (Admission bounds what is in flight alike)
-        max_queue=cfg.max_queue + max_batch,
+        max_queue=in_flight,
     )
     log = RequestLogWriter(store, retention_days=cfg.log_retention_days) if store is not None else None
     server = ServerState(slot, batcher, metrics, store, cfg, frozenset(keys), log)
@@ -189,7 +189,7 @@ def create_app(
     app.middleware("http")(_guard_and_log)
     app.add_middleware(BodyLimit, server=server)
     # outermost: past the requests the queue and a batch hold, refuse before anything else runs
-    app.add_middleware(Admission, server=server, limit=cfg.max_queue + max_batch)
+    app.add_middleware(Admission, server=server, limit=in_flight)
     app.add_exception_handler(RequestValidationError, _bad_request)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(ClientError, _client_error)  # type: ignore[arg-type]

@@ -72,8 +72,19 @@ class Predictor:
 
     def _shape(self, a: ModelAnswer) -> dict[str, Any]:
         if self.task.type == "classification":
+            if a.scores.get("abstained"):  # none of the labels: the request is out of scope
+                return {
+                    "label": None,
+                    "abstained": True,
+                    "out_of_scope": a.prediction,
+                    "confidence": a.scores["confidence"],
+                    "scores": a.scores["probs"],
+                }
             if "probs" in a.scores:
-                return {"label": a.prediction, "scores": a.scores["probs"]}
+                shaped = {"label": a.prediction, "scores": a.scores["probs"]}
+                if "confidence" in a.scores:  # an abstaining classifier: the calibrated score it thresholds
+                    shaped |= {"abstained": False, "confidence": a.scores["confidence"]}
+                return shaped
             return {"label": a.prediction or None, "raw": a.raw, "valid": bool(a.prediction)}
         if self.task.type == "extraction":
             obj = parse_json_object(a.raw)

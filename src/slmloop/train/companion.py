@@ -3,6 +3,7 @@
     build_companion()    index the training split (the shortlist's neighbours) and fit the label
                          prior; every split's rows get their hints (training rows: without themselves)
     choose_prior()       weigh the label prior on the validation split (0: dropped)
+    choose_abstention()  calibrate a classifier's answered scores and choose its abstention threshold
     choose_spans()       fit the span prior (a CRF tagger) and its judge on the validation split
     companion_summary()  what the hints hold and how often they point the right way
 
@@ -26,7 +27,14 @@ from slmloop.predict.engines import LocalEngine
 from slmloop.predict.tasks import Hints
 from slmloop.progress import status
 
-__all__ = ["PRIOR_VALIDATION_ROWS", "build_companion", "choose_prior", "choose_spans", "companion_summary"]
+__all__ = [
+    "PRIOR_VALIDATION_ROWS",
+    "build_companion",
+    "choose_abstention",
+    "choose_prior",
+    "choose_spans",
+    "companion_summary",
+]
 
 #: validation rows the label prior's weight and the span prior's judge are chosen on (at most)
 PRIOR_VALIDATION_ROWS = 1000
@@ -112,6 +120,54 @@ def choose_prior(
     if not prior.weight:
         companion.prior = None
     return choice
+
+
+def choose_abstention(
+    companion: Companion | None,
+    model: Any,
+    tok: Any,
+    task: TaskConfig,
+    prompt: str,
+    rows: list[dict[str, Any]],
+    cfg: EvalConfig,
+    *,
+    cache_dir: Path,
+    console: Console,
+) -> tuple[Companion | None, dict[str, Any] | None]:
+    """Calibrate the classifier's answered scores and choose its abstention threshold on validation ``rows``
+    (:mod:`slmloop.predict.abstain`), after the label prior was weighed: the model answers them as evaluation
+    will (prior included). Returns the companion that ships (made when the run had none) and the choice."""
+    from slmloop.predict.abstain import Abstention, choose_threshold, fit_temperature
+
+    rule = task.abstain
+    if rule is None or task.out_of_scope is None or not rows:
+        return companion, None
+    companion = companion if companion is not None else Companion.empty()
+    companion.abstain = None
+    with status(console, f"choosing the abstention threshold on {len(rows)} validation rows …"):
+        hints = companion.hints(task, rows, cache_dir=cache_dir)
+        answers = _own_answers(model, tok, task, prompt, "rank", rows, hints, cfg)
+        probs = [a.scores["probs"] for a in answers]
+        truth = [str(r["label"]) for r in rows]
+        temperature = fit_temperature(probs, truth)
+        calibrated = Abstention(task.out_of_scope, temperature, 0.0)
+        threshold, choice = choose_threshold(
+            [calibrated.confidence(p) for p in probs],
+            [next(iter(p)) for p in probs],
+            truth,
+            task.out_of_scope,
+            max_in_scope_drop=rule.max_in_scope_drop,
+            min_oos_recall=rule.min_oos_recall,
+        )
+    companion.abstain = Abstention(task.out_of_scope, temperature, threshold)
+    choice = {"label": task.out_of_scope, "temperature": temperature, **choice}
+    recall = "" if choice["oos_recall"] is None else f", catches {choice['oos_recall']:.1%} of out-of-scope rows"
+    console.print(
+        f"abstention: below confidence {threshold:.3f} (temperature {temperature:.2f}) answers "
+        f"{task.out_of_scope!r}; on validation in-scope accuracy {choice['in_scope_accuracy']:.3f} "
+        f"(closed world {choice['closed_world_accuracy']:.3f}){recall}"
+    )
+    return companion, choice
 
 
 def choose_spans(

@@ -77,6 +77,7 @@ from slmloop.train.checkpoint import (
 from slmloop.train.companion import (
     PRIOR_VALIDATION_ROWS,
     build_companion,
+    choose_abstention,
     choose_prior,
     choose_spans,
     companion_summary,
@@ -152,6 +153,8 @@ class TrainSetup:
     prior_choice: dict[str, Any] | None = None
     #: the span prior's judge, fit on the validation split after training (see fit_priors)
     span_choice: dict[str, Any] | None = None
+    #: the abstention threshold and calibration, chosen on the validation split after training (see fit_priors)
+    abstain_choice: dict[str, Any] | None = None
     #: why an extractor answers inline or as JSON (task.answer: auto, see slmloop.predict.tasks.resolve_answer)
     answer_note: str = ""
 
@@ -254,6 +257,10 @@ def fit_priors(st: TrainSetup, parts: Parts, console: Console) -> None:
     if st.task.type == "extraction" and st.config.span_prior != "off" and rows:
         st.companion, st.span_choice = choose_spans(
             st.companion, *ask, st.splits.train, rows, hints, cfg, cache_dir=cache, console=console
+        )
+    if st.task.abstain is not None:
+        st.companion, st.abstain_choice = choose_abstention(
+            st.companion, *ask, rows, cfg, cache_dir=cache / "embeddings", console=console
         )
 
 
@@ -960,6 +967,7 @@ def save(st: TrainSetup, parts: Parts, run: Run, state: LoopState, forecast: For
         "prompt": st.prompt,
         "shortlist": companion_summary(st.companion, st.task, st.splits, st.hints, st.prior_choice),
         "span_prior": st.span_choice,
+        "abstain": st.abstain_choice,
         "train": st.config.model_dump(),
         "lora": parts.lora,
         "max_length": st.max_length,

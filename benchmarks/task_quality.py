@@ -12,6 +12,9 @@ metric with its CI, and the paired tests' verdicts.
 Tasks:
     hwu64-cls   HWU64 fold 1: 64 intents (label = <scenario>_<intent>), 9,960 train rows, 1,076 gold
     hwu64-ext   the same rows: the inline slots (`[slot : value]`) as a JSON object, slots optional
+    hwu64-oos   HWU64 intents with 10 of them (seeded) held out of training and validation: their gold rows
+                are out of scope (label oos); the classifier abstains (task.abstain, defaults). Reports
+                in-scope accuracy and out-of-scope recall beside the closed-world in-scope accuracy
     sms         the bundled SMS spam example (2 labels, 1,500 rows; gold split from the data)
     viggo       ViGGO data-to-text: video-game meaning representation -> one or two sentences; the CSV files
                 as shipped (train.csv as the source, test.csv as the gold file: 359 inputs with ~3 references
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import random
 import re
 import statistics
 import sys
@@ -40,12 +44,14 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+#: hwu64-oos: intents held out of training and validation (their gold rows are out of scope)
+OOS_INTENTS = 10
 SLOT = re.compile(r"\[\s*([^\]:]+?)\s*:\s*([^\]]*?)\s*\]")
 
 
 def hwu64_rows(folder: Path, kind: str) -> list[dict[str, Any]]:
     """Rows of the HWU64 CSV files in ``folder`` as classification or extraction rows."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for f in sorted(folder.glob("*.csv")):
         with open(f, newline="", encoding="utf-8") as fh:
             for r in csv.DictReader(fh, delimiter=";"):
@@ -102,12 +108,24 @@ def make_project(name: str, folder: Path, data_dir: Path, overrides: dict[str, A
         }
     else:
         kind = name.split("-")[1]
-        train = hwu64_rows(data_dir / "hwu64" / "train", kind)
-        gold = hwu64_rows(data_dir / "hwu64" / "test", kind)
+        train = hwu64_rows(data_dir / "hwu64" / "train", "ext" if kind == "ext" else "cls")
+        gold = hwu64_rows(data_dir / "hwu64" / "test", "ext" if kind == "ext" else "cls")
+        if kind == "oos":  # 10 intents (seeded) held out of training; their gold rows are out of scope
+            held = set(random.Random(0).sample(sorted({r["label"] for r in train}), OOS_INTENTS))
+            train = [r for r in train if r["label"] not in held]
+            gold = [dict(r, label="oos") if r["label"] in held else r for r in gold]
         (folder / "data").mkdir(exist_ok=True)
         _write_jsonl(folder / "data" / "train.jsonl", train)
         _write_jsonl(folder / "data" / "test.jsonl", gold)
-        if kind == "cls":
+        if kind == "oos":
+            task = {
+                "type": "classification",
+                "instruction": "Classify the intent of the request.",
+                "labels": "auto",
+                "out_of_scope": "oos",
+                "abstain": {},
+            }
+        elif kind == "cls":
             task = {"type": "classification", "instruction": "Classify the intent of the request.", "labels": "auto"}
         else:
             task = {
@@ -289,11 +307,35 @@ def run_task(name: str, args: argparse.Namespace, overrides: dict[str, Any]) -> 
     if "span_prior" in runtime:  # the span prior's fused answers; the model on its own beside them
         result["finetuned"]["span_prior"] = runtime["span_prior"]
         result["finetuned"]["model_alone"] = runtime["model_alone_micro_f1"]
+    if "oos_recall" in tuned.metrics:
+        result["abstention"] = _abstention(project, tuned, [*baselines.values(), base])
     if task.type == "extraction":
         result["finetuned"]["exact_match"] = tuned.metrics.get("exact_match")
         result["finetuned"]["json_valid_rate"] = tuned.metrics.get("json_valid_rate")
     project.close()
     return result
+
+
+def _abstention(project: Any, tuned: Any, others: list[Any]) -> dict[str, Any]:
+    """Out-of-scope detection: in-scope accuracy (abstentions there wrong) and out-of-scope recall, with their
+    CIs, beside the same model's closed-world in-scope accuracy (its answer before abstaining) and the others'."""
+    from slmloop.evaluate.results import gold_rows
+
+    rows = gold_rows(project, tuned.gold_id)
+    preds = project.store.predictions(tuned.id)
+    inside = [(r, p) for r, p in zip(rows, preds, strict=True) if r["label"] != "oos"]
+    closed = sum(p.scores.get("answered_label", p.prediction) == r["label"] for r, p in inside) / max(1, len(inside))
+    names = ("in_scope_accuracy", "oos_recall", "oos_precision", "oos_auroc")
+
+    def cells(e: Any) -> dict[str, Any]:
+        return {m: {"value": e.metrics.get(m), "ci": e.metrics["ci"].get(m)} for m in names if m in e.metrics}
+
+    return {
+        "finetuned": cells(tuned),
+        "closed_world_in_scope_accuracy": closed,
+        "abstain": (tuned.metrics.get("runtime") or {}).get("abstain"),
+        "others": {e.model_ref: cells(e) for e in others},
+    }
 
 
 def _table(results: list[dict[str, Any]]) -> None:
@@ -349,6 +391,23 @@ def _table(results: list[dict[str, Any]]) -> None:
                 f"validation): {ft['value']:.3f}; "
                 f"the fine-tuned model on its own: {ft['model_alone']:.3f}"
             )
+        if "abstention" in r:
+            a = r["abstention"]
+
+            def pair(c: dict[str, Any]) -> str:
+                parts = []
+                for m in ("in_scope_accuracy", "oos_recall"):
+                    if m in c and c[m]["value"] is not None:
+                        lo, hi = c[m]["ci"] or (float("nan"), float("nan"))
+                        parts.append(f"{m} {c[m]['value']:.3f} [{lo:.3f}, {hi:.3f}]")
+                return ", ".join(parts)
+
+            print(
+                f"  abstention: fine-tuned {pair(a['finetuned'])}; closed world (no abstention) in-scope accuracy "
+                f"{a['closed_world_in_scope_accuracy']:.3f}"
+            )
+            for who, c in a["others"].items():
+                print(f"    {who}: {pair(c)}")
         if r["sentence_vs_best_baseline"]:
             print(f"  {r['sentence_vs_best_baseline']}")
         for m, c in r.get("vs_best_baseline_also", {}).items():
@@ -383,7 +442,7 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", action="append", choices=["hwu64-cls", "hwu64-ext", "sms", "viggo"])
+    ap.add_argument("--task", action="append", choices=["hwu64-cls", "hwu64-ext", "hwu64-oos", "sms", "viggo"])
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "datasets"))
     ap.add_argument("--work", default="/tmp/slmloop-task-quality")
     ap.add_argument("--json", type=Path)

@@ -134,6 +134,9 @@ def _answer_local(
         style += " · inline answers"
     if spans is not None:
         style += " · span prior"
+    abstain = companion.abstain if companion is not None and mode == "rank" else None
+    if abstain is not None:
+        style += f" · abstains below {abstain.threshold:.2f}"
     model_ref = target.ref if engine == "transformers" else f"{target.ref}@{engine}"
     try:
         with progress_bar(console, f"{model_ref} ({mode}, {style} prompt)") as progress:
@@ -167,6 +170,12 @@ def _answer_local(
         runtime["model_alone_accuracy"] = sum(x == str(r["label"]) for x, r in zip(alone, gold, strict=True)) / max(
             len(gold), 1
         )
+    if abstain is not None:  # when it says "none of these"
+        runtime["abstain"] = {
+            "label": abstain.label,
+            "temperature": abstain.temperature,
+            "threshold": abstain.threshold,
+        }
     if spans is not None:  # the model on its own, beside the fused answers
         runtime["span_prior"] = spans.judge.summary()
         alone = [a.scores.get("model_answer", a.raw) for a in answers]

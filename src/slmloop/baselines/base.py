@@ -39,10 +39,18 @@ def baselines_for(task: TaskConfig) -> list[str]:
 
 
 def fit_baseline(
-    name: str, task: TaskConfig, train: list[dict[str, Any]], embed: Embed, cache_dir: Path | None = None
+    name: str,
+    task: TaskConfig,
+    train: list[dict[str, Any]],
+    embed: Embed,
+    cache_dir: Path | None = None,
+    validation: list[dict[str, Any]] | None = None,
 ) -> FittedBaseline:
     """Fit baseline ``name`` on ``train`` rows. ``embed`` maps texts to unit vectors (MiniLM); ``cache_dir``
-    (a project's ``cache/``) keeps fitted CRF taggers (the span prior reuses the one fit on the same rows)."""
+    (a project's ``cache/``) keeps fitted CRF taggers (the span prior reuses the one fit on the same rows).
+
+    A classifier with ``task.abstain`` abstains like a fine-tuned one: its probabilities are calibrated and
+    thresholded by the same rule on ``validation`` rows (:func:`abstaining`), so comparisons stay fair."""
     if name not in BASELINES:
         raise ConfigError(f"no baseline named {name!r}", hint=f"Baselines: {', '.join(BASELINES)}.")
     if task.type not in BASELINES[name]:
@@ -64,4 +72,44 @@ def fit_baseline(
         predict, info = fit_crf(task, train, cache_dir)
     else:
         predict, info = fit_nearest(task, train, embed)
+    if task.type == "classification" and task.abstain is not None and name in ("tfidf-lr", "minilm-lr"):
+        predict, info["abstain"] = abstaining(task, predict, validation or [])
     return FittedBaseline(name, time.perf_counter() - started, predict, info)
+
+
+def abstaining(
+    task: TaskConfig, predict: Callable[[list[dict[str, Any]]], list[ModelAnswer]], validation: list[dict[str, Any]]
+) -> tuple[Callable[[list[dict[str, Any]]], list[ModelAnswer]], dict[str, Any]]:
+    """``predict`` (answers with label probabilities) made to abstain: temperature and threshold chosen on
+    ``validation`` by the rule a fine-tuned classifier's are (:mod:`slmloop.predict.abstain`)."""
+    from slmloop.predict.abstain import Abstention, choose_threshold, fit_temperature
+
+    assert task.abstain is not None and task.out_of_scope is not None
+    said = predict(validation) if validation else []
+    probs = [a.scores["probs"] for a in said]
+    truth = [str(r["label"]) for r in validation]
+    temperature = fit_temperature(probs, truth)
+    calibrated = Abstention(task.out_of_scope, temperature, 0.0)
+    threshold, choice = choose_threshold(
+        [calibrated.confidence(p) for p in probs],
+        [next(iter(p), task.out_of_scope) for p in probs],
+        truth,
+        task.out_of_scope,
+        max_in_scope_drop=task.abstain.max_in_scope_drop,
+        min_oos_recall=task.abstain.min_oos_recall,
+    )
+    rule = Abstention(task.out_of_scope, temperature, threshold)
+
+    def answer(rows: list[dict[str, Any]]) -> list[ModelAnswer]:
+        out = []
+        for a in predict(rows):
+            abstained, confidence = rule.decide(a.scores["probs"])
+            scores = {**a.scores, "confidence": confidence}
+            if abstained:
+                scores |= {"abstained": True, "answered_label": a.prediction}
+                out.append(ModelAnswer(rule.label, rule.label, scores))
+            else:
+                out.append(ModelAnswer(a.prediction, a.raw, scores))
+        return out
+
+    return answer, {"temperature": temperature, **choice}

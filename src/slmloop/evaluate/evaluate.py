@@ -215,7 +215,9 @@ def _answer_baseline(
 
     data = load_dataset(project, dataset_id)
     task = dataset_task(project, data.version)
-    fitted = fit_baseline(name, task, data.train, project_embedder(project), project.home / "cache")
+    fitted = fit_baseline(
+        name, task, data.train, project_embedder(project), project.home / "cache", validation=data.validation
+    )
     started = time.perf_counter()
     answers = fitted.predict(gold)
     runtime = _timing(time.perf_counter() - started, len(gold), cfg, "baseline")

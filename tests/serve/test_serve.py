@@ -386,7 +386,7 @@ def test_a_full_queue_answers_429_with_retry_after_and_a_late_request_503(traine
     from slmloop.serve.app import create_app
 
     gated = _Gated(trained_copy.task)
-    cfg = ServeConfig(max_queue=2, request_timeout_s=0.5, batching=False)
+    cfg = ServeConfig(max_queue=2, max_batch=1, request_timeout_s=0.5, batching=False)
     app = create_app(gated, trained_copy.store, cfg)
     with TestClient(app) as client:
         answers: dict[str, Any] = {}

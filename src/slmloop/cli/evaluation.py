@@ -81,7 +81,7 @@ def evaluate(
 
 
 def prior_lines(metrics: dict[str, Any]) -> list[str]:
-    """What a prior did to the answers, with the model's own score beside them."""
+    """What a prior did to the answers, with the model's own score beside them, and what abstention did."""
     rt = metrics.get("runtime", {})
     lines = []
     if "label_prior" in rt:
@@ -95,6 +95,16 @@ def prior_lines(metrics: dict[str, Any]) -> list[str]:
             f"answers weighed with the span prior (a CRF tagger; judge threshold {threshold:g}, fit on validation): "
             "micro_f1 "
             f"{metrics.get('micro_f1', float('nan')):.4f}; the fine-tuned model alone: {rt['model_alone_micro_f1']:.4f}"
+        )
+    abstain = rt.get("abstain") or (rt.get("baseline") or {}).get("abstain")
+    if abstain and "oos_recall" in metrics:
+        ci = metrics.get("ci", {})
+        lines.append(
+            f"abstains below confidence {abstain['threshold']:.3f} (chosen on validation): in-scope accuracy "
+            f"{_fmt(metrics['in_scope_accuracy'], ci.get('in_scope_accuracy'))}, out-of-scope recall "
+            f"{_fmt(metrics['oos_recall'], ci.get('oos_recall'))}, precision "
+            f"{_fmt(metrics.get('oos_precision'), ci.get('oos_precision'))}, AUROC "
+            f"{_fmt(metrics.get('oos_auroc'), ci.get('oos_auroc'))}"
         )
     return lines
 

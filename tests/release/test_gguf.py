@@ -194,3 +194,31 @@ def test_llama_cpp_ranks_labels_as_transformers_does(merged, tmp_path) -> None:
         assert max(range(4), key=lambda j: have[j]) == max(range(4), key=lambda j: want[j])
     for a, b in zip(again[::-1], got, strict=True):
         assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_a_constrained_answer_holds_only_the_task_fields_through_llama_cpp(merged, tmp_path) -> None:
+    from slmloop.predict.constrain import answer_schema
+    from slmloop.predict.engines import LlamaCppEngine
+    from slmloop.predict.parsing import parse_json_object
+    from tests.predict.test_constrain import ROWS, TASK, inside
+
+    if not llama_cpp_available():
+        pytest.skip("llama-cpp-python is not installed (make setup installs it)")
+    path = write_gguf(merged, tmp_path / "m-f16.gguf", "f16", name="toy")
+    tok = load_tokenizer(ResolvedModel("m", str(merged), "local"))
+    schema = answer_schema(TASK)
+    engine = LlamaCppEngine(str(path), tok)
+    try:
+        asked = [
+            [{"role": "system", "content": TASK.instruction}, {"role": "user", "content": r["text"]}] for r in ROWS
+        ]
+        free = engine.complete(asked, 48, batch_size=5, json_object=True)
+        held = engine.complete(asked, 48, batch_size=5, json_object=True, schema=schema)
+    finally:
+        engine.close()
+    assert not all(inside(tok, schema, text) for text, _, _ in free)  # the classifier writes labels, not fields
+    for text, n, _ in held:
+        assert inside(tok, schema, text), text
+        if n < 48:
+            obj = parse_json_object(text)
+            assert obj is not None and set(obj) <= {"city", "date"}, text

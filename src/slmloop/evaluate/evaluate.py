@@ -32,6 +32,7 @@ from slmloop.evaluate.stats import bootstrap_ci, wilson_ci
 from slmloop.manifest import EvalConfig, TaskConfig
 from slmloop.metrics import HEADLINE, METRICS, RowScores, summarize
 from slmloop.predict.answers import ModelAnswer, answer_rows, is_correct, resolve_mode
+from slmloop.predict.constrain import decoding_schema
 from slmloop.predict.engines import LocalEngine
 from slmloop.predict.parsing import parse_json_object
 from slmloop.predict.tasks import Hints, answers_inline, input_text, parse_prediction, prompt_messages, target_text
@@ -152,6 +153,7 @@ def _answer_local(
                 max_new_tokens=cfg.max_new_tokens,
                 margin=cfg.rank_margin,
                 progress=lambda n: progress.update(bar, advance=n),
+                schema=decoding_schema(task, cfg),
             )
     finally:
         close = getattr(answering, "close", None)

@@ -74,6 +74,7 @@ def generate(
     on_token: Callable[[int, int], None] | None = None,
     json_object: bool = False,
     stop: Callable[[int], bool] | None = None,
+    constraints: Sequence[Any] | None = None,
 ) -> list[tuple[str, int]]:
     """Continuation of each rendered prompt: ``[(text, new_token_count), …]``.
 
@@ -82,6 +83,9 @@ def generate(
     ``on_token(i, token_id)`` is called for every new token of prompt ``i`` as it is
     chosen (streaming); the end-of-sequence token is not passed. ``stop(i)`` True: nobody waits
     for prompt ``i`` any more (its client left); it leaves the batch at the next step.
+    ``constraints``: one per prompt, each with ``allowed()`` (a bool per token id: may it come next?)
+    and ``feed(token)`` (True once the answer is complete): a grammar the answer must follow
+    (:mod:`slmloop.predict.constrain`); it replaces ``json_object``'s rule.
 
     ``json_object``: the answer is a JSON object (extraction). Its first token must open
     one (``{``, ``{"``, ``{}``), and a row is done when that object closes. A fine-tuned
@@ -106,6 +110,8 @@ def generate(
     opens = JsonObjectEnd.opens(texts) if texts is not None else None
     if opens is not None and not any(opens):
         opens = None  # a vocabulary without "{": the first token stays free
+    if constraints is not None:
+        texts, opens = None, None  # the grammar opens and closes the object
     limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     temps = [float(temperature)] * len(prompts) if isinstance(temperature, int | float) else list(temperature)
     for batch in _batches([len(e) for e in encoded], batch_size):
@@ -124,6 +130,7 @@ def generate(
             [JsonObjectEnd(texts) for _ in batch] if texts is not None else None,
             opens,
             left,
+            [constraints[i] for i in batch] if constraints is not None else None,
         )
         for i, new in zip(batch, tokens, strict=True):
             out[i] = (str(tok.decode(new, skip_special_tokens=True)).strip(), len(new))
@@ -327,10 +334,13 @@ def _decode_batch(
     ends: list[JsonObjectEnd] | None = None,
     opens: list[bool] | None = None,
     stop: Callable[[int], bool] | None = None,
+    rules: list[Any] | None = None,
 ) -> list[list[int]]:
     """New tokens per row, each row at most its ``limits`` tokens, greedy or sampled at its temperature.
     ``ends``: a JSON tracker per row (a row is done when its object closes); ``opens``: per token id,
-    whether a first token may be it; ``stop(row)``: the row is no longer wanted."""
+    whether a first token may be it; ``stop(row)``: the row is no longer wanted; ``rules``: a grammar per
+    row (see :func:`generate`'s ``constraints``)."""
+    import numpy as np
     import torch
 
     head = _Head(model)
@@ -352,6 +362,12 @@ def _decode_batch(
                 allowed = torch.zeros(logp.shape[-1], dtype=torch.bool, device=logp.device)
                 allowed[:n] = torch.tensor(opens[:n], device=logp.device)
                 logp = logp.masked_fill(~allowed, -math.inf)
+            if rules is not None:  # each row's grammar: only what keeps its answer inside it
+                fits = np.zeros(logp.shape, dtype=bool)
+                for i, r in enumerate(active):
+                    ok = rules[r].allowed()
+                    fits[i, : min(len(ok), logp.shape[-1])] = ok[: logp.shape[-1]]
+                logp = logp.masked_fill(~torch.from_numpy(fits).to(logp.device), -math.inf)
             picked = logp.argmax(dim=-1).tolist()
             hot = [i for i, r in enumerate(active) if temperatures[r] > 0]
             if hot:
@@ -365,7 +381,7 @@ def _decode_batch(
             if t not in eos:
                 if emit is not None:
                     emit(r, t)
-                done = ends is not None and ends[r].feed(t)
+                done = (ends is not None and ends[r].feed(t)) or (rules is not None and rules[r].feed(t))
                 if not done and len(new[r]) < limits[r] and not (stop is not None and stop(r)):
                     keep.append(i)
         if not keep:

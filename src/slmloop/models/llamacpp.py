@@ -36,12 +36,14 @@ class LlamaCpp:
         emit: Callable[[int], None] | None = None,
         json_texts: list[str] | None = None,
         stop: Callable[[], bool] | None = None,
+        schema: dict[str, Any] | None = None,
     ) -> tuple[str, int]:
         """(answer text, new tokens); ``emit`` sees each new token id (the stop token excluded); ``stop()``
         True ends the answer where it is (nobody waits for it any more).
 
         ``json_texts`` (the text of every token id): the answer is a JSON object, opened by its
-        first token and done when it closes, as :func:`slmloop.models.inference.generate` does.
+        first token and done when it closes, as :func:`slmloop.models.inference.generate` does. ``schema``: a
+        JSON schema the answer must follow (llama.cpp's grammar of it), spaced as ``json.dumps`` writes.
         """
         import numpy as np
         from llama_cpp import LogitsProcessorList
@@ -65,6 +67,7 @@ class LlamaCpp:
                 return masked
 
             processors = LogitsProcessorList([first_opens])
+        grammar = _grammar(schema) if schema is not None else None
         for t in self.llm.generate(
             tokens,
             top_k=1 if greedy else 40,
@@ -73,6 +76,7 @@ class LlamaCpp:
             repeat_penalty=1.0,
             reset=True,
             logits_processor=processors,
+            grammar=grammar,
         ):
             if t in self.stop or len(out) >= max_tokens or (stop is not None and stop()):
                 break
@@ -165,3 +169,12 @@ def _summed_logprob(scorer: Any, start: int, tail: list[int]) -> float:
     top = logits.max(axis=-1, keepdims=True)
     logp = logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
     return float(logp[np.arange(len(tail)), tail].sum())
+
+
+def _grammar(schema: dict[str, Any]) -> Any:
+    """llama.cpp's grammar of a JSON schema."""
+    import json
+
+    from llama_cpp import LlamaGrammar
+
+    return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)

@@ -93,12 +93,14 @@ class Engine(Protocol):
         temperature: float | list[float] = 0.0,
         on_token: Callable[[int, int], None] | None = None,
         stop: Callable[[int], bool] | None = None,
+        schema: dict[str, Any] | None = None,
         progress: Progress | None = None,
     ) -> list[Completion]:
         """The answer to every conversation. ``max_new_tokens`` and ``temperature``: one for all, or one per
         conversation. ``json_object``: an extraction's JSON object (opened and stopped when it closes, where
         the engine can). ``stop(i)`` True: conversation ``i`` is no longer wanted (its client left); its work
-        ends as soon as the engine can end it."""
+        ends as soon as the engine can end it. ``schema``: a JSON schema every answer must follow (constrained
+        decoding, :mod:`slmloop.predict.constrain`)."""
         ...
 
     def mark_scorer(self, prompts: list[str], batch_size: int) -> MarkScorer | None:
@@ -179,6 +181,7 @@ def answer_rows(
     max_new_tokens: int,
     margin: float | None = 6.0,
     progress: Progress | None = None,
+    schema: dict[str, Any] | None = None,
 ) -> list[ModelAnswer]:
     """The model's answer for every row (no reference needed), each asked with its ``hints``.
 
@@ -190,6 +193,7 @@ def answer_rows(
     parsed to the task's shape. An extraction answer is generated as a JSON object
     (it opens with ``{`` and ends when the object closes), whatever the model; where the row carries a
     span reading (:mod:`slmloop.predict.spans`) it is weighed in (``scores["model_answer"]`` keeps the model's own).
+    ``schema``: a JSON answer is decoded under it (:mod:`slmloop.predict.constrain`).
     Labels more than ``margin`` nats below the best are left out on every engine (:func:`within_margin`).
     An engine that cannot give the answer evaluation measured (rank labels, score the span prior's marks) is
     refused (:class:`~slmloop.errors.ModelError`), never answered another way.
@@ -219,12 +223,14 @@ def answer_rows(
                     pred = h.abstain.label
             out.append(ModelAnswer(pred, pred, scores))
         return out
+    as_json = task.type == "extraction" and not answers_inline(task)
     said = engine.complete(
         conversations,
         max_new_tokens,
         batch_size=batch_size,
         progress=progress,
-        json_object=task.type == "extraction" and not answers_inline(task),
+        json_object=as_json,
+        schema=schema if as_json else None,
     )
     if task.type == "extraction" and any(h.spans for h in hints):
         from slmloop.predict.spans import SpanJudge, mark_rows

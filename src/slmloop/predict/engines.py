@@ -59,6 +59,7 @@ class LocalEngine:
         temperature: float | list[float] = 0.0,
         on_token: Callable[[int, int], None] | None = None,
         stop: Callable[[int], bool] | None = None,
+        schema: dict[str, Any] | None = None,
         progress: Progress | None = None,
     ) -> list[Completion]:
         prompts = [render_prompt(self.tokenizer, m) for m in conversations]
@@ -73,6 +74,7 @@ class LocalEngine:
             on_token=on_token,
             json_object=json_object,
             stop=stop,
+            constraints=[grammar.matcher() for _ in prompts] if (grammar := _grammar(self.tokenizer, schema)) else None,
         )
         limits = _per_row(max_new_tokens, len(conversations))
         return [(text, n, "length" if n >= limit else "stop") for (text, n), limit in zip(gens, limits, strict=True)]
@@ -143,6 +145,7 @@ class LlamaCppEngine:
         temperature: float | list[float] = 0.0,
         on_token: Callable[[int, int], None] | None = None,
         stop: Callable[[int], bool] | None = None,
+        schema: dict[str, Any] | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> list[tuple[str, int, str]]:
         texts = token_texts(self.tokenizer) if json_object else None
@@ -156,7 +159,9 @@ class LlamaCppEngine:
             emit = (lambda t, i=i: on_token(i, t)) if on_token is not None else None
             left = (lambda i=i: stop(i)) if stop is not None else None
             prompt = render_prompt(self.tokenizer, messages)
-            text, n = self.llama.complete(prompt, limits[i], temps[i], emit, json_texts=texts, stop=left)
+            text, n = self.llama.complete(
+                prompt, limits[i], temps[i], emit, json_texts=None if schema else texts, stop=left, schema=schema
+            )
             out.append((text, n, "length" if n >= limits[i] else "stop"))
             if progress is not None:
                 progress(1)
@@ -212,6 +217,7 @@ class UpstreamEngine:
         temperature: float,
         emit: Callable[[int], None] | None,
         json_object: bool = False,
+        schema: dict[str, Any] | None = None,
     ) -> tuple[str, int, str]:
         body: dict[str, Any] = {
             "model": self.upstream_model,
@@ -220,7 +226,9 @@ class UpstreamEngine:
             "temperature": temperature,
             "stream": emit is not None,
         }
-        if json_object:
+        if schema is not None:  # guided decoding (vLLM), OpenAI's structured outputs
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+        elif json_object:
             body["response_format"] = {"type": "json_object"}
         if emit is None:
             r = self.http.post("/chat/completions", json=body)
@@ -256,6 +264,7 @@ class UpstreamEngine:
         temperature: float | list[float] = 0.0,
         on_token: Callable[[int, int], None] | None = None,
         stop: Callable[[int], bool] | None = None,
+        schema: dict[str, Any] | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> list[tuple[str, int, str]]:
         """All requests in flight at once: the upstream batches them.
@@ -272,7 +281,7 @@ class UpstreamEngine:
             if stop is not None and stop(i):
                 return ("", 0, "stop")
             emit = (lambda t: on_token(i, t)) if on_token is not None else None
-            return self._ask(conversations[i], limits[i], temps[i], emit, json_object)
+            return self._ask(conversations[i], limits[i], temps[i], emit, json_object, schema)
 
         with ThreadPoolExecutor(max_workers=max(1, min(32, len(conversations)))) as pool:
             return list(pool.map(one, range(len(conversations))))
@@ -281,3 +290,20 @@ class UpstreamEngine:
 def _per_row(value: Any, n: int) -> list[Any]:
     """A setting given once for all rows, or one per row, as one per row."""
     return list(value) if isinstance(value, list | tuple) else [value] * n
+
+
+def _grammar(tok: Any, schema: dict[str, Any] | None) -> Any:
+    """The schema compiled for ``tok`` (None: no schema), once per tokenizer and schema."""
+    if schema is None:
+        return None
+    import json
+
+    from slmloop.predict.constrain import Grammar
+
+    key = (id(tok), json.dumps(schema, sort_keys=True))
+    if key not in _GRAMMARS:
+        _GRAMMARS[key] = Grammar(tok, schema)
+    return _GRAMMARS[key]
+
+
+_GRAMMARS: dict[tuple[int, str], Any] = {}

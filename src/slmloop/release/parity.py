@@ -37,6 +37,7 @@ from slmloop.metrics import HEADLINE
 from slmloop.models.loading import pick_dtype
 from slmloop.predict.answers import Engine, ModelAnswer, answer_rows, resolve_mode
 from slmloop.predict.companion import load_companion
+from slmloop.predict.constrain import decoding_schema
 from slmloop.predict.parsing import parse_json_object, value_pairs
 from slmloop.predict.targets import ModelTarget, gguf_engine, load_engine, resolve_target
 from slmloop.predict.tasks import Hints
@@ -57,6 +58,7 @@ class ParityInputs:
         self.margin = cfg.eval.rank_margin
         self.max_new_tokens = cfg.eval.max_new_tokens
         self.batch_size = cfg.eval.batch_size
+        self.schema = decoding_schema(task, cfg.eval)
         companion = load_companion(adapter)
         self.hints: list[Hints] | None = None
         if companion is not None:
@@ -78,6 +80,7 @@ class ParityInputs:
                 max_new_tokens=self.max_new_tokens,
                 margin=self.margin,
                 progress=lambda n: bar.advance(job, n),
+                schema=self.schema,
             )
 
 

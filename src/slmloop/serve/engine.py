@@ -62,6 +62,7 @@ class Predictor:
     prompt: str = "full"  # the prompt style the model was trained with
     rank_margin: float | None = 6.0
     companion: Companion | None = None  # the index saved with the model (shortlist, label prior, span prior)
+    schema: dict[str, Any] | None = None  # the JSON schema answers are decoded under (eval.constrain)
 
     @property
     def tokenizer(self) -> Any:
@@ -110,6 +111,7 @@ class Predictor:
             batch_size=max(1, len(texts)),
             max_new_tokens=self.max_new_tokens,
             margin=self.rank_margin,
+            schema=self.schema,
         )
         return [self._shape(a) for a in answers]
 

@@ -13,6 +13,7 @@ from typing import Any
 from slmloop.errors import ModelError, ServeError
 from slmloop.models.loading import pick_dtype
 from slmloop.predict.answers import resolve_mode, unsupported
+from slmloop.predict.constrain import decoding_schema
 from slmloop.predict.targets import load_engine, resolve_release, resolve_target
 from slmloop.project import STORE_DIR, Project
 from slmloop.release.export import verify_release
@@ -45,6 +46,7 @@ def load_predictor(project: Project, release_ref: str | int | None) -> Predictor
         "companion": target.companion(),
         "mode": resolve_mode(task, m.eval.mode),
         "rank_margin": m.eval.rank_margin,
+        "schema": decoding_schema(task, m.eval),
     }
     if common["companion"] is not None:  # load the embedding model now, not on the first request
         common["companion"].hints(task, [{"text": "warm-up", "input": "warm-up"}])

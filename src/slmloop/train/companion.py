@@ -23,6 +23,7 @@ from slmloop.data.versions import DatasetSplits
 from slmloop.manifest import EvalConfig, TaskConfig
 from slmloop.predict.answers import answer_rows
 from slmloop.predict.companion import Companion, LabelPrior
+from slmloop.predict.constrain import decoding_schema
 from slmloop.predict.engines import LocalEngine
 from slmloop.predict.tasks import Hints
 from slmloop.progress import status
@@ -86,6 +87,7 @@ def _own_answers(
             batch_size=cfg.batch_size,
             max_new_tokens=cfg.max_new_tokens,
             margin=cfg.rank_margin,
+            schema=decoding_schema(task, cfg),
         )
     finally:
         model.train()

@@ -677,6 +677,7 @@ def _evaluate(st: TrainSetup, parts: Parts, metric: str) -> dict[str, float]:
     if metric != "val_loss" and parts.val_rows:
         from slmloop.evaluate.scoring import score_answers
         from slmloop.predict.answers import answer_rows
+        from slmloop.predict.constrain import decoding_schema
         from slmloop.predict.engines import LocalEngine
 
         m = st.project.manifest
@@ -691,6 +692,7 @@ def _evaluate(st: TrainSetup, parts: Parts, metric: str) -> dict[str, float]:
             batch_size=m.eval.batch_size,
             max_new_tokens=m.eval.max_new_tokens,
             margin=m.eval.rank_margin,
+            schema=decoding_schema(st.task, m.eval),
         )
         parts.model.train()
         scores = score_answers(st.task, parts.val_rows, [a.prediction for a in answers], [a.raw for a in answers])

@@ -1,0 +1,107 @@
+"""Constrained decoding: a generated JSON answer can only be what the task's schema allows.
+
+With ``eval.constrain: json_schema`` an extraction answered as a JSON object is decoded under a
+grammar (llguidance, MIT): at every step only the tokens that keep the answer inside the schema
+may be chosen, so the object opens at once, holds only ``task.fields`` (those in
+``task.required`` always), and ends where it closes. ``eval.checks.json_schema``, where given,
+is the schema instead (its types and enums hold too).
+
+- transformers: :func:`slmloop.models.inference.generate` masks each row's next-token scores with
+  its :class:`Matcher`;
+- llama.cpp: the same schema as a llama.cpp grammar;
+- an upstream server (vLLM): ``response_format: json_schema`` (guided decoding).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import numpy as np
+
+from slmloop.errors import ModelError
+from slmloop.manifest import EvalConfig, TaskConfig
+
+__all__ = ["Grammar", "Matcher", "answer_schema", "decoding_schema"]
+
+#: how the JSON is spaced: as training targets are written (json.dumps' defaults)
+SPACING: Any = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
+
+
+def answer_schema(task: TaskConfig, json_schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON schema of an extraction answer: ``json_schema`` where given, else an object of the task's fields
+    (any JSON value each; those in ``task.required`` required) and no other key."""
+    if json_schema is not None:
+        return json_schema
+    return {
+        "type": "object",
+        "properties": {f: {} for f in task.field_list},
+        "required": [f for f in task.required if f in task.field_list],
+        "additionalProperties": False,
+    }
+
+
+def decoding_schema(task: TaskConfig, cfg: EvalConfig) -> dict[str, Any] | None:
+    """The schema answers to ``task`` are decoded under (``eval.constrain``), or None: unconstrained."""
+    if cfg.constrain == "off" or task.type != "extraction":
+        return None
+    return answer_schema(task, cfg.checks.json_schema)
+
+
+_TOKENIZERS: dict[int, Any] = {}
+
+
+def _ll_tokenizer(tok: Any) -> Any:
+    """llguidance's view of a Hugging Face tokenizer (built once per tokenizer; about 0.3 s)."""
+    if importlib.util.find_spec("llguidance") is None:
+        raise ModelError(
+            "constrained decoding needs llguidance, which is not installed",
+            hint="pip install llguidance (the README set-up installs it), or set eval.constrain: off.",
+        )
+    key = id(tok)
+    if key not in _TOKENIZERS:
+        import llguidance.hf
+
+        _TOKENIZERS[key] = llguidance.hf.from_tokenizer(tok)
+    return _TOKENIZERS[key]
+
+
+class Grammar:
+    """A JSON schema compiled for one tokenizer; :meth:`matcher` follows one answer through it."""
+
+    def __init__(self, tok: Any, schema: dict[str, Any]) -> None:
+        import llguidance
+
+        self.tokenizer = _ll_tokenizer(tok)
+        self.grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=SPACING)
+        error = llguidance.LLMatcher.validate_grammar(self.grammar, self.tokenizer)
+        if error:
+            raise ModelError(
+                f"the answer schema cannot be decoded under: {error}", hint="Check eval.checks.json_schema."
+            )
+
+    def matcher(self) -> Matcher:
+        return Matcher(self)
+
+
+class Matcher:
+    """Where one answer stands in its grammar: which next tokens it allows, and whether it is done."""
+
+    def __init__(self, grammar: Grammar) -> None:
+        import llguidance
+        import llguidance.numpy
+
+        self.vocab = grammar.tokenizer.vocab_size
+        self.state = llguidance.LLMatcher(grammar.tokenizer, grammar.grammar)
+        self.bits = llguidance.numpy.allocate_token_bitmask(1, self.vocab)
+        self._fill = llguidance.numpy.fill_next_token_bitmask
+
+    def allowed(self) -> np.ndarray:
+        """One bool per token id of the tokenizer's vocabulary: may it come next?"""
+        self._fill(self.state, self.bits, 0)
+        return np.unpackbits(self.bits.view(np.uint8), bitorder="little")[: self.vocab].astype(bool)
+
+    def feed(self, token: int) -> bool:
+        """Take the chosen ``token``; True once the answer is complete (or the grammar cannot go on)."""
+        self.state.consume_token(int(token))
+        return bool(self.state.is_stopped() or self.state.is_error())

@@ -65,7 +65,8 @@ def main() -> None:
         r = results[mode]
         lo, hi = r["micro_f1_ci"] or (float("nan"), float("nan"))
         print(
-            f"base, constrain {mode:>11}: valid JSON {r['json_valid_rate']:.3f}  schema pass {r['schema_pass_rate']:.3f}  "
+            f"base, constrain {mode:>11}: valid JSON {r['json_valid_rate']:.3f}  "
+            f"schema pass {r['schema_pass_rate']:.3f}  "
             f"micro-F1 {r['micro_f1']:.3f} [{lo:.3f}, {hi:.3f}]  {r['seconds']:.0f} s for {tokens:,} tokens "
             f"({r['ms_per_token']:.1f} ms per token)"
         )

@@ -82,23 +82,10 @@ def abstaining(
 ) -> tuple[Callable[[list[dict[str, Any]]], list[ModelAnswer]], dict[str, Any]]:
     """``predict`` (answers with label probabilities) made to abstain: temperature and threshold chosen on
     ``validation`` by the rule a fine-tuned classifier's are (:mod:`slmloop.predict.abstain`)."""
-    from slmloop.predict.abstain import Abstention, choose_threshold, fit_temperature
+    from slmloop.predict.abstain import fit_abstention
 
-    assert task.abstain is not None and task.out_of_scope is not None
     said = predict(validation) if validation else []
-    probs = [a.scores["probs"] for a in said]
-    truth = [str(r["label"]) for r in validation]
-    temperature = fit_temperature(probs, truth)
-    calibrated = Abstention(task.out_of_scope, temperature, 0.0)
-    threshold, choice = choose_threshold(
-        [calibrated.confidence(p) for p in probs],
-        [next(iter(p), task.out_of_scope) for p in probs],
-        truth,
-        task.out_of_scope,
-        max_in_scope_drop=task.abstain.max_in_scope_drop,
-        min_oos_recall=task.abstain.min_oos_recall,
-    )
-    rule = Abstention(task.out_of_scope, temperature, threshold)
+    rule, choice = fit_abstention(task, [a.scores["probs"] for a in said], [str(r["label"]) for r in validation])
 
     def answer(rows: list[dict[str, Any]]) -> list[ModelAnswer]:
         out = []
@@ -112,4 +99,4 @@ def abstaining(
                 out.append(ModelAnswer(a.prediction, a.raw, scores))
         return out
 
-    return answer, {"temperature": temperature, **choice}
+    return answer, choice

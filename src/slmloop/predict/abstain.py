@@ -27,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Abstention", "choose_threshold", "fit_temperature"]
+from slmloop.manifest import TaskConfig
+
+__all__ = ["Abstention", "choose_threshold", "fit_abstention", "fit_temperature"]
 
 #: temperatures tried when calibrating (log-spaced, 0.1 to 10)
 TEMPERATURES = tuple(float(t) for t in np.exp(np.linspace(math.log(0.1), math.log(10.0), 61)))
@@ -131,4 +133,27 @@ def choose_threshold(
         "in_scope_accuracy": kept,
         "oos_recall": recall,
         "abstain_rate": rate,
+    }
+
+
+def fit_abstention(
+    task: TaskConfig, probs: Sequence[dict[str, float]], truth: Sequence[str]
+) -> tuple[Abstention, dict[str, Any]]:
+    """How ``task`` abstains, fit on validation answers (``probs``: each row's answered label probabilities,
+    largest first; ``truth``: its label): the temperature, then the threshold by ``task.abstain``'s rule."""
+    assert task.abstain is not None and task.out_of_scope is not None
+    temperature = fit_temperature(probs, truth)
+    calibrated = Abstention(task.out_of_scope, temperature, 0.0)
+    threshold, choice = choose_threshold(
+        [calibrated.confidence(p) for p in probs],
+        [next(iter(p), task.out_of_scope) for p in probs],
+        truth,
+        task.out_of_scope,
+        max_in_scope_drop=task.abstain.max_in_scope_drop,
+        min_oos_recall=task.abstain.min_oos_recall,
+    )
+    return Abstention(task.out_of_scope, temperature, threshold), {
+        "label": task.out_of_scope,
+        "temperature": temperature,
+        **choice,
     }

@@ -139,30 +139,18 @@ def choose_abstention(
     """Calibrate the classifier's answered scores and choose its abstention threshold on validation ``rows``
     (:mod:`slmloop.predict.abstain`), after the label prior was weighed: the model answers them as evaluation
     will (prior included). Returns the companion that ships (made when the run had none) and the choice."""
-    from slmloop.predict.abstain import Abstention, choose_threshold, fit_temperature
+    from slmloop.predict.abstain import fit_abstention
 
-    rule = task.abstain
-    if rule is None or task.out_of_scope is None or not rows:
+    if task.abstain is None or task.out_of_scope is None or not rows:
         return companion, None
     companion = companion if companion is not None else Companion.empty()
     companion.abstain = None
     with status(console, f"choosing the abstention threshold on {len(rows)} validation rows …"):
         hints = companion.hints(task, rows, cache_dir=cache_dir)
         answers = _own_answers(model, tok, task, prompt, "rank", rows, hints, cfg)
-        probs = [a.scores["probs"] for a in answers]
-        truth = [str(r["label"]) for r in rows]
-        temperature = fit_temperature(probs, truth)
-        calibrated = Abstention(task.out_of_scope, temperature, 0.0)
-        threshold, choice = choose_threshold(
-            [calibrated.confidence(p) for p in probs],
-            [next(iter(p)) for p in probs],
-            truth,
-            task.out_of_scope,
-            max_in_scope_drop=rule.max_in_scope_drop,
-            min_oos_recall=rule.min_oos_recall,
-        )
-    companion.abstain = Abstention(task.out_of_scope, temperature, threshold)
-    choice = {"label": task.out_of_scope, "temperature": temperature, **choice}
+        rule, choice = fit_abstention(task, [a.scores["probs"] for a in answers], [str(r["label"]) for r in rows])
+    companion.abstain = rule
+    threshold, temperature = rule.threshold, rule.temperature
     recall = "" if choice["oos_recall"] is None else f", catches {choice['oos_recall']:.1%} of out-of-scope rows"
     console.print(
         f"abstention: below confidence {threshold:.3f} (temperature {temperature:.2f}) answers "

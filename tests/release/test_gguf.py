@@ -26,6 +26,16 @@ def merged(trained_copy):
     return trained_copy.locate(rel.path) / "merged"
 
 
+@pytest.fixture
+def toy_f16(merged, tmp_path):
+    """The merged toy model as an f16 GGUF file, with its tokenizer and the fp32 model it was written from."""
+    if not llama_cpp_available():
+        pytest.skip("llama-cpp-python is not installed (make setup installs it)")
+    path = write_gguf(merged, tmp_path / "m-f16.gguf", "f16", name="toy")
+    ref = ResolvedModel("m", str(merged), "local")
+    return path, load_tokenizer(ref), load_causal_lm(ref, torch.float32)
+
+
 @pytest.mark.parametrize(("qtype", "atol"), [("f16", 0.02), ("q8_0", 0.3)])
 def test_gguf_reads_back_in_transformers_with_the_same_logits(merged, tmp_path, qtype: str, atol: float) -> None:
     from transformers import AutoModelForCausalLM
@@ -142,18 +152,14 @@ def test_gguf_parity_through_llama_cpp(trained_copy) -> None:
         assert n == 8 or text.endswith("}")
 
 
-def test_llama_cpp_scores_a_continuation_as_transformers_does(merged, tmp_path) -> None:
+def test_llama_cpp_scores_a_continuation_as_transformers_does(toy_f16) -> None:
     # the span prior's judge reads the model's log-probability of each mark: the llamacpp engine must give
     # what evaluation (transformers) gives, up to the f16 rounding
     from slmloop.models.inference import continuation_logprobs
     from slmloop.models.llamacpp import LlamaCpp
     from slmloop.models.loading import render_prompt
 
-    if not llama_cpp_available():
-        pytest.skip("llama-cpp-python is not installed (make setup installs it)")
-    path = write_gguf(merged, tmp_path / "m-f16.gguf", "f16", name="toy")
-    tok = load_tokenizer(ResolvedModel("m", str(merged), "local"))
-    model = load_causal_lm(ResolvedModel("m", str(merged), "local"), torch.float32)
+    path, tok, model = toy_f16
     prompt = render_prompt(tok, [{"role": "user", "content": "call mum at six"}])
     heads = [prompt + "call mum at", prompt]
     marks = [" [time: six]", "[person: mum] call"]
@@ -167,18 +173,14 @@ def test_llama_cpp_scores_a_continuation_as_transformers_does(merged, tmp_path) 
     assert got == pytest.approx(ref, abs=0.05 * max(abs(x) for x in ref))
 
 
-def test_llama_cpp_ranks_labels_as_transformers_does(merged, tmp_path) -> None:
+def test_llama_cpp_ranks_labels_as_transformers_does(toy_f16) -> None:
     # label ranking (and the label prior on top of it) is what evaluation measured for a classifier: the
     # llamacpp engine must score every label as the transformers engine does, up to the f16 rounding
     from slmloop.models.inference import rank_labels
     from slmloop.models.loading import render_prompt
     from slmloop.predict.engines import LlamaCppEngine
 
-    if not llama_cpp_available():
-        pytest.skip("llama-cpp-python is not installed (make setup installs it)")
-    path = write_gguf(merged, tmp_path / "m-f16.gguf", "f16", name="toy")
-    tok = load_tokenizer(ResolvedModel("m", str(merged), "local"))
-    model = load_causal_lm(ResolvedModel("m", str(merged), "local"), torch.float32)
+    path, tok, model = toy_f16
     prompts = [render_prompt(tok, [{"role": "user", "content": t}]) for t in ("WINNER free prize", "see you at six")]
     labels = ["spam", "ham", "spam_offer", "hamper"]  # shared prefixes are scored once, and alike
     ref = rank_labels(model, tok, prompts, labels, margin=None)
@@ -196,16 +198,13 @@ def test_llama_cpp_ranks_labels_as_transformers_does(merged, tmp_path) -> None:
         assert a == pytest.approx(b, abs=1e-4)
 
 
-def test_a_constrained_answer_holds_only_the_task_fields_through_llama_cpp(merged, tmp_path) -> None:
+def test_a_constrained_answer_holds_only_the_task_fields_through_llama_cpp(toy_f16) -> None:
     from slmloop.predict.constrain import answer_schema
     from slmloop.predict.engines import LlamaCppEngine
     from slmloop.predict.parsing import parse_json_object
     from tests.predict.test_constrain import ROWS, TASK, inside
 
-    if not llama_cpp_available():
-        pytest.skip("llama-cpp-python is not installed (make setup installs it)")
-    path = write_gguf(merged, tmp_path / "m-f16.gguf", "f16", name="toy")
-    tok = load_tokenizer(ResolvedModel("m", str(merged), "local"))
+    path, tok, _ = toy_f16
     schema = answer_schema(TASK)
     engine = LlamaCppEngine(str(path), tok)
     try:

@@ -156,9 +156,7 @@ def _answer_local(
                 schema=decoding_schema(task, cfg),
             )
     finally:
-        close = getattr(answering, "close", None)
-        if close is not None:
-            close()
+        answering.close()
     runtime = _timing(time.perf_counter() - started, len(gold), cfg, mode)
     runtime["engine"] = engine
     runtime["prompt_tokens_per_row"] = _prompt_tokens(tok, task, target.prompt, gold, hints)
@@ -354,12 +352,6 @@ def answer_gold(
 # ---------------------------------------------------------------------------------------------
 #: a classifier with an out-of-scope label is also reported on these (with their CIs)
 OUT_OF_SCOPE_METRICS = ("in_scope_accuracy", "oos_recall", "oos_precision", "oos_auroc")
-
-
-def _confidences(answers: list[ModelAnswer]) -> list[float] | None:
-    """The calibrated confidence of every answer of an abstaining classifier (None: not one)."""
-    said = [a.scores.get("confidence") for a in answers]
-    return [float(c) for c in said if c is not None] if said and all(c is not None for c in said) else None
 
 
 def _wanted(task: TaskConfig, cfg: EvalConfig, scored: list[str] | None = None) -> list[str]:
@@ -710,7 +702,7 @@ def evaluate(
         [a.raw for a in answered.answers],
         regex=cfg.checks.regex,
         json_schema=cfg.checks.json_schema,
-        confidence=_confidences(answered.answers),
+        confidence=[a.scores.get("confidence") for a in answered.answers],
     )
     judge = None
     if cfg.judge is not None:

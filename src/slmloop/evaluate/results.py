@@ -102,7 +102,6 @@ def row_scores(
     cfg = cfg or project.manifest.eval
     rows = gold_rows(project, evaluation.gold_id)
     preds = project.store.predictions(evaluation.id)
-    confidence = [(p.scores or {}).get("confidence") for p in preds]
     scores = score_answers(
         task or evaluation_task(project, evaluation),
         rows,
@@ -110,7 +109,7 @@ def row_scores(
         [p.raw for p in preds],
         regex=cfg.checks.regex,
         json_schema=cfg.checks.json_schema,
-        confidence=[float(c) for c in confidence if c is not None] if all(c is not None for c in confidence) else None,
+        confidence=[(p.scores or {}).get("confidence") for p in preds],
     )
     judged = [p.scores.get("judge", {}).get("score") for p in preds]
     if any(x is not None for x in judged):

@@ -48,13 +48,14 @@ def score_answers(
     *,
     regex: str | None = None,
     json_schema: dict[str, Any] | None = None,
-    confidence: Sequence[float] | None = None,
+    confidence: Sequence[float | None] | None = None,
 ) -> RowScores:
     """Per-row scores of ``predictions`` (the task-shaped answers) against gold ``rows``.
 
     ``raws`` are the models' full answers (extraction parses its JSON from them). A classifier with
     ``task.out_of_scope`` is also scored on its out-of-scope rows (``oos``) and answers (``said_oos``);
-    ``confidence`` (the calibrated score an abstaining classifier thresholds) adds the detection AUROC.
+    ``confidence`` (the calibrated score an abstaining classifier thresholds, per answer) adds the detection
+    AUROC where every answer has one.
     """
     n = len(rows)
     raws = list(raws) if raws is not None else list(predictions)
@@ -68,7 +69,7 @@ def score_answers(
         oos = getattr(task, "out_of_scope", None)
         if oos is not None and oos in index:
             arrays["oos"], arrays["said_oos"] = true == index[oos], pred == index[oos]
-            if confidence is not None and len(confidence) == n:
+            if confidence is not None and len(confidence) == n and all(c is not None for c in confidence):
                 arrays["confidence"] = np.asarray(confidence, dtype=float)
         return RowScores("classification", n, arrays, labels)
     if task.type == "extraction":

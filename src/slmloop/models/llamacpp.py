@@ -27,6 +27,7 @@ class LlamaCpp:
         self.stop = {self.llm.token_eos(), *stop_ids}
         self.path, self.threads = path, threads
         self._scorer: Any = None  # a context keeping every position's logits (continuation_logprobs)
+        self._grammars: dict[str, Any] = {}  # llama.cpp grammars of JSON schemas, by schema
 
     def complete(
         self,
@@ -67,7 +68,7 @@ class LlamaCpp:
                 return masked
 
             processors = LogitsProcessorList([first_opens])
-        grammar = _grammar(schema) if schema is not None else None
+        grammar = self._grammar(schema) if schema is not None else None
         for t in self.llm.generate(
             tokens,
             top_k=1 if greedy else 40,
@@ -155,6 +156,17 @@ class LlamaCpp:
             return
         scorer.eval(tokens[scorer.n_tokens :])
 
+    def _grammar(self, schema: dict[str, Any]) -> Any:
+        """llama.cpp's grammar of a JSON schema, converted once per schema."""
+        import json
+
+        from llama_cpp import LlamaGrammar
+
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._grammars:
+            self._grammars[key] = LlamaGrammar.from_json_schema(key, verbose=False)
+        return self._grammars[key]
+
     def close(self) -> None:
         self.llm.close()
         if self._scorer is not None:
@@ -169,12 +181,3 @@ def _summed_logprob(scorer: Any, start: int, tail: list[int]) -> float:
     top = logits.max(axis=-1, keepdims=True)
     logp = logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
     return float(logp[np.arange(len(tail)), tail].sum())
-
-
-def _grammar(schema: dict[str, Any]) -> Any:
-    """llama.cpp's grammar of a JSON schema."""
-    import json
-
-    from llama_cpp import LlamaGrammar
-
-    return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)

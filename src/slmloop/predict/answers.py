@@ -103,6 +103,10 @@ class Engine(Protocol):
         decoding, :mod:`slmloop.predict.constrain`)."""
         ...
 
+    def close(self) -> None:
+        """Free what the engine holds (a llama.cpp context, an upstream server it started)."""
+        ...
+
     def mark_scorer(self, prompts: list[str], batch_size: int) -> MarkScorer | None:
         """How this engine scores an inline extractor's marks after rendered ``prompts`` (the span prior's
         judge reads them, see :func:`slmloop.predict.spans.mark_scores`); None where it cannot."""

@@ -22,7 +22,7 @@ import numpy as np
 from slmloop.errors import ModelError
 from slmloop.manifest import EvalConfig, TaskConfig
 
-__all__ = ["Grammar", "Matcher", "answer_schema", "decoding_schema"]
+__all__ = ["Grammar", "Matcher", "answer_schema", "compiled", "decoding_schema"]
 
 #: how the JSON is spaced: as training targets are written (json.dumps' defaults)
 SPACING: Any = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
@@ -105,3 +105,18 @@ class Matcher:
         """Take the chosen ``token``; True once the answer is complete (or the grammar cannot go on)."""
         self.state.consume_token(int(token))
         return bool(self.state.is_stopped() or self.state.is_error())
+
+
+_GRAMMARS: dict[tuple[int, str], Grammar] = {}
+
+
+def compiled(tok: Any, schema: dict[str, Any] | None) -> Grammar | None:
+    """``schema`` compiled for ``tok``, once per tokenizer and schema (None: no schema)."""
+    if schema is None:
+        return None
+    import json
+
+    key = (id(tok), json.dumps(schema, sort_keys=True))
+    if key not in _GRAMMARS:
+        _GRAMMARS[key] = Grammar(tok, schema)
+    return _GRAMMARS[key]

@@ -5,7 +5,7 @@
 - :class:`LlamaCppEngine`: a GGUF file answered by llama.cpp; it ranks labels and generates.
 - :class:`UpstreamEngine`: another OpenAI-compatible server (vLLM on a GPU host); it generates only
   (a release that ranks labels or weighs a span prior is refused for it, see
-  :func:`slmloop.predict.answers.engine_problems`).
+  :func:`slmloop.predict.answers.unsupported`).
 
 Every engine renders prompts with the model's own tokenizer and chat template, so each sees
 exactly the prompt the others see.
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from slmloop.models.inference import continuation_logprobs, generate, rank_labels, token_texts
 from slmloop.models.loading import render_prompt
+from slmloop.predict.constrain import compiled
 
 if TYPE_CHECKING:
     from slmloop.predict.spans import MarkScorer
@@ -74,10 +75,13 @@ class LocalEngine:
             on_token=on_token,
             json_object=json_object,
             stop=stop,
-            constraints=[grammar.matcher() for _ in prompts] if (grammar := _grammar(self.tokenizer, schema)) else None,
+            constraints=[grammar.matcher() for _ in prompts] if (grammar := compiled(self.tokenizer, schema)) else None,
         )
         limits = _per_row(max_new_tokens, len(conversations))
         return [(text, n, "length" if n >= limit else "stop") for (text, n), limit in zip(gens, limits, strict=True)]
+
+    def close(self) -> None:
+        """Nothing to free: the model goes with the engine."""
 
     def mark_scorer(self, prompts: list[str], batch_size: int) -> MarkScorer:
         def score(rows: list[int], prefixes: list[str], marks: list[str]) -> list[float]:
@@ -180,14 +184,19 @@ class UpstreamEngine:
     can_rank = False
 
     def __init__(
-        self, base_url: str, upstream_model: str, tokenizer: Any, api_key: str | None = None, process: Any = None
+        self,
+        base_url: str,
+        upstream_model: str,
+        tokenizer: Any,
+        api_key: str | None = None,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
-        """``process``: the upstream server's process where this side started it (stopped by :meth:`close`)."""
+        """``on_close``: what :meth:`close` also does (stop the upstream server where this side started it)."""
         import httpx
 
         self.tokenizer = tokenizer
         self.upstream_model = upstream_model
-        self.process = process
+        self.on_close = on_close
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=600)
 
@@ -199,13 +208,8 @@ class UpstreamEngine:
     def close(self) -> None:
         """Stop talking to the upstream, and stop its server where this side started it."""
         self.http.close()
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except Exception:  # it ignored SIGTERM
-                self.process.kill()
-                self.process.wait()
+        if self.on_close is not None:
+            self.on_close()
 
     def mark_scorer(self, prompts: list[str], batch_size: int) -> MarkScorer | None:
         return None  # the upstream gives no prompt log-probabilities here (a release that needs them is refused)
@@ -290,20 +294,3 @@ class UpstreamEngine:
 def _per_row(value: Any, n: int) -> list[Any]:
     """A setting given once for all rows, or one per row, as one per row."""
     return list(value) if isinstance(value, list | tuple) else [value] * n
-
-
-def _grammar(tok: Any, schema: dict[str, Any] | None) -> Any:
-    """The schema compiled for ``tok`` (None: no schema), once per tokenizer and schema."""
-    if schema is None:
-        return None
-    import json
-
-    from slmloop.predict.constrain import Grammar
-
-    key = (id(tok), json.dumps(schema, sort_keys=True))
-    if key not in _GRAMMARS:
-        _GRAMMARS[key] = Grammar(tok, schema)
-    return _GRAMMARS[key]
-
-
-_GRAMMARS: dict[tuple[int, str], Any] = {}

@@ -168,9 +168,7 @@ def release_parity(
         try:
             answers = inputs.answer(engine, f"{name} ({engine_name})", console)
         finally:
-            close = getattr(engine, "close", None)
-            if close is not None:
-                close()
+            engine.close()
         entry = {"engine": engine_name, **compare_answers(task, inputs.rows, ref_answers, answers)}
         if engine_name == "transformers":
             entry["precision"] = project.manifest.serve.precision

@@ -120,9 +120,7 @@ class Predictor:
 
     def close(self) -> None:
         """Free what the engine holds (a llama.cpp context, an upstream server this side started)."""
-        close = getattr(self.engine, "close", None)
-        if close is not None:
-            close()
+        self.engine.close()
 
     def chat_many(
         self,
@@ -202,7 +200,7 @@ class ModelSlot:
                 self.reload_error = None
                 if not exclusive:
                     with self.lock:  # the group that may still answer with the old one is done: free it
-                        _close(old)
+                        old.close()
                 print(f"slmloop serve: now serving {fresh.name} (was {old.name})", flush=True)
 
         thread = threading.Thread(target=loop, name="slmloop-reload", daemon=True)
@@ -214,7 +212,7 @@ class ModelSlot:
         loaded again and the failure raised."""
         with self.lock:
             old = self.current
-            _close(old)
+            old.close()
             try:
                 fresh = load(version)
             except Exception:
@@ -226,12 +224,6 @@ class ModelSlot:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def _close(predictor: Any) -> None:
-    close = getattr(predictor, "close", None)
-    if close is not None:
-        close()
 
 
 #: the longest wait before a release that failed to load is tried again (seconds)

@@ -111,7 +111,8 @@ def _vllm_predictor(project: Project, release: Release, common: dict[str, Any]) 
             raise ServeError("vLLM did not become healthy within 15 min", hint=f"See {log_path}.")
         time.sleep(1)
     tok = load_tokenizer(ResolvedModel(str(merged), str(merged), "local"))
-    return Predictor(UpstreamEngine(f"http://127.0.0.1:{port}/v1", name, tok, process=proc), **common)
+    engine = UpstreamEngine(f"http://127.0.0.1:{port}/v1", name, tok, on_close=lambda: stop_child(proc))
+    return Predictor(engine, **common)
 
 
 def start_child(cmd: list[str], log: Any) -> subprocess.Popen[bytes]:

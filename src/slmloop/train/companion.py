@@ -2,7 +2,8 @@
 
     build_companion()    index the training split (the shortlist's neighbours) and fit the label
                          prior; every split's rows get their hints (training rows: without themselves)
-    choose_prior()       weigh the label prior on the validation split (0: dropped)
+    own_label_probs()    the trained classifier's own label probabilities on the validation split (one pass)
+    choose_prior()       weigh the label prior on them (0: dropped)
     choose_abstention()  calibrate a classifier's answered scores and choose its abstention threshold
     choose_spans()       fit the span prior (a CRF tagger) and its judge on the validation split
     companion_summary()  what the hints hold and how often they point the right way
@@ -21,7 +22,7 @@ from rich.console import Console
 
 from slmloop.data.versions import DatasetSplits
 from slmloop.manifest import EvalConfig, TaskConfig
-from slmloop.predict.answers import answer_rows
+from slmloop.predict.answers import answer_rows, fuse_prior
 from slmloop.predict.companion import Companion, LabelPrior
 from slmloop.predict.constrain import decoding_schema
 from slmloop.predict.engines import LocalEngine
@@ -35,6 +36,7 @@ __all__ = [
     "choose_prior",
     "choose_spans",
     "companion_summary",
+    "own_label_probs",
 ]
 
 #: validation rows the label prior's weight and the span prior's judge are chosen on (at most)
@@ -93,8 +95,7 @@ def _own_answers(
         model.train()
 
 
-def choose_prior(
-    companion: Companion | None,
+def own_label_probs(
     model: Any,
     tok: Any,
     task: TaskConfig,
@@ -103,22 +104,33 @@ def choose_prior(
     hints: list[Hints] | None,
     cfg: EvalConfig,
     *,
-    cache_dir: Path,
     console: Console,
+) -> list[dict[str, float]]:
+    """The trained classifier's own label probabilities for validation ``rows`` (ranked as evaluation ranks,
+    without the prior): the one pass the label prior's weight and the abstention threshold are chosen on."""
+    with status(console, f"ranking the labels of {len(rows)} validation rows …"):
+        return [a.scores["probs"] for a in _own_answers(model, tok, task, prompt, "rank", rows, hints, cfg)]
+
+
+def choose_prior(
+    companion: Companion | None,
+    probs: list[dict[str, float]],
+    task: TaskConfig,
+    rows: list[dict[str, Any]],
+    *,
+    cache_dir: Path,
 ) -> dict[str, Any] | None:
-    """Weigh the label prior on validation ``rows``: the model's own label scores, times the prior's to the
-    power of each of PRIOR_WEIGHTS; the weight right most often wins (0: the prior is dropped from
-    ``companion``)."""
+    """Weigh the label prior on validation ``rows`` (``probs``: the model's own label probabilities,
+    :func:`own_label_probs`), times the prior's to the power of each of PRIOR_WEIGHTS; the weight right most
+    often wins (0: the prior is dropped from ``companion``)."""
     from slmloop.models.embedder import embed
     from slmloop.predict.tasks import input_text
 
     prior = companion.prior if companion is not None else None
     if companion is None or prior is None or not rows:
         return None
-    with status(console, f"weighing the label prior on {len(rows)} validation rows …"):
-        answers = _own_answers(model, tok, task, prompt, "rank", rows, hints, cfg)
-        vectors = embed([input_text(task, r) for r in rows], cache_dir=cache_dir)
-        choice = prior.choose_weight([a.scores["probs"] for a in answers], vectors, [str(r["label"]) for r in rows])
+    vectors = embed([input_text(task, r) for r in rows], cache_dir=cache_dir)
+    choice = prior.choose_weight(probs, vectors, [str(r["label"]) for r in rows])
     if not prior.weight:
         companion.prior = None
     return choice
@@ -126,34 +138,30 @@ def choose_prior(
 
 def choose_abstention(
     companion: Companion | None,
-    model: Any,
-    tok: Any,
+    probs: list[dict[str, float]],
     task: TaskConfig,
-    prompt: str,
     rows: list[dict[str, Any]],
-    cfg: EvalConfig,
     *,
     cache_dir: Path,
     console: Console,
 ) -> tuple[Companion | None, dict[str, Any] | None]:
     """Calibrate the classifier's answered scores and choose its abstention threshold on validation ``rows``
-    (:mod:`slmloop.predict.abstain`), after the label prior was weighed: the model answers them as evaluation
-    will (prior included). Returns the companion that ships (made when the run had none) and the choice."""
+    (:mod:`slmloop.predict.abstain`), after the label prior was weighed: the model's own label probabilities
+    (``probs``) times the prior as it ships, as evaluation will answer. Returns the companion that ships (made
+    when the run had none) and the choice."""
     from slmloop.predict.abstain import fit_abstention
 
     if task.abstain is None or task.out_of_scope is None or not rows:
         return companion, None
     companion = companion if companion is not None else Companion.empty()
     companion.abstain = None
-    with status(console, f"choosing the abstention threshold on {len(rows)} validation rows …"):
-        hints = companion.hints(task, rows, cache_dir=cache_dir)
-        answers = _own_answers(model, tok, task, prompt, "rank", rows, hints, cfg)
-        rule, choice = fit_abstention(task, [a.scores["probs"] for a in answers], [str(r["label"]) for r in rows])
+    hints = companion.hints(task, rows, cache_dir=cache_dir)
+    answered = [fuse_prior(p, h.prior) if h.prior else p for p, h in zip(probs, hints, strict=True)]
+    rule, choice = fit_abstention(task, answered, [str(r["label"]) for r in rows])
     companion.abstain = rule
-    threshold, temperature = rule.threshold, rule.temperature
     recall = "" if choice["oos_recall"] is None else f", catches {choice['oos_recall']:.1%} of out-of-scope rows"
     console.print(
-        f"abstention: below confidence {threshold:.3f} (temperature {temperature:.2f}) answers "
+        f"abstention: below confidence {rule.threshold:.3f} (temperature {rule.temperature:.2f}) answers "
         f"{task.out_of_scope!r}; on validation in-scope accuracy {choice['in_scope_accuracy']:.3f} "
         f"(closed world {choice['closed_world_accuracy']:.3f}){recall}"
     )

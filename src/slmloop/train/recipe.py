@@ -81,6 +81,7 @@ from slmloop.train.companion import (
     choose_prior,
     choose_spans,
     companion_summary,
+    own_label_probs,
 )
 from slmloop.train.frozen import MEMORY_SHARE, frozen_layers_for
 from slmloop.train.loss import AnswerLoss, validation_loss
@@ -246,21 +247,22 @@ def setup(project: Project, overrides: dict[str, Any] | None = None, **options: 
 
 
 def fit_priors(st: TrainSetup, parts: Parts, console: Console) -> None:
-    """After training, on the validation split: weigh the label prior, fit the span prior and its judge."""
+    """After training, on the validation split: weigh the label prior and choose the abstention threshold (a
+    classifier), or fit the span prior and its judge (an extractor)."""
     rows = st.splits.validation[:PRIOR_VALIDATION_ROWS]
     hints = st.hints["validation"][: len(rows)] if "validation" in st.hints else None
     ask = (parts.model, parts.tokenizer, st.task, st.prompt)
     cfg, cache = st.project.manifest.eval, st.project.home / "cache"
-    st.prior_choice = choose_prior(
-        st.companion, *ask, rows, hints, cfg, cache_dir=cache / "embeddings", console=console
-    )
+    prior = st.companion is not None and st.companion.prior is not None
+    if st.task.type == "classification" and rows and (prior or st.task.abstain is not None):
+        probs = own_label_probs(*ask, rows, hints, cfg, console=console)  # one pass for the prior and abstention
+        st.prior_choice = choose_prior(st.companion, probs, st.task, rows, cache_dir=cache / "embeddings")
+        st.companion, st.abstain_choice = choose_abstention(
+            st.companion, probs, st.task, rows, cache_dir=cache / "embeddings", console=console
+        )
     if st.task.type == "extraction" and st.config.span_prior != "off" and rows:
         st.companion, st.span_choice = choose_spans(
             st.companion, *ask, st.splits.train, rows, hints, cfg, cache_dir=cache, console=console
-        )
-    if st.task.abstain is not None:
-        st.companion, st.abstain_choice = choose_abstention(
-            st.companion, *ask, rows, cfg, cache_dir=cache / "embeddings", console=console
         )
 
 

@@ -250,7 +250,7 @@ def test_a_client_that_leaves_mid_stream_stops_its_generation(server: str) -> No
     import time
 
     # greedy, the toy model never ends this answer before its 1,024 tokens: it is still generating when the client
-    # leaves after the first bytes
+    # leaves after its first words
     before = _metric(server, 'slmloop_abandoned_total{when="running"}')
     body = json.dumps(
         {"messages": [{"role": "user", "content": "tell me more"}], "max_tokens": 1024, "temperature": 0.0,
@@ -262,7 +262,13 @@ def test_a_client_that_leaves_mid_stream_stops_its_generation(server: str) -> No
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b"Authorization: Bearer test-key\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
         )
-        assert b"200 OK" in sock.recv(4096)  # the stream has started; the client leaves
+        received = sock.recv(4096)
+        assert b"200 OK" in received
+        # the headers and the role chunk come before the model runs: leave once a word has come, so the
+        # generation is under way (leaving earlier drops the request from the queue: when="queued")
+        while b'"content"' not in received and len(received) < 1_000_000:
+            received += sock.recv(4096)
+        assert b'"content"' in received
     for _ in range(100):
         if _metric(server, 'slmloop_abandoned_total{when="running"}') > before:
             break

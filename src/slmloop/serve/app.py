@@ -186,7 +186,7 @@ def create_app(
     server = ServerState(slot, batcher, metrics, store, cfg, frozenset(keys), log)
     app = FastAPI(title="slmloop", version="1", docs_url="/docs", redoc_url=None, lifespan=_lifespan)
     app.state.server = server
-    app.middleware("http")(_guard_and_log)
+    app.add_middleware(Guard, server=server)
     app.add_middleware(BodyLimit, server=server)
     # outermost: past the requests the queue and a batch hold, refuse before anything else runs
     app.add_middleware(Admission, server=server, limit=in_flight)
@@ -374,40 +374,64 @@ def _log_row(
     )
 
 
-async def _guard_and_log(request: Request, call_next: Any) -> Any:
-    server = _server(request)
-    metrics = server.metrics
-    started = request.state.started = time.perf_counter()
-    path = request.url.path
-    response: Response
-    if server.keys and path.startswith("/v1/"):
-        presented = _presented_key(request)
-        # as bytes: a header may hold any byte, and compare_digest refuses non-ASCII text
-        if presented is None or not any(hmac.compare_digest(presented.encode(), k.encode()) for k in server.keys):
-            response = _error(
-                401,
-                "missing or wrong API key: send 'Authorization: Bearer KEY'",
-                "authentication_error",
-                "invalid_api_key",
-                {"WWW-Authenticate": "Bearer"},
-            )
-            metrics.errors.labels("invalid_api_key").inc()
-            metrics.requests.labels(path if path in ROUTES else "other", "401").inc()
-            return response
-    try:  # the body is read and bounded before (BodyLimit)
-        response = await call_next(request)
-    except Exception as exc:  # a failure of ours: JSON like every other error, logged and counted
-        response = _error(
-            500, f"the server failed to answer: {type(exc).__name__}: {exc}", "server_error", "internal_error"
-        )
-        metrics.errors.labels("internal_error").inc()
-    label = path if path in ROUTES else "other"  # metrics labels stay bounded whatever paths clients send
-    if path.startswith("/v1/") and request.method == "POST" and not getattr(request.state, "streaming", False):
-        _write_log(server, request, path, response.status_code, started)
-    if path != "/metrics":
-        metrics.requests.labels(label, str(response.status_code)).inc()
-        metrics.latency.labels(label).observe(time.perf_counter() - started)
-    return response
+class Guard:
+    """API keys checked, every answer logged and counted — pure ASGI, so a stream's disconnect reaches the
+    route at once (a :class:`~starlette.middleware.base.BaseHTTPMiddleware` can defer it until the stream ends).
+
+    A failure of ours becomes JSON like every other error (or, once a stream has started, is counted and the
+    stream ends); metrics are labelled by route, so they stay bounded whatever paths clients send.
+    """
+
+    def __init__(self, app: Any, *, server: ServerState) -> None:
+        self.app, self.server = app, server
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        server, metrics = self.server, self.server.metrics
+        request = Request(scope, receive)
+        started = request.state.started = time.perf_counter()
+        path = scope["path"]
+        label = path if path in ROUTES else "other"
+        if server.keys and path.startswith("/v1/"):
+            presented = _presented_key(request)
+            # as bytes: a header may hold any byte, and compare_digest refuses non-ASCII text
+            if presented is None or not any(hmac.compare_digest(presented.encode(), k.encode()) for k in server.keys):
+                await _refuse(
+                    send,
+                    server,
+                    path,
+                    401,
+                    "missing or wrong API key: send 'Authorization: Bearer KEY'",
+                    "invalid_api_key",
+                    {"WWW-Authenticate": "Bearer"},
+                )
+                return
+        status = 500
+        started_response = False
+
+        async def watched(message: Any) -> None:
+            nonlocal status, started_response
+            if message["type"] == "http.response.start":
+                status, started_response = message["status"], True
+            await send(message)
+
+        try:  # the body is read and bounded before (BodyLimit)
+            await self.app(scope, receive, watched)
+        except Exception as exc:  # a failure of ours
+            metrics.errors.labels("internal_error").inc()
+            status = 500
+            if not started_response:
+                response = _error(
+                    500, f"the server failed to answer: {type(exc).__name__}: {exc}", "server_error", "internal_error"
+                )
+                await response(scope, receive, send)
+        if path.startswith("/v1/") and scope["method"] == "POST" and not getattr(request.state, "streaming", False):
+            _write_log(server, request, path, status, started)
+        if path != "/metrics":
+            metrics.requests.labels(label, str(status)).inc()
+            metrics.latency.labels(label).observe(time.perf_counter() - started)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -648,15 +672,20 @@ def _stream(server: ServerState, request: Request, job: Job) -> StreamingRespons
         }
         return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
+    def ended() -> None:
+        """The response is over: if the answer is not, the client left — stop its generation, log a 499."""
+        if future.done() or job.abandoned:
+            return
+        _abandon(server, job)
+        server.metrics.requests.labels(request.url.path, str(CLIENT_GONE)).inc()
+        _write_log(server, request, request.url.path, CLIENT_GONE, request.state.started)
+
     async def events() -> AsyncIterator[str]:
         try:
             async for chunk in _events():
                 yield chunk
         finally:
-            if not future.done():  # the client left (the response was cancelled) before the answer
-                _abandon(server, job)
-                server.metrics.requests.labels(request.url.path, str(CLIENT_GONE)).inc()
-                _write_log(server, request, request.url.path, CLIENT_GONE, request.state.started)
+            ended()
 
     async def _events() -> AsyncIterator[str]:
         yield event({"role": "assistant"})
@@ -691,4 +720,19 @@ def _stream(server: ServerState, request: Request, job: Job) -> StreamingRespons
         yield "data: [DONE]\n\n"
         _write_log(server, request, request.url.path, 200, request.state.started)
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return _Stream(events(), ended, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+class _Stream(StreamingResponse):
+    """A streaming response that calls ``ended`` as soon as it is over, however it ends: a disconnect cancels the
+    send that is waiting, and the body generator's own ``finally`` would only run once it is collected."""
+
+    def __init__(self, content: AsyncIterator[str], ended: Any, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.ended = ended
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.ended()

@@ -103,6 +103,7 @@ def test_every_request_is_logged(served) -> None:
     before = len(project.store.requests())
     client.post("/v1/predict", json={"text": "logged text"})
     client.post("/v1/predict", content=b"{", headers={"content-type": "application/json"})
+    assert client.app.state.server.log.flush()  # rows are stored by a writer thread, off the response path
     rows = project.store.requests()[before:]
     assert [(r.endpoint, r.status) for r in rows] == [("/v1/predict", 200), ("/v1/predict", 422)]
     assert rows[0].input == "logged text" and '"label"' in rows[0].output and rows[0].release_version == 1

@@ -45,6 +45,17 @@ class RequestLogWriter:
         except queue.Full:
             self.dropped += 1
 
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every row queued so far is stored (or failed); False if ``timeout`` seconds were not enough."""
+        deadline = time.monotonic() + timeout
+        with self._queue.all_tasks_done:
+            while self._queue.unfinished_tasks:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._queue.all_tasks_done.wait(left)
+        return True
+
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued (for up to ``timeout`` seconds), then stop."""
         with contextlib.suppress(queue.Full):
@@ -83,5 +94,7 @@ class RequestLogWriter:
                         s.add_all(rows)
                 except Exception:  # logging must never take the server down
                     self.failed += len(rows)
+            for _ in range(len(rows) + (first is None)):  # every item taken, the end marker included
+                self._queue.task_done()
             if first is None:
                 return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from slmloop.manifest import TaskConfig
@@ -38,30 +39,54 @@ def test_a_constrained_answer_holds_only_the_task_fields_through_transformers(ti
     from slmloop.models.loading import load_causal_lm, load_tokenizer
     from slmloop.predict.answers import answer_rows
     from slmloop.predict.engines import LocalEngine
-    from slmloop.predict.parsing import parse_json_object
 
     ref = ResolvedModel("tiny", str(tiny_model), "local")
     engine = LocalEngine(load_causal_lm(ref, torch.float32), load_tokenizer(ref))
     schema = answer_schema(TASK)
 
-    def ask(constrained: bool) -> list[Any]:
+    def ask(constrained: bool, budget: int, task: TaskConfig = TASK) -> list[Any]:
         return answer_rows(
-            TASK,
+            task,
             "full",
             "generate",
             engine,
             ROWS,
             batch_size=5,
-            max_new_tokens=48,
-            schema=schema if constrained else None,
+            max_new_tokens=budget,
+            schema=answer_schema(task) if constrained else None,
         )
 
-    free, held = ask(False), ask(True)
+    free, held = ask(False, 48), ask(True, 48)
     # the random model left to itself writes what the schema does not allow; held to it, never
     assert not all(inside(engine.tokenizer, schema, a.raw) for a in free)
-    assert all(inside(engine.tokenizer, schema, a.raw) for a in held)
-    for a in held:
-        obj = parse_json_object(a.raw)
-        if a.scores["new_tokens"] < 48:  # finished: a whole object of the task's fields
-            assert obj is not None and set(obj) <= {"city", "date"}, a.raw
-    assert any(a.scores["new_tokens"] < 48 for a in held)
+    assert_whole_objects(held, 48)
+    # a required field and a budget too small for it: each answer still ends as a whole object
+    short = ask(True, 10, TASK.model_copy(update={"required": ["city"]}))
+    assert_whole_objects(short, 10)
+    assert any(a.scores["new_tokens"] == 10 for a in short), [a.raw for a in short]  # cut off, then closed
+    assert all("city" in json.loads(a.raw) for a in short)
+
+
+def assert_whole_objects(answers: list[Any], budget: int) -> None:
+    """Every answer is a whole JSON object of the task's fields, those that ran out of budget included."""
+    for a in answers:
+        obj = json.loads(a.raw)  # strictly: nothing repaired on the way
+        assert isinstance(obj, dict) and set(obj) <= {"city", "date"}, a.raw
+
+
+def test_an_answer_cut_off_by_its_budget_ends_at_its_last_complete_field(tiny_model) -> None:
+    from slmloop.models.catalog import ResolvedModel
+    from slmloop.models.loading import load_tokenizer
+    from slmloop.predict.constrain import close_answer
+
+    tok = load_tokenizer(ResolvedModel("tiny", str(tiny_model), "local"))
+    schema = answer_schema(TASK)
+    assert close_answer(tok, schema, '{"city": "oslo"}') == '{"city": "oslo"}'  # whole: left as it is
+    assert close_answer(tok, schema, '{"city": "oslo", "date": "mon') == '{"city": "oslo"}'  # the cut field goes
+    assert close_answer(tok, schema, '{"ci') == "{}"
+    assert close_answer(tok, schema, "sunny in oslo") is None  # not an answer in the schema: nothing to close
+    required = answer_schema(TASK.model_copy(update={"required": ["city"]}))
+    assert close_answer(tok, required, '{"city": "os') == '{"city": "os"}'  # a required field ends where it is
+    assert close_answer(tok, required, '{"city"') == '{"city": null}'
+    enum = {"type": "object", "properties": {"city": {"enum": ["paris", "oslo"]}}, "required": ["city"]}
+    assert close_answer(tok, enum, '{"city": "pa') == '{"city": "paris"}'  # the only value the schema allows

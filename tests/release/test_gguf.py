@@ -199,9 +199,11 @@ def test_llama_cpp_ranks_labels_as_transformers_does(toy_f16) -> None:
 
 
 def test_a_constrained_answer_holds_only_the_task_fields_through_llama_cpp(toy_f16) -> None:
+    import json
+
+    from slmloop.predict.answers import answer_rows
     from slmloop.predict.constrain import answer_schema
     from slmloop.predict.engines import LlamaCppEngine
-    from slmloop.predict.parsing import parse_json_object
     from tests.predict.test_constrain import ROWS, TASK, inside
 
     path, tok, _ = toy_f16
@@ -213,11 +215,20 @@ def test_a_constrained_answer_holds_only_the_task_fields_through_llama_cpp(toy_f
         ]
         free = engine.complete(asked, 48, batch_size=5, json_object=True)
         held = engine.complete(asked, 48, batch_size=5, json_object=True, schema=schema)
+        # a required field and a budget too small for it: cut off, each answer is still ended as a whole object
+        required = TASK.model_copy(update={"required": ["city"]})
+        short = answer_rows(
+            required, "full", "generate", engine, ROWS, batch_size=5, max_new_tokens=6, schema=answer_schema(required)
+        )
     finally:
         engine.close()
     assert not all(inside(tok, schema, text) for text, _, _ in free)  # the classifier writes labels, not fields
     for text, n, _ in held:
         assert inside(tok, schema, text), text
         if n < 48:
-            obj = parse_json_object(text)
-            assert obj is not None and set(obj) <= {"city", "date"}, text
+            obj = json.loads(text)
+            assert isinstance(obj, dict) and set(obj) <= {"city", "date"}, text
+    assert any(a.scores["new_tokens"] == 6 for a in short)
+    for a in short:
+        obj = json.loads(a.raw)
+        assert isinstance(obj, dict) and "city" in obj and set(obj) <= {"city", "date"}, a.raw

@@ -27,7 +27,6 @@ class LlamaCpp:
         self.stop = {self.llm.token_eos(), *stop_ids}
         self.path, self.threads = path, threads
         self._scorer: Any = None  # a context keeping every position's logits (continuation_logprobs)
-        self._grammars: dict[str, Any] = {}  # llama.cpp grammars of JSON schemas, by schema
 
     def complete(
         self,
@@ -37,14 +36,16 @@ class LlamaCpp:
         emit: Callable[[int], None] | None = None,
         json_texts: list[str] | None = None,
         stop: Callable[[], bool] | None = None,
-        schema: dict[str, Any] | None = None,
+        rule: Any = None,
     ) -> tuple[str, int]:
         """(answer text, new tokens); ``emit`` sees each new token id (the stop token excluded); ``stop()``
         True ends the answer where it is (nobody waits for it any more).
 
         ``json_texts`` (the text of every token id): the answer is a JSON object, opened by its
-        first token and done when it closes, as :func:`slmloop.models.inference.generate` does. ``schema``: a
-        JSON schema the answer must follow (llama.cpp's grammar of it), spaced as ``json.dumps`` writes.
+        first token and done when it closes, as :func:`slmloop.models.inference.generate` does. ``rule``: a
+        grammar the answer follows, the same object :func:`~slmloop.models.inference.generate` takes per row
+        (``allowed()``: a bool per token id; ``feed(token)``: True once the answer is complete), so both
+        engines decode under one grammar engine and one schema.
         """
         import numpy as np
         from llama_cpp import LogitsProcessorList
@@ -68,7 +69,16 @@ class LlamaCpp:
                 return masked
 
             processors = LogitsProcessorList([first_opens])
-        grammar = self._grammar(schema) if schema is not None else None
+        if rule is not None:
+
+            def inside(ids: Any, scores: Any) -> Any:
+                ok = rule.allowed()
+                n = min(len(ok), len(scores))
+                masked = np.full_like(scores, -np.inf)
+                masked[:n] = np.where(ok[:n], scores[:n], -np.inf)
+                return masked
+
+            processors = LogitsProcessorList([inside])
         for t in self.llm.generate(
             tokens,
             top_k=1 if greedy else 40,
@@ -77,14 +87,13 @@ class LlamaCpp:
             repeat_penalty=1.0,
             reset=True,
             logits_processor=processors,
-            grammar=grammar,
         ):
             if t in self.stop or len(out) >= max_tokens or (stop is not None and stop()):
                 break
             out.append(t)
             if emit is not None:
                 emit(t)
-            if end is not None and end.feed(t):
+            if (end is not None and end.feed(t)) or (rule is not None and rule.feed(t)):
                 break
         return self.llm.detokenize(out).decode("utf-8", errors="replace").strip(), len(out)
 
@@ -155,17 +164,6 @@ class LlamaCpp:
         if scorer.n_tokens == len(tokens) and tokens:  # all held: the last position's logits are still there
             return
         scorer.eval(tokens[scorer.n_tokens :])
-
-    def _grammar(self, schema: dict[str, Any]) -> Any:
-        """llama.cpp's grammar of a JSON schema, converted once per schema."""
-        import json
-
-        from llama_cpp import LlamaGrammar
-
-        key = json.dumps(schema, sort_keys=True)
-        if key not in self._grammars:
-            self._grammars[key] = LlamaGrammar.from_json_schema(key, verbose=False)
-        return self._grammars[key]
 
     def close(self) -> None:
         self.llm.close()

@@ -236,6 +236,13 @@ def answer_rows(
         json_object=as_json,
         schema=schema if as_json else None,
     )
+    if as_json and schema is not None:  # out of budget inside a value: the answer ends at its last complete field
+        from slmloop.predict.constrain import close_answer
+
+        said = [
+            ((close_answer(engine.tokenizer, schema, t) or t) if finish == "length" else t, n, finish)
+            for t, n, finish in said
+        ]
     if task.type == "extraction" and any(h.spans for h in hints):
         from slmloop.predict.spans import SpanJudge, mark_rows
 

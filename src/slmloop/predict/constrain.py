@@ -8,12 +8,18 @@ is the schema instead (its types and enums hold too).
 
 - transformers: :func:`slmloop.models.inference.generate` masks each row's next-token scores with
   its :class:`Matcher`;
-- llama.cpp: the same schema as a llama.cpp grammar;
+- llama.cpp: the same :class:`Matcher` masks llama.cpp's next-token scores (one grammar engine, so the
+  two engines allow exactly the same answers);
 - an upstream server (vLLM): ``response_format: json_schema`` (guided decoding).
+
+An answer that runs out of its token budget (``eval.max_new_tokens``) before its object closes
+ends at its last complete field instead (:func:`close_answer`), whichever engine wrote it: a
+constrained answer is always a JSON object the schema accepts.
 """
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 from typing import Any
 
@@ -22,7 +28,7 @@ import numpy as np
 from slmloop.errors import ModelError
 from slmloop.manifest import EvalConfig, TaskConfig
 
-__all__ = ["Grammar", "Matcher", "answer_schema", "compiled", "decoding_schema"]
+__all__ = ["Grammar", "Matcher", "answer_schema", "close_answer", "compiled", "decoding_schema"]
 
 #: how the JSON is spaced: as training targets are written (json.dumps' defaults)
 SPACING: Any = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
@@ -120,3 +126,49 @@ def compiled(tok: Any, schema: dict[str, Any] | None) -> Grammar | None:
     if key not in _GRAMMARS:
         _GRAMMARS[key] = Grammar(tok, schema)
     return _GRAMMARS[key]
+
+
+def close_answer(tok: Any, schema: dict[str, Any], text: str) -> str | None:
+    """``text``, an answer cut off by its token budget inside ``schema``'s object, ended at its last complete
+    field: the longest prefix that ends before a ``, `` (or just after the opening ``{``) and closes into an
+    object the schema accepts; where a required field is the one cut off, its value is ended where it stands.
+    ``text`` itself if it is complete; None if nothing closes it (the text is not in the schema)."""
+    grammar = compiled(tok, schema)
+    assert grammar is not None
+    state = grammar.matcher().state
+
+    def accepted(candidate: str) -> bool:
+        return inside(candidate) and bool(state.is_accepting())
+
+    def inside(candidate: str) -> bool:
+        state.reset()
+        ids = list(tok.encode(candidate, add_special_tokens=False))
+        return bool(state.try_consume_tokens(ids) == len(ids))
+
+    if accepted(text):
+        return text
+    start = text.find("{")
+    if start < 0:
+        return None
+    cuts = [i for i in range(len(text) - 1, start, -1) if text.startswith(SPACING["item_separator"], i)]
+    for cut in [*cuts, start + 1]:
+        if accepted(text[:cut] + "}"):
+            return text[:cut] + "}"
+    # a required field is the one cut off: end it where it stands with the fewest pieces the schema allows
+    queue, tried = collections.deque([text]), 0
+    while queue and tried < MAX_TRIES:
+        head = queue.popleft()
+        inside(head)
+        forced = bytes(state.compute_ff_bytes()).decode("utf-8", errors="ignore")  # what the schema allows alone
+        for piece in (forced, *PIECES) if forced else PIECES:
+            tried += 1
+            if inside(head + piece):
+                if state.is_accepting():
+                    return head + piece
+                queue.append(head + piece)
+    return None
+
+
+#: what ends a value cut off inside the object, fewest pieces first (at most MAX_TRIES candidates are tried)
+PIECES = ('"', "}", "]", ": ", "null", '""', "0")
+MAX_TRIES = 400

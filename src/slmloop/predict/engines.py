@@ -163,8 +163,15 @@ class LlamaCppEngine:
             emit = (lambda t, i=i: on_token(i, t)) if on_token is not None else None
             left = (lambda i=i: stop(i)) if stop is not None else None
             prompt = render_prompt(self.tokenizer, messages)
+            grammar = compiled(self.tokenizer, schema)
             text, n = self.llama.complete(
-                prompt, limits[i], temps[i], emit, json_texts=None if schema else texts, stop=left, schema=schema
+                prompt,
+                limits[i],
+                temps[i],
+                emit,
+                json_texts=None if grammar else texts,
+                stop=left,
+                rule=grammar.matcher() if grammar else None,
             )
             out.append((text, n, "length" if n >= limits[i] else "stop"))
             if progress is not None:

@@ -1,13 +1,15 @@
-"""Constrained decoding on HWU64 slots: the zero-shot base model with and without the task's schema.
+"""Constrained decoding on HWU64 slots: the base and the fine-tuned model with and without the task's schema.
 
 Writes the `hwu64-ext` project of ``benchmarks/task_quality.py`` (HWU64 fold 1: the slots of
 each request as a JSON object, fields auto), imports and prepares it, then evaluates the base
 model on the 1,076 gold rows twice in the same run: ``eval.constrain: off`` (the answer opens a
 JSON object and stops when it closes; keys and values free) and ``eval.constrain: json_schema``
-(decoded under the task's schema). Prints, for each: valid JSON rate, schema pass rate, micro-F1
-with its CI, and the decoding time per generated token; then the paired test of micro-F1.
+(decoded under the task's schema). With ``--tuned`` it then trains the default recipe and
+evaluates the fine-tuned model both ways too. Prints, for each: valid JSON rate, schema pass
+rate, micro-F1 with its CI, and the decoding time per generated token; then the paired test of
+micro-F1 for each model.
 
-    python benchmarks/constrained.py [--data-dir ../shared/datasets] [--work DIR] [--json FILE]
+    python benchmarks/constrained.py [--tuned] [--data-dir ../shared/datasets] [--work DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "datasets"))
     ap.add_argument("--work", default="/tmp/slmloop-constrained")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--tuned", action="store_true", help="also train the default recipe and compare it both ways")
     args = ap.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,34 +48,40 @@ def main() -> None:
         import_source(project, src)
     prepare_dataset(project, console=console)
     project.manifest.eval.compare.baseline = "none"
+    from slmloop.train.recipe import train
+
     results: dict[str, Any] = {}
-    evaluations = {}
-    for mode in ("off", "json_schema"):
-        project.manifest.eval.constrain = mode
-        ev = evaluate(project, "base", console=console)
-        evaluations[mode] = ev
-        tokens = sum(int((p.scores or {}).get("new_tokens", 0)) for p in project.store.predictions(ev.id))
-        m = ev.metrics
-        results[mode] = {
-            "json_valid_rate": m["json_valid_rate"],
-            "schema_pass_rate": m["schema_pass_rate"],
-            "micro_f1": m["micro_f1"],
-            "micro_f1_ci": m["ci"].get("micro_f1"),
-            "seconds": ev.seconds,
-            "tokens": tokens,
-            "ms_per_token": 1000 * ev.seconds / max(1, tokens),
-        }
-        r = results[mode]
-        lo, hi = r["micro_f1_ci"] or (float("nan"), float("nan"))
-        print(
-            f"base, constrain {mode:>11}: valid JSON {r['json_valid_rate']:.3f}  "
-            f"schema pass {r['schema_pass_rate']:.3f}  "
-            f"micro-F1 {r['micro_f1']:.3f} [{lo:.3f}, {hi:.3f}]  {r['seconds']:.0f} s for {tokens:,} tokens "
-            f"({r['ms_per_token']:.1f} ms per token)"
-        )
-    c = compare_pair(project, evaluations["off"], evaluations["json_schema"], "micro_f1")
-    results["micro_f1_paired"] = {"diff": c.test.diff, "ci": list(c.test.ci), "p_value": c.test.p_value}
-    print(c.sentence)
+    models = ["base"]
+    if args.tuned:
+        models.append(train(project, console=console).name)
+    for model in models:
+        who = "base" if model == "base" else "fine-tuned"
+        evaluations = {}
+        for mode in ("off", "json_schema"):
+            project.manifest.eval.constrain = mode
+            ev = evaluate(project, model, console=console)
+            evaluations[mode] = ev
+            tokens = sum(int((p.scores or {}).get("new_tokens", 0)) for p in project.store.predictions(ev.id))
+            m = ev.metrics
+            r = results[f"{who} {mode}"] = {
+                "json_valid_rate": m["json_valid_rate"],
+                "schema_pass_rate": m["schema_pass_rate"],
+                "micro_f1": m["micro_f1"],
+                "micro_f1_ci": m["ci"].get("micro_f1"),
+                "seconds": ev.seconds,
+                "tokens": tokens,
+                "ms_per_token": 1000 * ev.seconds / max(1, tokens),
+            }
+            lo, hi = r["micro_f1_ci"] or (float("nan"), float("nan"))
+            print(
+                f"{who}, constrain {mode:>11}: valid JSON {r['json_valid_rate']:.3f}  "
+                f"schema pass {r['schema_pass_rate']:.3f}  "
+                f"micro-F1 {r['micro_f1']:.3f} [{lo:.3f}, {hi:.3f}]  {r['seconds']:.0f} s for {tokens:,} tokens "
+                f"({r['ms_per_token']:.2f} ms per token)"
+            )
+        c = compare_pair(project, evaluations["off"], evaluations["json_schema"], "micro_f1")
+        results[f"{who} micro_f1_paired"] = {"diff": c.test.diff, "ci": list(c.test.ci), "p_value": c.test.p_value}
+        print(f"{who}: {c.sentence}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     project.close()

@@ -90,3 +90,39 @@ def test_an_answer_cut_off_by_its_budget_ends_at_its_last_complete_field(tiny_mo
     assert close_answer(tok, required, '{"city"') == '{"city": null}'
     enum = {"type": "object", "properties": {"city": {"enum": ["paris", "oslo"]}}, "required": ["city"]}
     assert close_answer(tok, enum, '{"city": "pa') == '{"city": "paris"}'  # the only value the schema allows
+
+
+def copies(raw: str, request: str) -> bool:
+    """Whether an inline answer is its request copied (a prefix of it, if cut off), marked only with the task's
+    fields around its words (any case), and marks after it."""
+    import re
+
+    from slmloop.predict.inline import MARK
+
+    if any(m.group(1) not in {"city", "date"} for m in MARK.finditer(raw)):
+        return False
+    plain = re.sub(r" ?\[[^\]]*$", "", MARK.sub(lambda m: m.group(2), raw)).lower()  # an unclosed mark: cut off
+    return plain.startswith(request.lower()) or request.lower().startswith(plain)
+
+
+def test_an_inline_answer_copies_its_request_and_marks_only_the_fields_through_transformers(tiny_model) -> None:
+    import torch
+
+    from slmloop.models.catalog import ResolvedModel
+    from slmloop.models.loading import load_causal_lm, load_tokenizer
+    from slmloop.predict.answers import answer_rows
+    from slmloop.predict.engines import LocalEngine
+
+    ref = ResolvedModel("tiny", str(tiny_model), "local")
+    engine = LocalEngine(load_causal_lm(ref, torch.float32), load_tokenizer(ref))
+    inline = TASK.model_copy(update={"answer": "inline"})
+
+    def ask(constrained: bool) -> list[Any]:
+        schema = answer_schema(inline) if constrained else None
+        return answer_rows(inline, "compact", "generate", engine, ROWS, batch_size=5, max_new_tokens=24, schema=schema)
+
+    free, held = ask(False), ask(True)
+    assert not any(copies(a.scores["model_text"], r["text"]) for a, r in zip(free, ROWS, strict=True))
+    for a, r in zip(held, ROWS, strict=True):
+        assert copies(a.scores["model_text"], r["text"]), a.scores["model_text"]
+        assert set(json.loads(a.raw)) <= {"city", "date"}

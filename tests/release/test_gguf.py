@@ -204,7 +204,7 @@ def test_a_constrained_answer_holds_only_the_task_fields_through_llama_cpp(toy_f
     from slmloop.predict.answers import answer_rows
     from slmloop.predict.constrain import answer_schema
     from slmloop.predict.engines import LlamaCppEngine
-    from tests.predict.test_constrain import ROWS, TASK, inside
+    from tests.predict.test_constrain import ROWS, TASK, copies, inside
 
     path, tok, _ = toy_f16
     schema = answer_schema(TASK)
@@ -214,14 +214,26 @@ def test_a_constrained_answer_holds_only_the_task_fields_through_llama_cpp(toy_f
             [{"role": "system", "content": TASK.instruction}, {"role": "user", "content": r["text"]}] for r in ROWS
         ]
         free = engine.complete(asked, 48, batch_size=5, json_object=True)
-        held = engine.complete(asked, 48, batch_size=5, json_object=True, schema=schema)
+        held = engine.complete(asked, 48, batch_size=5, json_object=True, grammars=[schema] * len(asked))
         # a required field and a budget too small for it: cut off, each answer is still ended as a whole object
         required = TASK.model_copy(update={"required": ["city"]})
         short = answer_rows(
             required, "full", "generate", engine, ROWS, batch_size=5, max_new_tokens=6, schema=answer_schema(required)
         )
+        inline = answer_rows(
+            TASK.model_copy(update={"answer": "inline"}),
+            "compact",
+            "generate",
+            engine,
+            ROWS,
+            batch_size=5,
+            max_new_tokens=24,
+            schema=schema,
+        )
     finally:
         engine.close()
+    # inline: the request copied, marked only with the task's fields
+    assert all(copies(a.scores["model_text"], r["text"]) for a, r in zip(inline, ROWS, strict=True))
     assert not all(inside(tok, schema, text) for text, _, _ in free)  # the classifier writes labels, not fields
     for text, n, _ in held:
         assert inside(tok, schema, text), text

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from slmloop.errors import ConfigError, ModelError
 from slmloop.manifest import TaskConfig
 from slmloop.models.loading import render_prompt
+from slmloop.predict.constrain import Spec, close_answer, inline_grammar
 from slmloop.predict.parsing import parse_json_object, value_pairs
 from slmloop.predict.tasks import (
     Hints,
@@ -93,14 +94,14 @@ class Engine(Protocol):
         temperature: float | list[float] = 0.0,
         on_token: Callable[[int, int], None] | None = None,
         stop: Callable[[int], bool] | None = None,
-        schema: dict[str, Any] | None = None,
+        grammars: Sequence[Spec] | None = None,
         progress: Progress | None = None,
     ) -> list[Completion]:
         """The answer to every conversation. ``max_new_tokens`` and ``temperature``: one for all, or one per
         conversation. ``json_object``: an extraction's JSON object (opened and stopped when it closes, where
         the engine can). ``stop(i)`` True: conversation ``i`` is no longer wanted (its client left); its work
-        ends as soon as the engine can end it. ``schema``: a JSON schema every answer must follow (constrained
-        decoding, :mod:`slmloop.predict.constrain`)."""
+        ends as soon as the engine can end it. ``grammars``: one per conversation, what its answer must follow
+        (a JSON schema or a Lark grammar: constrained decoding, :mod:`slmloop.predict.constrain`)."""
         ...
 
     def close(self) -> None:
@@ -197,7 +198,8 @@ def answer_rows(
     parsed to the task's shape. An extraction answer is generated as a JSON object
     (it opens with ``{`` and ends when the object closes), whatever the model; where the row carries a
     span reading (:mod:`slmloop.predict.spans`) it is weighed in (``scores["model_answer"]`` keeps the model's own).
-    ``schema``: a JSON answer is decoded under it (:mod:`slmloop.predict.constrain`).
+    ``schema`` (constrained decoding on, :mod:`slmloop.predict.constrain`): a JSON answer is decoded under it, and
+    an inline answer under its request's grammar (the request's words, marked only with the task's fields).
     Labels more than ``margin`` nats below the best are left out on every engine (:func:`within_margin`).
     An engine that cannot give the answer evaluation measured (rank labels, score the span prior's marks) is
     refused (:class:`~slmloop.errors.ModelError`), never answered another way.
@@ -228,17 +230,20 @@ def answer_rows(
             out.append(ModelAnswer(pred, pred, scores))
         return out
     as_json = task.type == "extraction" and not answers_inline(task)
+    grammars: list[Spec] | None = None
+    if schema is not None and as_json:
+        grammars = [schema] * len(rows)
+    elif schema is not None and answers_inline(task):  # each request's own: its words, marked with the fields
+        grammars = [inline_grammar(task.field_list, input_text(task, r)) for r in rows]
     said = engine.complete(
         conversations,
         max_new_tokens,
         batch_size=batch_size,
         progress=progress,
         json_object=as_json,
-        schema=schema if as_json else None,
+        grammars=grammars,
     )
     if as_json and schema is not None:  # out of budget inside a value: the answer ends at its last complete field
-        from slmloop.predict.constrain import close_answer
-
         said = [
             ((close_answer(engine.tokenizer, schema, t) or t) if finish == "length" else t, n, finish)
             for t, n, finish in said

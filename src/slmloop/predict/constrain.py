@@ -1,16 +1,19 @@
-"""Constrained decoding: a generated JSON answer can only be what the task's schema allows.
+"""Constrained decoding: a generated extraction answer can only be what the task's schema allows.
 
 With ``eval.constrain: json_schema`` an extraction answered as a JSON object is decoded under a
 grammar (llguidance, MIT): at every step only the tokens that keep the answer inside the schema
 may be chosen, so the object opens at once, holds only ``task.fields`` (those in
 ``task.required`` always), and ends where it closes. ``eval.checks.json_schema``, where given,
-is the schema instead (its types and enums hold too).
+is the schema instead (its types and enums hold too). An extractor that answers inline is
+decoded under its request's own grammar (:func:`inline_grammar`): the request copied as it is,
+marks only around its words and only with the task's fields.
 
 - transformers: :func:`slmloop.models.inference.generate` masks each row's next-token scores with
   its :class:`Matcher`;
 - llama.cpp: the same :class:`Matcher` masks llama.cpp's next-token scores (one grammar engine, so the
   two engines allow exactly the same answers);
-- an upstream server (vLLM): ``response_format: json_schema`` (guided decoding).
+- an upstream server (vLLM): ``response_format: json_schema`` (guided decoding), or the inline
+  grammar as ``guided_grammar`` for vLLM's llguidance backend.
 
 An answer that runs out of its token budget (``eval.max_new_tokens``) before its object closes
 ends at its last complete field instead (:func:`close_answer`), whichever engine wrote it: a
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import importlib.util
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -28,7 +32,16 @@ import numpy as np
 from slmloop.errors import ModelError
 from slmloop.manifest import EvalConfig, TaskConfig
 
-__all__ = ["Grammar", "Matcher", "answer_schema", "close_answer", "compiled", "decoding_schema"]
+__all__ = [
+    "Grammar",
+    "Matcher",
+    "Spec",
+    "answer_schema",
+    "close_answer",
+    "compiled",
+    "decoding_schema",
+    "inline_grammar",
+]
 
 #: how the JSON is spaced: as training targets are written (json.dumps' defaults)
 SPACING: Any = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
@@ -72,14 +85,21 @@ def _ll_tokenizer(tok: Any) -> Any:
     return _TOKENIZERS[key]
 
 
-class Grammar:
-    """A JSON schema compiled for one tokenizer; :meth:`matcher` follows one answer through it."""
+#: what an answer is decoded under: a JSON schema (a dict) or a Lark grammar (a str, :func:`inline_grammar`)
+Spec = dict[str, Any] | str
 
-    def __init__(self, tok: Any, schema: dict[str, Any]) -> None:
+
+class Grammar:
+    """A JSON schema or a Lark grammar compiled for one tokenizer; :meth:`matcher` follows one answer through it."""
+
+    def __init__(self, tok: Any, spec: Spec) -> None:
         import llguidance
 
         self.tokenizer = _ll_tokenizer(tok)
-        self.grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=SPACING)
+        if isinstance(spec, str):
+            self.grammar = llguidance.LLMatcher.grammar_from_lark(spec)
+        else:
+            self.grammar = llguidance.LLMatcher.grammar_from_json_schema(spec, defaults=SPACING)
         error = llguidance.LLMatcher.validate_grammar(self.grammar, self.tokenizer)
         if error:
             raise ModelError(
@@ -113,18 +133,24 @@ class Matcher:
         return bool(self.state.is_stopped() or self.state.is_error())
 
 
-_GRAMMARS: dict[tuple[int, str], Grammar] = {}
+#: compiled grammars kept (the least recently used go first: an inline grammar is one per request)
+KEEP = 256
+_GRAMMARS: collections.OrderedDict[tuple[int, str], Grammar] = collections.OrderedDict()
 
 
-def compiled(tok: Any, schema: dict[str, Any] | None) -> Grammar | None:
-    """``schema`` compiled for ``tok``, once per tokenizer and schema (None: no schema)."""
-    if schema is None:
+def compiled(tok: Any, spec: Spec | None) -> Grammar | None:
+    """``spec`` compiled for ``tok``, kept for the next answers under it (None: no spec)."""
+    if spec is None:
         return None
     import json
 
-    key = (id(tok), json.dumps(schema, sort_keys=True))
-    if key not in _GRAMMARS:
-        _GRAMMARS[key] = Grammar(tok, schema)
+    key = (id(tok), spec if isinstance(spec, str) else json.dumps(spec, sort_keys=True))
+    if key in _GRAMMARS:
+        _GRAMMARS.move_to_end(key)
+    else:
+        _GRAMMARS[key] = Grammar(tok, spec)
+        while len(_GRAMMARS) > KEEP:
+            _GRAMMARS.popitem(last=False)
     return _GRAMMARS[key]
 
 
@@ -172,3 +198,32 @@ def close_answer(tok: Any, schema: dict[str, Any], text: str) -> str | None:
 #: what ends a value cut off inside the object, fewest pieces first (at most MAX_TRIES candidates are tried)
 PIECES = ('"', "}", "]", ": ", "null", '""', "0")
 MAX_TRIES = 400
+
+
+def inline_grammar(fields: Sequence[str], request: str) -> str:
+    """The Lark grammar of an inline answer to ``request`` (:mod:`slmloop.predict.inline`): the request copied
+    as it is, where any run of its words may be marked ``[field: words]`` with a field of ``fields``, then
+    marks of values that are no span of it (``[field: value]``, as :func:`~slmloop.predict.inline.mark`
+    writes them after the request). A marked word may differ in case from the request's."""
+    import json
+
+    from slmloop.predict.inline import tokens
+
+    words = tokens(request)
+    field = " | ".join(json.dumps(f, ensure_ascii=False) for f in sorted(set(fields))) or '""'
+
+    def lit(text: str) -> str:
+        return json.dumps(text, ensure_ascii=False)
+
+    def ci(word: str) -> str:  # the word, any case
+        return lit(word) + ("i" if word.lower() != word.upper() else "")
+
+    rules = ["start: s0", f"field: {field}", 'tail: "" | " [" field ": " VALUE "]" tail', "VALUE: /[^\\[\\]]+/"]
+    for i, (word, a, _) in enumerate(words):
+        gap = lit(request[words[i - 1][2] if i else a : a])  # the request's own space before the word
+        rules.append(f'a{i}: {gap} {lit(word)} s{i + 1} | {gap} "[" field ": " {ci(word)} m{i + 1}')
+        rules.append(f"s{i}: a{i}")
+        rules.append(f'm{i}: "]" s{i} | {gap} {ci(word)} m{i + 1}' if i else f'm{i}: "]" s{i}')
+    n = len(words)
+    rules += [f"s{n}: tail", f'm{n}: "]" tail']
+    return "\n".join(rules) + "\n"

@@ -14,13 +14,13 @@ exactly the prompt the others see.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from slmloop.models.inference import continuation_logprobs, generate, rank_labels, token_texts
 from slmloop.models.loading import render_prompt
-from slmloop.predict.constrain import compiled
+from slmloop.predict.constrain import Matcher, Spec, compiled
 
 if TYPE_CHECKING:
     from slmloop.predict.spans import MarkScorer
@@ -60,7 +60,7 @@ class LocalEngine:
         temperature: float | list[float] = 0.0,
         on_token: Callable[[int, int], None] | None = None,
         stop: Callable[[int], bool] | None = None,
-        schema: dict[str, Any] | None = None,
+        grammars: Sequence[Spec] | None = None,
         progress: Progress | None = None,
     ) -> list[Completion]:
         prompts = [render_prompt(self.tokenizer, m) for m in conversations]
@@ -75,7 +75,7 @@ class LocalEngine:
             on_token=on_token,
             json_object=json_object,
             stop=stop,
-            constraints=[grammar.matcher() for _ in prompts] if (grammar := compiled(self.tokenizer, schema)) else None,
+            constraints=[_matcher(self.tokenizer, g) for g in grammars] if grammars is not None else None,
         )
         limits = _per_row(max_new_tokens, len(conversations))
         return [(text, n, "length" if n >= limit else "stop") for (text, n), limit in zip(gens, limits, strict=True)]
@@ -149,7 +149,7 @@ class LlamaCppEngine:
         temperature: float | list[float] = 0.0,
         on_token: Callable[[int, int], None] | None = None,
         stop: Callable[[int], bool] | None = None,
-        schema: dict[str, Any] | None = None,
+        grammars: Sequence[Spec] | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> list[tuple[str, int, str]]:
         texts = token_texts(self.tokenizer) if json_object else None
@@ -163,15 +163,14 @@ class LlamaCppEngine:
             emit = (lambda t, i=i: on_token(i, t)) if on_token is not None else None
             left = (lambda i=i: stop(i)) if stop is not None else None
             prompt = render_prompt(self.tokenizer, messages)
-            grammar = compiled(self.tokenizer, schema)
             text, n = self.llama.complete(
                 prompt,
                 limits[i],
                 temps[i],
                 emit,
-                json_texts=None if grammar else texts,
+                json_texts=None if grammars is not None else texts,
                 stop=left,
-                rule=grammar.matcher() if grammar else None,
+                rule=_matcher(self.tokenizer, grammars[i]) if grammars is not None else None,
             )
             out.append((text, n, "length" if n >= limits[i] else "stop"))
             if progress is not None:
@@ -228,7 +227,7 @@ class UpstreamEngine:
         temperature: float,
         emit: Callable[[int], None] | None,
         json_object: bool = False,
-        schema: dict[str, Any] | None = None,
+        grammar: Spec | None = None,
     ) -> tuple[str, int, str]:
         body: dict[str, Any] = {
             "model": self.upstream_model,
@@ -237,8 +236,10 @@ class UpstreamEngine:
             "temperature": temperature,
             "stream": emit is not None,
         }
-        if schema is not None:  # guided decoding (vLLM), OpenAI's structured outputs
-            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+        if isinstance(grammar, dict):  # guided decoding (vLLM), OpenAI's structured outputs
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": grammar}}
+        elif isinstance(grammar, str):  # an inline answer's grammar (Lark), for vLLM's llguidance backend
+            body["guided_grammar"], body["guided_decoding_backend"] = grammar, "guidance"
         elif json_object:
             body["response_format"] = {"type": "json_object"}
         if emit is None:
@@ -275,7 +276,7 @@ class UpstreamEngine:
         temperature: float | list[float] = 0.0,
         on_token: Callable[[int, int], None] | None = None,
         stop: Callable[[int], bool] | None = None,
-        schema: dict[str, Any] | None = None,
+        grammars: Sequence[Spec] | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> list[tuple[str, int, str]]:
         """All requests in flight at once: the upstream batches them.
@@ -292,7 +293,8 @@ class UpstreamEngine:
             if stop is not None and stop(i):
                 return ("", 0, "stop")
             emit = (lambda t: on_token(i, t)) if on_token is not None else None
-            return self._ask(conversations[i], limits[i], temps[i], emit, json_object, schema)
+            grammar = grammars[i] if grammars is not None else None
+            return self._ask(conversations[i], limits[i], temps[i], emit, json_object, grammar)
 
         with ThreadPoolExecutor(max_workers=max(1, min(32, len(conversations)))) as pool:
             return list(pool.map(one, range(len(conversations))))
@@ -301,3 +303,9 @@ class UpstreamEngine:
 def _per_row(value: Any, n: int) -> list[Any]:
     """A setting given once for all rows, or one per row, as one per row."""
     return list(value) if isinstance(value, list | tuple) else [value] * n
+
+
+def _matcher(tok: Any, spec: Spec) -> Matcher:
+    grammar = compiled(tok, spec)
+    assert grammar is not None
+    return grammar.matcher()

@@ -9,7 +9,9 @@ evaluates the fine-tuned model both ways too. Prints, for each: valid JSON rate,
 rate, micro-F1 with its CI, and the decoding time per generated token; then the paired test of
 micro-F1 for each model.
 
-    python benchmarks/constrained.py [--tuned] [--data-dir ../shared/datasets] [--work DIR] [--json FILE]
+    python benchmarks/constrained.py [--tuned] [--reuse] [--data-dir ../shared/datasets] [--work DIR] [--json FILE]
+
+``--reuse`` evaluates the project ``--work`` already holds (and its last run) instead of writing and training it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/slmloop-constrained")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--tuned", action="store_true", help="also train the default recipe and compare it both ways")
+    ap.add_argument("--reuse", action="store_true", help="the project --work holds as it is, and its last run")
     args = ap.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -42,18 +45,22 @@ def main() -> None:
     from slmloop.project import open_project
 
     console = Console(stderr=True)
-    folder = make_project("hwu64-ext", Path(args.work) / "hwu64-ext", Path(args.data_dir), {}, None)
+    folder = Path(args.work) / "hwu64-ext"
+    trained = sorted((folder / ".slmloop" / "runs").glob("run-*")) if args.reuse else []
+    if not args.reuse or not (folder / "slmloop.yaml").exists():
+        folder = make_project("hwu64-ext", folder, Path(args.data_dir), {}, None)
     project = open_project(folder)
-    for src in project.manifest.data.sources:
-        import_source(project, src)
-    prepare_dataset(project, console=console)
+    if not args.reuse:
+        for src in project.manifest.data.sources:
+            import_source(project, src)
+        prepare_dataset(project, console=console)
     project.manifest.eval.compare.baseline = "none"
     from slmloop.train.recipe import train
 
     results: dict[str, Any] = {}
     models = ["base"]
     if args.tuned:
-        models.append(train(project, console=console).name)
+        models.append(trained[-1].name if trained else train(project, console=console).name)
     for model in models:
         who = "base" if model == "base" else "fine-tuned"
         evaluations = {}

@@ -482,10 +482,12 @@ class EvalConfig(Section):
         "auto", description="auto: bf16 where fast; fp32 for bit-for-bit comparisons between runs and releases."
     )
     constrain: Literal["off", "json_schema"] = Field(
-        "off",
-        description="extraction answered as JSON: json_schema decodes every answer under the task's schema (only "
-        "task.fields as keys, task.required always; eval.checks.json_schema where given), in evaluation, "
-        "serving and the parity check alike; off: the object is opened and closed, its keys are free.",
+        "json_schema",
+        description="extraction: json_schema decodes every answer under the task's schema, in evaluation, serving "
+        "and the parity check alike: a JSON answer holds only task.fields as keys (task.required always; "
+        "eval.checks.json_schema where given) and one cut off by max_new_tokens ends at its last complete field; "
+        "an inline answer copies its request, marked only with task.fields. off: a JSON object is opened and "
+        "closed, its keys are free.",
     )
     metrics: list[str] = Field(
         default_factory=list, description="Metrics to report with CIs (default: the task's headline metrics)."

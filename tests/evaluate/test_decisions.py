@@ -222,6 +222,7 @@ def test_extraction_failures_cluster_by_error_type(tmp_path: Path, tiny_model: P
         )
     ]
     p = _eval_project(tmp_path, tiny_model, {"type": "extraction", "fields": ["name", "amount"], "labels": None}, rows)
+    p.manifest.eval.constrain = "off"  # free answers: the random model writes invalid JSON too
     ev = evaluate(p, "base")
     assert "micro_f1" in ev.metrics["ci"] and "schema_pass_rate" in ev.metrics
     a = analyze(p, ev.name)

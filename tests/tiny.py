@@ -91,10 +91,10 @@ def toy_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
     return rows
 
 
-def build_tiny_model(folder: Path, seed: int = 0) -> Path:
+def build_tiny_model(folder: Path, seed: int = 0, family: str = "llama") -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
     corpus = [r["text"] for r in toy_rows(400)] + [
@@ -121,20 +121,64 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     fast.chat_template = CHATML_TEMPLATE
     fast.save_pretrained(folder)
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(fast),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=fast.bos_token_id,
-        eos_token_id=fast.eos_token_id,
-        pad_token_id=fast.pad_token_id,
-        tie_word_embeddings=True,
-        # large enough that a frozen, tied output layer can still express confident answers
-        initializer_range=0.2,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
+    special = {"bos_token_id": fast.bos_token_id, "eos_token_id": fast.eos_token_id, "pad_token_id": fast.pad_token_id}
+    model = AutoModelForCausalLM.from_config(family_config(family, len(fast), special))
+    model.save_pretrained(folder)
     return folder
+
+
+#: the architectures the family matrix covers (tests/models/test_families.py)
+FAMILIES = ("llama", "llama3", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "smollm3")
+
+
+def family_config(family: str, vocab_size: int, special: dict[str, int]) -> object:
+    """A tiny random config of ``family``, with what makes the family itself: Llama 3's rope scaling, Qwen2's
+    q/k/v biases, Qwen3's q/k norms, Gemma's soft-capping, sliding windows and scaled embeddings, Phi-3's
+    fused projections, SmolLM3's layers without rope."""
+    import transformers as tf
+
+    shape = {
+        "vocab_size": vocab_size,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": True,
+        # large enough that a frozen, tied output layer can still express confident answers
+        "initializer_range": 0.2,
+        **special,
+    }
+    if family == "llama":
+        return tf.LlamaConfig(**shape)
+    if family == "llama3":
+        scaling = {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32,
+        }
+        return tf.LlamaConfig(**shape, rope_scaling=scaling)
+    if family == "qwen2":
+        return tf.Qwen2Config(**shape)
+    if family == "qwen3":
+        return tf.Qwen3Config(**shape, head_dim=16)
+    if family == "gemma2":  # a window shorter than the prompts: the sliding layers see only part of them
+        return tf.Gemma2Config(
+            **shape, head_dim=16, sliding_window=8, query_pre_attn_scalar=16, final_logit_softcapping=30.0
+        )
+    if family == "gemma3":
+        return tf.Gemma3TextConfig(
+            **shape,
+            head_dim=16,
+            sliding_window=8,
+            query_pre_attn_scalar=16,
+            layer_types=["sliding_attention", "full_attention"],
+        )
+    if family == "phi3":
+        return tf.Phi3Config(**shape)
+    if family == "smollm3":
+        return tf.SmolLM3Config(**shape, no_rope_layers=[1, 0])
+    raise ValueError(f"no tiny config for {family!r}")

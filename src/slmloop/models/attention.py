@@ -18,7 +18,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["NAME", "answering", "grouped_attention", "shares_prefix"]
+__all__ = ["NAME", "answering", "grouped_attention", "inexact_features", "shares_prefix"]
 
 NAME = "slmloop_grouped"
 _registered = False
@@ -132,6 +132,22 @@ def shares_prefix(model: Any) -> bool:
     if kinds:
         return all(kind == "full_attention" for kind in kinds)
     return not getattr(config, "sliding_window", None)
+
+
+def inexact_features(config: Any) -> list[str]:
+    """What in ``config``'s architecture slmloop's own answering and training paths do not yet reproduce
+    exactly (packed prompt passes and label rounds build their own masks; the answer head reads the LM
+    head's logits directly): sliding-window attention and logit soft-capping. Empty: every path is exact."""
+    found = []
+    kinds = getattr(config, "layer_types", None)
+    if kinds:
+        if any(kind != "full_attention" for kind in kinds):
+            found.append("sliding-window attention")
+    elif getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        found.append("sliding-window attention")
+    if getattr(config, "attn_logit_softcapping", None) or getattr(config, "final_logit_softcapping", None):
+        found.append("logit soft-capping")
+    return found
 
 
 @contextlib.contextmanager

@@ -90,6 +90,28 @@ def load_tokenizer(model: ResolvedModel) -> PreTrainedTokenizerBase:
     return tok
 
 
+def _refuse_inexact(model: ResolvedModel) -> None:
+    """Refuse a base model whose architecture slmloop's paths do not reproduce exactly yet
+    (:func:`~slmloop.models.attention.inexact_features`): its answers would silently differ from the model's."""
+    from transformers import AutoConfig
+
+    from slmloop.models.attention import inexact_features
+
+    try:
+        with quiet_transformers():
+            config = AutoConfig.from_pretrained(model.path)
+    except (OSError, ValueError) as exc:
+        raise _hub_error(model.spec, exc) from None
+    found = inexact_features(config)
+    if found:
+        arch = ", ".join(getattr(config, "architectures", None) or [config.model_type])
+        raise ModelError(
+            f"{model.spec} ({arch}) uses {' and '.join(found)}, which slmloop's training and answering paths do "
+            "not reproduce exactly yet: its answers would differ from the model's own",
+            hint="Pick a base model of a supported family (Llama, Qwen2, Qwen3, Phi-3, SmolLM; README, 'Models').",
+        )
+
+
 def load_causal_lm(
     model: ResolvedModel,
     dtype: torch.dtype,
@@ -108,6 +130,7 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM
 
     load_dtype = torch.float32 if adapter is not None and merge else dtype
+    _refuse_inexact(model)
     try:
         with quiet_transformers():
             lm: Any = AutoModelForCausalLM.from_pretrained(

@@ -105,3 +105,38 @@ def test_a_family_the_paths_do_not_reproduce_is_refused_with_a_reason(
         _load(folder)
     assert "sliding-window attention" in caught.value.message and "not reproduce exactly" in caught.value.message
     assert "Llama, Qwen2, Qwen3" in (caught.value.hint or "")
+
+
+def test_the_recipe_trains_each_family_exactly(family, tmp_path: Path) -> None:
+    """The recipe on each family: kept states of the frozen layer give the whole model's loss and adapter
+    gradients (a shared prompt prefix included), and a short run learns."""
+    from slmloop.project import open_project
+    from slmloop.train.recipe import build, setup, train
+    from tests.train.test_recipe import _prepared
+
+    name, folder = family
+    root = _prepared(tmp_path / "p", folder, batch_size=8, lora_layers=1, epochs=2)
+    p = open_project(root)
+    parts = build(setup(p))
+    frozen = parts.inner_loss.frozen
+    assert frozen is not None and frozen.start == 1, name
+
+    def loss_and_grads(ids: list[int]) -> tuple[float, dict[str, torch.Tensor]]:
+        loss, _ = parts.inner_loss(parts.batch(ids))
+        loss.backward()
+        grads = {n: q.grad.clone() for n, q in parts.model.named_parameters() if q.requires_grad}
+        parts.inner_loss.zero_grad(set_to_none=True)
+        return float(loss.detach()), grads
+
+    ids = [0, 1, 2, 3, 4, 5]
+    full_loss, full_grads = loss_and_grads(ids)  # the whole model runs, and keeps the frozen layer's states
+    kept_loss, kept_grads = loss_and_grads(ids)  # starts above the frozen layer
+    assert parts.batch(ids).prefix_len > 0
+    assert kept_loss == pytest.approx(full_loss, rel=1e-5), name
+    for param, g in full_grads.items():
+        assert torch.allclose(kept_grads[param], g, rtol=1e-4, atol=1e-6), (name, param)
+    p.close()
+    p = open_project(root)
+    run = train(p)
+    assert run.metrics["train_loss_last"] < run.metrics["train_loss_first"], name
+    p.close()

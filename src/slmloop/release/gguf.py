@@ -1,15 +1,19 @@
-"""GGUF export of a merged Llama-architecture release, for llama.cpp and Ollama.
+"""GGUF export of a merged release (Llama, Qwen2, Qwen3), for llama.cpp and Ollama.
 
     releases/v3/gguf/
       model-q8_0.gguf     weights (q8_0 or f16), tokenizer, chat template and EOS embedded
       Modelfile           `ollama create NAME -f Modelfile`: the template, the stop token,
                           greedy decoding and the system message the model was trained with
 
-Written with the ``gguf`` package (the writer llama.cpp maintains). What a
-converter must get right, and where models exported elsewhere go wrong:
+Written with the ``gguf`` package (the writer llama.cpp maintains), tensor names from its
+own architecture tables. What a converter must get right, and where models exported
+elsewhere go wrong:
 
-- the query/key projections are permuted from the Hugging Face rotary layout
-  (two halves) to GGML's (interleaved pairs), as llama.cpp's converter does;
+- Llama's query/key projections are permuted from the Hugging Face rotary layout
+  (two halves) to GGML's (interleaved pairs), as llama.cpp's converter does (Qwen
+  rotates halves in llama.cpp too: kept as they are);
+- Llama 3's rope scaling is carried as llama.cpp reads it, one factor per rotary
+  frequency (``rope_freqs``);
 - every token keeps its id; special tokens (``<|im_end|>`` …) are typed CONTROL so
   llama.cpp parses them in a prompt instead of spelling them out;
 - the EOS id is the one training appended to every answer, so generation stops;
@@ -31,7 +35,16 @@ import numpy as np
 from slmloop.errors import ModelError
 from slmloop.store import atomic_write_bytes
 
-__all__ = ["GGUF_TYPES", "gguf_file_name", "modelfile", "source_pre_tokenizer", "write_gguf", "write_modelfile"]
+__all__ = [
+    "ARCHITECTURES",
+    "GGUF_TYPES",
+    "gguf_file_name",
+    "llama3_rope_factors",
+    "modelfile",
+    "source_pre_tokenizer",
+    "write_gguf",
+    "write_modelfile",
+]
 
 GGUF_TYPES = ("f16", "q8_0")
 
@@ -83,22 +96,56 @@ def _tokens(folder: Path, vocab_size: int) -> tuple[list[bytes], list[int]]:
     return tokens, types
 
 
+#: Hugging Face architecture → (the gguf package's architecture, whether q/k are permuted to GGML's rotary layout:
+#: llama.cpp rotates Llama's interleaved pairs, and Qwen's halves as Hugging Face does)
+ARCHITECTURES: dict[str, tuple[str, bool]] = {
+    "LlamaForCausalLM": ("LLAMA", True),
+    "Qwen2ForCausalLM": ("QWEN2", False),
+    "Qwen3ForCausalLM": ("QWEN3", False),
+}
+
+
 def _config(folder: Path) -> dict[str, Any]:
     config = json.loads((folder / "config.json").read_text())
     arch = (config.get("architectures") or ["?"])[0]
-    if arch != "LlamaForCausalLM":
+    if arch not in ARCHITECTURES:
         raise ModelError(
-            f"GGUF export supports Llama-architecture models; this release is {arch}",
+            f"GGUF export supports {', '.join(a.removesuffix('ForCausalLM') for a in ARCHITECTURES)} models; "
+            f"this release is {arch}",
             hint="Export without GGUF (export.gguf: []) and serve the safetensors release.",
         )
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
+    kind = rope.get("rope_type", rope.get("type", "default")) or "default"
+    if kind not in ("default", "llama3") or (kind == "llama3" and arch != "LlamaForCausalLM"):
         raise ModelError(
-            f"GGUF export does not handle rope scaling {rope.get('rope_type') or rope.get('type')!r} yet",
+            f"GGUF export does not handle {arch}'s rope scaling {kind!r} yet",
             hint="Export without GGUF (export.gguf: []).",
         )
+    config["_rope"] = {**rope, "rope_type": kind}
     config["_rope_theta"] = float(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
     return config
+
+
+def llama3_rope_factors(rope: dict[str, Any], theta: float, head_dim: int) -> np.ndarray:
+    """Llama 3's rope scaling as llama.cpp reads it: what each rotary frequency is divided by (``rope_freqs``).
+    Short wavelengths keep their frequency, long ones are divided by ``factor``, those between are smoothed."""
+    import math
+
+    factor = float(rope["factor"])
+    low, high = float(rope.get("low_freq_factor", 1.0)), float(rope.get("high_freq_factor", 4.0))
+    context = float(rope.get("original_max_position_embeddings", 8192))
+    freqs = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < context / high:
+            out.append(1.0)
+        elif wavelen > context / low:
+            out.append(factor)
+        else:
+            smooth = (context / wavelen - low) / (high - low)
+            out.append(1.0 / ((1 - smooth) / factor + smooth))
+    return np.asarray(out, dtype=np.float32)
 
 
 def write_gguf(merged: Path, out: Path, qtype: str, *, name: str, pre: str | None = None) -> Path:
@@ -116,7 +163,9 @@ def write_gguf(merged: Path, out: Path, qtype: str, *, name: str, pre: str | Non
     head_dim = int(config.get("head_dim") or hidden // n_head)
     vocab_size = int(config["vocab_size"])
 
-    writer = gguf.GGUFWriter(str(out) + ".tmp", "llama")
+    arch_name, permute = ARCHITECTURES[config["architectures"][0]]
+    arch = getattr(gguf.MODEL_ARCH, arch_name)
+    writer = gguf.GGUFWriter(str(out) + ".tmp", gguf.MODEL_ARCH_NAMES[arch])
     writer.add_name(name)
     writer.add_context_length(int(config.get("max_position_embeddings", 2048)))
     writer.add_embedding_length(hidden)
@@ -146,20 +195,25 @@ def write_gguf(merged: Path, out: Path, qtype: str, *, name: str, pre: str | Non
     special.add_to_gguf(writer, quiet=True)
 
     tensors = load_file(merged / "model.safetensors")
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
+    names = gguf.get_tensor_name_map(arch, n_layers)
     tied = "lm_head.weight" not in tensors or bool(config.get("tie_word_embeddings"))
+    if tied and arch != gguf.MODEL_ARCH.LLAMA:  # written out: not every architecture falls back to token_embd
+        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
+    if config["_rope"]["rope_type"] == "llama3":  # the scaling as llama.cpp applies it: one factor per frequency
+        factors = llama3_rope_factors(config["_rope"], config["_rope_theta"], head_dim)
+        writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors)
     for hf_name, tensor in tensors.items():
-        if hf_name == "lm_head.weight" and tied:
-            continue  # llama.cpp reads the output projection from token_embd when there is none
+        if hf_name == "lm_head.weight" and tied and arch == gguf.MODEL_ARCH.LLAMA:
+            continue  # llama.cpp reads Llama's output projection from token_embd when there is none
         gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise ModelError(f"GGUF export does not know the tensor {hf_name!r}", hint="Export without GGUF.")
         data = tensor.to(torch.float32).numpy()
-        if hf_name.endswith("q_proj.weight"):
+        if permute and hf_name.endswith("q_proj.weight"):
             data = _permute(data, n_head)
-        elif hf_name.endswith("k_proj.weight"):
+        elif permute and hf_name.endswith("k_proj.weight"):
             data = _permute(data, n_kv)
-        if data.ndim == 1:  # norms stay f32
+        if data.ndim == 1:  # norms and biases stay f32
             writer.add_tensor(gguf_name, data.astype(np.float32))
         elif qtype == "q8_0":
             packed = gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)

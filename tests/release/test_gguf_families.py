@@ -96,3 +96,27 @@ def test_a_family_release_passes_the_parity_gate_through_llama_cpp(family: str, 
     assert f16["agreement"] >= p.manifest.export.parity_min_agreement, (family, f16)
     assert promote(p, f"v{rel.version}", "production", reason="family parity").version == rel.version  # gated
     p.close()
+
+
+@pytest.mark.parametrize(("qtype", "ftype"), [("q4_k_m", 15), ("q5_k_m", 17)])
+def test_k_quants_come_from_llama_cpps_quantizer_and_score_near_the_model(
+    qtype: str, ftype: int, tmp_path: Path
+) -> None:
+    import gguf
+
+    from slmloop.models.llamacpp import LlamaCpp
+
+    folder = build_tiny_model(tmp_path / "qwen2", family="qwen2")
+    ref = ResolvedModel("qwen2", str(folder), "local")
+    model, tok = load_causal_lm(ref, torch.float32), load_tokenizer(ref)
+    path = write_gguf(folder, tmp_path / f"m-{qtype}.gguf", qtype, name="qwen2")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [f"m-{qtype}.gguf"]  # no f16 left over
+    assert int(gguf.GGUFReader(path).fields["general.file_type"].contents()) == ftype
+    prompt = render_prompt(tok, [{"role": "user", "content": "see you at the station tomorrow"}])
+    want = [lp for lp, _ in continuation_logprobs(model, tok, [prompt], ["meeting moved to lunch"])]
+    llama = LlamaCpp(str(path))
+    try:
+        got = llama.continuation_logprobs([prompt], ["meeting moved to lunch"])
+    finally:
+        llama.close()
+    assert got == pytest.approx(want, rel=0.15)

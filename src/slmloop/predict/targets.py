@@ -186,19 +186,19 @@ def load_target(target: ModelTarget, dtype: torch.dtype) -> tuple[Any, Any]:
 
 
 def release_gguf(target: ModelTarget, qtype: str | None = None) -> Path:
-    """The GGUF file of a release that llama.cpp answers with: ``qtype``'s, else q8_0, else f16."""
+    """The GGUF file of a release that llama.cpp answers with: ``qtype``'s, else the most exact one it has."""
     if target.release is None or target.adapter is None:
         raise ConfigError(
             f"{target.ref} is not a release: only an exported release has a GGUF file for llama.cpp",
             hint="Export it (`slmloop export`, with export.gguf: [q8_0]) and name it as vN.",
         )
     folder = target.adapter.parent / "gguf"
-    for q in [qtype] if qtype else ["q8_0", "f16"]:
+    for q in [qtype] if qtype else ["q8_0", "f16", "q5_k_m", "q4_k_m"]:
         path = folder / f"model-{q}.gguf"
         if path.exists():
             return path
     raise ModelError(
-        f"{target.ref} has no {qtype or 'q8_0 or f16'} GGUF file to answer with llama.cpp",
+        f"{target.ref} has no {qtype + ' ' if qtype else ''}GGUF file to answer with llama.cpp",
         hint="Export with export.gguf: [q8_0] in slmloop.yaml, or use the transformers engine.",
     )
 

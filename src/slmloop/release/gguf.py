@@ -46,7 +46,10 @@ __all__ = [
     "write_modelfile",
 ]
 
-GGUF_TYPES = ("f16", "q8_0")
+GGUF_TYPES = ("f16", "q8_0", "q5_k_m", "q4_k_m")
+#: types llama.cpp's own quantizer writes (from an f16 file written here): llama-cpp-python's
+#: ``llama_model_quantize``, where it is installed
+K_QUANTS = {"q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
 
 
 def gguf_file_name(qtype: str) -> str:
@@ -156,6 +159,12 @@ def write_gguf(merged: Path, out: Path, qtype: str, *, name: str, pre: str | Non
 
     if qtype not in GGUF_TYPES:
         raise ModelError(f"unknown GGUF type {qtype!r}", hint=f"Use one of: {', '.join(GGUF_TYPES)}.")
+    if qtype in K_QUANTS:
+        f16 = write_gguf(merged, out.with_name(out.name + ".f16.tmp"), "f16", name=name, pre=pre)
+        try:
+            return _quantize(f16, out, qtype)
+        finally:
+            f16.unlink(missing_ok=True)
     config = _config(merged)
     n_head = int(config["num_attention_heads"])
     n_kv = int(config.get("num_key_value_heads") or n_head)
@@ -225,6 +234,32 @@ def write_gguf(merged: Path, out: Path, qtype: str, *, name: str, pre: str | Non
     writer.write_tensors_to_file()
     writer.close()
     Path(str(out) + ".tmp").replace(out)
+    return out
+
+
+def _quantize(f16: Path, out: Path, qtype: str) -> Path:
+    """``f16`` quantized to ``qtype`` by llama.cpp's quantizer (k-quants; tensors whose rows do not split into
+    its blocks get llama.cpp's own fallback type)."""
+    import ctypes
+    import os
+
+    from slmloop.models.llamacpp import llama_cpp_available
+
+    if not llama_cpp_available():
+        raise ModelError(
+            f"GGUF {qtype} is written by llama.cpp's quantizer, and llama-cpp-python is not installed",
+            hint="Run `make setup` (it installs llama-cpp-python), or export f16 / q8_0.",
+        )
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, K_QUANTS[qtype])
+    params.nthread = os.cpu_count() or 1
+    tmp = out.with_name(out.name + ".tmp")
+    if llama_cpp.llama_model_quantize(str(f16).encode(), str(tmp).encode(), ctypes.byref(params)) != 0:
+        tmp.unlink(missing_ok=True)
+        raise ModelError(f"llama.cpp could not quantize the release to {qtype}", hint="Export f16 or q8_0 instead.")
+    tmp.replace(out)
     return out
 
 

@@ -14,7 +14,12 @@ Targets: the admitted requests' p99 within 2x the p99 of the same mix at capacit
 refused ones (429/503) answered within 100 ms, no other errors, and the server answering
 normally right after.
 
-    python benchmarks/serve_load.py [--project DIR] [--clients 32] [--seconds 60] [--json FILE]
+    python benchmarks/serve_load.py [--project DIR] [--clients 32] [--seconds 60] [--shared-cores] [--json FILE]
+
+The load generator and the server run on separate cores (the server on all but the last
+core, the load generator on the last), as they would on separate machines: otherwise the
+clients' work under overload (connections, refusals to read) takes the server's CPU and
+the overload measures the benchmark. ``--shared-cores`` runs both on every core.
 
 Without --project it runs `slmloop demo` into a temporary folder first (~4 min)
 and serves the release it made.
@@ -24,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -159,6 +166,30 @@ def _batch_sizes(url: str) -> float:
     return total / count if count else float("nan")
 
 
+#: every core this benchmark may use, read once at the start (the load generator later keeps only the last)
+CORES = sorted(os.sched_getaffinity(0))
+
+
+@contextlib.contextmanager
+def _serve(project: Path, log: Path, separate: bool, extra: list[str] | None = None) -> Any:
+    """A server started on all but the last core (``separate`` and several cores; else on every core), while this
+    process — the load generator — keeps the last one."""
+    from slmloop.serve.server import ServerProcess
+
+    env: dict[str, str] = {}
+    if separate and len(CORES) > 1:
+        os.sched_setaffinity(0, CORES[:-1])  # the server is forked with these
+        env["OMP_NUM_THREADS"] = str(len(CORES) - 1)  # its torch threads: one per core it has
+    try:
+        server = ServerProcess(project, log_path=log, extra_args=extra or [], env=env).__enter__()
+    finally:
+        os.sched_setaffinity(0, CORES[-1:] if separate and len(CORES) > 1 else CORES)
+    try:
+        yield server
+    finally:
+        server.__exit__(None, None, None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--project", type=Path, help="a project with a release (default: run the demo first)")
@@ -166,11 +197,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--overload-only", action="store_true", help="skip the batched / unbatched comparison")
+    ap.add_argument("--shared-cores", action="store_true", help="server and load generator on every core")
     args = ap.parse_args()
 
     from slmloop.demo import run_demo
     from slmloop.project import EXAMPLES
-    from slmloop.serve.server import ServerProcess
 
     project = args.project
     if project is None:
@@ -180,10 +211,11 @@ def main() -> None:
     traffic = EXAMPLES["sms-spam"] / "traffic_sms.txt"
     texts = [t.strip() for t in traffic.read_text(encoding="utf-8").splitlines() if t.strip()]
 
-    results: dict[str, Any] = {"clients": args.clients, "seconds": args.seconds}
+    results: dict[str, Any] = {"clients": args.clients, "seconds": args.seconds, "shared_cores": args.shared_cores}
+    separate = not args.shared_cores
     for name, flag in () if args.overload_only else (("batched", "--batching"), ("unbatched", "--no-batching")):
         log = project / ".slmloop" / f"serve-load-{name}.log"
-        with ServerProcess(project, log_path=log, extra_args=[flag]) as server:
+        with _serve(project, log, separate, [flag]) as server:
             asyncio.run(_load(server.url, texts[:64], 4, 3.0))  # warm-up: first shapes, allocator
             r = asyncio.run(_load(server.url, texts, args.clients, args.seconds))
             r["mean_batch"] = _batch_sizes(server.url)
@@ -199,7 +231,7 @@ def main() -> None:
         print(f"throughput batched / unbatched: {ratio:.2f}x (target >= 3x); errors: {errors} (target 0)")
 
     log = project / ".slmloop" / "serve-load-overload.log"
-    with ServerProcess(project, log_path=log) as server:
+    with _serve(project, log, separate) as server:
         asyncio.run(_load(server.url, texts[:64], 4, 3.0, mixed=True))
         m = asyncio.run(_load(server.url, texts, args.clients, args.seconds, mixed=True))
         results["mixed"] = m

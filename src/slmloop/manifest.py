@@ -565,10 +565,10 @@ class ServeConfig(Section):
         "most in all. An idle server answers a lone request at once.",
     )
     max_queue: int = Field(
-        16,
+        8,
         gt=0,
         description="Requests in flight at most beyond one full batch (max_batch): more get 429 with Retry-After at "
-        "once, so under overload those admitted wait about as long as at full capacity (the default: half a batch).",
+        "once, so under overload those admitted wait for about two batches at most (the default: a quarter batch).",
     )
     request_timeout_s: float = Field(
         60.0,

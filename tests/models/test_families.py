@@ -88,7 +88,8 @@ def test_a_shared_prompt_prefix_gives_the_same_loss_and_gradients(family) -> Non
         loss.backward()
         grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
         model.zero_grad()
-        results.append((float(loss.detach()), grads))
+        results.append((float(loss.detach()), grads, batch.prefix_len))
+    assert results[0][2] == 0 and results[1][2] >= 8, name  # the system prompt is shared
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-5), name
     for g0, g1 in zip(results[0][1], results[1][1], strict=True):
         assert torch.allclose(g0, g1, atol=1e-5, rtol=1e-4), name
@@ -112,7 +113,7 @@ def test_the_recipe_trains_each_family_exactly(family, tmp_path: Path) -> None:
     gradients (a shared prompt prefix included), and a short run learns."""
     from slmloop.project import open_project
     from slmloop.train.recipe import build, setup, train
-    from tests.train.test_recipe import _prepared
+    from tests.train.test_recipe import _prepared, answer_loss_and_grads
 
     name, folder = family
     root = _prepared(tmp_path / "p", folder, batch_size=8, lora_layers=1, epochs=2)
@@ -121,16 +122,9 @@ def test_the_recipe_trains_each_family_exactly(family, tmp_path: Path) -> None:
     frozen = parts.inner_loss.frozen
     assert frozen is not None and frozen.start == 1, name
 
-    def loss_and_grads(ids: list[int]) -> tuple[float, dict[str, torch.Tensor]]:
-        loss, _ = parts.inner_loss(parts.batch(ids))
-        loss.backward()
-        grads = {n: q.grad.clone() for n, q in parts.model.named_parameters() if q.requires_grad}
-        parts.inner_loss.zero_grad(set_to_none=True)
-        return float(loss.detach()), grads
-
     ids = [0, 1, 2, 3, 4, 5]
-    full_loss, full_grads = loss_and_grads(ids)  # the whole model runs, and keeps the frozen layer's states
-    kept_loss, kept_grads = loss_and_grads(ids)  # starts above the frozen layer
+    full_loss, full_grads = answer_loss_and_grads(parts, ids)  # the whole model runs, keeps the frozen layer's states
+    kept_loss, kept_grads = answer_loss_and_grads(parts, ids)  # starts above the frozen layer
     assert parts.batch(ids).prefix_len > 0
     assert kept_loss == pytest.approx(full_loss, rel=1e-5), name
     for param, g in full_grads.items():

@@ -19,10 +19,19 @@ from tests.tiny import build_tiny_model
 pytestmark = pytest.mark.skipif(not llama_cpp_available(), reason="llama-cpp-python is not installed")
 
 
-@pytest.mark.parametrize("family", ["llama3", "qwen2", "qwen3"])
-def test_a_family_gguf_scores_text_in_llama_cpp_as_transformers_does(family: str, tmp_path: Path) -> None:
+def llama_scores(path: Path, heads: list[str], tails: list[str]) -> list[float]:
+    """Each tail's summed log-probability after its head, as llama.cpp scores it from the GGUF at ``path``."""
     from slmloop.models.llamacpp import LlamaCpp
 
+    llama = LlamaCpp(str(path))
+    try:
+        return llama.continuation_logprobs(heads, tails)
+    finally:
+        llama.close()
+
+
+@pytest.mark.parametrize("family", ["llama3", "qwen2", "qwen3"])
+def test_a_family_gguf_scores_text_in_llama_cpp_as_transformers_does(family: str, tmp_path: Path) -> None:
     folder = build_tiny_model(tmp_path / family, family=family)
     ref = ResolvedModel(family, str(folder), "local")
     model, tok = load_causal_lm(ref, torch.float32), load_tokenizer(ref)
@@ -32,12 +41,7 @@ def test_a_family_gguf_scores_text_in_llama_cpp_as_transformers_does(family: str
     heads = [prompt, prompt + "call mum"]
     tails = ["meeting moved to lunch", " when you wake up"]
     want = [lp for lp, _ in continuation_logprobs(model, tok, heads, tails)]
-    llama = LlamaCpp(str(path))
-    try:
-        got = llama.continuation_logprobs(heads, tails)
-    finally:
-        llama.close()
-    assert got == pytest.approx(want, rel=0.02), family
+    assert llama_scores(path, heads, tails) == pytest.approx(want, rel=0.02), family
 
 
 def test_llama3_rope_scaling_matters_to_the_gguf(tmp_path: Path) -> None:
@@ -104,8 +108,6 @@ def test_k_quants_come_from_llama_cpps_quantizer_and_score_near_the_model(
 ) -> None:
     import gguf
 
-    from slmloop.models.llamacpp import LlamaCpp
-
     folder = build_tiny_model(tmp_path / "qwen2", family="qwen2")
     ref = ResolvedModel("qwen2", str(folder), "local")
     model, tok = load_causal_lm(ref, torch.float32), load_tokenizer(ref)
@@ -114,9 +116,4 @@ def test_k_quants_come_from_llama_cpps_quantizer_and_score_near_the_model(
     assert int(gguf.GGUFReader(path).fields["general.file_type"].contents()) == ftype
     prompt = render_prompt(tok, [{"role": "user", "content": "see you at the station tomorrow"}])
     want = [lp for lp, _ in continuation_logprobs(model, tok, [prompt], ["meeting moved to lunch"])]
-    llama = LlamaCpp(str(path))
-    try:
-        got = llama.continuation_logprobs([prompt], ["meeting moved to lunch"])
-    finally:
-        llama.close()
-    assert got == pytest.approx(want, rel=0.15)
+    assert llama_scores(path, [prompt], ["meeting moved to lunch"]) == pytest.approx(want, rel=0.15)

@@ -39,6 +39,15 @@ def _prepared(root: Path, model: Path, rows: list[dict] | None = None, **train_c
     return root
 
 
+def answer_loss_and_grads(parts: Any, ids: list[int]) -> tuple[float, dict[str, torch.Tensor]]:
+    """The training loss of rows ``ids`` and the adapter's gradients from it (then cleared)."""
+    loss, _ = parts.inner_loss(parts.batch(ids))
+    loss.backward()
+    grads = {n: q.grad.clone() for n, q in parts.model.named_parameters() if q.requires_grad}
+    parts.inner_loss.zero_grad(set_to_none=True)
+    return float(loss.detach()), grads
+
+
 def _adapter(root: Path, run: str = "run-1") -> dict[str, torch.Tensor]:
     return load_file(root / ".slmloop" / "runs" / run / "adapter" / "adapter_model.safetensors")
 
@@ -278,11 +287,7 @@ def test_kept_states_of_frozen_layers_give_the_full_passs_loss_and_gradients(tmp
     assert frozen is not None and frozen.start == 1  # 2 layers, the top one adapted
 
     def loss_and_grads(ids: list[int]) -> tuple[float, dict[str, torch.Tensor]]:
-        loss, _ = parts.inner_loss(parts.batch(ids))
-        loss.backward()
-        grads = {n: q.grad.clone() for n, q in parts.model.named_parameters() if q.requires_grad}
-        parts.inner_loss.zero_grad(set_to_none=True)
-        return float(loss.detach()), grads
+        return answer_loss_and_grads(parts, ids)
 
     for ids in ([0, 1, 2, 3, 4, 5], [7], [0, 7, 9]):  # shared prefix; one row alone (none); rows kept elsewhere
         kept_before = frozen.skipped

@@ -138,10 +138,8 @@ KEEP = 256
 _GRAMMARS: collections.OrderedDict[tuple[int, str], Grammar] = collections.OrderedDict()
 
 
-def compiled(tok: Any, spec: Spec | None) -> Grammar | None:
-    """``spec`` compiled for ``tok``, kept for the next answers under it (None: no spec)."""
-    if spec is None:
-        return None
+def compiled(tok: Any, spec: Spec) -> Grammar:
+    """``spec`` compiled for ``tok``, kept for the next answers under it."""
     import json
 
     key = (id(tok), spec if isinstance(spec, str) else json.dumps(spec, sort_keys=True))
@@ -159,9 +157,7 @@ def close_answer(tok: Any, schema: dict[str, Any], text: str) -> str | None:
     field: the longest prefix that ends before a ``, `` (or just after the opening ``{``) and closes into an
     object the schema accepts; where a required field is the one cut off, its value is ended where it stands.
     ``text`` itself if it is complete; None if nothing closes it (the text is not in the schema)."""
-    grammar = compiled(tok, schema)
-    assert grammar is not None
-    state = grammar.matcher().state
+    state = compiled(tok, schema).matcher().state
 
     def accepted(candidate: str) -> bool:
         return inside(candidate) and bool(state.is_accepting())
@@ -218,12 +214,13 @@ def inline_grammar(fields: Sequence[str], request: str) -> str:
     def ci(word: str) -> str:  # the word, any case
         return lit(word) + ("i" if word.lower() != word.upper() else "")
 
+    # s{i}: the answer from word i on, outside a mark; m{i}: from word i on, inside a mark opened before it
     rules = ["start: s0", f"field: {field}", 'tail: "" | " [" field ": " VALUE "]" tail', "VALUE: /[^\\[\\]]+/"]
     for i, (word, a, _) in enumerate(words):
         gap = lit(request[words[i - 1][2] if i else a : a])  # the request's own space before the word
-        rules.append(f'a{i}: {gap} {lit(word)} s{i + 1} | {gap} "[" field ": " {ci(word)} m{i + 1}')
-        rules.append(f"s{i}: a{i}")
-        rules.append(f'm{i}: "]" s{i} | {gap} {ci(word)} m{i + 1}' if i else f'm{i}: "]" s{i}')
+        rules.append(f's{i}: {gap} {lit(word)} s{i + 1} | {gap} "[" field ": " {ci(word)} m{i + 1}')
+        if i:
+            rules.append(f'm{i}: "]" s{i} | {gap} {ci(word)} m{i + 1}')
     n = len(words)
-    rules += [f"s{n}: tail", f'm{n}: "]" tail']
+    rules += [f"s{n}: tail", f'm{n}: "]" tail'] if n else [f"s{n}: tail"]
     return "\n".join(rules) + "\n"

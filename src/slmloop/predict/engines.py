@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from slmloop.models.inference import continuation_logprobs, generate, rank_labels, token_texts
 from slmloop.models.loading import render_prompt
-from slmloop.predict.constrain import Matcher, Spec, compiled
+from slmloop.predict.constrain import Spec, compiled
 
 if TYPE_CHECKING:
     from slmloop.predict.spans import MarkScorer
@@ -75,7 +75,7 @@ class LocalEngine:
             on_token=on_token,
             json_object=json_object,
             stop=stop,
-            constraints=[_matcher(self.tokenizer, g) for g in grammars] if grammars is not None else None,
+            constraints=[compiled(self.tokenizer, g).matcher() for g in grammars] if grammars is not None else None,
         )
         limits = _per_row(max_new_tokens, len(conversations))
         return [(text, n, "length" if n >= limit else "stop") for (text, n), limit in zip(gens, limits, strict=True)]
@@ -170,7 +170,7 @@ class LlamaCppEngine:
                 emit,
                 json_texts=None if grammars is not None else texts,
                 stop=left,
-                rule=_matcher(self.tokenizer, grammars[i]) if grammars is not None else None,
+                rule=compiled(self.tokenizer, grammars[i]).matcher() if grammars is not None else None,
             )
             out.append((text, n, "length" if n >= limits[i] else "stop"))
             if progress is not None:
@@ -303,9 +303,3 @@ class UpstreamEngine:
 def _per_row(value: Any, n: int) -> list[Any]:
     """A setting given once for all rows, or one per row, as one per row."""
     return list(value) if isinstance(value, list | tuple) else [value] * n
-
-
-def _matcher(tok: Any, spec: Spec) -> Matcher:
-    grammar = compiled(tok, spec)
-    assert grammar is not None
-    return grammar.matcher()

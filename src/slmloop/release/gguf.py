@@ -152,7 +152,7 @@ def llama3_rope_factors(rope: dict[str, Any], theta: float, head_dim: int) -> np
 
 
 def write_gguf(merged: Path, out: Path, qtype: str, *, name: str, pre: str | None = None) -> Path:
-    """Write the merged Hugging Face folder ``merged`` as one GGUF file ``out`` (f16 or q8_0)."""
+    """Write the merged Hugging Face folder ``merged`` as one GGUF file ``out`` of ``qtype`` (:data:`GGUF_TYPES`)."""
     import gguf
     import torch
     from safetensors.torch import load_file
@@ -206,14 +206,12 @@ def write_gguf(merged: Path, out: Path, qtype: str, *, name: str, pre: str | Non
     tensors = load_file(merged / "model.safetensors")
     names = gguf.get_tensor_name_map(arch, n_layers)
     tied = "lm_head.weight" not in tensors or bool(config.get("tie_word_embeddings"))
-    if tied and arch != gguf.MODEL_ARCH.LLAMA:  # written out: not every architecture falls back to token_embd
-        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
     if config["_rope"]["rope_type"] == "llama3":  # the scaling as llama.cpp applies it: one factor per frequency
         factors = llama3_rope_factors(config["_rope"], config["_rope_theta"], head_dim)
         writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors)
     for hf_name, tensor in tensors.items():
-        if hf_name == "lm_head.weight" and tied and arch == gguf.MODEL_ARCH.LLAMA:
-            continue  # llama.cpp reads Llama's output projection from token_embd when there is none
+        if hf_name == "lm_head.weight" and tied:
+            continue  # llama.cpp reads the output projection from token_embd when there is none
         gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise ModelError(f"GGUF export does not know the tensor {hf_name!r}", hint="Export without GGUF.")

@@ -1,5 +1,5 @@
 """GGUF export beyond Llama: Llama 3 (rope scaling), Qwen2 and Qwen3 files score text in llama.cpp as the
-Hugging Face model does, and a family GGUF cannot export yet (Phi-3, SmolLM3) refuses with a reason."""
+Hugging Face model does, and a family GGUF cannot export yet (Phi-3, SmolLM3, Gemma) refuses with a reason."""
 
 from __future__ import annotations
 
@@ -59,7 +59,15 @@ def test_llama3_rope_scaling_matters_to_the_gguf(tmp_path: Path) -> None:
     assert "rope_freqs.weight" in names
 
 
-@pytest.mark.parametrize(("family", "arch"), [("phi3", "Phi3ForCausalLM"), ("smollm3", "SmolLM3ForCausalLM")])
+@pytest.mark.parametrize(
+    ("family", "arch"),
+    [
+        ("phi3", "Phi3ForCausalLM"),
+        ("smollm3", "SmolLM3ForCausalLM"),
+        ("gemma2", "Gemma2ForCausalLM"),
+        ("gemma3", "Gemma3ForCausalLM"),
+    ],
+)
 def test_a_family_gguf_cannot_export_is_refused_with_a_reason(family: str, arch: str, tmp_path: Path) -> None:
     folder = build_tiny_model(tmp_path / family, family=family)
     with pytest.raises(ModelError) as caught:

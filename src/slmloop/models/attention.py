@@ -18,7 +18,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["NAME", "answering", "grouped_attention", "inexact_features", "shares_prefix"]
+__all__ = ["NAME", "answering", "grouped_attention", "inexact_features", "plain_paths", "shares_prefix"]
 
 NAME = "slmloop_grouped"
 _registered = False
@@ -148,6 +148,13 @@ def inexact_features(config: Any) -> list[str]:
     if getattr(config, "attn_logit_softcapping", None) or getattr(config, "final_logit_softcapping", None):
         found.append("logit soft-capping")
     return found
+
+
+def plain_paths(model: Any) -> bool:
+    """Whether ``model`` is answered through transformers' own masks (a left-padded batch, a 2-D mask)
+    instead of slmloop's packed passes, shared prompt prefix and label rounds, because those would not
+    reproduce its attention exactly (:func:`inexact_features`)."""
+    return bool(inexact_features(getattr(model, "config", None)))
 
 
 @contextlib.contextmanager

@@ -100,10 +100,12 @@ def generate(
     """
     import torch
 
+    from slmloop.models.attention import plain_paths
+
     encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     out: list[tuple[str, int]] = [("", 0)] * len(prompts)
     eos = set(_eos_ids(model, tok))
-    shared = common_prefix(encoded)
+    shared = 0 if plain_paths(model) else common_prefix(encoded)
     prefix_kv = prefix_cache(model, encoded[0][:shared]) if shared else None
     rng = torch.Generator().manual_seed(seed)
     texts = token_texts(tok) if json_object else None
@@ -229,11 +231,21 @@ def start_batch(
     import torch
     from transformers import DynamicCache
 
+    from slmloop.models.attention import plain_paths
+
     device = model.device
     b = len(suffixes)
     lengths = [len(s) for s in suffixes]
     width = max(lengths)
     head = _Head(model)
+    if plain_paths(model):  # one left-padded pass: the model builds its own masks (sliding windows)
+        if prefix_kv is not None:
+            raise ValueError("a model on transformers' plain paths takes no shared prefix (see plain_paths)")
+        ids, mask = left_pad(suffixes, 0)
+        ids, mask = ids.to(device), mask.to(device)
+        with torch.inference_mode():
+            hidden, cache = head.run(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(0))
+        return hidden[:, -1], cache, mask
     layers: list[tuple[torch.Tensor, torch.Tensor]] = []
     last: list[torch.Tensor] = []
     for chunk in _pack(lengths, PACK_TOKENS):
@@ -527,12 +539,19 @@ def rank_labels(
       of it (log-probabilities only fall along a path), so it is not scored further: its score is
       None (probability below e^-margin of the top label's). ``margin=None`` scores every label.
 
+    A model on transformers' plain paths (:func:`~slmloop.models.attention.plain_paths`) scores each
+    prompt and label as one sequence instead, every label to the end.
+
     The ranking can never give an unparseable answer.
     """
+    from slmloop.models.attention import plain_paths
 
     eos = tok.eos_token_id
-    trie = _Trie.build([tok(lab, add_special_tokens=False)["input_ids"] + [eos] for lab in labels])
+    label_ids = [tok(lab, add_special_tokens=False)["input_ids"] + [eos] for lab in labels]
     encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    if plain_paths(model):
+        return _each_label_alone(model, tok, encoded, label_ids, batch_size, progress)
+    trie = _Trie.build(label_ids)
     shared = common_prefix(encoded)
     prefix_kv = prefix_cache(model, encoded[0][:shared]) if shared else None
     limit = math.inf if margin is None else margin
@@ -541,6 +560,27 @@ def rank_labels(
         rows = _score_batch(model, tok, [encoded[i][shared:] for i in batch], trie, prefix_kv, shared, limit)
         for i, row in zip(batch, rows, strict=True):
             scores[i] = row
+        if progress:
+            progress(len(batch))
+    return scores
+
+
+def _each_label_alone(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    encoded: list[list[int]],
+    label_ids: list[list[int]],
+    batch_size: int,
+    progress: Progress | None,
+) -> list[list[float | None]]:
+    """log P(label + EOS | prompt) of every label, each prompt + label run as its own sequence."""
+    scores: list[list[float | None]] = [[] for _ in encoded]
+    n = len(label_ids)
+    for batch in _batches([len(e) for e in encoded], batch_size):
+        sequences = [(encoded[i] + lab, len(encoded[i])) for i in batch for lab in label_ids]
+        got = _sequence_logprobs(model, tok, sequences, batch_size)
+        for k, i in enumerate(batch):
+            scores[i] = [lp for lp, _ in got[k * n : (k + 1) * n]]
         if progress:
             progress(len(batch))
     return scores
@@ -664,14 +704,26 @@ def continuation_logprobs(
     The LM head runs only at the positions that predict a continuation token (a full-vocabulary
     matrix for every padded position of a batch would cost more memory and time than the decoder).
     """
-    import torch
-
-    lm = _Head(model)
     encoded = []
     for p, c in zip(prompts, continuations, strict=True):
         head = tok(p, add_special_tokens=False)["input_ids"]
         tail = tok(c, add_special_tokens=False)["input_ids"]
         encoded.append((head + tail, len(head)))
+    return _sequence_logprobs(model, tok, encoded, batch_size, progress)
+
+
+def _sequence_logprobs(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    encoded: list[tuple[list[int], int]],
+    batch_size: int,
+    progress: Progress | None = None,
+) -> list[tuple[float, int]]:
+    """(summed log-probability, tokens) of each sequence from its ``start`` on: right-padded batches with a
+    2-D mask, so every position and mask is the one an unpadded pass of the model builds itself."""
+    import torch
+
+    lm = _Head(model)
     out: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     device = next(model.parameters()).device

@@ -90,9 +90,15 @@ def load_tokenizer(model: ResolvedModel) -> PreTrainedTokenizerBase:
     return tok
 
 
-def _refuse_inexact(model: ResolvedModel) -> None:
-    """Refuse a base model whose architecture slmloop's paths do not reproduce exactly yet
-    (:func:`~slmloop.models.attention.inexact_features`): its answers would silently differ from the model's."""
+#: the models told, in this process, that they run through transformers' plain paths
+_TOLD: set[str] = set()
+
+
+def _plain_paths_notice(model: ResolvedModel) -> Any:
+    """The model's config; a model whose architecture slmloop's fast paths do not reproduce exactly
+    (:func:`~slmloop.models.attention.inexact_features`) is answered and trained through transformers'
+    plain paths instead (exact, slower), and the user is told so once."""
+    from rich.console import Console
     from transformers import AutoConfig
 
     from slmloop.models.attention import inexact_features
@@ -103,13 +109,24 @@ def _refuse_inexact(model: ResolvedModel) -> None:
     except (OSError, ValueError) as exc:
         raise _hub_error(model.spec, exc) from None
     found = inexact_features(config)
-    if found:
+    if found and model.path not in _TOLD:
+        _TOLD.add(model.path)
         arch = ", ".join(getattr(config, "architectures", None) or [config.model_type])
-        raise ModelError(
-            f"{model.spec} ({arch}) uses {' and '.join(found)}, which slmloop's training and answering paths do "
-            "not reproduce exactly yet: its answers would differ from the model's own",
-            hint="Pick a base model of a supported family (Llama, Qwen2, Qwen3, Phi-3, SmolLM; README, 'Models').",
+        Console(stderr=True).print(
+            f"note: {model.spec} ({arch}) uses {' and '.join(found)}; slmloop runs it through transformers' "
+            "plain attention (exact, but slower: no shared prompt prefix, no packed passes, every label scored "
+            "as its own sequence)",
+            markup=False,
+            highlight=False,
         )
+    return config
+
+
+def _attention_for(config: Any, wanted: str) -> str:
+    """``wanted``, or eager attention where SDPA cannot compute the model (attention soft-capping)."""
+    if getattr(config, "attn_logit_softcapping", None):
+        return "eager"
+    return wanted
 
 
 def load_causal_lm(
@@ -130,11 +147,11 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM
 
     load_dtype = torch.float32 if adapter is not None and merge else dtype
-    _refuse_inexact(model)
+    config = _plain_paths_notice(model)
     try:
         with quiet_transformers():
             lm: Any = AutoModelForCausalLM.from_pretrained(
-                model.path, dtype=load_dtype, attn_implementation=attn_implementation
+                model.path, dtype=load_dtype, attn_implementation=_attention_for(config, attn_implementation)
             )
     except (OSError, ValueError) as exc:
         raise _hub_error(model.spec, exc) from None

@@ -79,8 +79,13 @@ class AnswerLoss(torch.nn.Module):
         if self.fast:
             hidden = self.decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
             return self.head(hidden[batch.rows, batch.positions]).float()
-        out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-        return out.logits[batch.rows, batch.positions].float()
+        ids, mask, p = batch.input_ids, batch.attention_mask, batch.prefix_len
+        if batch.prefix_ids is not None:  # the whole model's logits (soft-capped): each row gets its prefix back
+            b = ids.shape[0]
+            ids = torch.cat([batch.prefix_ids.expand(b, -1), ids], dim=1)
+            mask = torch.cat([torch.ones((b, p), dtype=mask.dtype, device=mask.device), mask], dim=1)
+        out = self.model(input_ids=ids, attention_mask=mask)
+        return out.logits[batch.rows, batch.positions + p].float()
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, int]:
         logits = self.answer_logits(batch)

@@ -198,10 +198,11 @@ def calibrate_inference(model: Any, tok: Any, prompts: list[str], batch_size: in
     import torch
     from transformers import DynamicCache
 
+    from slmloop.models.attention import plain_paths
     from slmloop.models.inference import common_prefix, left_pad, prefix_cache, start_batch
 
     batch = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[:batch_size]]
-    shared = common_prefix(batch)
+    shared = 0 if plain_paths(model) else common_prefix(batch)
     prefix = prefix_cache(model, batch[0][:shared]) if shared else None
     suffixes = [b[shared:] for b in batch]
     ids, mask = left_pad(batch, tok.pad_token_id)

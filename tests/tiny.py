@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 from slmloop.models.loading import CHATML_TEMPLATE
@@ -91,7 +92,31 @@ def toy_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
     return rows
 
 
-def build_tiny_model(folder: Path, seed: int = 0, family: str = "llama") -> Path:
+#: tokenizers.json split patterns of the GPT-4 style, by llama.cpp's name for them (tests/release)
+SPLIT_PATTERNS = {
+    "llama-bpe": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+",
+    "qwen2": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+",
+}
+
+
+def _pre_tokenizer(pre: str | None) -> object:
+    """The pre-tokenizer of a tiny tokenizer: GPT-2's byte-level split (None), SmolLM's ("smollm"), or a
+    GPT-4-style split pattern (:data:`SPLIT_PATTERNS`)."""
+    from tokenizers import Regex, pre_tokenizers
+
+    if pre is None:
+        return pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if pre == "smollm":
+        return pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        )
+    split = pre_tokenizers.Split(Regex(SPLIT_PATTERNS[pre]), behavior="isolated")
+    return pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+
+def build_tiny_model(folder: Path, seed: int = 0, family: str = "llama", pre: str | None = None) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
@@ -102,23 +127,21 @@ def build_tiny_model(folder: Path, seed: int = 0, family: str = "llama") -> Path
         "Answer with the label only. hotel booking question how much does it cost",
     ] * 20
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = _pre_tokenizer(pre)
     tok.decoder = decoders.ByteLevel()
+    chat = CHAT[family]
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     trainer = trainers.BpeTrainer(
         vocab_size=600,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        special_tokens=specials + [t for t in chat.specials if t not in specials],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(corpus, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        unk_token="<|endoftext|>",
-        pad_token="<|im_end|>",
+        tokenizer_object=tok, bos_token=chat.bos, eos_token=chat.eos, unk_token="<|endoftext|>", pad_token=chat.pad
     )
-    fast.chat_template = CHATML_TEMPLATE
+    fast.chat_template = (TEMPLATES / chat.template).read_text() if chat.template else CHATML_TEMPLATE
     fast.save_pretrained(folder)
     torch.manual_seed(seed)
     special = {"bos_token_id": fast.bos_token_id, "eos_token_id": fast.eos_token_id, "pad_token_id": fast.pad_token_id}
@@ -129,6 +152,48 @@ def build_tiny_model(folder: Path, seed: int = 0, family: str = "llama") -> Path
 
 #: the architectures the family matrix covers (tests/models/test_families.py)
 FAMILIES = ("llama", "llama3", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "smollm3")
+
+#: the families' chat templates, kept as fixtures
+TEMPLATES = Path(__file__).parent / "fixtures" / "chat_templates"
+
+
+@dataclass(frozen=True)
+class Chat:
+    """A family's chat format: its template file (None: ChatML, as SmolLM2 uses) and special tokens."""
+
+    template: str | None
+    bos: str | None
+    eos: str
+    pad: str
+    specials: tuple[str, ...] = ()
+
+
+CHAT = {
+    "llama": Chat(None, "<|im_start|>", "<|im_end|>", "<|im_end|>"),
+    "llama3": Chat(
+        "llama3.jinja",
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        "<|eot_id|>",
+        ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+    ),
+    "qwen2": Chat("qwen2.jinja", None, "<|im_end|>", "<|endoftext|>"),
+    "qwen3": Chat("qwen3.jinja", None, "<|im_end|>", "<|endoftext|>", ("<think>", "</think>")),
+    "gemma2": Chat(
+        "gemma2.jinja", "<bos>", "<eos>", "<pad>", ("<bos>", "<eos>", "<pad>", "<start_of_turn>", "<end_of_turn>")
+    ),
+    "gemma3": Chat(
+        "gemma3.jinja", "<bos>", "<eos>", "<pad>", ("<bos>", "<eos>", "<pad>", "<start_of_turn>", "<end_of_turn>")
+    ),
+    "phi3": Chat(
+        "phi3.jinja",
+        "<s>",
+        "<|endoftext|>",
+        "<|endoftext|>",
+        ("<s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"),
+    ),
+    "smollm3": Chat("smollm3.jinja", None, "<|im_end|>", "<|im_end|>", ("<think>", "</think>")),
+}
 
 
 def family_config(family: str, vocab_size: int, special: dict[str, int]) -> object:

@@ -80,7 +80,7 @@ def test_a_shared_prompt_prefix_gives_the_same_loss_and_gradients(family) -> Non
         model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
     )
     loss_fn = AnswerLoss(model)
-    examples = encode_rows(tok, TASK, toy_rows(6), 64, "full")
+    examples = encode_rows(tok, TASK, toy_rows(6), 256, "full")
     results = []
     for share in (False, True):
         batch = collate(examples, tok.pad_token_id, share_prefix=share)
@@ -131,10 +131,25 @@ def test_the_recipe_trains_each_family_exactly(family, tmp_path: Path) -> None:
     gradients (a shared prompt prefix included), and a short run learns."""
     from slmloop.project import open_project
     from slmloop.train.recipe import build, setup, train
-    from tests.train.test_recipe import _prepared, answer_loss_and_grads
+    from tests.train.test_recipe import answer_loss_and_grads
 
     name, folder = family
-    root = _prepared(tmp_path / "p", folder, batch_size=8, lora_layers=1, epochs=2)
+    from slmloop.data.importer import import_source
+    from slmloop.data.prepare import prepare_dataset
+    from tests.conftest import write_project
+
+    # room for Llama 3's and SmolLM3's system blocks: no prompt is cut, so every row shares the prefix
+    root = write_project(
+        tmp_path / "p",
+        folder,
+        toy_rows(160),
+        model={"max_length": 160},
+        train={"batch_size": 8, "lora_layers": 1, "epochs": 2},
+    )
+    p = open_project(root)
+    import_source(p, p.manifest.data.sources[0])
+    prepare_dataset(p)
+    p.close()
     p = open_project(root)
     parts = build(setup(p))
     frozen = parts.inner_loss.frozen
@@ -202,3 +217,69 @@ def test_each_family_is_served(family) -> None:
         )[0, ids.shape[1] :].tolist()
     reply = chat.json()["choices"][0]["message"]["content"]
     assert reply == tok.decode(ref, skip_special_tokens=True).strip(), name
+
+
+def test_each_family_answers_right_after_its_prompt_and_ends_where_its_template_ends_a_turn(family) -> None:
+    """Training, ranking and decoding agree on every template: the answer follows the rendered prompt at once
+    (Qwen3's and SmolLM3's empty thinking block belongs to the prompt) and ends with the token the template
+    closes a turn with (Gemma's <end_of_turn>, Phi-3's <|end|>, Llama 3's <|eot_id|>), in full and compact
+    prompts."""
+    from slmloop.models.loading import chat_text, encode_example
+
+    name, folder = family
+    _, tok = _load(folder)
+    probe = chat_text(
+        tok, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "spam"}], add_generation_prompt=False
+    )
+    assert probe.split("spam", 1)[1].startswith(tok.eos_token), name  # the turn end is the EOS answers end with
+    for style in ("full", "compact"):
+        messages = prompt_messages(TASK, toy_rows(1)[0], style)
+        prompt = render_prompt(tok, messages)
+        ex = encode_example(tok, messages, "spam", 256)
+        assert ex.input_ids[: ex.prompt_len] == tok(prompt, add_special_tokens=False)["input_ids"], (name, style)
+        # exactly the sequence label ranking scores: the label's tokens, then EOS
+        assert ex.input_ids[ex.prompt_len :] == [*tok("spam", add_special_tokens=False)["input_ids"], tok.eos_token_id]
+        assert "Classify the SMS message" in prompt, (name, style)
+
+
+def test_template_quirks_are_met(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Gemma 2 refuses a system message and two user turns in a row: they are folded as Gemma 3's own template
+    folds them; Llama 3's date is fixed, so a prompt does not change from one day to the next; a conversation
+    no folding makes acceptable is refused with a reason."""
+    from slmloop.errors import ModelError
+    from slmloop.models.loading import chat_text, encode_conversation
+
+    folders = {f: build_tiny_model(tmp_path_factory.mktemp(f), family=f) for f in ("gemma2", "gemma3", "llama3")}
+    gemma2, gemma3, llama3 = (_load(folders[f])[1] for f in ("gemma2", "gemma3", "llama3"))
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hello"},
+        {"role": "user", "content": "are you there"},
+        {"role": "assistant", "content": "yes"},
+    ]
+    text = chat_text(gemma2, messages, add_generation_prompt=False)
+    first = "<bos><start_of_turn>user\nBe brief.\n\nhello\n\nare you there<end_of_turn>\n"
+    assert text == first + "<start_of_turn>model\nyes<end_of_turn>\n"
+    ex = encode_conversation(gemma2, messages, 256)
+    assert gemma2.decode(ex.input_ids[ex.spans[0][0] : ex.spans[0][1]]) == "yes<end_of_turn>"
+    # Gemma 3 takes the system message itself, the same way
+    assert chat_text(gemma3, messages[:2], add_generation_prompt=True) == chat_text(
+        gemma2, messages[:2], add_generation_prompt=True
+    )
+    assert "Today Date: 26 Jul 2024" in chat_text(llama3, messages[:2], add_generation_prompt=True)
+    with pytest.raises(ModelError, match="refuses the conversation"):
+        chat_text(gemma2, [{"role": "assistant", "content": "first"}], add_generation_prompt=True)
+
+
+def test_lora_targets_mean_the_same_on_each_family(family) -> None:
+    """`target_modules: all-linear` is every linear layer of the blocks and `auto` the attention projections,
+    whatever the family names them (Phi-3's fused qkv_proj and gate_up_proj)."""
+    from slmloop.train.recipe import _target_modules
+
+    name, folder = family
+    model, _ = _load(folder)
+    fused = name == "phi3"
+    attention = {"qkv_proj", "o_proj"} if fused else {"q_proj", "k_proj", "v_proj", "o_proj"}
+    mlp = {"gate_up_proj", "down_proj"} if fused else {"gate_proj", "up_proj", "down_proj"}
+    assert set(_target_modules(model, "all-linear")) == attention | mlp, name
+    assert set(_target_modules(model, "auto")) == attention, name

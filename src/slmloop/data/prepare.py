@@ -565,7 +565,7 @@ def example_token_lengths(project: Project, rows: list[dict[str, Any]], style: s
     """Tokens of each row as the model sees it: the whole chat-formatted example, in ``style``
     (default: the prompt style training uses)."""
     from slmloop.models.catalog import resolve_model
-    from slmloop.models.loading import load_tokenizer
+    from slmloop.models.loading import chat_text, load_tokenizer
 
     tok = load_tokenizer(resolve_model(project.manifest.model.base))
     task = project.manifest.task
@@ -573,11 +573,10 @@ def example_token_lengths(project: Project, rows: list[dict[str, Any]], style: s
         task = resolve_task(task, rows)
     style = style or project.manifest.train.prompt
     texts = [
-        str(
-            tok.apply_chat_template(
-                [*prompt_messages(task, r, style), {"role": "assistant", "content": target_text(task, r)}],
-                tokenize=False,
-            )
+        chat_text(
+            tok,
+            [*prompt_messages(task, r, style), {"role": "assistant", "content": target_text(task, r)}],
+            add_generation_prompt=False,
         )
         for r in rows
     ]

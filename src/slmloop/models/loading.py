@@ -21,15 +21,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHATML_TEMPLATE",
+    "TEMPLATE_OPTIONS",
     "EncodedExample",
+    "chat_text",
     "count_parameters",
     "encode_conversation",
     "encode_example",
+    "fold_turns",
     "hardware_bf16",
     "load_causal_lm",
     "load_tokenizer",
     "pick_dtype",
     "render_prompt",
+    "turn_end",
 ]
 
 #: used when a tokenizer ships no chat template (base models)
@@ -75,7 +79,7 @@ def load_tokenizer(model: ResolvedModel) -> PreTrainedTokenizerBase:
 
     try:
         with quiet_transformers():
-            tok = AutoTokenizer.from_pretrained(model.path)
+            tok = AutoTokenizer.from_pretrained(model.path, revision=model.revision)
     except (OSError, ValueError) as exc:
         raise _hub_error(model.spec, exc) from None
     if tok.eos_token is None:
@@ -83,11 +87,96 @@ def load_tokenizer(model: ResolvedModel) -> PreTrainedTokenizerBase:
             f"the tokenizer of {model.spec!r} has no EOS token, so a fine-tuned model could not stop",
             hint="Use an instruct/chat model, or set eos_token in tokenizer_config.json.",
         )
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
     if not getattr(tok, "chat_template", None):
         tok.chat_template = CHATML_TEMPLATE
+    end = turn_end(tok)
+    if end is not None and end != tok.eos_token:
+        # answers end where the template ends a turn (Gemma's <end_of_turn>, Phi-3's <|end|>): training
+        # appends it, ranking scores it, decoding and the GGUF stop on it
+        tok.eos_token = end
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
     return tok
+
+
+#: what every chat template is rendered with: no reasoning block before an answer (Qwen3, SmolLM3: the answer
+#: is trained and scored right after the prompt, the empty block is part of the prompt), and a fixed day for
+#: templates that take one (Llama 3.x would print today's), so a prompt is the same at training, evaluation
+#: and serving time
+TEMPLATE_OPTIONS: dict[str, Any] = {"enable_thinking": False, "date_string": "26 Jul 2024"}
+
+
+def chat_text(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], *, add_generation_prompt: bool) -> str:
+    """``messages`` through the model's chat template (:data:`TEMPLATE_OPTIONS`).
+
+    A template that refuses the conversation's shape (Gemma 2 has no system role; Gemma refuses two user
+    turns in a row) gets it folded as the model's own templates fold it: the system message leads the first
+    user turn, consecutive turns of one role are joined. Refused even so: a :class:`ModelError`."""
+    from jinja2.exceptions import TemplateError
+
+    def render(conversation: list[dict[str, str]]) -> str:
+        text = tok.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=add_generation_prompt, **TEMPLATE_OPTIONS
+        )
+        return str(text)
+
+    try:
+        return render(messages)
+    except TemplateError as exc:
+        folded = fold_turns(messages)
+        if folded == messages:
+            raise _template_error(exc) from None
+        try:
+            return render(folded)
+        except TemplateError as again:
+            raise _template_error(again) from None
+
+
+def _template_error(exc: Exception) -> ModelError:
+    return ModelError(
+        f"the model's chat template refuses the conversation: {exc}",
+        hint="Chat rows must alternate user and assistant turns after an optional system message.",
+    )
+
+
+def fold_turns(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The conversation with its system message leading the first user turn and consecutive turns of one
+    role joined by a blank line: the shape every chat template accepts."""
+    out: list[dict[str, str]] = []
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    for m in messages:
+        if m["role"] == "system":
+            continue
+        if out and out[-1]["role"] == m["role"]:
+            out[-1] = {"role": m["role"], "content": out[-1]["content"] + "\n\n" + m["content"]}
+        else:
+            out.append({"role": m["role"], "content": m["content"]})
+    if system:
+        lead = "\n\n".join(system)
+        if out and out[0]["role"] == "user":
+            out[0] = {"role": "user", "content": lead + "\n\n" + out[0]["content"]}
+        else:
+            out.insert(0, {"role": "user", "content": lead})
+    return out
+
+
+def turn_end(tok: PreTrainedTokenizerBase) -> str | None:
+    """The special token the chat template closes an assistant turn with (None: none found)."""
+    probe = [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "pong"}]
+    try:
+        text = chat_text(tok, probe, add_generation_prompt=False)
+    except ModelError:
+        return None
+    cut = text.rfind("pong")
+    if cut < 0:
+        return None
+    specials = set(tok.all_special_ids) | set(getattr(tok, "added_tokens_decoder", {}) or {})
+    for i in tok(text[cut + len("pong") :], add_special_tokens=False)["input_ids"]:
+        if i in specials:
+            return str(tok.convert_ids_to_tokens(i))
+        if str(tok.decode([i])).strip():  # text after the answer before any special token: no turn end to take
+            return None
+    return None
 
 
 #: the models told, in this process, that they run through transformers' plain paths
@@ -105,7 +194,7 @@ def _plain_paths_notice(model: ResolvedModel) -> Any:
 
     try:
         with quiet_transformers():
-            config = AutoConfig.from_pretrained(model.path)
+            config = AutoConfig.from_pretrained(model.path, revision=model.revision)
     except (OSError, ValueError) as exc:
         raise _hub_error(model.spec, exc) from None
     found = inexact_features(config)
@@ -151,7 +240,10 @@ def load_causal_lm(
     try:
         with quiet_transformers():
             lm: Any = AutoModelForCausalLM.from_pretrained(
-                model.path, dtype=load_dtype, attn_implementation=_attention_for(config, attn_implementation)
+                model.path,
+                revision=model.revision,
+                dtype=load_dtype,
+                attn_implementation=_attention_for(config, attn_implementation),
             )
     except (OSError, ValueError) as exc:
         raise _hub_error(model.spec, exc) from None
@@ -182,7 +274,7 @@ def load_causal_lm(
 
 def render_prompt(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> str:
     """The model's own chat template, ready for the assistant's answer."""
-    return str(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    return chat_text(tok, messages, add_generation_prompt=True)
 
 
 @dataclass
@@ -228,7 +320,7 @@ def encode_example(
     it (a newline) is dropped. Too long: the prompt is cut from the left.
     """
     prompt = render_prompt(tok, messages)
-    full = str(tok.apply_chat_template([*messages, {"role": "assistant", "content": answer}], tokenize=False))
+    full = chat_text(tok, [*messages, {"role": "assistant", "content": answer}], add_generation_prompt=False)
     completion = full[len(prompt) :] if full.startswith(prompt) else answer
     prompt_ids: list[int] = tok(prompt, add_special_tokens=False)["input_ids"]
     answer_ids, _ = _answer_ids(tok, completion)
@@ -262,7 +354,7 @@ def encode_conversation(
     done = ""
     for i in turns:
         prompt = render_prompt(tok, messages[:i])
-        full = str(tok.apply_chat_template(messages[: i + 1], tokenize=False))
+        full = chat_text(tok, messages[: i + 1], add_generation_prompt=False)
         if not prompt.startswith(done) or not full.startswith(prompt):
             return encode_example(tok, messages[:last], messages[last]["content"], max_length)
         ids += tok(prompt[len(done) :], add_special_tokens=False)["input_ids"]

@@ -44,6 +44,30 @@ def test_a_family_gguf_scores_text_in_llama_cpp_as_transformers_does(family: str
     assert llama_scores(path, heads, tails) == pytest.approx(want, rel=0.02), family
 
 
+@pytest.mark.parametrize("pre", [None, "smollm", "llama-bpe", "qwen2"])
+def test_llama_cpp_splits_text_as_the_tokenizer_does(pre: str | None, tmp_path: Path) -> None:
+    """The GGUF names the tokenizer's pre-tokenizer as llama.cpp knows it (GPT-2's, SmolLM's, Llama 3's, Qwen2's),
+    so llama.cpp reads digits, spaces and line breaks into the same tokens as the model was trained on."""
+    import gguf
+    from llama_cpp import Llama
+
+    from slmloop.release.gguf import pre_tokenizer_name
+
+    folder = build_tiny_model(tmp_path / "m", pre=pre)
+    assert pre_tokenizer_name(folder) == (pre or "gpt-2")
+    path = write_gguf(folder, tmp_path / "m.gguf", "f16", name="m")
+    assert gguf.GGUFReader(path).fields["tokenizer.ggml.pre"].contents() == (pre or "gpt-2")
+    tok = load_tokenizer(ResolvedModel("m", str(folder), "local"))
+    text = "<|im_start|>user\ncall 12345 now!!  WINNER 2024\n\n  free prize's 7 pm<|im_end|>\n"
+    llm = Llama(str(path), verbose=False, n_ctx=256)
+    try:
+        assert (
+            llm.tokenize(text.encode(), add_bos=False, special=True) == tok(text, add_special_tokens=False)["input_ids"]
+        )
+    finally:
+        llm.close()
+
+
 def test_llama3_rope_scaling_matters_to_the_gguf(tmp_path: Path) -> None:
     """Without its rope factors the Llama 3 file would score differently: the check above can fail."""
     import gguf

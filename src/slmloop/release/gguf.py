@@ -41,6 +41,7 @@ __all__ = [
     "gguf_file_name",
     "llama3_rope_factors",
     "modelfile",
+    "pre_tokenizer_name",
     "source_pre_tokenizer",
     "write_gguf",
     "write_modelfile",
@@ -73,6 +74,33 @@ def source_pre_tokenizer(base_folder: Path) -> str | None:
         return None
     field = GGUFReader(path).fields.get("tokenizer.ggml.pre")
     return str(field.contents()) if field is not None else None
+
+
+#: the digit rule of a split pattern in the GPT-4 style (Llama 3, Qwen2) -> llama.cpp's name for that pattern
+_SPLIT_DIGITS = {"\\p{N}{1,3}": "llama-bpe", "\\p{N}|": "qwen2"}
+
+
+def pre_tokenizer_name(folder: Path) -> str:
+    """llama.cpp's name (``tokenizer.ggml.pre``) for how the tokenizer in ``folder`` splits text before its
+    merges, read from tokenizer.json: GPT-2's byte-level split, SmolLM's (digits one by one, then GPT-2's),
+    Llama 3's and Qwen2's GPT-4-style patterns. Anything else: llama.cpp's default (the parity gate then
+    shows whether llama.cpp reads the text as the model does)."""
+    try:
+        pre = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("pre_tokenizer") or {}
+    except (OSError, ValueError):
+        return "default"
+    parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    kinds = [p.get("type") for p in parts]
+    if kinds == ["ByteLevel"] and parts[0].get("use_regex", True):
+        return "gpt-2"
+    if kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits") and parts[1].get("use_regex", True):
+        return "smollm"
+    if kinds == ["Split", "ByteLevel"] and not parts[1].get("use_regex", True):
+        pattern = str((parts[0].get("pattern") or {}).get("Regex", ""))
+        for digits, name in _SPLIT_DIGITS.items():
+            if digits in pattern:
+                return name
+    return "default"
 
 
 def _tokens(folder: Path, vocab_size: int) -> tuple[list[bytes], list[int]]:
@@ -192,7 +220,7 @@ def write_gguf(merged: Path, out: Path, qtype: str, *, name: str, pre: str | Non
 
     tokens, types = _tokens(merged, vocab_size)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre or "default")
+    writer.add_tokenizer_pre(pre or pre_tokenizer_name(merged))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     special = gguf.SpecialVocab(merged, load_merges=True, n_vocab=vocab_size)

@@ -86,7 +86,7 @@ def test_every_shipped_template_validates(task: str) -> None:
 
 
 def test_example_project_validates_and_ships_its_data(tmp_path: Path) -> None:
-    path = init_project(tmp_path / "p", example="sms-spam")
+    path = init_project(tmp_path / "p", example="sms-spam").manifest
     m = load_manifest(path)
     src = m.data.sources[0]
     assert m.resolve(src.path).exists()

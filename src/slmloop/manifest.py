@@ -265,7 +265,8 @@ class DataConfig(Section):
 class ModelConfig(Section):
     base: str = Field(
         "smollm2-135m-instruct",
-        description="Catalog name, Hugging Face id or local folder of the base model.",
+        description="Catalog name (`slmloop models`), Hugging Face id or local folder of the base model; "
+        "NAME@COMMIT pins a hub model to a commit.",
     )
     max_length: int = Field(
         256, gt=8, description="Longest example in tokens; longer rows are truncated at train time."

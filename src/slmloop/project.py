@@ -10,7 +10,7 @@ from slmloop.errors import ConfigError
 from slmloop.manifest import MANIFEST_NAME, Manifest, TaskConfig, load_manifest
 from slmloop.store import DatasetVersion, ObjectStore, Store, atomic_write_text
 
-__all__ = ["EXAMPLES", "STORE_DIR", "Project", "init_project", "open_project", "render_manifest"]
+__all__ = ["EXAMPLES", "STORE_DIR", "Initialized", "Project", "init_project", "open_project", "render_manifest"]
 
 STORE_DIR = ".slmloop"
 EXAMPLES_DIR = Path(__file__).parent / "examples"
@@ -141,7 +141,7 @@ data:
     # max_rows: 2000              # seeded sample for quick experiments
 
 model:
-  base: smollm2-135m-instruct     # catalog name, Hugging Face id, or local folder
+  base: {base}{base_note}
   max_length: 256                 # tokens; longer examples are truncated (counted in preflight)
 
 train:                            # defaults chosen by a measured sweep (docs/training.md#the-default-recipe)
@@ -204,7 +204,9 @@ _GENERIC_SOURCES = {
 }
 
 
-def render_manifest(task: str, example: str | None = None, name: str = "my-project") -> str:
+def render_manifest(
+    task: str, example: str | None = None, name: str = "my-project", base: str = "smollm2-135m-instruct"
+) -> str:
     if task not in _TASKS:
         raise ConfigError(f"unknown task {task!r}", hint=f"Choose one of: {', '.join(sorted(_TASKS))}.")
     if example == "sms-spam":
@@ -219,12 +221,33 @@ def render_manifest(task: str, example: str | None = None, name: str = "my-proje
         sources = _GENERIC_SOURCES[task]
         first = "data/train.jsonl"
     head = _HEADER.format(first_source=first)
-    return head + f"\nproject:\n  name: {name}\n\n" + task_block + _REST.format(sources=sources.rstrip("\n"))
+    note = "# catalog name (`slmloop models`), Hugging Face id (NAME@COMMIT pins one), or local folder"
+    rest = _REST.format(sources=sources.rstrip("\n"), base=base, base_note=" " * max(1, 30 - len(base)) + note)
+    return head + f"\nproject:\n  name: {name}\n\n" + task_block + rest
 
 
-def init_project(directory: str | Path, task: str = "classification", example: str | None = None) -> Path:
-    """Write a commented manifest (and the example's data) into ``directory``."""
+@dataclass(frozen=True)
+class Initialized:
+    manifest: Path
+    base: str  # model.base as written
+    hub: bool  # a Hugging Face hub model
+    pinned: bool  # its commit is in model.base
+
+
+def init_project(
+    directory: str | Path, task: str = "classification", example: str | None = None, base: str | None = None
+) -> Initialized:
+    """Write a commented manifest (and the example's data) into ``directory``. ``base``: the base model
+    (a hub model is pinned to its current commit where the hub is reachable)."""
+    from slmloop.models.catalog import CATALOG, hub_revision, resolve_model
+
     root = Path(directory)
+    base = base or "smollm2-135m-instruct"
+    bundled = base in CATALOG and CATALOG[base].hub_id is None  # resolved (unpacked) when first used, not here
+    model = None if bundled else resolve_model(base)  # a name that means nothing is refused before any write
+    revision = hub_revision(base) if model is not None and model.source == "hub" and model.revision is None else None
+    if revision is not None:
+        base = f"{base}@{revision}"
     if example is not None and example not in EXAMPLES:
         raise ConfigError(f"unknown example {example!r}", hint=f"Available examples: {', '.join(EXAMPLES)}.")
     if example == "sms-spam":
@@ -241,5 +264,7 @@ def init_project(directory: str | Path, task: str = "classification", example: s
         (root / "data").mkdir(exist_ok=True)
         shutil.copyfile(src / "sms_spam.tsv", root / "data" / "sms_spam.tsv")
         shutil.copyfile(src / "SOURCE.md", root / "data" / "SOURCE.md")
-    atomic_write_text(target, render_manifest(task, example, name=root.resolve().name))
-    return target
+    atomic_write_text(target, render_manifest(task, example, name=root.resolve().name, base=base))
+    hub = model is not None and model.source == "hub"
+    pinned = revision is not None or (model is not None and model.revision is not None)
+    return Initialized(target, base, hub, pinned=hub and pinned)

@@ -32,6 +32,7 @@ app = typer.Typer(
 
 # command table: name -> function (each calls one library function)
 app.command("init")(project.init)
+app.command("models")(project.models)
 app.command("validate")(project.validate)
 app.command("status")(project.status)
 app.command("log")(project.log)

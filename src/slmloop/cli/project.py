@@ -1,4 +1,4 @@
-"""``slmloop init``, ``slmloop validate``, ``slmloop status`` and ``slmloop log``."""
+"""``slmloop init``, ``slmloop models``, ``slmloop validate``, ``slmloop status`` and ``slmloop log``."""
 
 from __future__ import annotations
 
@@ -17,14 +17,43 @@ def init(
     directory: Annotated[Path, typer.Argument(help="Folder to create the project in.")],
     task: Annotated[str, typer.Option(help="classification | extraction | generation")] = "classification",
     example: Annotated[str | None, typer.Option(help=f"Start from bundled data: {', '.join(EXAMPLES)}.")] = None,
+    base: Annotated[
+        str | None,
+        typer.Option(help="Base model: a catalog name (`slmloop models`), a Hugging Face id or a local folder."),
+    ] = None,
 ) -> None:
     """Create a project: a commented slmloop.yaml (and the example's data)."""
-    path = init_project(directory, task=task, example=example)
-    out.print(f"Wrote [bold]{path}[/bold]")
+    made = init_project(directory, task=task, example=example, base=base)
+    out.print(f"Wrote [bold]{made.manifest}[/bold] (base model {made.base})", highlight=False)
+    if made.hub and not made.pinned:
+        err.print(
+            "[yellow]note:[/yellow] the hub could not be reached, so model.base is not pinned to a commit: "
+            "the newest weights are downloaded when it is first used. Pin one with NAME@COMMIT.",
+            highlight=False,
+        )
     if example:
         out.print(f"Next: cd {directory} && slmloop data import data/sms_spam.tsv && slmloop data prepare")
     else:
-        out.print(f"Next: edit {path.name}, then `slmloop validate`.")
+        out.print(f"Next: edit {made.manifest.name}, then `slmloop validate`.")
+
+
+def models() -> None:
+    """The catalog: base models slmloop has been checked on, by family, with what each supports."""
+    from slmloop.models.catalog import CATALOG
+
+    t = table("name", "family", "from", "GGUF", "chat template", fold=True)
+    t.columns[0].no_wrap = True  # a name is copied into --base whole
+    for e in CATALOG.values():
+        if e.kind != "causal-lm":
+            continue
+        source = f"bundled ({e.install})" if e.hub_id is None else e.hub_id
+        t.add_row(e.name, e.family or "", source, "yes" if e.gguf else "no", e.quirks or "ChatML")
+    out.print(t)
+    out.print(
+        "Any other Hugging Face id or local folder works too; NAME@COMMIT pins a hub model "
+        "(`slmloop init --base NAME` pins the current commit).",
+        highlight=False,
+    )
 
 
 def validate(project: ProjectOpt = Path(".")) -> int:

@@ -116,7 +116,9 @@ def _pre_tokenizer(pre: str | None) -> object:
     return pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
 
 
-def build_tiny_model(folder: Path, seed: int = 0, family: str = "llama", pre: str | None = None) -> Path:
+def build_tiny_model(
+    folder: Path, seed: int = 0, family: str = "llama", pre: str | None = None, layers: int = 2
+) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
@@ -145,7 +147,7 @@ def build_tiny_model(folder: Path, seed: int = 0, family: str = "llama", pre: st
     fast.save_pretrained(folder)
     torch.manual_seed(seed)
     special = {"bos_token_id": fast.bos_token_id, "eos_token_id": fast.eos_token_id, "pad_token_id": fast.pad_token_id}
-    model = AutoModelForCausalLM.from_config(family_config(family, len(fast), special))
+    model = AutoModelForCausalLM.from_config(family_config(family, len(fast), special, layers))
     model.save_pretrained(folder)
     return folder
 
@@ -196,7 +198,7 @@ CHAT = {
 }
 
 
-def family_config(family: str, vocab_size: int, special: dict[str, int]) -> object:
+def family_config(family: str, vocab_size: int, special: dict[str, int], layers: int = 2) -> object:
     """A tiny random config of ``family``, with what makes the family itself: Llama 3's rope scaling, Qwen2's
     q/k/v biases, Qwen3's q/k norms, Gemma's soft-capping, sliding windows and scaled embeddings, Phi-3's
     fused projections, SmolLM3's layers without rope."""
@@ -206,7 +208,7 @@ def family_config(family: str, vocab_size: int, special: dict[str, int]) -> obje
         "vocab_size": vocab_size,
         "hidden_size": 64,
         "intermediate_size": 128,
-        "num_hidden_layers": 2,
+        "num_hidden_layers": layers,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "max_position_embeddings": 512,
@@ -245,5 +247,6 @@ def family_config(family: str, vocab_size: int, special: dict[str, int]) -> obje
     if family == "phi3":
         return tf.Phi3Config(**shape)
     if family == "smollm3":
-        return tf.SmolLM3Config(**shape, no_rope_layers=[1, 0])
+        # two layers: the second without rotary embeddings; more: SmolLM3's own pattern (every 4th without)
+        return tf.SmolLM3Config(**shape, no_rope_layers=[1, 0] if layers == 2 else None)
     raise ValueError(f"no tiny config for {family!r}")

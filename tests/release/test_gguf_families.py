@@ -1,5 +1,5 @@
-"""GGUF export beyond Llama: Llama 3 (rope scaling), Qwen2 and Qwen3 files score text in llama.cpp as the
-Hugging Face model does, and a family GGUF cannot export yet (Phi-3, SmolLM3, Gemma) refuses with a reason."""
+"""GGUF export beyond Llama: Llama 3 (rope scaling), Qwen2, Qwen3 and SmolLM3 files score text in llama.cpp as the
+Hugging Face model does, and a family GGUF cannot export yet (Phi-3, Gemma) refuses with a reason."""
 
 from __future__ import annotations
 
@@ -30,9 +30,10 @@ def llama_scores(path: Path, heads: list[str], tails: list[str]) -> list[float]:
         llama.close()
 
 
-@pytest.mark.parametrize("family", ["llama3", "qwen2", "qwen3"])
+@pytest.mark.parametrize("family", ["llama3", "qwen2", "qwen3", "smollm3"])
 def test_a_family_gguf_scores_text_in_llama_cpp_as_transformers_does(family: str, tmp_path: Path) -> None:
-    folder = build_tiny_model(tmp_path / family, family=family)
+    # SmolLM3 with four layers: its fourth has no rotary embeddings, as llama.cpp expects
+    folder = build_tiny_model(tmp_path / family, family=family, layers=4 if family == "smollm3" else 2)
     ref = ResolvedModel(family, str(folder), "local")
     model, tok = load_causal_lm(ref, torch.float32), load_tokenizer(ref)
     path = write_gguf(folder, tmp_path / "m-f16.gguf", "f16", name=family)
@@ -87,7 +88,6 @@ def test_llama3_rope_scaling_matters_to_the_gguf(tmp_path: Path) -> None:
     ("family", "arch"),
     [
         ("phi3", "Phi3ForCausalLM"),
-        ("smollm3", "SmolLM3ForCausalLM"),
         ("gemma2", "Gemma2ForCausalLM"),
         ("gemma3", "Gemma3ForCausalLM"),
     ],
@@ -98,6 +98,13 @@ def test_a_family_gguf_cannot_export_is_refused_with_a_reason(family: str, arch:
         write_gguf(folder, tmp_path / "m.gguf", "f16", name=family)
     assert arch in caught.value.message and "Qwen2" in caught.value.message
     assert not (tmp_path / "m.gguf").exists()
+
+
+def test_a_smollm3_whose_layers_skip_rope_unlike_llama_cpps_is_refused(tmp_path: Path) -> None:
+    folder = build_tiny_model(tmp_path / "smollm3", family="smollm3")  # its second of two layers has no rope
+    with pytest.raises(ModelError) as caught:
+        write_gguf(folder, tmp_path / "m.gguf", "f16", name="smollm3")
+    assert "every 4th layer" in caught.value.message and not (tmp_path / "m.gguf").exists()
 
 
 @pytest.mark.integration  # trains a tiny model of each family

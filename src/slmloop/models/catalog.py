@@ -95,7 +95,7 @@ CATALOG: dict[str, CatalogEntry] = {
                 "smollm3-3b",
                 "HuggingFaceTB/SmolLM3-3B",
                 "SmolLM3",
-                False,
+                True,
                 "a metadata system block with today's date and a reasoning mode (/no_think: an empty thinking block)",
             ),
         )

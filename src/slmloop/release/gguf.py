@@ -133,7 +133,11 @@ ARCHITECTURES: dict[str, tuple[str, bool]] = {
     "LlamaForCausalLM": ("LLAMA", True),
     "Qwen2ForCausalLM": ("QWEN2", False),
     "Qwen3ForCausalLM": ("QWEN3", False),
+    "SmolLM3ForCausalLM": ("SMOLLM3", True),
 }
+
+#: llama.cpp's SmolLM3: every 4th layer without rotary embeddings (it reads no setting for it)
+SMOLLM3_NO_ROPE_EVERY = 4
 
 
 def _config(folder: Path) -> dict[str, Any]:
@@ -152,6 +156,15 @@ def _config(folder: Path) -> dict[str, Any]:
             f"GGUF export does not handle {arch}'s rope scaling {kind!r} yet",
             hint="Export without GGUF (export.gguf: []).",
         )
+    if arch == "SmolLM3ForCausalLM":
+        n = int(config["num_hidden_layers"])
+        llama_cpp = [int((i + 1) % SMOLLM3_NO_ROPE_EVERY != 0) for i in range(n)]
+        if list(config.get("no_rope_layers") or llama_cpp) != llama_cpp:
+            raise ModelError(
+                f"this SmolLM3 skips rotary embeddings in layers {config['no_rope_layers']} (0 = none), but llama.cpp "
+                f"skips them in every {SMOLLM3_NO_ROPE_EVERY}th layer: its GGUF would answer differently",
+                hint="Export without GGUF (export.gguf: []) and serve the safetensors release.",
+            )
     config["_rope"] = {**rope, "rope_type": kind}
     config["_rope_theta"] = float(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
     return config

@@ -39,6 +39,21 @@ def _load(folder: Path, **kwargs: str):
     return load_causal_lm(ref, torch.float32, **kwargs), load_tokenizer(ref)
 
 
+def _greedy(model, tok, prompt: str, max_new_tokens: int) -> list[int]:
+    """transformers' own greedy continuation of ``prompt``: the new token ids."""
+    ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+    return out[0, ids.shape[1] :].tolist()
+
+
 def test_label_ranking_equals_the_naive_full_softmax(family) -> None:
     name, folder = family
     model, tok = _load(folder)
@@ -55,16 +70,7 @@ def test_generation_equals_transformers_greedy_decoding(family) -> None:
     prompts = [render_prompt(tok, prompt_messages(TASK, r)) for r in toy_rows(5)]
     ours = generate(model, tok, prompts, max_new_tokens=8, batch_size=3)
     for prompt, (text, n) in zip(prompts, ours, strict=True):
-        ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
-        with torch.no_grad():
-            ref = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=8,
-                do_sample=False,
-                eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.pad_token_id,
-            )[0, ids.shape[1] :].tolist()
+        ref = _greedy(model, tok, prompt, 8)
         assert (n, text) == (len(ref), tok.decode(ref, skip_special_tokens=True).strip()), name
 
 
@@ -205,16 +211,7 @@ def test_each_family_is_served(family) -> None:
     said = label.json()["scores"]  # the labels above MIN_PROB
     assert said == pytest.approx({lab: p for lab, p in want.items() if p >= MIN_PROB}, abs=1e-4), name
     assert label.json()["label"] == max(want, key=want.__getitem__), name
-    ids = torch.tensor([tok(render_prompt(tok, messages), add_special_tokens=False)["input_ids"]])
-    with torch.no_grad():
-        ref = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=6,
-            do_sample=False,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        )[0, ids.shape[1] :].tolist()
+    ref = _greedy(model, tok, render_prompt(tok, messages), 6)
     reply = chat.json()["choices"][0]["message"]["content"]
     assert reply == tok.decode(ref, skip_special_tokens=True).strip(), name
 

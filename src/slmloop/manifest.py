@@ -519,9 +519,9 @@ class ExportConfig(Section):
     dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="dtype of merged weights.")
     gguf: list[Literal["f16", "q8_0", "q5_k_m", "q4_k_m"]] = Field(
         default_factory=list,
-        description="Also write GGUF files of these types (Llama, Qwen2, Qwen3 models) plus an Ollama Modelfile, "
-        "each checked against the evaluation on the gold rows through llama.cpp (q5_k_m / q4_k_m are written by "
-        "llama.cpp's quantizer).",
+        description="Also write GGUF files of these types (Llama, Qwen2, Qwen3, SmolLM3 models) plus an Ollama "
+        "Modelfile, each checked against the evaluation on the gold rows through llama.cpp (q5_k_m / q4_k_m are "
+        "written by llama.cpp's quantizer).",
     )
     parity_rows: int = Field(
         500, gt=0, description="Gold rows each shipped file answers at export to check it against the evaluation."

@@ -245,9 +245,8 @@ def init_project(
     base = base or "smollm2-135m-instruct"
     bundled = base in CATALOG and CATALOG[base].hub_id is None  # resolved (unpacked) when first used, not here
     model = None if bundled else resolve_model(base)  # a name that means nothing is refused before any write
-    revision = hub_revision(base) if model is not None and model.source == "hub" and model.revision is None else None
-    if revision is not None:
-        base = f"{base}@{revision}"
+    hub = model is not None and model.source == "hub"
+    pinned = model is not None and model.revision is not None
     if example is not None and example not in EXAMPLES:
         raise ConfigError(f"unknown example {example!r}", hint=f"Available examples: {', '.join(EXAMPLES)}.")
     if example == "sms-spam":
@@ -258,6 +257,10 @@ def init_project(
             f"{target} already exists",
             hint="Choose an empty folder, or edit the existing manifest.",
         )
+    if model is not None and hub and not pinned:
+        revision = hub_revision(model)
+        if revision is not None:
+            base, pinned = f"{base}@{revision}", True
     root.mkdir(parents=True, exist_ok=True)
     if example is not None:
         src = EXAMPLES[example]
@@ -265,6 +268,4 @@ def init_project(
         shutil.copyfile(src / "sms_spam.tsv", root / "data" / "sms_spam.tsv")
         shutil.copyfile(src / "SOURCE.md", root / "data" / "SOURCE.md")
     atomic_write_text(target, render_manifest(task, example, name=root.resolve().name, base=base))
-    hub = model is not None and model.source == "hub"
-    pinned = revision is not None or (model is not None and model.revision is not None)
-    return Initialized(target, base, hub, pinned=hub and pinned)
+    return Initialized(target, base, hub, pinned)

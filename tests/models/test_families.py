@@ -116,7 +116,7 @@ def test_a_family_the_fast_paths_do_not_reproduce_runs_on_the_plain_paths_with_a
     note = capsys.readouterr().err
     arch = {"gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM"}[name]
     assert f"tiny ({arch}) uses sliding-window attention" in note and "plain attention" in note
-    assert plain_paths(model) and not any(plain_paths(m) for m in [_load(build_tiny_model(folder.parent / "l"))[0]])
+    assert plain_paths(model) and not plain_paths(_load(build_tiny_model(folder.parent / "llama"))[0])
     prompts = [render_prompt(tok, prompt_messages(TASK, r)) for r in toy_rows(3)]
     encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     with pytest.raises(ValueError, match="no shared prefix"):

@@ -227,15 +227,8 @@ def resolve_model(spec: str) -> ResolvedModel:
     return ResolvedModel(spec, name, "hub", revision or None)
 
 
-def hub_revision(spec: str, timeout: float = 10.0) -> str | None:
-    """The commit a hub model (catalog name or hub id, no revision yet) is at now; None where the hub cannot
-    be reached or the model is not a hub model."""
-    try:
-        model = resolve_model(spec)
-    except ModelError:
-        return None
-    if model.source != "hub" or model.revision is not None:
-        return None
+def hub_revision(model: ResolvedModel, timeout: float = 10.0) -> str | None:
+    """The commit the hub model ``model`` is at now; None where the hub cannot be reached."""
     try:
         from huggingface_hub import HfApi
 

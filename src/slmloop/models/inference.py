@@ -26,6 +26,7 @@ __all__ = [
     "left_pad",
     "prefix_cache",
     "rank_labels",
+    "shared_prefix",
     "start_batch",
     "token_texts",
 ]
@@ -100,13 +101,10 @@ def generate(
     """
     import torch
 
-    from slmloop.models.attention import plain_paths
-
     encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     out: list[tuple[str, int]] = [("", 0)] * len(prompts)
     eos = set(_eos_ids(model, tok))
-    shared = 0 if plain_paths(model) else common_prefix(encoded)
-    prefix_kv = prefix_cache(model, encoded[0][:shared]) if shared else None
+    shared, prefix_kv = shared_prefix(model, encoded)
     rng = torch.Generator().manual_seed(seed)
     texts = token_texts(tok) if json_object else None
     opens = JsonObjectEnd.opens(texts) if texts is not None else None
@@ -190,6 +188,17 @@ class JsonObjectEnd:
                 if not self.depth:
                     return True
         return False
+
+
+def shared_prefix(
+    model: PreTrainedModel, encoded: Sequence[Sequence[int]]
+) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]] | None]:
+    """(length, keys and values) of the prompt prefix all ``encoded`` prompts share, run once; (0, None) when
+    there is none worth sharing or the model is on transformers' plain paths (which take no shared prefix)."""
+    from slmloop.models.attention import plain_paths
+
+    shared = 0 if plain_paths(model) else common_prefix(encoded)
+    return shared, prefix_cache(model, list(encoded[0][:shared])) if shared else None
 
 
 def prefix_cache(model: PreTrainedModel, prefix: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -552,8 +561,7 @@ def rank_labels(
     if plain_paths(model):
         return _each_label_alone(model, tok, encoded, label_ids, batch_size, progress)
     trie = _Trie.build(label_ids)
-    shared = common_prefix(encoded)
-    prefix_kv = prefix_cache(model, encoded[0][:shared]) if shared else None
+    shared, prefix_kv = shared_prefix(model, encoded)
     limit = math.inf if margin is None else margin
     scores: list[list[float | None]] = [[None] * len(labels) for _ in prompts]
     for batch in _batches([len(e) for e in encoded], batch_size):

@@ -241,6 +241,7 @@ def load_causal_lm(
         with quiet_transformers():
             lm: Any = AutoModelForCausalLM.from_pretrained(
                 model.path,
+                config=config,  # read once, above
                 revision=model.revision,
                 dtype=load_dtype,
                 attn_implementation=_attention_for(config, attn_implementation),

@@ -1,4 +1,4 @@
-"""GGUF export of a merged release (Llama, Qwen2, Qwen3), for llama.cpp and Ollama.
+"""GGUF export of a merged release (Llama, Qwen2, Qwen3, SmolLM3), for llama.cpp and Ollama.
 
     releases/v3/gguf/
       model-q8_0.gguf     weights (q8_0 or f16), tokenizer, chat template and EOS embedded

@@ -198,12 +198,10 @@ def calibrate_inference(model: Any, tok: Any, prompts: list[str], batch_size: in
     import torch
     from transformers import DynamicCache
 
-    from slmloop.models.attention import plain_paths
-    from slmloop.models.inference import common_prefix, left_pad, prefix_cache, start_batch
+    from slmloop.models.inference import left_pad, shared_prefix, start_batch
 
     batch = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[:batch_size]]
-    shared = 0 if plain_paths(model) else common_prefix(batch)
-    prefix = prefix_cache(model, batch[0][:shared]) if shared else None
+    shared, prefix = shared_prefix(model, batch)
     suffixes = [b[shared:] for b in batch]
     ids, mask = left_pad(batch, tok.pad_token_id)
     ids, mask = ids.to(model.device), mask.to(model.device)
